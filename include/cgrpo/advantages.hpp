@@ -1,0 +1,158 @@
+// cgrpo/advantages.hpp: group advantage estimators (one scalar per response).
+// grpo, grpo_no_std, rloo and reinforce_pp_baseline, with verl's edge-case rules.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "cgrpo/config.hpp"
+#include "cgrpo/layout.hpp"
+#include "cgrpo/status.hpp"
+
+namespace cgrpo {
+
+// Which group each response belongs to: group_ids[i] in [0, num_groups).
+// Groups may be ragged and their members need not be contiguous.
+struct GroupAssignment {
+  int64_t num_responses = 0;
+  const int32_t* group_ids = nullptr;
+  int64_t num_groups = 0;
+};
+
+// Builds group ids from contiguous groups: group g owns responses
+// [group_offsets[g], group_offsets[g+1]). Writes num_responses ids.
+inline Status group_ids_from_offsets(int64_t num_groups, const int64_t* group_offsets, int32_t* group_ids) {
+  if (num_groups < 0 || (num_groups > 0 && !group_offsets))
+    return make_error(StatusCode::invalid_argument, "group_ids_from_offsets: bad num_groups or null offsets");
+  if (num_groups > 0 && group_offsets[0] != 0)
+    return make_error(StatusCode::invalid_argument, "group_offsets[0] must be 0");
+  for (int64_t g = 0; g < num_groups; ++g) {
+    if (group_offsets[g + 1] < group_offsets[g])
+      return make_error(StatusCode::invalid_argument, "group_offsets must be non-decreasing at group %lld",
+                        static_cast<long long>(g));
+    for (int64_t i = group_offsets[g]; i < group_offsets[g + 1]; ++i) group_ids[i] = static_cast<int32_t>(g);
+  }
+  return Status::success();
+}
+
+// Computes A_i for every response (MATH.md, "Group advantages"):
+//   grpo:        (R - mean_g) / (std_g + eps), std unbiased; one-member group: mean 0, std 1
+//   grpo_no_std: R - mean_g; one-member group: R
+//   rloo:        n/(n-1) (R - mean_g) for n > 1, else R
+//   reinforce_pp_baseline: R - mean_g, then whitened over the valid tokens of the
+//                batch (token_counts[i] valid tokens per response; masked mean and
+//                unbiased masked variance, rsqrt(var + 1e-8) as verl's masked_whiten)
+// A group whose rewards are all equal gets A = 0 under grpo and grpo_no_std.
+// token_counts is read only by reinforce_pp_baseline and may be null otherwise.
+template <typename Real>
+Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& groups, const Real* rewards,
+                        const int64_t* token_counts, double eps, Real* advantages) {
+  const int64_t n = groups.num_responses;
+  if (n < 0 || groups.num_groups < 0)
+    return make_error(StatusCode::invalid_argument, "group_advantages: negative sizes");
+  if (n == 0) return Status::success();
+  if (!rewards || !groups.group_ids || !advantages)
+    return make_error(StatusCode::invalid_argument, "group_advantages: rewards, group_ids and advantages must not be null");
+  if (!std::isfinite(eps) || eps < 0)
+    return make_error(StatusCode::invalid_argument, "group_advantages: eps must be finite and >= 0, got %g", eps);
+  for (int64_t i = 0; i < n; ++i) {
+    if (groups.group_ids[i] < 0 || groups.group_ids[i] >= groups.num_groups)
+      return make_error(StatusCode::out_of_range, "group_advantages: group_ids[%lld] = %d is outside [0, %lld)",
+                        static_cast<long long>(i), groups.group_ids[i], static_cast<long long>(groups.num_groups));
+    if (!std::isfinite(static_cast<double>(rewards[i])))
+      return make_error(StatusCode::non_finite, "group_advantages: rewards[%lld] is not finite",
+                        static_cast<long long>(i));
+  }
+  const bool whiten = estimator == AdvantageEstimator::reinforce_pp_baseline;
+  if (whiten) {
+    if (!token_counts)
+      return make_error(StatusCode::invalid_argument, "reinforce_pp_baseline needs token_counts (valid tokens per response)");
+    for (int64_t i = 0; i < n; ++i)
+      if (token_counts[i] < 0)
+        return make_error(StatusCode::invalid_argument, "token_counts[%lld] is negative", static_cast<long long>(i));
+  }
+
+  // Group statistics in double: count, mean, then the unbiased variance (two passes, as torch.std).
+  std::vector<double> count(groups.num_groups, 0.0), mean(groups.num_groups, 0.0), m2(groups.num_groups, 0.0);
+  std::vector<char> all_equal(groups.num_groups, 1);
+  std::vector<double> first(groups.num_groups, 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t g = groups.group_ids[i];
+    const double r = static_cast<double>(rewards[i]);
+    if (count[g] == 0) first[g] = r;
+    else if (r != first[g]) all_equal[g] = 0;
+    count[g] += 1;
+    mean[g] += r;
+  }
+  for (int64_t g = 0; g < groups.num_groups; ++g)
+    if (count[g] > 0) mean[g] /= count[g];
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t g = groups.group_ids[i];
+    const double d = static_cast<double>(rewards[i]) - mean[g];
+    m2[g] += d * d;
+  }
+
+  // Results stay in double until every check has passed: nothing is written on error.
+  std::vector<double> result(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t g = groups.group_ids[i];
+    const double r = static_cast<double>(rewards[i]);
+    const double c = count[g];
+    double a = 0;
+    switch (estimator) {
+      case AdvantageEstimator::grpo:
+        if (c < 2) a = r / (1.0 + eps);
+        else if (all_equal[g]) a = 0.0;
+        else a = (r - mean[g]) / (std::sqrt(m2[g] / (c - 1)) + eps);
+        break;
+      case AdvantageEstimator::grpo_no_std:
+        if (c < 2) a = r;
+        else if (all_equal[g]) a = 0.0;
+        else a = r - mean[g];
+        break;
+      case AdvantageEstimator::rloo:
+        a = c < 2 ? r : c / (c - 1) * (r - mean[g]);
+        break;
+      case AdvantageEstimator::reinforce_pp_baseline:
+        a = c < 2 ? r : r - mean[g];
+        break;
+      default:
+        return make_error(StatusCode::invalid_argument, "group_advantages: unknown estimator %d",
+                          static_cast<int>(estimator));
+    }
+    result[i] = a;
+  }
+
+  if (whiten) {
+    // Token-weighted mean and unbiased variance of the broadcast advantages.
+    double tokens = 0, sum = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      tokens += static_cast<double>(token_counts[i]);
+      sum += static_cast<double>(token_counts[i]) * result[i];
+    }
+    if (tokens < 2)
+      return make_error(StatusCode::invalid_argument,
+                        "reinforce_pp_baseline whitening needs at least 2 valid tokens in the batch, got %g", tokens);
+    const double mu = sum / tokens;
+    double var = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double d = result[i] - mu;
+      var += static_cast<double>(token_counts[i]) * d * d;
+    }
+    var = var / tokens * (tokens / (tokens - 1));
+    const double inv_std = 1.0 / std::sqrt(var + 1e-8);
+    for (int64_t i = 0; i < n; ++i) result[i] = (result[i] - mu) * inv_std;
+  }
+  for (int64_t i = 0; i < n; ++i) advantages[i] = static_cast<Real>(result[i]);
+  return Status::success();
+}
+
+// Copies one advantage per response onto each of its token rows.
+template <typename Real>
+void broadcast_to_tokens(const SequenceLayout& layout, const Real* per_response, Real* per_token) {
+  for (int64_t i = 0; i < layout.num_sequences; ++i)
+    for (int64_t t = layout.begin(i); t < layout.end(i); ++t) per_token[t] = per_response[i];
+}
+
+}  // namespace cgrpo

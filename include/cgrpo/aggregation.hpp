@@ -1,0 +1,77 @@
+// cgrpo/aggregation.hpp: loss aggregation modes turned into per-token weights.
+// agg(x) = sum_t w_t x_t; the host computes w once, kernels never branch on a mode.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "cgrpo/config.hpp"
+#include "cgrpo/layout.hpp"
+#include "cgrpo/status.hpp"
+
+namespace cgrpo {
+
+// Global quantities for data-parallel training and gradient accumulation. Each
+// is used only by the modes that need it; a value of 0 means "take it from this
+// batch"; a negative or non-finite value is an error. Supply the all-reduced value so that the summed gradient of the shards
+// equals the gradient of the whole batch.
+struct AggregationScale {
+  double token_count = 0;     // token-mean: sum of the mask over the global batch
+  double sequence_count = 0;  // seq-mean-*: B, the number of responses in the global batch
+  double length = 0;          // seq-mean-token-sum-norm: L (max response length)
+};
+
+// Writes w_t for every token row of `layout`. mask[t] is 0 or 1.
+// token-mean adds 1e-8 to its divisor, exactly as verl's masked_mean.
+template <typename Real>
+Status aggregation_weights(Aggregation mode, const SequenceLayout& layout, const uint8_t* mask,
+                           const AggregationScale& scale, Real* weights) {
+  const int64_t num_tokens = layout.num_tokens();
+  CGRPO_RETURN_IF_ERROR(layout.validate(num_tokens));
+  if (num_tokens > 0 && (!mask || !weights))
+    return make_error(StatusCode::invalid_argument, "aggregation_weights: mask and weights must not be null");
+  for (double v : {scale.token_count, scale.sequence_count, scale.length})
+    if (!std::isfinite(v) || v < 0)
+      return make_error(StatusCode::invalid_argument,
+                        "aggregation scale values must be finite and >= 0 (0: from this batch), got %g", v);
+
+  switch (mode) {
+    case Aggregation::token_mean: {
+      double count = scale.token_count;
+      if (count <= 0) {
+        count = 0;
+        for (int64_t t = 0; t < num_tokens; ++t) count += mask[t] ? 1.0 : 0.0;
+      }
+      const double w = 1.0 / (count + 1e-8);
+      for (int64_t t = 0; t < num_tokens; ++t) weights[t] = mask[t] ? static_cast<Real>(w) : Real(0);
+      return Status::success();
+    }
+    case Aggregation::seq_mean_token_sum:
+    case Aggregation::seq_mean_token_mean: {
+      const double b = scale.sequence_count > 0 ? scale.sequence_count : static_cast<double>(layout.num_sequences);
+      if (b <= 0 && num_tokens > 0)
+        return make_error(StatusCode::invalid_argument, "%s: the number of sequences is zero", to_string(mode));
+      for (int64_t i = 0; i < layout.num_sequences; ++i) {
+        double n = 1.0;
+        if (mode == Aggregation::seq_mean_token_mean) {
+          n = 0;
+          for (int64_t t = layout.begin(i); t < layout.end(i); ++t) n += mask[t] ? 1.0 : 0.0;
+        }
+        const double w = n > 0 ? 1.0 / (b * n) : 0.0;
+        for (int64_t t = layout.begin(i); t < layout.end(i); ++t) weights[t] = mask[t] ? static_cast<Real>(w) : Real(0);
+      }
+      return Status::success();
+    }
+    case Aggregation::seq_mean_token_sum_norm: {
+      const double l = scale.length > 0 ? scale.length : static_cast<double>(layout.max_length());
+      if (l <= 0 && num_tokens > 0)
+        return make_error(StatusCode::invalid_argument, "seq-mean-token-sum-norm: the length normalizer L is zero");
+      const double w = 1.0 / l;
+      for (int64_t t = 0; t < num_tokens; ++t) weights[t] = mask[t] ? static_cast<Real>(w) : Real(0);
+      return Status::success();
+    }
+  }
+  return make_error(StatusCode::invalid_argument, "aggregation_weights: unknown mode %d", static_cast<int>(mode));
+}
+
+}  // namespace cgrpo

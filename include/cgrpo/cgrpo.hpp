@@ -1,0 +1,15 @@
+// cgrpo/cgrpo.hpp: the umbrella header of the host library (CPU path and critique stage).
+// CUDA kernels live in kernels/ and are included separately by CUDA translation units.
+#pragma once
+
+#include "cgrpo/advantages.hpp"
+#include "cgrpo/aggregation.hpp"
+#include "cgrpo/config.hpp"
+#include "cgrpo/layout.hpp"
+#include "cgrpo/macros.hpp"
+#include "cgrpo/metrics.hpp"
+#include "cgrpo/policy_loss_batch.hpp"
+#include "cgrpo/status.hpp"
+#include "cgrpo/token_math.hpp"
+#include "cgrpo/cpu/fused_policy_loss.hpp"
+#include "cgrpo/cpu/token_logprobs.hpp"

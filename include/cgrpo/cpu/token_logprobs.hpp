@@ -1,0 +1,62 @@
+// cgrpo/cpu/token_logprobs.hpp: log p of each target and H of each row, nothing else.
+// The "compute old / reference log-probs" pass that every trainer runs before the update.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "cgrpo/cpu/fused_policy_loss.hpp"
+#include "cgrpo/cpu/parallel_for.hpp"
+#include "cgrpo/cpu/row_sweeps.hpp"
+#include "cgrpo/status.hpp"
+#include "cgrpo/token_math.hpp"
+
+namespace cgrpo::cpu {
+
+// logits [T, row_stride] (row_stride 0: V); writes logp[T] and, when not null, entropy[T].
+// One read of each row. Errors (nothing written): bad sizes or pointers, a target
+// outside [0, V), a row with NaN or +inf logits.
+template <typename Real>
+Status token_logprobs(const Real* logits, int64_t num_tokens, int64_t vocab_size, int64_t row_stride,
+                      const int32_t* target_ids, double temperature, Real* logp, Real* entropy,
+                      int num_threads = 1) {
+  static_assert(std::is_same<Real, float>::value || std::is_same<Real, double>::value,
+                "the CPU path takes float or double logits");
+  if (num_tokens < 0 || vocab_size <= 0)
+    return make_error(StatusCode::invalid_argument, "token_logprobs: num_tokens (%lld) must be >= 0 and vocab_size (%lld) > 0",
+                      static_cast<long long>(num_tokens), static_cast<long long>(vocab_size));
+  const int64_t stride = row_stride == 0 ? vocab_size : row_stride;
+  if (stride < vocab_size)
+    return make_error(StatusCode::invalid_argument, "row_stride (%lld) must be 0 or >= vocab_size (%lld)",
+                      static_cast<long long>(row_stride), static_cast<long long>(vocab_size));
+  if (!std::isfinite(temperature) || temperature <= 0)
+    return make_error(StatusCode::invalid_argument, "temperature must be finite and > 0, got %g", temperature);
+  if (num_threads < 1)
+    return make_error(StatusCode::invalid_argument, "num_threads must be >= 1, got %d", num_threads);
+  if (num_tokens == 0) return Status::success();
+  if (!logits || !target_ids || !logp)
+    return make_error(StatusCode::invalid_argument, "token_logprobs: logits, target_ids and logp must not be null");
+  for (int64_t t = 0; t < num_tokens; ++t)
+    if (target_ids[t] < 0 || target_ids[t] >= vocab_size)
+      return make_error(StatusCode::out_of_range, "target_ids[%lld] = %d is outside [0, %lld)",
+                        static_cast<long long>(t), target_ids[t], static_cast<long long>(vocab_size));
+
+  // Results go to the caller's buffers only once every row is known to be finite.
+  const Real inv_temperature = static_cast<Real>(1.0 / temperature);
+  Workspace ws;
+  ws.rows.resize(static_cast<size_t>(num_tokens));
+  parallel_for_rows(num_tokens, num_threads, [&](int64_t begin, int64_t end) {
+    compute_row_stats(logits, stride, vocab_size, target_ids, inv_temperature, begin, end, ws.rows.data());
+  });
+  const int64_t bad = first_non_finite_row(ws, num_tokens);
+  if (bad >= 0)
+    return make_error(StatusCode::non_finite, "logits row %lld holds NaN or +inf (or every entry is -inf)",
+                      static_cast<long long>(bad));
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    logp[t] = static_cast<Real>(ws.rows[t].logp);
+    if (entropy) entropy[t] = static_cast<Real>(ws.rows[t].entropy);
+  }
+  return Status::success();
+}
+
+}  // namespace cgrpo::cpu
