@@ -1,0 +1,225 @@
+// The fused CPU loss against the plain double reference (tests/cpu/reference.hpp):
+// loss, metrics, log p, H, and the gradient against central finite differences.
+#include <catch2/catch.hpp>
+
+#include <cgrpo/cgrpo.hpp>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "reference.hpp"
+
+namespace {
+
+std::mt19937_64 fresh_rng() { return std::mt19937_64(std::random_device{}()); }
+
+double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  double m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+double max_abs(const std::vector<double>& a) {
+  double m = 0;
+  for (double x : a) m = std::max(m, std::fabs(x));
+  return m;
+}
+
+struct RunOutput {
+  cgrpo::Status status;
+  cgrpo::LossMetrics metrics;
+  std::vector<double> grad, logp, entropy;
+};
+
+template <typename Real>
+RunOutput run_library(const ref::Batch& b, const cgrpo::LossConfig& c, bool in_place = false) {
+  ref::LibraryBatch<Real> lb(b);
+  std::vector<Real> grad(in_place ? 0 : b.logits.size(), Real(0)), logp(b.T), ent(b.T);
+  RunOutput r;
+  cgrpo::PolicyLossOutputs<Real> out;
+  out.grad_logits = in_place ? lb.logits.data() : grad.data();
+  out.logp = logp.data();
+  out.entropy = ent.data();
+  out.metrics = &r.metrics;
+  r.status = cgrpo::cpu::fused_policy_loss(c, lb.view, out);
+  const std::vector<Real>& g = in_place ? lb.logits : grad;
+  r.grad.assign(g.begin(), g.end());
+  if (in_place)  // the padding between V and the stride is not gradient: zero it for comparisons
+    for (int64_t t = 0; t < b.T; ++t)
+      for (int64_t v = b.V; v < b.stride; ++v) r.grad[t * b.stride + v] = 0;
+  r.logp.assign(logp.begin(), logp.end());
+  r.entropy.assign(ent.begin(), ent.end());
+  return r;
+}
+
+void check_metrics(const cgrpo::LossMetrics& m, const ref::Result& want, double tol) {
+  auto close = [tol](double got, double w) { return std::fabs(got - w) <= tol * std::max(1.0, std::fabs(w)); };
+  CHECK(close(m.loss, want.loss));
+  CHECK(close(m.pg_loss, want.pg));
+  CHECK(close(m.pg_loss_initial, want.pg_initial));
+  CHECK(close(m.pg_loss_refinement, want.pg_refinement));
+  CHECK(close(m.entropy_loss, want.entropy_agg));
+  CHECK(close(m.kl_loss, want.kl_agg));
+  CHECK(close(m.pg_clipfrac, want.clipfrac));
+  CHECK(close(m.pg_clipfrac_lower, want.clipfrac_lower));
+  CHECK(close(m.ppo_kl, want.ppo_kl));
+  CHECK(close(m.entropy_mean, want.entropy_mean));
+  CHECK(close(m.kl_mean, want.kl_mean));
+  CHECK(close(m.refinement_prob_mean, want.prob_mean));
+  CHECK(close(m.ratio_mean, want.ratio_mean));
+  CHECK(m.num_valid_tokens == want.valid);
+  CHECK(m.num_initial_tokens == want.initial);
+  CHECK(m.num_refinement_tokens == want.refinement);
+}
+
+}  // namespace
+
+TEST_CASE("fused loss: gradient equals finite differences for every clip, KL and aggregation combination",
+          "[fused][gradient]") {
+  auto rng = fresh_rng();
+  const cgrpo::Aggregation aggs[] = {cgrpo::Aggregation::token_mean, cgrpo::Aggregation::seq_mean_token_sum,
+                                     cgrpo::Aggregation::seq_mean_token_mean,
+                                     cgrpo::Aggregation::seq_mean_token_sum_norm};
+  const cgrpo::KlEstimator kls[] = {cgrpo::KlEstimator::none, cgrpo::KlEstimator::k1, cgrpo::KlEstimator::abs,
+                                    cgrpo::KlEstimator::k2, cgrpo::KlEstimator::k3};
+  struct ClipCase {
+    cgrpo::ClipMode mode;
+    bool dual;
+  };
+  const ClipCase clips[] = {{cgrpo::ClipMode::none, false},
+                            {cgrpo::ClipMode::token, false},
+                            {cgrpo::ClipMode::token, true},
+                            {cgrpo::ClipMode::sequence, false},
+                            {cgrpo::ClipMode::sequence, true}};
+  int combos = 0;
+  for (const ClipCase& clip : clips)
+    for (cgrpo::KlEstimator kl : kls)
+      for (int a = 0; a < 4; ++a) {
+        cgrpo::LossConfig c;
+        c.clip = clip.mode;
+        c.dual_clip = clip.dual;
+        c.clip_eps_low = 0.2;
+        c.clip_eps_high = 0.28;
+        c.dual_clip_c = 1.5;  // small, so that dual clipping happens on random data
+        c.kl = kl;
+        c.kl_coef = kl == cgrpo::KlEstimator::none ? 0.0 : 0.3;
+        c.entropy_coef = 0.05;
+        c.pg_aggregation = aggs[a];
+        c.entropy_aggregation = aggs[(a + 1) % 4];
+        c.kl_aggregation = aggs[(a + 2) % 4];
+        c.temperature = (combos % 3 == 0) ? 0.7 : 1.0;
+        ref::Batch b = ref::random_batch(rng, 4, 4, 7, combos % 2 ? 3 : 0);
+        ref::set_weights(b, c);
+        CAPTURE(to_string(clip.mode), clip.dual, to_string(kl), to_string(aggs[a]), c.temperature);
+
+        const RunOutput got = run_library<double>(b, c);
+        INFO(got.status.message);
+        REQUIRE(got.status.ok());
+        const ref::Result want = ref::loss(b, b.logits, c);
+        check_metrics(got.metrics, want, 1e-12);
+        CHECK(max_abs_diff(got.logp, want.logp) <= 1e-12);
+        CHECK(max_abs_diff(got.entropy, want.entropy) <= 1e-12);
+        const std::vector<double> fd = ref::finite_difference_gradient(b, c);
+        REQUIRE(max_abs(fd) > 0);
+        CHECK(max_abs_diff(got.grad, fd) <= 1e-7 * std::max(1.0, max_abs(fd)));
+        ++combos;
+      }
+  CHECK(combos == 100);
+}
+
+TEST_CASE("fused loss: refinement shaping and initial ratio loss in one batch match the reference", "[fused]") {
+  auto rng = fresh_rng();
+  for (cgrpo::LossConfig c : {cgrpo::paper_critique_grpo(), cgrpo::verl_grpo(), cgrpo::dr_grpo(), cgrpo::dapo(),
+                              cgrpo::gspo()}) {
+    ref::Batch b = ref::random_batch(rng, 12, 20, 50, 5);
+    ref::set_weights(b, c);
+    const ref::Result want = ref::loss(b, b.logits, c);
+    const RunOutput d = run_library<double>(b, c);
+    REQUIRE(d.status.ok());
+    check_metrics(d.metrics, want, 1e-12);
+    REQUIRE(want.initial > 0);
+    REQUIRE(want.refinement > 0);
+    // float against the float64 reference: 1e-5 relative.
+    const RunOutput f = run_library<float>(b, c);
+    REQUIRE(f.status.ok());
+    check_metrics(f.metrics, want, 1e-5);
+    CHECK(max_abs_diff(f.grad, d.grad) <= 1e-5 * max_abs(d.grad));
+    CHECK(max_abs_diff(f.logp, want.logp) <= 1e-5 * max_abs(want.logp));
+  }
+}
+
+TEST_CASE("fused loss: in place equals a separate buffer, bit for bit", "[fused]") {
+  auto rng = fresh_rng();
+  cgrpo::LossConfig c = cgrpo::verl_grpo();
+  c.entropy_coef = 0.01;
+  ref::Batch b = ref::random_batch(rng, 6, 30, 300, 17);
+  ref::set_weights(b, c);
+  for (int pass = 0; pass < 2; ++pass) {
+    const RunOutput sep = pass ? run_library<float>(b, c) : run_library<double>(b, c);
+    const RunOutput inp = pass ? run_library<float>(b, c, true) : run_library<double>(b, c, true);
+    REQUIRE(sep.status.ok());
+    REQUIRE(inp.status.ok());
+    CHECK(sep.grad == inp.grad);
+    CHECK(sep.metrics.loss == inp.metrics.loss);
+  }
+}
+
+TEST_CASE("fused loss: the thread count never changes a bit", "[fused][determinism]") {
+  auto rng = fresh_rng();
+  cgrpo::LossConfig c = cgrpo::dapo();
+  c.kl = cgrpo::KlEstimator::k3;
+  c.kl_coef = 0.01;
+  c.entropy_coef = 0.001;
+  ref::Batch b = ref::random_batch(rng, 9, 40, 1000, 0);
+  ref::set_weights(b, c);
+  c.num_threads = 1;
+  const RunOutput one = run_library<float>(b, c);
+  REQUIRE(one.status.ok());
+  for (int threads : {2, 3, 8}) {
+    c.num_threads = threads;
+    const RunOutput many = run_library<float>(b, c);
+    REQUIRE(many.status.ok());
+    CHECK(std::memcmp(&many.metrics, &one.metrics, sizeof(one.metrics)) == 0);
+    CHECK(many.grad == one.grad);
+    CHECK(many.logp == one.logp);
+  }
+  const RunOutput again = run_library<float>(b, c);
+  CHECK(again.grad == one.grad);
+  CHECK(again.metrics.loss == one.metrics.loss);
+}
+
+TEST_CASE("fused loss: forward only gives the same loss and writes no gradient", "[fused]") {
+  auto rng = fresh_rng();
+  cgrpo::LossConfig c = cgrpo::paper_critique_grpo();
+  ref::Batch b = ref::random_batch(rng, 5, 10, 64, 0);
+  ref::set_weights(b, c);
+  ref::LibraryBatch<double> lb(b);
+  cgrpo::LossMetrics m;
+  cgrpo::PolicyLossOutputs<double> out;
+  out.metrics = &m;
+  REQUIRE(cgrpo::cpu::fused_policy_loss(c, lb.view, out).ok());
+  CHECK(m.loss == Approx(ref::loss(b, b.logits, c).loss).epsilon(1e-12));
+  CHECK(lb.logits == std::vector<double>(b.logits.begin(), b.logits.end()));
+}
+
+TEST_CASE("token_logprobs matches the reference log-softmax and entropy", "[logprobs]") {
+  auto rng = fresh_rng();
+  ref::Batch b = ref::random_batch(rng, 7, 9, 333, 4, 5.0);
+  for (double tau : {1.0, 0.6, 1.3}) {
+    std::vector<double> logp(b.T, -1.0), ent(b.T, -1.0);
+    std::vector<float> logits_f(b.logits.begin(), b.logits.end()), logp_f(b.T), ent_f(b.T);
+    REQUIRE(cgrpo::cpu::token_logprobs(b.logits.data(), b.T, b.V, b.stride, b.targets.data(), tau, logp.data(),
+                                       ent.data(), 2)
+                .ok());
+    REQUIRE(cgrpo::cpu::token_logprobs(logits_f.data(), b.T, b.V, b.stride, b.targets.data(), tau, logp_f.data(),
+                                       ent_f.data())
+                .ok());
+    for (int64_t t = 0; t < b.T; ++t) {
+      const ref::TokenValues w = ref::log_softmax_entropy(&b.logits[t * b.stride], b.V, b.targets[t], tau);
+      CHECK(logp[t] == Approx(w.logp).epsilon(1e-12).margin(1e-12));
+      CHECK(ent[t] == Approx(w.entropy).epsilon(1e-12).margin(1e-12));
+      CHECK(logp_f[t] == Approx(w.logp).epsilon(1e-5).margin(1e-5));
+      CHECK(ent_f[t] == Approx(w.entropy).epsilon(1e-5).margin(1e-5));
+    }
+  }
+}
