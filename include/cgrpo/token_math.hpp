@@ -206,10 +206,12 @@ template <typename Real>
 CGRPO_HD RowStats<Real> row_stats_push(RowStats<Real> s, Real u) {
   if (u == -INFINITY) return s;
   if (u > s.max) {
-    const Real shift = s.max - u;  // <= 0; exp(-inf) = 0 for the identity
-    const Real scale = s.sum_exp > Real(0) ? math::exp(shift) : Real(0);
-    s.sum_exp_u = scale * (s.sum_exp_u + shift * s.sum_exp);
-    s.sum_exp = scale * s.sum_exp;
+    if (s.sum_exp > Real(0)) {  // rescale what was summed against the old max
+      const Real shift = s.max - u;  // < 0
+      const Real scale = math::exp(shift);
+      s.sum_exp_u = scale * (s.sum_exp_u + shift * s.sum_exp);
+      s.sum_exp = scale * s.sum_exp;
+    }
     s.max = u;
   }
   const Real d = u - s.max;
