@@ -1,0 +1,208 @@
+// Every validation error of the CPU entry points: the right status code and message,
+// and the caller's output buffers left exactly as they were (poisoned before, checked after).
+#include <catch2/catch.hpp>
+
+#include <cgrpo/cgrpo.hpp>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "reference.hpp"
+
+namespace {
+
+constexpr double kPoison = -12345.5;
+
+struct Fixture {
+  ref::Batch b;
+  cgrpo::LossConfig config = cgrpo::verl_grpo();
+  Fixture() {
+    std::mt19937_64 rng(std::random_device{}());
+    b = ref::random_batch(rng, 5, 6, 40, 2);
+    config.entropy_coef = 0.01;
+    ref::set_weights(b, config);
+  }
+};
+
+// Runs the fused loss after `mutate` and checks that it fails with `code` and a message
+// containing `needle`, and that no output (gradient, logp, entropy, metrics, the logits
+// themselves when in place) changed.
+void expect_error(const std::function<void(cgrpo::LossConfig&, cgrpo::PolicyLossBatch<double>&,
+                                           cgrpo::PolicyLossOutputs<double>&)>& mutate,
+                  cgrpo::StatusCode code, const std::string& needle, bool in_place = false) {
+  Fixture f;
+  ref::LibraryBatch<double> lb(f.b);
+  std::vector<double> grad(f.b.logits.size(), kPoison), logp(f.b.T, kPoison), ent(f.b.T, kPoison);
+  const std::vector<double> logits_before = lb.logits;
+  cgrpo::LossMetrics metrics;
+  metrics.loss = kPoison;
+  cgrpo::PolicyLossOutputs<double> out;
+  out.grad_logits = in_place ? lb.logits.data() : grad.data();
+  out.logp = logp.data();
+  out.entropy = ent.data();
+  out.metrics = &metrics;
+  mutate(f.config, lb.view, out);
+  const std::vector<double> logits_mutated = lb.logits;
+  const cgrpo::Status st = cgrpo::cpu::fused_policy_loss(f.config, lb.view, out);
+  INFO("message: " << st.message);
+  CHECK(st.code == code);
+  CHECK(std::string(st.message).find(needle) != std::string::npos);
+  for (double g : grad) REQUIRE(g == kPoison);
+  for (int64_t t = 0; t < f.b.T; ++t) REQUIRE((logp[t] == kPoison && ent[t] == kPoison));
+  CHECK(metrics.loss == kPoison);
+  CHECK(std::memcmp(lb.logits.data(), logits_mutated.data(), lb.logits.size() * sizeof(double)) == 0);
+  (void)logits_before;
+}
+
+using Cfg = cgrpo::LossConfig;
+using Batch = cgrpo::PolicyLossBatch<double>;
+using Out = cgrpo::PolicyLossOutputs<double>;
+using Code = cgrpo::StatusCode;
+
+}  // namespace
+
+TEST_CASE("bad input: sizes and pointers", "[errors]") {
+  expect_error([](Cfg&, Batch& b, Out&) { b.num_tokens = -1; }, Code::invalid_argument, "num_tokens");
+  expect_error([](Cfg&, Batch& b, Out&) { b.vocab_size = 0; }, Code::invalid_argument, "vocab_size");
+  expect_error([](Cfg&, Batch& b, Out&) { b.row_stride = b.vocab_size - 1; }, Code::invalid_argument, "row_stride");
+  expect_error([](Cfg&, Batch& b, Out&) { b.logits = nullptr; }, Code::invalid_argument, "logits");
+  expect_error([](Cfg&, Batch& b, Out&) { b.target_ids = nullptr; }, Code::invalid_argument, "target_ids");
+  expect_error([](Cfg&, Batch& b, Out&) { b.mask = nullptr; }, Code::invalid_argument, "mask");
+  expect_error([](Cfg&, Batch& b, Out&) { b.advantages = nullptr; }, Code::invalid_argument, "advantages");
+  expect_error([](Cfg&, Batch& b, Out&) { b.old_logp = nullptr; }, Code::invalid_argument, "old_logp");
+  expect_error([](Cfg&, Batch& b, Out&) { b.pg_weights = nullptr; }, Code::invalid_argument, "pg_weights");
+  expect_error([](Cfg&, Batch& b, Out&) { b.ref_logp = nullptr; }, Code::invalid_argument, "ref_logp");
+  expect_error([](Cfg& c, Batch& b, Out&) { c.clip = cgrpo::ClipMode::sequence; b.layout.num_sequences -= 1; },
+               Code::invalid_argument, "layout");
+  expect_error([](Cfg&, Batch&, Out& o) { o.grad_row_stride = 3; }, Code::invalid_argument, "grad_row_stride");
+  expect_error([](Cfg&, Batch& b, Out& o) { o.grad_logits = const_cast<double*>(b.logits) + 1; },
+               Code::invalid_argument, "overlaps");
+  expect_error([](Cfg&, Batch& b, Out& o) { o.grad_row_stride = b.stride() + 1; }, Code::invalid_argument,
+               "in-place", /*in_place=*/true);
+}
+
+TEST_CASE("bad input: values", "[errors]") {
+  expect_error([](Cfg&, Batch& b, Out&) { const_cast<int32_t*>(b.target_ids)[3] = static_cast<int32_t>(b.vocab_size); },
+               Code::out_of_range, "target_ids[3]");
+  expect_error([](Cfg&, Batch& b, Out&) { const_cast<int32_t*>(b.target_ids)[0] = -1; }, Code::out_of_range,
+               "target_ids[0]");
+  expect_error([](Cfg&, Batch& b, Out&) { const_cast<double*>(b.logits)[2 * b.stride() + 5] = NAN; },
+               Code::non_finite, "logits row 2");
+  expect_error([](Cfg&, Batch& b, Out&) { const_cast<double*>(b.logits)[(b.num_tokens - 1) * b.stride()] = INFINITY; },
+               Code::non_finite, "logits row", /*in_place=*/true);
+  expect_error([](Cfg&, Batch& b, Out&) { const_cast<double*>(b.advantages)[1] = NAN; }, Code::non_finite,
+               "advantages[1]");
+  expect_error([](Cfg&, Batch& b, Out&) { const_cast<double*>(b.pg_weights)[1] = INFINITY; }, Code::non_finite,
+               "pg_weights[1]");
+  expect_error([](Cfg&, Batch& b, Out&) { const_cast<uint8_t*>(b.mask)[4] = 2; }, Code::invalid_argument, "mask[4]");
+  expect_error([](Cfg&, Batch& b, Out&) { const_cast<uint8_t*>(b.kinds)[4] = 7; }, Code::invalid_argument, "kinds[4]");
+  expect_error([](Cfg&, Batch& b, Out&) {
+                 const_cast<uint8_t*>(b.mask)[0] = 1;
+                 const_cast<uint8_t*>(b.kinds)[0] = cgrpo::kInitial;
+                 const_cast<double*>(b.old_logp)[0] = NAN;
+               },
+               Code::non_finite, "old_logp[0]");
+  expect_error([](Cfg&, Batch& b, Out&) {
+                 const_cast<uint8_t*>(b.mask)[0] = 1;
+                 const_cast<double*>(b.ref_logp)[0] = -INFINITY;
+               },
+               Code::non_finite, "ref_logp[0]");
+}
+
+TEST_CASE("bad input: config", "[errors]") {
+  expect_error([](Cfg& c, Batch&, Out&) { c.refinement_gamma = 0; }, Code::invalid_argument, "refinement_gamma");
+  expect_error([](Cfg& c, Batch&, Out&) { c.refinement_gamma = -0.1; }, Code::invalid_argument, "refinement_gamma");
+  expect_error([](Cfg& c, Batch&, Out&) { c.clip_eps_low = 1.0; }, Code::invalid_argument, "clip_eps_low");
+  expect_error([](Cfg& c, Batch&, Out&) { c.clip_eps_low = -0.1; }, Code::invalid_argument, "clip_eps_low");
+  expect_error([](Cfg& c, Batch&, Out&) { c.clip_eps_high = NAN; }, Code::invalid_argument, "clip_eps_high");
+  expect_error([](Cfg& c, Batch&, Out&) { c.dual_clip = true; c.dual_clip_c = 1.0; }, Code::invalid_argument,
+               "dual_clip_c");
+  expect_error([](Cfg& c, Batch&, Out&) { c.temperature = 0; }, Code::invalid_argument, "temperature");
+  expect_error([](Cfg& c, Batch&, Out&) { c.kl = cgrpo::KlEstimator::none; c.kl_coef = 0.1; }, Code::invalid_argument,
+               "kl_coef");
+  expect_error([](Cfg& c, Batch&, Out&) { c.num_threads = 0; }, Code::invalid_argument, "num_threads");
+  expect_error([](Cfg& c, Batch&, Out&) { c.entropy_coef = INFINITY; }, Code::invalid_argument, "entropy_coef");
+  expect_error([](Cfg& c, Batch&, Out&) { c.advantage_eps = -1; }, Code::invalid_argument, "advantage_eps");
+}
+
+TEST_CASE("bad input: advantages, aggregation and log-prob entry points leave outputs untouched", "[errors]") {
+  const std::vector<double> rewards = {1, 0, NAN, 1};
+  const std::vector<int32_t> ids = {0, 0, 1, 1};
+  std::vector<double> adv(4, kPoison);
+  auto st = cgrpo::group_advantages(cgrpo::AdvantageEstimator::grpo, {4, ids.data(), 2}, rewards.data(), nullptr,
+                                    1e-6, adv.data());
+  CHECK(st.code == Code::non_finite);
+  const std::vector<int32_t> bad_ids = {0, 0, 2, 1};
+  const std::vector<double> ok_rewards = {1, 0, 1, 1};
+  st = cgrpo::group_advantages(cgrpo::AdvantageEstimator::grpo, {4, bad_ids.data(), 2}, ok_rewards.data(), nullptr,
+                               1e-6, adv.data());
+  CHECK(st.code == Code::out_of_range);
+  const std::vector<int64_t> one_token = {1, 0, 0, 0};
+  st = cgrpo::group_advantages(cgrpo::AdvantageEstimator::reinforce_pp_baseline, {4, ids.data(), 2},
+                               ok_rewards.data(), one_token.data(), 0.0, adv.data());
+  CHECK(st.code == Code::invalid_argument);
+  for (double a : adv) CHECK(a == kPoison);
+
+  // Aggregation: a negative or non-finite normalizer, a zero length, a layout that does not add up.
+  const std::vector<uint8_t> mask = {1, 1, 0, 1};
+  std::vector<double> w(4, kPoison);
+  const auto layout = cgrpo::SequenceLayout::padded(2, 2);
+  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::token_mean, layout, mask.data(), {-1, 0, 0}, w.data()).code ==
+        Code::invalid_argument);
+  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::seq_mean_token_sum_norm, cgrpo::SequenceLayout::padded(2, 0),
+                                   mask.data(), {}, w.data())
+            .ok());  // zero tokens: nothing to weigh
+  const int64_t empty_offsets[] = {0, 0, 0};
+  const auto empty = cgrpo::SequenceLayout::packed(2, empty_offsets);
+  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::seq_mean_token_sum, empty, mask.data(), {0, NAN, 0}, w.data())
+            .code == Code::invalid_argument);
+  const int64_t bad_offsets[] = {0, 3, 2};
+  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::token_mean, cgrpo::SequenceLayout::packed(2, bad_offsets),
+                                   mask.data(), {}, w.data())
+            .code == Code::invalid_argument);
+  for (double x : w) CHECK(x == kPoison);
+
+  // token_logprobs: out-of-range target and NaN row.
+  std::vector<double> logits(4 * 5, 0.25), logp(4, kPoison), ent(4, kPoison);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = std::sin(1.0 + i);
+  std::vector<int32_t> targets = {0, 1, 5, 2};
+  CHECK(cgrpo::cpu::token_logprobs(logits.data(), 4, 5, 0, targets.data(), 1.0, logp.data(), ent.data()).code ==
+        Code::out_of_range);
+  targets[2] = 4;
+  logits[13] = NAN;
+  const auto s2 = cgrpo::cpu::token_logprobs(logits.data(), 4, 5, 0, targets.data(), 1.0, logp.data(), ent.data());
+  CHECK(s2.code == Code::non_finite);
+  CHECK(std::string(s2.message).find("row 2") != std::string::npos);
+  CHECK(cgrpo::cpu::token_logprobs(logits.data(), 4, 5, 0, targets.data(), 0.0, logp.data(), ent.data()).code ==
+        Code::invalid_argument);
+  for (int t = 0; t < 4; ++t) CHECK((logp[t] == kPoison && ent[t] == kPoison));
+}
+
+TEST_CASE("extreme but valid logits give finite results equal to the reference", "[extreme]") {
+  std::mt19937_64 rng(std::random_device{}());
+  ref::Batch b = ref::random_batch(rng, 4, 5, 30, 0, 1e3);  // |z| up to several thousand
+  for (int64_t t = 0; t < b.T; ++t) b.logits[t * b.stride + (t % b.V)] = -INFINITY;  // masked vocabulary entries
+  for (int64_t v = 0; v < b.V; ++v) b.logits[v] = 3.0;                                // a row of equal logits
+  for (int64_t t = 0; t < b.T; ++t)
+    if (b.logits[t * b.stride + b.targets[t]] == -INFINITY) b.targets[t] = static_cast<int32_t>((t + 1) % b.V);
+  cgrpo::LossConfig c = cgrpo::paper_critique_grpo();
+  c.clip = cgrpo::ClipMode::token;
+  ref::set_weights(b, c);
+  ref::LibraryBatch<double> lb(b);
+  std::vector<double> grad(b.logits.size()), logp(b.T), ent(b.T);
+  cgrpo::LossMetrics m;
+  cgrpo::PolicyLossOutputs<double> out{grad.data(), 0, logp.data(), ent.data(), &m};
+  const auto st = cgrpo::cpu::fused_policy_loss(c, lb.view, out);
+  INFO(st.message);
+  REQUIRE(st.ok());
+  CHECK(std::isfinite(m.loss));
+  for (double g : grad) REQUIRE(std::isfinite(g));
+  CHECK(ent[0] == Approx(std::log(static_cast<double>(b.V))).epsilon(1e-12));
+  // The reference (which would give NaN on the -inf entries) on the same batch with those entries at -1e300.
+  for (auto& z : b.logits)
+    if (z == -INFINITY) z = -1e300;
+  CHECK(m.loss == Approx(ref::loss(b, b.logits, c).loss).epsilon(1e-10));
+}
