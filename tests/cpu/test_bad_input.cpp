@@ -180,29 +180,3 @@ TEST_CASE("bad input: advantages, aggregation and log-prob entry points leave ou
         Code::invalid_argument);
   for (int t = 0; t < 4; ++t) CHECK((logp[t] == kPoison && ent[t] == kPoison));
 }
-
-TEST_CASE("extreme but valid logits give finite results equal to the reference", "[extreme]") {
-  std::mt19937_64 rng(std::random_device{}());
-  ref::Batch b = ref::random_batch(rng, 4, 5, 30, 0, 1e3);  // |z| up to several thousand
-  for (int64_t t = 0; t < b.T; ++t) b.logits[t * b.stride + (t % b.V)] = -INFINITY;  // masked vocabulary entries
-  for (int64_t v = 0; v < b.V; ++v) b.logits[v] = 3.0;                                // a row of equal logits
-  for (int64_t t = 0; t < b.T; ++t)
-    if (b.logits[t * b.stride + b.targets[t]] == -INFINITY) b.targets[t] = static_cast<int32_t>((t + 1) % b.V);
-  cgrpo::LossConfig c = cgrpo::paper_critique_grpo();
-  c.clip = cgrpo::ClipMode::token;
-  ref::set_weights(b, c);
-  ref::LibraryBatch<double> lb(b);
-  std::vector<double> grad(b.logits.size()), logp(b.T), ent(b.T);
-  cgrpo::LossMetrics m;
-  cgrpo::PolicyLossOutputs<double> out{grad.data(), 0, logp.data(), ent.data(), &m};
-  const auto st = cgrpo::cpu::fused_policy_loss(c, lb.view, out);
-  INFO(st.message);
-  REQUIRE(st.ok());
-  CHECK(std::isfinite(m.loss));
-  for (double g : grad) REQUIRE(std::isfinite(g));
-  CHECK(ent[0] == Approx(std::log(static_cast<double>(b.V))).epsilon(1e-12));
-  // The reference (which would give NaN on the -inf entries) on the same batch with those entries at -1e300.
-  for (auto& z : b.logits)
-    if (z == -INFINITY) z = -1e300;
-  CHECK(m.loss == Approx(ref::loss(b, b.logits, c).loss).epsilon(1e-10));
-}

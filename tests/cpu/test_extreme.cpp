@@ -1,0 +1,109 @@
+// Extreme but valid inputs: targets with p near 0 and 1, log-ratios of +-100, advantages of 0
+// and 1e6, k3 at its clamp. Results are finite and equal the float64 reference.
+#include <catch2/catch.hpp>
+
+#include <cgrpo/cgrpo.hpp>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "reference.hpp"
+
+namespace {
+
+template <typename Real>
+cgrpo::LossMetrics run(const ref::Batch& b, const cgrpo::LossConfig& c, std::vector<double>& grad_out) {
+  ref::LibraryBatch<Real> lb(b);
+  std::vector<Real> grad(b.logits.size());
+  cgrpo::LossMetrics m;
+  cgrpo::PolicyLossOutputs<Real> out{grad.data(), 0, nullptr, nullptr, &m};
+  const auto st = cgrpo::cpu::fused_policy_loss(c, lb.view, out);
+  INFO(st.message);
+  REQUIRE(st.ok());
+  grad_out.assign(grad.begin(), grad.end());
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("extreme values: p near 0 and 1, log-ratios of +-100, huge and zero advantages", "[extreme]") {
+  std::mt19937_64 rng(std::random_device{}());
+  for (auto kl : {cgrpo::KlEstimator::k3, cgrpo::KlEstimator::k1, cgrpo::KlEstimator::k2})
+    for (auto clip : {cgrpo::ClipMode::none, cgrpo::ClipMode::token})
+      for (bool huge : {true, false}) {  // huge: log-ratios +-100 and |A| = 1e6; else +-3 and |A| = 1
+      ref::Batch b = ref::random_batch(rng, 6, 6, 64, 0);
+      for (int64_t t = 0; t < b.T; ++t) {
+        double* z = &b.logits[t * b.stride];
+        switch (t % 4) {
+          case 0: z[b.targets[t]] = 60; break;   // p -> 1 (f(p) -> 1/(1+gamma))
+          case 1: z[b.targets[t]] = -60; break;  // p ~ 1e-27 (f(p) -> 0)
+          default: break;
+        }
+      }
+      for (int64_t t = 0; t < b.T; ++t) {
+        const double lp = ref::log_softmax_entropy(&b.logits[t * b.stride], b.V, b.targets[t], 1.0).logp;
+        const double r = huge ? 100.0 : 3.0;
+        b.old_logp[t] = lp + (t % 3 == 0 ? r : t % 3 == 1 ? -r : 0.1);  // ratios e^-r, e^r
+        b.ref_logp[t] = lp + (t % 2 ? 50.0 : -50.0);                           // k3 at its clamp both ways
+      }
+      for (int64_t i = 0; i < b.B; ++i)
+        for (int64_t t = b.offsets[i]; t < b.offsets[i + 1]; ++t) b.adv[t] = (i % 3 == 0 ? 0.0 : (i % 3 == 1 ? 1.0 : -1.0)) * (huge ? 1e6 : 1.0);
+      cgrpo::LossConfig c;
+      c.clip = clip;
+      c.kl = kl;
+      c.kl_coef = 0.1;
+      c.entropy_coef = 0.01;
+      ref::set_weights(b, c);
+      CAPTURE(to_string(kl), to_string(clip), huge);
+      const ref::Result want = ref::loss(b, b.logits, c);
+      REQUIRE(std::isfinite(want.loss));
+      std::vector<double> gd, gf;
+      const auto md = run<double>(b, c, gd);
+      const auto mf = run<float>(b, c, gf);
+      // J sums terms up to |A| e^20 that cancel: compare relative to the size of the terms.
+      double term_scale = std::fabs(want.loss);
+      for (int64_t t = 0; t < b.T; ++t) term_scale += b.w_pg[t] * std::fabs(b.adv[t]) * std::exp(20.0);
+      if (!huge) term_scale = std::max(1.0, std::fabs(want.loss));
+      CHECK(std::fabs(md.loss - want.loss) <= 1e-13 * term_scale);
+      CHECK(std::fabs(mf.loss - want.loss) <= 1e-5 * term_scale);
+      double scale = 0;
+      for (double g : gd) scale = std::max(scale, std::fabs(g));
+      for (size_t k = 0; k < gd.size(); ++k) {
+        REQUIRE(std::isfinite(gd[k]));
+        REQUIRE(std::isfinite(gf[k]));
+        REQUIRE(std::fabs(gf[k] - gd[k]) <= 1e-5 * scale);
+      }
+      // Finite differences where they are meaningful: with |A| e^20 terms in J their roundoff
+      // (1e-16 |J| / h) exceeds the gradient itself.
+      if (!huge) {
+        const auto fd = ref::finite_difference_gradient(b, c, 1e-6);
+        for (size_t k = 0; k < gd.size(); ++k) CHECK(std::fabs(gd[k] - fd[k]) <= 1e-6 * std::max(1.0, scale));
+      }
+    }
+}
+
+TEST_CASE("extreme but valid logits give finite results equal to the reference", "[extreme]") {
+  std::mt19937_64 rng(std::random_device{}());
+  ref::Batch b = ref::random_batch(rng, 4, 5, 30, 0, 1e3);  // |z| up to several thousand
+  for (int64_t t = 0; t < b.T; ++t) b.logits[t * b.stride + (t % b.V)] = -INFINITY;  // masked vocabulary entries
+  for (int64_t v = 0; v < b.V; ++v) b.logits[v] = 3.0;                                // a row of equal logits
+  for (int64_t t = 0; t < b.T; ++t)
+    if (b.logits[t * b.stride + b.targets[t]] == -INFINITY) b.targets[t] = static_cast<int32_t>((t + 1) % b.V);
+  cgrpo::LossConfig c = cgrpo::paper_critique_grpo();
+  c.clip = cgrpo::ClipMode::token;
+  ref::set_weights(b, c);
+  ref::LibraryBatch<double> lb(b);
+  std::vector<double> grad(b.logits.size()), logp(b.T), ent(b.T);
+  cgrpo::LossMetrics m;
+  cgrpo::PolicyLossOutputs<double> out{grad.data(), 0, logp.data(), ent.data(), &m};
+  const auto st = cgrpo::cpu::fused_policy_loss(c, lb.view, out);
+  INFO(st.message);
+  REQUIRE(st.ok());
+  CHECK(std::isfinite(m.loss));
+  for (double g : grad) REQUIRE(std::isfinite(g));
+  CHECK(ent[0] == Approx(std::log(static_cast<double>(b.V))).epsilon(1e-12));
+  // The reference (which would give NaN on the -inf entries) on the same batch with those entries at -1e300.
+  for (auto& z : b.logits)
+    if (z == -INFINITY) z = -1e300;
+  CHECK(m.loss == Approx(ref::loss(b, b.logits, c).loss).epsilon(1e-10));
+}
