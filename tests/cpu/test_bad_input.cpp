@@ -93,6 +93,10 @@ TEST_CASE("bad input: values", "[errors]") {
                Code::non_finite, "logits row 2");
   expect_error([](Cfg&, Batch& b, Out&) { const_cast<double*>(b.logits)[(b.num_tokens - 1) * b.stride()] = INFINITY; },
                Code::non_finite, "logits row", /*in_place=*/true);
+  expect_error([](Cfg&, Batch& b, Out&) {
+                 const_cast<double*>(b.logits)[3 * b.stride() + b.target_ids[3]] = -INFINITY;
+               },
+               Code::non_finite, "target_ids[3]", /*in_place=*/true);
   expect_error([](Cfg&, Batch& b, Out&) { const_cast<double*>(b.advantages)[1] = NAN; }, Code::non_finite,
                "advantages[1]");
   expect_error([](Cfg&, Batch& b, Out&) { const_cast<double*>(b.pg_weights)[1] = INFINITY; }, Code::non_finite,

@@ -2,6 +2,7 @@
 // loss, metrics, per-token log p and H, and dJ/dlogits (separate buffer or in place).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -98,6 +99,10 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& 
   int64_t seq = 0;
   for (int64_t t = 0; t < T; ++t) {
     Workspace::Row& r = ws.rows[t];
+    if (!std::isfinite(r.logp))  // a -inf target logit: log p = -inf would turn the sums into NaN
+      return make_error(StatusCode::non_finite,
+                        "target_ids[%lld] = %d has a -inf logit (log p = -inf); nothing was written",
+                        static_cast<long long>(t), batch.target_ids[t]);
     TokenInputs<double> in{};
     in.logp = r.logp;
     in.entropy = r.entropy;
