@@ -1,0 +1,167 @@
+// kernels/block_row_ops.cuh: what one thread block does to one logits row: the online-softmax
+// sweep (lse, H, finiteness) and the gradient sweep, with 16-byte loads and stores.
+#pragma once
+
+#include <cub/block/block_reduce.cuh>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cgrpo/token_math.hpp"
+#include "kernels/vector_io.cuh"
+
+namespace cgrpo::cuda {
+
+// The softmax of one row u = z / tau, kept in shifted form: log p_j = (u_j - max) - log_sum.
+// Subtracting max first keeps log p exact to a few ulps even when |z| ~ 1e4, where
+// lse = max + log_sum would already have lost 1e-3 to rounding in float.
+struct RowSoftmax {
+  float max;      // M = max_j u_j
+  float log_sum;  // log S, S = sum_j exp(u_j - M)
+  float entropy;  // H = log S - Q / S
+  bool finite;    // no NaN / +inf logit and not every logit -inf
+};
+
+struct RowStatsMerge {
+  __device__ __forceinline__ RowStats<float> operator()(const RowStats<float>& a, const RowStats<float>& b) const {
+    return row_stats_merge(a, b);
+  }
+};
+
+// A NaN or +inf logit; the stats alone cannot tell it apart reliably once merged, so each thread
+// keeps this flag and the block ORs them.
+__device__ __forceinline__ bool bad_logit(float u) { return isnan(u) || u == INFINITY; }
+
+// Statistics of N already scaled logits, merged into s: one max, then N exps against it
+// (row_stats_push would rescale on every new maximum). The same sums as row_stats_push.
+template <int N>
+__device__ __forceinline__ RowStats<float> push_chunk(RowStats<float> s, const float (&u)[N], bool& bad) {
+  float m = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    bad |= bad_logit(u[k]);
+    m = fmaxf(m, u[k]);
+  }
+  if (m == -INFINITY) return s;  // an all -inf chunk adds nothing
+  RowStats<float> c{m, 0.0f, 0.0f};
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    const float d = u[k] - m;
+    const float e = expf(d);
+    c.sum_exp += e;
+    c.sum_exp_u += e > 0.0f ? e * d : 0.0f;  // exp(-inf) * -inf would be NaN
+  }
+  return row_stats_merge(s, c);
+}
+
+template <int THREADS>
+struct BlockRowSoftmaxStorage {
+  typename cub::BlockReduce<RowStats<float>, THREADS>::TempStorage reduce;
+  RowStats<float> total;
+};
+
+// Sweep 1, called by all THREADS threads of the block. Thread layout: a scalar prologue up
+// to the first 16-byte boundary (elements [0, head), one per thread), then 16-byte vectors
+// i = tid, tid + THREADS, ... (4 fp32 or 8 fp16/bf16 each), then a scalar tail. Every thread
+// returns the same RowSoftmax. Reads the row once: V * sizeof(Logit) bytes.
+template <typename Logit, int THREADS>
+__device__ RowSoftmax block_row_softmax(const Logit* row, int64_t vocab, float inv_temperature,
+                                        BlockRowSoftmaxStorage<THREADS>& storage) {
+  using Traits = LogitTraits<Logit>;
+  using Vec = Packed<Logit>;
+  constexpr int N = Vec::size;
+  RowStats<float> s = row_stats_identity<float>();
+  bool bad = false;
+  const int64_t head = elements_to_alignment(row, vocab);
+  for (int64_t j = threadIdx.x; j < head; j += THREADS) {
+    const float u = Traits::to_float(row[j]) * inv_temperature;
+    bad |= bad_logit(u);
+    s = row_stats_push(s, u);
+  }
+  const Vec* vectors = reinterpret_cast<const Vec*>(row + head);
+  const int64_t num_vectors = (vocab - head) / N;
+#pragma unroll 4
+  for (int64_t i = threadIdx.x; i < num_vectors; i += THREADS) {
+    const Vec v = vectors[i];
+    float u[N];
+#pragma unroll
+    for (int k = 0; k < N; ++k) u[k] = Traits::to_float(v.v[k]) * inv_temperature;
+    s = push_chunk(s, u, bad);
+  }
+  for (int64_t j = head + num_vectors * N + threadIdx.x; j < vocab; j += THREADS) {
+    const float u = Traits::to_float(row[j]) * inv_temperature;
+    bad |= bad_logit(u);
+    s = row_stats_push(s, u);
+  }
+  const RowStats<float> total = cub::BlockReduce<RowStats<float>, THREADS>(storage.reduce).Reduce(s, RowStatsMerge{});
+  const int any_bad = __syncthreads_or(bad ? 1 : 0);  // also the barrier before storage.total is written
+  if (threadIdx.x == 0) storage.total = total;
+  __syncthreads();
+  const RowStats<float> t = storage.total;
+  RowSoftmax r;
+  r.max = t.max;
+  r.log_sum = logf(t.sum_exp);
+  r.entropy = row_entropy(t);
+  r.finite = !any_bad && row_stats_finite(t);
+  return r;
+}
+
+// Writes zeros over grad_row[0, V): masked and flagged rows, without reading the logits.
+template <typename Logit, int THREADS>
+__device__ void block_row_fill_zero(Logit* grad_row, int64_t vocab) {
+  using Vec = Packed<Logit>;
+  constexpr int N = Vec::size;
+  const Logit zero = LogitTraits<Logit>::from_float(0.0f);
+  const int64_t head = elements_to_alignment(grad_row, vocab);
+  for (int64_t j = threadIdx.x; j < head; j += THREADS) grad_row[j] = zero;
+  Vec* vectors = reinterpret_cast<Vec*>(grad_row + head);
+  const int64_t num_vectors = (vocab - head) / N;
+  Vec z;
+#pragma unroll
+  for (int k = 0; k < N; ++k) z.v[k] = zero;
+  for (int64_t i = threadIdx.x; i < num_vectors; i += THREADS) vectors[i] = z;
+  for (int64_t j = head + num_vectors * N + threadIdx.x; j < vocab; j += THREADS) grad_row[j] = zero;
+}
+
+// Sweep 2, called by all threads: grad_j = cgrpo::logit_gradient at u_j - M with lse = log S
+// (the same value as at u_j with lse = M + log S, without the rounding of M + log S).
+// Reads V and writes V elements; each element is read and written by the same thread, so
+// grad_row may be row (in place). When the two rows are misaligned differently (separate
+// buffers, different strides) the sweep is scalar; still coalesced, with 2-4x the instructions.
+template <typename Logit, int THREADS>
+__device__ void block_row_gradient(const Logit* row, Logit* grad_row, int64_t vocab, int32_t target,
+                                   const RowSoftmax& sm, float a, float b, float inv_temperature) {
+  if (a == 0.0f && b == 0.0f) {  // exactly zero, as the CPU path writes for masked rows
+    block_row_fill_zero<Logit, THREADS>(grad_row, vocab);
+    return;
+  }
+  using Traits = LogitTraits<Logit>;
+  using Vec = Packed<Logit>;
+  constexpr int N = Vec::size;
+  auto gradient = [&](int64_t j, Logit z) {
+    const float shifted = Traits::to_float(z) * inv_temperature - sm.max;
+    return Traits::from_float(
+        logit_gradient<float>(shifted, j == target, sm.log_sum, sm.entropy, a, b, inv_temperature));
+  };
+  if (!same_alignment(row, grad_row)) {
+    for (int64_t j = threadIdx.x; j < vocab; j += THREADS) grad_row[j] = gradient(j, row[j]);
+    return;
+  }
+  const int64_t head = elements_to_alignment(row, vocab);
+  for (int64_t j = threadIdx.x; j < head; j += THREADS) grad_row[j] = gradient(j, row[j]);
+  const Vec* in = reinterpret_cast<const Vec*>(row + head);
+  Vec* out = reinterpret_cast<Vec*>(grad_row + head);
+  const int64_t num_vectors = (vocab - head) / N;
+#pragma unroll 2
+  for (int64_t i = threadIdx.x; i < num_vectors; i += THREADS) {
+    const Vec v = in[i];
+    Vec g;
+    const int64_t j0 = head + i * N;
+#pragma unroll
+    for (int k = 0; k < N; ++k) g.v[k] = gradient(j0 + k, v.v[k]);
+    out[i] = g;
+  }
+  for (int64_t j = head + num_vectors * N + threadIdx.x; j < vocab; j += THREADS) grad_row[j] = gradient(j, row[j]);
+}
+
+}  // namespace cgrpo::cuda

@@ -1,0 +1,9 @@
+// kernels/cgrpo_cuda.cuh: the umbrella header of the CUDA path, for .cu translation units.
+// Fused policy loss (forward + backward, forward only, GSPO) and the log-prob/entropy pass.
+#pragma once
+
+#include "kernels/cuda_check.cuh"
+#include "kernels/device_status.cuh"
+#include "kernels/fused_policy_loss.cuh"
+#include "kernels/token_logprobs.cuh"
+#include "kernels/workspace.cuh"

@@ -1,0 +1,261 @@
+// kernels/policy_loss_kernels.cuh: the __global__ kernels of the policy loss (one block per row),
+// the GSPO per-sequence reduction and the fixed-order reduction of the per-token metric sums.
+#pragma once
+
+#include <cub/block/block_reduce.cuh>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cgrpo/config.hpp"
+#include "cgrpo/metrics.hpp"
+#include "cgrpo/policy_loss_batch.hpp"
+#include "cgrpo/token_math.hpp"
+#include "kernels/block_row_ops.cuh"
+#include "kernels/device_status.cuh"
+#include "kernels/vector_io.cuh"
+
+namespace cgrpo::cuda {
+
+// Softmax of one row kept between the GSPO stats pass and the loss pass: 16 bytes per row.
+// max = NaN marks a row that was flagged (its gradient is zeros).
+struct StoredRow {
+  float max, log_sum, entropy, logp;
+};
+
+// Which response a token row belongs to, on the device (GSPO only).
+struct DeviceSequences {
+  int64_t num_sequences = 0;
+  const int64_t* offsets = nullptr;  // device copy of layout.offsets; nullptr: padded
+  int64_t padded_length = 0;
+
+  __device__ int64_t begin(int64_t i) const { return offsets ? offsets[i] : i * padded_length; }
+  __device__ int64_t end(int64_t i) const { return offsets ? offsets[i + 1] : (i + 1) * padded_length; }
+  // The i with begin(i) <= t < end(i) (empty sequences skipped): upper_bound(offsets, t) - 1.
+  __device__ int64_t of_row(int64_t t) const {
+    if (!offsets) return t / padded_length;
+    int64_t lo = 0, hi = num_sequences;  // offsets[lo] <= t < offsets[hi]
+    while (hi - lo > 1) {
+      const int64_t mid = (lo + hi) / 2;
+      if (offsets[mid] <= t) lo = mid;
+      else hi = mid;
+    }
+    return lo;
+  }
+};
+
+// Everything the row kernels read and write, passed by value (about 220 bytes of kernel parameters).
+template <typename Logit>
+struct PolicyLossArgs {
+  const Logit* logits;
+  int64_t vocab_size, row_stride;
+  Logit* grad;  // nullptr in the forward-only kernels
+  int64_t grad_row_stride;
+  const int32_t* target_ids;
+  const uint8_t* mask;
+  const uint8_t* kinds;  // nullptr: every token initial
+  const float *advantages, *old_logp, *ref_logp, *pg_weights, *entropy_weights, *kl_weights;
+  float* logp_out;     // optional
+  float* entropy_out;  // optional
+  TokenLossParams<float> params;
+  MetricSums<double>* token_sums;  // [T], one per token, reduced in a fixed order afterwards
+  StoredRow* rows;                 // [T], GSPO only
+  const float* seq_log_ratio;      // [B], GSPO only
+  DeviceSequences sequences;       // GSPO only
+  DeviceStatus* status;
+};
+
+// The checks validate_batch_values does on the CPU, for one token; flags and returns false on the first failure.
+template <typename Logit>
+__device__ bool token_values_ok(const PolicyLossArgs<Logit>& args, int64_t t) {
+  auto flag_value = [&](uint32_t field) { flag_row(args.status, kNonFiniteValue, t, field); };
+  const uint8_t m = args.mask[t];
+  const uint8_t kind = args.kinds ? args.kinds[t] : uint8_t(kInitial);
+  if (m > 1) return flag_row(args.status, kInvalidMaskOrKind, t, (0u << 8) | m), false;
+  if (kind > 1) return flag_row(args.status, kInvalidMaskOrKind, t, (1u << 8) | kind), false;
+  if (!isfinite(args.advantages[t])) return flag_value(kFieldAdvantages), false;
+  if (!isfinite(args.pg_weights[t])) return flag_value(kFieldPgWeights), false;
+  if (args.entropy_weights && !isfinite(args.entropy_weights[t])) return flag_value(kFieldEntropyWeights), false;
+  if (kind == kInitial && m && !isfinite(args.old_logp[t])) return flag_value(kFieldOldLogp), false;
+  if (args.params.kl_estimator != static_cast<int>(KlEstimator::none)) {
+    if (!isfinite(args.kl_weights[t])) return flag_value(kFieldKlWeights), false;
+    if (m && !isfinite(args.ref_logp[t])) return flag_value(kFieldRefLogp), false;
+  }
+  return true;
+}
+
+// Checks the target id and the row's softmax, and gives log p of the target (NaN when unusable).
+template <typename Logit>
+__device__ bool target_logp(const Logit* row, int64_t t, int32_t target, int64_t vocab, const RowSoftmax& sm,
+                            float inv_temperature, DeviceStatus* status, float& logp) {
+  logp = __int_as_float(0x7fc00000);  // quiet NaN
+  if (target < 0 || target >= vocab) {
+    status->vocab_size = vocab;
+    flag_row(status, kTargetOutOfRange, t, static_cast<uint32_t>(target));
+    return false;
+  }
+  if (!sm.finite) {
+    flag_row(status, kNonFiniteRow, t, 0u);
+    return false;
+  }
+  logp = (LogitTraits<Logit>::to_float(row[target]) * inv_temperature - sm.max) - sm.log_sum;
+  if (!isfinite(logp)) {
+    flag_row(status, kNonFiniteTargetLogit, t, static_cast<uint32_t>(target));
+    return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Log-prob / entropy pass: block = one row, THREADS threads. Reads the row once and writes
+// 4-8 bytes per row (plus 16 bytes of StoredRow in the GSPO stats pass).
+
+template <typename Logit>
+struct TokenLogprobArgs {
+  const Logit* logits;
+  int64_t vocab_size, row_stride;
+  const int32_t* target_ids;
+  float inv_temperature;
+  float* logp_out;     // optional
+  float* entropy_out;  // optional
+  StoredRow* rows;     // optional (GSPO stats pass)
+  DeviceStatus* status;
+};
+
+template <typename Logit, int THREADS>
+__global__ void __launch_bounds__(THREADS) token_logprobs_kernel(TokenLogprobArgs<Logit> args) {
+  __shared__ BlockRowSoftmaxStorage<THREADS> storage;
+  const int64_t t = blockIdx.x;
+  const Logit* row = args.logits + t * args.row_stride;
+  const RowSoftmax sm = block_row_softmax<Logit, THREADS>(row, args.vocab_size, args.inv_temperature, storage);
+  if (threadIdx.x != 0) return;
+  float logp;
+  const bool ok = target_logp(row, t, args.target_ids[t], args.vocab_size, sm, args.inv_temperature, args.status, logp);
+  if (args.logp_out) args.logp_out[t] = logp;
+  if (args.entropy_out) args.entropy_out[t] = sm.entropy;
+  if (args.rows) args.rows[t] = StoredRow{ok ? sm.max : __int_as_float(0x7fc00000), sm.log_sum, sm.entropy, logp};
+}
+
+// ---------------------------------------------------------------------------
+// GSPO: mean (logp - old) over the valid tokens of each sequence. Block = one sequence;
+// sums in double in a fixed order (strided per thread, then cub::BlockReduce). Reads 21 bytes per row.
+
+template <int THREADS>
+__global__ void __launch_bounds__(THREADS)
+    sequence_log_ratio_kernel(const StoredRow* rows, const uint8_t* mask, const float* old_logp,
+                              DeviceSequences sequences, float* seq_log_ratio) {
+  using Reduce = cub::BlockReduce<double, THREADS>;
+  __shared__ typename Reduce::TempStorage storage;
+  const int64_t i = blockIdx.x;
+  const int64_t begin = sequences.begin(i), end = sequences.end(i);
+  double sum = 0.0, count = 0.0;
+  for (int64_t t = begin + threadIdx.x; t < end; t += THREADS)
+    if (mask[t]) {
+      sum += static_cast<double>(rows[t].logp) - static_cast<double>(old_logp[t]);
+      count += 1.0;
+    }
+  const double total = Reduce(storage).Sum(sum);
+  __syncthreads();  // storage is reused
+  const double n = Reduce(storage).Sum(count);
+  if (threadIdx.x == 0) seq_log_ratio[i] = n > 0.0 ? static_cast<float>(total / n) : 0.0f;
+}
+
+// ---------------------------------------------------------------------------
+// The policy loss, block = one row, THREADS threads:
+//   1. sweep 1 (block_row_softmax), or the StoredRow of the GSPO stats pass (STORED_ROWS);
+//   2. thread 0: checks, cgrpo::token_loss<float> (the function the CPU path calls), the
+//      token's MetricSums<double> to the workspace, a_t and b_t to shared memory;
+//   3. WRITE_GRAD: sweep 2 (block_row_gradient) into grad (zeros for masked or flagged rows).
+// Bytes per row: fused V*sizeof(Logit) read twice (the second read mostly from L2: a block
+// re-reads the row it has just read) + V*sizeof(Logit) written; forward only: read once.
+// With STORED_ROWS and no gradient the logits are not read at all (one scalar per row).
+
+template <typename Logit, int THREADS, bool WRITE_GRAD, bool STORED_ROWS>
+__global__ void __launch_bounds__(THREADS) policy_loss_kernel(PolicyLossArgs<Logit> args) {
+  __shared__ BlockRowSoftmaxStorage<THREADS> storage;
+  __shared__ RowSoftmax shared_softmax;
+  __shared__ float shared_a, shared_b;
+  __shared__ int32_t shared_target;
+  const int64_t t = blockIdx.x;
+  const int64_t vocab = args.vocab_size;
+  const float inv_temperature = args.params.inv_temperature;
+  const Logit* row = args.logits + t * args.row_stride;
+
+  RowSoftmax sm{};
+  if constexpr (!STORED_ROWS) sm = block_row_softmax<Logit, THREADS>(row, vocab, inv_temperature, storage);
+
+  if (threadIdx.x == 0) {
+    const int32_t target = args.target_ids[t];
+    float logp;
+    bool ok;
+    if constexpr (STORED_ROWS) {
+      const StoredRow r = args.rows[t];
+      sm = RowSoftmax{r.max, r.log_sum, r.entropy, !isnan(r.max)};
+      logp = r.logp;
+      ok = sm.finite;  // the stats pass flagged the row otherwise
+    } else {
+      ok = target_logp(row, t, target, vocab, sm, inv_temperature, args.status, logp);
+    }
+    ok = token_values_ok(args, t) && ok;
+    if (args.logp_out) args.logp_out[t] = logp;
+    if (args.entropy_out) args.entropy_out[t] = sm.entropy;
+
+    MetricSums<double> sums = metric_sums_zero<double>();
+    float a = 0.0f, b = 0.0f;
+    if (ok) {
+      TokenInputs<float> in{};
+      in.logp = logp;
+      in.entropy = sm.entropy;
+      in.old_logp = args.old_logp[t];
+      in.ref_logp = args.ref_logp ? args.ref_logp[t] : 0.0f;
+      in.advantage = args.advantages[t];
+      in.w_pg = args.pg_weights[t];
+      in.w_entropy = args.entropy_weights ? args.entropy_weights[t] : 0.0f;
+      in.w_kl = args.kl_weights ? args.kl_weights[t] : 0.0f;
+      in.refinement = args.kinds && args.kinds[t] == kRefinement;
+      if constexpr (STORED_ROWS) in.seq_log_ratio = args.seq_log_ratio[args.sequences.of_row(t)];
+      const TokenResult<float> res = token_loss(in, args.params);
+      metric_sums_add(sums, in, res, args.mask[t] != 0);
+      a = res.dJ_dlogp;
+      b = res.dJ_dentropy;
+    }
+    args.token_sums[t] = sums;
+    shared_softmax = sm;
+    shared_a = a;
+    shared_b = b;
+    shared_target = target;
+  }
+  if constexpr (WRITE_GRAD) {
+    __syncthreads();
+    Logit* grad_row = args.grad + t * args.grad_row_stride;
+    block_row_gradient<Logit, THREADS>(row, grad_row, vocab, shared_target, shared_softmax, shared_a, shared_b,
+                                       inv_temperature);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Fixed-order reduction of n MetricSums<double>: block k sums [k * chunk, (k + 1) * chunk)
+// (per thread in index order, then cub::BlockReduce), writing out[k]. The split depends only
+// on n, so the same inputs give the same bits on every run. 120 bytes read per token.
+
+struct MetricSumsMerge {
+  __device__ __forceinline__ MetricSums<double> operator()(const MetricSums<double>& a,
+                                                           const MetricSums<double>& b) const {
+    return metric_sums_merge(a, b);
+  }
+};
+
+template <int THREADS>
+__global__ void __launch_bounds__(THREADS)
+    reduce_metric_sums_kernel(const MetricSums<double>* in, int64_t n, int64_t chunk, MetricSums<double>* out) {
+  using Reduce = cub::BlockReduce<MetricSums<double>, THREADS>;
+  __shared__ typename Reduce::TempStorage storage;
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
+  const int64_t end = begin + chunk < n ? begin + chunk : n;
+  MetricSums<double> acc = metric_sums_zero<double>();
+  for (int64_t t = begin + threadIdx.x; t < end; t += THREADS) acc = metric_sums_merge(acc, in[t]);
+  const MetricSums<double> total = Reduce(storage).Reduce(acc, MetricSumsMerge{});
+  if (threadIdx.x == 0) out[blockIdx.x] = total;
+}
+
+}  // namespace cgrpo::cuda
