@@ -1,0 +1,90 @@
+// cgrpo/critique/critique.hpp: the critiques of Critique-GRPO, written on the host.
+// simple and simple_gt are fixed sentences; free_text comes from a critic the caller supplies.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "cgrpo/status.hpp"
+
+namespace cgrpo::critique {
+
+enum class CritiqueKind : int {
+  simple = 0,     // "The generated solution is correct." / "The generated solution is incorrect."
+  simple_gt = 1,  // "The generated solution is incorrect, the ground truth is X."
+  free_text = 2,  // whatever the caller's Critic writes (a critic model, a rule, a human)
+};
+
+inline const char* to_string(CritiqueKind kind) {
+  switch (kind) {
+    case CritiqueKind::simple: return "simple";
+    case CritiqueKind::simple_gt: return "simple_gt";
+    case CritiqueKind::free_text: return "free_text";
+  }
+  return "unknown";
+}
+
+// Parses "simple", "simple_gt" or "free_text" (the names to_string writes).
+inline Status parse_critique_kind(const std::string& name, CritiqueKind& kind) {
+  for (CritiqueKind k : {CritiqueKind::simple, CritiqueKind::simple_gt, CritiqueKind::free_text})
+    if (name == to_string(k)) {
+      kind = k;
+      return Status::success();
+    }
+  return make_error(StatusCode::invalid_argument,
+                    "unknown critique kind \"%.64s\" (expected simple, simple_gt or free_text)", name.c_str());
+}
+
+// What a critic sees of one response.
+struct CritiqueRequest {
+  std::string question;
+  std::string solution;
+  std::string ground_truth;  // the reference answer; empty when unknown
+  bool correct = false;      // the verifier's verdict (reward == success reward)
+};
+
+// A caller-supplied critic: writes a free-text critique of `request` into `critique`.
+// The library never calls a network; a critic that does is the caller's code.
+using Critic = std::function<Status(const CritiqueRequest& request, std::string& critique)>;
+
+// The sentence of a `simple` critique.
+inline std::string simple_critique_text(bool correct) {
+  return correct ? "The generated solution is correct." : "The generated solution is incorrect.";
+}
+
+// The sentence of a `simple_gt` critique. The ground truth is inserted verbatim between
+// "the ground truth is " and a final period, after the verdict and a comma:
+//   "The generated solution is incorrect, the ground truth is 42."
+// Pass the answer without a trailing period: the sentence always ends with one.
+inline std::string simple_gt_critique_text(bool correct, const std::string& ground_truth) {
+  return std::string(correct ? "The generated solution is correct" : "The generated solution is incorrect") +
+         ", the ground truth is " + ground_truth + ".";
+}
+
+// Writes the critique of one response. simple_gt needs a non-empty ground truth;
+// free_text needs a critic, whose error is passed on; an empty free-text critique is an error.
+inline Status write_critique(CritiqueKind kind, const CritiqueRequest& request, const Critic& critic,
+                             std::string& critique) {
+  switch (kind) {
+    case CritiqueKind::simple:
+      critique = simple_critique_text(request.correct);
+      return Status::success();
+    case CritiqueKind::simple_gt:
+      if (request.ground_truth.empty())
+        return make_error(StatusCode::invalid_argument, "simple_gt critique needs a ground truth, got an empty one");
+      critique = simple_gt_critique_text(request.correct, request.ground_truth);
+      return Status::success();
+    case CritiqueKind::free_text: {
+      if (!critic)
+        return make_error(StatusCode::invalid_argument, "free_text critique needs a critic callback, got none");
+      std::string text;
+      CGRPO_RETURN_IF_ERROR(critic(request, text));
+      if (text.empty()) return make_error(StatusCode::invalid_argument, "the critic returned an empty critique");
+      critique = std::move(text);
+      return Status::success();
+    }
+  }
+  return make_error(StatusCode::invalid_argument, "unknown critique kind %d", static_cast<int>(kind));
+}
+
+}  // namespace cgrpo::critique
