@@ -1,0 +1,275 @@
+// Group assembly: kinds, masks, group ids, mixed-group advantages and weights against a plain
+// reference on random rollouts; packed and padded give the same loss; every error case.
+#include <catch2/catch.hpp>
+
+#include <cgrpo/cgrpo.hpp>
+#include <cgrpo/critique/critique_stage.hpp>
+#include <cmath>
+#include <random>
+#include <vector>
+
+using namespace cgrpo::critique;
+
+namespace {
+
+std::vector<QuestionRollouts> random_rollouts(std::mt19937& rng, int questions, int n, int m, int max_len) {
+  std::uniform_int_distribution<int> len(1, max_len), tok(0, 49), coin(0, 1);
+  std::vector<QuestionRollouts> out(questions);
+  for (auto& q : out) {
+    const bool hard = coin(rng);  // hard questions: every initial response fails
+    for (int i = 0; i < n; ++i) {
+      Response r;
+      r.tokens.resize(len(rng));
+      for (auto& t : r.tokens) t = tok(rng);
+      r.reward = hard ? 0.0 : coin(rng);
+      q.initial.push_back(r);
+    }
+    for (int j = 0; j < m; ++j) {
+      Response r;
+      r.tokens.resize(len(rng));
+      for (auto& t : r.tokens) t = tok(rng);
+      r.reward = coin(rng) && coin(rng);  // about a quarter are correct; some groups have none
+      q.refinements.push_back(r);
+    }
+  }
+  return out;
+}
+
+// The members of each group, written directly from the rule: the first n - k initial responses,
+// then the first correct refinement (else the first of the best).
+std::vector<std::vector<const Response*>> reference_groups(const std::vector<QuestionRollouts>& qs, bool replace) {
+  std::vector<std::vector<const Response*>> groups;
+  for (const auto& q : qs) {
+    std::vector<const Response*> g;
+    const size_t kept = replace ? q.initial.size() - 1 : q.initial.size();
+    for (size_t i = 0; i < kept; ++i) g.push_back(&q.initial[i]);
+    const Response* pick = nullptr;
+    for (const auto& r : q.refinements)
+      if (!pick && r.reward == 1.0) pick = &r;
+    if (!pick)
+      for (const auto& r : q.refinements)
+        if (!pick || r.reward > pick->reward) pick = &r;
+    g.push_back(pick);
+    groups.push_back(g);
+  }
+  return groups;
+}
+
+}  // namespace
+
+TEST_CASE("assembled batches match a plain reference (k = 1, both placements, both layouts)", "[assembly]") {
+  std::mt19937 rng(99);
+  for (int trial = 0; trial < 40; ++trial) {
+    const bool replace = trial % 2 == 0, padded = (trial / 2) % 2 == 1;
+    const bool std_norm = (trial / 4) % 2 == 1;
+    const auto qs = random_rollouts(rng, 5, 4, 3, 7);
+    cgrpo::LossConfig config = cgrpo::paper_critique_grpo();
+    if (std_norm) config.advantage = cgrpo::AdvantageEstimator::grpo;
+    GroupAssemblyOptions opt;
+    opt.placement = replace ? RefinementPlacement::replace_last_initial : RefinementPlacement::append;
+    opt.layout = padded ? BatchLayout::padded : BatchLayout::packed;
+    AssembledBatch<double> b;
+    REQUIRE(assemble_groups(config, qs, opt, b).ok());
+
+    const auto groups = reference_groups(qs, replace);
+    int64_t resp = 0, longest = 0, valid = 0;
+    for (const auto& g : groups)
+      for (const Response* r : g) {
+        longest = std::max<int64_t>(longest, static_cast<int64_t>(r->tokens.size()));
+        valid += static_cast<int64_t>(r->tokens.size());
+      }
+    for (size_t q = 0; q < groups.size(); ++q) {
+      const auto& g = groups[q];
+      double mean = 0, var = 0;
+      for (const Response* r : g) mean += r->reward;
+      mean /= static_cast<double>(g.size());
+      for (const Response* r : g) var += (r->reward - mean) * (r->reward - mean);
+      const double sd = std::sqrt(var / static_cast<double>(g.size() - 1));
+      for (size_t i = 0; i < g.size(); ++i, ++resp) {
+        const Response* r = g[i];
+        const bool refinement = i + 1 == g.size();
+        double adv = var == 0 ? 0.0 : r->reward - mean;
+        if (std_norm && var != 0) adv /= sd + config.advantage_eps;
+        REQUIRE(b.group_ids[resp] == static_cast<int32_t>(q));
+        CHECK(b.sources[resp].kind == (refinement ? cgrpo::kRefinement : cgrpo::kInitial));
+        CHECK(b.rewards[resp] == r->reward);
+        CHECK(b.response_advantages[resp] == Approx(adv).margin(1e-12));
+        const int64_t begin = b.layout().begin(resp), end = b.layout().end(resp);
+        CHECK(end - begin == (padded ? longest : static_cast<int64_t>(r->tokens.size())));
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t j = t - begin;
+          const bool in = j < static_cast<int64_t>(r->tokens.size());
+          CHECK(b.mask[t] == (in ? 1 : 0));
+          CHECK(b.target_ids[t] == (in ? r->tokens[j] : 0));
+          CHECK(b.kinds[t] == (refinement ? cgrpo::kRefinement : cgrpo::kInitial));
+          CHECK(b.advantages[t] == Approx(adv).margin(1e-12));
+          CHECK(b.pg_weights[t] == Approx(in ? 1.0 / static_cast<double>(longest) : 0.0));
+          CHECK(b.entropy_weights[t] == Approx(in ? 1.0 / static_cast<double>(valid) : 0.0));
+        }
+      }
+    }
+    CHECK(resp == b.num_responses());
+    // Group sizes: n with replacement (the paper), n + 1 appended.
+    CHECK(b.num_responses() == static_cast<int64_t>(qs.size()) * (replace ? 4 : 5));
+  }
+}
+
+TEST_CASE("a group where every response fails, refinement included, gets zero advantages", "[assembly]") {
+  std::vector<QuestionRollouts> qs(1);
+  qs[0].initial = {{{1, 2}, 0.0}, {{3}, 0.0}, {{4, 5, 6}, 0.0}};
+  qs[0].refinements = {{{7}, 0.0}, {{8, 9}, 0.0}};
+  AssembledBatch<float> b;
+  REQUIRE(assemble_groups(cgrpo::paper_critique_grpo(), qs, GroupAssemblyOptions{}, b).ok());
+  REQUIRE(b.num_responses() == 3);
+  CHECK(b.sources[2].kind == cgrpo::kRefinement);
+  CHECK(b.sources[2].index == 0);  // no correct refinement and a tie: the first of the best
+  for (float a : b.advantages) CHECK(a == 0.0f);
+  // A correct refinement is the only learning signal of such a group.
+  qs[0].refinements[1].reward = 1.0;
+  REQUIRE(assemble_groups(cgrpo::paper_critique_grpo(), qs, GroupAssemblyOptions{}, b).ok());
+  CHECK(b.sources[2].index == 1);
+  CHECK(b.response_advantages[2] == Approx(2.0 / 3.0));
+  CHECK(b.response_advantages[0] == Approx(-1.0 / 3.0));
+}
+
+TEST_CASE("k = 0 gives plain GRPO groups; k = 2 appended keeps both refinements", "[assembly]") {
+  std::mt19937 rng(5);
+  const auto qs = random_rollouts(rng, 3, 4, 3, 5);
+  GroupAssemblyOptions opt;
+  opt.refinements_per_group = 0;
+  AssembledBatch<double> b;
+  REQUIRE(assemble_groups(cgrpo::paper_critique_grpo(), qs, opt, b).ok());
+  CHECK(b.num_responses() == 12);
+  for (uint8_t k : b.kinds) CHECK(k == cgrpo::kInitial);
+  opt.refinements_per_group = 2;
+  opt.placement = RefinementPlacement::append;
+  REQUIRE(assemble_groups(cgrpo::paper_critique_grpo(), qs, opt, b).ok());
+  CHECK(b.num_responses() == 18);
+  CHECK(b.sources[4].kind == cgrpo::kRefinement);
+  CHECK(b.sources[5].kind == cgrpo::kRefinement);
+  CHECK(b.sources[6].kind == cgrpo::kInitial);
+}
+
+TEST_CASE("assembly errors are clear and leave the output untouched", "[assembly]") {
+  std::vector<QuestionRollouts> qs(2);
+  qs[0].initial = {{{1}, 1.0}, {{2}, 0.0}};
+  qs[0].refinements = {{{3}, 1.0}};
+  qs[1].initial = {{{1}, 0.0}, {{2, 3}, 0.0}};
+  qs[1].refinements = {{{4}, 0.0}};
+  const cgrpo::LossConfig config = cgrpo::paper_critique_grpo();
+  AssembledBatch<double> b;
+  REQUIRE(assemble_groups(config, qs, GroupAssemblyOptions{}, b).ok());
+  const int64_t before = b.num_tokens();
+
+  GroupAssemblyOptions opt;
+  opt.refinements_per_group = 2;  // more than the one refinement each question has
+  opt.placement = RefinementPlacement::append;
+  cgrpo::Status s = assemble_groups(config, qs, opt, b);
+  CHECK(s.code == cgrpo::StatusCode::invalid_argument);
+  CHECK(std::string(s.message).find("question 0: k = 2 refinements requested but only 1") != std::string::npos);
+
+  auto more = qs;
+  more[0].refinements.push_back({{5}, 0.0});
+  more[0].refinements.push_back({{6}, 0.0});
+  more[1].refinements = more[0].refinements;
+  opt.refinements_per_group = 3;
+  opt.placement = RefinementPlacement::replace_last_initial;  // 3 > n = 2
+  s = assemble_groups(config, more, opt, b);
+  CHECK(std::string(s.message).find("cannot replace") != std::string::npos);
+
+  auto empty_initial = qs;
+  empty_initial[1].initial[0].tokens.clear();
+  s = assemble_groups(config, empty_initial, GroupAssemblyOptions{}, b);
+  CHECK(std::string(s.message).find("question 1: initial response 0 is empty") != std::string::npos);
+
+  auto empty_refinement = qs;
+  empty_refinement[0].refinements[0].tokens.clear();
+  s = assemble_groups(config, empty_refinement, GroupAssemblyOptions{}, b);
+  CHECK(std::string(s.message).find("question 0: k = 1 refinements requested but only 0 of 1") != std::string::npos);
+
+  auto bad_token = qs;
+  bad_token[1].initial[0].tokens[0] = -3;
+  auto replaced = qs;  // the last initial response is replaced, so it is never read
+  replaced[1].initial[1].tokens[1] = -3;
+  CHECK(assemble_groups(config, replaced, GroupAssemblyOptions{}, b).ok());
+  CHECK(assemble_groups(config, bad_token, GroupAssemblyOptions{}, b).code == cgrpo::StatusCode::out_of_range);
+  auto bad_reward = qs;
+  bad_reward[0].initial[0].reward = INFINITY;
+  CHECK(assemble_groups(config, bad_reward, GroupAssemblyOptions{}, b).code == cgrpo::StatusCode::non_finite);
+  std::vector<QuestionRollouts> no_members(1);
+  opt = GroupAssemblyOptions{};
+  opt.refinements_per_group = 0;
+  CHECK(std::string(assemble_groups(config, no_members, opt, b).message).find("empty") != std::string::npos);
+  opt = GroupAssemblyOptions{};
+  opt.layout = BatchLayout::padded;
+  opt.padded_length = 1;  // shorter than the 2-token response kept when appending
+  opt.placement = RefinementPlacement::append;
+  CHECK(std::string(assemble_groups(config, qs, opt, b).message).find("padded_length") != std::string::npos);
+  opt.refinements_per_group = -1;
+  CHECK_FALSE(assemble_groups(config, qs, opt, b).ok());
+  CHECK(b.num_tokens() == before);
+}
+
+TEST_CASE("empty responses train as all-masked rows when allowed", "[assembly]") {
+  std::vector<QuestionRollouts> qs(1);
+  qs[0].initial = {{{}, 0.0}, {{1, 2}, 1.0}, {{3}, 0.0}};
+  qs[0].refinements = {{{}, 1.0}};
+  GroupAssemblyOptions opt;
+  opt.allow_empty_responses = true;
+  opt.layout = BatchLayout::padded;
+  AssembledBatch<double> b;
+  REQUIRE(assemble_groups(cgrpo::paper_critique_grpo(), qs, opt, b).ok());
+  REQUIRE(b.padded_length == 2);
+  CHECK(b.mask == std::vector<uint8_t>{0, 0, 1, 1, 0, 0});
+  CHECK(b.sources[2].kind == cgrpo::kRefinement);
+  CHECK(b.response_advantages[2] == Approx(1.0 - 2.0 / 3.0));
+}
+
+TEST_CASE("packed and padded batches give the same loss and gradient through the fused loss", "[assembly]") {
+  std::mt19937 rng(2024);
+  const auto qs = random_rollouts(rng, 4, 4, 2, 6);
+  const cgrpo::LossConfig config = cgrpo::paper_critique_grpo();
+  const int64_t V = 50;
+  AssembledBatch<double> packed, padded;
+  GroupAssemblyOptions opt;
+  REQUIRE(assemble_groups(config, qs, opt, packed).ok());
+  opt.layout = BatchLayout::padded;
+  opt.padded_length = 9;  // wider than any response: the pg normaliser is then L = 9 on both sides
+  REQUIRE(assemble_groups(config, qs, opt, padded).ok());
+  cgrpo::AggregationScale scale;
+  scale.length = 9;
+  opt.layout = BatchLayout::packed;
+  opt.scale = scale;
+  REQUIRE(assemble_groups(config, qs, opt, packed).ok());
+
+  // Logits for each response row, the same numbers in both layouts.
+  std::normal_distribution<double> normal(0, 1.5);
+  std::vector<double> zp(packed.num_tokens() * V), zq(padded.num_tokens() * V, 0.0);
+  for (auto& z : zp) z = normal(rng);
+  for (int64_t i = 0; i < packed.num_responses(); ++i)
+    for (int64_t j = 0; j < packed.token_counts[i]; ++j)
+      for (int64_t v = 0; v < V; ++v)
+        zq[(padded.layout().begin(i) + j) * V + v] = zp[(packed.layout().begin(i) + j) * V + v];
+  std::vector<double> old_p(packed.num_tokens()), old_q(padded.num_tokens());
+  REQUIRE(cgrpo::cpu::token_logprobs(zp.data(), packed.num_tokens(), V, 0, packed.target_ids.data(), 1.0,
+                                     old_p.data(), static_cast<double*>(nullptr)).ok());
+  REQUIRE(cgrpo::cpu::token_logprobs(zq.data(), padded.num_tokens(), V, 0, padded.target_ids.data(), 1.0,
+                                     old_q.data(), static_cast<double*>(nullptr)).ok());
+  std::vector<double> gp(zp.size()), gq(zq.size());
+  cgrpo::LossMetrics mp, mq;
+  REQUIRE(cgrpo::cpu::fused_policy_loss(config, packed.loss_batch(zp.data(), V, old_p.data()),
+                                        {gp.data(), 0, nullptr, nullptr, &mp}).ok());
+  REQUIRE(cgrpo::cpu::fused_policy_loss(config, padded.loss_batch(zq.data(), V, old_q.data()),
+                                        {gq.data(), 0, nullptr, nullptr, &mq}).ok());
+  CHECK(mp.loss == Approx(mq.loss).epsilon(1e-12));
+  CHECK(mp.pg_loss_refinement == Approx(mq.pg_loss_refinement).epsilon(1e-12));
+  CHECK(mp.num_refinement_tokens == mq.num_refinement_tokens);
+  CHECK(mp.num_refinement_tokens > 0);
+  double max_diff = 0;
+  for (int64_t i = 0; i < packed.num_responses(); ++i)
+    for (int64_t j = 0; j < packed.token_counts[i]; ++j)
+      for (int64_t v = 0; v < V; ++v)
+        max_diff = std::max(max_diff, std::fabs(gp[(packed.layout().begin(i) + j) * V + v] -
+                                                gq[(padded.layout().begin(i) + j) * V + v]));
+  CHECK(max_diff < 1e-14);
+}
