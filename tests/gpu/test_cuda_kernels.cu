@@ -90,7 +90,7 @@ GpuResult<Logit> run_gpu(const LossConfig& config, const HostBatch& hb, const st
   const size_t ws_bytes = cgrpo::cuda::fused_policy_loss_workspace_size(config, hb.T, hb.num_sequences);
   DeviceBuffer<char> ws(ws_bytes);
   ws.poison();
-  std::memset(&r.metrics, 0xFF, sizeof(r.metrics));
+  std::memset(static_cast<void*>(&r.metrics), 0xFF, sizeof(r.metrics));  // NaN everywhere until written
   LossMetrics unused;
   cgrpo::PolicyLossOutputs<Logit, float> out;
   out.grad_logits = mode == Mode::in_place ? d.logits.ptr : (mode == Mode::separate_grad ? grad.ptr : nullptr);
@@ -131,7 +131,7 @@ bool close(double got, double want, double tol) {
 template <typename Logit>
 bool is_poison(Logit x) {
   Logit p;
-  std::memset(&p, 0xFF, sizeof(p));
+  std::memset(static_cast<void*>(&p), 0xFF, sizeof(p));
   return std::memcmp(&x, &p, sizeof(p)) == 0;
 }
 
