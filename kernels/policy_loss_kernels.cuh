@@ -149,8 +149,10 @@ __global__ void __launch_bounds__(THREADS)
   const int64_t i = blockIdx.x;
   const int64_t begin = sequences.begin(i), end = sequences.end(i);
   double sum = 0.0, count = 0.0;
+  // A flagged row (max = NaN) is left out, so that one bad row does not turn the rest of its
+  // sequence into NaN gradients (the call reports the error either way).
   for (int64_t t = begin + threadIdx.x; t < end; t += THREADS)
-    if (mask[t]) {
+    if (mask[t] && !isnan(rows[t].max)) {
       sum += static_cast<double>(rows[t].logp) - static_cast<double>(old_logp[t]);
       count += 1.0;
     }

@@ -40,11 +40,12 @@ Status token_logprobs(const Logit* logits, int64_t num_tokens, int64_t vocab_siz
   if (!workspace || workspace_bytes < token_logprobs_workspace_size())
     return make_error(StatusCode::invalid_argument, "workspace needs %zu bytes (token_logprobs_workspace_size), got %zu%s",
                       token_logprobs_workspace_size(), workspace_bytes, workspace ? "" : " (null)");
+  if (num_tokens > 0 && (!logits || !target_ids || !logp))
+    return make_error(StatusCode::invalid_argument, "token_logprobs: logits, target_ids and logp must not be null");
+  // Every check above runs before the first CUDA call: an invalid call enqueues nothing.
   auto* status = static_cast<DeviceStatus*>(workspace);
   CGRPO_CUDA_CHECK(cudaMemsetAsync(status, 0xFF, sizeof(DeviceStatus), stream));
   if (num_tokens == 0) return Status::success();
-  if (!logits || !target_ids || !logp)
-    return make_error(StatusCode::invalid_argument, "token_logprobs: logits, target_ids and logp must not be null");
 
   TokenLogprobArgs<Logit> args{};
   args.logits = logits;

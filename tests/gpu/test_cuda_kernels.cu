@@ -411,7 +411,7 @@ void test_flagged_rows(std::mt19937_64& rng) {
       {"NaN advantage", 2, [](HostBatch& b, std::vector<Logit>&) { b.adv[2] = std::numeric_limits<double>::quiet_NaN(); }},
       {"inf pg weight", 12, [](HostBatch& b, std::vector<Logit>&) { b.w_pg[12] = INFINITY; }},
   };
-  const LossConfig config = cgrpo::verl_grpo();
+  for (const LossConfig& config : {cgrpo::verl_grpo(), cgrpo::gspo()})
   for (const Breakage& br : breakages) {
     BatchSpec spec;
     spec.V = 1003;
@@ -424,11 +424,13 @@ void test_flagged_rows(std::mt19937_64& rng) {
     br.apply(hb, logits);
     const CpuResult cpu = run_cpu(config, hb);
     const GpuResult<Logit> g = run_gpu<Logit>(config, hb, logits, Mode::separate_grad, 0);
-    GPU_EXPECT(g.launch.ok(), "[%s] %s: launch should succeed (values are checked on the device): %s",
-               dtype_name<Logit>(), br.name, g.launch.message);
+    const char* clip = cgrpo::to_string(config.clip);
+    GPU_EXPECT(g.launch.ok(), "[%s] %s, clip %s: launch should succeed (values are checked on the device): %s",
+               dtype_name<Logit>(), br.name, clip, g.launch.message);
     GPU_EXPECT(!cpu.status.ok() && g.finish.code == cpu.status.code &&
                    before_semicolon(g.finish.message) == before_semicolon(cpu.status.message),
-               "[%s] %s: GPU '%s' vs CPU '%s'", dtype_name<Logit>(), br.name, g.finish.message, cpu.status.message);
+               "[%s] %s, clip %s: GPU '%s' vs CPU '%s'", dtype_name<Logit>(), br.name, clip, g.finish.message,
+               cpu.status.message);
     int non_zero = 0, non_finite = 0;
     for (int64_t t = 0; t < hb.T; ++t)
       for (int64_t v = 0; v < hb.V; ++v) {
@@ -436,10 +438,10 @@ void test_flagged_rows(std::mt19937_64& rng) {
         if (!std::isfinite(x)) ++non_finite;
         if (t == br.row && x != 0.0) ++non_zero;
       }
-    GPU_EXPECT(non_finite == 0, "[%s] %s: %d gradient entries are garbage (not finite)", dtype_name<Logit>(), br.name,
-               non_finite);
-    GPU_EXPECT(non_zero == 0, "[%s] %s: the flagged row %lld has %d non-zero gradient entries", dtype_name<Logit>(),
-               br.name, (long long)br.row, non_zero);
+    GPU_EXPECT(non_finite == 0, "[%s] %s, clip %s: %d gradient entries are garbage (not finite)", dtype_name<Logit>(),
+               br.name, clip, non_finite);
+    GPU_EXPECT(non_zero == 0, "[%s] %s, clip %s: the flagged row %lld has %d non-zero gradient entries",
+               dtype_name<Logit>(), br.name, clip, (long long)br.row, non_zero);
   }
 }
 
