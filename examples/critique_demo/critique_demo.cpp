@@ -183,6 +183,22 @@ double exact_pass_at_1(const Policy& pi, const Problem& p, double temperature) {
   return prob;
 }
 
+// Mean per-token entropy of the plain-question policy on `problems`, along the correct answers.
+double mean_entropy(const Policy& pi, const std::vector<Problem>& problems, double temperature) {
+  double sum = 0;
+  for (const Problem& p : problems) {
+    int prev = -1;
+    for (int j = 0; j < kDigits; ++j) {
+      const Eigen::Matrix<double, kVocab, 1> u = pi.logits(p, j, prev) / temperature;
+      const Eigen::Matrix<double, kVocab, 1> e = (u.array() - u.maxCoeff()).exp();
+      const Eigen::Matrix<double, kVocab, 1> q = e / e.sum();
+      sum -= (q.array() * (q.array().max(1e-300)).log()).sum();
+      prev = p.answer[j];
+    }
+  }
+  return problems.empty() ? 0.0 : sum / static_cast<double>(problems.size() * kDigits);
+}
+
 double mean_pass_at_1(const Policy& pi, const std::vector<Problem>& problems, double temperature) {
   double s = 0;
   for (const Problem& p : problems) s += exact_pass_at_1(pi, p, temperature);
@@ -206,7 +222,10 @@ struct Options {
 
 struct StepLog {
   int step;
-  double mean_reward, pass1_hard, pass1_easy, entropy, refinement_success, loss;
+  double mean_reward, pass1_hard, pass1_easy;
+  double entropy;       // the library's metric: mean H over the training batch's tokens
+  double entropy_eval;  // mean H over held-out problems (teacher-forced), a smooth curve
+  double refinement_success, loss;
 };
 
 struct RunResult {
@@ -264,6 +283,9 @@ bool train(const Options& opt, bool critique_grpo, const std::vector<Rule>& rule
     log.step = step;
     log.pass1_hard = mean_pass_at_1(pi, eval_hard, opt.temperature);
     log.pass1_easy = mean_pass_at_1(pi, eval_easy, opt.temperature);
+    log.entropy_eval = (mean_entropy(pi, eval_hard, opt.temperature) * static_cast<double>(eval_hard.size()) +
+                        mean_entropy(pi, eval_easy, opt.temperature) * static_cast<double>(eval_easy.size())) /
+                       static_cast<double>(eval_hard.size() + eval_easy.size());
     if (step == opt.steps) {  // the last line is an evaluation only
       log.mean_reward = result.curve.empty() ? 0 : result.curve.back().mean_reward;
       log.entropy = result.curve.empty() ? 0 : result.curve.back().entropy;
@@ -364,8 +386,8 @@ bool train(const Options& opt, bool critique_grpo, const std::vector<Rule>& rule
 
     result.curve.push_back(log);
     if (verbose)
-      std::printf("[%-13s] step %4d  reward %.3f  pass@1 hard %.4f  easy %.4f  entropy %.4f%s\n", name, step,
-                  log.mean_reward, log.pass1_hard, log.pass1_easy, log.entropy,
+      std::printf("[%-13s] step %4d  reward %.3f  pass@1 hard %.4f  easy %.4f  entropy %.4f (held out %.4f)%s\n",
+                  name, step, log.mean_reward, log.pass1_hard, log.pass1_easy, log.entropy, log.entropy_eval,
                   critique_grpo ? ("  questions with a correct refinement " +
                                    std::to_string(static_cast<int>(std::lround(log.refinement_success * 100))) + "%")
                                       .c_str()
@@ -386,11 +408,11 @@ bool train(const Options& opt, bool critique_grpo, const std::vector<Rule>& rule
 bool write_csv(const std::string& path, const RunResult& grpo, const RunResult& cgrpo_run) {
   FILE* f = std::fopen(path.c_str(), "w");
   if (!f) return false;
-  std::fprintf(f, "run,step,mean_reward,pass1_hard,pass1_easy,entropy,refinement_success,loss\n");
+  std::fprintf(f, "run,step,mean_reward,pass1_hard,pass1_easy,entropy_batch,entropy_heldout,refinement_success,loss\n");
   for (int r = 0; r < 2; ++r)
     for (const StepLog& l : (r == 0 ? grpo : cgrpo_run).curve)
-      std::fprintf(f, "%s,%d,%.6f,%.6f,%.6f,%.6f,%.6f,%.8f\n", r == 0 ? "grpo" : "critique_grpo", l.step, l.mean_reward,
-                   l.pass1_hard, l.pass1_easy, l.entropy, l.refinement_success, l.loss);
+      std::fprintf(f, "%s,%d,%.6f,%.6f,%.6f,%.6f,%.6f,%.6f,%.8f\n", r == 0 ? "grpo" : "critique_grpo", l.step,
+                   l.mean_reward, l.pass1_hard, l.pass1_easy, l.entropy, l.entropy_eval, l.refinement_success, l.loss);
   return std::fclose(f) == 0;
 }
 
@@ -398,7 +420,7 @@ bool write_csv(const std::string& path, const RunResult& grpo, const RunResult& 
 bool write_svg(const std::string& path, const RunResult& grpo, const RunResult& cgrpo_run, const std::string& title) {
   FILE* f = std::fopen(path.c_str(), "w");
   if (!f) return false;
-  const double W = 900, H = 360, pw = 360, ph = 240, top = 60;
+  const double W = 900, H = 390, pw = 360, ph = 240, top = 60;
   const double lefts[2] = {70, 520};
   const char* colors[2] = {"#1f77b4", "#d62728"};
   const char* labels[2] = {"GRPO (n initial)", "Critique-GRPO (n-k initial + k refinements)"};
@@ -408,13 +430,13 @@ bool write_svg(const std::string& path, const RunResult& grpo, const RunResult& 
   const RunResult* runs[2] = {&grpo, &cgrpo_run};
   double max_entropy = 0;
   for (const RunResult* r : runs)
-    for (const StepLog& l : r->curve) max_entropy = std::max(max_entropy, l.entropy);
-  max_entropy = std::ceil(max_entropy * 4.0 + 1e-9) / 4.0;
+    for (const StepLog& l : r->curve) max_entropy = std::max(max_entropy, l.entropy_eval);
+  max_entropy = std::ceil(max_entropy * 2.0 + 1e-9) / 2.0;
   const double steps = std::max<double>(1.0, static_cast<double>(grpo.curve.back().step));
   for (int panel = 0; panel < 2; ++panel) {
     const double x0 = lefts[panel], y_max = panel == 0 ? 1.0 : max_entropy;
     std::fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">%s</text>\n", x0 + pw / 2, top - 8,
-                 panel == 0 ? "pass@1 on held-out hard problems" : "policy entropy (training batch, nats)");
+                 panel == 0 ? "pass@1 on held-out hard problems" : "policy entropy on held-out problems (nats/token)");
     std::fprintf(f, "<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" stroke=\"#444\"/>\n", x0,
                  top, pw, ph);
     for (int i = 0; i <= 4; ++i) {
@@ -428,14 +450,14 @@ bool write_svg(const std::string& path, const RunResult& grpo, const RunResult& 
     for (int r = 0; r < 2; ++r) {
       std::fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"", colors[r]);
       for (const StepLog& l : runs[r]->curve) {
-        const double v = panel == 0 ? l.pass1_hard : l.entropy;
+        const double v = panel == 0 ? l.pass1_hard : l.entropy_eval;
         std::fprintf(f, "%.1f,%.1f ", x0 + pw * l.step / steps, top + ph - ph * (y_max > 0 ? v / y_max : 0));
       }
       std::fprintf(f, "\"/>\n");
     }
   }
   for (int r = 0; r < 2; ++r) {
-    const double x = 70 + 330 * r, y = H - 18;
+    const double x = 70 + 330 * r, y = H - 14;
     std::fprintf(f, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"%s\" stroke-width=\"3\"/>\n", x,
                  y - 4, x + 24, y - 4, colors[r]);
     std::fprintf(f, "<text x=\"%.0f\" y=\"%.0f\">%s</text>\n", x + 30, y, labels[r]);
@@ -531,6 +553,8 @@ int main(int argc, char** argv) {
               cgrpo_run.never_solved_hard, hard_train, cgrpo_run.seconds);
   std::printf("  base policy    pass@1 hard %.4f   easy %.4f\n", grpo.curve.front().pass1_hard,
               grpo.curve.front().pass1_easy);
+  std::printf("  held-out entropy (nats/token): base %.3f, GRPO %.3f, Critique-GRPO %.3f\n",
+              grpo.curve.front().entropy_eval, grpo.curve.back().entropy_eval, cgrpo_run.curve.back().entropy_eval);
   std::printf("SUMMARY seed=%u critique=%s k=%d grpo_hard=%.4f cgrpo_hard=%.4f grpo_easy=%.4f cgrpo_easy=%.4f "
               "grpo_never=%d cgrpo_never=%d\n",
               opt.seed, cgrpo::critique::to_string(opt.critique), opt.refinements, grpo.pass1_hard, cgrpo_run.pass1_hard,
