@@ -1,0 +1,55 @@
+// cgrpo/parallel/global_scale.hpp: the global normalizers of the aggregation modes under data parallelism.
+// Each rank measures its shard; the caller all-reduces; every rank builds its weights with the same AggregationScale.
+#pragma once
+
+#include <cstdint>
+
+#include "cgrpo/aggregation.hpp"
+#include "cgrpo/layout.hpp"
+#include "cgrpo/status.hpp"
+
+namespace cgrpo::parallel {
+
+// What one rank (or one micro-batch of gradient accumulation) contributes to the
+// global normalizers. All-reduce token_count and sequence_count with SUM and
+// max_length with MAX (or use aggregation_partials_merge), then call to_scale().
+struct AggregationPartials {
+  double token_count = 0;     // sum of the mask          -> SUM
+  double sequence_count = 0;  // responses on this rank   -> SUM
+  double max_length = 0;      // longest response in rows -> MAX
+
+  // The AggregationScale to pass to aggregation_weights() on every rank.
+  // `length` overrides max_length when > 0 (e.g. the configured max response
+  // length of Dr. GRPO / the paper's loss_remove_token_mean).
+  AggregationScale to_scale(double length = 0) const {
+    AggregationScale s;
+    s.token_count = token_count;
+    s.sequence_count = sequence_count;
+    s.length = length > 0 ? length : max_length;
+    return s;
+  }
+};
+
+inline Status aggregation_partials(const SequenceLayout& layout, const uint8_t* mask, AggregationPartials* out) {
+  const int64_t num_tokens = layout.num_tokens();
+  CGRPO_RETURN_IF_ERROR(layout.validate(num_tokens));
+  if (!out) return make_error(StatusCode::invalid_argument, "aggregation_partials: out must not be null");
+  if (num_tokens > 0 && !mask) return make_error(StatusCode::invalid_argument, "aggregation_partials: mask must not be null");
+  AggregationPartials p;
+  for (int64_t t = 0; t < num_tokens; ++t) p.token_count += mask[t] ? 1.0 : 0.0;
+  p.sequence_count = static_cast<double>(layout.num_sequences);
+  p.max_length = static_cast<double>(layout.max_length());
+  *out = p;
+  return Status::success();
+}
+
+// What the all-reduce does, for callers that gather instead.
+inline AggregationPartials aggregation_partials_merge(const AggregationPartials& a, const AggregationPartials& b) {
+  AggregationPartials m;
+  m.token_count = a.token_count + b.token_count;
+  m.sequence_count = a.sequence_count + b.sequence_count;
+  m.max_length = a.max_length > b.max_length ? a.max_length : b.max_length;
+  return m;
+}
+
+}  // namespace cgrpo::parallel

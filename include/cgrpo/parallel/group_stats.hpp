@@ -1,0 +1,140 @@
+// cgrpo/parallel/group_stats.hpp: group advantages when a group's responses are spread across ranks.
+// Each rank writes per-group partial sums, the caller all-reduces them, each rank finishes its own responses.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "cgrpo/advantages.hpp"
+#include "cgrpo/config.hpp"
+#include "cgrpo/status.hpp"
+
+namespace cgrpo::parallel {
+
+// Layout of the two buffers the caller all-reduces, G = number of groups in the
+// GLOBAL batch (group ids are global, the same on every rank):
+//   sums     [G * kGroupSumFields]:     count, sum(R - shift), sum((R - shift)^2)  -> all-reduce SUM
+//   extrema  [G * kGroupExtremaFields]: max R, -min R                              -> all-reduce MAX
+// The extrema give the exact "every reward of the group is equal" test (A = 0)
+// that a sum of squares cannot give in floating point. `shift` is any value near
+// the rewards, the same on every rank (0 is fine for rewards in [0, 1]); it keeps
+// the sum of squares accurate when |mean| is much larger than the spread.
+constexpr int kGroupSumFields = 3;
+constexpr int kGroupExtremaFields = 2;
+
+// Writes this rank's partial statistics of every global group (groups with no
+// local member get the identity: zeros and -inf). local.group_ids are global ids
+// in [0, local.num_groups), local.num_groups the global G.
+template <typename Real>
+Status group_partial_stats(const GroupAssignment& local, const Real* local_rewards, double shift, double* sums,
+                           double* extrema) {
+  if (local.num_responses < 0 || local.num_groups < 0)
+    return make_error(StatusCode::invalid_argument, "group_partial_stats: negative sizes");
+  if (local.num_groups > 0 && (!sums || !extrema))
+    return make_error(StatusCode::invalid_argument, "group_partial_stats: sums and extrema must not be null");
+  if (local.num_responses > 0 && (!local_rewards || !local.group_ids))
+    return make_error(StatusCode::invalid_argument, "group_partial_stats: rewards and group_ids must not be null");
+  if (!std::isfinite(shift))
+    return make_error(StatusCode::invalid_argument, "group_partial_stats: shift must be finite, got %g", shift);
+  for (int64_t i = 0; i < local.num_responses; ++i) {
+    if (local.group_ids[i] < 0 || local.group_ids[i] >= local.num_groups)
+      return make_error(StatusCode::out_of_range, "group_partial_stats: group_ids[%lld] = %d is outside [0, %lld)",
+                        static_cast<long long>(i), local.group_ids[i], static_cast<long long>(local.num_groups));
+    if (!std::isfinite(static_cast<double>(local_rewards[i])))
+      return make_error(StatusCode::non_finite, "group_partial_stats: rewards[%lld] is not finite",
+                        static_cast<long long>(i));
+  }
+  for (int64_t g = 0; g < local.num_groups; ++g) {
+    sums[g * kGroupSumFields + 0] = sums[g * kGroupSumFields + 1] = sums[g * kGroupSumFields + 2] = 0.0;
+    extrema[g * kGroupExtremaFields + 0] = extrema[g * kGroupExtremaFields + 1] = -INFINITY;
+  }
+  for (int64_t i = 0; i < local.num_responses; ++i) {
+    const int64_t g = local.group_ids[i];
+    const double r = static_cast<double>(local_rewards[i]);
+    const double d = r - shift;
+    sums[g * kGroupSumFields + 0] += 1.0;
+    sums[g * kGroupSumFields + 1] += d;
+    sums[g * kGroupSumFields + 2] += d * d;
+    double* e = extrema + g * kGroupExtremaFields;
+    e[0] = r > e[0] ? r : e[0];
+    e[1] = -r > e[1] ? -r : e[1];
+  }
+  return Status::success();
+}
+
+// Merges the partials of another rank into (sums, extrema): what the all-reduce
+// does (SUM on sums, MAX on extrema), for callers that gather instead.
+inline void group_partial_stats_merge(int64_t num_groups, const double* other_sums, const double* other_extrema,
+                                      double* sums, double* extrema) {
+  for (int64_t k = 0; k < num_groups * kGroupSumFields; ++k) sums[k] += other_sums[k];
+  for (int64_t k = 0; k < num_groups * kGroupExtremaFields; ++k)
+    extrema[k] = other_extrema[k] > extrema[k] ? other_extrema[k] : extrema[k];
+}
+
+// A_i of this rank's responses from the all-reduced statistics, with the rules
+// of cgrpo::group_advantages (MATH.md): grpo, grpo_no_std, rloo. `shift` must be
+// the value given to group_partial_stats. reinforce_pp_baseline needs a second,
+// token-weighted reduction for its batch whitening and is refused here.
+// Nothing is written on error.
+template <typename Real>
+Status group_advantages_from_stats(AdvantageEstimator estimator, const GroupAssignment& local,
+                                   const Real* local_rewards, const double* sums, const double* extrema,
+                                   double shift, double eps, Real* advantages) {
+  if (estimator != AdvantageEstimator::grpo && estimator != AdvantageEstimator::grpo_no_std &&
+      estimator != AdvantageEstimator::rloo)
+    return make_error(StatusCode::invalid_argument,
+                      "group_advantages_from_stats: estimator %s is not supported across ranks (grpo, grpo_no_std, rloo)",
+                      to_string(estimator));
+  if (!std::isfinite(eps) || eps < 0)
+    return make_error(StatusCode::invalid_argument, "group_advantages_from_stats: eps must be finite and >= 0, got %g",
+                      eps);
+  if (local.num_responses < 0 || local.num_groups < 0)
+    return make_error(StatusCode::invalid_argument, "group_advantages_from_stats: negative sizes");
+  if (local.num_responses == 0) return Status::success();
+  if (!local_rewards || !local.group_ids || !sums || !extrema || !advantages)
+    return make_error(StatusCode::invalid_argument, "group_advantages_from_stats: null pointer argument");
+  for (int64_t i = 0; i < local.num_responses; ++i) {
+    const int64_t g = local.group_ids[i];
+    if (g < 0 || g >= local.num_groups)
+      return make_error(StatusCode::out_of_range, "group_advantages_from_stats: group_ids[%lld] = %lld is outside [0, %lld)",
+                        static_cast<long long>(i), static_cast<long long>(g), static_cast<long long>(local.num_groups));
+    if (!std::isfinite(static_cast<double>(local_rewards[i])))
+      return make_error(StatusCode::non_finite, "group_advantages_from_stats: rewards[%lld] is not finite",
+                        static_cast<long long>(i));
+    if (!(sums[g * kGroupSumFields] >= 1.0))
+      return make_error(StatusCode::invalid_argument,
+                        "group_advantages_from_stats: group %lld has count %g after the reduction (were the partials all-reduced?)",
+                        static_cast<long long>(g), sums[g * kGroupSumFields]);
+  }
+  for (int64_t i = 0; i < local.num_responses; ++i) {
+    const int64_t g = local.group_ids[i];
+    const double c = sums[g * kGroupSumFields + 0];
+    const double mean_shifted = sums[g * kGroupSumFields + 1] / c;
+    const double r = static_cast<double>(local_rewards[i]);
+    const double centered = (r - shift) - mean_shifted;  // R - mean
+    const bool all_equal = extrema[g * kGroupExtremaFields + 0] == -extrema[g * kGroupExtremaFields + 1];
+    double a = 0;
+    switch (estimator) {
+      case AdvantageEstimator::grpo:
+        if (c < 2) a = r / (1.0 + eps);
+        else if (all_equal) a = 0.0;
+        else {
+          // Unbiased variance from the shifted sums: (S2 - S1^2 / n) / (n - 1), never below 0.
+          double m2 = sums[g * kGroupSumFields + 2] - sums[g * kGroupSumFields + 1] * mean_shifted;
+          m2 = m2 > 0 ? m2 : 0.0;
+          a = centered / (std::sqrt(m2 / (c - 1)) + eps);
+        }
+        break;
+      case AdvantageEstimator::grpo_no_std:
+        a = c < 2 ? r : (all_equal ? 0.0 : centered);
+        break;
+      default:  // rloo
+        a = c < 2 ? r : c / (c - 1) * centered;
+        break;
+    }
+    advantages[i] = static_cast<Real>(a);
+  }
+  return Status::success();
+}
+
+}  // namespace cgrpo::parallel

@@ -1,0 +1,210 @@
+// cgrpo/parallel/vocab_parallel.hpp: the fused loss with the vocabulary split across ranks (CPU path).
+// Phase 1: per-row softmax statistics of the local shard; the caller all-reduces; phase 2: loss and local gradient.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "cgrpo/config.hpp"
+#include "cgrpo/cpu/fused_policy_loss.hpp"
+#include "cgrpo/cpu/parallel_for.hpp"
+#include "cgrpo/cpu/row_sweeps.hpp"
+#include "cgrpo/metrics.hpp"
+#include "cgrpo/policy_loss_batch.hpp"
+#include "cgrpo/status.hpp"
+#include "cgrpo/token_math.hpp"
+
+namespace cgrpo::parallel {
+
+// The columns [begin, begin + size) of a vocabulary of global_size entries that
+// this rank holds. In the PolicyLossBatch given to both phases, `logits` points
+// at the local shard [T, row_stride], `vocab_size` is shard.size, and
+// `target_ids` are GLOBAL ids in [0, global_size). Every other per-token array is
+// the whole batch, the same on every rank (tensor parallelism splits columns, not tokens).
+struct VocabShard {
+  int64_t begin = 0;
+  int64_t size = 0;
+  int64_t global_size = 0;
+
+  bool holds(int32_t id) const { return id >= begin && id < begin + size; }
+};
+
+// Megatron's vocab-parallel cross-entropy, extended to H and the GRPO loss.
+// The reduction between the phases, for the T rows:
+//   stats[t]        RowStats of u = z / tau over the shard: max M, sum exp(u - M),
+//                   sum exp(u - M)(u - M). Merge across ranks with row_stats_merge
+//                   (custom reduction or all-gather + merge), or with two standard
+//                   collectives: all-reduce MAX of the maxima, row_stats_rebase()
+//                   on each rank, all-reduce SUM of sum_exp and sum_exp_u.
+//   target_logit[t] u[y_t] on the rank that holds y_t, 0 elsewhere: all-reduce SUM.
+inline Status check_vocab_shard(const VocabShard& shard) {
+  if (shard.global_size <= 0 || shard.size <= 0 || shard.begin < 0 || shard.begin + shard.size > shard.global_size)
+    return make_error(StatusCode::invalid_argument,
+                      "vocab shard [%lld, %lld) must be a non-empty part of [0, %lld)",
+                      static_cast<long long>(shard.begin), static_cast<long long>(shard.begin + shard.size),
+                      static_cast<long long>(shard.global_size));
+  return Status::success();
+}
+
+// Phase 1. Reads the shard once; writes stats[T] and target_logit[T]. Validates
+// the batch exactly as the fused loss does (target ids against the global vocabulary).
+template <typename Real>
+Status vocab_shard_row_stats(const LossConfig& config, const PolicyLossBatch<Real>& local, const VocabShard& shard,
+                             RowStats<double>* stats, double* target_logit) {
+  static_assert(std::is_same<Real, float>::value || std::is_same<Real, double>::value,
+                "the CPU path takes float or double logits");
+  CGRPO_RETURN_IF_ERROR(check_vocab_shard(shard));
+  if (local.vocab_size != shard.size)
+    return make_error(StatusCode::invalid_argument, "batch.vocab_size (%lld) must be the shard size (%lld)",
+                      static_cast<long long>(local.vocab_size), static_cast<long long>(shard.size));
+  LossMetrics unused;
+  PolicyLossOutputs<Real> no_outputs;
+  no_outputs.metrics = &unused;
+  CGRPO_RETURN_IF_ERROR(validate_batch_shape(config, local, no_outputs));
+  PolicyLossBatch<Real> global_ids = local;  // target ids are checked against the global vocabulary
+  global_ids.vocab_size = shard.global_size;
+  CGRPO_RETURN_IF_ERROR(validate_batch_values(config, global_ids));
+  if (local.num_tokens > 0 && (!stats || !target_logit))
+    return make_error(StatusCode::invalid_argument, "vocab_shard_row_stats: stats and target_logit must not be null");
+
+  const int64_t stride = local.stride();
+  const Real inv_temperature = static_cast<Real>(1.0 / config.temperature);
+  cpu::parallel_for_rows(local.num_tokens, config.num_threads, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const Real* z = local.logits + t * stride;
+      stats[t] = cpu::row_softmax_stats(z, shard.size, inv_temperature);
+      const int32_t y = local.target_ids[t];
+      target_logit[t] = shard.holds(y) ? static_cast<double>(z[y - shard.begin] * inv_temperature) : 0.0;
+    }
+  });
+  return Status::success();
+}
+
+// Re-expresses statistics taken against their own max against `global_max`
+// (>= s.max), so that sum_exp and sum_exp_u of all ranks can be all-reduced with SUM.
+inline RowStats<double> row_stats_rebase(const RowStats<double>& s, double global_max) {
+  if (s.sum_exp == 0.0) return RowStats<double>{global_max, 0.0, 0.0};
+  const double shift = s.max - global_max;  // <= 0
+  const double scale = math::exp(shift);
+  return RowStats<double>{global_max, scale * s.sum_exp, scale * (s.sum_exp_u + shift * s.sum_exp)};
+}
+
+// Phase 2. From the all-reduced stats[T] and target_logit[T]: the loss and
+// metrics of the whole batch (identical on every rank), per-token log p and H
+// when asked, and dJ/dz for the local columns only (grad_logits [T, grad_row_stride],
+// may be local.logits in place). Same checks and rules as cpu::fused_policy_loss:
+// a non-finite row or a -inf target logit is an error and nothing is written.
+template <typename Real>
+Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& local,
+                                  const VocabShard& shard, const RowStats<double>* stats,
+                                  const double* target_logit, const PolicyLossOutputs<Real>& out,
+                                  cpu::Workspace& ws) {
+  CGRPO_RETURN_IF_ERROR(check_vocab_shard(shard));
+  if (local.vocab_size != shard.size)
+    return make_error(StatusCode::invalid_argument, "batch.vocab_size (%lld) must be the shard size (%lld)",
+                      static_cast<long long>(local.vocab_size), static_cast<long long>(shard.size));
+  CGRPO_RETURN_IF_ERROR(validate_batch_shape(config, local, out));
+  PolicyLossBatch<Real> global_ids = local;
+  global_ids.vocab_size = shard.global_size;
+  CGRPO_RETURN_IF_ERROR(validate_batch_values(config, global_ids));
+  const int64_t T = local.num_tokens, stride = local.stride();
+  if (T > 0 && (!stats || !target_logit))
+    return make_error(StatusCode::invalid_argument, "vocab_parallel_policy_loss: stats and target_logit must not be null");
+  const TokenLossParams<double> params = token_params<double>(config);
+
+  ws.rows.resize(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) {
+    cpu::Workspace::Row& r = ws.rows[t];
+    r.finite = row_stats_finite(stats[t]) && std::isfinite(target_logit[t]);
+    if (!r.finite)
+      return make_error(StatusCode::non_finite,
+                        "row %lld: the reduced statistics hold NaN or +inf (or every logit is -inf); nothing was written",
+                        static_cast<long long>(t));
+    r.lse = row_logsumexp(stats[t]);
+    r.entropy = row_entropy(stats[t]);
+    r.logp = target_logit[t] - r.lse;
+  }
+
+  // From here on, the per-token pass of cpu::fused_policy_loss on the reduced rows.
+  const bool sequence_ratio = config.clip == ClipMode::sequence;
+  if (sequence_ratio) {
+    const SequenceLayout& L = local.layout;
+    ws.seq_log_ratio.assign(static_cast<size_t>(L.num_sequences), 0.0);
+    for (int64_t i = 0; i < L.num_sequences; ++i) {
+      double sum = 0, n = 0;
+      for (int64_t t = L.begin(i); t < L.end(i); ++t)
+        if (local.mask[t]) {
+          sum += ws.rows[t].logp - static_cast<double>(local.old_logp[t]);
+          n += 1;
+        }
+      ws.seq_log_ratio[i] = n > 0 ? sum / n : 0.0;
+    }
+  }
+  MetricSums<double> sums = metric_sums_zero<double>();
+  int64_t seq = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    cpu::Workspace::Row& r = ws.rows[t];
+    if (!std::isfinite(r.logp))
+      return make_error(StatusCode::non_finite,
+                        "target_ids[%lld] = %d has a -inf logit (log p = -inf); nothing was written",
+                        static_cast<long long>(t), local.target_ids[t]);
+    TokenInputs<double> in{};
+    in.logp = r.logp;
+    in.entropy = r.entropy;
+    in.old_logp = static_cast<double>(local.old_logp[t]);
+    in.ref_logp = local.ref_logp ? static_cast<double>(local.ref_logp[t]) : 0.0;
+    in.advantage = static_cast<double>(local.advantages[t]);
+    in.w_pg = static_cast<double>(local.pg_weights[t]);
+    in.w_entropy = local.entropy_weights ? static_cast<double>(local.entropy_weights[t]) : 0.0;
+    in.w_kl = local.kl_weights ? static_cast<double>(local.kl_weights[t]) : 0.0;
+    in.refinement = local.kinds && local.kinds[t] == kRefinement;
+    if (sequence_ratio) {
+      while (t >= local.layout.end(seq)) ++seq;
+      in.seq_log_ratio = ws.seq_log_ratio[seq];
+    }
+    const TokenResult<double> res = token_loss(in, params);
+    metric_sums_add(sums, in, res, local.mask[t] != 0);
+    r.dJ_dlogp = res.dJ_dlogp;
+    r.dJ_dentropy = res.dJ_dentropy;
+  }
+
+  *out.metrics = finalize_metrics(sums);
+  for (int64_t t = 0; t < T; ++t) {
+    if (out.logp) out.logp[t] = static_cast<Real>(ws.rows[t].logp);
+    if (out.entropy) out.entropy[t] = static_cast<Real>(ws.rows[t].entropy);
+  }
+  if (out.grad_logits) {
+    // dJ/dz_j over the local columns; the one-hot term lands only on the rank holding y_t.
+    const int64_t gstride = out.grad_row_stride == 0 ? stride : out.grad_row_stride;
+    const double inv_temperature = params.inv_temperature;
+    const Real inv_temperature_r = static_cast<Real>(inv_temperature);
+    cpu::parallel_for_rows(T, config.num_threads, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const cpu::Workspace::Row& r = ws.rows[t];
+        const Real* z = local.logits + t * stride;
+        Real* g = out.grad_logits + t * gstride;
+        const int64_t y = static_cast<int64_t>(local.target_ids[t]) - shard.begin;
+        if (r.dJ_dlogp == 0.0 && r.dJ_dentropy == 0.0) {
+          for (int64_t j = 0; j < shard.size; ++j) g[j] = Real(0);
+          continue;
+        }
+        for (int64_t j = 0; j < shard.size; ++j)
+          g[j] = static_cast<Real>(logit_gradient(static_cast<double>(z[j] * inv_temperature_r), j == y, r.lse,
+                                                  r.entropy, r.dJ_dlogp, r.dJ_dentropy, inv_temperature));
+      }
+    });
+  }
+  return Status::success();
+}
+
+// Convenience overload with a workspace of its own (allocates O(T) per call).
+template <typename Real>
+Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& local,
+                                  const VocabShard& shard, const RowStats<double>* stats,
+                                  const double* target_logit, const PolicyLossOutputs<Real>& out) {
+  cpu::Workspace ws;
+  return vocab_parallel_policy_loss(config, local, shard, stats, target_logit, out, ws);
+}
+
+}  // namespace cgrpo::parallel

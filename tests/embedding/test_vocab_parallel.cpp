@@ -1,0 +1,266 @@
+// Vocabulary (tensor) parallelism on one process: k = 1, 2, 3 uneven column shards, two-phase API,
+// both reductions (row_stats_merge, and MAX + rebase + SUM) against the unsharded fused loss in double.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include <cgrpo/cgrpo.hpp>
+#include <cgrpo/parallel/vocab_parallel.hpp>
+
+#include "cpu/reference.hpp"
+
+namespace {
+
+using cgrpo::RowStats;
+
+// Columns [begin, begin + size) of every row, in a buffer of stride size + pad.
+template <typename Real>
+std::vector<Real> column_shard(const ref::Batch& b, int64_t begin, int64_t size, int64_t pad) {
+  std::vector<Real> out(b.T * (size + pad), static_cast<Real>(-12345));
+  for (int64_t t = 0; t < b.T; ++t)
+    for (int64_t j = 0; j < size; ++j) out[t * (size + pad) + j] = static_cast<Real>(b.logits[t * b.stride + begin + j]);
+  return out;
+}
+
+std::vector<int64_t> vocab_cuts(std::mt19937_64& rng, int64_t V, int k) {
+  // k non-empty uneven parts of [0, V).
+  std::vector<int64_t> cuts{0, V};
+  while (static_cast<int>(cuts.size()) < k + 1) {
+    const int64_t c = 1 + static_cast<int64_t>(rng() % (V - 1));
+    if (std::find(cuts.begin(), cuts.end(), c) == cuts.end()) cuts.push_back(c);
+  }
+  std::sort(cuts.begin(), cuts.end());
+  return cuts;
+}
+
+struct ShardedResult {
+  cgrpo::LossMetrics metrics;
+  std::vector<double> grad;  // [T, V] assembled from the shards
+  std::vector<double> logp, entropy;
+};
+
+// Runs both phases on k ranks; `megatron` picks the reduction: MAX + rebase + SUM, or row_stats_merge.
+template <typename Real>
+ShardedResult run_sharded(const ref::Batch& b, const cgrpo::LossConfig& c, const std::vector<int64_t>& cuts,
+                          bool megatron, bool in_place) {
+  const int k = static_cast<int>(cuts.size()) - 1;
+  ref::LibraryBatch<Real> lib(b);  // per-token arrays of the whole batch, same on every rank
+  std::vector<std::vector<Real>> logits(k);
+  std::vector<std::vector<RowStats<double>>> stats(k, std::vector<RowStats<double>>(b.T));
+  std::vector<std::vector<double>> target(k, std::vector<double>(b.T));
+  std::vector<cgrpo::parallel::VocabShard> shard(k);
+  std::vector<int64_t> pad(k);
+  for (int r = 0; r < k; ++r) {
+    shard[r] = cgrpo::parallel::VocabShard{cuts[r], cuts[r + 1] - cuts[r], b.V};
+    pad[r] = r % 2;  // row stride > shard size on odd ranks
+    logits[r] = column_shard<Real>(b, shard[r].begin, shard[r].size, pad[r]);
+    cgrpo::PolicyLossBatch<Real> local = lib.view;
+    local.logits = logits[r].data();
+    local.vocab_size = shard[r].size;
+    local.row_stride = shard[r].size + pad[r];
+    const cgrpo::Status s = cgrpo::parallel::vocab_shard_row_stats(c, local, shard[r], stats[r].data(), target[r].data());
+    INFO(s.message);
+    REQUIRE(s.ok());
+  }
+
+  // The caller's all-reduce, simulated.
+  std::vector<RowStats<double>> reduced(b.T);
+  std::vector<double> target_sum(b.T, 0.0);
+  for (int64_t t = 0; t < b.T; ++t) {
+    for (int r = 0; r < k; ++r) target_sum[t] += target[r][t];
+    if (megatron) {
+      double m = -INFINITY;
+      for (int r = 0; r < k; ++r) m = std::max(m, stats[r][t].max);
+      RowStats<double> acc{m, 0.0, 0.0};
+      for (int r = 0; r < k; ++r) {
+        const RowStats<double> x = cgrpo::parallel::row_stats_rebase(stats[r][t], m);
+        REQUIRE(x.max == m);
+        acc.sum_exp += x.sum_exp;
+        acc.sum_exp_u += x.sum_exp_u;
+      }
+      reduced[t] = acc;
+    } else {
+      RowStats<double> acc = cgrpo::row_stats_identity<double>();
+      for (int r = k - 1; r >= 0; --r) acc = cgrpo::row_stats_merge(acc, stats[r][t]);  // any order
+      reduced[t] = acc;
+    }
+  }
+
+  ShardedResult res;
+  res.grad.assign(b.T * b.V, 0.0);
+  for (int r = 0; r < k; ++r) {
+    cgrpo::PolicyLossBatch<Real> local = lib.view;
+    local.logits = logits[r].data();
+    local.vocab_size = shard[r].size;
+    local.row_stride = shard[r].size + pad[r];
+    std::vector<Real> grad_sep(b.T * (shard[r].size + pad[r]), static_cast<Real>(777));
+    std::vector<Real> logp(b.T), entropy(b.T);
+    cgrpo::LossMetrics m;
+    cgrpo::PolicyLossOutputs<Real> out;
+    out.grad_logits = in_place ? logits[r].data() : grad_sep.data();
+    out.logp = logp.data();
+    out.entropy = entropy.data();
+    out.metrics = &m;
+    const cgrpo::Status s =
+        cgrpo::parallel::vocab_parallel_policy_loss(c, local, shard[r], reduced.data(), target_sum.data(), out);
+    INFO(s.message);
+    REQUIRE(s.ok());
+    const Real* g = out.grad_logits;
+    for (int64_t t = 0; t < b.T; ++t)
+      for (int64_t j = 0; j < shard[r].size; ++j)
+        res.grad[t * b.V + shard[r].begin + j] = static_cast<double>(g[t * (shard[r].size + pad[r]) + j]);
+    if (r == 0) {
+      res.metrics = m;
+      res.logp.assign(logp.begin(), logp.end());
+      res.entropy.assign(entropy.begin(), entropy.end());
+    } else {  // every rank reports the same loss and metrics
+      REQUIRE(m.loss == res.metrics.loss);
+      REQUIRE(m.pg_clipfrac == res.metrics.pg_clipfrac);
+      REQUIRE(m.entropy_mean == res.metrics.entropy_mean);
+    }
+  }
+  return res;
+}
+
+template <typename Real>
+void check_against_unsharded(const ref::Batch& b, const cgrpo::LossConfig& c, const ShardedResult& got, double tol) {
+  ref::LibraryBatch<Real> lib(b);
+  std::vector<Real> grad(b.T * b.stride, Real(0)), logp(b.T), entropy(b.T);
+  cgrpo::LossMetrics m;
+  cgrpo::PolicyLossOutputs<Real> out;
+  out.grad_logits = grad.data();
+  out.logp = logp.data();
+  out.entropy = entropy.data();
+  out.metrics = &m;
+  REQUIRE(cgrpo::cpu::fused_policy_loss(c, lib.view, out).ok());
+
+  auto close = [&](double x, double want) { return std::fabs(x - want) <= tol * std::max(1.0, std::fabs(want)); };
+  REQUIRE(close(got.metrics.loss, m.loss));
+  REQUIRE(close(got.metrics.pg_loss, m.pg_loss));
+  REQUIRE(close(got.metrics.pg_loss_refinement, m.pg_loss_refinement));
+  REQUIRE(close(got.metrics.entropy_loss, m.entropy_loss));
+  REQUIRE(close(got.metrics.kl_loss, m.kl_loss));
+  REQUIRE(close(got.metrics.ppo_kl, m.ppo_kl));
+  REQUIRE(close(got.metrics.entropy_mean, m.entropy_mean));
+  REQUIRE(close(got.metrics.ratio_mean, m.ratio_mean));
+  REQUIRE(close(got.metrics.refinement_prob_mean, m.refinement_prob_mean));
+  REQUIRE(got.metrics.num_valid_tokens == m.num_valid_tokens);
+  REQUIRE(got.metrics.num_refinement_tokens == m.num_refinement_tokens);
+  // Clip flags may flip only for ratios within rounding of the clip bounds; in double they agree.
+  if (std::is_same<Real, double>::value) {
+    REQUIRE(got.metrics.pg_clipfrac == m.pg_clipfrac);
+    REQUIRE(got.metrics.pg_clipfrac_lower == m.pg_clipfrac_lower);
+  }
+  double gmax = 0, gerr = 0;
+  for (int64_t t = 0; t < b.T; ++t) {
+    REQUIRE(close(got.logp[t], logp[t]));
+    REQUIRE(close(got.entropy[t], entropy[t]));
+    for (int64_t v = 0; v < b.V; ++v) {
+      gmax = std::max(gmax, std::fabs(static_cast<double>(grad[t * b.stride + v])));
+      gerr = std::max(gerr, std::fabs(got.grad[t * b.V + v] - static_cast<double>(grad[t * b.stride + v])));
+    }
+  }
+  REQUIRE(gmax > 0);
+  CAPTURE(gerr, gmax);
+  REQUIRE(gerr <= tol * gmax);
+}
+
+cgrpo::LossConfig config_for(int i) {
+  cgrpo::LossConfig c;
+  const cgrpo::ClipMode clips[] = {cgrpo::ClipMode::none, cgrpo::ClipMode::token, cgrpo::ClipMode::sequence};
+  const cgrpo::KlEstimator kls[] = {cgrpo::KlEstimator::none, cgrpo::KlEstimator::k1, cgrpo::KlEstimator::abs,
+                                    cgrpo::KlEstimator::k2, cgrpo::KlEstimator::k3};
+  const cgrpo::Aggregation aggs[] = {cgrpo::Aggregation::token_mean, cgrpo::Aggregation::seq_mean_token_sum,
+                                     cgrpo::Aggregation::seq_mean_token_mean,
+                                     cgrpo::Aggregation::seq_mean_token_sum_norm};
+  c.clip = clips[i % 3];
+  c.dual_clip = c.clip == cgrpo::ClipMode::token && (i / 3) % 2 == 1;
+  c.kl = kls[i % 5];
+  c.kl_coef = c.kl == cgrpo::KlEstimator::none ? 0.0 : 0.03;
+  c.pg_aggregation = aggs[i % 4];
+  c.entropy_aggregation = aggs[(i / 4) % 4];
+  c.kl_aggregation = aggs[(i + 1) % 4];
+  c.entropy_coef = (i % 7 == 3) ? 0.0 : 0.01;
+  c.temperature = (i % 2) ? 0.7 : 1.0;
+  c.num_threads = 1 + i % 2;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("vocab parallel: k shards give the unsharded loss, metrics and gradient (double)", "[parallel][vocab]") {
+  std::mt19937_64 rng(31337);
+  for (int i = 0; i < 30; ++i) {
+    const int64_t V = 2 + static_cast<int64_t>(rng() % 60);
+    ref::Batch b = ref::random_batch(rng, 3 + static_cast<int64_t>(rng() % 4), 6, V, static_cast<int64_t>(rng() % 3),
+                                     i % 5 == 0 ? 20.0 : 2.0);
+    const cgrpo::LossConfig c = config_for(i);
+    ref::set_weights(b, c);
+    for (int k : {1, 2, 3}) {
+      if (k > V) continue;
+      const auto cuts = vocab_cuts(rng, V, k);
+      for (bool megatron : {false, true}) {
+        CAPTURE(i, V, k, megatron, cgrpo::to_string(c.clip), cgrpo::to_string(c.kl), c.temperature);
+        const ShardedResult got = run_sharded<double>(b, c, cuts, megatron, /*in_place=*/i % 3 == 2);
+        check_against_unsharded<double>(b, c, got, 1e-12);
+      }
+    }
+  }
+}
+
+TEST_CASE("vocab parallel: float logits agree with the unsharded float path", "[parallel][vocab]") {
+  std::mt19937_64 rng(99);
+  for (int i = 0; i < 8; ++i) {
+    const int64_t V = 3000 + static_cast<int64_t>(rng() % 2000);  // several Eigen chunks per shard
+    ref::Batch b = ref::random_batch(rng, 3, 5, V, 1);
+    const cgrpo::LossConfig c = config_for(i);
+    ref::set_weights(b, c);
+    const auto cuts = vocab_cuts(rng, V, 1 + i % 3);
+    CAPTURE(i, V, cuts.size() - 1);
+    const ShardedResult got = run_sharded<float>(b, c, cuts, i % 2 == 0, i % 2 == 1);
+    check_against_unsharded<float>(b, c, got, 1e-5);
+  }
+}
+
+TEST_CASE("vocab parallel: a target whose logit is -inf, or a NaN row, is an error on every rank", "[parallel][vocab]") {
+  std::mt19937_64 rng(5);
+  ref::Batch b = ref::random_batch(rng, 2, 4, 10, 0);
+  cgrpo::LossConfig c;
+  ref::set_weights(b, c);
+  ref::LibraryBatch<double> lib(b);
+  const cgrpo::parallel::VocabShard shard{0, 10, 10};
+  std::vector<RowStats<double>> stats(b.T);
+  std::vector<double> target(b.T);
+  REQUIRE(cgrpo::parallel::vocab_shard_row_stats(c, lib.view, shard, stats.data(), target.data()).ok());
+  std::vector<double> grad(b.T * 10, 42.0);
+  cgrpo::LossMetrics m;
+  m.loss = 42;
+  cgrpo::PolicyLossOutputs<double> out;
+  out.grad_logits = grad.data();
+  out.metrics = &m;
+  auto bad_target = target;
+  bad_target[1] = -INFINITY;
+  REQUIRE(cgrpo::parallel::vocab_parallel_policy_loss(c, lib.view, shard, stats.data(), bad_target.data(), out).code ==
+          cgrpo::StatusCode::non_finite);
+  auto bad_stats = stats;
+  bad_stats[2].sum_exp = NAN;
+  REQUIRE(cgrpo::parallel::vocab_parallel_policy_loss(c, lib.view, shard, bad_stats.data(), target.data(), out).code ==
+          cgrpo::StatusCode::non_finite);
+  REQUIRE(m.loss == 42);
+  REQUIRE(grad[0] == 42.0);
+  // A shard that does not fit in the vocabulary, or a batch whose vocab_size is not the shard's.
+  REQUIRE(cgrpo::parallel::vocab_shard_row_stats(c, lib.view, cgrpo::parallel::VocabShard{5, 10, 10}, stats.data(),
+                                                 target.data()).code == cgrpo::StatusCode::invalid_argument);
+  REQUIRE(cgrpo::parallel::vocab_shard_row_stats(c, lib.view, cgrpo::parallel::VocabShard{0, 5, 10}, stats.data(),
+                                                 target.data()).code == cgrpo::StatusCode::invalid_argument);
+  // A target id outside the GLOBAL vocabulary is out_of_range even if it is inside no shard.
+  auto targets = b.targets;
+  targets[0] = 10;
+  cgrpo::PolicyLossBatch<double> v = lib.view;
+  v.target_ids = targets.data();
+  REQUIRE(cgrpo::parallel::vocab_shard_row_stats(c, v, shard, stats.data(), target.data()).code ==
+          cgrpo::StatusCode::out_of_range);
+}
