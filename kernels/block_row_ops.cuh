@@ -12,46 +12,66 @@
 
 namespace cgrpo::cuda {
 
-// The softmax of one row u = z / tau, kept in shifted form: log p_j = (u_j - max) - log_sum.
-// Subtracting max first keeps log p exact to a few ulps even when |z| ~ 1e4, where
-// lse = max + log_sum would already have lost 1e-3 to rounding in float.
+// The softmax of one row u = z / tau, kept in shifted form: log p_j = (z_j - max) / tau - log_sum.
+// The max stays in logit units and z_j - max is taken before the scaling, so that log p is exact
+// to a few ulps even when |z| ~ 1e4 and tau != 1: u = z / tau rounded to float would already
+// carry an error of 5e-4 there, and lse = max + log_sum another 1e-3.
 struct RowSoftmax {
-  float max;      // M = max_j u_j
-  float log_sum;  // log S, S = sum_j exp(u_j - M)
-  float entropy;  // H = log S - Q / S
+  float max;      // M = max_j z_j (logit units)
+  float log_sum;  // log S, S = sum_j exp((z_j - M) / tau)
+  float entropy;  // H = log S - Q / S, Q = sum_j exp((z_j - M) / tau) (z_j - M) / tau
   bool finite;    // no NaN / +inf logit and not every logit -inf
 };
 
+// cgrpo::RowStats with `max` in logit units and the sums in softmax units. Two parts are merged
+// by cgrpo::row_stats_merge after expressing both maxima relative to the first one, in softmax
+// units ((M_b - M_a) / tau, exact to a rounding of a small number).
 struct RowStatsMerge {
-  __device__ __forceinline__ RowStats<float> operator()(const RowStats<float>& a, const RowStats<float>& b) const {
-    return row_stats_merge(a, b);
+  float inv_temperature;
+  __device__ __forceinline__ RowStats<float> operator()(RowStats<float> a, RowStats<float> b) const {
+    if (b.sum_exp == 0.0f) return a;
+    if (a.sum_exp == 0.0f) return b;
+    const float raw_a = a.max, raw_b = b.max;
+    a.max = 0.0f;
+    b.max = (raw_b - raw_a) * inv_temperature;
+    RowStats<float> m = row_stats_merge(a, b);
+    m.max = b.max > a.max ? raw_b : raw_a;  // the side row_stats_merge kept as the reference
+    return m;
   }
 };
 
 // A NaN or +inf logit; the stats alone cannot tell it apart reliably once merged, so each thread
 // keeps this flag and the block ORs them.
-__device__ __forceinline__ bool bad_logit(float u) { return isnan(u) || u == INFINITY; }
+__device__ __forceinline__ bool bad_logit(float z) { return isnan(z) || z == INFINITY; }
 
-// Statistics of N already scaled logits, merged into s: one max, then N exps against it
-// (row_stats_push would rescale on every new maximum). The same sums as row_stats_push.
+// Statistics of N logits, merged into s: one max, then N exps against it (pushing one at a time
+// would rescale on every new maximum). -inf entries add nothing.
 template <int N>
-__device__ __forceinline__ RowStats<float> push_chunk(RowStats<float> s, const float (&u)[N], bool& bad) {
+__device__ __forceinline__ RowStats<float> push_chunk(RowStats<float> s, const float (&z)[N], const RowStatsMerge& merge,
+                                                      bool& bad) {
   float m = -INFINITY;
 #pragma unroll
   for (int k = 0; k < N; ++k) {
-    bad |= bad_logit(u[k]);
-    m = fmaxf(m, u[k]);
+    bad |= bad_logit(z[k]);
+    m = fmaxf(m, z[k]);
   }
   if (m == -INFINITY) return s;  // an all -inf chunk adds nothing
   RowStats<float> c{m, 0.0f, 0.0f};
 #pragma unroll
   for (int k = 0; k < N; ++k) {
-    const float d = u[k] - m;
+    const float d = (z[k] - m) * merge.inv_temperature;
     const float e = expf(d);
     c.sum_exp += e;
     c.sum_exp_u += e > 0.0f ? e * d : 0.0f;  // exp(-inf) * -inf would be NaN
   }
-  return row_stats_merge(s, c);
+  return merge(s, c);
+}
+
+// One logit (the scalar prologue and tail).
+__device__ __forceinline__ RowStats<float> push_one(RowStats<float> s, float z, const RowStatsMerge& merge, bool& bad) {
+  bad |= bad_logit(z);
+  if (z == -INFINITY) return s;
+  return merge(s, RowStats<float>{z, 1.0f, 0.0f});
 }
 
 template <int THREADS>
@@ -70,30 +90,24 @@ __device__ RowSoftmax block_row_softmax(const Logit* row, int64_t vocab, float i
   using Traits = LogitTraits<Logit>;
   using Vec = Packed<Logit>;
   constexpr int N = Vec::size;
+  const RowStatsMerge merge{inv_temperature};
   RowStats<float> s = row_stats_identity<float>();
   bool bad = false;
   const int64_t head = elements_to_alignment(row, vocab);
-  for (int64_t j = threadIdx.x; j < head; j += THREADS) {
-    const float u = Traits::to_float(row[j]) * inv_temperature;
-    bad |= bad_logit(u);
-    s = row_stats_push(s, u);
-  }
+  for (int64_t j = threadIdx.x; j < head; j += THREADS) s = push_one(s, Traits::to_float(row[j]), merge, bad);
   const Vec* vectors = reinterpret_cast<const Vec*>(row + head);
   const int64_t num_vectors = (vocab - head) / N;
 #pragma unroll 4
   for (int64_t i = threadIdx.x; i < num_vectors; i += THREADS) {
     const Vec v = vectors[i];
-    float u[N];
+    float z[N];
 #pragma unroll
-    for (int k = 0; k < N; ++k) u[k] = Traits::to_float(v.v[k]) * inv_temperature;
-    s = push_chunk(s, u, bad);
+    for (int k = 0; k < N; ++k) z[k] = Traits::to_float(v.v[k]);
+    s = push_chunk(s, z, merge, bad);
   }
-  for (int64_t j = head + num_vectors * N + threadIdx.x; j < vocab; j += THREADS) {
-    const float u = Traits::to_float(row[j]) * inv_temperature;
-    bad |= bad_logit(u);
-    s = row_stats_push(s, u);
-  }
-  const RowStats<float> total = cub::BlockReduce<RowStats<float>, THREADS>(storage.reduce).Reduce(s, RowStatsMerge{});
+  for (int64_t j = head + num_vectors * N + threadIdx.x; j < vocab; j += THREADS)
+    s = push_one(s, Traits::to_float(row[j]), merge, bad);
+  const RowStats<float> total = cub::BlockReduce<RowStats<float>, THREADS>(storage.reduce).Reduce(s, merge);
   const int any_bad = __syncthreads_or(bad ? 1 : 0);  // also the barrier before storage.total is written
   if (threadIdx.x == 0) storage.total = total;
   __syncthreads();
@@ -123,8 +137,8 @@ __device__ void block_row_fill_zero(Logit* grad_row, int64_t vocab) {
   for (int64_t j = head + num_vectors * N + threadIdx.x; j < vocab; j += THREADS) grad_row[j] = zero;
 }
 
-// Sweep 2, called by all threads: grad_j = cgrpo::logit_gradient at u_j - M with lse = log S
-// (the same value as at u_j with lse = M + log S, without the rounding of M + log S).
+// Sweep 2, called by all threads: grad_j = cgrpo::logit_gradient at u = (z_j - M) / tau with
+// lse = log S (the same value as at z_j / tau with lse = M / tau + log S, without their rounding).
 // Reads V and writes V elements; each element is read and written by the same thread, so
 // grad_row may be row (in place). When the two rows are misaligned differently (separate
 // buffers, different strides) the sweep is scalar; still coalesced, with 2-4x the instructions.
@@ -139,7 +153,7 @@ __device__ void block_row_gradient(const Logit* row, Logit* grad_row, int64_t vo
   using Vec = Packed<Logit>;
   constexpr int N = Vec::size;
   auto gradient = [&](int64_t j, Logit z) {
-    const float shifted = Traits::to_float(z) * inv_temperature - sm.max;
+    const float shifted = (Traits::to_float(z) - sm.max) * inv_temperature;
     return Traits::from_float(
         logit_gradient<float>(shifted, j == target, sm.log_sum, sm.entropy, a, b, inv_temperature));
   };

@@ -98,7 +98,7 @@ __device__ bool target_logp(const Logit* row, int64_t t, int32_t target, int64_t
     flag_row(status, kNonFiniteRow, t, 0u);
     return false;
   }
-  logp = (LogitTraits<Logit>::to_float(row[target]) * inv_temperature - sm.max) - sm.log_sum;
+  logp = (LogitTraits<Logit>::to_float(row[target]) - sm.max) * inv_temperature - sm.log_sum;
   if (!isfinite(logp)) {
     flag_row(status, kNonFiniteTargetLogit, t, static_cast<uint32_t>(target));
     return false;
