@@ -10,6 +10,20 @@
 #include "cgrpo/token_math.hpp"
 #include "kernels/vector_io.cuh"
 
+// Per-thread parts are __host__ __device__ and take the thread index, so that the host tests
+// (tests/gpu/test_cuda_row_ops_host.cu) can run every thread's share of a row without a GPU.
+#define CGRPO_ROW_HD __host__ __device__ __forceinline__
+
+// Unrolling hints for the device pass only (the host compiler would warn about an unknown pragma).
+#define CGRPO_PRAGMA(x) _Pragma(#x)
+#if defined(__CUDA_ARCH__)
+#define CGRPO_UNROLL CGRPO_PRAGMA(unroll)
+#define CGRPO_UNROLL_N(n) CGRPO_PRAGMA(unroll n)
+#else
+#define CGRPO_UNROLL
+#define CGRPO_UNROLL_N(n)
+#endif
+
 namespace cgrpo::cuda {
 
 // The softmax of one row u = z / tau, kept in shifted form: log p_j = (z_j - max) / tau - log_sum.
@@ -28,7 +42,7 @@ struct RowSoftmax {
 // units ((M_b - M_a) / tau, exact to a rounding of a small number).
 struct RowStatsMerge {
   float inv_temperature;
-  __device__ __forceinline__ RowStats<float> operator()(RowStats<float> a, RowStats<float> b) const {
+  CGRPO_ROW_HD RowStats<float> operator()(RowStats<float> a, RowStats<float> b) const {
     if (b.sum_exp == 0.0f) return a;
     if (a.sum_exp == 0.0f) return b;
     const float raw_a = a.max, raw_b = b.max;
@@ -42,22 +56,21 @@ struct RowStatsMerge {
 
 // A NaN or +inf logit; the stats alone cannot tell it apart reliably once merged, so each thread
 // keeps this flag and the block ORs them.
-__device__ __forceinline__ bool bad_logit(float z) { return isnan(z) || z == INFINITY; }
+CGRPO_ROW_HD bool bad_logit(float z) { return isnan(z) || z == INFINITY; }
 
 // Statistics of N logits, merged into s: one max, then N exps against it (pushing one at a time
 // would rescale on every new maximum). -inf entries add nothing.
 template <int N>
-__device__ __forceinline__ RowStats<float> push_chunk(RowStats<float> s, const float (&z)[N], const RowStatsMerge& merge,
-                                                      bool& bad) {
+CGRPO_ROW_HD RowStats<float> push_chunk(RowStats<float> s, const float (&z)[N], const RowStatsMerge& merge, bool& bad) {
   float m = -INFINITY;
-#pragma unroll
+CGRPO_UNROLL
   for (int k = 0; k < N; ++k) {
     bad |= bad_logit(z[k]);
     m = fmaxf(m, z[k]);
   }
   if (m == -INFINITY) return s;  // an all -inf chunk adds nothing
   RowStats<float> c{m, 0.0f, 0.0f};
-#pragma unroll
+CGRPO_UNROLL
   for (int k = 0; k < N; ++k) {
     const float d = (z[k] - m) * merge.inv_temperature;
     const float e = expf(d);
@@ -68,50 +81,41 @@ __device__ __forceinline__ RowStats<float> push_chunk(RowStats<float> s, const f
 }
 
 // One logit (the scalar prologue and tail).
-__device__ __forceinline__ RowStats<float> push_one(RowStats<float> s, float z, const RowStatsMerge& merge, bool& bad) {
+CGRPO_ROW_HD RowStats<float> push_one(RowStats<float> s, float z, const RowStatsMerge& merge, bool& bad) {
   bad |= bad_logit(z);
   if (z == -INFINITY) return s;
   return merge(s, RowStats<float>{z, 1.0f, 0.0f});
 }
 
-template <int THREADS>
-struct BlockRowSoftmaxStorage {
-  typename cub::BlockReduce<RowStats<float>, THREADS>::TempStorage reduce;
-  RowStats<float> total;
-};
-
-// Sweep 1, called by all THREADS threads of the block. Thread layout: a scalar prologue up
-// to the first 16-byte boundary (elements [0, head), one per thread), then 16-byte vectors
-// i = tid, tid + THREADS, ... (4 fp32 or 8 fp16/bf16 each), then a scalar tail. Every thread
-// returns the same RowSoftmax. Reads the row once: V * sizeof(Logit) bytes.
+// Thread `tid`'s share of sweep 1. Thread layout: a scalar prologue up to the first 16-byte
+// boundary (elements [0, head), one per thread), then 16-byte vectors i = tid, tid + THREADS, ...
+// (4 fp32 or 8 fp16/bf16 each), then a scalar tail. Reads V / THREADS elements.
 template <typename Logit, int THREADS>
-__device__ RowSoftmax block_row_softmax(const Logit* row, int64_t vocab, float inv_temperature,
-                                        BlockRowSoftmaxStorage<THREADS>& storage) {
+CGRPO_ROW_HD RowStats<float> thread_row_stats(const Logit* row, int64_t vocab, const RowStatsMerge& merge, int tid,
+                                             bool& bad) {
   using Traits = LogitTraits<Logit>;
   using Vec = Packed<Logit>;
   constexpr int N = Vec::size;
-  const RowStatsMerge merge{inv_temperature};
   RowStats<float> s = row_stats_identity<float>();
-  bool bad = false;
   const int64_t head = elements_to_alignment(row, vocab);
-  for (int64_t j = threadIdx.x; j < head; j += THREADS) s = push_one(s, Traits::to_float(row[j]), merge, bad);
+  for (int64_t j = tid; j < head; j += THREADS) s = push_one(s, Traits::to_float(row[j]), merge, bad);
   const Vec* vectors = reinterpret_cast<const Vec*>(row + head);
   const int64_t num_vectors = (vocab - head) / N;
-#pragma unroll 4
-  for (int64_t i = threadIdx.x; i < num_vectors; i += THREADS) {
+CGRPO_UNROLL_N(4)
+  for (int64_t i = tid; i < num_vectors; i += THREADS) {
     const Vec v = vectors[i];
     float z[N];
-#pragma unroll
+CGRPO_UNROLL
     for (int k = 0; k < N; ++k) z[k] = Traits::to_float(v.v[k]);
     s = push_chunk(s, z, merge, bad);
   }
-  for (int64_t j = head + num_vectors * N + threadIdx.x; j < vocab; j += THREADS)
+  for (int64_t j = head + num_vectors * N + tid; j < vocab; j += THREADS)
     s = push_one(s, Traits::to_float(row[j]), merge, bad);
-  const RowStats<float> total = cub::BlockReduce<RowStats<float>, THREADS>(storage.reduce).Reduce(s, merge);
-  const int any_bad = __syncthreads_or(bad ? 1 : 0);  // also the barrier before storage.total is written
-  if (threadIdx.x == 0) storage.total = total;
-  __syncthreads();
-  const RowStats<float> t = storage.total;
+  return s;
+}
+
+// The row's softmax from its merged statistics.
+CGRPO_ROW_HD RowSoftmax row_softmax_from_stats(const RowStats<float>& t, bool any_bad) {
   RowSoftmax r;
   r.max = t.max;
   r.log_sum = logf(t.sum_exp);
@@ -120,62 +124,96 @@ __device__ RowSoftmax block_row_softmax(const Logit* row, int64_t vocab, float i
   return r;
 }
 
-// Writes zeros over grad_row[0, V): masked and flagged rows, without reading the logits.
+template <int THREADS>
+struct BlockRowSoftmaxStorage {
+  typename cub::BlockReduce<RowStats<float>, THREADS>::TempStorage reduce;
+  RowStats<float> total;
+};
+
+// Sweep 1, called by all THREADS threads of the block: thread_row_stats, then cub::BlockReduce
+// with RowStatsMerge. Every thread returns the same RowSoftmax. Reads the row once.
 template <typename Logit, int THREADS>
-__device__ void block_row_fill_zero(Logit* grad_row, int64_t vocab) {
+__device__ RowSoftmax block_row_softmax(const Logit* row, int64_t vocab, float inv_temperature,
+                                        BlockRowSoftmaxStorage<THREADS>& storage) {
+  const RowStatsMerge merge{inv_temperature};
+  bool bad = false;
+  const RowStats<float> s = thread_row_stats<Logit, THREADS>(row, vocab, merge, threadIdx.x, bad);
+  const RowStats<float> total = cub::BlockReduce<RowStats<float>, THREADS>(storage.reduce).Reduce(s, merge);
+  const int any_bad = __syncthreads_or(bad ? 1 : 0);  // also the barrier before storage.total is written
+  if (threadIdx.x == 0) storage.total = total;
+  __syncthreads();
+  return row_softmax_from_stats(storage.total, any_bad != 0);
+}
+
+// grad_j = cgrpo::logit_gradient at u = (z_j - M) / tau with lse = log S (the same value as at
+// z_j / tau with lse = M / tau + log S, without their rounding).
+template <typename Logit>
+CGRPO_ROW_HD Logit gradient_element(Logit z, int64_t j, int32_t target, const RowSoftmax& sm, float a, float b,
+                                    float inv_temperature) {
+  using Traits = LogitTraits<Logit>;
+  const float shifted = (Traits::to_float(z) - sm.max) * inv_temperature;
+  return Traits::from_float(logit_gradient<float>(shifted, j == target, sm.log_sum, sm.entropy, a, b, inv_temperature));
+}
+
+// Thread `tid`'s share of zeroing grad_row[0, V) (masked and flagged rows), without reading the logits.
+template <typename Logit, int THREADS>
+CGRPO_ROW_HD void thread_row_fill_zero(Logit* grad_row, int64_t vocab, int tid) {
   using Vec = Packed<Logit>;
   constexpr int N = Vec::size;
   const Logit zero = LogitTraits<Logit>::from_float(0.0f);
   const int64_t head = elements_to_alignment(grad_row, vocab);
-  for (int64_t j = threadIdx.x; j < head; j += THREADS) grad_row[j] = zero;
+  for (int64_t j = tid; j < head; j += THREADS) grad_row[j] = zero;
   Vec* vectors = reinterpret_cast<Vec*>(grad_row + head);
   const int64_t num_vectors = (vocab - head) / N;
   Vec z;
-#pragma unroll
+CGRPO_UNROLL
   for (int k = 0; k < N; ++k) z.v[k] = zero;
-  for (int64_t i = threadIdx.x; i < num_vectors; i += THREADS) vectors[i] = z;
-  for (int64_t j = head + num_vectors * N + threadIdx.x; j < vocab; j += THREADS) grad_row[j] = zero;
+  for (int64_t i = tid; i < num_vectors; i += THREADS) vectors[i] = z;
+  for (int64_t j = head + num_vectors * N + tid; j < vocab; j += THREADS) grad_row[j] = zero;
 }
 
-// Sweep 2, called by all threads: grad_j = cgrpo::logit_gradient at u = (z_j - M) / tau with
-// lse = log S (the same value as at z_j / tau with lse = M / tau + log S, without their rounding).
-// Reads V and writes V elements; each element is read and written by the same thread, so
-// grad_row may be row (in place). When the two rows are misaligned differently (separate
-// buffers, different strides) the sweep is scalar; still coalesced, with 2-4x the instructions.
+// Thread `tid`'s share of sweep 2: reads and writes V / THREADS elements; each element is read and
+// written by the same thread, so grad_row may be row (in place). a = b = 0 (masked rows) writes
+// exact zeros without reading, as the CPU path does. When the two rows are misaligned differently
+// (separate buffers, different strides) the sweep is scalar: still coalesced, with more instructions.
 template <typename Logit, int THREADS>
-__device__ void block_row_gradient(const Logit* row, Logit* grad_row, int64_t vocab, int32_t target,
-                                   const RowSoftmax& sm, float a, float b, float inv_temperature) {
-  if (a == 0.0f && b == 0.0f) {  // exactly zero, as the CPU path writes for masked rows
-    block_row_fill_zero<Logit, THREADS>(grad_row, vocab);
+CGRPO_ROW_HD void thread_row_gradient(const Logit* row, Logit* grad_row, int64_t vocab, int32_t target,
+                                      const RowSoftmax& sm, float a, float b, float inv_temperature, int tid) {
+  if (a == 0.0f && b == 0.0f) {
+    thread_row_fill_zero<Logit, THREADS>(grad_row, vocab, tid);
     return;
   }
-  using Traits = LogitTraits<Logit>;
   using Vec = Packed<Logit>;
   constexpr int N = Vec::size;
-  auto gradient = [&](int64_t j, Logit z) {
-    const float shifted = (Traits::to_float(z) - sm.max) * inv_temperature;
-    return Traits::from_float(
-        logit_gradient<float>(shifted, j == target, sm.log_sum, sm.entropy, a, b, inv_temperature));
-  };
   if (!same_alignment(row, grad_row)) {
-    for (int64_t j = threadIdx.x; j < vocab; j += THREADS) grad_row[j] = gradient(j, row[j]);
+    for (int64_t j = tid; j < vocab; j += THREADS)
+      grad_row[j] = gradient_element(row[j], j, target, sm, a, b, inv_temperature);
     return;
   }
   const int64_t head = elements_to_alignment(row, vocab);
-  for (int64_t j = threadIdx.x; j < head; j += THREADS) grad_row[j] = gradient(j, row[j]);
+  for (int64_t j = tid; j < head; j += THREADS)
+    grad_row[j] = gradient_element(row[j], j, target, sm, a, b, inv_temperature);
   const Vec* in = reinterpret_cast<const Vec*>(row + head);
   Vec* out = reinterpret_cast<Vec*>(grad_row + head);
   const int64_t num_vectors = (vocab - head) / N;
-#pragma unroll 2
-  for (int64_t i = threadIdx.x; i < num_vectors; i += THREADS) {
+CGRPO_UNROLL_N(2)
+  for (int64_t i = tid; i < num_vectors; i += THREADS) {
     const Vec v = in[i];
     Vec g;
     const int64_t j0 = head + i * N;
-#pragma unroll
-    for (int k = 0; k < N; ++k) g.v[k] = gradient(j0 + k, v.v[k]);
+CGRPO_UNROLL
+    for (int k = 0; k < N; ++k) g.v[k] = gradient_element(v.v[k], j0 + k, target, sm, a, b, inv_temperature);
     out[i] = g;
   }
-  for (int64_t j = head + num_vectors * N + threadIdx.x; j < vocab; j += THREADS) grad_row[j] = gradient(j, row[j]);
+  for (int64_t j = head + num_vectors * N + tid; j < vocab; j += THREADS)
+    grad_row[j] = gradient_element(row[j], j, target, sm, a, b, inv_temperature);
+}
+
+// Sweep 2, called by all threads of the block.
+template <typename Logit, int THREADS>
+__device__ void block_row_gradient(const Logit* row, Logit* grad_row, int64_t vocab, int32_t target,
+                                   const RowSoftmax& sm, float a, float b, float inv_temperature) {
+  thread_row_gradient<Logit, THREADS>(row, grad_row, vocab, target, sm, a, b, inv_temperature, threadIdx.x);
 }
 
 }  // namespace cgrpo::cuda
