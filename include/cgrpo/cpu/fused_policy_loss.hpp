@@ -131,12 +131,17 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& 
   }
   if (out.grad_logits) {
     const int64_t gstride = out.grad_row_stride == 0 ? stride : out.grad_row_stride;
+    // A separate gradient larger than the caches is written with streaming stores: no
+    // read-for-ownership of its lines (4 bytes moved per entry instead of 8).
+    const bool stream = static_cast<const void*>(out.grad_logits) != static_cast<const void*>(batch.logits) &&
+                        static_cast<double>(T) * static_cast<double>(V) * sizeof(Real) >= kStreamBytes;
     parallel_for_rows(T, config.num_threads, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const Workspace::Row& r = ws.rows[t];
         row_logit_gradient(batch.logits + t * stride, V, inv_temperature, batch.target_ids[t], r.lse, r.entropy,
-                           r.dJ_dlogp, r.dJ_dentropy, out.grad_logits + t * gstride);
+                           r.dJ_dlogp, r.dJ_dentropy, out.grad_logits + t * gstride, stream);
       }
+      if (stream) stream_fence();
     });
   }
   return Status::success();

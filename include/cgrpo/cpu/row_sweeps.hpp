@@ -3,7 +3,12 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "cgrpo/token_math.hpp"
 
@@ -12,6 +17,9 @@ namespace cgrpo::cpu {
 // Rows are processed in chunks that stay in L1 between the max and the exp passes,
 // so each sweep moves the row through memory once.
 constexpr int64_t kChunk = 2048;
+
+// Gradients of at least this many bytes (twice a 32 MB L3) would not stay in cache anyway.
+constexpr double kStreamBytes = 64.0 * 1024 * 1024;
 
 // Exponents below this floor are clamped: exp of it is still a normal number
 // (so -inf logits contribute ~0 and e * (u - M) stays finite).
@@ -25,17 +33,20 @@ template <typename Real>
 using ConstArrayMap = Eigen::Map<const Eigen::Array<Real, Eigen::Dynamic, 1>>;
 
 // Softmax statistics of u = z * inv_temperature. Chunk sums are taken in Real
-// (vectorised) and merged across chunks in double.
+// (vectorised) and merged across chunks in double. exp is evaluated once per
+// entry into an L1-resident chunk buffer (8 KB for float), then both sums read it.
 template <typename Real>
-RowStats<double> row_softmax_stats(const Real* z, int64_t vocab, Real inv_temperature) {
+RowStats<double> row_softmax_stats_generic(const Real* z, int64_t vocab, Real inv_temperature) {
   RowStats<double> acc = row_stats_identity<double>();
+  Eigen::Array<Real, kChunk, 1> e_buf;
   for (int64_t c0 = 0; c0 < vocab; c0 += kChunk) {
     const int64_t n = vocab - c0 < kChunk ? vocab - c0 : kChunk;
     ConstArrayMap<Real> x(z + c0, n);
     const Real m = (x * inv_temperature).maxCoeff();
     if (m == -INFINITY) continue;  // an all -inf chunk contributes nothing
     const auto d = (x * inv_temperature - m).max(exp_floor<Real>());
-    const auto e = d.exp();
+    auto e = e_buf.head(n);
+    e = d.exp();
     // NaN or +inf anywhere makes m or these sums non-finite; the caller checks.
     const Real s = e.sum();
     const Real q = (e * d).sum();
@@ -48,8 +59,8 @@ RowStats<double> row_softmax_stats(const Real* z, int64_t vocab, Real inv_temper
 // g_j = ( a (onehot(y)_j - p_j) - b p_j (log p_j + H) ) / tau for the whole row
 // (cgrpo::logit_gradient, vectorised). g may be z (in place).
 template <typename Real>
-void row_logit_gradient(const Real* z, int64_t vocab, Real inv_temperature, int32_t target, double lse,
-                        double entropy, double a, double b, Real* g) {
+void row_logit_gradient_generic(const Real* z, int64_t vocab, Real inv_temperature, int32_t target, double lse,
+                                double entropy, double a, double b, Real* g) {
   ArrayMap<Real> out(g, vocab);
   if (a == 0.0 && b == 0.0) {  // masked rows: exactly zero without touching the logits
     out.setZero();
@@ -57,14 +68,182 @@ void row_logit_gradient(const Real* z, int64_t vocab, Real inv_temperature, int3
   }
   const Real lse_r = static_cast<Real>(lse), h = static_cast<Real>(entropy);
   const Real ar = static_cast<Real>(a), br = static_cast<Real>(b);
+  // Each chunk is evaluated into an aligned L1 buffer, then copied: Eigen peels a few
+  // scalar (libm exp) entries to align its destination, and evaluating straight into g
+  // made the bits depend on g's address (in place and a separate buffer differed).
+  Eigen::Array<Real, kChunk, 1> o_buf;
   for (int64_t c0 = 0; c0 < vocab; c0 += kChunk) {
     const int64_t n = vocab - c0 < kChunk ? vocab - c0 : kChunk;
     ConstArrayMap<Real> x(z + c0, n);
-    ArrayMap<Real> o(g + c0, n);
     const auto logp = (x * inv_temperature - lse_r).max(exp_floor<Real>());
-    o = -((ar + br * (logp + h)) * logp.exp()) * inv_temperature;
+    o_buf.head(n) = -((ar + br * (logp + h)) * logp.exp()) * inv_temperature;
+    ArrayMap<Real>(g + c0, n) = o_buf.head(n);
   }
   g[target] += ar * inv_temperature;
+}
+
+#if defined(__AVX512F__)
+// Float rows with AVX-512 (the native preset): 16 lanes, one exp per entry and sweep,
+// masked tails, and streaming stores for a large separate gradient buffer (no
+// read-for-ownership: 4 bytes written per entry instead of 4 read + 4 written).
+namespace avx512 {
+
+// exp(d) for d in [exp_floor, 0] or NaN (propagated): Cody-Waite reduction with one
+// FMA, the cephes degree-7 polynomial of Eigen's pexp (about 1 ulp), 2^m by vscalefps.
+inline __m512 exp_nonpositive(__m512 d) {
+  const __m512 m = _mm512_roundscale_ps(_mm512_mul_ps(d, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fmadd_ps(m, _mm512_set1_ps(-0.6931471805599453f), d);
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  const __m512 r3 = _mm512_mul_ps(r2, r);
+  __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500E-4f), r, _mm512_set1_ps(1.3981999507E-3f));
+  __m512 y1 = _mm512_fmadd_ps(_mm512_set1_ps(4.1665795894E-2f), r, _mm512_set1_ps(1.6666665459E-1f));
+  const __m512 y2 = _mm512_add_ps(r, _mm512_set1_ps(1.0f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073E-3f));
+  y1 = _mm512_fmadd_ps(y1, r, _mm512_set1_ps(5.0000001201E-1f));
+  y = _mm512_fmadd_ps(y, r3, y1);
+  y = _mm512_fmadd_ps(y, r2, y2);
+  return _mm512_scalef_ps(y, m);
+}
+
+inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+}
+
+// One chunk (n <= kChunk entries): max, then sum e and sum e d with e = exp(u - max).
+inline RowStats<double> chunk_stats(const float* z, int64_t n, float inv_temperature) {
+  __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    m0 = _mm512_max_ps(m0, _mm512_loadu_ps(z + i));
+    m1 = _mm512_max_ps(m1, _mm512_loadu_ps(z + i + 16));
+  }
+  for (; i < n; i += 16)
+    m0 = _mm512_max_ps(m0, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(n - i), z + i));
+  // inv_temperature > 0, so max(z) * inv_temperature == max(z * inv_temperature) exactly.
+  const float m = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1)) * inv_temperature;
+  if (!std::isfinite(m)) {
+    // +inf, or a NaN that vmaxps let through, or an all -inf chunk (which contributes
+    // nothing unless it hides a NaN: vmaxps may drop NaN, so look at every entry).
+    if (m == -INFINITY) {
+      for (int64_t j = 0; j < n; ++j)
+        if (!(z[j] == -INFINITY)) return RowStats<double>{NAN, NAN, NAN};
+      return row_stats_identity<double>();
+    }
+    return RowStats<double>{NAN, NAN, NAN};
+  }
+  const __m512 vm = _mm512_set1_ps(m), vt = _mm512_set1_ps(inv_temperature);
+  const __m512 floor = _mm512_set1_ps(exp_floor<float>());
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, q0 = s0, q1 = s0;
+  // vmaxps(floor, d) returns d when d is NaN: a NaN entry reaches the sums.
+  for (i = 0; i + 32 <= n; i += 32) {
+    const __m512 d0 = _mm512_max_ps(floor, _mm512_fmsub_ps(_mm512_loadu_ps(z + i), vt, vm));
+    const __m512 d1 = _mm512_max_ps(floor, _mm512_fmsub_ps(_mm512_loadu_ps(z + i + 16), vt, vm));
+    const __m512 e0 = exp_nonpositive(d0), e1 = exp_nonpositive(d1);
+    s0 = _mm512_add_ps(s0, e0);
+    s1 = _mm512_add_ps(s1, e1);
+    q0 = _mm512_fmadd_ps(e0, d0, q0);
+    q1 = _mm512_fmadd_ps(e1, d1, q1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 k = tail_mask(n - i);
+    const __m512 d = _mm512_maskz_mov_ps(k, _mm512_max_ps(floor, _mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, z + i), vt, vm)));
+    const __m512 e = _mm512_maskz_mov_ps(k, exp_nonpositive(d));
+    s0 = _mm512_add_ps(s0, e);
+    q0 = _mm512_fmadd_ps(e, d, q0);
+  }
+  return RowStats<double>{static_cast<double>(m), static_cast<double>(_mm512_reduce_add_ps(_mm512_add_ps(s0, s1))),
+                          static_cast<double>(_mm512_reduce_add_ps(_mm512_add_ps(q0, q1)))};
+}
+
+inline RowStats<double> row_softmax_stats(const float* z, int64_t vocab, float inv_temperature) {
+  RowStats<double> acc = row_stats_identity<double>();
+  for (int64_t c0 = 0; c0 < vocab; c0 += kChunk) {
+    const int64_t n = vocab - c0 < kChunk ? vocab - c0 : kChunk;
+    const RowStats<double> c = chunk_stats(z + c0, n, inv_temperature);
+    if (c.max != c.max) return c;  // NaN / +inf: the row is flagged, no need to read on
+    acc = row_stats_merge(acc, c);
+  }
+  return acc;
+}
+
+// g = p (alpha + beta log p) with p = exp(log p), log p = u - lse, alpha = -(a + b H) / tau,
+// beta = -b / tau: the same value as cgrpo::logit_gradient without the target's + a / tau.
+template <bool kStream>
+inline void gradient_span(const float* z, int64_t n, __m512 vt, __m512 vlse, __m512 alpha, __m512 beta, float* g) {
+  const __m512 floor = _mm512_set1_ps(exp_floor<float>());
+  int64_t i = 0;
+  if (kStream) {  // masked head up to the first 64-byte boundary of g: vmovntps needs it
+    const int64_t head = static_cast<int64_t>(((64 - (reinterpret_cast<uintptr_t>(g) & 63)) & 63) / sizeof(float));
+    if (head > 0 && reinterpret_cast<uintptr_t>(g) % sizeof(float) == 0) {
+      const int64_t h = head < n ? head : n;
+      const __mmask16 k = tail_mask(h);
+      const __m512 lp = _mm512_max_ps(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, z), vt, vlse), floor);
+      _mm512_mask_storeu_ps(g, k, _mm512_mul_ps(exp_nonpositive(lp), _mm512_fmadd_ps(beta, lp, alpha)));
+      i = h;
+    } else if (head > 0) {
+      return gradient_span<false>(z, n, vt, vlse, alpha, beta, g);  // misaligned floats: no streaming
+    }
+  }
+  for (; i + 16 <= n; i += 16) {
+    const __m512 lp = _mm512_max_ps(_mm512_fmsub_ps(_mm512_loadu_ps(z + i), vt, vlse), floor);
+    const __m512 v = _mm512_mul_ps(exp_nonpositive(lp), _mm512_fmadd_ps(beta, lp, alpha));
+    if (kStream)
+      _mm512_stream_ps(g + i, v);
+    else
+      _mm512_storeu_ps(g + i, v);
+  }
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    const __m512 lp = _mm512_max_ps(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, z + i), vt, vlse), floor);
+    _mm512_mask_storeu_ps(g + i, k, _mm512_mul_ps(exp_nonpositive(lp), _mm512_fmadd_ps(beta, lp, alpha)));
+  }
+}
+
+}  // namespace avx512
+#endif
+
+// Sweep 1 over one row: AVX-512 kernel for float when compiled with it, Eigen otherwise.
+template <typename Real>
+RowStats<double> row_softmax_stats(const Real* z, int64_t vocab, Real inv_temperature) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same<Real, float>::value) return avx512::row_softmax_stats(z, vocab, inv_temperature);
+#endif
+  return row_softmax_stats_generic(z, vocab, inv_temperature);
+}
+
+// Sweep 2 over one row. stream: g is a separate buffer too large to stay in cache, so
+// stores may bypass it (float with AVX-512 only; the caller issues the fence).
+template <typename Real>
+void row_logit_gradient(const Real* z, int64_t vocab, Real inv_temperature, int32_t target, double lse,
+                        double entropy, double a, double b, Real* g, bool stream = false) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same<Real, float>::value) {
+    if (a == 0.0 && b == 0.0) {  // masked rows: exactly zero without touching the logits
+      ArrayMap<Real>(g, vocab).setZero();
+      return;
+    }
+    const float tau_inv = inv_temperature;
+    const __m512 vt = _mm512_set1_ps(tau_inv), vlse = _mm512_set1_ps(static_cast<float>(lse));
+    const __m512 alpha = _mm512_set1_ps(static_cast<float>(-(a + b * entropy) * static_cast<double>(tau_inv)));
+    const __m512 beta = _mm512_set1_ps(static_cast<float>(-b * static_cast<double>(tau_inv)));
+    if (stream)
+      avx512::gradient_span<true>(z, vocab, vt, vlse, alpha, beta, g);
+    else
+      avx512::gradient_span<false>(z, vocab, vt, vlse, alpha, beta, g);
+    g[target] += static_cast<float>(a) * tau_inv;
+    return;
+  }
+#endif
+  (void)stream;
+  row_logit_gradient_generic(z, vocab, inv_temperature, target, lse, entropy, a, b, g);
+}
+
+// Makes streaming stores visible before another thread reads the gradient.
+inline void stream_fence() {
+#if defined(__AVX512F__)
+  _mm_sfence();
+#endif
 }
 
 }  // namespace cgrpo::cpu
