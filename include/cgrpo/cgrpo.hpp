@@ -13,3 +13,4 @@
 #include "cgrpo/token_math.hpp"
 #include "cgrpo/cpu/fused_policy_loss.hpp"
 #include "cgrpo/cpu/token_logprobs.hpp"
+#include "cgrpo/critique/critique_stage.hpp"
