@@ -34,9 +34,15 @@ struct DeviceStatus {
   long long vocab_size;
 };
 
-__device__ __forceinline__ void flag_row(DeviceStatus* status, DeviceError kind, int64_t row, uint32_t detail) {
+// Keeps the lowest (row, detail) of each kind: atomicMin on the device, a plain min in the host tests.
+__host__ __device__ __forceinline__ void flag_row(DeviceStatus* status, DeviceError kind, int64_t row,
+                                                  uint32_t detail) {
   const unsigned long long code = (static_cast<unsigned long long>(row) << 32) | detail;
+#if defined(__CUDA_ARCH__)
   atomicMin(&status->first[kind], code);
+#else
+  if (code < status->first[kind]) status->first[kind] = code;
+#endif
 }
 
 inline const char* non_finite_field_name(uint32_t field) {

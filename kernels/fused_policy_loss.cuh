@@ -27,13 +27,19 @@ Status dispatch_row_threads(int64_t vocab, Fn&& launch) {
   return launch(std::integral_constant<int, 512>{});
 }
 
+constexpr int kReduceThreads = 256;   // threads of each metric reduction block
+constexpr int kSequenceThreads = 128; // threads of each GSPO sequence block
+
+// Tokens per block of the first reduction stage (at most kReduceBlocks blocks); depends on T only.
+inline int64_t metric_reduce_chunk(int64_t num_tokens) { return (num_tokens + kReduceBlocks - 1) / kReduceBlocks; }
+
 // Reduces T per-token MetricSums into the final sums at a fixed offset of the workspace.
 inline Status reduce_metric_sums(char* ws, const WorkspaceLayout& layout, int64_t num_tokens, cudaStream_t stream) {
-  constexpr int kThreads = 256;
+  constexpr int kThreads = kReduceThreads;
   auto* token_sums = reinterpret_cast<MetricSums<double>*>(ws + layout.token_sums);
   auto* partial = reinterpret_cast<MetricSums<double>*>(ws + layout.partial_sums);
   auto* final_sums = reinterpret_cast<MetricSums<double>*>(ws + layout.final_sums);
-  const int64_t chunk = (num_tokens + kReduceBlocks - 1) / kReduceBlocks;
+  const int64_t chunk = metric_reduce_chunk(num_tokens);
   const int64_t blocks = (num_tokens + chunk - 1) / chunk;
   reduce_metric_sums_kernel<kThreads><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(token_sums, num_tokens,
                                                                                              chunk, partial);
@@ -41,6 +47,56 @@ inline Status reduce_metric_sums(char* ws, const WorkspaceLayout& layout, int64_
   reduce_metric_sums_kernel<kThreads><<<1, kThreads, 0, stream>>>(partial, blocks, blocks, final_sums);
   CGRPO_CUDA_CHECK(cudaGetLastError());
   return Status::success();
+}
+
+// The kernels' arguments: the batch's pointers and the workspace's parts (host code, no CUDA call).
+template <typename Logit>
+PolicyLossArgs<Logit> make_policy_loss_args(const LossConfig& config, const PolicyLossBatch<Logit, float>& batch,
+                                            const PolicyLossOutputs<Logit, float>& out,
+                                            const int64_t* device_sequence_offsets, char* ws,
+                                            const WorkspaceLayout& layout) {
+  PolicyLossArgs<Logit> args{};
+  args.logits = batch.logits;
+  args.vocab_size = batch.vocab_size;
+  args.row_stride = batch.stride();
+  args.grad = out.grad_logits;
+  args.grad_row_stride = out.grad_row_stride == 0 ? batch.stride() : out.grad_row_stride;
+  args.target_ids = batch.target_ids;
+  args.mask = batch.mask;
+  args.kinds = batch.kinds;
+  args.advantages = batch.advantages;
+  args.old_logp = batch.old_logp;
+  args.ref_logp = batch.ref_logp;
+  args.pg_weights = batch.pg_weights;
+  args.entropy_weights = batch.entropy_weights;
+  args.kl_weights = batch.kl_weights;
+  args.logp_out = out.logp;
+  args.entropy_out = out.entropy;
+  args.params = token_params<float>(config);
+  args.token_sums = reinterpret_cast<MetricSums<double>*>(ws + layout.token_sums);
+  args.status = reinterpret_cast<DeviceStatus*>(ws + layout.status);
+  if (config.clip == ClipMode::sequence) {
+    args.rows = reinterpret_cast<StoredRow*>(ws + layout.rows);
+    args.seq_log_ratio = reinterpret_cast<float*>(ws + layout.seq_log_ratio);
+    args.sequences.num_sequences = batch.layout.num_sequences;
+    args.sequences.offsets = batch.layout.offsets ? device_sequence_offsets : nullptr;
+    args.sequences.padded_length = batch.layout.padded_length;
+  }
+  return args;
+}
+
+// GSPO's first pass: softmax statistics of every row into the workspace's StoredRows.
+template <typename Logit>
+TokenLogprobArgs<Logit> gspo_stats_args(const PolicyLossArgs<Logit>& args) {
+  TokenLogprobArgs<Logit> stats{};
+  stats.logits = args.logits;
+  stats.vocab_size = args.vocab_size;
+  stats.row_stride = args.row_stride;
+  stats.target_ids = args.target_ids;
+  stats.inv_temperature = args.params.inv_temperature;
+  stats.rows = args.rows;
+  stats.status = args.status;
+  return stats;
 }
 
 // The fused forward (+ backward) policy loss of MATH.md on the GPU. Enqueues work on `stream`
@@ -95,33 +151,7 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Logit, 
     return Status::success();
   }
 
-  PolicyLossArgs<Logit> args{};
-  args.logits = batch.logits;
-  args.vocab_size = V;
-  args.row_stride = batch.stride();
-  args.grad = out.grad_logits;
-  args.grad_row_stride = out.grad_row_stride == 0 ? batch.stride() : out.grad_row_stride;
-  args.target_ids = batch.target_ids;
-  args.mask = batch.mask;
-  args.kinds = batch.kinds;
-  args.advantages = batch.advantages;
-  args.old_logp = batch.old_logp;
-  args.ref_logp = batch.ref_logp;
-  args.pg_weights = batch.pg_weights;
-  args.entropy_weights = batch.entropy_weights;
-  args.kl_weights = batch.kl_weights;
-  args.logp_out = out.logp;
-  args.entropy_out = out.entropy;
-  args.params = token_params<float>(config);
-  args.token_sums = reinterpret_cast<MetricSums<double>*>(ws + layout.token_sums);
-  args.status = status;
-  if (sequence_ratio) {
-    args.rows = reinterpret_cast<StoredRow*>(ws + layout.rows);
-    args.seq_log_ratio = reinterpret_cast<float*>(ws + layout.seq_log_ratio);
-    args.sequences.num_sequences = batch.layout.num_sequences;
-    args.sequences.offsets = batch.layout.offsets ? device_sequence_offsets : nullptr;
-    args.sequences.padded_length = batch.layout.padded_length;
-  }
+  const PolicyLossArgs<Logit> args = make_policy_loss_args(config, batch, out, device_sequence_offsets, ws, layout);
   const unsigned grid = static_cast<unsigned>(T);
 
   CGRPO_RETURN_IF_ERROR(dispatch_row_threads(V, [&](auto threads) -> Status {
@@ -132,21 +162,12 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Logit, 
       CGRPO_CUDA_CHECK(cudaGetLastError());
       return Status::success();
     }
-    TokenLogprobArgs<Logit> stats{};
-    stats.logits = args.logits;
-    stats.vocab_size = V;
-    stats.row_stride = args.row_stride;
-    stats.target_ids = args.target_ids;
-    stats.inv_temperature = args.params.inv_temperature;
-    stats.rows = args.rows;
-    stats.status = status;
-    token_logprobs_kernel<Logit, kThreads><<<grid, kThreads, 0, stream>>>(stats);
+    token_logprobs_kernel<Logit, kThreads><<<grid, kThreads, 0, stream>>>(gspo_stats_args(args));
     CGRPO_CUDA_CHECK(cudaGetLastError());
     if (args.sequences.num_sequences > 0) {
-      constexpr int kSeqThreads = 128;
-      sequence_log_ratio_kernel<kSeqThreads><<<static_cast<unsigned>(args.sequences.num_sequences), kSeqThreads, 0,
-                                               stream>>>(args.rows, args.mask, args.old_logp, args.sequences,
-                                                         const_cast<float*>(args.seq_log_ratio));
+      sequence_log_ratio_kernel<kSequenceThreads>
+          <<<static_cast<unsigned>(args.sequences.num_sequences), kSequenceThreads, 0, stream>>>(
+              args.rows, args.mask, args.old_logp, args.sequences, const_cast<float*>(args.seq_log_ratio));
       CGRPO_CUDA_CHECK(cudaGetLastError());
     }
     if (args.grad) policy_loss_kernel<Logit, kThreads, true, true><<<grid, kThreads, 0, stream>>>(args);
@@ -155,6 +176,18 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Logit, 
     return Status::success();
   }));
   return reduce_metric_sums(ws, layout, T, stream);
+}
+
+// Decodes a host copy of the first 376 bytes of the workspace (status word and final sums).
+inline Status policy_loss_metrics_from_copy(const char* host, LossMetrics* metrics) {
+  const WorkspaceLayout layout(0, 0, false);
+  DeviceStatus status;
+  MetricSums<double> sums;
+  std::memcpy(&status, host + layout.status, sizeof(status));
+  std::memcpy(&sums, host + layout.final_sums, sizeof(sums));
+  CGRPO_RETURN_IF_ERROR(decode_device_status(status));
+  *metrics = finalize_metrics(sums);
+  return Status::success();
 }
 
 // Waits for `stream`, then copies the status word and the final sums (376 bytes) back:
@@ -169,13 +202,7 @@ inline Status policy_loss_metrics(const void* workspace, cudaStream_t stream, Lo
   CGRPO_CUDA_CHECK(cudaMemcpyAsync(host, workspace, layout.final_sums + sizeof(MetricSums<double>),
                                    cudaMemcpyDeviceToHost, stream));
   CGRPO_CUDA_CHECK(cudaStreamSynchronize(stream));
-  DeviceStatus status;
-  MetricSums<double> sums;
-  std::memcpy(&status, host + layout.status, sizeof(status));
-  std::memcpy(&sums, host + layout.final_sums, sizeof(sums));
-  CGRPO_RETURN_IF_ERROR(decode_device_status(status));
-  *metrics = finalize_metrics(sums);
-  return Status::success();
+  return policy_loss_metrics_from_copy(host, metrics);
 }
 
 }  // namespace cgrpo::cuda

@@ -29,10 +29,10 @@ struct DeviceSequences {
   const int64_t* offsets = nullptr;  // device copy of layout.offsets; nullptr: padded
   int64_t padded_length = 0;
 
-  __device__ int64_t begin(int64_t i) const { return offsets ? offsets[i] : i * padded_length; }
-  __device__ int64_t end(int64_t i) const { return offsets ? offsets[i + 1] : (i + 1) * padded_length; }
+  CGRPO_ROW_HD int64_t begin(int64_t i) const { return offsets ? offsets[i] : i * padded_length; }
+  CGRPO_ROW_HD int64_t end(int64_t i) const { return offsets ? offsets[i + 1] : (i + 1) * padded_length; }
   // The i with begin(i) <= t < end(i) (empty sequences skipped): upper_bound(offsets, t) - 1.
-  __device__ int64_t of_row(int64_t t) const {
+  CGRPO_ROW_HD int64_t of_row(int64_t t) const {
     if (!offsets) return t / padded_length;
     int64_t lo = 0, hi = num_sequences;  // offsets[lo] <= t < offsets[hi]
     while (hi - lo > 1) {
@@ -67,7 +67,7 @@ struct PolicyLossArgs {
 
 // The checks validate_batch_values does on the CPU, for one token; flags and returns false on the first failure.
 template <typename Logit>
-__device__ bool token_values_ok(const PolicyLossArgs<Logit>& args, int64_t t) {
+CGRPO_ROW_HD bool token_values_ok(const PolicyLossArgs<Logit>& args, int64_t t) {
   auto flag_value = [&](uint32_t field) { flag_row(args.status, kNonFiniteValue, t, field); };
   const uint8_t m = args.mask[t];
   const uint8_t kind = args.kinds ? args.kinds[t] : uint8_t(kInitial);
@@ -86,9 +86,9 @@ __device__ bool token_values_ok(const PolicyLossArgs<Logit>& args, int64_t t) {
 
 // Checks the target id and the row's softmax, and gives log p of the target (NaN when unusable).
 template <typename Logit>
-__device__ bool target_logp(const Logit* row, int64_t t, int32_t target, int64_t vocab, const RowSoftmax& sm,
+CGRPO_ROW_HD bool target_logp(const Logit* row, int64_t t, int32_t target, int64_t vocab, const RowSoftmax& sm,
                             float inv_temperature, DeviceStatus* status, float& logp) {
-  logp = __int_as_float(0x7fc00000);  // quiet NaN
+  logp = NAN;
   if (target < 0 || target >= vocab) {
     status->vocab_size = vocab;
     flag_row(status, kTargetOutOfRange, t, static_cast<uint32_t>(target));
@@ -122,23 +122,45 @@ struct TokenLogprobArgs {
   DeviceStatus* status;
 };
 
+// What thread 0 does once the row's softmax is known.
+template <typename Logit>
+CGRPO_ROW_HD void token_logprobs_row_end(const TokenLogprobArgs<Logit>& args, int64_t t, const RowSoftmax& sm) {
+  const Logit* row = args.logits + t * args.row_stride;
+  float logp;
+  const bool ok = target_logp(row, t, args.target_ids[t], args.vocab_size, sm, args.inv_temperature, args.status, logp);
+  if (args.logp_out) args.logp_out[t] = logp;
+  if (args.entropy_out) args.entropy_out[t] = sm.entropy;
+  if (args.rows) args.rows[t] = StoredRow{ok ? sm.max : NAN, sm.log_sum, sm.entropy, logp};
+}
+
 template <typename Logit, int THREADS>
 __global__ void __launch_bounds__(THREADS) token_logprobs_kernel(TokenLogprobArgs<Logit> args) {
   __shared__ BlockRowSoftmaxStorage<THREADS> storage;
   const int64_t t = blockIdx.x;
   const Logit* row = args.logits + t * args.row_stride;
   const RowSoftmax sm = block_row_softmax<Logit, THREADS>(row, args.vocab_size, args.inv_temperature, storage);
-  if (threadIdx.x != 0) return;
-  float logp;
-  const bool ok = target_logp(row, t, args.target_ids[t], args.vocab_size, sm, args.inv_temperature, args.status, logp);
-  if (args.logp_out) args.logp_out[t] = logp;
-  if (args.entropy_out) args.entropy_out[t] = sm.entropy;
-  if (args.rows) args.rows[t] = StoredRow{ok ? sm.max : __int_as_float(0x7fc00000), sm.log_sum, sm.entropy, logp};
+  if (threadIdx.x == 0) token_logprobs_row_end(args, t, sm);
 }
 
 // ---------------------------------------------------------------------------
 // GSPO: mean (logp - old) over the valid tokens of each sequence. Block = one sequence;
 // sums in double in a fixed order (strided per thread, then cub::BlockReduce). Reads 21 bytes per row.
+
+// Thread `tid`'s share of one sequence: rows begin + tid, begin + tid + THREADS, ...
+// A flagged row (max = NaN) is left out, so that one bad row does not turn the rest of its
+// sequence into NaN gradients (the call reports the error either way).
+template <int THREADS>
+CGRPO_ROW_HD void thread_sequence_sums(const StoredRow* rows, const uint8_t* mask, const float* old_logp, int64_t begin,
+                                       int64_t end, int tid, double& sum, double& count) {
+  for (int64_t t = begin + tid; t < end; t += THREADS)
+    if (mask[t] && !isnan(rows[t].max)) {
+      sum += static_cast<double>(rows[t].logp) - static_cast<double>(old_logp[t]);
+      count += 1.0;
+    }
+}
+
+// The mean log-ratio from the block's sums (0 for a sequence without valid tokens).
+CGRPO_ROW_HD float sequence_mean(double sum, double count) { return count > 0.0 ? static_cast<float>(sum / count) : 0.0f; }
 
 template <int THREADS>
 __global__ void __launch_bounds__(THREADS)
@@ -147,19 +169,12 @@ __global__ void __launch_bounds__(THREADS)
   using Reduce = cub::BlockReduce<double, THREADS>;
   __shared__ typename Reduce::TempStorage storage;
   const int64_t i = blockIdx.x;
-  const int64_t begin = sequences.begin(i), end = sequences.end(i);
   double sum = 0.0, count = 0.0;
-  // A flagged row (max = NaN) is left out, so that one bad row does not turn the rest of its
-  // sequence into NaN gradients (the call reports the error either way).
-  for (int64_t t = begin + threadIdx.x; t < end; t += THREADS)
-    if (mask[t] && !isnan(rows[t].max)) {
-      sum += static_cast<double>(rows[t].logp) - static_cast<double>(old_logp[t]);
-      count += 1.0;
-    }
+  thread_sequence_sums<THREADS>(rows, mask, old_logp, sequences.begin(i), sequences.end(i), threadIdx.x, sum, count);
   const double total = Reduce(storage).Sum(sum);
   __syncthreads();  // storage is reused
   const double n = Reduce(storage).Sum(count);
-  if (threadIdx.x == 0) seq_log_ratio[i] = n > 0.0 ? static_cast<float>(total / n) : 0.0f;
+  if (threadIdx.x == 0) seq_log_ratio[i] = sequence_mean(total, n);
 }
 
 // ---------------------------------------------------------------------------
@@ -172,66 +187,71 @@ __global__ void __launch_bounds__(THREADS)
 // re-reads the row it has just read) + V*sizeof(Logit) written; forward only: read once.
 // With STORED_ROWS and no gradient the logits are not read at all (one scalar per row).
 
+// What thread 0 does for row t once the row's softmax is known (from sweep 1, or from the
+// StoredRow of the GSPO stats pass when STORED_ROWS): the checks, cgrpo::token_loss<float>, the
+// token's MetricSums<double> into the workspace; returns a_t and b_t (0 and 0 for a flagged row).
+struct TokenStep {
+  float a, b;
+  RowSoftmax softmax;
+};
+
+template <typename Logit, bool STORED_ROWS>
+CGRPO_ROW_HD TokenStep policy_loss_token_step(const PolicyLossArgs<Logit>& args, int64_t t, RowSoftmax sm) {
+  const Logit* row = args.logits + t * args.row_stride;
+  const int32_t target = args.target_ids[t];
+  float logp;
+  bool ok;
+  if (STORED_ROWS) {
+    const StoredRow r = args.rows[t];
+    sm = RowSoftmax{r.max, r.log_sum, r.entropy, !isnan(r.max)};
+    logp = r.logp;
+    ok = sm.finite;  // the stats pass flagged the row otherwise
+  } else {
+    ok = target_logp(row, t, target, args.vocab_size, sm, args.params.inv_temperature, args.status, logp);
+  }
+  ok = token_values_ok(args, t) && ok;
+  if (args.logp_out) args.logp_out[t] = logp;
+  if (args.entropy_out) args.entropy_out[t] = sm.entropy;
+
+  MetricSums<double> sums = metric_sums_zero<double>();
+  TokenStep step{0.0f, 0.0f, sm};
+  if (ok) {
+    TokenInputs<float> in{};
+    in.logp = logp;
+    in.entropy = sm.entropy;
+    in.old_logp = args.old_logp[t];
+    in.ref_logp = args.ref_logp ? args.ref_logp[t] : 0.0f;
+    in.advantage = args.advantages[t];
+    in.w_pg = args.pg_weights[t];
+    in.w_entropy = args.entropy_weights ? args.entropy_weights[t] : 0.0f;
+    in.w_kl = args.kl_weights ? args.kl_weights[t] : 0.0f;
+    in.refinement = args.kinds && args.kinds[t] == kRefinement;
+    if (STORED_ROWS) in.seq_log_ratio = args.seq_log_ratio[args.sequences.of_row(t)];
+    const TokenResult<float> res = token_loss(in, args.params);
+    metric_sums_add(sums, in, res, args.mask[t] != 0);
+    step.a = res.dJ_dlogp;
+    step.b = res.dJ_dentropy;
+  }
+  args.token_sums[t] = sums;
+  return step;
+}
+
 template <typename Logit, int THREADS, bool WRITE_GRAD, bool STORED_ROWS>
 __global__ void __launch_bounds__(THREADS) policy_loss_kernel(PolicyLossArgs<Logit> args) {
   __shared__ BlockRowSoftmaxStorage<THREADS> storage;
-  __shared__ RowSoftmax shared_softmax;
-  __shared__ float shared_a, shared_b;
-  __shared__ int32_t shared_target;
+  __shared__ TokenStep shared_step;
   const int64_t t = blockIdx.x;
-  const int64_t vocab = args.vocab_size;
   const float inv_temperature = args.params.inv_temperature;
   const Logit* row = args.logits + t * args.row_stride;
 
   RowSoftmax sm{};
-  if constexpr (!STORED_ROWS) sm = block_row_softmax<Logit, THREADS>(row, vocab, inv_temperature, storage);
-
-  if (threadIdx.x == 0) {
-    const int32_t target = args.target_ids[t];
-    float logp;
-    bool ok;
-    if constexpr (STORED_ROWS) {
-      const StoredRow r = args.rows[t];
-      sm = RowSoftmax{r.max, r.log_sum, r.entropy, !isnan(r.max)};
-      logp = r.logp;
-      ok = sm.finite;  // the stats pass flagged the row otherwise
-    } else {
-      ok = target_logp(row, t, target, vocab, sm, inv_temperature, args.status, logp);
-    }
-    ok = token_values_ok(args, t) && ok;
-    if (args.logp_out) args.logp_out[t] = logp;
-    if (args.entropy_out) args.entropy_out[t] = sm.entropy;
-
-    MetricSums<double> sums = metric_sums_zero<double>();
-    float a = 0.0f, b = 0.0f;
-    if (ok) {
-      TokenInputs<float> in{};
-      in.logp = logp;
-      in.entropy = sm.entropy;
-      in.old_logp = args.old_logp[t];
-      in.ref_logp = args.ref_logp ? args.ref_logp[t] : 0.0f;
-      in.advantage = args.advantages[t];
-      in.w_pg = args.pg_weights[t];
-      in.w_entropy = args.entropy_weights ? args.entropy_weights[t] : 0.0f;
-      in.w_kl = args.kl_weights ? args.kl_weights[t] : 0.0f;
-      in.refinement = args.kinds && args.kinds[t] == kRefinement;
-      if constexpr (STORED_ROWS) in.seq_log_ratio = args.seq_log_ratio[args.sequences.of_row(t)];
-      const TokenResult<float> res = token_loss(in, args.params);
-      metric_sums_add(sums, in, res, args.mask[t] != 0);
-      a = res.dJ_dlogp;
-      b = res.dJ_dentropy;
-    }
-    args.token_sums[t] = sums;
-    shared_softmax = sm;
-    shared_a = a;
-    shared_b = b;
-    shared_target = target;
-  }
+  if constexpr (!STORED_ROWS) sm = block_row_softmax<Logit, THREADS>(row, args.vocab_size, inv_temperature, storage);
+  if (threadIdx.x == 0) shared_step = policy_loss_token_step<Logit, STORED_ROWS>(args, t, sm);
   if constexpr (WRITE_GRAD) {
     __syncthreads();
-    Logit* grad_row = args.grad + t * args.grad_row_stride;
-    block_row_gradient<Logit, THREADS>(row, grad_row, vocab, shared_target, shared_softmax, shared_a, shared_b,
-                                       inv_temperature);
+    const TokenStep step = shared_step;
+    block_row_gradient<Logit, THREADS>(row, args.grad + t * args.grad_row_stride, args.vocab_size, args.target_ids[t],
+                                       step.softmax, step.a, step.b, inv_temperature);
   }
 }
 
@@ -241,21 +261,29 @@ __global__ void __launch_bounds__(THREADS) policy_loss_kernel(PolicyLossArgs<Log
 // on n, so the same inputs give the same bits on every run. 120 bytes read per token.
 
 struct MetricSumsMerge {
-  __device__ __forceinline__ MetricSums<double> operator()(const MetricSums<double>& a,
+  CGRPO_ROW_HD MetricSums<double> operator()(const MetricSums<double>& a,
                                                            const MetricSums<double>& b) const {
     return metric_sums_merge(a, b);
   }
 };
+
+// Thread `tid` of block `block`: tokens block * chunk + tid, + THREADS, ... in index order.
+template <int THREADS>
+CGRPO_ROW_HD MetricSums<double> thread_metric_sums(const MetricSums<double>* in, int64_t n, int64_t chunk, int64_t block,
+                                                   int tid) {
+  const int64_t begin = block * chunk;
+  const int64_t end = begin + chunk < n ? begin + chunk : n;
+  MetricSums<double> acc = metric_sums_zero<double>();
+  for (int64_t t = begin + tid; t < end; t += THREADS) acc = metric_sums_merge(acc, in[t]);
+  return acc;
+}
 
 template <int THREADS>
 __global__ void __launch_bounds__(THREADS)
     reduce_metric_sums_kernel(const MetricSums<double>* in, int64_t n, int64_t chunk, MetricSums<double>* out) {
   using Reduce = cub::BlockReduce<MetricSums<double>, THREADS>;
   __shared__ typename Reduce::TempStorage storage;
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
-  const int64_t end = begin + chunk < n ? begin + chunk : n;
-  MetricSums<double> acc = metric_sums_zero<double>();
-  for (int64_t t = begin + threadIdx.x; t < end; t += THREADS) acc = metric_sums_merge(acc, in[t]);
+  const MetricSums<double> acc = thread_metric_sums<THREADS>(in, n, chunk, blockIdx.x, threadIdx.x);
   const MetricSums<double> total = Reduce(storage).Reduce(acc, MetricSumsMerge{});
   if (threadIdx.x == 0) out[blockIdx.x] = total;
 }

@@ -1,0 +1,518 @@
+// tests/gpu/policy_loss_checks.cuh: the checks of the CUDA policy loss against the double CPU path,
+// shared by the GPU test (on the device) and the emulated test (the same kernel code on the host).
+#pragma once
+
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gpu_test_util.cuh"
+#include "host_emulation.cuh"
+#include "kernels/cgrpo_cuda.cuh"
+
+namespace {
+
+using namespace gpu_test;
+using cgrpo::LossConfig;
+using cgrpo::LossMetrics;
+
+// The batch's arrays in device memory (logits in Logit, per-token values in float).
+template <typename Logit>
+struct DeviceBatch {
+  DeviceBuffer<Logit> logits;
+  DeviceBuffer<int32_t> targets;
+  DeviceBuffer<uint8_t> mask, kinds;
+  DeviceBuffer<float> adv, old_logp, ref_logp, w_pg, w_h, w_kl;
+  DeviceBuffer<int64_t> offsets;
+
+  DeviceBatch(const HostBatch& b, const std::vector<Logit>& host_logits)
+      : logits(host_logits.size()), targets(b.T), mask(b.T), kinds(b.T), adv(b.T), old_logp(b.T), ref_logp(b.T),
+        w_pg(b.T), w_h(b.T), w_kl(b.T), offsets(b.offsets.size()) {
+    logits.upload(host_logits);
+    targets.upload(b.targets);
+    mask.upload(b.mask);
+    kinds.upload(b.kinds);
+    adv.upload(to_float_vector(b.adv));
+    old_logp.upload(to_float_vector(b.old_logp));
+    ref_logp.upload(to_float_vector(b.ref_logp));
+    w_pg.upload(to_float_vector(b.w_pg));
+    w_h.upload(to_float_vector(b.w_h));
+    w_kl.upload(to_float_vector(b.w_kl));
+    offsets.upload(b.offsets);
+  }
+
+  cgrpo::PolicyLossBatch<Logit, float> view(const HostBatch& b) const {
+    cgrpo::PolicyLossBatch<Logit, float> v;
+    v.logits = logits.ptr;
+    v.num_tokens = b.T;
+    v.vocab_size = b.V;
+    v.row_stride = b.stride;
+    v.target_ids = targets.ptr;
+    v.mask = mask.ptr;
+    v.kinds = kinds.ptr;
+    v.advantages = adv.ptr;
+    v.old_logp = old_logp.ptr;
+    v.ref_logp = ref_logp.ptr;
+    v.pg_weights = w_pg.ptr;
+    v.entropy_weights = w_h.ptr;
+    v.kl_weights = w_kl.ptr;
+    v.layout = b.layout();  // host offsets: validation reads them on the host
+    return v;
+  }
+};
+
+enum class Mode { separate_grad, in_place, forward_only };
+const char* mode_name(Mode m) {
+  return m == Mode::separate_grad ? "separate grad" : m == Mode::in_place ? "in place" : "forward only";
+}
+
+template <typename Logit>
+struct GpuResult {
+  cgrpo::Status launch, finish;
+  LossMetrics metrics;
+  std::vector<float> logp, entropy;
+  std::vector<Logit> grad;  // [T, grad_stride]; empty for forward only
+  int64_t grad_stride = 0;
+};
+
+// One call of the CUDA path on fresh device buffers; every output poisoned (0xFF bytes: NaN) first.
+// Where the "GPU" runs: false: the CUDA device; true: host_emulation.cuh (the kernels' per-row code
+// on the host, for machines without a GPU).
+bool& emulate_on_host() {
+  static bool on = false;
+  return on;
+}
+
+template <typename Logit>
+GpuResult<Logit> run_emulated(const LossConfig& config, const HostBatch& hb, std::vector<Logit> logits, Mode mode,
+                              int64_t grad_extra_stride) {
+  GpuResult<Logit> r;
+  r.grad_stride = mode == Mode::separate_grad ? hb.V + grad_extra_stride : hb.stride;
+  const std::vector<float> adv = to_float_vector(hb.adv), old_logp = to_float_vector(hb.old_logp),
+                           ref_logp = to_float_vector(hb.ref_logp), w_pg = to_float_vector(hb.w_pg),
+                           w_h = to_float_vector(hb.w_h), w_kl = to_float_vector(hb.w_kl);
+  cgrpo::PolicyLossBatch<Logit, float> batch;
+  batch.logits = logits.data();
+  batch.num_tokens = hb.T;
+  batch.vocab_size = hb.V;
+  batch.row_stride = hb.stride;
+  batch.target_ids = hb.targets.data();
+  batch.mask = hb.mask.data();
+  batch.kinds = hb.kinds.data();
+  batch.advantages = adv.data();
+  batch.old_logp = old_logp.data();
+  batch.ref_logp = ref_logp.data();
+  batch.pg_weights = w_pg.data();
+  batch.entropy_weights = w_h.data();
+  batch.kl_weights = w_kl.data();
+  batch.layout = hb.layout();
+  Logit poison;
+  std::memset(static_cast<void*>(&poison), 0xFF, sizeof(poison));
+  std::vector<Logit> grad(mode == Mode::separate_grad ? static_cast<size_t>(hb.T * r.grad_stride) : 0, poison);
+  r.logp.assign(hb.T, NAN);
+  r.entropy.assign(hb.T, NAN);
+  std::memset(static_cast<void*>(&r.metrics), 0xFF, sizeof(r.metrics));
+  LossMetrics unused;
+  cgrpo::PolicyLossOutputs<Logit, float> out;
+  out.grad_logits = mode == Mode::in_place ? logits.data() : (mode == Mode::separate_grad ? grad.data() : nullptr);
+  out.grad_row_stride = mode == Mode::separate_grad ? r.grad_stride : 0;
+  out.logp = r.logp.data();
+  out.entropy = r.entropy.data();
+  out.metrics = &unused;
+  std::vector<double> ws;
+  r.launch = cgrpo::Status::success();
+  r.finish = emulate_fused_policy_loss(config, batch, out, ws, &r.metrics);
+  if (mode == Mode::in_place) r.grad = logits;
+  if (mode == Mode::separate_grad) r.grad = grad;
+  return r;
+}
+
+template <typename Logit>
+GpuResult<Logit> run_gpu(const LossConfig& config, const HostBatch& hb, const std::vector<Logit>& host_logits, Mode mode,
+                         int64_t grad_extra_stride) {
+  if (emulate_on_host()) return run_emulated(config, hb, host_logits, mode, grad_extra_stride);
+  DeviceBatch<Logit> d(hb, host_logits);
+  const cgrpo::PolicyLossBatch<Logit, float> batch = d.view(hb);
+  GpuResult<Logit> r;
+  r.grad_stride = mode == Mode::separate_grad ? hb.V + grad_extra_stride : hb.stride;
+  DeviceBuffer<Logit> grad(mode == Mode::separate_grad ? static_cast<size_t>(hb.T * r.grad_stride) : 0);
+  grad.poison();
+  DeviceBuffer<float> logp(hb.T), entropy(hb.T);
+  logp.poison();
+  entropy.poison();
+  const size_t ws_bytes = cgrpo::cuda::fused_policy_loss_workspace_size(config, hb.T, hb.num_sequences);
+  DeviceBuffer<char> ws(ws_bytes);
+  ws.poison();
+  std::memset(static_cast<void*>(&r.metrics), 0xFF, sizeof(r.metrics));  // NaN everywhere until written
+  LossMetrics unused;
+  cgrpo::PolicyLossOutputs<Logit, float> out;
+  out.grad_logits = mode == Mode::in_place ? d.logits.ptr : (mode == Mode::separate_grad ? grad.ptr : nullptr);
+  out.grad_row_stride = mode == Mode::separate_grad ? r.grad_stride : 0;
+  out.logp = logp.ptr;
+  out.entropy = entropy.ptr;
+  out.metrics = &unused;
+  cudaStream_t stream;
+  TEST_CUDA(cudaStreamCreate(&stream));
+  r.launch = cgrpo::cuda::fused_policy_loss(config, batch, out, d.offsets.ptr, ws.ptr, ws_bytes, stream);
+  r.finish = r.launch.ok() ? cgrpo::cuda::policy_loss_metrics(ws.ptr, stream, &r.metrics) : r.launch;
+  TEST_CUDA(cudaStreamSynchronize(stream));
+  TEST_CUDA(cudaStreamDestroy(stream));
+  TEST_CUDA(cudaGetLastError());
+  r.logp = logp.download();
+  r.entropy = entropy.download();
+  if (mode == Mode::in_place) r.grad = d.logits.download();
+  if (mode == Mode::separate_grad) r.grad = grad.download();
+  return r;
+}
+
+struct CpuResult {
+  cgrpo::Status status;
+  LossMetrics metrics;
+  std::vector<double> grad, logp, entropy;
+};
+
+CpuResult run_cpu(const LossConfig& config, const HostBatch& hb) {
+  CpuResult c;
+  c.status = cpu_fused_policy_loss(config, hb, true, c.grad, c.logp, c.entropy, c.metrics);
+  return c;
+}
+
+bool close(double got, double want, double tol) {
+  return std::isfinite(got) && std::fabs(got - want) <= tol * std::max(1.0, std::fabs(want));
+}
+
+template <typename Logit>
+bool is_poison(Logit x) {
+  Logit p;
+  std::memset(static_cast<void*>(&p), 0xFF, sizeof(p));
+  return std::memcmp(&x, &p, sizeof(p)) == 0;
+}
+
+// Smallest gradient step the dtype can store near zero: fp16 flushes below 6e-8 (no loss scaling here).
+template <typename Logit> double grad_floor() { return 0.0; }
+template <> double grad_floor<__half>() { return 6e-8; }
+
+struct GradTolerance {
+  double global;  // max |g - w| over the tensor / max |w| over the tensor
+  double row;     // the same within each row
+};
+
+template <typename Logit>
+GradTolerance grad_tolerance();
+template <> GradTolerance grad_tolerance<float>() { return {1e-5, 1e-3}; }
+template <> GradTolerance grad_tolerance<__half>() { return {1e-3, 2e-3}; }
+template <> GradTolerance grad_tolerance<__nv_bfloat16>() { return {1e-2, 1e-2}; }
+
+void compare_metrics(const std::string& label, const LossMetrics& g, const LossMetrics& w, double tol) {
+  const std::pair<const char*, double LossMetrics::*> fields[] = {
+      {"loss", &LossMetrics::loss},
+      {"pg_loss", &LossMetrics::pg_loss},
+      {"pg_loss_initial", &LossMetrics::pg_loss_initial},
+      {"pg_loss_refinement", &LossMetrics::pg_loss_refinement},
+      {"entropy_loss", &LossMetrics::entropy_loss},
+      {"kl_loss", &LossMetrics::kl_loss},
+      {"pg_clipfrac", &LossMetrics::pg_clipfrac},
+      {"pg_clipfrac_lower", &LossMetrics::pg_clipfrac_lower},
+      {"ppo_kl", &LossMetrics::ppo_kl},
+      {"entropy_mean", &LossMetrics::entropy_mean},
+      {"kl_mean", &LossMetrics::kl_mean},
+      {"refinement_prob_mean", &LossMetrics::refinement_prob_mean},
+      {"ratio_mean", &LossMetrics::ratio_mean},
+  };
+  for (const auto& f : fields)
+    GPU_EXPECT(close(g.*f.second, w.*f.second, tol), "%s: metric %s = %.9g, CPU %.9g", label.c_str(), f.first,
+               g.*f.second, w.*f.second);
+  GPU_EXPECT(g.num_valid_tokens == w.num_valid_tokens && g.num_initial_tokens == w.num_initial_tokens &&
+                 g.num_refinement_tokens == w.num_refinement_tokens,
+             "%s: token counts %lld/%lld/%lld, CPU %lld/%lld/%lld", label.c_str(), (long long)g.num_valid_tokens,
+             (long long)g.num_initial_tokens, (long long)g.num_refinement_tokens, (long long)w.num_valid_tokens,
+             (long long)w.num_initial_tokens, (long long)w.num_refinement_tokens);
+}
+
+template <typename Logit>
+void compare_with_cpu(const std::string& label, const HostBatch& hb, const GpuResult<Logit>& g, const CpuResult& c,
+                      Mode mode) {
+  GPU_EXPECT(c.status.ok(), "%s: CPU path failed: %s", label.c_str(), c.status.message);
+  GPU_EXPECT(g.launch.ok(), "%s: launch: %s", label.c_str(), g.launch.message);
+  GPU_EXPECT(g.finish.ok(), "%s: policy_loss_metrics: %s", label.c_str(), g.finish.message);
+  if (!c.status.ok() || !g.finish.ok()) return;
+  compare_metrics(label, g.metrics, c.metrics, 1e-5);
+  int bad_tokens = 0;
+  for (int64_t t = 0; t < hb.T; ++t)
+    if (!close(g.logp[t], c.logp[t], 1e-5) || !close(g.entropy[t], c.entropy[t], 1e-5)) {
+      if (++bad_tokens <= 3)
+        GPU_EXPECT(false, "%s: token %lld logp %.9g (CPU %.9g) entropy %.9g (CPU %.9g)", label.c_str(), (long long)t,
+                   g.logp[t], c.logp[t], g.entropy[t], c.entropy[t]);
+    }
+  if (mode == Mode::forward_only) return;
+
+  const GradTolerance tol = grad_tolerance<Logit>();
+  const double floor = grad_floor<Logit>();
+  double err = 0, den = 0;
+  int bad_rows = 0, non_finite = 0, padding_written = 0;
+  std::vector<double> row_err(hb.T, 0.0), row_den(hb.T, 0.0);
+  for (int64_t t = 0; t < hb.T; ++t) {
+    for (int64_t v = 0; v < hb.V; ++v) {
+      const double got = to_double(g.grad[t * g.grad_stride + v]);
+      const double want = c.grad[t * hb.stride + v];
+      if (!std::isfinite(got)) ++non_finite;
+      row_err[t] = std::max(row_err[t], std::fabs(got - want));
+      row_den[t] = std::max(row_den[t], std::fabs(want));
+    }
+    err = std::max(err, row_err[t]);
+    den = std::max(den, row_den[t]);
+    // The padding columns: untouched poison (separate buffer) or the logits' NaN padding (in place).
+    for (int64_t v = hb.V; v < g.grad_stride; ++v) {
+      const Logit x = g.grad[t * g.grad_stride + v];
+      if (mode == Mode::separate_grad ? !is_poison(x) : !std::isnan(to_double(x))) ++padding_written;
+    }
+  }
+  // Per row, relative to the row's largest entry, above a floor of 1e-6 of the tensor's largest entry:
+  // a row whose exact gradient is ~0 (clipped token, p uniform over ties) holds rounding noise only.
+  for (int64_t t = 0; t < hb.T; ++t)
+    if (!(row_err[t] <= tol.row * row_den[t] + 1e-6 * den + floor) && ++bad_rows <= 3)
+      GPU_EXPECT(false, "%s: gradient row %lld (mask %d, kind %d): max error %.3g, max |want| %.3g", label.c_str(),
+                 (long long)t, hb.mask[t], hb.kinds[t], row_err[t], row_den[t]);
+  GPU_EXPECT(non_finite == 0, "%s: %d gradient entries are not finite (poison left or NaN)", label.c_str(), non_finite);
+  GPU_EXPECT(padding_written == 0, "%s: %d padding entries beyond V were written", label.c_str(), padding_written);
+  GPU_EXPECT(err <= tol.global * den + floor, "%s: gradient max error %.3g vs max |grad| %.3g (tolerance %.1g)",
+             label.c_str(), err, den, tol.global);
+}
+
+struct NamedConfig {
+  const char* name;
+  LossConfig config;
+};
+
+std::vector<NamedConfig> configs() {
+  std::vector<NamedConfig> v;
+  v.push_back({"paper (no clip, f(p), entropy token-mean, seq-mean-token-sum-norm)", cgrpo::paper_critique_grpo()});
+  LossConfig verl = cgrpo::verl_grpo();
+  verl.entropy_coef = 0.01;
+  v.push_back({"verl grpo (token clip, k3 KL) + entropy", verl});
+  LossConfig dual = cgrpo::dr_grpo();
+  dual.dual_clip = true;
+  dual.kl = cgrpo::KlEstimator::k1;
+  dual.kl_coef = 0.05;
+  dual.pg_aggregation = cgrpo::Aggregation::seq_mean_token_mean;
+  dual.entropy_coef = 0.003;
+  dual.temperature = 0.7;
+  v.push_back({"dual clip, k1 KL, seq-mean-token-mean, tau 0.7", dual});
+  LossConfig dapo = cgrpo::dapo();
+  dapo.kl = cgrpo::KlEstimator::abs;
+  dapo.kl_coef = 0.02;
+  dapo.kl_aggregation = cgrpo::Aggregation::seq_mean_token_sum;
+  v.push_back({"dapo clip-higher, abs KL seq-mean-token-sum", dapo});
+  LossConfig k2 = cgrpo::verl_grpo();
+  k2.kl = cgrpo::KlEstimator::k2;
+  k2.clip = cgrpo::ClipMode::none;
+  k2.entropy_coef = 0.001;
+  v.push_back({"no clip, k2 KL", k2});
+  LossConfig gspo = cgrpo::gspo();
+  gspo.clip_eps_low = 0.05;  // wide enough that some sequences are inside the range and some outside
+  gspo.clip_eps_high = 0.05;
+  gspo.entropy_coef = 0.001;
+  gspo.temperature = 1.3;
+  v.push_back({"gspo (sequence ratio), tau 1.3", gspo});
+  return v;
+}
+
+// Every config on small odd-V batches (in place, separate grad with a different row alignment,
+// forward only), and three configs on V = 151936 with row stride > V.
+template <typename Logit>
+void test_against_cpu(std::mt19937_64& rng) {
+  for (const NamedConfig& nc : configs()) {
+    for (int shape = 0; shape < 3; ++shape) {
+      const bool large = shape == 2;
+      const bool gspo = nc.config.clip == cgrpo::ClipMode::sequence;
+      if (large && !(gspo || nc.config.clip == cgrpo::ClipMode::none || nc.config.kl == cgrpo::KlEstimator::k3)) continue;
+      BatchSpec spec;
+      if (large) {
+        spec.V = 151936;
+        spec.num_sequences = 6;
+        spec.max_len = 8;
+        spec.extra_stride = 21;  // stride 151957 (odd): rows start at every 16-byte phase
+      } else {
+        spec.V = shape == 0 ? 1003 : 4099;
+        spec.num_sequences = 24;
+        spec.max_len = 20;
+        spec.extra_stride = shape == 0 ? 0 : 5;
+      }
+      spec.padded = gspo && shape == 1;
+      std::vector<Logit> logits;
+      const HostBatch hb = random_batch<Logit>(rng, spec, nc.config, logits);
+      const CpuResult cpu = run_cpu(nc.config, hb);
+      for (Mode mode : {Mode::separate_grad, Mode::in_place, Mode::forward_only}) {
+        if (large && mode == Mode::forward_only) continue;
+        const int64_t grad_extra = shape == 0 ? 3 : 0;  // 3: grad rows misaligned against logits rows
+        char label[400];
+        std::snprintf(label, sizeof(label), "[%s] %s, V=%lld T=%lld stride=%lld%s, %s", dtype_name<Logit>(), nc.name,
+                      (long long)hb.V, (long long)hb.T, (long long)hb.stride, spec.padded ? " padded" : " packed",
+                      mode_name(mode));
+        const GpuResult<Logit> g = run_gpu<Logit>(nc.config, hb, logits, mode, grad_extra);
+        compare_with_cpu(label, hb, g, cpu, mode);
+      }
+    }
+  }
+}
+
+// Two runs on the same inputs give the same bits (loss, metrics, logp, gradient); forward only
+// gives the same metric bits as forward + backward.
+template <typename Logit>
+void test_determinism(std::mt19937_64& rng) {
+  for (const NamedConfig& nc : configs()) {
+    BatchSpec spec;
+    spec.V = 151936;
+    spec.num_sequences = 40;
+    spec.max_len = 8;
+    std::vector<Logit> logits;
+    const HostBatch hb = random_batch<Logit>(rng, spec, nc.config, logits);
+    const GpuResult<Logit> a = run_gpu<Logit>(nc.config, hb, logits, Mode::separate_grad, 0);
+    const GpuResult<Logit> b = run_gpu<Logit>(nc.config, hb, logits, Mode::separate_grad, 0);
+    const GpuResult<Logit> f = run_gpu<Logit>(nc.config, hb, logits, Mode::forward_only, 0);
+    GPU_EXPECT(a.finish.ok() && b.finish.ok() && f.finish.ok(), "[%s] %s: %s / %s / %s", dtype_name<Logit>(), nc.name,
+               a.finish.message, b.finish.message, f.finish.message);
+    GPU_EXPECT(std::memcmp(&a.metrics, &b.metrics, sizeof(LossMetrics)) == 0, "[%s] %s: metrics differ run to run (loss %.17g vs %.17g)",
+               dtype_name<Logit>(), nc.name, a.metrics.loss, b.metrics.loss);
+    GPU_EXPECT(std::memcmp(&a.metrics, &f.metrics, sizeof(LossMetrics)) == 0,
+               "[%s] %s: forward-only metrics differ from forward+backward (loss %.17g vs %.17g)", dtype_name<Logit>(),
+               nc.name, f.metrics.loss, a.metrics.loss);
+    GPU_EXPECT(a.grad.size() == b.grad.size() && std::memcmp(a.grad.data(), b.grad.data(), a.grad.size() * sizeof(Logit)) == 0,
+               "[%s] %s: gradient bits differ run to run", dtype_name<Logit>(), nc.name);
+    GPU_EXPECT(std::memcmp(a.logp.data(), b.logp.data(), a.logp.size() * sizeof(float)) == 0,
+               "[%s] %s: logp bits differ run to run", dtype_name<Logit>(), nc.name);
+  }
+}
+
+// The log-prob / entropy kernel against cpu::token_logprobs (odd V, stride > V, tau != 1).
+template <typename Logit>
+void test_token_logprobs(std::mt19937_64& rng) {
+  for (int64_t V : {int64_t{151936}, int64_t{1003}, int64_t{7}}) {
+    LossConfig c;
+    c.temperature = V == 1003 ? 0.6 : 1.0;
+    BatchSpec spec;
+    spec.V = V;
+    spec.num_sequences = V > 100000 ? 4 : 30;
+    spec.max_len = 10;
+    spec.extra_stride = 11;
+    std::vector<Logit> logits;
+    const HostBatch hb = random_batch<Logit>(rng, spec, c, logits);
+    std::vector<double> want_logp(hb.T), want_entropy(hb.T);
+    const cgrpo::Status cs = cpu_token_logprobs(hb.logits.data(), hb.T, hb.V, hb.stride, hb.targets.data(),
+                                                c.temperature, want_logp.data(), want_entropy.data());
+    GPU_EXPECT(cs.ok(), "cpu token_logprobs: %s", cs.message);
+    if (emulate_on_host()) {
+      std::vector<float> gl(hb.T, NAN), ge(hb.T, NAN);
+      const cgrpo::Status st = emulate_token_logprobs(logits.data(), hb.T, hb.V, hb.stride, hb.targets.data(),
+                                                      c.temperature, gl.data(), ge.data());
+      GPU_EXPECT(st.ok(), "[%s] emulated token_logprobs V=%lld: %s", dtype_name<Logit>(), (long long)V, st.message);
+      int bad = 0;
+      for (int64_t t = 0; t < hb.T; ++t)
+        if ((!close(gl[t], want_logp[t], 1e-5) || !close(ge[t], want_entropy[t], 1e-5)) && ++bad <= 3)
+          GPU_EXPECT(false, "[%s] emulated token_logprobs V=%lld token %lld: logp %.9g (CPU %.9g) entropy %.9g (CPU %.9g)",
+                     dtype_name<Logit>(), (long long)V, (long long)t, gl[t], want_logp[t], ge[t], want_entropy[t]);
+      continue;
+    }
+    DeviceBuffer<Logit> d_logits(logits.size());
+    d_logits.upload(logits);
+    DeviceBuffer<int32_t> d_targets(hb.T);
+    d_targets.upload(hb.targets);
+    DeviceBuffer<float> logp(hb.T), entropy(hb.T);
+    logp.poison();
+    entropy.poison();
+    DeviceBuffer<char> ws(cgrpo::cuda::token_logprobs_workspace_size());
+    const cgrpo::Status launch =
+        cgrpo::cuda::token_logprobs(d_logits.ptr, hb.T, hb.V, hb.stride, d_targets.ptr, c.temperature, logp.ptr,
+                                    entropy.ptr, ws.ptr, ws.count, nullptr);
+    const cgrpo::Status finish = launch.ok() ? cgrpo::cuda::token_logprobs_status(ws.ptr, nullptr) : launch;
+    GPU_EXPECT(finish.ok(), "[%s] token_logprobs V=%lld: %s", dtype_name<Logit>(), (long long)V, finish.message);
+    const std::vector<float> gl = logp.download(), ge = entropy.download();
+    int bad = 0;
+    for (int64_t t = 0; t < hb.T; ++t)
+      if ((!close(gl[t], want_logp[t], 1e-5) || !close(ge[t], want_entropy[t], 1e-5)) && ++bad <= 3)
+        GPU_EXPECT(false, "[%s] token_logprobs V=%lld token %lld: logp %.9g (CPU %.9g) entropy %.9g (CPU %.9g)",
+                   dtype_name<Logit>(), (long long)V, (long long)t, gl[t], want_logp[t], ge[t], want_entropy[t]);
+
+    // An out-of-range target is reported with the CPU path's message.
+    std::vector<int32_t> bad_targets = hb.targets;
+    bad_targets[3] = static_cast<int32_t>(V);
+    d_targets.upload(bad_targets);
+    const cgrpo::Status l2 = cgrpo::cuda::token_logprobs(d_logits.ptr, hb.T, hb.V, hb.stride, d_targets.ptr,
+                                                         c.temperature, logp.ptr, entropy.ptr, ws.ptr, ws.count, nullptr);
+    const cgrpo::Status f2 = l2.ok() ? cgrpo::cuda::token_logprobs_status(ws.ptr, nullptr) : l2;
+    const cgrpo::Status c2 = cpu_token_logprobs(hb.logits.data(), hb.T, hb.V, hb.stride, bad_targets.data(),
+                                                c.temperature, want_logp.data(), want_entropy.data());
+    GPU_EXPECT(f2.code == cgrpo::StatusCode::out_of_range && std::strcmp(f2.message, c2.message) == 0,
+               "[%s] token_logprobs out of range: GPU '%s', CPU '%s'", dtype_name<Logit>(), f2.message, c2.message);
+  }
+}
+
+std::string before_semicolon(const char* s) {
+  const char* p = std::strchr(s, ';');
+  return p ? std::string(s, p) : std::string(s);
+}
+
+// Bad per-token values and bad logits: flagged in the status word with the CPU path's message
+// (up to the "; ..." that says what was written), the bad row's gradient zeros, no garbage anywhere.
+template <typename Logit>
+void test_flagged_rows(std::mt19937_64& rng) {
+  struct Breakage {
+    const char* name;
+    int64_t row;
+    std::function<void(HostBatch&, std::vector<Logit>&)> apply;
+  };
+  const Logit nan_logit = from_double<Logit>(std::numeric_limits<double>::quiet_NaN());
+  const Logit inf_logit = from_double<Logit>(INFINITY);
+  const Logit neg_inf_logit = from_double<Logit>(-INFINITY);
+  auto set_logit = [](HostBatch& b, std::vector<Logit>& z, int64_t t, int64_t v, Logit x) {
+    z[t * b.stride + v] = x;
+    b.logits[t * b.stride + v] = to_double(x);
+  };
+  const std::vector<Breakage> breakages = {
+      {"target out of range", 5, [](HostBatch& b, std::vector<Logit>&) { b.targets[9] = -1; b.targets[5] = static_cast<int32_t>(b.V + 3); }},
+      {"NaN logit", 4, [&](HostBatch& b, std::vector<Logit>& z) { set_logit(b, z, 8, 1, inf_logit); set_logit(b, z, 4, 17, nan_logit); }},
+      {"+inf logit", 6, [&](HostBatch& b, std::vector<Logit>& z) { set_logit(b, z, 6, b.V - 1, inf_logit); }},
+      {"row all -inf", 7, [&](HostBatch& b, std::vector<Logit>& z) { for (int64_t v = 0; v < b.V; ++v) set_logit(b, z, 7, v, neg_inf_logit); }},
+      {"-inf target logit", 9, [&](HostBatch& b, std::vector<Logit>& z) { set_logit(b, z, 9, b.targets[9], neg_inf_logit); }},
+      {"mask value 2", 3, [](HostBatch& b, std::vector<Logit>&) { b.mask[3] = 2; }},
+      {"kind value 5", 11, [](HostBatch& b, std::vector<Logit>&) { b.kinds[11] = 5; }},
+      {"NaN advantage", 2, [](HostBatch& b, std::vector<Logit>&) { b.adv[2] = std::numeric_limits<double>::quiet_NaN(); }},
+      {"inf pg weight", 12, [](HostBatch& b, std::vector<Logit>&) { b.w_pg[12] = INFINITY; }},
+  };
+  for (const LossConfig& config : {cgrpo::verl_grpo(), cgrpo::gspo()})
+  for (const Breakage& br : breakages) {
+    BatchSpec spec;
+    spec.V = 1003;
+    spec.num_sequences = 6;
+    spec.max_len = 10;
+    spec.padded = true;  // T = 60: every row the breakages name exists
+    spec.extreme_fraction = spec.neg_inf_fraction = 0.0;
+    std::vector<Logit> logits;
+    HostBatch hb = random_batch<Logit>(rng, spec, config, logits);
+    br.apply(hb, logits);
+    const CpuResult cpu = run_cpu(config, hb);
+    const GpuResult<Logit> g = run_gpu<Logit>(config, hb, logits, Mode::separate_grad, 0);
+    const char* clip = cgrpo::to_string(config.clip);
+    GPU_EXPECT(g.launch.ok(), "[%s] %s, clip %s: launch should succeed (values are checked on the device): %s",
+               dtype_name<Logit>(), br.name, clip, g.launch.message);
+    GPU_EXPECT(!cpu.status.ok() && g.finish.code == cpu.status.code &&
+                   before_semicolon(g.finish.message) == before_semicolon(cpu.status.message),
+               "[%s] %s, clip %s: GPU '%s' vs CPU '%s'", dtype_name<Logit>(), br.name, clip, g.finish.message,
+               cpu.status.message);
+    int non_zero = 0, non_finite = 0;
+    for (int64_t t = 0; t < hb.T; ++t)
+      for (int64_t v = 0; v < hb.V; ++v) {
+        const double x = to_double(g.grad[t * g.grad_stride + v]);
+        if (!std::isfinite(x)) ++non_finite;
+        if (t == br.row && x != 0.0) ++non_zero;
+      }
+    GPU_EXPECT(non_finite == 0, "[%s] %s, clip %s: %d gradient entries are garbage (not finite)", dtype_name<Logit>(),
+               br.name, clip, non_finite);
+    GPU_EXPECT(non_zero == 0, "[%s] %s, clip %s: the flagged row %lld has %d non-zero gradient entries",
+               dtype_name<Logit>(), br.name, clip, (long long)br.row, non_zero);
+  }
+}
+
+}  // namespace

@@ -1,0 +1,20 @@
+// tests/gpu/test_cuda_emulated.cu: the GPU test's checks with the kernels' code run on the host
+// (host_emulation.cuh): the per-row math, the checks and the reductions, verified without a GPU.
+#include "policy_loss_checks.cuh"
+
+int main() {
+  using namespace gpu_test;
+  emulate_on_host() = true;
+  std::mt19937_64 rng(20250603);
+  test_against_cpu<float>(rng);
+  test_against_cpu<__half>(rng);
+  test_against_cpu<__nv_bfloat16>(rng);
+  test_token_logprobs<float>(rng);
+  test_token_logprobs<__half>(rng);
+  test_token_logprobs<__nv_bfloat16>(rng);
+  test_flagged_rows<float>(rng);
+  test_flagged_rows<__nv_bfloat16>(rng);
+  if (failures() == 0) std::printf("PASSED: the kernels' code, emulated on the host, matches the CPU path\n");
+  else std::printf("FAILED: %d checks\n", failures());
+  return failures() == 0 ? 0 : 1;
+}
