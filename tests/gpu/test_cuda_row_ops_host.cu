@@ -147,7 +147,7 @@ void check_row(std::mt19937_64& rng, int64_t V, int64_t offset, int64_t grad_off
 
 template <typename Logit>
 void run_all(std::mt19937_64& rng) {
-  for (int64_t V : {int64_t{1}, int64_t{7}, int64_t{33}, int64_t{1003}, int64_t{4099}, int64_t{151936}})
+  for (int64_t V : {int64_t{1}, int64_t{7}, int64_t{33}, int64_t{1003}, int64_t{4099}, int64_t{151936}, int64_t{262144}})
     for (int64_t offset : {int64_t{0}, int64_t{1}, int64_t{3}})
       for (RowKind kind : {RowKind::normal, RowKind::extreme, RowKind::with_neg_inf, RowKind::nan_entry,
                            RowKind::pos_inf_entry, RowKind::all_neg_inf}) {
