@@ -92,7 +92,7 @@ double median_ms(cudaStream_t stream, Fn&& fn) {
   return ms[kRepeats / 2];
 }
 
-enum class Pass { forward_backward = 0, forward = 1, logprobs = 2 };
+enum class Pass { forward_backward = 0, forward = 1, logprobs = 2, forward_backward_in_place = 3 };
 
 // The paper's configuration: 8 responses per group of which 1 refinement, responses of 1024
 // tokens (padded), 10% padding, f(p) shaping, entropy token-mean.
@@ -106,7 +106,11 @@ void bm_policy_loss(benchmark::State& state) {
   BENCH_CUDA(cudaStreamCreate(&stream));
 
   Logit* logits = device_alloc<Logit>(n);
-  Logit* grad = pass == Pass::forward_backward ? device_alloc<Logit>(n) : nullptr;
+  // In place, the gradient overwrites the logits: later calls run on gradient values (finite, small),
+  // which changes nothing in the work done per element.
+  Logit* grad = pass == Pass::forward_backward ? device_alloc<Logit>(n)
+                : pass == Pass::forward_backward_in_place ? logits : nullptr;
+  const bool writes = grad != nullptr;
   fill_logits<<<4096, 256, 0, stream>>>(logits, n, 12345u);
   BENCH_CUDA(cudaGetLastError());
 
@@ -165,9 +169,10 @@ void bm_policy_loss(benchmark::State& state) {
     else
       BENCH_OK(cgrpo::cuda::fused_policy_loss(config, batch, out, nullptr, ws, ws_bytes, stream));
   };
-  const double bytes = static_cast<double>(n * sizeof(Logit)) * (pass == Pass::forward_backward ? 2.0 : 1.0);
+  const double bytes = static_cast<double>(n * sizeof(Logit)) * (writes ? 2.0 : 1.0);
   // The copy reference moves the same bytes: half of them read, half written.
-  Logit* copy_dst = grad ? grad : device_alloc<Logit>(n / 2);
+  const bool own_copy_dst = pass != Pass::forward_backward;
+  Logit* copy_dst = own_copy_dst ? device_alloc<Logit>(static_cast<size_t>(bytes / 2) / sizeof(Logit) + 1) : grad;
   const size_t copy_bytes = static_cast<size_t>(bytes / 2);
   auto copy = [&] { BENCH_CUDA(cudaMemcpyAsync(copy_dst, logits, copy_bytes, cudaMemcpyDeviceToDevice, stream)); };
 
@@ -189,11 +194,12 @@ void bm_policy_loss(benchmark::State& state) {
   state.counters["copy_GB/s"] = copy_gbps;
   state.counters["frac_of_copy"] = gbps / copy_gbps;
   state.counters["workspace_MB"] = static_cast<double>(ws_bytes) / 1e6;
-  state.SetLabel(std::string(cgrpo::cuda::LogitTraits<Logit>::name) +
-                 (pass == Pass::forward_backward ? " fwd+bwd" : pass == Pass::forward ? " fwd" : " logprobs"));
+  const char* pass_label[] = {" fwd+bwd", " fwd", " logprobs", " fwd+bwd in place"};
+  state.SetLabel(std::string(cgrpo::cuda::LogitTraits<Logit>::name) + pass_label[static_cast<int>(pass)]);
 
-  if (!grad) BENCH_CUDA(cudaFree(copy_dst));
-  for (void* p : {static_cast<void*>(logits), static_cast<void*>(grad), static_cast<void*>(d_targets),
+  if (own_copy_dst) BENCH_CUDA(cudaFree(copy_dst));
+  if (pass == Pass::forward_backward) BENCH_CUDA(cudaFree(grad));
+  for (void* p : {static_cast<void*>(logits), static_cast<void*>(d_targets),
                   static_cast<void*>(d_mask), static_cast<void*>(d_kinds), static_cast<void*>(d_adv),
                   static_cast<void*>(d_old), static_cast<void*>(d_w_pg), static_cast<void*>(d_w_h),
                   static_cast<void*>(d_logp), static_cast<void*>(d_entropy), ws})
@@ -202,10 +208,11 @@ void bm_policy_loss(benchmark::State& state) {
 }
 
 void register_all() {
-  for (int pass : {0, 1, 2})
+  const char* pass_names[] = {"fwd_bwd", "fwd", "logprobs", "fwd_bwd_in_place"};
+  for (int pass : {0, 3, 1, 2})
     for (int64_t T : {4096, 16384})
       for (int64_t V : {32000, 151936}) {
-        const char* pass_name = pass == 0 ? "fwd_bwd" : pass == 1 ? "fwd" : "logprobs";
+        const char* pass_name = pass_names[pass];
         benchmark::RegisterBenchmark((std::string("policy_loss/bf16/") + pass_name).c_str(),
                                      bm_policy_loss<__nv_bfloat16>)
             ->Args({T, V, pass})->ArgNames({"T", "V", "pass"})->UseManualTime()->Iterations(5)->Unit(benchmark::kMillisecond);
