@@ -88,12 +88,15 @@ TEST_CASE("group advantages from all-reduced partial stats equal the single-proc
     const std::vector<double> rewards = random_rewards(rng, group_ids, G);
     const double shift = (trial % 2) ? 0.0 : 5.0;
     const auto cuts = shard_bounds(rng, B, k);
+    std::vector<int64_t> token_counts(B);
+    for (auto& n : token_counts) n = static_cast<int64_t>(rng() % 11);  // valid tokens per response, 0 allowed
+    token_counts[0] = std::max<int64_t>(token_counts[0], 2);             // whitening needs >= 2 in the batch
     for (auto est : {cgrpo::AdvantageEstimator::grpo, cgrpo::AdvantageEstimator::grpo_no_std,
-                     cgrpo::AdvantageEstimator::rloo}) {
+                     cgrpo::AdvantageEstimator::rloo, cgrpo::AdvantageEstimator::reinforce_pp_baseline}) {
       CAPTURE(trial, B, G, k, cgrpo::to_string(est));
       std::vector<double> want(B);
-      REQUIRE(cgrpo::group_advantages(est, cgrpo::GroupAssignment{B, group_ids.data(), G}, rewards.data(), nullptr,
-                                      1e-6, want.data()).ok());
+      REQUIRE(cgrpo::group_advantages(est, cgrpo::GroupAssignment{B, group_ids.data(), G}, rewards.data(),
+                                      token_counts.data(), 1e-6, want.data()).ok());
 
       // Each rank's partials, then the all-reduce (SUM / MAX), simulated in both ways.
       std::vector<double> sums(G * cgrpo::parallel::kGroupSumFields), ext(G * cgrpo::parallel::kGroupExtremaFields);
@@ -115,10 +118,23 @@ TEST_CASE("group advantages from all-reduced partial stats equal the single-proc
         REQUIRE(cgrpo::parallel::group_advantages_from_stats(est, local, rewards.data() + cuts[r], sums.data(),
                                                              ext.data(), shift, 1e-6, got.data() + cuts[r]).ok());
       }
+      if (est == cgrpo::AdvantageEstimator::reinforce_pp_baseline) {
+        // The second reduction: token-weighted sums of R - mean, all-reduced (SUM), then whitened per rank.
+        double wsum[3] = {0, 0, 0};
+        for (int r = 0; r < k; ++r) {
+          double part[3] = {0, 0, 0};
+          REQUIRE(cgrpo::parallel::whitening_partial_stats(cuts[r + 1] - cuts[r], token_counts.data() + cuts[r],
+                                                           got.data() + cuts[r], part).ok());
+          for (int f = 0; f < 3; ++f) wsum[f] += part[f];
+        }
+        for (int r = 0; r < k; ++r)
+          REQUIRE(cgrpo::parallel::whiten_from_stats(cuts[r + 1] - cuts[r], wsum, got.data() + cuts[r]).ok());
+      }
       for (int64_t i = 0; i < B; ++i) {
         CAPTURE(i, rewards[i], want[i], got[i]);
         REQUIRE(std::fabs(got[i] - want[i]) <= 1e-9 * std::max(1.0, std::fabs(want[i])));
-        if (want[i] == 0.0 && est != cgrpo::AdvantageEstimator::rloo) REQUIRE(got[i] == 0.0);  // all-equal rule, exact
+        const bool all_equal_rule = est == cgrpo::AdvantageEstimator::grpo || est == cgrpo::AdvantageEstimator::grpo_no_std;
+        if (want[i] == 0.0 && all_equal_rule) REQUIRE(got[i] == 0.0);  // all-equal rule, exact
       }
     }
   }
@@ -141,9 +157,13 @@ TEST_CASE("group stats across ranks: errors", "[parallel][advantages]") {
                                                        cgrpo::GroupAssignment{2, ok_ids, 2}, rewards, sums, ext, 0.0,
                                                        1e-6, adv).code == cgrpo::StatusCode::invalid_argument);
   REQUIRE(adv[0] == 7);
-  REQUIRE(cgrpo::parallel::group_advantages_from_stats(cgrpo::AdvantageEstimator::reinforce_pp_baseline,
+  REQUIRE(cgrpo::parallel::group_advantages_from_stats(static_cast<cgrpo::AdvantageEstimator>(9),
                                                        cgrpo::GroupAssignment{2, ok_ids, 2}, rewards, sums, ext, 0.0,
                                                        1e-6, adv).code == cgrpo::StatusCode::invalid_argument);
+  // Whitening needs two valid tokens in the whole batch, as on one process.
+  const double one_token[3] = {1.0, 0.5, 0.25};
+  REQUIRE(cgrpo::parallel::whiten_from_stats(2, one_token, adv).code == cgrpo::StatusCode::invalid_argument);
+  REQUIRE(adv[0] == 7);
 }
 
 TEST_CASE("sum of shard losses and shard gradients equals the full batch, every aggregation mode", "[parallel][data]") {

@@ -73,18 +73,17 @@ inline void group_partial_stats_merge(int64_t num_groups, const double* other_su
 
 // A_i of this rank's responses from the all-reduced statistics, with the rules
 // of cgrpo::group_advantages (MATH.md): grpo, grpo_no_std, rloo. `shift` must be
-// the value given to group_partial_stats. reinforce_pp_baseline needs a second,
-// token-weighted reduction for its batch whitening and is refused here.
+// the value given to group_partial_stats. reinforce_pp_baseline writes R - mean_g
+// (one-member group: R), not yet whitened: its batch whitening is a second,
+// token-weighted reduction (whitening_partial_stats, all-reduce SUM, whiten_from_stats).
 // Nothing is written on error.
 template <typename Real>
 Status group_advantages_from_stats(AdvantageEstimator estimator, const GroupAssignment& local,
                                    const Real* local_rewards, const double* sums, const double* extrema,
                                    double shift, double eps, Real* advantages) {
-  if (estimator != AdvantageEstimator::grpo && estimator != AdvantageEstimator::grpo_no_std &&
-      estimator != AdvantageEstimator::rloo)
-    return make_error(StatusCode::invalid_argument,
-                      "group_advantages_from_stats: estimator %s is not supported across ranks (grpo, grpo_no_std, rloo)",
-                      to_string(estimator));
+  if (static_cast<unsigned>(estimator) > 3u)
+    return make_error(StatusCode::invalid_argument, "group_advantages_from_stats: unknown estimator %d",
+                      static_cast<int>(estimator));
   if (!std::isfinite(eps) || eps < 0)
     return make_error(StatusCode::invalid_argument, "group_advantages_from_stats: eps must be finite and >= 0, got %g",
                       eps);
@@ -128,12 +127,63 @@ Status group_advantages_from_stats(AdvantageEstimator estimator, const GroupAssi
       case AdvantageEstimator::grpo_no_std:
         a = c < 2 ? r : (all_equal ? 0.0 : centered);
         break;
-      default:  // rloo
+      case AdvantageEstimator::rloo:
         a = c < 2 ? r : c / (c - 1) * centered;
+        break;
+      default:  // reinforce_pp_baseline, before whitening
+        a = c < 2 ? r : centered;
         break;
     }
     advantages[i] = static_cast<Real>(a);
   }
+  return Status::success();
+}
+
+// reinforce_pp_baseline's whitening over the valid tokens of the GLOBAL batch, as
+// cgrpo::group_advantages does it on one process (masked mean, unbiased masked
+// variance, rsqrt(var + 1e-8)). Each rank writes sums[kWhitenFields] = (valid tokens,
+// sum n_i A_i, sum n_i A_i^2) over its responses; the caller all-reduces them with SUM;
+// whiten_from_stats() then whitens this rank's A_i in place.
+constexpr int kWhitenFields = 3;
+
+template <typename Real>
+Status whitening_partial_stats(int64_t num_responses, const int64_t* token_counts, const Real* advantages,
+                               double* sums) {
+  if (num_responses < 0 || !sums || (num_responses > 0 && (!token_counts || !advantages)))
+    return make_error(StatusCode::invalid_argument, "whitening_partial_stats: bad size or null pointer");
+  double s0 = 0, s1 = 0, s2 = 0;
+  for (int64_t i = 0; i < num_responses; ++i) {
+    if (token_counts[i] < 0)
+      return make_error(StatusCode::invalid_argument, "token_counts[%lld] is negative", static_cast<long long>(i));
+    const double n = static_cast<double>(token_counts[i]), a = static_cast<double>(advantages[i]);
+    if (!std::isfinite(a))
+      return make_error(StatusCode::non_finite, "whitening_partial_stats: advantages[%lld] is not finite",
+                        static_cast<long long>(i));
+    s0 += n;
+    s1 += n * a;
+    s2 += n * a * a;
+  }
+  sums[0] = s0;
+  sums[1] = s1;
+  sums[2] = s2;
+  return Status::success();
+}
+
+template <typename Real>
+Status whiten_from_stats(int64_t num_responses, const double* sums, Real* advantages) {
+  if (num_responses < 0 || !sums || (num_responses > 0 && !advantages))
+    return make_error(StatusCode::invalid_argument, "whiten_from_stats: bad size or null pointer");
+  const double tokens = sums[0];
+  if (!(tokens >= 2))
+    return make_error(StatusCode::invalid_argument,
+                      "reinforce_pp_baseline whitening needs at least 2 valid tokens in the batch, got %g", tokens);
+  const double mu = sums[1] / tokens;
+  double m2 = sums[2] - sums[1] * mu;  // sum n (A - mu)^2
+  m2 = m2 > 0 ? m2 : 0.0;
+  const double var = m2 / (tokens - 1);
+  const double inv_std = 1.0 / std::sqrt(var + 1e-8);
+  for (int64_t i = 0; i < num_responses; ++i)
+    advantages[i] = static_cast<Real>((static_cast<double>(advantages[i]) - mu) * inv_std);
   return Status::success();
 }
 
