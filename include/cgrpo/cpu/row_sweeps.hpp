@@ -1,5 +1,6 @@
-// cgrpo/cpu/row_sweeps.hpp: the two sweeps over one logits row, vectorised with Eigen.
-// Sweep 1 reads the row once for lse and H; sweep 2 reads it again and writes dJ/dz.
+// cgrpo/cpu/row_sweeps.hpp: the two sweeps over one logits row, vectorised with Eigen
+// (AVX-512 intrinsics for float when built for it). Sweep 1 reads the row once for lse
+// and H; sweep 2 reads it again and writes dJ/dz. One exp per entry and sweep.
 #pragma once
 
 #include <Eigen/Core>
