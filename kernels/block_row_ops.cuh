@@ -6,6 +6,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 
 #include "cgrpo/token_math.hpp"
 #include "kernels/vector_io.cuh"
@@ -25,6 +27,19 @@
 #endif
 
 namespace cgrpo::cuda {
+
+// The 16-byte accesses below must be aligned. On the device a misaligned one faults; on the host
+// (the tests that run each thread's share) it would silently work, so the host path checks.
+CGRPO_ROW_HD void expect_vector_aligned(const void* p) {
+#if !defined(__CUDA_ARCH__)
+  if (reinterpret_cast<uintptr_t>(p) % kVectorBytes != 0) {
+    std::fprintf(stderr, "cgrpo: misaligned 16-byte access at %p\n", p);
+    std::abort();
+  }
+#else
+  (void)p;
+#endif
+}
 
 // The softmax of one row u = z / tau, kept in shifted form: log p_j = (z_j - max) / tau - log_sum.
 // The max stays in logit units and z_j - max is taken before the scaling, so that log p is exact
@@ -101,6 +116,7 @@ CGRPO_ROW_HD RowStats<float> thread_row_stats(const Logit* row, int64_t vocab, c
   for (int64_t j = tid; j < head; j += THREADS) s = push_one(s, Traits::to_float(row[j]), merge, bad);
   const Vec* vectors = reinterpret_cast<const Vec*>(row + head);
   const int64_t num_vectors = (vocab - head) / N;
+  if (num_vectors > 0) expect_vector_aligned(vectors);
 CGRPO_UNROLL_N(4)
   for (int64_t i = tid; i < num_vectors; i += THREADS) {
     const Vec v = vectors[i];
@@ -165,6 +181,7 @@ CGRPO_ROW_HD void thread_row_fill_zero(Logit* grad_row, int64_t vocab, int tid) 
   for (int64_t j = tid; j < head; j += THREADS) grad_row[j] = zero;
   Vec* vectors = reinterpret_cast<Vec*>(grad_row + head);
   const int64_t num_vectors = (vocab - head) / N;
+  if (num_vectors > 0) expect_vector_aligned(vectors);
   Vec z;
 CGRPO_UNROLL
   for (int k = 0; k < N; ++k) z.v[k] = zero;
@@ -196,6 +213,10 @@ CGRPO_ROW_HD void thread_row_gradient(const Logit* row, Logit* grad_row, int64_t
   const Vec* in = reinterpret_cast<const Vec*>(row + head);
   Vec* out = reinterpret_cast<Vec*>(grad_row + head);
   const int64_t num_vectors = (vocab - head) / N;
+  if (num_vectors > 0) {
+    expect_vector_aligned(in);
+    expect_vector_aligned(out);
+  }
 CGRPO_UNROLL_N(2)
   for (int64_t i = tid; i < num_vectors; i += THREADS) {
     const Vec v = in[i];
