@@ -10,6 +10,7 @@
 #include <cgrpo/cgrpo.hpp>
 #include <cgrpo/parallel/global_scale.hpp>
 #include <cgrpo/parallel/group_stats.hpp>
+#include <cgrpo/parallel/metrics_reduce.hpp>
 
 #include "cpu/reference.hpp"
 
@@ -234,7 +235,7 @@ TEST_CASE("sum of shard losses and shard gradients equals the full batch, every 
           const cgrpo::AggregationScale scale = partials.to_scale();
           REQUIRE(scale.sequence_count == double(B));
 
-          double loss_sum = 0, pg_sum = 0, h_sum = 0, kl_sum = 0, clipped_sum = 0, initial_sum = 0;
+          double metric_sums[cgrpo::parallel::kMetricSumFields] = {};  // the caller's all-reduce (SUM)
           std::vector<double> grad_cat;
           for (int r = 0; r < k; ++r) {
             ref::Batch& s = shards[r];
@@ -252,21 +253,30 @@ TEST_CASE("sum of shard losses and shard gradients equals the full batch, every 
             out.grad_logits = grad.data();
             out.metrics = &m;
             REQUIRE(cgrpo::cpu::fused_policy_loss(c, lib.view, out).ok());
-            loss_sum += m.loss;
-            pg_sum += m.pg_loss;
-            h_sum += m.entropy_loss;
-            kl_sum += m.kl_loss;
-            clipped_sum += m.pg_clipfrac * double(m.num_initial_tokens);
-            initial_sum += double(m.num_initial_tokens);
+            double part[cgrpo::parallel::kMetricSumFields];
+            cgrpo::parallel::metrics_to_sums(m, part);
+            for (int f = 0; f < cgrpo::parallel::kMetricSumFields; ++f) metric_sums[f] += part[f];
             grad_cat.insert(grad_cat.end(), grad.begin(), grad.end());
           }
           const double tol = 1e-12;
-          REQUIRE(std::fabs(loss_sum - m_full.loss) <= tol * std::max(1.0, std::fabs(m_full.loss)));
-          REQUIRE(std::fabs(pg_sum - m_full.pg_loss) <= tol * std::max(1.0, std::fabs(m_full.pg_loss)));
-          REQUIRE(std::fabs(h_sum - m_full.entropy_loss) <= tol * std::max(1.0, std::fabs(m_full.entropy_loss)));
-          REQUIRE(std::fabs(kl_sum - m_full.kl_loss) <= tol * std::max(1.0, std::fabs(m_full.kl_loss)));
-          REQUIRE(initial_sum == double(m_full.num_initial_tokens));
-          REQUIRE(std::fabs(clipped_sum / std::max(1.0, initial_sum) - m_full.pg_clipfrac) <= 1e-12);
+          const cgrpo::LossMetrics m = cgrpo::parallel::metrics_from_sums(metric_sums);
+          auto close = [&](double got, double want) { return std::fabs(got - want) <= tol * std::max(1.0, std::fabs(want)); };
+          REQUIRE(close(m.loss, m_full.loss));
+          REQUIRE(close(m.pg_loss, m_full.pg_loss));
+          REQUIRE(close(m.pg_loss_initial, m_full.pg_loss_initial));
+          REQUIRE(close(m.pg_loss_refinement, m_full.pg_loss_refinement));
+          REQUIRE(close(m.entropy_loss, m_full.entropy_loss));
+          REQUIRE(close(m.kl_loss, m_full.kl_loss));
+          REQUIRE(close(m.pg_clipfrac, m_full.pg_clipfrac));
+          REQUIRE(close(m.pg_clipfrac_lower, m_full.pg_clipfrac_lower));
+          REQUIRE(close(m.ppo_kl, m_full.ppo_kl));
+          REQUIRE(close(m.entropy_mean, m_full.entropy_mean));
+          REQUIRE(close(m.kl_mean, m_full.kl_mean));
+          REQUIRE(close(m.refinement_prob_mean, m_full.refinement_prob_mean));
+          REQUIRE(close(m.ratio_mean, m_full.ratio_mean));
+          REQUIRE(m.num_valid_tokens == m_full.num_valid_tokens);
+          REQUIRE(m.num_initial_tokens == m_full.num_initial_tokens);
+          REQUIRE(m.num_refinement_tokens == m_full.num_refinement_tokens);
           REQUIRE(max_abs(grad_full) > 0);
           REQUIRE(max_abs_diff(grad_cat, grad_full) <= tol * max_abs(grad_full));
         }

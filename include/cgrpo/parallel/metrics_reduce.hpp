@@ -1,0 +1,61 @@
+// cgrpo/parallel/metrics_reduce.hpp: the metrics of several ranks (or micro-batches) combined into those of the whole batch.
+// LossMetrics -> a vector of sums the caller all-reduces with SUM -> LossMetrics of the global batch.
+#pragma once
+
+#include <cstdint>
+
+#include "cgrpo/metrics.hpp"
+
+namespace cgrpo::parallel {
+
+// Weighted losses are already additive (with the global AggregationScale); every mean is
+// turned back into its sum by multiplying with its count, and the counts are carried along.
+constexpr int kMetricSumFields = 15;
+
+inline void metrics_to_sums(const LossMetrics& m, double* sums) {
+  const double valid = static_cast<double>(m.num_valid_tokens);
+  const double initial = static_cast<double>(m.num_initial_tokens);
+  const double refinement = static_cast<double>(m.num_refinement_tokens);
+  const double v[kMetricSumFields] = {m.loss,
+                                      m.pg_loss_initial,
+                                      m.pg_loss_refinement,
+                                      m.entropy_loss,
+                                      m.kl_loss,
+                                      m.pg_clipfrac * initial,
+                                      m.pg_clipfrac_lower * initial,
+                                      m.ppo_kl * initial,
+                                      m.entropy_mean * valid,
+                                      m.kl_mean * valid,
+                                      m.refinement_prob_mean * refinement,
+                                      m.ratio_mean * initial,
+                                      valid,
+                                      initial,
+                                      refinement};
+  for (int i = 0; i < kMetricSumFields; ++i) sums[i] = v[i];
+}
+
+// The metrics of the union of the ranks whose metrics_to_sums() were summed into `sums`.
+inline LossMetrics metrics_from_sums(const double* sums) {
+  auto mean = [](double sum, double n) { return n > 0 ? sum / n : 0.0; };
+  const double valid = sums[12], initial = sums[13], refinement = sums[14];
+  LossMetrics m;
+  m.loss = sums[0];
+  m.pg_loss_initial = sums[1];
+  m.pg_loss_refinement = sums[2];
+  m.pg_loss = sums[1] + sums[2];
+  m.entropy_loss = sums[3];
+  m.kl_loss = sums[4];
+  m.pg_clipfrac = mean(sums[5], initial);
+  m.pg_clipfrac_lower = mean(sums[6], initial);
+  m.ppo_kl = mean(sums[7], initial);
+  m.entropy_mean = mean(sums[8], valid);
+  m.kl_mean = mean(sums[9], valid);
+  m.refinement_prob_mean = mean(sums[10], refinement);
+  m.ratio_mean = mean(sums[11], initial);
+  m.num_valid_tokens = static_cast<int64_t>(valid + 0.5);
+  m.num_initial_tokens = static_cast<int64_t>(initial + 0.5);
+  m.num_refinement_tokens = static_cast<int64_t>(refinement + 0.5);
+  return m;
+}
+
+}  // namespace cgrpo::parallel
