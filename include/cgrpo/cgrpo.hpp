@@ -14,3 +14,7 @@
 #include "cgrpo/cpu/fused_policy_loss.hpp"
 #include "cgrpo/cpu/token_logprobs.hpp"
 #include "cgrpo/critique/critique_stage.hpp"
+#include "cgrpo/parallel/global_scale.hpp"
+#include "cgrpo/parallel/group_stats.hpp"
+#include "cgrpo/parallel/metrics_reduce.hpp"
+#include "cgrpo/parallel/vocab_parallel.hpp"
