@@ -89,6 +89,11 @@ void row_logit_gradient_generic(const Real* z, int64_t vocab, Real inv_temperatu
 // read-for-ownership: 4 bytes written per entry instead of 4 read + 4 written).
 namespace avx512 {
 
+// Sweep 1's chunk: 4 KB of floats. Smaller than the Eigen path's because the prefetch of
+// the next chunk then runs closer ahead of its use (measured: 1024 beat 512, 2048, 4096
+// and 8192 for rows read from memory).
+constexpr int64_t kAvx512Chunk = 1024;
+
 // exp(d) for d in [exp_floor, 0] or NaN (propagated). d = n ln2 + r with n = round(d / ln2),
 // |r| <= ln2 / 2 (one FMA), exp(r) = 1 + r + r^2 P(r) with P of degree 4 fitted at the
 // Chebyshev nodes (relative error 1e-8 before float rounding, so about 1 ulp like Eigen's
@@ -110,7 +115,7 @@ inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
 }
 
-// max of u = z * inv_temperature over one chunk (n <= kChunk entries), read from memory
+// max of u = z * inv_temperature over one chunk (n <= kAvx512Chunk entries), read from memory
 // (or from L1, where the previous chunk prefetched it). NaN when the chunk holds NaN or
 // +inf, -inf when every entry is -inf.
 inline float chunk_max(const float* z, int64_t n, float inv_temperature) {
@@ -164,7 +169,7 @@ inline void chunk_sums(const float* z, int64_t n, float inv_temperature, float m
     s0 = _mm512_add_ps(s0, e);
     q0 = _mm512_fmadd_ps(e, d, q0);
   }
-  // Float sums over at most 64 entries per lane, then double across chunks.
+  // Float sums over at most 32 entries per lane, then double across chunks.
   sum_exp += static_cast<double>(_mm512_reduce_add_ps(_mm512_add_ps(s0, s1)));
   sum_exp_d += static_cast<double>(_mm512_reduce_add_ps(_mm512_add_ps(q0, q1)));
 }
@@ -175,8 +180,8 @@ inline void chunk_sums(const float* z, int64_t n, float inv_temperature, float m
 inline RowStats<double> row_softmax_stats(const float* z, int64_t vocab, float inv_temperature) {
   float m = -INFINITY;
   double sum_exp = 0, sum_exp_d = 0;
-  for (int64_t c0 = 0; c0 < vocab; c0 += kChunk) {
-    const int64_t n = vocab - c0 < kChunk ? vocab - c0 : kChunk;
+  for (int64_t c0 = 0; c0 < vocab; c0 += kAvx512Chunk) {
+    const int64_t n = vocab - c0 < kAvx512Chunk ? vocab - c0 : kAvx512Chunk;
     const float cm = chunk_max(z + c0, n, inv_temperature);
     if (cm != cm) return RowStats<double>{NAN, NAN, NAN};  // NaN / +inf: flagged, no need to read on
     if (cm == -INFINITY) continue;  // an all -inf chunk contributes nothing
@@ -189,7 +194,7 @@ inline RowStats<double> row_softmax_stats(const float* z, int64_t vocab, float i
       }
       m = cm;
     }
-    const int64_t next_n = vocab - c0 - n < kChunk ? vocab - c0 - n : kChunk;
+    const int64_t next_n = vocab - c0 - n < kAvx512Chunk ? vocab - c0 - n : kAvx512Chunk;
     chunk_sums(z + c0, n, inv_temperature, m, z + c0 + n, next_n, sum_exp, sum_exp_d);
   }
   if (m == -INFINITY) return row_stats_identity<double>();  // every entry -inf: flagged by the caller
