@@ -7,7 +7,12 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
-#if defined(__AVX512F__)
+// The AVX-512 float path is compiled whenever the compiler is GCC or Clang on x86-64
+// (target attribute, no -march needed) and chosen at run time when the CPU has AVX-512F;
+// nvcc's host pass and other compilers get the Eigen path only.
+#if !defined(__CUDACC__) && defined(__GNUC__) && defined(__x86_64__)
+#define CGRPO_CPU_AVX512 1
+#define CGRPO_TARGET_AVX512 __attribute__((target("avx512f")))
 #include <immintrin.h>
 #endif
 
@@ -83,11 +88,24 @@ void row_logit_gradient_generic(const Real* z, int64_t vocab, Real inv_temperatu
   g[target] += ar * inv_temperature;
 }
 
-#if defined(__AVX512F__)
+#if defined(CGRPO_CPU_AVX512)
 // Float rows with AVX-512 (the native preset): 16 lanes, one exp per entry and sweep,
 // masked tails, and streaming stores for a large separate gradient buffer (no
 // read-for-ownership: 4 bytes written per entry instead of 4 read + 4 written).
 namespace avx512 {
+
+// True when the CPU running us has AVX-512F (always, when compiled for it).
+inline bool available() {
+#if defined(__AVX512F__)
+  return true;
+#else
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return has;
+#endif
+}
 
 // Sweep 1's chunk: 4 KB of floats. Smaller than the Eigen path's because the prefetch of
 // the next chunk then runs closer ahead of its use (measured: 1024 beat 512, 2048, 4096
@@ -99,7 +117,7 @@ constexpr int64_t kAvx512Chunk = 1024;
 // Chebyshev nodes (relative error 1e-8 before float rounding, so about 1 ulp like Eigen's
 // pexp), evaluated by Horner, then 2^n by vscalefps. 8 multiply/FMA per 16 entries
 // against Eigen's 10: the FMA ports bound sweep 1 once its reads are prefetched.
-inline __m512 exp_nonpositive(__m512 d) {
+CGRPO_TARGET_AVX512 inline __m512 exp_nonpositive(__m512 d) {
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(d, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.6931471805599453f), d);
@@ -111,14 +129,14 @@ inline __m512 exp_nonpositive(__m512 d) {
   return _mm512_scalef_ps(y, n);
 }
 
-inline __mmask16 tail_mask(int64_t left) {
+CGRPO_TARGET_AVX512 inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
 }
 
 // max of u = z * inv_temperature over one chunk (n <= kAvx512Chunk entries), read from memory
 // (or from L1, where the previous chunk prefetched it). NaN when the chunk holds NaN or
 // +inf, -inf when every entry is -inf.
-inline float chunk_max(const float* z, int64_t n, float inv_temperature) {
+CGRPO_TARGET_AVX512 inline float chunk_max(const float* z, int64_t n, float inv_temperature) {
   __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
@@ -142,7 +160,7 @@ inline float chunk_max(const float* z, int64_t n, float inv_temperature) {
 // chunk's max. next / next_n: the following chunk of the row, whose lines are prefetched
 // while this chunk's exps run from L1, so memory reads overlap the arithmetic (without
 // it the sweep cost the sum of the two: 0.29 ns per entry against 0.14 from cache).
-inline void chunk_sums(const float* z, int64_t n, float inv_temperature, float m, const float* next,
+CGRPO_TARGET_AVX512 inline void chunk_sums(const float* z, int64_t n, float inv_temperature, float m, const float* next,
                        int64_t next_n, double& sum_exp, double& sum_exp_d) {
   const __m512 vm = _mm512_set1_ps(m), vt = _mm512_set1_ps(inv_temperature);
   const __m512 floor = _mm512_set1_ps(exp_floor<float>());
@@ -177,7 +195,7 @@ inline void chunk_sums(const float* z, int64_t n, float inv_temperature, float m
 // The row's statistics against a running max: a chunk whose max exceeds it rescales the
 // double sums (one exp, as row_stats_merge does); every other chunk (nearly all, past
 // the first few) adds its sums with no exp and no merge.
-inline RowStats<double> row_softmax_stats(const float* z, int64_t vocab, float inv_temperature) {
+CGRPO_TARGET_AVX512 inline RowStats<double> row_softmax_stats(const float* z, int64_t vocab, float inv_temperature) {
   float m = -INFINITY;
   double sum_exp = 0, sum_exp_d = 0;
   for (int64_t c0 = 0; c0 < vocab; c0 += kAvx512Chunk) {
@@ -204,7 +222,7 @@ inline RowStats<double> row_softmax_stats(const float* z, int64_t vocab, float i
 // g = p (alpha + beta log p) with p = exp(log p), log p = u - lse, alpha = -(a + b H) / tau,
 // beta = -b / tau: the same value as cgrpo::logit_gradient without the target's + a / tau.
 template <bool kStream>
-inline void gradient_span(const float* z, int64_t n, __m512 vt, __m512 vlse, __m512 alpha, __m512 beta, float* g) {
+CGRPO_TARGET_AVX512 inline void gradient_span(const float* z, int64_t n, __m512 vt, __m512 vlse, __m512 alpha, __m512 beta, float* g) {
   const __m512 floor = _mm512_set1_ps(exp_floor<float>());
   int64_t i = 0;
   if (kStream) {  // masked head up to the first 64-byte boundary of g: vmovntps needs it
@@ -234,14 +252,27 @@ inline void gradient_span(const float* z, int64_t n, __m512 vt, __m512 vlse, __m
   }
 }
 
+// The row without the target's + a / tau (the caller adds it).
+CGRPO_TARGET_AVX512 inline void row_logit_gradient(const float* z, int64_t vocab, float inv_temperature, double lse,
+                                                   double entropy, double a, double b, float* g, bool stream) {
+  const __m512 vt = _mm512_set1_ps(inv_temperature), vlse = _mm512_set1_ps(static_cast<float>(lse));
+  const __m512 alpha = _mm512_set1_ps(static_cast<float>(-(a + b * entropy) * static_cast<double>(inv_temperature)));
+  const __m512 beta = _mm512_set1_ps(static_cast<float>(-b * static_cast<double>(inv_temperature)));
+  if (stream)
+    gradient_span<true>(z, vocab, vt, vlse, alpha, beta, g);
+  else
+    gradient_span<false>(z, vocab, vt, vlse, alpha, beta, g);
+}
+
 }  // namespace avx512
 #endif
 
-// Sweep 1 over one row: AVX-512 kernel for float when compiled with it, Eigen otherwise.
+// Sweep 1 over one row: the AVX-512 kernel for float when the CPU has it, Eigen otherwise.
 template <typename Real>
 RowStats<double> row_softmax_stats(const Real* z, int64_t vocab, Real inv_temperature) {
-#if defined(__AVX512F__)
-  if constexpr (std::is_same<Real, float>::value) return avx512::row_softmax_stats(z, vocab, inv_temperature);
+#if defined(CGRPO_CPU_AVX512)
+  if constexpr (std::is_same<Real, float>::value)
+    if (avx512::available()) return avx512::row_softmax_stats(z, vocab, inv_temperature);
 #endif
   return row_softmax_stats_generic(z, vocab, inv_temperature);
 }
@@ -251,23 +282,17 @@ RowStats<double> row_softmax_stats(const Real* z, int64_t vocab, Real inv_temper
 template <typename Real>
 void row_logit_gradient(const Real* z, int64_t vocab, Real inv_temperature, int32_t target, double lse,
                         double entropy, double a, double b, Real* g, bool stream = false) {
-#if defined(__AVX512F__)
-  if constexpr (std::is_same<Real, float>::value) {
-    if (a == 0.0 && b == 0.0) {  // masked rows: exactly zero without touching the logits
-      ArrayMap<Real>(g, vocab).setZero();
-      return;
-    }
-    const float tau_inv = inv_temperature;
-    const __m512 vt = _mm512_set1_ps(tau_inv), vlse = _mm512_set1_ps(static_cast<float>(lse));
-    const __m512 alpha = _mm512_set1_ps(static_cast<float>(-(a + b * entropy) * static_cast<double>(tau_inv)));
-    const __m512 beta = _mm512_set1_ps(static_cast<float>(-b * static_cast<double>(tau_inv)));
-    if (stream)
-      avx512::gradient_span<true>(z, vocab, vt, vlse, alpha, beta, g);
-    else
-      avx512::gradient_span<false>(z, vocab, vt, vlse, alpha, beta, g);
-    g[target] += static_cast<float>(a) * tau_inv;
+  if (a == 0.0 && b == 0.0) {  // masked rows: exactly zero without touching the logits
+    ArrayMap<Real>(g, vocab).setZero();
     return;
   }
+#if defined(CGRPO_CPU_AVX512)
+  if constexpr (std::is_same<Real, float>::value)
+    if (avx512::available()) {
+      avx512::row_logit_gradient(z, vocab, inv_temperature, lse, entropy, a, b, g, stream);
+      g[target] += static_cast<float>(a) * inv_temperature;
+      return;
+    }
 #endif
   (void)stream;
   row_logit_gradient_generic(z, vocab, inv_temperature, target, lse, entropy, a, b, g);
@@ -275,8 +300,8 @@ void row_logit_gradient(const Real* z, int64_t vocab, Real inv_temperature, int3
 
 // Makes streaming stores visible before another thread reads the gradient.
 inline void stream_fence() {
-#if defined(__AVX512F__)
-  _mm_sfence();
+#if defined(CGRPO_CPU_AVX512)
+  _mm_sfence();  // SSE: every x86-64 CPU has it
 #endif
 }
 
