@@ -1,5 +1,5 @@
-// cgrpo/cpu/row_sweeps.hpp: the two sweeps over one logits row, vectorised with Eigen
-// (AVX-512 intrinsics for float when built for it). Sweep 1 reads the row once for lse
+// cgrpo/cpu/row_sweeps.hpp: the two sweeps over one logits row: AVX-512 or AVX2 kernels
+// for float (chosen at run time), Eigen otherwise. Sweep 1 reads the row once for lse
 // and H; sweep 2 reads it again and writes dJ/dz. One exp per entry and sweep.
 #pragma once
 
@@ -7,12 +7,13 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
-// The AVX-512 float path is compiled whenever the compiler is GCC or Clang on x86-64
-// (target attribute, no -march needed) and chosen at run time when the CPU has AVX-512F;
-// nvcc's host pass and other compilers get the Eigen path only.
+// The AVX-512 and AVX2 float paths are compiled whenever the compiler is GCC or Clang on
+// x86-64 (target attributes, no -march needed) and chosen at run time from the CPU's
+// features; nvcc's host pass and other compilers get the Eigen path only.
 #if !defined(__CUDACC__) && defined(__GNUC__) && defined(__x86_64__)
 #define CGRPO_CPU_AVX512 1
 #define CGRPO_TARGET_AVX512 __attribute__((target("avx512f")))
+#define CGRPO_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #include <immintrin.h>
 #endif
 
@@ -269,14 +270,195 @@ CGRPO_TARGET_AVX512 inline void row_logit_gradient(const float* z, int64_t vocab
 }
 
 }  // namespace avx512
+
+// The same kernels with AVX2 + FMA (8 lanes) for x86-64 CPUs without AVX-512: masked
+// loads and stores by vmaskmovps, 2^n built in the exponent bits instead of vscalefps.
+namespace avx2 {
+
+inline bool available() {
+#if defined(__AVX2__) && defined(__FMA__)
+  return true;
+#else
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0 && __builtin_cpu_supports("fma") != 0;
+  }();
+  return has;
+#endif
+}
+
+constexpr int64_t kChunkFloats = 1024;      // as avx512::kAvx512Chunk
+constexpr int64_t kGradientPrefetch = 1024;  // as avx512::kGradientPrefetch
+
+// exp(d) for d in [exp_floor, 0] or NaN: avx512::exp_nonpositive's reduction and
+// polynomial; n >= -126, so 2^n = (n + 127) << 23 is a normal float. A NaN d makes y NaN.
+CGRPO_TARGET_AVX2 inline __m256 exp_nonpositive(__m256 d) {
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(d, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.6931471805599453f), d);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.392617589e-03f), r, _mm256_set1_ps(8.363173343e-03f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166655615e-02f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666657776e-01f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  const __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
+}
+
+// Lanes [0, left) set (left may exceed 8).
+CGRPO_TARGET_AVX2 inline __m256i tail_mask(int64_t left) {
+  const int32_t l = left > 8 ? 8 : static_cast<int32_t>(left);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(l), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+CGRPO_TARGET_AVX2 inline float reduce_max(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+
+CGRPO_TARGET_AVX2 inline float reduce_add(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+// As avx512::chunk_max.
+CGRPO_TARGET_AVX2 inline float chunk_max(const float* z, int64_t n, float inv_temperature) {
+  const __m256 minus_inf = _mm256_set1_ps(-INFINITY);
+  __m256 m0 = minus_inf, m1 = m0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    m0 = _mm256_max_ps(m0, _mm256_loadu_ps(z + i));
+    m1 = _mm256_max_ps(m1, _mm256_loadu_ps(z + i + 8));
+  }
+  for (; i < n; i += 8) {
+    const __m256i k = tail_mask(n - i);
+    m0 = _mm256_max_ps(m0, _mm256_blendv_ps(minus_inf, _mm256_maskload_ps(z + i, k), _mm256_castsi256_ps(k)));
+  }
+  const float m = reduce_max(_mm256_max_ps(m0, m1)) * inv_temperature;
+  if (std::isfinite(m)) return m;
+  if (m == -INFINITY) {
+    for (int64_t j = 0; j < n; ++j)
+      if (!(z[j] == -INFINITY)) return NAN;
+    return -INFINITY;
+  }
+  return NAN;
+}
+
+// As avx512::chunk_sums.
+CGRPO_TARGET_AVX2 inline void chunk_sums(const float* z, int64_t n, float inv_temperature, float m, const float* next,
+                                         int64_t next_n, double& sum_exp, double& sum_exp_d) {
+  const __m256 vm = _mm256_set1_ps(m), vt = _mm256_set1_ps(inv_temperature);
+  const __m256 floor = _mm256_set1_ps(exp_floor<float>());
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, q0 = s0, q1 = s0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    if (i < next_n) _mm_prefetch(reinterpret_cast<const char*>(next + i), _MM_HINT_T0);  // one line per 16 entries
+    // vmaxps(floor, d) returns d when d is NaN: a NaN entry reaches the sums.
+    const __m256 d0 = _mm256_max_ps(floor, _mm256_fmsub_ps(_mm256_loadu_ps(z + i), vt, vm));
+    const __m256 d1 = _mm256_max_ps(floor, _mm256_fmsub_ps(_mm256_loadu_ps(z + i + 8), vt, vm));
+    const __m256 e0 = exp_nonpositive(d0), e1 = exp_nonpositive(d1);
+    s0 = _mm256_add_ps(s0, e0);
+    s1 = _mm256_add_ps(s1, e1);
+    q0 = _mm256_fmadd_ps(e0, d0, q0);
+    q1 = _mm256_fmadd_ps(e1, d1, q1);
+  }
+  for (; i < n; i += 8) {
+    const __m256 k = _mm256_castsi256_ps(tail_mask(n - i));
+    const __m256 x = _mm256_maskload_ps(z + i, _mm256_castps_si256(k));
+    const __m256 d = _mm256_and_ps(k, _mm256_max_ps(floor, _mm256_fmsub_ps(x, vt, vm)));
+    const __m256 e = _mm256_and_ps(k, exp_nonpositive(d));
+    s0 = _mm256_add_ps(s0, e);
+    q0 = _mm256_fmadd_ps(e, d, q0);
+  }
+  sum_exp += static_cast<double>(reduce_add(_mm256_add_ps(s0, s1)));
+  sum_exp_d += static_cast<double>(reduce_add(_mm256_add_ps(q0, q1)));
+}
+
+// As avx512::row_softmax_stats.
+CGRPO_TARGET_AVX2 inline RowStats<double> row_softmax_stats(const float* z, int64_t vocab, float inv_temperature) {
+  float m = -INFINITY;
+  double sum_exp = 0, sum_exp_d = 0;
+  for (int64_t c0 = 0; c0 < vocab; c0 += kChunkFloats) {
+    const int64_t n = vocab - c0 < kChunkFloats ? vocab - c0 : kChunkFloats;
+    const float cm = chunk_max(z + c0, n, inv_temperature);
+    if (cm != cm) return RowStats<double>{NAN, NAN, NAN};
+    if (cm == -INFINITY) continue;
+    if (cm > m) {
+      if (sum_exp > 0) {
+        const double shift = static_cast<double>(m) - static_cast<double>(cm);
+        const double scale = std::exp(shift);
+        sum_exp_d = scale * (sum_exp_d + shift * sum_exp);
+        sum_exp *= scale;
+      }
+      m = cm;
+    }
+    const int64_t next_n = vocab - c0 - n < kChunkFloats ? vocab - c0 - n : kChunkFloats;
+    chunk_sums(z + c0, n, inv_temperature, m, z + c0 + n, next_n, sum_exp, sum_exp_d);
+  }
+  if (m == -INFINITY) return row_stats_identity<double>();
+  return RowStats<double>{static_cast<double>(m), sum_exp, sum_exp_d};
+}
+
+// As avx512::gradient_span (streaming needs 32-byte aligned stores).
+template <bool kStream>
+CGRPO_TARGET_AVX2 inline void gradient_span(const float* z, int64_t n, __m256 vt, __m256 vlse, __m256 alpha, __m256 beta,
+                                            float* g) {
+  const __m256 floor = _mm256_set1_ps(exp_floor<float>());
+  int64_t i = 0;
+  if (kStream) {
+    const int64_t head = static_cast<int64_t>(((32 - (reinterpret_cast<uintptr_t>(g) & 31)) & 31) / sizeof(float));
+    if (head > 0 && reinterpret_cast<uintptr_t>(g) % sizeof(float) == 0) {
+      const int64_t h = head < n ? head : n;
+      const __m256i k = tail_mask(h);
+      const __m256 lp = _mm256_max_ps(_mm256_fmsub_ps(_mm256_maskload_ps(z, k), vt, vlse), floor);
+      _mm256_maskstore_ps(g, k, _mm256_mul_ps(exp_nonpositive(lp), _mm256_fmadd_ps(beta, lp, alpha)));
+      i = h;
+    } else if (head > 0) {
+      return gradient_span<false>(z, n, vt, vlse, alpha, beta, g);
+    }
+  }
+  for (; i + 8 <= n; i += 8) {
+    if ((i & 15) == 0) _mm_prefetch(reinterpret_cast<const char*>(z + i + kGradientPrefetch), _MM_HINT_T0);
+    const __m256 lp = _mm256_max_ps(_mm256_fmsub_ps(_mm256_loadu_ps(z + i), vt, vlse), floor);
+    const __m256 v = _mm256_mul_ps(exp_nonpositive(lp), _mm256_fmadd_ps(beta, lp, alpha));
+    if (kStream)
+      _mm256_stream_ps(g + i, v);
+    else
+      _mm256_storeu_ps(g + i, v);
+  }
+  if (i < n) {
+    const __m256i k = tail_mask(n - i);
+    const __m256 lp = _mm256_max_ps(_mm256_fmsub_ps(_mm256_maskload_ps(z + i, k), vt, vlse), floor);
+    _mm256_maskstore_ps(g + i, k, _mm256_mul_ps(exp_nonpositive(lp), _mm256_fmadd_ps(beta, lp, alpha)));
+  }
+}
+
+CGRPO_TARGET_AVX2 inline void row_logit_gradient(const float* z, int64_t vocab, float inv_temperature, double lse,
+                                                 double entropy, double a, double b, float* g, bool stream) {
+  const __m256 vt = _mm256_set1_ps(inv_temperature), vlse = _mm256_set1_ps(static_cast<float>(lse));
+  const __m256 alpha = _mm256_set1_ps(static_cast<float>(-(a + b * entropy) * static_cast<double>(inv_temperature)));
+  const __m256 beta = _mm256_set1_ps(static_cast<float>(-b * static_cast<double>(inv_temperature)));
+  if (stream)
+    gradient_span<true>(z, vocab, vt, vlse, alpha, beta, g);
+  else
+    gradient_span<false>(z, vocab, vt, vlse, alpha, beta, g);
+}
+
+}  // namespace avx2
 #endif
 
-// Sweep 1 over one row: the AVX-512 kernel for float when the CPU has it, Eigen otherwise.
+// Sweep 1 over one row: AVX-512, else AVX2, kernel for float when the CPU has it; Eigen otherwise.
 template <typename Real>
 RowStats<double> row_softmax_stats(const Real* z, int64_t vocab, Real inv_temperature) {
 #if defined(CGRPO_CPU_AVX512)
-  if constexpr (std::is_same<Real, float>::value)
+  if constexpr (std::is_same<Real, float>::value) {
     if (avx512::available()) return avx512::row_softmax_stats(z, vocab, inv_temperature);
+    if (avx2::available()) return avx2::row_softmax_stats(z, vocab, inv_temperature);
+  }
 #endif
   return row_softmax_stats_generic(z, vocab, inv_temperature);
 }
@@ -291,12 +473,18 @@ void row_logit_gradient(const Real* z, int64_t vocab, Real inv_temperature, int3
     return;
   }
 #if defined(CGRPO_CPU_AVX512)
-  if constexpr (std::is_same<Real, float>::value)
+  if constexpr (std::is_same<Real, float>::value) {
     if (avx512::available()) {
       avx512::row_logit_gradient(z, vocab, inv_temperature, lse, entropy, a, b, g, stream);
       g[target] += static_cast<float>(a) * inv_temperature;
       return;
     }
+    if (avx2::available()) {
+      avx2::row_logit_gradient(z, vocab, inv_temperature, lse, entropy, a, b, g, stream);
+      g[target] += static_cast<float>(a) * inv_temperature;
+      return;
+    }
+  }
 #endif
   (void)stream;
   row_logit_gradient_generic(z, vocab, inv_temperature, target, lse, entropy, a, b, g);
