@@ -44,11 +44,14 @@ inline Batch random_batch(std::mt19937_64& rng, int64_t B, int64_t max_len, int6
   for (auto& z : b.logits) z = scale * normal(rng);
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(V - 1));
   for (int64_t i = 0; i < B; ++i) {
-    const uint8_t kind = uni(rng) < 0.3 ? cgrpo::kRefinement : cgrpo::kInitial;
+    // Random kinds, but the first two sequences are one of each, so both branches are exercised.
+    const uint8_t kind = i == 0   ? cgrpo::kInitial
+                         : i == 1 ? cgrpo::kRefinement
+                                  : (uni(rng) < 0.3 ? cgrpo::kRefinement : cgrpo::kInitial);
     const double a = normal(rng);
     for (int64_t t = b.offsets[i]; t < b.offsets[i + 1]; ++t) {
       b.targets.push_back(tok(rng));
-      b.mask.push_back(uni(rng) < 0.85 ? 1 : 0);
+      b.mask.push_back(t == b.offsets[i] || uni(rng) < 0.85 ? 1 : 0);  // every sequence has a valid token
       b.kinds.push_back(kind);
       b.adv.push_back(a);
     }

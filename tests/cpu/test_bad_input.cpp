@@ -2,6 +2,8 @@
 // and the caller's output buffers left exactly as they were (poisoned before, checked after).
 #include <catch2/catch.hpp>
 
+#include "test_seed.hpp"
+
 #include <cgrpo/cgrpo.hpp>
 #include <cmath>
 #include <cstring>
@@ -20,7 +22,7 @@ struct Fixture {
   ref::Batch b;
   cgrpo::LossConfig config = cgrpo::verl_grpo();
   Fixture() {
-    std::mt19937_64 rng(std::random_device{}());
+    std::mt19937_64 rng = test_seed::fresh_rng();
     b = ref::random_batch(rng, 5, 6, 40, 2);
     config.entropy_coef = 0.01;
     ref::set_weights(b, config);

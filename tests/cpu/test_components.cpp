@@ -2,6 +2,8 @@
 // weights, shaping, ratio clipping, KL estimators and their derivatives, online softmax stats.
 #include <catch2/catch.hpp>
 
+#include "test_seed.hpp"
+
 #include <cgrpo/cgrpo.hpp>
 #include <cmath>
 #include <random>
@@ -9,7 +11,7 @@
 
 namespace {
 
-std::mt19937_64 fresh_rng() { return std::mt19937_64(std::random_device{}()); }
+std::mt19937_64 fresh_rng() { return test_seed::fresh_rng(); }
 
 // verl's compute_grpo_outcome_advantage, written as plainly as possible.
 std::vector<double> reference_advantages(cgrpo::AdvantageEstimator e, const std::vector<double>& r,

@@ -2,6 +2,8 @@
 // and 1e6, k3 at its clamp. Results are finite and equal the float64 reference.
 #include <catch2/catch.hpp>
 
+#include "test_seed.hpp"
+
 #include <cgrpo/cgrpo.hpp>
 #include <cmath>
 #include <random>
@@ -27,7 +29,7 @@ cgrpo::LossMetrics run(const ref::Batch& b, const cgrpo::LossConfig& c, std::vec
 }  // namespace
 
 TEST_CASE("extreme values: p near 0 and 1, log-ratios of +-100, huge and zero advantages", "[extreme]") {
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng = test_seed::fresh_rng();
   for (auto kl : {cgrpo::KlEstimator::k3, cgrpo::KlEstimator::k1, cgrpo::KlEstimator::k2})
     for (auto clip : {cgrpo::ClipMode::none, cgrpo::ClipMode::token})
       for (bool huge : {true, false}) {  // huge: log-ratios +-100 and |A| = 1e6; else +-3 and |A| = 1
@@ -83,7 +85,7 @@ TEST_CASE("extreme values: p near 0 and 1, log-ratios of +-100, huge and zero ad
 }
 
 TEST_CASE("extreme but valid logits give finite results equal to the reference", "[extreme]") {
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng = test_seed::fresh_rng();
   ref::Batch b = ref::random_batch(rng, 4, 5, 30, 0, 1e3);  // |z| up to several thousand
   for (int64_t t = 0; t < b.T; ++t) b.logits[t * b.stride + (t % b.V)] = -INFINITY;  // masked vocabulary entries
   for (int64_t v = 0; v < b.V; ++v) b.logits[v] = 3.0;                                // a row of equal logits

@@ -2,6 +2,8 @@
 // loss, metrics, log p, H, and the gradient against central finite differences.
 #include <catch2/catch.hpp>
 
+#include "test_seed.hpp"
+
 #include <cgrpo/cgrpo.hpp>
 #include <cmath>
 #include <cstring>
@@ -12,7 +14,7 @@
 
 namespace {
 
-std::mt19937_64 fresh_rng() { return std::mt19937_64(std::random_device{}()); }
+std::mt19937_64 fresh_rng() { return test_seed::fresh_rng(); }
 
 double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
   double m = 0;
@@ -221,5 +223,60 @@ TEST_CASE("token_logprobs matches the reference log-softmax and entropy", "[logp
       CHECK(logp_f[t] == Approx(w.logp).epsilon(1e-5).margin(1e-5));
       CHECK(ent_f[t] == Approx(w.entropy).epsilon(1e-5).margin(1e-5));
     }
+  }
+}
+
+TEST_CASE("fused loss: a separate gradient larger than the caches (streaming stores) equals in place", "[fused][large]") {
+  // 150 x 151936 floats = 91 MB, above the 64 MB where the CPU path writes a separate gradient
+  // with streaming stores; unaligned output pointer and an odd row stride on top.
+  std::mt19937_64 rng = test_seed::fresh_rng();
+  const int64_t T = 150, V = 151936, stride = V + 3;
+  std::normal_distribution<float> normal(0.f, 3.f);
+  std::uniform_int_distribution<int32_t> tok(0, V - 1);
+  std::vector<float> logits(T * stride), adv(T), old_logp(T), w(T), wh(T);
+  std::vector<int32_t> targets(T);
+  std::vector<uint8_t> mask(T, 1), kinds(T);
+  for (auto& z : logits) z = normal(rng);
+  for (int64_t t = 0; t < T; ++t) {
+    targets[t] = tok(rng);
+    kinds[t] = t % 7 == 0 ? cgrpo::kRefinement : cgrpo::kInitial;
+    adv[t] = normal(rng);
+    old_logp[t] = -12.f + normal(rng) * 0.1f;
+    w[t] = 1.f / T;
+    wh[t] = 1.f / T;
+  }
+  cgrpo::LossConfig c = cgrpo::dapo();
+  c.entropy_coef = 0.01;
+  cgrpo::PolicyLossBatch<float> b;
+  b.logits = logits.data();
+  b.num_tokens = T;
+  b.vocab_size = V;
+  b.row_stride = stride;
+  b.target_ids = targets.data();
+  b.mask = mask.data();
+  b.kinds = kinds.data();
+  b.advantages = adv.data();
+  b.old_logp = old_logp.data();
+  b.pg_weights = w.data();
+  b.entropy_weights = wh.data();
+  for (int threads : {1, 2}) {
+    c.num_threads = threads;
+    std::vector<float> grad_storage(T * stride + 1, -7.f);
+    float* grad = grad_storage.data() + 1;  // not 16-byte aligned
+    cgrpo::LossMetrics m_sep, m_inp;
+    REQUIRE(cgrpo::cpu::fused_policy_loss(c, b, cgrpo::PolicyLossOutputs<float>{grad, 0, nullptr, nullptr, &m_sep}).ok());
+    std::vector<float> work = logits;
+    cgrpo::PolicyLossBatch<float> bi = b;
+    bi.logits = work.data();
+    REQUIRE(cgrpo::cpu::fused_policy_loss(c, bi, cgrpo::PolicyLossOutputs<float>{work.data(), 0, nullptr, nullptr, &m_inp}).ok());
+    CHECK(m_sep.loss == m_inp.loss);
+    int64_t mismatches = 0, padding_touched = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t v = 0; v < V; ++v) mismatches += grad[t * stride + v] != work[t * stride + v];
+      for (int64_t v = V; v < stride; ++v) padding_touched += grad[t * stride + v] != -7.f;
+    }
+    CHECK(mismatches == 0);
+    CHECK(padding_touched == 0);
+    CHECK(grad_storage[0] == -7.f);
   }
 }
