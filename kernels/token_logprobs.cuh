@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cgrpo/policy_loss_batch.hpp"
 #include "cgrpo/status.hpp"
 #include "kernels/cuda_check.cuh"
 #include "kernels/device_status.cuh"
@@ -25,23 +26,15 @@ template <typename Logit>
 Status token_logprobs(const Logit* logits, int64_t num_tokens, int64_t vocab_size, int64_t row_stride,
                       const int32_t* target_ids, double temperature, float* logp, float* entropy, void* workspace,
                       size_t workspace_bytes, cudaStream_t stream) {
-  if (num_tokens < 0 || vocab_size <= 0)
-    return make_error(StatusCode::invalid_argument, "token_logprobs: num_tokens (%lld) must be >= 0 and vocab_size (%lld) > 0",
-                      static_cast<long long>(num_tokens), static_cast<long long>(vocab_size));
+  CGRPO_RETURN_IF_ERROR(
+      validate_token_logprobs_args(num_tokens, vocab_size, row_stride, temperature, logits, target_ids, logp));
   const int64_t stride = row_stride == 0 ? vocab_size : row_stride;
-  if (stride < vocab_size)
-    return make_error(StatusCode::invalid_argument, "row_stride (%lld) must be 0 or >= vocab_size (%lld)",
-                      static_cast<long long>(row_stride), static_cast<long long>(vocab_size));
-  if (!std::isfinite(temperature) || temperature <= 0)
-    return make_error(StatusCode::invalid_argument, "temperature must be finite and > 0, got %g", temperature);
   if (num_tokens >= (int64_t{1} << 31))
     return make_error(StatusCode::invalid_argument, "num_tokens must be < 2^31 on the GPU, got %lld",
                       static_cast<long long>(num_tokens));
   if (!workspace || workspace_bytes < token_logprobs_workspace_size())
     return make_error(StatusCode::invalid_argument, "workspace needs %zu bytes (token_logprobs_workspace_size), got %zu%s",
                       token_logprobs_workspace_size(), workspace_bytes, workspace ? "" : " (null)");
-  if (num_tokens > 0 && (!logits || !target_ids || !logp))
-    return make_error(StatusCode::invalid_argument, "token_logprobs: logits, target_ids and logp must not be null");
   // Every check above runs before the first CUDA call: an invalid call enqueues nothing.
   auto* status = static_cast<DeviceStatus*>(workspace);
   CGRPO_CUDA_CHECK(cudaMemsetAsync(status, 0xFF, sizeof(DeviceStatus), stream));

@@ -135,4 +135,23 @@ Status validate_batch_values(const LossConfig& config, const PolicyLossBatch<Log
   return Status::success();
 }
 
+// Checks the arguments of the log-prob/entropy pass that need no array read (the CPU
+// path and the CUDA host API both call it, so their messages are the same).
+inline Status validate_token_logprobs_args(int64_t num_tokens, int64_t vocab_size, int64_t row_stride,
+                                           double temperature, const void* logits, const void* target_ids,
+                                           const void* logp) {
+  if (num_tokens < 0 || vocab_size <= 0)
+    return make_error(StatusCode::invalid_argument, "token_logprobs: num_tokens (%lld) must be >= 0 and vocab_size (%lld) > 0",
+                      static_cast<long long>(num_tokens), static_cast<long long>(vocab_size));
+  const int64_t stride = row_stride == 0 ? vocab_size : row_stride;
+  if (stride < vocab_size)
+    return make_error(StatusCode::invalid_argument, "row_stride (%lld) must be 0 or >= vocab_size (%lld)",
+                      static_cast<long long>(row_stride), static_cast<long long>(vocab_size));
+  if (!std::isfinite(temperature) || temperature <= 0)
+    return make_error(StatusCode::invalid_argument, "temperature must be finite and > 0, got %g", temperature);
+  if (num_tokens > 0 && (!logits || !target_ids || !logp))
+    return make_error(StatusCode::invalid_argument, "token_logprobs: logits, target_ids and logp must not be null");
+  return Status::success();
+}
+
 }  // namespace cgrpo

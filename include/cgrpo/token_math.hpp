@@ -238,6 +238,16 @@ CGRPO_HD RowStats<Real> row_stats_merge(RowStats<Real> a, RowStats<Real> b) {
   return a;
 }
 
+// Re-expresses statistics taken against their own max against `global_max` (>= s.max),
+// so that the sums of several parts (vocabulary shards) can be added with a plain SUM.
+template <typename Real>
+CGRPO_HD RowStats<Real> row_stats_rebase(const RowStats<Real>& s, Real global_max) {
+  if (s.sum_exp == Real(0)) return RowStats<Real>{global_max, Real(0), Real(0)};
+  const Real shift = s.max - global_max;  // <= 0
+  const Real scale = math::exp(shift);
+  return RowStats<Real>{global_max, scale * s.sum_exp, scale * (s.sum_exp_u + shift * s.sum_exp)};
+}
+
 // lse = M + log S
 template <typename Real>
 CGRPO_HD Real row_logsumexp(const RowStats<Real>& s) {

@@ -76,7 +76,7 @@ ShardedResult run_sharded(const ref::Batch& b, const cgrpo::LossConfig& c, const
       for (int r = 0; r < k; ++r) m = std::max(m, stats[r][t].max);
       RowStats<double> acc{m, 0.0, 0.0};
       for (int r = 0; r < k; ++r) {
-        const RowStats<double> x = cgrpo::parallel::row_stats_rebase(stats[r][t], m);
+        const RowStats<double> x = cgrpo::row_stats_rebase(stats[r][t], m);
         REQUIRE(x.max == m);
         acc.sum_exp += x.sum_exp;
         acc.sum_exp_u += x.sum_exp_u;

@@ -86,10 +86,14 @@ void row_logit_gradient_generic(const Real* z, int64_t vocab, Real inv_temperatu
     o_buf.head(n) = -((ar + br * (logp + h)) * logp.exp()) * inv_temperature;
     ArrayMap<Real>(g + c0, n) = o_buf.head(n);
   }
-  g[target] += ar * inv_temperature;
+  if (target >= 0) g[target] += ar * inv_temperature;
 }
 
 #if defined(CGRPO_CPU_AVX512)
+// GCC 12 warns inside its own avx512fintrin.h (the undefined pass-through operand of
+// masked max/min); the operand is never read. Silence it for these kernels only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // Float rows with AVX-512 (the native preset): 16 lanes, one exp per entry and sweep,
 // masked tails, and streaming stores for a large separate gradient buffer (no
 // read-for-ownership: 4 bytes written per entry instead of 4 read + 4 written).
@@ -450,6 +454,7 @@ CGRPO_TARGET_AVX2 inline void row_logit_gradient(const float* z, int64_t vocab, 
 
 }  // namespace avx2
 #endif
+#pragma GCC diagnostic pop
 
 // Sweep 1 over one row: AVX-512, else AVX2, kernel for float when the CPU has it; Eigen otherwise.
 template <typename Real>
@@ -463,8 +468,9 @@ RowStats<double> row_softmax_stats(const Real* z, int64_t vocab, Real inv_temper
   return row_softmax_stats_generic(z, vocab, inv_temperature);
 }
 
-// Sweep 2 over one row. stream: g is a separate buffer too large to stay in cache, so
-// stores may bypass it (float with AVX-512 only; the caller issues the fence).
+// Sweep 2 over one row. target < 0: the target is not in this row (a vocabulary shard
+// without it: no one-hot term). stream: g is a separate buffer too large to stay in cache,
+// so stores may bypass it (float with AVX-512 only; the caller issues the fence).
 template <typename Real>
 void row_logit_gradient(const Real* z, int64_t vocab, Real inv_temperature, int32_t target, double lse,
                         double entropy, double a, double b, Real* g, bool stream = false) {
@@ -476,12 +482,12 @@ void row_logit_gradient(const Real* z, int64_t vocab, Real inv_temperature, int3
   if constexpr (std::is_same<Real, float>::value) {
     if (avx512::available()) {
       avx512::row_logit_gradient(z, vocab, inv_temperature, lse, entropy, a, b, g, stream);
-      g[target] += static_cast<float>(a) * inv_temperature;
+      if (target >= 0) g[target] += static_cast<float>(a) * inv_temperature;
       return;
     }
     if (avx2::available()) {
       avx2::row_logit_gradient(z, vocab, inv_temperature, lse, entropy, a, b, g, stream);
-      g[target] += static_cast<float>(a) * inv_temperature;
+      if (target >= 0) g[target] += static_cast<float>(a) * inv_temperature;
       return;
     }
   }

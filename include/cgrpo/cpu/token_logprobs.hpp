@@ -8,6 +8,7 @@
 #include "cgrpo/cpu/fused_policy_loss.hpp"
 #include "cgrpo/cpu/parallel_for.hpp"
 #include "cgrpo/cpu/row_sweeps.hpp"
+#include "cgrpo/policy_loss_batch.hpp"
 #include "cgrpo/status.hpp"
 #include "cgrpo/token_math.hpp"
 
@@ -22,20 +23,12 @@ Status token_logprobs(const Real* logits, int64_t num_tokens, int64_t vocab_size
                       int num_threads = 1) {
   static_assert(std::is_same<Real, float>::value || std::is_same<Real, double>::value,
                 "the CPU path takes float or double logits");
-  if (num_tokens < 0 || vocab_size <= 0)
-    return make_error(StatusCode::invalid_argument, "token_logprobs: num_tokens (%lld) must be >= 0 and vocab_size (%lld) > 0",
-                      static_cast<long long>(num_tokens), static_cast<long long>(vocab_size));
-  const int64_t stride = row_stride == 0 ? vocab_size : row_stride;
-  if (stride < vocab_size)
-    return make_error(StatusCode::invalid_argument, "row_stride (%lld) must be 0 or >= vocab_size (%lld)",
-                      static_cast<long long>(row_stride), static_cast<long long>(vocab_size));
-  if (!std::isfinite(temperature) || temperature <= 0)
-    return make_error(StatusCode::invalid_argument, "temperature must be finite and > 0, got %g", temperature);
+  CGRPO_RETURN_IF_ERROR(
+      validate_token_logprobs_args(num_tokens, vocab_size, row_stride, temperature, logits, target_ids, logp));
   if (num_threads < 1)
     return make_error(StatusCode::invalid_argument, "num_threads must be >= 1, got %d", num_threads);
   if (num_tokens == 0) return Status::success();
-  if (!logits || !target_ids || !logp)
-    return make_error(StatusCode::invalid_argument, "token_logprobs: logits, target_ids and logp must not be null");
+  const int64_t stride = row_stride == 0 ? vocab_size : row_stride;
   for (int64_t t = 0; t < num_tokens; ++t)
     if (target_ids[t] < 0 || target_ids[t] >= vocab_size)
       return make_error(StatusCode::out_of_range, "target_ids[%lld] = %d is outside [0, %lld)",

@@ -81,15 +81,6 @@ Status vocab_shard_row_stats(const LossConfig& config, const PolicyLossBatch<Rea
   return Status::success();
 }
 
-// Re-expresses statistics taken against their own max against `global_max`
-// (>= s.max), so that sum_exp and sum_exp_u of all ranks can be all-reduced with SUM.
-inline RowStats<double> row_stats_rebase(const RowStats<double>& s, double global_max) {
-  if (s.sum_exp == 0.0) return RowStats<double>{global_max, 0.0, 0.0};
-  const double shift = s.max - global_max;  // <= 0
-  const double scale = math::exp(shift);
-  return RowStats<double>{global_max, scale * s.sum_exp, scale * (s.sum_exp_u + shift * s.sum_exp)};
-}
-
 // Phase 2. From the all-reduced stats[T] and target_logit[T]: the loss and
 // metrics of the whole batch (identical on every rank), per-token log p and H
 // when asked, and dJ/dz for the local columns only (grad_logits [T, grad_row_stride],
@@ -111,7 +102,6 @@ Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatc
   const int64_t T = local.num_tokens, stride = local.stride();
   if (T > 0 && (!stats || !target_logit))
     return make_error(StatusCode::invalid_argument, "vocab_parallel_policy_loss: stats and target_logit must not be null");
-  const TokenLossParams<double> params = token_params<double>(config);
 
   ws.rows.resize(static_cast<size_t>(T));
   for (int64_t t = 0; t < T; ++t) {
@@ -126,72 +116,21 @@ Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatc
     r.logp = target_logit[t] - r.lse;
   }
 
-  // From here on, the per-token pass of cpu::fused_policy_loss on the reduced rows.
-  const bool sequence_ratio = config.clip == ClipMode::sequence;
-  if (sequence_ratio) {
-    const SequenceLayout& L = local.layout;
-    ws.seq_log_ratio.assign(static_cast<size_t>(L.num_sequences), 0.0);
-    for (int64_t i = 0; i < L.num_sequences; ++i) {
-      double sum = 0, n = 0;
-      for (int64_t t = L.begin(i); t < L.end(i); ++t)
-        if (local.mask[t]) {
-          sum += ws.rows[t].logp - static_cast<double>(local.old_logp[t]);
-          n += 1;
-        }
-      ws.seq_log_ratio[i] = n > 0 ? sum / n : 0.0;
-    }
-  }
-  MetricSums<double> sums = metric_sums_zero<double>();
-  int64_t seq = 0;
-  for (int64_t t = 0; t < T; ++t) {
-    cpu::Workspace::Row& r = ws.rows[t];
-    if (!std::isfinite(r.logp))
-      return make_error(StatusCode::non_finite,
-                        "target_ids[%lld] = %d has a -inf logit (log p = -inf); nothing was written",
-                        static_cast<long long>(t), local.target_ids[t]);
-    TokenInputs<double> in{};
-    in.logp = r.logp;
-    in.entropy = r.entropy;
-    in.old_logp = static_cast<double>(local.old_logp[t]);
-    in.ref_logp = local.ref_logp ? static_cast<double>(local.ref_logp[t]) : 0.0;
-    in.advantage = static_cast<double>(local.advantages[t]);
-    in.w_pg = static_cast<double>(local.pg_weights[t]);
-    in.w_entropy = local.entropy_weights ? static_cast<double>(local.entropy_weights[t]) : 0.0;
-    in.w_kl = local.kl_weights ? static_cast<double>(local.kl_weights[t]) : 0.0;
-    in.refinement = local.kinds && local.kinds[t] == kRefinement;
-    if (sequence_ratio) {
-      while (t >= local.layout.end(seq)) ++seq;
-      in.seq_log_ratio = ws.seq_log_ratio[seq];
-    }
-    const TokenResult<double> res = token_loss(in, params);
-    metric_sums_add(sums, in, res, local.mask[t] != 0);
-    r.dJ_dlogp = res.dJ_dlogp;
-    r.dJ_dentropy = res.dJ_dentropy;
-  }
-
-  *out.metrics = finalize_metrics(sums);
-  for (int64_t t = 0; t < T; ++t) {
-    if (out.logp) out.logp[t] = static_cast<Real>(ws.rows[t].logp);
-    if (out.entropy) out.entropy[t] = static_cast<Real>(ws.rows[t].entropy);
-  }
+  // From here on, exactly the per-token pass of cpu::fused_policy_loss, on the reduced rows.
+  MetricSums<double> sums;
+  CGRPO_RETURN_IF_ERROR(cpu::per_token_pass(config, local, ws, sums));
+  cpu::write_token_outputs(sums, ws, T, out);
   if (out.grad_logits) {
-    // dJ/dz_j over the local columns; the one-hot term lands only on the rank holding y_t.
+    // dJ/dz_j over the local columns (the vectorised sweep of the CPU path); the one-hot
+    // term lands only on the rank holding y_t (target -1 elsewhere).
     const int64_t gstride = out.grad_row_stride == 0 ? stride : out.grad_row_stride;
-    const double inv_temperature = params.inv_temperature;
-    const Real inv_temperature_r = static_cast<Real>(inv_temperature);
+    const Real inv_temperature = static_cast<Real>(1.0 / config.temperature);
     cpu::parallel_for_rows(T, config.num_threads, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const cpu::Workspace::Row& r = ws.rows[t];
-        const Real* z = local.logits + t * stride;
-        Real* g = out.grad_logits + t * gstride;
-        const int64_t y = static_cast<int64_t>(local.target_ids[t]) - shard.begin;
-        if (r.dJ_dlogp == 0.0 && r.dJ_dentropy == 0.0) {
-          for (int64_t j = 0; j < shard.size; ++j) g[j] = Real(0);
-          continue;
-        }
-        for (int64_t j = 0; j < shard.size; ++j)
-          g[j] = static_cast<Real>(logit_gradient(static_cast<double>(z[j] * inv_temperature_r), j == y, r.lse,
-                                                  r.entropy, r.dJ_dlogp, r.dJ_dentropy, inv_temperature));
+        const int32_t y = shard.holds(local.target_ids[t]) ? static_cast<int32_t>(local.target_ids[t] - shard.begin) : -1;
+        cpu::row_logit_gradient(local.logits + t * stride, shard.size, inv_temperature, y, r.lse, r.entropy,
+                                r.dJ_dlogp, r.dJ_dentropy, out.grad_logits + t * gstride);
       }
     });
   }
