@@ -92,8 +92,10 @@ void row_logit_gradient_generic(const Real* z, int64_t vocab, Real inv_temperatu
 #if defined(CGRPO_CPU_AVX512)
 // GCC 12 warns inside its own avx512fintrin.h (the undefined pass-through operand of
 // masked max/min); the operand is never read. Silence it for these kernels only.
+#if !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 // Float rows with AVX-512 (the native preset): 16 lanes, one exp per entry and sweep,
 // masked tails, and streaming stores for a large separate gradient buffer (no
 // read-for-ownership: 4 bytes written per entry instead of 4 read + 4 written).
@@ -454,7 +456,9 @@ CGRPO_TARGET_AVX2 inline void row_logit_gradient(const float* z, int64_t vocab, 
 
 }  // namespace avx2
 #endif
+#if !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 
 // Sweep 1 over one row: AVX-512, else AVX2, kernel for float when the CPU has it; Eigen otherwise.
 template <typename Real>
