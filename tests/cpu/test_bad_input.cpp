@@ -5,6 +5,7 @@
 #include "test_seed.hpp"
 
 #include <cgrpo/cgrpo.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -185,4 +186,49 @@ TEST_CASE("bad input: advantages, aggregation and log-prob entry points leave ou
   CHECK(cgrpo::cpu::token_logprobs(logits.data(), 4, 5, 0, targets.data(), 0.0, logp.data(), ent.data()).code ==
         Code::invalid_argument);
   for (int t = 0; t < 4; ++t) CHECK((logp[t] == kPoison && ent[t] == kPoison));
+}
+
+TEST_CASE("bad input: NaN, +inf and all -inf rows are found by every float and double sweep", "[errors]") {
+  // The float path has hand-vectorised sweeps (AVX-512 / AVX2 chosen at run time) with chunk,
+  // vector and tail code: put the bad value at every kind of position.
+  std::mt19937_64 rng = test_seed::fresh_rng();
+  for (int64_t V : {int64_t{5}, int64_t{33}, int64_t{4099}, int64_t{70001}}) {
+    for (int kind = 0; kind < 3; ++kind) {
+      for (int64_t pos : {int64_t{0}, V / 2, V - 1, static_cast<int64_t>(rng() % V)}) {
+        const int64_t T = 3;
+        std::vector<float> logits(T * V);
+        std::normal_distribution<float> normal(0.f, 2.f);
+        for (auto& z : logits) z = normal(rng);
+        const int64_t bad_row = 1 + static_cast<int64_t>(rng() % 2);
+        float* row = &logits[bad_row * V];
+        if (kind == 0) row[pos] = NAN;
+        if (kind == 1) row[pos] = INFINITY;
+        if (kind == 2)
+          for (int64_t v = 0; v < V; ++v) row[v] = -INFINITY;
+        std::vector<int32_t> targets(T, static_cast<int32_t>(V / 3));
+        std::vector<uint8_t> mask(T, 1);
+        std::vector<float> adv(T, 1.f), old_logp(T, -1.f), w(T, 1.f / T), logp(T, 9.f), ent(T, 9.f);
+        cgrpo::PolicyLossBatch<float> b;
+        b.logits = logits.data();
+        b.num_tokens = T;
+        b.vocab_size = V;
+        b.target_ids = targets.data();
+        b.mask = mask.data();
+        b.advantages = adv.data();
+        b.old_logp = old_logp.data();
+        b.pg_weights = w.data();
+        std::vector<float> grad(T * V, 9.f);
+        cgrpo::LossMetrics m;
+        CAPTURE(V, kind, pos, bad_row);
+        const auto st = cgrpo::cpu::fused_policy_loss(cgrpo::LossConfig{}, b,
+                                                      cgrpo::PolicyLossOutputs<float>{grad.data(), 0, nullptr, nullptr, &m});
+        CHECK(st.code == Code::non_finite);
+        CHECK(std::string(st.message).find("row " + std::to_string(bad_row)) != std::string::npos);
+        CHECK(std::count(grad.begin(), grad.end(), 9.f) == static_cast<std::ptrdiff_t>(grad.size()));
+        const auto s2 = cgrpo::cpu::token_logprobs(logits.data(), T, V, 0, targets.data(), 1.0, logp.data(), ent.data());
+        CHECK(s2.code == Code::non_finite);
+        for (int64_t t = 0; t < T; ++t) REQUIRE((logp[t] == 9.f && ent[t] == 9.f));
+      }
+    }
+  }
 }
