@@ -71,6 +71,16 @@ inline Batch random_batch(std::mt19937_64& rng, int64_t B, int64_t max_len, int6
   return b;
 }
 
+// The batch with every real value rounded to Real: the float64 reference of what a
+// float run actually receives (input rounding is not an error of the library).
+template <typename Real>
+inline Batch rounded_to(const Batch& b) {
+  Batch r = b;
+  for (auto* v : {&r.logits, &r.adv, &r.old_logp, &r.ref_logp, &r.w_pg, &r.w_h, &r.w_kl})
+    for (double& x : *v) x = static_cast<double>(static_cast<Real>(x));
+  return r;
+}
+
 // Writes the three weight arrays for the config's aggregation modes.
 inline void set_weights(Batch& b, const cgrpo::LossConfig& c, const cgrpo::AggregationScale& scale = {}) {
   const auto L = b.layout();
