@@ -71,6 +71,18 @@ inline Batch random_batch(std::mt19937_64& rng, int64_t B, int64_t max_len, int6
   return b;
 }
 
+// Largest |a_i - b_i| and largest |a_i|: the error measures of the tests.
+inline double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  double m = a.size() == b.size() ? 0.0 : INFINITY;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+inline double max_abs(const std::vector<double>& a) {
+  double m = 0;
+  for (double x : a) m = std::max(m, std::fabs(x));
+  return m;
+}
+
 // The batch with every real value rounded to Real: the float64 reference of what a
 // float run actually receives (input rounding is not an error of the library).
 template <typename Real>

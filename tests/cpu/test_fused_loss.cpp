@@ -16,16 +16,8 @@ namespace {
 
 std::mt19937_64 fresh_rng() { return test_seed::fresh_rng(); }
 
-double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  double m = 0;
-  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
-double max_abs(const std::vector<double>& a) {
-  double m = 0;
-  for (double x : a) m = std::max(m, std::fabs(x));
-  return m;
-}
+using ref::max_abs;
+using ref::max_abs_diff;
 
 struct RunOutput {
   cgrpo::Status status;

@@ -16,18 +16,8 @@
 
 namespace {
 
-double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  REQUIRE(a.size() == b.size());
-  double m = 0;
-  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
-
-double max_abs(const std::vector<double>& a) {
-  double m = 0;
-  for (double v : a) m = std::max(m, std::fabs(v));
-  return m;
-}
+using ref::max_abs;
+using ref::max_abs_diff;
 
 // Rewards of a mix that covers the edge cases: 0/1 rewards, continuous ones, a group whose
 // rewards are all equal (by default 0.1: not exactly representable, so a mean of them is
