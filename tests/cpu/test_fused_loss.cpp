@@ -208,8 +208,9 @@ TEST_CASE("token_logprobs matches the reference log-softmax and entropy", "[logp
     REQUIRE(cgrpo::cpu::token_logprobs(b.logits.data(), b.T, b.V, b.stride, b.targets.data(), tau, logp.data(),
                                        ent.data(), 2)
                 .ok());
+    cgrpo::cpu::Workspace ws;  // the reusable-workspace overload
     REQUIRE(cgrpo::cpu::token_logprobs(logits_f.data(), b.T, b.V, b.stride, b.targets.data(), tau, logp_f.data(),
-                                       ent_f.data())
+                                       ent_f.data(), 1, &ws)
                 .ok());
     for (int64_t t = 0; t < b.T; ++t) {
       const ref::TokenValues w = ref::log_softmax_entropy(&b.logits[t * b.stride], b.V, b.targets[t], tau);

@@ -16,11 +16,12 @@ namespace cgrpo::cpu {
 
 // logits [T, row_stride] (row_stride 0: V); writes logp[T] and, when not null, entropy[T].
 // One read of each row. Errors (nothing written): bad sizes or pointers, a target
-// outside [0, V), a row with NaN or +inf logits.
+// outside [0, V), a row with NaN or +inf logits. workspace: the trainer's reusable O(T)
+// scratch (no allocation once it has grown); nullptr allocates one for this call.
 template <typename Real>
 Status token_logprobs(const Real* logits, int64_t num_tokens, int64_t vocab_size, int64_t row_stride,
                       const int32_t* target_ids, double temperature, Real* logp, Real* entropy,
-                      int num_threads = 1) {
+                      int num_threads = 1, Workspace* workspace = nullptr) {
   static_assert(std::is_same<Real, float>::value || std::is_same<Real, double>::value,
                 "the CPU path takes float or double logits");
   CGRPO_RETURN_IF_ERROR(
@@ -36,7 +37,8 @@ Status token_logprobs(const Real* logits, int64_t num_tokens, int64_t vocab_size
 
   // Results go to the caller's buffers only once every row is known to be finite.
   const Real inv_temperature = static_cast<Real>(1.0 / temperature);
-  Workspace ws;
+  Workspace local;
+  Workspace& ws = workspace ? *workspace : local;
   ws.rows.resize(static_cast<size_t>(num_tokens));
   parallel_for_rows(num_tokens, num_threads, [&](int64_t begin, int64_t end) {
     compute_row_stats(logits, stride, vocab_size, target_ids, inv_temperature, begin, end, ws.rows.data());
