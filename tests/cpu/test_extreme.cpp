@@ -113,3 +113,57 @@ TEST_CASE("extreme but valid logits give finite results equal to the reference",
     if (z == -INFINITY) z = -1e300;
   CHECK(m.loss == Approx(ref::loss(b, b.logits, c).loss).epsilon(1e-10));
 }
+
+TEST_CASE("float rows whose scaled logits are large (u = z / tau ~ 2.5e5): log p <= 0, H >= 0, float64 values",
+          "[extreme]") {
+  // At u ~ 2.5e5 a float ulp is 0.016: scaling before shifting (u - round(max u)) used to leave
+  // the max entry at +-half an ulp, which made log p positive and H negative (found by the
+  // fuzzer) and shifted every probability of the gradient by up to 0.8%.
+  std::mt19937_64 rng = test_seed::fresh_rng();
+  std::normal_distribution<double> normal(0.0, 1.0);
+  for (int64_t V : {1, 7, 3000}) {  // 3000 crosses the vectorised sweeps' chunk boundaries
+    ref::Batch b = ref::random_batch(rng, 3, 3, V, 0);
+    cgrpo::LossConfig c = cgrpo::paper_critique_grpo();
+    c.temperature = 0.02;  // 1 / tau = 50 exactly, z * 50 rounds in float
+    c.clip = cgrpo::ClipMode::token;
+    for (int64_t t = 0; t < b.T; ++t) {
+      double* z = &b.logits[t * b.stride];
+      const double center = t % 2 ? -5531.56 : 5000.0;
+      for (int64_t v = 0; v < V; ++v) z[v] = center + 0.05 * normal(rng);  // u spread N(0, 2.5^2)
+      if (t % 3 == 0) b.targets[t] = static_cast<int32_t>(std::max_element(z, z + V) - z);  // the max entry
+    }
+    b = ref::rounded_to<float>(b);
+    for (int64_t t = 0; t < b.T; ++t) {
+      const double lp = ref::log_softmax_entropy(&b.logits[t * b.stride], V, b.targets[t], c.temperature).logp;
+      b.old_logp[t] = lp + 0.1 * normal(rng);
+      b.ref_logp[t] = lp + 0.1 * normal(rng);
+    }
+    ref::set_weights(b, c);
+    CAPTURE(V);
+
+    ref::LibraryBatch<float> lb(b);
+    std::vector<float> logp(b.T), ent(b.T);
+    const auto st = cgrpo::cpu::token_logprobs(lb.view.logits, b.T, V, 0, lb.view.target_ids, c.temperature,
+                                               logp.data(), ent.data());
+    INFO(st.message);
+    REQUIRE(st.ok());
+    for (int64_t t = 0; t < b.T; ++t) {
+      const auto want = ref::log_softmax_entropy(&b.logits[t * b.stride], V, b.targets[t], c.temperature);
+      CAPTURE(t, logp[t], ent[t], want.logp, want.entropy);
+      CHECK(logp[t] <= 0.0f);
+      CHECK(ent[t] >= 0.0f);
+      CHECK(std::fabs(logp[t] - want.logp) <= 2e-5);
+      CHECK(std::fabs(ent[t] - want.entropy) <= 2e-5);
+    }
+
+    // The fused loss in float against the float64 path on the same inputs.
+    std::vector<double> gf, gd;
+    const auto mf = run<float>(b, c, gf);
+    const auto md = run<double>(b, c, gd);
+    // V = 1: the exact gradient is 0 and float keeps the rounding of a / tau (~1e-6): floor at 1.
+    const double scale = std::max(ref::max_abs(gd), 1.0);
+    CHECK(ref::max_abs_diff(gf, gd) <= 1e-4 * scale);
+    CHECK(mf.loss == Approx(md.loss).epsilon(1e-4).margin(1e-6));
+    CHECK(md.loss == Approx(ref::loss(b, b.logits, c).loss).epsilon(1e-9).margin(1e-12));
+  }
+}

@@ -39,7 +39,9 @@ void compute_row_stats(const Real* logits, int64_t stride, int64_t vocab, const 
     r.finite = row_stats_finite(s);
     r.lse = row_logsumexp(s);
     r.entropy = row_entropy(s);
-    r.logp = static_cast<double>(z[targets[t]] * inv_temperature) - r.lse;
+    // In double: z_y t is exact for float logits, as is the max inside lse (row_sweeps.hpp),
+    // so log p of the max entry is -log S <= 0 with no rounding of u in between.
+    r.logp = static_cast<double>(z[targets[t]]) * static_cast<double>(inv_temperature) - r.lse;
   }
 }
 

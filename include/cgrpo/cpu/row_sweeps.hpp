@@ -42,6 +42,10 @@ using ConstArrayMap = Eigen::Map<const Eigen::Array<Real, Eigen::Dynamic, 1>>;
 // Softmax statistics of u = z * inv_temperature. Chunk sums are taken in Real
 // (vectorised) and merged across chunks in double. exp is evaluated once per
 // entry into an L1-resident chunk buffer (8 KB for float), then both sums read it.
+// Every sweep shifts before it scales: d = (z - max z) * inv_temperature, so the max entry
+// has d = 0 exactly and every d <= 0 (scaling first, d = z * t - round(max z * t), left
+// the max entry's d at +-half an ulp of u: log p > 0 and H < 0 for large u). The max of
+// u is reported as double(max z) * t, exact for float logits.
 template <typename Real>
 RowStats<double> row_softmax_stats_generic(const Real* z, int64_t vocab, Real inv_temperature) {
   RowStats<double> acc = row_stats_identity<double>();
@@ -49,16 +53,16 @@ RowStats<double> row_softmax_stats_generic(const Real* z, int64_t vocab, Real in
   for (int64_t c0 = 0; c0 < vocab; c0 += kChunk) {
     const int64_t n = vocab - c0 < kChunk ? vocab - c0 : kChunk;
     ConstArrayMap<Real> x(z + c0, n);
-    const Real m = (x * inv_temperature).maxCoeff();
+    const Real m = x.maxCoeff();
     if (m == -INFINITY) continue;  // an all -inf chunk contributes nothing
-    const auto d = (x * inv_temperature - m).max(exp_floor<Real>());
+    const auto d = ((x - m) * inv_temperature).max(exp_floor<Real>());
     auto e = e_buf.head(n);
     e = d.exp();
     // NaN or +inf anywhere makes m or these sums non-finite; the caller checks.
     const Real s = e.sum();
     const Real q = (e * d).sum();
-    acc = row_stats_merge(acc, RowStats<double>{static_cast<double>(m), static_cast<double>(s),
-                                                static_cast<double>(q)});
+    acc = row_stats_merge(acc, RowStats<double>{static_cast<double>(m) * static_cast<double>(inv_temperature),
+                                                static_cast<double>(s), static_cast<double>(q)});
   }
   return acc;
 }
@@ -73,7 +77,10 @@ void row_logit_gradient_generic(const Real* z, int64_t vocab, Real inv_temperatu
     out.setZero();
     return;
   }
-  const Real lse_r = static_cast<Real>(lse), h = static_cast<Real>(entropy);
+  // log p = (z t - lse_hi) - lse_lo: lse split in two Reals, so that a large lse (u of 1e5
+  // in float) does not lose its low bits to rounding.
+  const Real lse_hi = static_cast<Real>(lse), lse_lo = static_cast<Real>(lse - static_cast<double>(lse_hi));
+  const Real h = static_cast<Real>(entropy);
   const Real ar = static_cast<Real>(a), br = static_cast<Real>(b);
   // Each chunk is evaluated into an aligned L1 buffer, then copied: Eigen peels a few
   // scalar (libm exp) entries to align its destination, and evaluating straight into g
@@ -82,7 +89,7 @@ void row_logit_gradient_generic(const Real* z, int64_t vocab, Real inv_temperatu
   for (int64_t c0 = 0; c0 < vocab; c0 += kChunk) {
     const int64_t n = vocab - c0 < kChunk ? vocab - c0 : kChunk;
     ConstArrayMap<Real> x(z + c0, n);
-    const auto logp = (x * inv_temperature - lse_r).max(exp_floor<Real>());
+    const auto logp = ((x * inv_temperature - lse_hi) - lse_lo).max(exp_floor<Real>());
     o_buf.head(n) = -((ar + br * (logp + h)) * logp.exp()) * inv_temperature;
     ArrayMap<Real>(g + c0, n) = o_buf.head(n);
   }
@@ -143,10 +150,10 @@ CGRPO_TARGET_AVX512 inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
 }
 
-// max of u = z * inv_temperature over one chunk (n <= kAvx512Chunk entries), read from memory
-// (or from L1, where the previous chunk prefetched it). NaN when the chunk holds NaN or
-// +inf, -inf when every entry is -inf.
-CGRPO_TARGET_AVX512 inline float chunk_max(const float* z, int64_t n, float inv_temperature) {
+// max of the logits z (not yet scaled) over one chunk (n <= kAvx512Chunk entries), read from
+// memory (or from L1, where the previous chunk prefetched it). NaN when the chunk holds NaN
+// or +inf, -inf when every entry is -inf.
+CGRPO_TARGET_AVX512 inline float chunk_max(const float* z, int64_t n) {
   __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
@@ -155,8 +162,7 @@ CGRPO_TARGET_AVX512 inline float chunk_max(const float* z, int64_t n, float inv_
   }
   for (; i < n; i += 16)
     m0 = _mm512_max_ps(m0, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(n - i), z + i));
-  // inv_temperature > 0, so max(z) * inv_temperature == max(z * inv_temperature) exactly.
-  const float m = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1)) * inv_temperature;
+  const float m = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
   if (std::isfinite(m)) return m;  // a NaN vmaxps let through still reaches the sums
   if (m == -INFINITY) {  // all -inf, unless vmaxps dropped a NaN: look at every entry
     for (int64_t j = 0; j < n; ++j)
@@ -166,8 +172,8 @@ CGRPO_TARGET_AVX512 inline float chunk_max(const float* z, int64_t n, float inv_
   return NAN;  // +inf or NaN
 }
 
-// Sums over one chunk of e = exp(d) and e d, d = u - m for a running max m >= the
-// chunk's max. next / next_n: the following chunk of the row, whose lines are prefetched
+// Sums over one chunk of e = exp(d) and e d, d = (z - m) * inv_temperature for a running
+// max m of the logits >= the chunk's max (shift, then scale: d <= 0 and d = 0 at the max). next / next_n: the following chunk of the row, whose lines are prefetched
 // while this chunk's exps run from L1, so memory reads overlap the arithmetic (without
 // it the sweep cost the sum of the two: 0.29 ns per entry against 0.14 from cache).
 CGRPO_TARGET_AVX512 inline void chunk_sums(const float* z, int64_t n, float inv_temperature, float m, const float* next,
@@ -182,8 +188,8 @@ CGRPO_TARGET_AVX512 inline void chunk_sums(const float* z, int64_t n, float inv_
       _mm_prefetch(reinterpret_cast<const char*>(next + i), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(next + i + 16), _MM_HINT_T0);
     }
-    const __m512 d0 = _mm512_max_ps(floor, _mm512_fmsub_ps(_mm512_loadu_ps(z + i), vt, vm));
-    const __m512 d1 = _mm512_max_ps(floor, _mm512_fmsub_ps(_mm512_loadu_ps(z + i + 16), vt, vm));
+    const __m512 d0 = _mm512_max_ps(floor, _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(z + i), vm), vt));
+    const __m512 d1 = _mm512_max_ps(floor, _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(z + i + 16), vm), vt));
     const __m512 e0 = exp_nonpositive(d0), e1 = exp_nonpositive(d1);
     s0 = _mm512_add_ps(s0, e0);
     s1 = _mm512_add_ps(s1, e1);
@@ -192,7 +198,7 @@ CGRPO_TARGET_AVX512 inline void chunk_sums(const float* z, int64_t n, float inv_
   }
   for (; i < n; i += 16) {
     const __mmask16 k = tail_mask(n - i);
-    const __m512 d = _mm512_maskz_mov_ps(k, _mm512_max_ps(floor, _mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, z + i), vt, vm)));
+    const __m512 d = _mm512_maskz_mov_ps(k, _mm512_max_ps(floor, _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, z + i), vm), vt)));
     const __m512 e = _mm512_maskz_mov_ps(k, exp_nonpositive(d));
     s0 = _mm512_add_ps(s0, e);
     q0 = _mm512_fmadd_ps(e, d, q0);
@@ -210,12 +216,12 @@ CGRPO_TARGET_AVX512 inline RowStats<double> row_softmax_stats(const float* z, in
   double sum_exp = 0, sum_exp_d = 0;
   for (int64_t c0 = 0; c0 < vocab; c0 += kAvx512Chunk) {
     const int64_t n = vocab - c0 < kAvx512Chunk ? vocab - c0 : kAvx512Chunk;
-    const float cm = chunk_max(z + c0, n, inv_temperature);
+    const float cm = chunk_max(z + c0, n);
     if (cm != cm) return RowStats<double>{NAN, NAN, NAN};  // NaN / +inf: flagged, no need to read on
     if (cm == -INFINITY) continue;  // an all -inf chunk contributes nothing
     if (cm > m) {
       if (sum_exp > 0) {
-        const double shift = static_cast<double>(m) - static_cast<double>(cm);  // < 0
+        const double shift = (static_cast<double>(m) - static_cast<double>(cm)) * static_cast<double>(inv_temperature);  // < 0
         const double scale = std::exp(shift);
         sum_exp_d = scale * (sum_exp_d + shift * sum_exp);
         sum_exp *= scale;
@@ -226,13 +232,13 @@ CGRPO_TARGET_AVX512 inline RowStats<double> row_softmax_stats(const float* z, in
     chunk_sums(z + c0, n, inv_temperature, m, z + c0 + n, next_n, sum_exp, sum_exp_d);
   }
   if (m == -INFINITY) return row_stats_identity<double>();  // every entry -inf: flagged by the caller
-  return RowStats<double>{static_cast<double>(m), sum_exp, sum_exp_d};
+  return RowStats<double>{static_cast<double>(m) * static_cast<double>(inv_temperature), sum_exp, sum_exp_d};
 }
 
 // g = p (alpha + beta log p) with p = exp(log p), log p = u - lse, alpha = -(a + b H) / tau,
 // beta = -b / tau: the same value as cgrpo::logit_gradient without the target's + a / tau.
 template <bool kStream>
-CGRPO_TARGET_AVX512 inline void gradient_span(const float* z, int64_t n, __m512 vt, __m512 vlse, __m512 alpha, __m512 beta, float* g) {
+CGRPO_TARGET_AVX512 inline void gradient_span(const float* z, int64_t n, __m512 vt, __m512 vlse, __m512 vlse_lo, __m512 alpha, __m512 beta, float* g) {
   const __m512 floor = _mm512_set1_ps(exp_floor<float>());
   int64_t i = 0;
   if (kStream) {  // masked head up to the first 64-byte boundary of g: vmovntps needs it
@@ -240,16 +246,16 @@ CGRPO_TARGET_AVX512 inline void gradient_span(const float* z, int64_t n, __m512 
     if (head > 0 && reinterpret_cast<uintptr_t>(g) % sizeof(float) == 0) {
       const int64_t h = head < n ? head : n;
       const __mmask16 k = tail_mask(h);
-      const __m512 lp = _mm512_max_ps(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, z), vt, vlse), floor);
+      const __m512 lp = _mm512_max_ps(_mm512_sub_ps(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, z), vt, vlse), vlse_lo), floor);
       _mm512_mask_storeu_ps(g, k, _mm512_mul_ps(exp_nonpositive(lp), _mm512_fmadd_ps(beta, lp, alpha)));
       i = h;
     } else if (head > 0) {
-      return gradient_span<false>(z, n, vt, vlse, alpha, beta, g);  // misaligned floats: no streaming
+      return gradient_span<false>(z, n, vt, vlse, vlse_lo, alpha, beta, g);  // misaligned floats: no streaming
     }
   }
   for (; i + 16 <= n; i += 16) {
     _mm_prefetch(reinterpret_cast<const char*>(z + i + kGradientPrefetch), _MM_HINT_T0);
-    const __m512 lp = _mm512_max_ps(_mm512_fmsub_ps(_mm512_loadu_ps(z + i), vt, vlse), floor);
+    const __m512 lp = _mm512_max_ps(_mm512_sub_ps(_mm512_fmsub_ps(_mm512_loadu_ps(z + i), vt, vlse), vlse_lo), floor);
     const __m512 v = _mm512_mul_ps(exp_nonpositive(lp), _mm512_fmadd_ps(beta, lp, alpha));
     if (kStream)
       _mm512_stream_ps(g + i, v);
@@ -258,7 +264,7 @@ CGRPO_TARGET_AVX512 inline void gradient_span(const float* z, int64_t n, __m512 
   }
   if (i < n) {
     const __mmask16 k = tail_mask(n - i);
-    const __m512 lp = _mm512_max_ps(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, z + i), vt, vlse), floor);
+    const __m512 lp = _mm512_max_ps(_mm512_sub_ps(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, z + i), vt, vlse), vlse_lo), floor);
     _mm512_mask_storeu_ps(g + i, k, _mm512_mul_ps(exp_nonpositive(lp), _mm512_fmadd_ps(beta, lp, alpha)));
   }
 }
@@ -266,13 +272,17 @@ CGRPO_TARGET_AVX512 inline void gradient_span(const float* z, int64_t n, __m512 
 // The row without the target's + a / tau (the caller adds it).
 CGRPO_TARGET_AVX512 inline void row_logit_gradient(const float* z, int64_t vocab, float inv_temperature, double lse,
                                                    double entropy, double a, double b, float* g, bool stream) {
-  const __m512 vt = _mm512_set1_ps(inv_temperature), vlse = _mm512_set1_ps(static_cast<float>(lse));
+  // log p = (z t - lse_hi) - lse_lo, z t exact inside the FMA: lse in two floats, so a large
+  // lse keeps its low bits (as the Eigen path).
+  const float lse_hi = static_cast<float>(lse);
+  const __m512 vt = _mm512_set1_ps(inv_temperature), vlse = _mm512_set1_ps(lse_hi);
+  const __m512 vlse_lo = _mm512_set1_ps(static_cast<float>(lse - static_cast<double>(lse_hi)));
   const __m512 alpha = _mm512_set1_ps(static_cast<float>(-(a + b * entropy) * static_cast<double>(inv_temperature)));
   const __m512 beta = _mm512_set1_ps(static_cast<float>(-b * static_cast<double>(inv_temperature)));
   if (stream)
-    gradient_span<true>(z, vocab, vt, vlse, alpha, beta, g);
+    gradient_span<true>(z, vocab, vt, vlse, vlse_lo, alpha, beta, g);
   else
-    gradient_span<false>(z, vocab, vt, vlse, alpha, beta, g);
+    gradient_span<false>(z, vocab, vt, vlse, vlse_lo, alpha, beta, g);
 }
 
 }  // namespace avx512
@@ -332,7 +342,7 @@ CGRPO_TARGET_AVX2 inline float reduce_add(__m256 v) {
 }
 
 // As avx512::chunk_max.
-CGRPO_TARGET_AVX2 inline float chunk_max(const float* z, int64_t n, float inv_temperature) {
+CGRPO_TARGET_AVX2 inline float chunk_max(const float* z, int64_t n) {
   const __m256 minus_inf = _mm256_set1_ps(-INFINITY);
   __m256 m0 = minus_inf, m1 = m0;
   int64_t i = 0;
@@ -344,7 +354,7 @@ CGRPO_TARGET_AVX2 inline float chunk_max(const float* z, int64_t n, float inv_te
     const __m256i k = tail_mask(n - i);
     m0 = _mm256_max_ps(m0, _mm256_blendv_ps(minus_inf, _mm256_maskload_ps(z + i, k), _mm256_castsi256_ps(k)));
   }
-  const float m = reduce_max(_mm256_max_ps(m0, m1)) * inv_temperature;
+  const float m = reduce_max(_mm256_max_ps(m0, m1));
   if (std::isfinite(m)) return m;
   if (m == -INFINITY) {
     for (int64_t j = 0; j < n; ++j)
@@ -364,8 +374,8 @@ CGRPO_TARGET_AVX2 inline void chunk_sums(const float* z, int64_t n, float inv_te
   for (; i + 16 <= n; i += 16) {
     if (i < next_n) _mm_prefetch(reinterpret_cast<const char*>(next + i), _MM_HINT_T0);  // one line per 16 entries
     // vmaxps(floor, d) returns d when d is NaN: a NaN entry reaches the sums.
-    const __m256 d0 = _mm256_max_ps(floor, _mm256_fmsub_ps(_mm256_loadu_ps(z + i), vt, vm));
-    const __m256 d1 = _mm256_max_ps(floor, _mm256_fmsub_ps(_mm256_loadu_ps(z + i + 8), vt, vm));
+    const __m256 d0 = _mm256_max_ps(floor, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(z + i), vm), vt));
+    const __m256 d1 = _mm256_max_ps(floor, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(z + i + 8), vm), vt));
     const __m256 e0 = exp_nonpositive(d0), e1 = exp_nonpositive(d1);
     s0 = _mm256_add_ps(s0, e0);
     s1 = _mm256_add_ps(s1, e1);
@@ -375,7 +385,7 @@ CGRPO_TARGET_AVX2 inline void chunk_sums(const float* z, int64_t n, float inv_te
   for (; i < n; i += 8) {
     const __m256 k = _mm256_castsi256_ps(tail_mask(n - i));
     const __m256 x = _mm256_maskload_ps(z + i, _mm256_castps_si256(k));
-    const __m256 d = _mm256_and_ps(k, _mm256_max_ps(floor, _mm256_fmsub_ps(x, vt, vm)));
+    const __m256 d = _mm256_and_ps(k, _mm256_max_ps(floor, _mm256_mul_ps(_mm256_sub_ps(x, vm), vt)));
     const __m256 e = _mm256_and_ps(k, exp_nonpositive(d));
     s0 = _mm256_add_ps(s0, e);
     q0 = _mm256_fmadd_ps(e, d, q0);
@@ -390,12 +400,12 @@ CGRPO_TARGET_AVX2 inline RowStats<double> row_softmax_stats(const float* z, int6
   double sum_exp = 0, sum_exp_d = 0;
   for (int64_t c0 = 0; c0 < vocab; c0 += kChunkFloats) {
     const int64_t n = vocab - c0 < kChunkFloats ? vocab - c0 : kChunkFloats;
-    const float cm = chunk_max(z + c0, n, inv_temperature);
+    const float cm = chunk_max(z + c0, n);
     if (cm != cm) return RowStats<double>{NAN, NAN, NAN};
     if (cm == -INFINITY) continue;
     if (cm > m) {
       if (sum_exp > 0) {
-        const double shift = static_cast<double>(m) - static_cast<double>(cm);
+        const double shift = (static_cast<double>(m) - static_cast<double>(cm)) * static_cast<double>(inv_temperature);
         const double scale = std::exp(shift);
         sum_exp_d = scale * (sum_exp_d + shift * sum_exp);
         sum_exp *= scale;
@@ -406,12 +416,12 @@ CGRPO_TARGET_AVX2 inline RowStats<double> row_softmax_stats(const float* z, int6
     chunk_sums(z + c0, n, inv_temperature, m, z + c0 + n, next_n, sum_exp, sum_exp_d);
   }
   if (m == -INFINITY) return row_stats_identity<double>();
-  return RowStats<double>{static_cast<double>(m), sum_exp, sum_exp_d};
+  return RowStats<double>{static_cast<double>(m) * static_cast<double>(inv_temperature), sum_exp, sum_exp_d};
 }
 
 // As avx512::gradient_span (streaming needs 32-byte aligned stores).
 template <bool kStream>
-CGRPO_TARGET_AVX2 inline void gradient_span(const float* z, int64_t n, __m256 vt, __m256 vlse, __m256 alpha, __m256 beta,
+CGRPO_TARGET_AVX2 inline void gradient_span(const float* z, int64_t n, __m256 vt, __m256 vlse, __m256 vlse_lo, __m256 alpha, __m256 beta,
                                             float* g) {
   const __m256 floor = _mm256_set1_ps(exp_floor<float>());
   int64_t i = 0;
@@ -420,16 +430,16 @@ CGRPO_TARGET_AVX2 inline void gradient_span(const float* z, int64_t n, __m256 vt
     if (head > 0 && reinterpret_cast<uintptr_t>(g) % sizeof(float) == 0) {
       const int64_t h = head < n ? head : n;
       const __m256i k = tail_mask(h);
-      const __m256 lp = _mm256_max_ps(_mm256_fmsub_ps(_mm256_maskload_ps(z, k), vt, vlse), floor);
+      const __m256 lp = _mm256_max_ps(_mm256_sub_ps(_mm256_fmsub_ps(_mm256_maskload_ps(z, k), vt, vlse), vlse_lo), floor);
       _mm256_maskstore_ps(g, k, _mm256_mul_ps(exp_nonpositive(lp), _mm256_fmadd_ps(beta, lp, alpha)));
       i = h;
     } else if (head > 0) {
-      return gradient_span<false>(z, n, vt, vlse, alpha, beta, g);
+      return gradient_span<false>(z, n, vt, vlse, vlse_lo, alpha, beta, g);
     }
   }
   for (; i + 8 <= n; i += 8) {
     if ((i & 15) == 0) _mm_prefetch(reinterpret_cast<const char*>(z + i + kGradientPrefetch), _MM_HINT_T0);
-    const __m256 lp = _mm256_max_ps(_mm256_fmsub_ps(_mm256_loadu_ps(z + i), vt, vlse), floor);
+    const __m256 lp = _mm256_max_ps(_mm256_sub_ps(_mm256_fmsub_ps(_mm256_loadu_ps(z + i), vt, vlse), vlse_lo), floor);
     const __m256 v = _mm256_mul_ps(exp_nonpositive(lp), _mm256_fmadd_ps(beta, lp, alpha));
     if (kStream)
       _mm256_stream_ps(g + i, v);
@@ -438,20 +448,22 @@ CGRPO_TARGET_AVX2 inline void gradient_span(const float* z, int64_t n, __m256 vt
   }
   if (i < n) {
     const __m256i k = tail_mask(n - i);
-    const __m256 lp = _mm256_max_ps(_mm256_fmsub_ps(_mm256_maskload_ps(z + i, k), vt, vlse), floor);
+    const __m256 lp = _mm256_max_ps(_mm256_sub_ps(_mm256_fmsub_ps(_mm256_maskload_ps(z + i, k), vt, vlse), vlse_lo), floor);
     _mm256_maskstore_ps(g + i, k, _mm256_mul_ps(exp_nonpositive(lp), _mm256_fmadd_ps(beta, lp, alpha)));
   }
 }
 
 CGRPO_TARGET_AVX2 inline void row_logit_gradient(const float* z, int64_t vocab, float inv_temperature, double lse,
                                                  double entropy, double a, double b, float* g, bool stream) {
-  const __m256 vt = _mm256_set1_ps(inv_temperature), vlse = _mm256_set1_ps(static_cast<float>(lse));
+  const float lse_hi = static_cast<float>(lse);
+  const __m256 vt = _mm256_set1_ps(inv_temperature), vlse = _mm256_set1_ps(lse_hi);
+  const __m256 vlse_lo = _mm256_set1_ps(static_cast<float>(lse - static_cast<double>(lse_hi)));
   const __m256 alpha = _mm256_set1_ps(static_cast<float>(-(a + b * entropy) * static_cast<double>(inv_temperature)));
   const __m256 beta = _mm256_set1_ps(static_cast<float>(-b * static_cast<double>(inv_temperature)));
   if (stream)
-    gradient_span<true>(z, vocab, vt, vlse, alpha, beta, g);
+    gradient_span<true>(z, vocab, vt, vlse, vlse_lo, alpha, beta, g);
   else
-    gradient_span<false>(z, vocab, vt, vlse, alpha, beta, g);
+    gradient_span<false>(z, vocab, vt, vlse, vlse_lo, alpha, beta, g);
 }
 
 }  // namespace avx2
@@ -461,15 +473,27 @@ CGRPO_TARGET_AVX2 inline void row_logit_gradient(const float* z, int64_t vocab, 
 #endif
 
 // Sweep 1 over one row: AVX-512, else AVX2, kernel for float when the CPU has it; Eigen otherwise.
+// A row whose scaled max u = max z / tau overflows Real is reported non-finite (NaN stats):
+// the gradient sweep could not represent its log-probabilities.
 template <typename Real>
 RowStats<double> row_softmax_stats(const Real* z, int64_t vocab, Real inv_temperature) {
+  RowStats<double> s;
 #if defined(CGRPO_CPU_AVX512)
   if constexpr (std::is_same<Real, float>::value) {
-    if (avx512::available()) return avx512::row_softmax_stats(z, vocab, inv_temperature);
-    if (avx2::available()) return avx2::row_softmax_stats(z, vocab, inv_temperature);
+    if (avx512::available())
+      s = avx512::row_softmax_stats(z, vocab, inv_temperature);
+    else if (avx2::available())
+      s = avx2::row_softmax_stats(z, vocab, inv_temperature);
+    else
+      s = row_softmax_stats_generic(z, vocab, inv_temperature);
+  } else {
+    s = row_softmax_stats_generic(z, vocab, inv_temperature);
   }
+#else
+  s = row_softmax_stats_generic(z, vocab, inv_temperature);
 #endif
-  return row_softmax_stats_generic(z, vocab, inv_temperature);
+  if (std::isfinite(s.max) && !std::isfinite(static_cast<Real>(s.max))) return RowStats<double>{NAN, NAN, NAN};
+  return s;
 }
 
 // Sweep 2 over one row. target < 0: the target is not in this row (a vocabulary shard

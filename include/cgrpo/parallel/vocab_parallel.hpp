@@ -75,7 +75,7 @@ Status vocab_shard_row_stats(const LossConfig& config, const PolicyLossBatch<Rea
       const Real* z = local.logits + t * stride;
       stats[t] = cpu::row_softmax_stats(z, shard.size, inv_temperature);
       const int32_t y = local.target_ids[t];
-      target_logit[t] = shard.holds(y) ? static_cast<double>(z[y - shard.begin] * inv_temperature) : 0.0;
+      target_logit[t] = shard.holds(y) ? static_cast<double>(z[y - shard.begin]) * static_cast<double>(inv_temperature) : 0.0;
     }
   });
   return Status::success();
