@@ -77,9 +77,11 @@ void row_logit_gradient_generic(const Real* z, int64_t vocab, Real inv_temperatu
     out.setZero();
     return;
   }
-  // log p = (z t - lse_hi) - lse_lo: lse split in two Reals, so that a large lse (u of 1e5
-  // in float) does not lose its low bits to rounding.
-  const Real lse_hi = static_cast<Real>(lse), lse_lo = static_cast<Real>(lse - static_cast<double>(lse_hi));
+  // log p = (z - c) t - (lse - c t) with c = lse / t rounded to Real (about the row's max z):
+  // shift, then scale, so that a large u (1e5 in float) is never rounded before the lse is
+  // taken off (c t is exact in double for float c and t).
+  const Real center = static_cast<Real>(lse / static_cast<double>(inv_temperature));
+  const Real lse_rest = static_cast<Real>(lse - static_cast<double>(center) * static_cast<double>(inv_temperature));
   const Real h = static_cast<Real>(entropy);
   const Real ar = static_cast<Real>(a), br = static_cast<Real>(b);
   // Each chunk is evaluated into an aligned L1 buffer, then copied: Eigen peels a few
@@ -89,7 +91,7 @@ void row_logit_gradient_generic(const Real* z, int64_t vocab, Real inv_temperatu
   for (int64_t c0 = 0; c0 < vocab; c0 += kChunk) {
     const int64_t n = vocab - c0 < kChunk ? vocab - c0 : kChunk;
     ConstArrayMap<Real> x(z + c0, n);
-    const auto logp = ((x * inv_temperature - lse_hi) - lse_lo).max(exp_floor<Real>());
+    const auto logp = ((x - center) * inv_temperature - lse_rest).max(exp_floor<Real>());
     o_buf.head(n) = -((ar + br * (logp + h)) * logp.exp()) * inv_temperature;
     ArrayMap<Real>(g + c0, n) = o_buf.head(n);
   }
