@@ -2,6 +2,8 @@
 // reference on random rollouts; packed and padded give the same loss; every error case.
 #include <catch2/catch.hpp>
 
+#include "test_seed.hpp"
+
 #include <cgrpo/cgrpo.hpp>
 #include <cgrpo/critique/critique_stage.hpp>
 #include <cmath>
@@ -12,7 +14,7 @@ using namespace cgrpo::critique;
 
 namespace {
 
-std::vector<QuestionRollouts> random_rollouts(std::mt19937& rng, int questions, int n, int m, int max_len) {
+std::vector<QuestionRollouts> random_rollouts(std::mt19937_64& rng, int questions, int n, int m, int max_len) {
   std::uniform_int_distribution<int> len(1, max_len), tok(0, 49), coin(0, 1);
   std::vector<QuestionRollouts> out(questions);
   for (auto& q : out) {
@@ -58,7 +60,7 @@ std::vector<std::vector<const Response*>> reference_groups(const std::vector<Que
 }  // namespace
 
 TEST_CASE("assembled batches match a plain reference (k = 1, both placements, both layouts)", "[assembly]") {
-  std::mt19937 rng(99);
+  std::mt19937_64 rng = test_seed::fresh_rng();
   for (int trial = 0; trial < 40; ++trial) {
     const bool replace = trial % 2 == 0, padded = (trial / 2) % 2 == 1;
     const bool std_norm = (trial / 4) % 2 == 1;
@@ -133,7 +135,7 @@ TEST_CASE("a group where every response fails, refinement included, gets zero ad
 }
 
 TEST_CASE("k = 0 gives plain GRPO groups; k = 2 appended keeps both refinements", "[assembly]") {
-  std::mt19937 rng(5);
+  std::mt19937_64 rng = test_seed::fresh_rng();
   const auto qs = random_rollouts(rng, 3, 4, 3, 5);
   GroupAssemblyOptions opt;
   opt.refinements_per_group = 0;
@@ -226,7 +228,7 @@ TEST_CASE("empty responses train as all-masked rows when allowed", "[assembly]")
 }
 
 TEST_CASE("packed and padded batches give the same loss and gradient through the fused loss", "[assembly]") {
-  std::mt19937 rng(2024);
+  std::mt19937_64 rng = test_seed::fresh_rng();
   const auto qs = random_rollouts(rng, 4, 4, 2, 6);
   const cgrpo::LossConfig config = cgrpo::paper_critique_grpo();
   const int64_t V = 50;

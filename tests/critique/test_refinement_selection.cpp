@@ -1,6 +1,8 @@
 // Refinement selection: first correct refinement, else the best; k; empty refinements; errors.
 #include <catch2/catch.hpp>
 
+#include "test_seed.hpp"
+
 #include <cgrpo/critique/refinement_selection.hpp>
 #include <random>
 #include <vector>
@@ -67,7 +69,7 @@ TEST_CASE("empty refinements are skipped unless allowed; k too large is a clear 
 }
 
 TEST_CASE("k = 1 selection equals the literal rule on random inputs", "[selection]") {
-  std::mt19937 rng(1234);
+  std::mt19937_64 rng = test_seed::fresh_rng();
   std::uniform_int_distribution<int> count_dist(1, 9), level(0, 4), length(0, 3);
   int checked = 0;
   for (int trial = 0; trial < 2000; ++trial) {

@@ -2,6 +2,8 @@
 // gives the full-batch advantages, loss and gradient once the group stats and the normalizers are all-reduced.
 #include <catch2/catch.hpp>
 
+#include "test_seed.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <random>
@@ -70,7 +72,7 @@ std::vector<int64_t> shard_bounds(std::mt19937_64& rng, int64_t B, int k) {
 }  // namespace
 
 TEST_CASE("group advantages from all-reduced partial stats equal the single-process ones", "[parallel][advantages]") {
-  std::mt19937_64 rng(20260525);
+  std::mt19937_64 rng = test_seed::fresh_rng();
   for (int trial = 0; trial < 60; ++trial) {
     const int64_t B = 1 + static_cast<int64_t>(rng() % 40), G = 1 + static_cast<int64_t>(rng() % 8);
     const int k = 1 + static_cast<int>(rng() % 4);
@@ -121,9 +123,22 @@ TEST_CASE("group advantages from all-reduced partial stats equal the single-proc
         for (int r = 0; r < k; ++r)
           REQUIRE(cgrpo::parallel::whiten_from_stats(cuts[r + 1] - cuts[r], wsum, got.data() + cuts[r]).ok());
       }
+      // The single all-reduce sums (R - shift)^2: the variance then carries a relative error of
+      // about 1e-16 * kappa, kappa = sum (R - shift)^2 / sum (R - mean)^2 of the group (large
+      // for two close rewards far from the shift; group_stats.hpp says so).
+      std::vector<double> mean(G, 0.0), n(G, 0.0), spread(G, 0.0), shifted(G, 0.0);
+      for (int64_t i = 0; i < B; ++i) mean[group_ids[i]] += rewards[i], n[group_ids[i]] += 1;
+      for (int64_t g = 0; g < G; ++g) mean[g] /= std::max(n[g], 1.0);
       for (int64_t i = 0; i < B; ++i) {
-        CAPTURE(i, rewards[i], want[i], got[i]);
-        REQUIRE(std::fabs(got[i] - want[i]) <= 1e-9 * std::max(1.0, std::fabs(want[i])));
+        spread[group_ids[i]] += (rewards[i] - mean[group_ids[i]]) * (rewards[i] - mean[group_ids[i]]);
+        shifted[group_ids[i]] += (rewards[i] - shift) * (rewards[i] - shift);
+      }
+      for (int64_t i = 0; i < B; ++i) {
+        const int32_t g = group_ids[i];
+        const double kappa = spread[g] > 0 ? shifted[g] / spread[g] : 0.0;
+        const double tol = 1e-9 + 1e-15 * kappa;
+        CAPTURE(i, rewards[i], want[i], got[i], kappa);
+        REQUIRE(std::fabs(got[i] - want[i]) <= tol * std::max(1.0, std::fabs(want[i])));
         const bool all_equal_rule = est == cgrpo::AdvantageEstimator::grpo || est == cgrpo::AdvantageEstimator::grpo_no_std;
         if (want[i] == 0.0 && all_equal_rule) REQUIRE(got[i] == 0.0);  // all-equal rule, exact
       }
@@ -158,7 +173,7 @@ TEST_CASE("group stats across ranks: errors", "[parallel][advantages]") {
 }
 
 TEST_CASE("sum of shard losses and shard gradients equals the full batch, every aggregation mode", "[parallel][data]") {
-  std::mt19937_64 rng(7);
+  std::mt19937_64 rng = test_seed::fresh_rng();
   const cgrpo::Aggregation modes[] = {cgrpo::Aggregation::token_mean, cgrpo::Aggregation::seq_mean_token_sum,
                                       cgrpo::Aggregation::seq_mean_token_mean,
                                       cgrpo::Aggregation::seq_mean_token_sum_norm};
@@ -191,9 +206,22 @@ TEST_CASE("sum of shard losses and shard gradients equals the full batch, every 
           // Equal rewards of 1.0 here: rloo gives an all-equal group A = n/(n-1) (R - mean), which is
           // rounding noise for 0.1 and would flip clip flags at random (the loss would still agree).
           const std::vector<double> rewards = random_rewards(rng, group_ids, G, 1.0);
+          // Group stats: each rank's partials, then the "all-reduce". The full batch takes its
+          // advantages from the same reduced stats, so that this test measures the sharding of the
+          // loss (normalizers, metrics, gradient) alone; the test above compares the advantages
+          // with the single-process ones.
+          const auto cuts = shard_bounds(rng, B, k);
+          std::vector<double> gsums(G * 3, 0.0), gext(G * 2, -INFINITY), s_k(G * 3), e_k(G * 2);
+          for (int r = 0; r < k; ++r) {
+            const cgrpo::GroupAssignment local{cuts[r + 1] - cuts[r], group_ids.data() + cuts[r], G};
+            REQUIRE(cgrpo::parallel::group_partial_stats(local, rewards.data() + cuts[r], 0.0, s_k.data(), e_k.data())
+                        .ok());
+            cgrpo::parallel::group_partial_stats_merge(G, s_k.data(), e_k.data(), gsums.data(), gext.data());
+          }
           std::vector<double> adv(B);
-          REQUIRE(cgrpo::group_advantages(c.advantage, cgrpo::GroupAssignment{B, group_ids.data(), G},
-                                          rewards.data(), nullptr, c.advantage_eps, adv.data()).ok());
+          REQUIRE(cgrpo::parallel::group_advantages_from_stats(c.advantage, cgrpo::GroupAssignment{B, group_ids.data(), G},
+                                                               rewards.data(), gsums.data(), gext.data(), 0.0,
+                                                               c.advantage_eps, adv.data()).ok());
           cgrpo::broadcast_to_tokens(full.layout(), adv.data(), full.adv.data());
 
           // The full batch, normalizers taken from itself (AggregationScale{} = "this batch").
@@ -206,21 +234,15 @@ TEST_CASE("sum of shard losses and shard gradients equals the full batch, every 
           out_full.metrics = &m_full;
           REQUIRE(cgrpo::cpu::fused_policy_loss(c, lib_full.view, out_full).ok());
 
-          // Shards: each rank measures its normalizers and its group partials; "all-reduce"; then
-          // each rank computes its advantages, weights and loss on its own responses only.
-          const auto cuts = shard_bounds(rng, B, k);
+          // Shards: each rank measures its normalizers; "all-reduce"; then each rank computes its
+          // advantages (from the reduced group stats), weights and loss on its own responses only.
           cgrpo::parallel::AggregationPartials partials;
-          std::vector<double> gsums(G * 3, 0.0), gext(G * 2, -INFINITY), s_k(G * 3), e_k(G * 2);
           std::vector<ref::Batch> shards;
           for (int r = 0; r < k; ++r) {
             shards.push_back(slice(full, cuts[r], cuts[r + 1]));
             cgrpo::parallel::AggregationPartials p;
             REQUIRE(cgrpo::parallel::aggregation_partials(shards[r].layout(), shards[r].mask.data(), &p).ok());
             partials = cgrpo::parallel::aggregation_partials_merge(partials, p);
-            const cgrpo::GroupAssignment local{cuts[r + 1] - cuts[r], group_ids.data() + cuts[r], G};
-            REQUIRE(cgrpo::parallel::group_partial_stats(local, rewards.data() + cuts[r], 0.0, s_k.data(), e_k.data())
-                        .ok());
-            cgrpo::parallel::group_partial_stats_merge(G, s_k.data(), e_k.data(), gsums.data(), gext.data());
           }
           const cgrpo::AggregationScale scale = partials.to_scale();
           REQUIRE(scale.sequence_count == double(B));
@@ -277,7 +299,7 @@ TEST_CASE("data parallel: shard normalizers taken from the shard itself do NOT g
           "[parallel][data]") {
   // The negative control: without the global AggregationScale the shards disagree with the
   // full batch, so the test above would catch a library that ignored the scale.
-  std::mt19937_64 rng(11);
+  std::mt19937_64 rng = test_seed::fresh_rng();
   ref::Batch full = ref::random_batch(rng, 8, 9, 17, 0);
   cgrpo::LossConfig c;
   c.pg_aggregation = cgrpo::Aggregation::token_mean;

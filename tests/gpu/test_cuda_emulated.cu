@@ -1,11 +1,12 @@
 // tests/gpu/test_cuda_emulated.cu: the GPU test's checks with the kernels' code run on the host
 // (host_emulation.cuh): the per-row math, the checks and the reductions, verified without a GPU.
 #include "policy_loss_checks.cuh"
+#include "test_seed.hpp"
 
 int main() {
   using namespace gpu_test;
   emulate_on_host() = true;
-  std::mt19937_64 rng(20250603);
+  std::mt19937_64 rng = test_seed::fresh_rng();  // prints the seed; CGRPO_TEST_SEED=<n> replays it
   test_against_cpu<float>(rng);
   test_against_cpu<__half>(rng);
   test_against_cpu<__nv_bfloat16>(rng);

@@ -1,11 +1,12 @@
 // tests/gpu/test_cuda_kernels.cu: every CUDA kernel against the double-precision CPU path, on random
 // batches in fp32, fp16 and bf16. Exits 77 (CTest: skipped) when no CUDA device is present.
 #include "policy_loss_checks.cuh"
+#include "test_seed.hpp"
 
 int main() {
   using namespace gpu_test;
   if (!have_cuda_device()) return kSkipReturnCode;
-  std::mt19937_64 rng(20250603);
+  std::mt19937_64 rng = test_seed::fresh_rng();  // prints the seed; CGRPO_TEST_SEED=<n> replays it
   test_against_cpu<float>(rng);
   test_against_cpu<__half>(rng);
   test_against_cpu<__nv_bfloat16>(rng);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "gpu_test_util.cuh"
+#include "test_seed.hpp"
 #include "kernels/block_row_ops.cuh"
 
 namespace {
@@ -15,7 +16,9 @@ using cgrpo::cuda::Packed;
 using cgrpo::cuda::RowSoftmax;
 using cgrpo::cuda::RowStatsMerge;
 
-enum class RowKind { normal, extreme, with_neg_inf, nan_entry, pos_inf_entry, all_neg_inf };
+// large_u: z = 5000 + 0.05 N(0, 1) at tau = 0.02, so u = z / tau ~ 2.5e5 where a float ulp is
+// 0.016 (the case that broke the CPU path's scale-then-shift; the kernels shift first).
+enum class RowKind { normal, extreme, with_neg_inf, nan_entry, pos_inf_entry, all_neg_inf, large_u };
 
 // 16-byte aligned storage; rows start `offset` elements after an aligned address.
 template <typename Logit>
@@ -62,6 +65,7 @@ void check_row(std::mt19937_64& rng, int64_t V, int64_t offset, int64_t grad_off
   for (int64_t v = 0; v < V; ++v) {
     double x = 2.0 * normal(rng);
     if (kind == RowKind::extreme) x = uni(rng) < 0.3 ? 1e4 - 2.0 * std::fabs(normal(rng)) : -1e4 + 2.0 * std::fabs(normal(rng));
+    if (kind == RowKind::large_u) x = 5000.0 + 0.05 * normal(rng);
     if (kind == RowKind::with_neg_inf && v % 7 == 3) x = -INFINITY;
     if (kind == RowKind::all_neg_inf) x = -INFINITY;
     logits.row[v] = from_double<Logit>(x);
@@ -150,9 +154,9 @@ void run_all(std::mt19937_64& rng) {
   for (int64_t V : {int64_t{1}, int64_t{7}, int64_t{33}, int64_t{1003}, int64_t{4099}, int64_t{151936}, int64_t{262144}})
     for (int64_t offset : {int64_t{0}, int64_t{1}, int64_t{3}})
       for (RowKind kind : {RowKind::normal, RowKind::extreme, RowKind::with_neg_inf, RowKind::nan_entry,
-                           RowKind::pos_inf_entry, RowKind::all_neg_inf}) {
+                           RowKind::pos_inf_entry, RowKind::all_neg_inf, RowKind::large_u}) {
         if (V == 1 && kind == RowKind::with_neg_inf) continue;
-        const double tau = kind == RowKind::extreme ? 0.7 : (offset == 1 ? 1.3 : 1.0);
+        const double tau = kind == RowKind::large_u ? 0.02 : kind == RowKind::extreme ? 0.7 : (offset == 1 ? 1.3 : 1.0);
         check_row<Logit, 128>(rng, V, offset, offset, tau, kind, false);   // same alignment: vector path
         check_row<Logit, 512>(rng, V, offset, offset + 1, tau, kind, false);  // different: scalar path
         check_row<Logit, 512>(rng, V, offset, 0, tau, kind, true);
@@ -162,7 +166,7 @@ void run_all(std::mt19937_64& rng) {
 }  // namespace
 
 int main() {
-  std::mt19937_64 rng(42);
+  std::mt19937_64 rng = test_seed::fresh_rng();  // prints the seed; CGRPO_TEST_SEED=<n> replays it
   run_all<float>(rng);
   run_all<__half>(rng);
   run_all<__nv_bfloat16>(rng);

@@ -18,7 +18,10 @@ namespace cgrpo::parallel {
 // The extrema give the exact "every reward of the group is equal" test (A = 0)
 // that a sum of squares cannot give in floating point. `shift` is any value near
 // the rewards, the same on every rank (0 is fine for rewards in [0, 1]); it keeps
-// the sum of squares accurate when |mean| is much larger than the spread.
+// the sum of squares accurate when |mean| is much larger than the spread. Precision:
+// the variance carries a relative error of about 1e-16 * sum (R - shift)^2 / sum (R - mean)^2
+// (one all-reduce cannot do better); e.g. rewards 5.12 and 5.09 with shift 0 give A to
+// about 1e-11 relative instead of the single-process 1e-16.
 constexpr int kGroupSumFields = 3;
 constexpr int kGroupExtremaFields = 2;
 
