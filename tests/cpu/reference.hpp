@@ -62,8 +62,22 @@ inline Batch random_batch(std::mt19937_64& rng, int64_t B, int64_t max_len, int6
     double m = *std::max_element(z, z + V), s = 0;
     for (int64_t v = 0; v < V; ++v) s += std::exp(z[v] - m);
     const double lp = z[b.targets[t]] - m - std::log(s);
-    b.old_logp.push_back(lp + 0.3 * normal(rng));
-    b.ref_logp.push_back(lp + 0.5 * normal(rng));
+    // ... but 1e-4 away from the kinks of the presets' losses (abs KL at 0, clip bounds 0.8, 1.2
+    // and 1.28, dual clip 3): a kink between float and double log p, or inside a finite
+    // difference step, would flip a token's gradient.
+    const double kinks[] = {0.0, std::log(0.8), std::log(1.2), std::log(1.28), std::log(3.0)};
+    auto near_kink = [&](double d) {
+      for (double k : kinks)
+        if (std::fabs(d - k) < 1e-4) return true;
+      return false;
+    };
+    double old_lp, ref_lp;
+    do old_lp = lp + 0.3 * normal(rng);
+    while (near_kink(lp - old_lp));
+    do ref_lp = lp + 0.5 * normal(rng);
+    while (near_kink(lp - ref_lp));
+    b.old_logp.push_back(old_lp);
+    b.ref_logp.push_back(ref_lp);
   }
   b.w_pg.assign(b.T, 0.0);
   b.w_h.assign(b.T, 0.0);

@@ -168,8 +168,23 @@ HostBatch random_batch(std::mt19937_64& rng, const BatchSpec& spec, const cgrpo:
       for (int64_t v = 0; v < V; ++v) m = std::max(m, z[v] / tau);
       for (int64_t v = 0; v < V; ++v) s += std::exp(z[v] / tau - m);
       const double lp = z[y] / tau - m - std::log(s);
-      b.old_logp.push_back(rounded_float(lp + 0.3 * normal(rng)));
-      b.ref_logp.push_back(rounded_float(lp + 0.5 * normal(rng)));
+      // ... but at least 1e-3 away from every kink of the loss (the clip bounds, the dual clip, the
+      // abs KL's 0): float and double log p differ by ~1e-6, and a kink between them flips the
+      // token's gradient (a fresh seed found one: abs KL with logp - ref within 1e-6 of 0).
+      const double kinks[] = {std::log1p(-config.clip_eps_low), std::log1p(config.clip_eps_high),
+                              std::log(config.dual_clip_c), 0.0};
+      auto near_kink = [&](double d) {
+        for (double k : kinks)
+          if (std::fabs(d - k) < 1e-3) return true;
+        return false;
+      };
+      double old_lp, ref_lp;
+      do old_lp = rounded_float(lp + 0.3 * normal(rng));
+      while (near_kink(lp - old_lp));
+      do ref_lp = rounded_float(lp + 0.5 * normal(rng));
+      while (near_kink(lp - ref_lp));
+      b.old_logp.push_back(old_lp);
+      b.ref_logp.push_back(ref_lp);
     }
   }
   const cgrpo::SequenceLayout layout = b.layout();
