@@ -113,7 +113,7 @@ TEST_CASE("every float kernel set gives lse, H and the gradient of the float64 r
         const double lse = cgrpo::row_logsumexp(s), h = cgrpo::row_entropy(s);
         CHECK(std::fabs(lse - want.lse) <= 1e-6 * std::max(1.0, std::fabs(want.lse)) + 1e-6);
         CHECK(std::fabs(h - want.entropy) <= 1e-5 * std::max(1.0, want.entropy));
-        CHECK(h >= 0.0);
+        CHECK(h >= -1e-7);  // a one-hot row's H is 0 to rounding; the callers clamp it at 0
 
         for (bool stream : {false, true}) {
           k.gradient(z, V, inv_t, y, lse, h, a, b, g, stream);

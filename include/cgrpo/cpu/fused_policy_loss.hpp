@@ -38,10 +38,13 @@ void compute_row_stats(const Real* logits, int64_t stride, int64_t vocab, const 
     Workspace::Row& r = rows[t];
     r.finite = row_stats_finite(s);
     r.lse = row_logsumexp(s);
-    r.entropy = row_entropy(s);
-    // In double: z_y t is exact for float logits, as is the max inside lse (row_sweeps.hpp),
-    // so log p of the max entry is -log S <= 0 with no rounding of u in between.
-    r.logp = static_cast<double>(z[targets[t]]) * static_cast<double>(inv_temperature) - r.lse;
+    // H >= 0 and log p <= 0 hold exactly; rounding of a near one-hot row may cross them by
+    // ~1e-8, which is clamped (NaN passes through: such a row is flagged above).
+    const double h = row_entropy(s);
+    r.entropy = h < 0 ? 0.0 : h;
+    // In double, where z_y t is exact for float logits: no rounding of u (~1e5 at small tau).
+    const double logp = static_cast<double>(z[targets[t]]) * static_cast<double>(inv_temperature) - r.lse;
+    r.logp = logp > 0 ? 0.0 : logp;
   }
 }
 

@@ -42,10 +42,10 @@ using ConstArrayMap = Eigen::Map<const Eigen::Array<Real, Eigen::Dynamic, 1>>;
 // Softmax statistics of u = z * inv_temperature. Chunk sums are taken in Real
 // (vectorised) and merged across chunks in double. exp is evaluated once per
 // entry into an L1-resident chunk buffer (8 KB for float), then both sums read it.
-// Every sweep shifts before it scales: d = (z - max z) * inv_temperature, so the max entry
-// has d = 0 exactly and every d <= 0 (scaling first, d = z * t - round(max z * t), left
-// the max entry's d at +-half an ulp of u: log p > 0 and H < 0 for large u). The max of
-// u is reported as double(max z) * t, exact for float logits.
+// This path shifts before it scales: d = (z - max z) * inv_temperature, so the max entry has
+// d = 0 exactly and every d <= 0; the max of u is reported as double(max z) * t (exact for
+// float logits). The AVX kernels instead take d = z t - ref in one FMA against a float
+// reference point; both keep u's low bits, which a float z * t (u ~ 1e5: ulp 0.016) loses.
 template <typename Real>
 RowStats<double> row_softmax_stats_generic(const Real* z, int64_t vocab, Real inv_temperature) {
   RowStats<double> acc = row_stats_identity<double>();
@@ -174,13 +174,14 @@ CGRPO_TARGET_AVX512 inline float chunk_max(const float* z, int64_t n) {
   return NAN;  // +inf or NaN
 }
 
-// Sums over one chunk of e = exp(d) and e d, d = (z - m) * inv_temperature for a running
-// max m of the logits >= the chunk's max (shift, then scale: d <= 0 and d = 0 at the max). next / next_n: the following chunk of the row, whose lines are prefetched
+// Sums over one chunk of e = exp(d) and e d, d = z * inv_temperature - ref with one rounding
+// (FMA), ref = the running max of z times inv_temperature rounded to float. d <= half an ulp
+// of ref (d = ref's own rounding error at the max entry; exp_nonpositive takes it). next / next_n: the following chunk of the row, whose lines are prefetched
 // while this chunk's exps run from L1, so memory reads overlap the arithmetic (without
 // it the sweep cost the sum of the two: 0.29 ns per entry against 0.14 from cache).
-CGRPO_TARGET_AVX512 inline void chunk_sums(const float* z, int64_t n, float inv_temperature, float m, const float* next,
+CGRPO_TARGET_AVX512 inline void chunk_sums(const float* z, int64_t n, float inv_temperature, float ref, const float* next,
                        int64_t next_n, double& sum_exp, double& sum_exp_d) {
-  const __m512 vm = _mm512_set1_ps(m), vt = _mm512_set1_ps(inv_temperature);
+  const __m512 vm = _mm512_set1_ps(ref), vt = _mm512_set1_ps(inv_temperature);
   const __m512 floor = _mm512_set1_ps(exp_floor<float>());
   __m512 s0 = _mm512_setzero_ps(), s1 = s0, q0 = s0, q1 = s0;
   // vmaxps(floor, d) returns d when d is NaN: a NaN entry reaches the sums.
@@ -190,8 +191,8 @@ CGRPO_TARGET_AVX512 inline void chunk_sums(const float* z, int64_t n, float inv_
       _mm_prefetch(reinterpret_cast<const char*>(next + i), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(next + i + 16), _MM_HINT_T0);
     }
-    const __m512 d0 = _mm512_max_ps(floor, _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(z + i), vm), vt));
-    const __m512 d1 = _mm512_max_ps(floor, _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(z + i + 16), vm), vt));
+    const __m512 d0 = _mm512_max_ps(floor, _mm512_fmsub_ps(_mm512_loadu_ps(z + i), vt, vm));
+    const __m512 d1 = _mm512_max_ps(floor, _mm512_fmsub_ps(_mm512_loadu_ps(z + i + 16), vt, vm));
     const __m512 e0 = exp_nonpositive(d0), e1 = exp_nonpositive(d1);
     s0 = _mm512_add_ps(s0, e0);
     s1 = _mm512_add_ps(s1, e1);
@@ -200,7 +201,7 @@ CGRPO_TARGET_AVX512 inline void chunk_sums(const float* z, int64_t n, float inv_
   }
   for (; i < n; i += 16) {
     const __mmask16 k = tail_mask(n - i);
-    const __m512 d = _mm512_maskz_mov_ps(k, _mm512_max_ps(floor, _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, z + i), vm), vt)));
+    const __m512 d = _mm512_maskz_mov_ps(k, _mm512_max_ps(floor, _mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, z + i), vt, vm)));
     const __m512 e = _mm512_maskz_mov_ps(k, exp_nonpositive(d));
     s0 = _mm512_add_ps(s0, e);
     q0 = _mm512_fmadd_ps(e, d, q0);
@@ -214,7 +215,10 @@ CGRPO_TARGET_AVX512 inline void chunk_sums(const float* z, int64_t n, float inv_
 // double sums (one exp, as row_stats_merge does); every other chunk (nearly all, past
 // the first few) adds its sums with no exp and no merge.
 CGRPO_TARGET_AVX512 inline RowStats<double> row_softmax_stats(const float* z, int64_t vocab, float inv_temperature) {
-  float m = -INFINITY;
+  // The sums are taken against ref = (running max of z) * inv_temperature rounded to float: a
+  // reference point, not exactly max u, which is all lse = ref + log S and H = log S - Q / S
+  // need (RowStats::max holds it). log p of the target is then formed in double (the caller).
+  float m = -INFINITY, ref = -INFINITY;
   double sum_exp = 0, sum_exp_d = 0;
   for (int64_t c0 = 0; c0 < vocab; c0 += kAvx512Chunk) {
     const int64_t n = vocab - c0 < kAvx512Chunk ? vocab - c0 : kAvx512Chunk;
@@ -222,25 +226,44 @@ CGRPO_TARGET_AVX512 inline RowStats<double> row_softmax_stats(const float* z, in
     if (cm != cm) return RowStats<double>{NAN, NAN, NAN};  // NaN / +inf: flagged, no need to read on
     if (cm == -INFINITY) continue;  // an all -inf chunk contributes nothing
     if (cm > m) {
+      const float new_ref = cm * inv_temperature;  // >= ref: rounding is monotone
+      if (!std::isfinite(new_ref)) return RowStats<double>{NAN, NAN, NAN};  // max z / tau overflows float
       if (sum_exp > 0) {
-        const double shift = (static_cast<double>(m) - static_cast<double>(cm)) * static_cast<double>(inv_temperature);  // < 0
+        const double shift = static_cast<double>(ref) - static_cast<double>(new_ref);  // <= 0
         const double scale = std::exp(shift);
         sum_exp_d = scale * (sum_exp_d + shift * sum_exp);
         sum_exp *= scale;
       }
       m = cm;
+      ref = new_ref;
     }
     const int64_t next_n = vocab - c0 - n < kAvx512Chunk ? vocab - c0 - n : kAvx512Chunk;
-    chunk_sums(z + c0, n, inv_temperature, m, z + c0 + n, next_n, sum_exp, sum_exp_d);
+    chunk_sums(z + c0, n, inv_temperature, ref, z + c0 + n, next_n, sum_exp, sum_exp_d);
   }
   if (m == -INFINITY) return row_stats_identity<double>();  // every entry -inf: flagged by the caller
-  return RowStats<double>{static_cast<double>(m) * static_cast<double>(inv_temperature), sum_exp, sum_exp_d};
+  return RowStats<double>{static_cast<double>(ref), sum_exp, sum_exp_d};
 }
 
-// g = p (alpha + beta log p) with p = exp(log p), log p = u - lse, alpha = -(a + b H) / tau,
-// beta = -b / tau: the same value as cgrpo::logit_gradient without the target's + a / tau.
+// The gradient sweep's per-row constants. log p = L - lo with L = z t - lse_hi (one FMA, z t
+// exact inside it) and lse = lse_hi + lo (lse in two floats, so that a large lse, u of 1e5,
+// keeps its low bits). lo is folded into the constants instead of subtracted per entry:
+// p (alpha + beta log p) = exp(L) (alpha' + beta' L), alpha' = e^-lo (alpha - beta lo),
+// beta' = e^-lo beta, alpha = -(a + b H) / tau, beta = -b / tau.
+struct GradientConstants {
+  float lse_hi, alpha, beta;
+};
+inline GradientConstants gradient_constants(float inv_temperature, double lse, double entropy, double a, double b) {
+  const float lse_hi = static_cast<float>(lse);
+  const double lo = lse - static_cast<double>(lse_hi), scale = std::exp(-lo);
+  const double alpha = -(a + b * entropy) * static_cast<double>(inv_temperature);
+  const double beta = -b * static_cast<double>(inv_temperature);
+  return {lse_hi, static_cast<float>(scale * (alpha - beta * lo)), static_cast<float>(scale * beta)};
+}
+
+// g = exp(L) (alpha' + beta' L), L = z t - lse_hi (gradient_constants): the same value as
+// cgrpo::logit_gradient without the target's + a / tau.
 template <bool kStream>
-CGRPO_TARGET_AVX512 inline void gradient_span(const float* z, int64_t n, __m512 vt, __m512 vlse, __m512 vlse_lo, __m512 alpha, __m512 beta, float* g) {
+CGRPO_TARGET_AVX512 inline void gradient_span(const float* z, int64_t n, __m512 vt, __m512 vlse, __m512 alpha, __m512 beta, float* g) {
   const __m512 floor = _mm512_set1_ps(exp_floor<float>());
   int64_t i = 0;
   if (kStream) {  // masked head up to the first 64-byte boundary of g: vmovntps needs it
@@ -248,16 +271,16 @@ CGRPO_TARGET_AVX512 inline void gradient_span(const float* z, int64_t n, __m512 
     if (head > 0 && reinterpret_cast<uintptr_t>(g) % sizeof(float) == 0) {
       const int64_t h = head < n ? head : n;
       const __mmask16 k = tail_mask(h);
-      const __m512 lp = _mm512_max_ps(_mm512_sub_ps(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, z), vt, vlse), vlse_lo), floor);
+      const __m512 lp = _mm512_max_ps(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, z), vt, vlse), floor);
       _mm512_mask_storeu_ps(g, k, _mm512_mul_ps(exp_nonpositive(lp), _mm512_fmadd_ps(beta, lp, alpha)));
       i = h;
     } else if (head > 0) {
-      return gradient_span<false>(z, n, vt, vlse, vlse_lo, alpha, beta, g);  // misaligned floats: no streaming
+      return gradient_span<false>(z, n, vt, vlse, alpha, beta, g);  // misaligned floats: no streaming
     }
   }
   for (; i + 16 <= n; i += 16) {
     _mm_prefetch(reinterpret_cast<const char*>(z + i + kGradientPrefetch), _MM_HINT_T0);
-    const __m512 lp = _mm512_max_ps(_mm512_sub_ps(_mm512_fmsub_ps(_mm512_loadu_ps(z + i), vt, vlse), vlse_lo), floor);
+    const __m512 lp = _mm512_max_ps(_mm512_fmsub_ps(_mm512_loadu_ps(z + i), vt, vlse), floor);
     const __m512 v = _mm512_mul_ps(exp_nonpositive(lp), _mm512_fmadd_ps(beta, lp, alpha));
     if (kStream)
       _mm512_stream_ps(g + i, v);
@@ -266,7 +289,7 @@ CGRPO_TARGET_AVX512 inline void gradient_span(const float* z, int64_t n, __m512 
   }
   if (i < n) {
     const __mmask16 k = tail_mask(n - i);
-    const __m512 lp = _mm512_max_ps(_mm512_sub_ps(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, z + i), vt, vlse), vlse_lo), floor);
+    const __m512 lp = _mm512_max_ps(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, z + i), vt, vlse), floor);
     _mm512_mask_storeu_ps(g + i, k, _mm512_mul_ps(exp_nonpositive(lp), _mm512_fmadd_ps(beta, lp, alpha)));
   }
 }
@@ -274,17 +297,13 @@ CGRPO_TARGET_AVX512 inline void gradient_span(const float* z, int64_t n, __m512 
 // The row without the target's + a / tau (the caller adds it).
 CGRPO_TARGET_AVX512 inline void row_logit_gradient(const float* z, int64_t vocab, float inv_temperature, double lse,
                                                    double entropy, double a, double b, float* g, bool stream) {
-  // log p = (z t - lse_hi) - lse_lo, z t exact inside the FMA: lse in two floats, so a large
-  // lse keeps its low bits (as the Eigen path).
-  const float lse_hi = static_cast<float>(lse);
-  const __m512 vt = _mm512_set1_ps(inv_temperature), vlse = _mm512_set1_ps(lse_hi);
-  const __m512 vlse_lo = _mm512_set1_ps(static_cast<float>(lse - static_cast<double>(lse_hi)));
-  const __m512 alpha = _mm512_set1_ps(static_cast<float>(-(a + b * entropy) * static_cast<double>(inv_temperature)));
-  const __m512 beta = _mm512_set1_ps(static_cast<float>(-b * static_cast<double>(inv_temperature)));
+  const GradientConstants k = gradient_constants(inv_temperature, lse, entropy, a, b);
+  const __m512 vt = _mm512_set1_ps(inv_temperature), vlse = _mm512_set1_ps(k.lse_hi);
+  const __m512 alpha = _mm512_set1_ps(k.alpha), beta = _mm512_set1_ps(k.beta);
   if (stream)
-    gradient_span<true>(z, vocab, vt, vlse, vlse_lo, alpha, beta, g);
+    gradient_span<true>(z, vocab, vt, vlse, alpha, beta, g);
   else
-    gradient_span<false>(z, vocab, vt, vlse, vlse_lo, alpha, beta, g);
+    gradient_span<false>(z, vocab, vt, vlse, alpha, beta, g);
 }
 
 }  // namespace avx512
@@ -367,17 +386,17 @@ CGRPO_TARGET_AVX2 inline float chunk_max(const float* z, int64_t n) {
 }
 
 // As avx512::chunk_sums.
-CGRPO_TARGET_AVX2 inline void chunk_sums(const float* z, int64_t n, float inv_temperature, float m, const float* next,
+CGRPO_TARGET_AVX2 inline void chunk_sums(const float* z, int64_t n, float inv_temperature, float ref, const float* next,
                                          int64_t next_n, double& sum_exp, double& sum_exp_d) {
-  const __m256 vm = _mm256_set1_ps(m), vt = _mm256_set1_ps(inv_temperature);
+  const __m256 vm = _mm256_set1_ps(ref), vt = _mm256_set1_ps(inv_temperature);
   const __m256 floor = _mm256_set1_ps(exp_floor<float>());
   __m256 s0 = _mm256_setzero_ps(), s1 = s0, q0 = s0, q1 = s0;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     if (i < next_n) _mm_prefetch(reinterpret_cast<const char*>(next + i), _MM_HINT_T0);  // one line per 16 entries
     // vmaxps(floor, d) returns d when d is NaN: a NaN entry reaches the sums.
-    const __m256 d0 = _mm256_max_ps(floor, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(z + i), vm), vt));
-    const __m256 d1 = _mm256_max_ps(floor, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(z + i + 8), vm), vt));
+    const __m256 d0 = _mm256_max_ps(floor, _mm256_fmsub_ps(_mm256_loadu_ps(z + i), vt, vm));
+    const __m256 d1 = _mm256_max_ps(floor, _mm256_fmsub_ps(_mm256_loadu_ps(z + i + 8), vt, vm));
     const __m256 e0 = exp_nonpositive(d0), e1 = exp_nonpositive(d1);
     s0 = _mm256_add_ps(s0, e0);
     s1 = _mm256_add_ps(s1, e1);
@@ -387,7 +406,7 @@ CGRPO_TARGET_AVX2 inline void chunk_sums(const float* z, int64_t n, float inv_te
   for (; i < n; i += 8) {
     const __m256 k = _mm256_castsi256_ps(tail_mask(n - i));
     const __m256 x = _mm256_maskload_ps(z + i, _mm256_castps_si256(k));
-    const __m256 d = _mm256_and_ps(k, _mm256_max_ps(floor, _mm256_mul_ps(_mm256_sub_ps(x, vm), vt)));
+    const __m256 d = _mm256_and_ps(k, _mm256_max_ps(floor, _mm256_fmsub_ps(x, vt, vm)));
     const __m256 e = _mm256_and_ps(k, exp_nonpositive(d));
     s0 = _mm256_add_ps(s0, e);
     q0 = _mm256_fmadd_ps(e, d, q0);
@@ -398,7 +417,7 @@ CGRPO_TARGET_AVX2 inline void chunk_sums(const float* z, int64_t n, float inv_te
 
 // As avx512::row_softmax_stats.
 CGRPO_TARGET_AVX2 inline RowStats<double> row_softmax_stats(const float* z, int64_t vocab, float inv_temperature) {
-  float m = -INFINITY;
+  float m = -INFINITY, ref = -INFINITY;
   double sum_exp = 0, sum_exp_d = 0;
   for (int64_t c0 = 0; c0 < vocab; c0 += kChunkFloats) {
     const int64_t n = vocab - c0 < kChunkFloats ? vocab - c0 : kChunkFloats;
@@ -406,24 +425,27 @@ CGRPO_TARGET_AVX2 inline RowStats<double> row_softmax_stats(const float* z, int6
     if (cm != cm) return RowStats<double>{NAN, NAN, NAN};
     if (cm == -INFINITY) continue;
     if (cm > m) {
+      const float new_ref = cm * inv_temperature;
+      if (!std::isfinite(new_ref)) return RowStats<double>{NAN, NAN, NAN};
       if (sum_exp > 0) {
-        const double shift = (static_cast<double>(m) - static_cast<double>(cm)) * static_cast<double>(inv_temperature);
+        const double shift = static_cast<double>(ref) - static_cast<double>(new_ref);
         const double scale = std::exp(shift);
         sum_exp_d = scale * (sum_exp_d + shift * sum_exp);
         sum_exp *= scale;
       }
       m = cm;
+      ref = new_ref;
     }
     const int64_t next_n = vocab - c0 - n < kChunkFloats ? vocab - c0 - n : kChunkFloats;
-    chunk_sums(z + c0, n, inv_temperature, m, z + c0 + n, next_n, sum_exp, sum_exp_d);
+    chunk_sums(z + c0, n, inv_temperature, ref, z + c0 + n, next_n, sum_exp, sum_exp_d);
   }
   if (m == -INFINITY) return row_stats_identity<double>();
-  return RowStats<double>{static_cast<double>(m) * static_cast<double>(inv_temperature), sum_exp, sum_exp_d};
+  return RowStats<double>{static_cast<double>(ref), sum_exp, sum_exp_d};
 }
 
 // As avx512::gradient_span (streaming needs 32-byte aligned stores).
 template <bool kStream>
-CGRPO_TARGET_AVX2 inline void gradient_span(const float* z, int64_t n, __m256 vt, __m256 vlse, __m256 vlse_lo, __m256 alpha, __m256 beta,
+CGRPO_TARGET_AVX2 inline void gradient_span(const float* z, int64_t n, __m256 vt, __m256 vlse, __m256 alpha, __m256 beta,
                                             float* g) {
   const __m256 floor = _mm256_set1_ps(exp_floor<float>());
   int64_t i = 0;
@@ -432,16 +454,16 @@ CGRPO_TARGET_AVX2 inline void gradient_span(const float* z, int64_t n, __m256 vt
     if (head > 0 && reinterpret_cast<uintptr_t>(g) % sizeof(float) == 0) {
       const int64_t h = head < n ? head : n;
       const __m256i k = tail_mask(h);
-      const __m256 lp = _mm256_max_ps(_mm256_sub_ps(_mm256_fmsub_ps(_mm256_maskload_ps(z, k), vt, vlse), vlse_lo), floor);
+      const __m256 lp = _mm256_max_ps(_mm256_fmsub_ps(_mm256_maskload_ps(z, k), vt, vlse), floor);
       _mm256_maskstore_ps(g, k, _mm256_mul_ps(exp_nonpositive(lp), _mm256_fmadd_ps(beta, lp, alpha)));
       i = h;
     } else if (head > 0) {
-      return gradient_span<false>(z, n, vt, vlse, vlse_lo, alpha, beta, g);
+      return gradient_span<false>(z, n, vt, vlse, alpha, beta, g);
     }
   }
   for (; i + 8 <= n; i += 8) {
     if ((i & 15) == 0) _mm_prefetch(reinterpret_cast<const char*>(z + i + kGradientPrefetch), _MM_HINT_T0);
-    const __m256 lp = _mm256_max_ps(_mm256_sub_ps(_mm256_fmsub_ps(_mm256_loadu_ps(z + i), vt, vlse), vlse_lo), floor);
+    const __m256 lp = _mm256_max_ps(_mm256_fmsub_ps(_mm256_loadu_ps(z + i), vt, vlse), floor);
     const __m256 v = _mm256_mul_ps(exp_nonpositive(lp), _mm256_fmadd_ps(beta, lp, alpha));
     if (kStream)
       _mm256_stream_ps(g + i, v);
@@ -450,22 +472,20 @@ CGRPO_TARGET_AVX2 inline void gradient_span(const float* z, int64_t n, __m256 vt
   }
   if (i < n) {
     const __m256i k = tail_mask(n - i);
-    const __m256 lp = _mm256_max_ps(_mm256_sub_ps(_mm256_fmsub_ps(_mm256_maskload_ps(z + i, k), vt, vlse), vlse_lo), floor);
+    const __m256 lp = _mm256_max_ps(_mm256_fmsub_ps(_mm256_maskload_ps(z + i, k), vt, vlse), floor);
     _mm256_maskstore_ps(g + i, k, _mm256_mul_ps(exp_nonpositive(lp), _mm256_fmadd_ps(beta, lp, alpha)));
   }
 }
 
 CGRPO_TARGET_AVX2 inline void row_logit_gradient(const float* z, int64_t vocab, float inv_temperature, double lse,
                                                  double entropy, double a, double b, float* g, bool stream) {
-  const float lse_hi = static_cast<float>(lse);
-  const __m256 vt = _mm256_set1_ps(inv_temperature), vlse = _mm256_set1_ps(lse_hi);
-  const __m256 vlse_lo = _mm256_set1_ps(static_cast<float>(lse - static_cast<double>(lse_hi)));
-  const __m256 alpha = _mm256_set1_ps(static_cast<float>(-(a + b * entropy) * static_cast<double>(inv_temperature)));
-  const __m256 beta = _mm256_set1_ps(static_cast<float>(-b * static_cast<double>(inv_temperature)));
+  const avx512::GradientConstants k = avx512::gradient_constants(inv_temperature, lse, entropy, a, b);
+  const __m256 vt = _mm256_set1_ps(inv_temperature), vlse = _mm256_set1_ps(k.lse_hi);
+  const __m256 alpha = _mm256_set1_ps(k.alpha), beta = _mm256_set1_ps(k.beta);
   if (stream)
-    gradient_span<true>(z, vocab, vt, vlse, vlse_lo, alpha, beta, g);
+    gradient_span<true>(z, vocab, vt, vlse, alpha, beta, g);
   else
-    gradient_span<false>(z, vocab, vt, vlse, vlse_lo, alpha, beta, g);
+    gradient_span<false>(z, vocab, vt, vlse, alpha, beta, g);
 }
 
 }  // namespace avx2
