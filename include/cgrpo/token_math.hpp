@@ -191,7 +191,8 @@ CGRPO_HD TokenResult<Real> token_loss(const TokenInputs<Real>& in, const TokenLo
 
 template <typename Real>
 struct RowStats {
-  Real max;        // M = max_j u_j
+  Real max;        // M = max_j u_j, or a reference point within rounding of it (the CPU's AVX
+                   // sweeps use max z * t rounded to float): lse = M + log S and H hold for any M
   Real sum_exp;    // S = sum_j exp(u_j - M)
   Real sum_exp_u;  // Q = sum_j exp(u_j - M) (u_j - M)
 };
