@@ -35,6 +35,8 @@ Status token_logprobs(const Logit* logits, int64_t num_tokens, int64_t vocab_siz
   if (!workspace || workspace_bytes < token_logprobs_workspace_size())
     return make_error(StatusCode::invalid_argument, "workspace needs %zu bytes (token_logprobs_workspace_size), got %zu%s",
                       token_logprobs_workspace_size(), workspace_bytes, workspace ? "" : " (null)");
+  if (reinterpret_cast<uintptr_t>(workspace) % 16 != 0)  // the status word's 64-bit atomics
+    return make_error(StatusCode::invalid_argument, "workspace must be 16-byte aligned");
   // Every check above runs before the first CUDA call: an invalid call enqueues nothing.
   auto* status = static_cast<DeviceStatus*>(workspace);
   CGRPO_CUDA_CHECK(cudaMemsetAsync(status, 0xFF, sizeof(DeviceStatus), stream));

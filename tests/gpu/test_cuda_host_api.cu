@@ -119,6 +119,21 @@ void test_gpu_specific_checks() {
   s = cgrpo::cuda::fused_policy_loss(c, f.batch, f.out, nullptr, nullptr, need, nullptr);
   GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "(null)"), "null workspace: %s",
              s.message);
+  // A workspace that is not 16-byte aligned (the status word's 64-bit atomics would fault).
+  std::vector<char> big(need + 64);
+  char* odd = big.data() + (16 - reinterpret_cast<uintptr_t>(big.data()) % 16) % 16 + 8;
+  s = cgrpo::cuda::fused_policy_loss(c, f.batch, f.out, nullptr, odd, need, nullptr);
+  GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "16-byte aligned"),
+             "misaligned workspace: %s", s.message);
+  {
+    std::vector<char> tw(cgrpo::cuda::token_logprobs_workspace_size() + 64);
+    char* todd = tw.data() + (16 - reinterpret_cast<uintptr_t>(tw.data()) % 16) % 16 + 8;
+    s = cgrpo::cuda::token_logprobs(fake<const float>(0x10000000), 4, 10, 0, fake<const int32_t>(0x20000000), 1.0,
+                                    fake<float>(0x30000000), nullptr, todd, cgrpo::cuda::token_logprobs_workspace_size(),
+                                    nullptr);
+    GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "16-byte aligned"),
+               "token_logprobs misaligned workspace: %s", s.message);
+  }
   LossConfig g = cgrpo::gspo();
   const std::vector<int64_t> offsets = {0, 30, 64};
   f.batch.layout = cgrpo::SequenceLayout::packed(2, offsets.data());

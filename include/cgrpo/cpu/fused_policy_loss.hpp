@@ -147,7 +147,7 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& 
   const int64_t bad = first_non_finite_row(ws, T);
   if (bad >= 0)
     return make_error(StatusCode::non_finite,
-                      "logits row %lld holds NaN or +inf (or every entry is -inf, or its max / temperature overflows float); nothing was written",
+                      "logits row %lld holds NaN or +inf (or every entry is -inf); nothing was written (with float logits, also a row whose max / temperature overflows float)",
                       static_cast<long long>(bad));
 
   MetricSums<double> sums;

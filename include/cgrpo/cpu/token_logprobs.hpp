@@ -45,7 +45,7 @@ Status token_logprobs(const Real* logits, int64_t num_tokens, int64_t vocab_size
   });
   const int64_t bad = first_non_finite_row(ws, num_tokens);
   if (bad >= 0)
-    return make_error(StatusCode::non_finite, "logits row %lld holds NaN or +inf (or every entry is -inf, or its max / temperature overflows float)",
+    return make_error(StatusCode::non_finite, "logits row %lld holds NaN or +inf (or every entry is -inf); with float logits, also a row whose max / temperature overflows float",
                       static_cast<long long>(bad));
   for (int64_t t = 0; t < num_tokens; ++t) {
     logp[t] = static_cast<Real>(ws.rows[t].logp);
