@@ -59,10 +59,18 @@ inline const char* non_finite_field_name(uint32_t field) {
 
 // The Status a host copy of the word stands for; the messages follow the CPU path's.
 // Rows that were flagged got a zero gradient and no share in the loss and metrics.
+// Which fault is reported follows the CPU path's order: its validation walks the tokens in
+// order and checks id, mask, kind, then the per-token values, so among kinds 0-2 the lowest
+// row wins (ties in that kind order); only then a non-finite row, then a -inf target logit.
 inline Status decode_device_status(const DeviceStatus& s) {
   constexpr unsigned long long none = ~0ull;
-  for (int k = 0; k < kNumDeviceErrors; ++k) {
-    if (s.first[k] == none) continue;
+  int pick = -1;
+  for (int k = kTargetOutOfRange; k <= kNonFiniteValue; ++k)
+    if (s.first[k] != none && (pick < 0 || (s.first[k] >> 32) < (s.first[pick] >> 32))) pick = k;
+  for (int k = kNonFiniteRow; k < kNumDeviceErrors && pick < 0; ++k)
+    if (s.first[k] != none) pick = k;
+  if (pick >= 0) {
+    const int k = pick;
     const long long row = static_cast<long long>(s.first[k] >> 32);
     const uint32_t detail = static_cast<uint32_t>(s.first[k] & 0xffffffffu);
     switch (k) {

@@ -480,6 +480,12 @@ void test_flagged_rows(std::mt19937_64& rng) {
       {"kind value 5", 11, [](HostBatch& b, std::vector<Logit>&) { b.kinds[11] = 5; }},
       {"NaN advantage", 2, [](HostBatch& b, std::vector<Logit>&) { b.adv[2] = std::numeric_limits<double>::quiet_NaN(); }},
       {"inf pg weight", 12, [](HostBatch& b, std::vector<Logit>&) { b.w_pg[12] = INFINITY; }},
+      // Faults of two kinds: the CPU walks the tokens in order, so the lower row is named.
+      {"mask at 3, target at 10", 3, [](HostBatch& b, std::vector<Logit>&) { b.mask[3] = 2; b.targets[10] = -1; }},
+      {"NaN advantage at 2, target at 5", 2, [](HostBatch& b, std::vector<Logit>&) {
+         b.adv[2] = std::numeric_limits<double>::quiet_NaN();
+         b.targets[5] = static_cast<int32_t>(b.V);
+       }},
   };
   for (const LossConfig& config : {cgrpo::verl_grpo(), cgrpo::gspo()})
   for (const Breakage& br : breakages) {

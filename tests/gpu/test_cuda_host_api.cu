@@ -200,6 +200,19 @@ void test_status_word_decoding() {
   s.first[cgrpo::cuda::kNonFiniteValue] = (3ull << 32) | cgrpo::cuda::kFieldOldLogp;
   st = cgrpo::cuda::decode_device_status(s);
   GPU_EXPECT(std::string(st.message) == "old_logp[3] is not finite", "non-finite value: %s", st.message);
+  // Faults of several kinds: the lowest row among ids, masks/kinds and values, as the CPU walks
+  // the tokens; on one row, id before mask/kind before value.
+  s.first[cgrpo::cuda::kTargetOutOfRange] = (9ull << 32) | 2000u;
+  s.first[cgrpo::cuda::kNonFiniteRow] = (1ull << 32);
+  st = cgrpo::cuda::decode_device_status(s);
+  GPU_EXPECT(std::string(st.message) == "old_logp[3] is not finite", "lowest row across kinds: %s", st.message);
+  s.first[cgrpo::cuda::kInvalidMaskOrKind] = (3ull << 32) | 7u;
+  st = cgrpo::cuda::decode_device_status(s);
+  GPU_EXPECT(std::string(st.message) == "mask[3] = 7 must be 0 or 1", "mask before value on one row: %s", st.message);
+  s.first[cgrpo::cuda::kTargetOutOfRange] = (3ull << 32) | 2000u;
+  st = cgrpo::cuda::decode_device_status(s);
+  GPU_EXPECT(std::string(st.message) == "target_ids[3] = 2000 is outside [0, 1003)", "id first on one row: %s",
+             st.message);
 
   const cgrpo::Status e = cgrpo::cuda::cuda_status(cudaErrorInvalidValue, "cudaMemcpy(x)", "f.cu", 12);
   GPU_EXPECT(e.code == cgrpo::StatusCode::cuda_error && std::strstr(e.message, "cudaMemcpy(x)") &&
