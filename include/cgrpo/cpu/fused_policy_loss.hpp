@@ -28,6 +28,18 @@ struct Workspace {
   std::vector<double> seq_log_ratio;  // GSPO only
 };
 
+// A row's lse, H and log p of its target from its softmax statistics and u_y = z_y / tau (in
+// double, where z_y t is exact for float logits: no rounding of u, ~1e5 at small tau).
+// H >= 0 and log p <= 0 hold exactly; rounding of a near one-hot row may cross them by ~1e-8,
+// which is clamped (NaN passes through: the caller flags such a row). Shared with the
+// vocabulary-parallel loss.
+inline void set_row_values(const RowStats<double>& s, double target_u, Workspace::Row& r) {
+  r.lse = row_logsumexp(s);
+  const double h = row_entropy(s), logp = target_u - r.lse;
+  r.entropy = h < 0 ? 0.0 : h;
+  r.logp = logp > 0 ? 0.0 : logp;
+}
+
 // Sweep 1 for rows [begin, end): lse, H and log p of the target, and whether the row is finite.
 template <typename Real>
 void compute_row_stats(const Real* logits, int64_t stride, int64_t vocab, const int32_t* targets,
@@ -37,14 +49,7 @@ void compute_row_stats(const Real* logits, int64_t stride, int64_t vocab, const 
     const RowStats<double> s = row_softmax_stats(z, vocab, inv_temperature);
     Workspace::Row& r = rows[t];
     r.finite = row_stats_finite(s);
-    r.lse = row_logsumexp(s);
-    // H >= 0 and log p <= 0 hold exactly; rounding of a near one-hot row may cross them by
-    // ~1e-8, which is clamped (NaN passes through: such a row is flagged above).
-    const double h = row_entropy(s);
-    r.entropy = h < 0 ? 0.0 : h;
-    // In double, where z_y t is exact for float logits: no rounding of u (~1e5 at small tau).
-    const double logp = static_cast<double>(z[targets[t]]) * static_cast<double>(inv_temperature) - r.lse;
-    r.logp = logp > 0 ? 0.0 : logp;
+    set_row_values(s, static_cast<double>(z[targets[t]]) * static_cast<double>(inv_temperature), r);
   }
 }
 

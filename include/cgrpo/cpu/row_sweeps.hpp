@@ -100,11 +100,68 @@ void row_logit_gradient_generic(const Real* z, int64_t vocab, Real inv_temperatu
 
 #if defined(CGRPO_CPU_AVX512)
 // GCC 12 warns inside its own avx512fintrin.h (the undefined pass-through operand of
-// masked max/min); the operand is never read. Silence it for these kernels only.
+// masked max/min and of the reductions' extracts); the operand is never read. Silence it for
+// these kernels only.
 #if !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
+// Sweep 1's driver over one float row, shared by the AVX-512 and AVX2 kernel sets: Kernels
+// gives the set's chunk size, max and sums. Inlined into each set's target-attributed
+// row_softmax_stats, so that the chunk kernels inline too (called out of line per chunk, the
+// sweep ran 14% slower). The row's statistics against a running max: a
+// chunk whose max exceeds it rescales the double sums (one exp, as row_stats_merge does); every
+// other chunk (nearly all, past the first few) adds its sums with no exp and no merge.
+// The sums are taken against ref = (running max of z) * inv_temperature rounded to float: a
+// reference point, not exactly max u, which is all lse = ref + log S and H = log S - Q / S
+// need (RowStats::max holds it). log p of the target is then formed in double (the caller).
+template <typename Kernels>
+__attribute__((always_inline)) inline RowStats<double> chunked_row_stats(const float* z, int64_t vocab,
+                                                                         float inv_temperature) {
+  constexpr int64_t kChunkFloats = Kernels::kChunk;
+  float m = -INFINITY, ref = -INFINITY;
+  double sum_exp = 0, sum_exp_d = 0;
+  for (int64_t c0 = 0; c0 < vocab; c0 += kChunkFloats) {
+    const int64_t n = vocab - c0 < kChunkFloats ? vocab - c0 : kChunkFloats;
+    const float cm = Kernels::chunk_max(z + c0, n);
+    if (cm != cm) return RowStats<double>{NAN, NAN, NAN};  // NaN / +inf: flagged, no need to read on
+    if (cm == -INFINITY) continue;  // an all -inf chunk contributes nothing
+    if (cm > m) {
+      const float new_ref = cm * inv_temperature;  // >= ref: rounding is monotone
+      if (!std::isfinite(new_ref)) return RowStats<double>{NAN, NAN, NAN};  // max z / tau overflows float
+      if (sum_exp > 0) {
+        const double shift = static_cast<double>(ref) - static_cast<double>(new_ref);  // <= 0
+        const double scale = std::exp(shift);
+        sum_exp_d = scale * (sum_exp_d + shift * sum_exp);
+        sum_exp *= scale;
+      }
+      m = cm;
+      ref = new_ref;
+    }
+    const int64_t next_n = vocab - c0 - n < kChunkFloats ? vocab - c0 - n : kChunkFloats;
+    Kernels::chunk_sums(z + c0, n, inv_temperature, ref, z + c0 + n, next_n, sum_exp, sum_exp_d);
+  }
+  if (m == -INFINITY) return row_stats_identity<double>();  // every entry -inf: flagged by the caller
+  return RowStats<double>{static_cast<double>(ref), sum_exp, sum_exp_d};
+}
+
+// The gradient sweep's per-row constants. log p = L - lo with L = z t - lse_hi (one FMA, z t
+// exact inside it) and lse = lse_hi + lo (lse in two floats, so that a large lse, u of 1e5,
+// keeps its low bits). lo is folded into the constants instead of subtracted per entry:
+// p (alpha + beta log p) = exp(L) (alpha' + beta' L), alpha' = e^-lo (alpha - beta lo),
+// beta' = e^-lo beta, alpha = -(a + b H) / tau, beta = -b / tau.
+struct GradientConstants {
+  float lse_hi, alpha, beta;
+};
+inline GradientConstants gradient_constants(float inv_temperature, double lse, double entropy, double a, double b) {
+  const float lse_hi = static_cast<float>(lse);
+  const double lo = lse - static_cast<double>(lse_hi), scale = std::exp(-lo);
+  const double alpha = -(a + b * entropy) * static_cast<double>(inv_temperature);
+  const double beta = -b * static_cast<double>(inv_temperature);
+  return {lse_hi, static_cast<float>(scale * (alpha - beta * lo)), static_cast<float>(scale * beta)};
+}
+
 // Float rows with AVX-512 (the native preset): 16 lanes, one exp per entry and sweep,
 // masked tails, and streaming stores for a large separate gradient buffer (no
 // read-for-ownership: 4 bytes written per entry instead of 4 read + 4 written).
@@ -211,53 +268,16 @@ CGRPO_TARGET_AVX512 inline void chunk_sums(const float* z, int64_t n, float inv_
   sum_exp_d += static_cast<double>(_mm512_reduce_add_ps(_mm512_add_ps(q0, q1)));
 }
 
-// The row's statistics against a running max: a chunk whose max exceeds it rescales the
-// double sums (one exp, as row_stats_merge does); every other chunk (nearly all, past
-// the first few) adds its sums with no exp and no merge.
-CGRPO_TARGET_AVX512 inline RowStats<double> row_softmax_stats(const float* z, int64_t vocab, float inv_temperature) {
-  // The sums are taken against ref = (running max of z) * inv_temperature rounded to float: a
-  // reference point, not exactly max u, which is all lse = ref + log S and H = log S - Q / S
-  // need (RowStats::max holds it). log p of the target is then formed in double (the caller).
-  float m = -INFINITY, ref = -INFINITY;
-  double sum_exp = 0, sum_exp_d = 0;
-  for (int64_t c0 = 0; c0 < vocab; c0 += kAvx512Chunk) {
-    const int64_t n = vocab - c0 < kAvx512Chunk ? vocab - c0 : kAvx512Chunk;
-    const float cm = chunk_max(z + c0, n);
-    if (cm != cm) return RowStats<double>{NAN, NAN, NAN};  // NaN / +inf: flagged, no need to read on
-    if (cm == -INFINITY) continue;  // an all -inf chunk contributes nothing
-    if (cm > m) {
-      const float new_ref = cm * inv_temperature;  // >= ref: rounding is monotone
-      if (!std::isfinite(new_ref)) return RowStats<double>{NAN, NAN, NAN};  // max z / tau overflows float
-      if (sum_exp > 0) {
-        const double shift = static_cast<double>(ref) - static_cast<double>(new_ref);  // <= 0
-        const double scale = std::exp(shift);
-        sum_exp_d = scale * (sum_exp_d + shift * sum_exp);
-        sum_exp *= scale;
-      }
-      m = cm;
-      ref = new_ref;
-    }
-    const int64_t next_n = vocab - c0 - n < kAvx512Chunk ? vocab - c0 - n : kAvx512Chunk;
-    chunk_sums(z + c0, n, inv_temperature, ref, z + c0 + n, next_n, sum_exp, sum_exp_d);
+struct Kernels {
+  static constexpr int64_t kChunk = kAvx512Chunk;
+  CGRPO_TARGET_AVX512 static float chunk_max(const float* z, int64_t n) { return avx512::chunk_max(z, n); }
+  CGRPO_TARGET_AVX512 static void chunk_sums(const float* z, int64_t n, float t, float ref, const float* next,
+                                             int64_t next_n, double& s, double& q) {
+    avx512::chunk_sums(z, n, t, ref, next, next_n, s, q);
   }
-  if (m == -INFINITY) return row_stats_identity<double>();  // every entry -inf: flagged by the caller
-  return RowStats<double>{static_cast<double>(ref), sum_exp, sum_exp_d};
-}
-
-// The gradient sweep's per-row constants. log p = L - lo with L = z t - lse_hi (one FMA, z t
-// exact inside it) and lse = lse_hi + lo (lse in two floats, so that a large lse, u of 1e5,
-// keeps its low bits). lo is folded into the constants instead of subtracted per entry:
-// p (alpha + beta log p) = exp(L) (alpha' + beta' L), alpha' = e^-lo (alpha - beta lo),
-// beta' = e^-lo beta, alpha = -(a + b H) / tau, beta = -b / tau.
-struct GradientConstants {
-  float lse_hi, alpha, beta;
 };
-inline GradientConstants gradient_constants(float inv_temperature, double lse, double entropy, double a, double b) {
-  const float lse_hi = static_cast<float>(lse);
-  const double lo = lse - static_cast<double>(lse_hi), scale = std::exp(-lo);
-  const double alpha = -(a + b * entropy) * static_cast<double>(inv_temperature);
-  const double beta = -b * static_cast<double>(inv_temperature);
-  return {lse_hi, static_cast<float>(scale * (alpha - beta * lo)), static_cast<float>(scale * beta)};
+CGRPO_TARGET_AVX512 inline RowStats<double> row_softmax_stats(const float* z, int64_t vocab, float inv_temperature) {
+  return chunked_row_stats<Kernels>(z, vocab, inv_temperature);
 }
 
 // g = exp(L) (alpha' + beta' L), L = z t - lse_hi (gradient_constants): the same value as
@@ -415,32 +435,16 @@ CGRPO_TARGET_AVX2 inline void chunk_sums(const float* z, int64_t n, float inv_te
   sum_exp_d += static_cast<double>(reduce_add(_mm256_add_ps(q0, q1)));
 }
 
-// As avx512::row_softmax_stats.
-CGRPO_TARGET_AVX2 inline RowStats<double> row_softmax_stats(const float* z, int64_t vocab, float inv_temperature) {
-  float m = -INFINITY, ref = -INFINITY;
-  double sum_exp = 0, sum_exp_d = 0;
-  for (int64_t c0 = 0; c0 < vocab; c0 += kChunkFloats) {
-    const int64_t n = vocab - c0 < kChunkFloats ? vocab - c0 : kChunkFloats;
-    const float cm = chunk_max(z + c0, n);
-    if (cm != cm) return RowStats<double>{NAN, NAN, NAN};
-    if (cm == -INFINITY) continue;
-    if (cm > m) {
-      const float new_ref = cm * inv_temperature;
-      if (!std::isfinite(new_ref)) return RowStats<double>{NAN, NAN, NAN};
-      if (sum_exp > 0) {
-        const double shift = static_cast<double>(ref) - static_cast<double>(new_ref);
-        const double scale = std::exp(shift);
-        sum_exp_d = scale * (sum_exp_d + shift * sum_exp);
-        sum_exp *= scale;
-      }
-      m = cm;
-      ref = new_ref;
-    }
-    const int64_t next_n = vocab - c0 - n < kChunkFloats ? vocab - c0 - n : kChunkFloats;
-    chunk_sums(z + c0, n, inv_temperature, ref, z + c0 + n, next_n, sum_exp, sum_exp_d);
+struct Kernels {
+  static constexpr int64_t kChunk = kChunkFloats;
+  CGRPO_TARGET_AVX2 static float chunk_max(const float* z, int64_t n) { return avx2::chunk_max(z, n); }
+  CGRPO_TARGET_AVX2 static void chunk_sums(const float* z, int64_t n, float t, float ref, const float* next,
+                                           int64_t next_n, double& s, double& q) {
+    avx2::chunk_sums(z, n, t, ref, next, next_n, s, q);
   }
-  if (m == -INFINITY) return row_stats_identity<double>();
-  return RowStats<double>{static_cast<double>(ref), sum_exp, sum_exp_d};
+};
+CGRPO_TARGET_AVX2 inline RowStats<double> row_softmax_stats(const float* z, int64_t vocab, float inv_temperature) {
+  return chunked_row_stats<Kernels>(z, vocab, inv_temperature);
 }
 
 // As avx512::gradient_span (streaming needs 32-byte aligned stores).
@@ -479,7 +483,7 @@ CGRPO_TARGET_AVX2 inline void gradient_span(const float* z, int64_t n, __m256 vt
 
 CGRPO_TARGET_AVX2 inline void row_logit_gradient(const float* z, int64_t vocab, float inv_temperature, double lse,
                                                  double entropy, double a, double b, float* g, bool stream) {
-  const avx512::GradientConstants k = avx512::gradient_constants(inv_temperature, lse, entropy, a, b);
+  const GradientConstants k = gradient_constants(inv_temperature, lse, entropy, a, b);
   const __m256 vt = _mm256_set1_ps(inv_temperature), vlse = _mm256_set1_ps(k.lse_hi);
   const __m256 alpha = _mm256_set1_ps(k.alpha), beta = _mm256_set1_ps(k.beta);
   if (stream)

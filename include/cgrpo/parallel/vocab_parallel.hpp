@@ -111,10 +111,7 @@ Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatc
       return make_error(StatusCode::non_finite,
                         "row %lld: the reduced statistics hold NaN or +inf (or every logit is -inf); nothing was written",
                         static_cast<long long>(t));
-    r.lse = row_logsumexp(stats[t]);
-    const double h = row_entropy(stats[t]), logp = target_logit[t] - r.lse;
-    r.entropy = h < 0 ? 0.0 : h;  // clamped as cpu::fused_policy_loss does
-    r.logp = logp > 0 ? 0.0 : logp;
+    cpu::set_row_values(stats[t], target_logit[t], r);
   }
 
   // From here on, exactly the per-token pass of cpu::fused_policy_loss, on the reduced rows.
