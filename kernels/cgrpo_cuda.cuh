@@ -2,6 +2,7 @@
 // Fused policy loss (forward + backward, forward only, GSPO) and the log-prob/entropy pass.
 #pragma once
 
+#include "cgrpo/presets.hpp"
 #include "kernels/cuda_check.cuh"
 #include "kernels/device_status.cuh"
 #include "kernels/fused_policy_loss.cuh"

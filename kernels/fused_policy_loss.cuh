@@ -75,7 +75,7 @@ PolicyLossArgs<Logit> make_policy_loss_args(const LossConfig& config, const Poli
   args.params = token_params<float>(config);
   args.token_sums = reinterpret_cast<MetricSums<double>*>(ws + layout.token_sums);
   args.status = reinterpret_cast<DeviceStatus*>(ws + layout.status);
-  if (config.clip == ClipMode::sequence) {
+  if (config.ratio_level == RatioLevel::sequence_detached) {
     args.rows = reinterpret_cast<StoredRow*>(ws + layout.rows);
     args.seq_log_ratio = reinterpret_cast<float*>(ws + layout.seq_log_ratio);
     args.sequences.num_sequences = batch.layout.num_sequences;
@@ -104,7 +104,7 @@ TokenLogprobArgs<Logit> gspo_stats_args(const PolicyLossArgs<Logit>& args) {
 //
 //   batch:   every pointer is device memory (logits [T, row_stride] in Logit, per-token arrays
 //            in float), except batch.layout.offsets which is read on the host by validation
-//            (ClipMode::sequence only); the kernels read `device_sequence_offsets` instead
+//            (ratio_level sequence_detached only); the kernels read `device_sequence_offsets` instead
 //            (the same array in device memory; nullptr for a padded layout).
 //   out:     grad_logits (device, Logit; == batch.logits for in place, nullptr for forward
 //            only), logp / entropy (device, optional). out.metrics must be non-null (the CPU
@@ -116,7 +116,7 @@ TokenLogprobArgs<Logit> gspo_stats_args(const PolicyLossArgs<Logit>& args) {
 // logits) are checked by the kernels: a bad row is flagged in the workspace's status word, its
 // gradient written as zeros and its contributions left out; policy_loss_metrics() reports it.
 //
-// Kernels: fused (one kernel per row block + 2 tiny reductions); GSPO (ClipMode::sequence)
+// Kernels: fused (one kernel per row block + 2 tiny reductions); GSPO (RatioLevel::sequence_detached)
 // needs the sequence's mean log-ratio before any gradient, so it runs a log-prob pass over
 // the logits first (one extra read of T x V, 16 bytes per row stored), a per-sequence
 // reduction, then the loss/gradient pass (a second read of the logits, from DRAM this time).
@@ -128,11 +128,12 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Logit, 
                     std::is_same<Logit, __nv_bfloat16>::value,
                 "the CUDA path takes float, __half or __nv_bfloat16 logits");
   CGRPO_RETURN_IF_ERROR(validate_batch_shape(config, batch, out));
+  CGRPO_RETURN_IF_ERROR(check_cuda_supported(config, batch.computed_weights()));
   const int64_t T = batch.num_tokens, V = batch.vocab_size;
   if (T >= (int64_t{1} << 31))
     return make_error(StatusCode::invalid_argument, "num_tokens must be < 2^31 on the GPU, got %lld",
                       static_cast<long long>(T));
-  const bool sequence_ratio = config.clip == ClipMode::sequence;
+  const bool sequence_ratio = config.ratio_level == RatioLevel::sequence_detached;
   const WorkspaceLayout layout(T, sequence_ratio ? batch.layout.num_sequences : 0, sequence_ratio);
   if (!workspace || workspace_bytes < layout.total)
     return make_error(StatusCode::invalid_argument, "workspace needs %zu bytes (fused_policy_loss_workspace_size), got %zu%s",
@@ -167,7 +168,7 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Logit, 
     if (args.sequences.num_sequences > 0) {
       sequence_log_ratio_kernel<kSequenceThreads>
           <<<static_cast<unsigned>(args.sequences.num_sequences), kSequenceThreads, 0, stream>>>(
-              args.rows, args.mask, args.old_logp, args.sequences, const_cast<float*>(args.seq_log_ratio));
+              args.rows, args.mask, args.kinds, args.old_logp, args.sequences, const_cast<float*>(args.seq_log_ratio));
       CGRPO_CUDA_CHECK(cudaGetLastError());
     }
     if (args.grad) policy_loss_kernel<Logit, kThreads, true, true><<<grid, kThreads, 0, stream>>>(args);
@@ -178,7 +179,7 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Logit, 
   return reduce_metric_sums(ws, layout, T, stream);
 }
 
-// Decodes a host copy of the first 376 bytes of the workspace (status word and final sums).
+// Decodes a host copy of the first 392 bytes of the workspace (status word and final sums).
 inline Status policy_loss_metrics_from_copy(const char* host, LossMetrics* metrics) {
   const WorkspaceLayout layout(0, 0, false);
   DeviceStatus status;
@@ -190,7 +191,7 @@ inline Status policy_loss_metrics_from_copy(const char* host, LossMetrics* metri
   return Status::success();
 }
 
-// Waits for `stream`, then copies the status word and the final sums (376 bytes) back:
+// Waits for `stream`, then copies the status word and the final sums (392 bytes) back:
 // a flagged row gives its error Status (metrics untouched); otherwise *metrics =
 // finalize_metrics(sums). The only call of the CUDA path that synchronizes.
 inline Status policy_loss_metrics(const void* workspace, cudaStream_t stream, LossMetrics* metrics) {

@@ -10,6 +10,7 @@
 #include "cgrpo/config.hpp"
 #include "cgrpo/metrics.hpp"
 #include "cgrpo/policy_loss_batch.hpp"
+#include "cgrpo/token_loss.hpp"
 #include "cgrpo/token_math.hpp"
 #include "kernels/block_row_ops.cuh"
 #include "kernels/device_status.cuh"
@@ -65,21 +66,23 @@ struct PolicyLossArgs {
   DeviceStatus* status;
 };
 
-// The checks validate_batch_values does on the CPU, for one token; flags and returns false on the first failure.
+// The checks validate_batch_values does on the CPU, for one token; flags and returns false on the
+// first failure. At a masked token only the mask is read (padding may hold NaN or -inf).
 template <typename Logit>
 CGRPO_ROW_HD bool token_values_ok(const PolicyLossArgs<Logit>& args, int64_t t) {
   auto flag_value = [&](uint32_t field) { flag_row(args.status, kNonFiniteValue, t, field); };
   const uint8_t m = args.mask[t];
-  const uint8_t kind = args.kinds ? args.kinds[t] : uint8_t(kInitial);
   if (m > 1) return flag_row(args.status, kInvalidMaskOrKind, t, (0u << 8) | m), false;
+  if (!m) return true;
+  const uint8_t kind = args.kinds ? args.kinds[t] : uint8_t(kInitial);
   if (kind > 1) return flag_row(args.status, kInvalidMaskOrKind, t, (1u << 8) | kind), false;
   if (!isfinite(args.advantages[t])) return flag_value(kFieldAdvantages), false;
   if (!isfinite(args.pg_weights[t])) return flag_value(kFieldPgWeights), false;
   if (args.entropy_weights && !isfinite(args.entropy_weights[t])) return flag_value(kFieldEntropyWeights), false;
-  if (kind == kInitial && m && !isfinite(args.old_logp[t])) return flag_value(kFieldOldLogp), false;
+  if (kind == kInitial && !isfinite(args.old_logp[t])) return flag_value(kFieldOldLogp), false;
   if (args.params.kl_estimator != static_cast<int>(KlEstimator::none)) {
     if (!isfinite(args.kl_weights[t])) return flag_value(kFieldKlWeights), false;
-    if (m && !isfinite(args.ref_logp[t])) return flag_value(kFieldRefLogp), false;
+    if (!isfinite(args.ref_logp[t])) return flag_value(kFieldRefLogp), false;
   }
   return true;
 }
@@ -143,17 +146,18 @@ __global__ void __launch_bounds__(THREADS) token_logprobs_kernel(TokenLogprobArg
 }
 
 // ---------------------------------------------------------------------------
-// GSPO: mean (logp - old) over the valid tokens of each sequence. Block = one sequence;
+// GSPO: mean (logp - old) over the valid initial tokens of each sequence. Block = one sequence;
 // sums in double in a fixed order (strided per thread, then cub::BlockReduce). Reads 21 bytes per row.
 
 // Thread `tid`'s share of one sequence: rows begin + tid, begin + tid + THREADS, ...
 // A flagged row (max = NaN) is left out, so that one bad row does not turn the rest of its
 // sequence into NaN gradients (the call reports the error either way).
 template <int THREADS>
-CGRPO_ROW_HD void thread_sequence_sums(const StoredRow* rows, const uint8_t* mask, const float* old_logp, int64_t begin,
-                                       int64_t end, int tid, double& sum, double& count) {
+CGRPO_ROW_HD void thread_sequence_sums(const StoredRow* rows, const uint8_t* mask, const uint8_t* kinds,
+                                       const float* old_logp, int64_t begin, int64_t end, int tid, double& sum,
+                                       double& count) {
   for (int64_t t = begin + tid; t < end; t += THREADS)
-    if (mask[t] && !isnan(rows[t].max)) {
+    if (mask[t] && (!kinds || kinds[t] == kInitial) && !isnan(rows[t].max)) {
       sum += static_cast<double>(rows[t].logp) - static_cast<double>(old_logp[t]);
       count += 1.0;
     }
@@ -162,15 +166,35 @@ CGRPO_ROW_HD void thread_sequence_sums(const StoredRow* rows, const uint8_t* mas
 // The mean log-ratio from the block's sums (0 for a sequence without valid tokens).
 CGRPO_ROW_HD float sequence_mean(double sum, double count) { return count > 0.0 ? static_cast<float>(sum / count) : 0.0f; }
 
+// The configs the CUDA kernels run today: per-token policy terms (ratio, ppo_clip, cispo, cispo_cap,
+// sapo, gpg) at token level or in verl's GSPO form, every KL form, caller weights. The row- and
+// batch-coupled features run on the CPU path only, for now.
+inline Status check_cuda_supported(const LossConfig& c, bool computed_weights) {
+  const char* what = nullptr;
+  if (computed_weights) what = "weights computed by the loss (pass pg/entropy/kl weights from aggregation_weights)";
+  else if (c.ratio_level == RatioLevel::sequence) what = "ratio_level = sequence";
+  else if (c.policy_loss == PolicyLoss::geo_mean || c.policy_loss == PolicyLoss::kl_cov ||
+           c.policy_loss == PolicyLoss::clip_cov || c.policy_loss == PolicyLoss::vespo ||
+           c.policy_loss == PolicyLoss::reinforce)
+    what = to_string(c.policy_loss);
+  else if (c.rollout.mode != RolloutCorrectionMode::none) what = "config.rollout";
+  else if (c.sampler.mode != SamplerCorrectionMode::none) what = "config.sampler";
+  else if (std::isfinite(c.off_policy_mask_threshold)) what = "config.off_policy_mask_threshold";
+  else if (c.top_entropy_quantile < 1) what = "config.top_entropy_quantile";
+  if (!what) return Status::success();
+  return make_error(StatusCode::invalid_argument, "the CUDA path does not run %s yet (the CPU path does)", what);
+}
+
 template <int THREADS>
 __global__ void __launch_bounds__(THREADS)
-    sequence_log_ratio_kernel(const StoredRow* rows, const uint8_t* mask, const float* old_logp,
+    sequence_log_ratio_kernel(const StoredRow* rows, const uint8_t* mask, const uint8_t* kinds, const float* old_logp,
                               DeviceSequences sequences, float* seq_log_ratio) {
   using Reduce = cub::BlockReduce<double, THREADS>;
   __shared__ typename Reduce::TempStorage storage;
   const int64_t i = blockIdx.x;
   double sum = 0.0, count = 0.0;
-  thread_sequence_sums<THREADS>(rows, mask, old_logp, sequences.begin(i), sequences.end(i), threadIdx.x, sum, count);
+  thread_sequence_sums<THREADS>(rows, mask, kinds, old_logp, sequences.begin(i), sequences.end(i), threadIdx.x, sum,
+                                count);
   const double total = Reduce(storage).Sum(sum);
   __syncthreads();  // storage is reused
   const double n = Reduce(storage).Sum(count);
@@ -215,20 +239,23 @@ CGRPO_ROW_HD TokenStep policy_loss_token_step(const PolicyLossArgs<Logit>& args,
 
   MetricSums<double> sums = metric_sums_zero<double>();
   TokenStep step{0.0f, 0.0f, sm};
-  if (ok) {
+  if (ok && args.mask[t]) {  // a masked token adds nothing and none of its values are read
     TokenInputs<float> in{};
+    in.valid = true;
+    in.in_pg = true;
+    in.pg_factor = 1.0f;
     in.logp = logp;
     in.entropy = sm.entropy;
-    in.old_logp = args.old_logp[t];
-    in.ref_logp = args.ref_logp ? args.ref_logp[t] : 0.0f;
+    in.refinement = args.kinds && args.kinds[t] == kRefinement;
+    in.old_logp = in.refinement ? 0.0f : args.old_logp[t];
+    in.ref_logp = args.params.kl_estimator != static_cast<int>(KlEstimator::none) ? args.ref_logp[t] : 0.0f;
     in.advantage = args.advantages[t];
     in.w_pg = args.pg_weights[t];
     in.w_entropy = args.entropy_weights ? args.entropy_weights[t] : 0.0f;
-    in.w_kl = args.kl_weights ? args.kl_weights[t] : 0.0f;
-    in.refinement = args.kinds && args.kinds[t] == kRefinement;
-    if (STORED_ROWS) in.seq_log_ratio = args.seq_log_ratio[args.sequences.of_row(t)];
+    in.w_kl = args.params.kl_estimator != static_cast<int>(KlEstimator::none) ? args.kl_weights[t] : 0.0f;
+    if (STORED_ROWS) in.row.log_ratio = args.seq_log_ratio[args.sequences.of_row(t)];
     const TokenResult<float> res = token_loss(in, args.params);
-    metric_sums_add(sums, in, res, args.mask[t] != 0);
+    metric_sums_add(sums, in, res, args.params);
     step.a = res.dJ_dlogp;
     step.b = res.dJ_dentropy;
   }
@@ -258,7 +285,7 @@ __global__ void __launch_bounds__(THREADS) policy_loss_kernel(PolicyLossArgs<Log
 // ---------------------------------------------------------------------------
 // Fixed-order reduction of n MetricSums<double>: block k sums [k * chunk, (k + 1) * chunk)
 // (per thread in index order, then cub::BlockReduce), writing out[k]. The split depends only
-// on n, so the same inputs give the same bits on every run. 120 bytes read per token.
+// on n, so the same inputs give the same bits on every run. 136 bytes read per token.
 
 struct MetricSumsMerge {
   CGRPO_ROW_HD MetricSums<double> operator()(const MetricSums<double>& a,

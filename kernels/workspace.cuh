@@ -20,9 +20,9 @@ inline size_t align_up(size_t bytes) { return (bytes + kWorkspaceAlignment - 1) 
 // policy_loss_metrics() needs nothing but the workspace pointer.
 struct WorkspaceLayout {
   size_t status = 0;                             // DeviceStatus, 48 bytes
-  size_t final_sums = kWorkspaceAlignment;       // MetricSums<double>, 120 bytes
-  size_t partial_sums = 2 * kWorkspaceAlignment; // kReduceBlocks x 120 bytes
-  size_t token_sums = 0;                         // T x 120 bytes
+  size_t final_sums = kWorkspaceAlignment;       // MetricSums<double>, 136 bytes
+  size_t partial_sums = 2 * kWorkspaceAlignment; // kReduceBlocks x 136 bytes
+  size_t token_sums = 0;                         // T x 136 bytes
   size_t rows = 0;                               // GSPO: T x 16 bytes (StoredRow)
   size_t seq_log_ratio = 0;                      // GSPO: B x 4 bytes
   size_t total = 0;
@@ -45,9 +45,9 @@ struct WorkspaceLayout {
 };
 
 // Bytes of device workspace fused_policy_loss needs for T tokens (and B sequences under GSPO):
-// about 120 bytes per token (136 with GSPO) plus 8.7 KB; independent of V.
+// about 136 bytes per token (152 with GSPO) plus 8.7 KB; independent of V.
 inline size_t fused_policy_loss_workspace_size(const LossConfig& config, int64_t num_tokens, int64_t num_sequences) {
-  return WorkspaceLayout(num_tokens, num_sequences, config.clip == ClipMode::sequence).total;
+  return WorkspaceLayout(num_tokens, num_sequences, config.ratio_level == RatioLevel::sequence_detached).total;
 }
 
 // token_logprobs needs only the status word.

@@ -25,7 +25,7 @@ struct PolicyLossInputs {
   torch::Tensor pg_weights;       // Real: cgrpo::aggregation_weights of each term
   torch::Tensor entropy_weights;  // Real; undefined: no entropy term
   torch::Tensor kl_weights;       // Real; needed when config.kl != none
-  cgrpo::SequenceLayout layout;   // needed for ClipMode::sequence (offsets stay caller memory)
+  cgrpo::SequenceLayout layout;   // needed by row-level features (offsets stay caller memory)
 };
 
 namespace detail {

@@ -28,12 +28,13 @@ void expect_close(const char* what, const torch::Tensor& got, const torch::Tenso
 
 cgrpo::LossConfig config_for(int i) {
   cgrpo::LossConfig c = cgrpo::paper_critique_grpo();
-  const cgrpo::ClipMode clips[] = {cgrpo::ClipMode::none, cgrpo::ClipMode::token, cgrpo::ClipMode::sequence};
   const cgrpo::KlEstimator kls[] = {cgrpo::KlEstimator::none, cgrpo::KlEstimator::k1, cgrpo::KlEstimator::abs,
                                     cgrpo::KlEstimator::k2, cgrpo::KlEstimator::k3};
   c.advantage = i % 2 ? cgrpo::AdvantageEstimator::grpo : cgrpo::AdvantageEstimator::grpo_no_std;
-  c.clip = clips[i % 3];
-  c.dual_clip = c.clip == cgrpo::ClipMode::token && i % 2 == 1;
+  // i % 3: no clip (the paper), PPO clip, PPO clip on verl's GSPO sequence ratio.
+  c.policy_loss = i % 3 == 0 ? cgrpo::PolicyLoss::ratio : cgrpo::PolicyLoss::ppo_clip;
+  c.ratio_level = i % 3 == 2 ? cgrpo::RatioLevel::sequence_detached : cgrpo::RatioLevel::token;
+  c.dual_clip = i % 3 == 1 && i % 2 == 1;
   c.kl = kls[i % 5];
   c.kl_coef = c.kl == cgrpo::KlEstimator::none ? 0.0 : 0.05;
   c.entropy_coef = 0.01;
@@ -74,8 +75,8 @@ void compare(int i, torch::ScalarType real, double rel_tol) {
   (2.5 * loss_b).backward();
 
   char label[160];
-  std::snprintf(label, sizeof(label), "[%s case %d: clip %s, kl %s, agg %s, tau %g]",
-                real == torch::kDouble ? "double" : "float", i, cgrpo::to_string(c.clip), cgrpo::to_string(c.kl),
+  std::snprintf(label, sizeof(label), "[%s case %d: loss %s, ratio %s, kl %s, agg %s, tau %g]",
+                real == torch::kDouble ? "double" : "float", i, cgrpo::to_string(c.policy_loss), cgrpo::to_string(c.ratio_level), cgrpo::to_string(c.kl),
                 cgrpo::to_string(c.pg_aggregation), c.temperature);
   const double la = loss_a.item<double>(), lb = loss_b.item<double>();
   if (!(std::fabs(la - lb) <= rel_tol * std::max(1.0, std::fabs(lb)))) {

@@ -24,7 +24,7 @@ inline torch::Tensor reference_policy_loss(const torch::Tensor& logits, const Po
 
   // On-policy branch: token ratio, or GSPO's sequence ratio in verl's stop-gradient form.
   torch::Tensor log_ratio = logp - old;
-  if (c.clip == cgrpo::ClipMode::sequence) {
+  if (c.ratio_level == cgrpo::RatioLevel::sequence_detached) {
     const torch::Tensor m = as_real(in.mask);
     torch::Tensor seq_mean = torch::zeros_like(logp);
     for (int64_t i = 0; i < in.layout.num_sequences; ++i) {
@@ -37,10 +37,10 @@ inline torch::Tensor reference_policy_loss(const torch::Tensor& logits, const Po
     }
     log_ratio = logp - logp.detach() + seq_mean;
   }
-  const torch::Tensor ratio = torch::exp(torch::clamp(log_ratio, -c.max_abs_log_ratio, c.max_abs_log_ratio));
+  const torch::Tensor ratio = torch::exp(torch::clamp(log_ratio, c.log_ratio_min, c.log_ratio_max));
   const torch::Tensor pg1 = -A * ratio;
   torch::Tensor on_policy = pg1;
-  if (c.clip != cgrpo::ClipMode::none) {
+  if (c.policy_loss == cgrpo::PolicyLoss::ppo_clip) {
     const torch::Tensor pg2 = -A * torch::clamp(ratio, 1.0 - c.clip_eps_low, 1.0 + c.clip_eps_high);
     on_policy = torch::maximum(pg1, pg2);
     if (c.dual_clip) on_policy = torch::where(A < 0, torch::minimum(on_policy, -A * c.dual_clip_c), on_policy);

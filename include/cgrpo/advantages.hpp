@@ -42,12 +42,14 @@ inline Status group_ids_from_offsets(int64_t num_groups, const int64_t* group_of
 //   rloo:        n/(n-1) (R - mean_g) for n > 1, else R
 //   reinforce_pp_baseline: R - mean_g, then whitened over the valid tokens of the
 //                batch (token_counts[i] valid tokens per response; masked mean and
-//                unbiased masked variance, rsqrt(var + 1e-8) as verl's masked_whiten)
+//                unbiased masked variance, rsqrt(var + whiten_eps) as verl's masked_whiten)
+//   grpo_batch_std: (R - mean_g) / (std_batch + eps), std_batch the unbiased std of all the
+//                batch's rewards (TRL scale_rewards="batch"; a one-member group gets 0)
 // A group whose rewards are all equal gets A = 0 under grpo and grpo_no_std.
 // token_counts is read only by reinforce_pp_baseline and may be null otherwise.
 template <typename Real>
 Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& groups, const Real* rewards,
-                        const int64_t* token_counts, double eps, Real* advantages) {
+                        const int64_t* token_counts, double eps, Real* advantages, double whiten_eps = 1e-8) {
   const int64_t n = groups.num_responses;
   if (n < 0 || groups.num_groups < 0)
     return make_error(StatusCode::invalid_argument, "group_advantages: negative sizes");
@@ -56,6 +58,9 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
     return make_error(StatusCode::invalid_argument, "group_advantages: rewards, group_ids and advantages must not be null");
   if (!std::isfinite(eps) || eps < 0)
     return make_error(StatusCode::invalid_argument, "group_advantages: eps must be finite and >= 0, got %g", eps);
+  if (!std::isfinite(whiten_eps) || whiten_eps < 0)
+    return make_error(StatusCode::invalid_argument, "group_advantages: whiten_eps must be finite and >= 0, got %g",
+                      whiten_eps);
   for (int64_t i = 0; i < n; ++i) {
     if (groups.group_ids[i] < 0 || groups.group_ids[i] >= groups.num_groups)
       return make_error(StatusCode::out_of_range, "group_advantages: group_ids[%lld] = %d is outside [0, %lld)",
@@ -93,6 +98,16 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
     m2[g] += d * d;
   }
 
+  // The batch's unbiased std (grpo_batch_std), two passes.
+  double batch_std = 0;
+  if (estimator == AdvantageEstimator::grpo_batch_std && n > 1) {
+    double mu = 0, ss = 0;
+    for (int64_t i = 0; i < n; ++i) mu += static_cast<double>(rewards[i]);
+    mu /= static_cast<double>(n);
+    for (int64_t i = 0; i < n; ++i) ss += (static_cast<double>(rewards[i]) - mu) * (static_cast<double>(rewards[i]) - mu);
+    batch_std = std::sqrt(ss / static_cast<double>(n - 1));
+  }
+
   // Results stay in double until every check has passed: nothing is written on error.
   std::vector<double> result(n);
   for (int64_t i = 0; i < n; ++i) {
@@ -116,6 +131,9 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
         break;
       case AdvantageEstimator::reinforce_pp_baseline:
         a = c < 2 ? r : r - mean[g];
+        break;
+      case AdvantageEstimator::grpo_batch_std:
+        a = all_equal[g] ? 0.0 : (r - mean[g]) / (batch_std + eps);
         break;
       default:
         return make_error(StatusCode::invalid_argument, "group_advantages: unknown estimator %d",
@@ -141,7 +159,7 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
       var += static_cast<double>(token_counts[i]) * d * d;
     }
     var = var / tokens * (tokens / (tokens - 1));
-    const double inv_std = 1.0 / std::sqrt(var + 1e-8);
+    const double inv_std = 1.0 / std::sqrt(var + whiten_eps);
     for (int64_t i = 0; i < n; ++i) result[i] = (result[i] - mu) * inv_std;
   }
   for (int64_t i = 0; i < n; ++i) advantages[i] = static_cast<Real>(result[i]);

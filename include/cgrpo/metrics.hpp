@@ -1,11 +1,13 @@
-// cgrpo/metrics.hpp: what a trainer logs per step, with verl's definitions.
-// MetricSums are per-token sums (host/device, mergeable); finalize() turns them into means.
+// cgrpo/metrics.hpp: what a trainer logs per step, with the peers' definitions.
+// MetricSums are per-token sums (host/device, mergeable); finalize_metrics() turns them into means.
 #pragma once
 
-#include <cstdint>
+#include <stdint.h>
 
 #include "cgrpo/macros.hpp"
-#include "cgrpo/token_math.hpp"
+#include "cgrpo/rollout_correction.hpp"
+#include "cgrpo/sampler_correction.hpp"
+#include "cgrpo/token_loss.hpp"
 
 namespace cgrpo {
 
@@ -16,24 +18,37 @@ struct LossMetrics {
   double pg_loss_refinement = 0;  // the refinement-token part (pg_loss = initial + refinement)
   double entropy_loss = 0;        // agg_H(H)
   double kl_loss = 0;             // agg_KL(KL) (0 when KL is off)
-  double pg_clipfrac = 0;         // masked mean over initial tokens of [pg2 > pg1]
-  double pg_clipfrac_lower = 0;   // masked mean over initial tokens of [A < 0 and l > -A c]
-  double ppo_kl = 0;              // masked mean over initial tokens of old - logp
-  double entropy_mean = 0;        // masked mean of H over valid tokens
-  double kl_mean = 0;             // masked mean of KL over valid tokens
-  double refinement_prob_mean = 0;  // mean p_t over valid refinement tokens
-  double ratio_mean = 0;          // mean r_t (or s_i) over valid initial tokens
+  // Means over the valid initial tokens of the policy term (verl's metrics; verl divides by the count
+  // + 1e-8: config.metric_mean_eps).
+  double pg_clipfrac = 0;         // ppo_clip: [pg2 > pg1]; cispo: r outside the band; geo_mean: clipped
+                                  // where A > 0; kl_cov / clip_cov: selected tokens
+  double pg_clipfrac_lower = 0;   // dual clip: [A < 0 and l > -A c]; geo_mean: clipped where A < 0
+  double ppo_kl = 0;              // old - logp (clamped like the ratio at token level; kl_cov: |logp - old|)
+  double ratio_mean = 0;          // r (or s_i, rho_i) over valid initial tokens
+  // TRL's clip_ratio/* (fractions over valid initial tokens; r capped at the dual clip c when on).
+  double clip_ratio_low_mean = 0;     // [A < 0 and r < 1 - eps_low]
+  double clip_ratio_high_mean = 0;    // [A > 0 and r > 1 + eps_high]; cispo_cap: [A > 0 and r > cap]
+  double clip_ratio_region_mean = 0;  // either
+  double clip_ratio_low_min = 0;      // min over rows with a valid token of the row's low fraction
+  double clip_ratio_high_max = 0;     // max over rows of the row's high fraction
+  // Over every valid token.
+  double entropy_mean = 0;        // H
+  double kl_mean = 0;             // KL (after kl_times_ratio)
+  double refinement_prob_mean = 0;  // p_t over valid refinement tokens
+  double vespo_phi_mean = 0;      // vespo: sum_i phi_i / B
   int64_t num_valid_tokens = 0;
-  int64_t num_initial_tokens = 0;     // valid initial tokens
+  int64_t num_initial_tokens = 0;     // valid initial tokens in the policy term
   int64_t num_refinement_tokens = 0;  // valid refinement tokens
+  RolloutMetrics rollout;         // config.rollout (verl)
+  SamplerMetrics sampler;         // config.sampler (TRL)
 };
 
-// Per-token sums that finalize() turns into LossMetrics. Acc is double on the
-// CPU; the CUDA path reduces them in a fixed order, so results are deterministic.
+// Per-token sums that finalize_metrics() turns into LossMetrics. Acc is double on the CPU; the
+// CUDA path reduces them in a fixed order, so results are deterministic.
 template <typename Acc>
 struct MetricSums {
   Acc loss, pg_initial, pg_refinement, entropy_weighted, kl_weighted;
-  Acc clipped, clipped_lower, ppo_kl, entropy, kl, refinement_prob, ratio;
+  Acc clipped, clipped_lower, ppo_kl, ratio_below, ratio_above, entropy, kl, refinement_prob, ratio;
   Acc valid, initial, refinement;
 };
 
@@ -41,35 +56,47 @@ template <typename Acc>
 CGRPO_HD MetricSums<Acc> metric_sums_zero() {
   MetricSums<Acc> s;
   s.loss = s.pg_initial = s.pg_refinement = s.entropy_weighted = s.kl_weighted = Acc(0);
-  s.clipped = s.clipped_lower = s.ppo_kl = s.entropy = s.kl = s.refinement_prob = s.ratio = Acc(0);
+  s.clipped = s.clipped_lower = s.ppo_kl = s.ratio_below = s.ratio_above = Acc(0);
+  s.entropy = s.kl = s.refinement_prob = s.ratio = Acc(0);
   s.valid = s.initial = s.refinement = Acc(0);
   return s;
 }
 
-// Adds one token. `valid` is its mask; weighted terms use the token's weights,
-// so masked tokens (weight 0) add nothing to the losses either way.
+// The log ratio a token's ppo_kl metric averages, as verl's loss functions log it: -clamp(x) at
+// token level (the clamp of the ratio), -x at sequence levels and for geo_mean, |x| for kl_cov.
+template <typename Real>
+CGRPO_HD Real ppo_kl_term(Real x, const TokenLossParams<Real>& p) {
+  if (p.policy_loss == static_cast<int>(PolicyLoss::kl_cov)) return math::abs(x);
+  if (p.ratio_level != static_cast<int>(RatioLevel::token) || p.policy_loss == static_cast<int>(PolicyLoss::geo_mean))
+    return -x;
+  return -math::clamp(x, p.log_ratio_min, p.log_ratio_max);
+}
+
+// Adds one token. A token that is not valid adds nothing (none of its values are read).
 template <typename Acc, typename Real>
 CGRPO_HD void metric_sums_add(MetricSums<Acc>& s, const TokenInputs<Real>& in, const TokenResult<Real>& r,
-                              bool valid) {
+                              const TokenLossParams<Real>& p) {
+  if (!in.valid) return;
   s.loss += Acc(r.loss);
-  const Acc pg = Acc(in.w_pg) * Acc(r.policy.loss);
-  if (in.refinement) s.pg_refinement += pg;
-  else s.pg_initial += pg;
+  if (in.refinement) s.pg_refinement += Acc(r.pg_loss);
+  else s.pg_initial += Acc(r.pg_loss);
   s.entropy_weighted += Acc(in.w_entropy) * Acc(in.entropy);
   s.kl_weighted += Acc(in.w_kl) * Acc(r.kl);
-  if (!valid) return;
   s.valid += Acc(1);
   s.entropy += Acc(in.entropy);
   s.kl += Acc(r.kl);
   if (in.refinement) {
     s.refinement += Acc(1);
     s.refinement_prob += Acc(r.policy.ratio);
-  } else {
+  } else if (in.in_pg) {
+    const uint8_t f = r.policy.flags;
     s.initial += Acc(1);
     s.ratio += Acc(r.policy.ratio);
-    s.clipped += r.policy.clipped ? Acc(1) : Acc(0);
-    s.clipped_lower += r.policy.clipped_lower ? Acc(1) : Acc(0);
-    s.ppo_kl += Acc(in.old_logp) - Acc(in.logp);
+    s.clipped += (f & kClipped) ? Acc(1) : Acc(0);
+    s.clipped_lower += (f & kClippedLower) ? Acc(1) : Acc(0);
+    s.ratio_below += (f & kRatioBelow) ? Acc(1) : Acc(0);
+    s.ratio_above += (f & kRatioAbove) ? Acc(1) : Acc(0);
+    s.ppo_kl += Acc(ppo_kl_term(in.logp - in.old_logp, p));
   }
 }
 
@@ -84,6 +111,8 @@ CGRPO_HD MetricSums<Acc> metric_sums_merge(const MetricSums<Acc>& a, const Metri
   s.clipped = a.clipped + b.clipped;
   s.clipped_lower = a.clipped_lower + b.clipped_lower;
   s.ppo_kl = a.ppo_kl + b.ppo_kl;
+  s.ratio_below = a.ratio_below + b.ratio_below;
+  s.ratio_above = a.ratio_above + b.ratio_above;
   s.entropy = a.entropy + b.entropy;
   s.kl = a.kl + b.kl;
   s.refinement_prob = a.refinement_prob + b.refinement_prob;
@@ -94,9 +123,12 @@ CGRPO_HD MetricSums<Acc> metric_sums_merge(const MetricSums<Acc>& a, const Metri
   return s;
 }
 
+// mean_eps: added to every count (verl's masked_mean adds 1e-8; config.metric_mean_eps).
 template <typename Acc>
-inline LossMetrics finalize_metrics(const MetricSums<Acc>& s) {
-  auto mean = [](Acc sum, Acc n) { return n > Acc(0) ? static_cast<double>(sum) / static_cast<double>(n) : 0.0; };
+inline LossMetrics finalize_metrics(const MetricSums<Acc>& s, double mean_eps = 0.0) {
+  auto mean = [mean_eps](Acc sum, Acc n) {
+    return n > Acc(0) ? static_cast<double>(sum) / (static_cast<double>(n) + mean_eps) : 0.0;
+  };
   LossMetrics m;
   m.loss = static_cast<double>(s.loss);
   m.pg_loss_initial = static_cast<double>(s.pg_initial);
@@ -107,10 +139,13 @@ inline LossMetrics finalize_metrics(const MetricSums<Acc>& s) {
   m.pg_clipfrac = mean(s.clipped, s.initial);
   m.pg_clipfrac_lower = mean(s.clipped_lower, s.initial);
   m.ppo_kl = mean(s.ppo_kl, s.initial);
+  m.ratio_mean = mean(s.ratio, s.initial);
+  m.clip_ratio_low_mean = mean(s.ratio_below, s.initial);
+  m.clip_ratio_high_mean = mean(s.ratio_above, s.initial);
+  m.clip_ratio_region_mean = mean(s.ratio_below + s.ratio_above, s.initial);
   m.entropy_mean = mean(s.entropy, s.valid);
   m.kl_mean = mean(s.kl, s.valid);
   m.refinement_prob_mean = mean(s.refinement_prob, s.refinement);
-  m.ratio_mean = mean(s.ratio, s.initial);
   m.num_valid_tokens = static_cast<int64_t>(s.valid);
   m.num_initial_tokens = static_cast<int64_t>(s.initial);
   m.num_refinement_tokens = static_cast<int64_t>(s.refinement);

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cgrpo/aggregation.hpp"
 #include "cgrpo/config.hpp"
 #include "cgrpo/layout.hpp"
 #include "cgrpo/metrics.hpp"
@@ -27,19 +28,53 @@ struct PolicyLossBatch {
   int64_t vocab_size = 0;         // V
   int64_t row_stride = 0;         // elements between rows; 0 means vocab_size
 
-  const int32_t* target_ids = nullptr;   // [T], y_t in [0, V)
-  const uint8_t* mask = nullptr;         // [T], 1 valid response token, 0 padding
-  const uint8_t* kinds = nullptr;        // [T], TokenKind; nullptr: every token is initial
-  const Real* advantages = nullptr;      // [T], the response's advantage on each of its tokens
-  const Real* old_logp = nullptr;        // [T], log-prob under the sampling policy
-  const Real* ref_logp = nullptr;        // [T], reference policy; needed when config.kl != none
-  const Real* pg_weights = nullptr;      // [T], aggregation weights of the policy term
-  const Real* entropy_weights = nullptr; // [T], of the entropy term; nullptr: no entropy term
-  const Real* kl_weights = nullptr;      // [T], of the KL term; needed when config.kl != none
-  SequenceLayout layout;                 // rows of each response; needed for ClipMode::sequence
+  // Per-token arrays [T]. At a masked token (mask 0) only target_ids is read: padding may hold
+  // anything, NaN and -inf included, in every other array.
+  const int32_t* target_ids = nullptr;   // y_t in [0, V), at every token
+  const uint8_t* mask = nullptr;         // 1 valid response token, 0 padding
+  const uint8_t* kinds = nullptr;        // TokenKind; nullptr: every token is initial
+  const Real* advantages = nullptr;      // the response's advantage on each of its tokens
+  const Real* old_logp = nullptr;        // log-prob under the sampling policy (not read in bypass
+                                         // mode, where rollout_logp is the ratio's reference)
+  const Real* ref_logp = nullptr;        // reference policy; needed when config.kl != none
+  const Real* rollout_logp = nullptr;    // log-prob under the engine that sampled the token (e.g.
+                                         // vLLM); needed by config.rollout (verl) or config.sampler (TRL)
+  const uint8_t* selection = nullptr;    // kl_cov / clip_cov: the tokens the caller selects
+                                         // (nullptr: the loss selects them, see docs/MATH.md)
+
+  // Aggregation weights of each term. Either none (the loss computes them from config's
+  // aggregation modes over `layout`, the mask and `scale`: needed whenever a mask changes inside
+  // the loss, e.g. rejection sampling) or every one the config uses: pg_weights always,
+  // entropy_weights when entropy_coef != 0, kl_weights when kl != none.
+  const Real* pg_weights = nullptr;
+  const Real* entropy_weights = nullptr;
+  const Real* kl_weights = nullptr;
+  AggregationScale scale;                // global counts for the computed weights (0: this batch)
+
+  SequenceLayout layout;                 // rows of each response; needed by the row-level features
+                                         // (see needs_layout) and by computed weights
 
   int64_t stride() const { return row_stride == 0 ? vocab_size : row_stride; }
+  bool computed_weights() const { return pg_weights == nullptr; }
 };
+
+// True when the loss needs batch.layout: row-level ratios or losses, sequence-level corrections,
+// or weights it computes itself for a mode that needs the rows.
+inline bool needs_layout(const LossConfig& c, bool computed_weights) {
+  if (c.sequence_ratio() || c.policy_loss == PolicyLoss::geo_mean || c.policy_loss == PolicyLoss::vespo) return true;
+  if (c.rollout.mode != RolloutCorrectionMode::none || c.sampler.mode != SamplerCorrectionMode::none) return true;
+  if (std::isfinite(c.off_policy_mask_threshold)) return true;
+  if (!computed_weights) return false;
+  auto rows = [](Aggregation a) { return a != Aggregation::token_mean; };
+  return rows(c.pg_aggregation) || (c.entropy_coef != 0 && rows(c.entropy_aggregation)) ||
+         (c.kl != KlEstimator::none && rows(c.kl_aggregation));
+}
+
+// The array the ratio's log ratio is taken against: rollout_logp in verl's bypass mode, old_logp otherwise.
+template <typename Logit, typename Real>
+const Real* ratio_reference(const LossConfig& c, const PolicyLossBatch<Logit, Real>& b) {
+  return c.rollout.mode == RolloutCorrectionMode::bypass ? b.rollout_logp : b.old_logp;
+}
 
 template <typename Logit, typename Real = Logit>
 struct PolicyLossOutputs {
@@ -73,13 +108,44 @@ Status validate_batch_shape(const LossConfig& config, const PolicyLossBatch<Logi
   if (!b.target_ids) return make_error(StatusCode::invalid_argument, "target_ids must not be null");
   if (!b.mask) return make_error(StatusCode::invalid_argument, "mask must not be null");
   if (!b.advantages) return make_error(StatusCode::invalid_argument, "advantages must not be null");
-  if (!b.old_logp) return make_error(StatusCode::invalid_argument, "old_logp must not be null");
-  if (!b.pg_weights) return make_error(StatusCode::invalid_argument, "pg_weights must not be null");
-  if (config.kl != KlEstimator::none && (!b.ref_logp || !b.kl_weights))
-    return make_error(StatusCode::invalid_argument, "config.kl = %s needs ref_logp and kl_weights",
-                      to_string(config.kl));
-  if (config.clip == ClipMode::sequence) {
+  const bool bypass = config.rollout.mode == RolloutCorrectionMode::bypass;
+  if (!b.old_logp && !bypass) return make_error(StatusCode::invalid_argument, "old_logp must not be null");
+  if (config.kl != KlEstimator::none && !b.ref_logp)
+    return make_error(StatusCode::invalid_argument, "config.kl = %s needs ref_logp", to_string(config.kl));
+  if (config.needs_rollout_logp() && !b.rollout_logp)
+    return make_error(StatusCode::invalid_argument, "config.%s needs rollout_logp (the sampler's log-probs)",
+                      config.rollout.mode != RolloutCorrectionMode::none ? "rollout" : "sampler");
+  if (b.pg_weights) {
+    if (config.entropy_coef != 0 && !b.entropy_weights)
+      return make_error(StatusCode::invalid_argument,
+                        "entropy_weights must not be null when pg_weights is given and config.entropy_coef != 0 "
+                        "(pass every weight the config uses, or none to let the loss compute them)");
+    if (config.kl != KlEstimator::none && !b.kl_weights)
+      return make_error(StatusCode::invalid_argument,
+                        "kl_weights must not be null when pg_weights is given and config.kl = %s (pass every "
+                        "weight the config uses, or none to let the loss compute them)",
+                        to_string(config.kl));
+    if (config.rollout.num_rejection_options > 0 || config.top_entropy_quantile < 1 ||
+        config.policy_loss == PolicyLoss::geo_mean)
+      return make_error(StatusCode::invalid_argument,
+                        "config.%s sets the weights' denominators inside the loss: pass pg_weights = "
+                        "entropy_weights = kl_weights = nullptr",
+                        config.rollout.num_rejection_options > 0 ? "rollout rejection"
+                        : config.top_entropy_quantile < 1        ? "top_entropy_quantile"
+                                                                 : "policy_loss = geo_mean");
+  } else if (b.entropy_weights || b.kl_weights) {
+    return make_error(StatusCode::invalid_argument,
+                      "pg_weights is null but entropy_weights or kl_weights is not: pass every weight or none");
+  }
+  if (needs_layout(config, b.pg_weights == nullptr)) {
     CGRPO_RETURN_IF_ERROR(b.layout.validate(b.num_tokens));
+  }
+  if (b.pg_weights == nullptr) {
+    const double scale_values[3] = {b.scale.token_count, b.scale.sequence_count, b.scale.length};
+    for (double v : scale_values)
+      if (!std::isfinite(v) || v < 0)
+        return make_error(StatusCode::invalid_argument,
+                          "batch.scale values must be finite and >= 0 (0: from this batch), got %g", v);
   }
   if (out.grad_logits) {
     const int64_t gs = out.grad_row_stride == 0 ? b.stride() : out.grad_row_stride;
@@ -101,11 +167,14 @@ Status validate_batch_shape(const LossConfig& config, const PolicyLossBatch<Logi
   return Status::success();
 }
 
-// Checks every per-token value that lives in host memory: target ids in range,
-// finite advantages, log-probs and weights, mask and kinds in {0, 1}. O(T).
+// Checks every per-token value that lives in host memory. Every token: target id in [0, V) and
+// mask in {0, 1}. Valid tokens only (padding may hold anything): kind in {0, 1} and finite
+// advantages, log-probs the config reads, and the caller's weights of the terms that are on. O(T).
 template <typename Logit, typename Real>
 Status validate_batch_values(const LossConfig& config, const PolicyLossBatch<Logit, Real>& b) {
   auto finite = [](Real v) { return std::isfinite(static_cast<double>(v)); };
+  const Real* reference = ratio_reference(config, b);
+  const bool kl_on = config.kl != KlEstimator::none;
   for (int64_t t = 0; t < b.num_tokens; ++t) {
     if (b.target_ids[t] < 0 || b.target_ids[t] >= b.vocab_size)
       return make_error(StatusCode::out_of_range, "target_ids[%lld] = %d is outside [0, %lld)",
@@ -113,24 +182,31 @@ Status validate_batch_values(const LossConfig& config, const PolicyLossBatch<Log
     if (b.mask[t] > 1)
       return make_error(StatusCode::invalid_argument, "mask[%lld] = %d must be 0 or 1", static_cast<long long>(t),
                         b.mask[t]);
+    if (!b.mask[t]) continue;
     if (b.kinds && b.kinds[t] > 1)
       return make_error(StatusCode::invalid_argument, "kinds[%lld] = %d must be 0 (initial) or 1 (refinement)",
                         static_cast<long long>(t), b.kinds[t]);
     if (!finite(b.advantages[t]))
       return make_error(StatusCode::non_finite, "advantages[%lld] is not finite", static_cast<long long>(t));
-    if (!finite(b.pg_weights[t]))
+    if (b.pg_weights && !finite(b.pg_weights[t]))
       return make_error(StatusCode::non_finite, "pg_weights[%lld] is not finite", static_cast<long long>(t));
-    if (b.entropy_weights && !finite(b.entropy_weights[t]))
+    if (b.pg_weights && b.entropy_weights && !finite(b.entropy_weights[t]))
       return make_error(StatusCode::non_finite, "entropy_weights[%lld] is not finite", static_cast<long long>(t));
+    if (b.pg_weights && kl_on && !finite(b.kl_weights[t]))
+      return make_error(StatusCode::non_finite, "kl_weights[%lld] is not finite", static_cast<long long>(t));
     const bool initial = !b.kinds || b.kinds[t] == kInitial;
-    if (initial && b.mask[t] && !finite(b.old_logp[t]))
-      return make_error(StatusCode::non_finite, "old_logp[%lld] is not finite", static_cast<long long>(t));
-    if (config.kl != KlEstimator::none) {
-      if (!finite(b.kl_weights[t]))
-        return make_error(StatusCode::non_finite, "kl_weights[%lld] is not finite", static_cast<long long>(t));
-      if (b.mask[t] && !finite(b.ref_logp[t]))
-        return make_error(StatusCode::non_finite, "ref_logp[%lld] is not finite", static_cast<long long>(t));
-    }
+    if (initial && !finite(reference[t]))
+      return make_error(StatusCode::non_finite, "%s[%lld] is not finite",
+                        reference == b.old_logp ? "old_logp" : "rollout_logp", static_cast<long long>(t));
+    // The off-policy corrections read rollout_logp at valid initial tokens (refinement tokens are
+    // outside them: weight 1, never rejected).
+    if (initial && config.needs_rollout_logp() && !finite(b.rollout_logp[t]))
+      return make_error(StatusCode::non_finite, "rollout_logp[%lld] is not finite", static_cast<long long>(t));
+    if (kl_on && !finite(b.ref_logp[t]))
+      return make_error(StatusCode::non_finite, "ref_logp[%lld] is not finite", static_cast<long long>(t));
+    if (b.selection && b.selection[t] > 1)
+      return make_error(StatusCode::invalid_argument, "selection[%lld] = %d must be 0 or 1", static_cast<long long>(t),
+                        b.selection[t]);
   }
   return Status::success();
 }

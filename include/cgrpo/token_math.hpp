@@ -4,7 +4,6 @@
 
 #include <math.h>
 
-#include "cgrpo/config.hpp"
 #include "cgrpo/macros.hpp"
 
 namespace cgrpo {
@@ -30,159 +29,12 @@ CGRPO_HD Real refinement_shaping(Real p, Real gamma) {
   return p / (p + gamma);
 }
 
-// d f(p) / d log p = gamma * p / (p + gamma)^2
+// d f(p) / d log p = gamma * p / (p + gamma)^2, formed as (p / d) (gamma / d) so that a tiny
+// d = p + gamma is never squared (gamma = p = 1e-30 in float would give 0 / 0).
 template <typename Real>
 CGRPO_HD Real refinement_shaping_dlogp(Real p, Real gamma) {
   const Real d = p + gamma;
-  return gamma * p / (d * d);
-}
-
-// ---------------------------------------------------------------------------
-// One token's policy-gradient term l_t and d l_t / d logp_t.
-
-template <typename Real>
-struct PolicyTerm {
-  Real loss;          // l_t
-  Real dloss_dlogp;   // d l_t / d logp_t (0 where a clipped branch is selected)
-  Real ratio;         // r_t (or s_i) for initial tokens, p_t for refinement tokens
-  bool clipped;       // pg2 > pg1 (pg_clipfrac)
-  bool clipped_lower; // A < 0 and max(pg1, pg2) > -A c (pg_clipfrac_lower, dual clip only)
-};
-
-// Initial (on-policy) token. `log_ratio` is logp_t - old_t for token-level
-// clipping, or the sequence's mean log-ratio for GSPO; in both cases
-// d ratio / d logp_t = ratio (GSPO's stop-gradient form, as in verl).
-// The log-ratio is clamped to [-max_abs_log_ratio, max_abs_log_ratio] before
-// exp, as verl does; the clamp passes no gradient outside that range.
-template <typename Real>
-CGRPO_HD PolicyTerm<Real> on_policy_term(Real log_ratio, Real advantage,
-                                         const TokenLossParams<Real>& p) {
-  const Real clamped = math::clamp(log_ratio, -p.max_abs_log_ratio, p.max_abs_log_ratio);
-  const Real r = math::exp(clamped);
-  const Real dr = (clamped == log_ratio) ? r : Real(0);
-  PolicyTerm<Real> t{};
-  t.ratio = r;
-  const Real pg1 = -advantage * r;
-  if (p.clip_mode == static_cast<int>(ClipMode::none)) {
-    t.loss = pg1;
-    t.dloss_dlogp = -advantage * dr;
-    return t;
-  }
-  const Real pg2 = -advantage * math::clamp(r, p.clip_low, p.clip_high);
-  t.clipped = pg2 > pg1;
-  // max(pg1, pg2): pg1 carries the gradient when it is selected; inside the
-  // clip range both branches are equal and both carry -A dr (autograd's tie rule).
-  t.loss = t.clipped ? pg2 : pg1;
-  t.dloss_dlogp = t.clipped ? Real(0) : -advantage * dr;
-  if (p.dual_clip && advantage < Real(0)) {
-    const Real pg3 = -advantage * p.dual_clip_c;
-    t.clipped_lower = t.loss > pg3;
-    if (t.clipped_lower) {
-      t.loss = pg3;
-      t.dloss_dlogp = Real(0);
-    }
-  }
-  return t;
-}
-
-// Refinement token: l_t = -A f(p_t), p_t = exp(logp_t); no ratio, no clipping.
-template <typename Real>
-CGRPO_HD PolicyTerm<Real> refinement_term(Real logp, Real advantage,
-                                          const TokenLossParams<Real>& p) {
-  const Real prob = math::exp(logp);
-  PolicyTerm<Real> t{};
-  t.ratio = prob;
-  t.loss = -advantage * refinement_shaping(prob, p.gamma);
-  t.dloss_dlogp = -advantage * refinement_shaping_dlogp(prob, p.gamma);
-  return t;
-}
-
-// ---------------------------------------------------------------------------
-// KL estimators of the policy against the reference (MATH.md, verl's kl_penalty).
-
-template <typename Real>
-struct KlTerm {
-  Real value;
-  Real dvalue_dlogp;
-};
-
-template <typename Real>
-CGRPO_HD KlTerm<Real> kl_term(int estimator, Real logp, Real ref_logp) {
-  const Real diff = logp - ref_logp;
-  KlTerm<Real> k{Real(0), Real(0)};
-  switch (estimator) {
-    case static_cast<int>(KlEstimator::k1):
-      k.value = diff;
-      k.dvalue_dlogp = Real(1);
-      break;
-    case static_cast<int>(KlEstimator::abs):
-      k.value = math::abs(diff);
-      k.dvalue_dlogp = diff > Real(0) ? Real(1) : (diff < Real(0) ? Real(-1) : Real(0));
-      break;
-    case static_cast<int>(KlEstimator::k2):
-      k.value = Real(0.5) * diff * diff;
-      k.dvalue_dlogp = diff;
-      break;
-    case static_cast<int>(KlEstimator::k3): {
-      const Real d = -diff;  // ref - logp
-      const Real ed = math::exp(d);
-      const Real raw = ed - d - Real(1);
-      k.value = math::clamp(raw, Real(-10), Real(10));
-      // d raw / d logp = 1 - e^d; the clamp passes gradient only inside [-10, 10].
-      k.dvalue_dlogp = (raw <= Real(10) && raw >= Real(-10)) ? Real(1) - ed : Real(0);
-      break;
-    }
-    default:
-      break;
-  }
-  return k;
-}
-
-// ---------------------------------------------------------------------------
-// Everything one token contributes to J and to the backward pass.
-
-template <typename Real>
-struct TokenInputs {
-  Real logp;         // log softmax(z / tau)[y]
-  Real entropy;      // H_t
-  Real old_logp;     // sampling policy (initial tokens)
-  Real ref_logp;     // reference policy (when KL is on)
-  Real advantage;    // A of the token's response
-  Real seq_log_ratio;// GSPO: mean (logp - old) over the sequence; unused otherwise
-  Real w_pg, w_entropy, w_kl;  // aggregation weights of the three terms (mask included)
-  bool refinement;   // kind: refinement (shaping) or initial (ratio)
-};
-
-template <typename Real>
-struct TokenResult {
-  PolicyTerm<Real> policy;  // unweighted l_t, ratio and clip flags
-  Real kl;                  // unweighted KL_t (0 when KL is off)
-  Real dJ_dlogp;            // a_t = w_pg dl/dlogp + beta w_kl dKL/dlogp
-  Real dJ_dentropy;         // b_t = -c_H w_entropy
-  Real loss;                // this token's contribution to J
-};
-
-template <typename Real>
-CGRPO_HD TokenResult<Real> token_loss(const TokenInputs<Real>& in, const TokenLossParams<Real>& p) {
-  TokenResult<Real> r{};
-  if (in.refinement) {
-    r.policy = refinement_term(in.logp, in.advantage, p);
-  } else {
-    const Real log_ratio = p.clip_mode == static_cast<int>(ClipMode::sequence)
-                               ? in.seq_log_ratio
-                               : in.logp - in.old_logp;
-    r.policy = on_policy_term(log_ratio, in.advantage, p);
-  }
-  r.dJ_dlogp = in.w_pg * r.policy.dloss_dlogp;
-  r.loss = in.w_pg * r.policy.loss - p.entropy_coef * in.w_entropy * in.entropy;
-  if (p.kl_estimator != static_cast<int>(KlEstimator::none)) {
-    const KlTerm<Real> k = kl_term(p.kl_estimator, in.logp, in.ref_logp);
-    r.kl = k.value;
-    r.loss += p.kl_coef * in.w_kl * k.value;
-    r.dJ_dlogp += p.kl_coef * in.w_kl * k.dvalue_dlogp;
-  }
-  r.dJ_dentropy = -p.entropy_coef * in.w_entropy;
-  return r;
+  return (p / d) * (gamma / d);
 }
 
 // ---------------------------------------------------------------------------

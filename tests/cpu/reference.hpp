@@ -85,6 +85,19 @@ inline Batch random_batch(std::mt19937_64& rng, int64_t B, int64_t max_len, int6
   return b;
 }
 
+// The three ratio setups the tests loop over: no clip (the paper), PPO clip at token level, and
+// PPO clip on verl's GSPO sequence ratio.
+enum class Clip { none, token, sequence };
+inline void set_clip(cgrpo::LossConfig& c, Clip k) {
+  c.policy_loss = k == Clip::none ? cgrpo::PolicyLoss::ratio : cgrpo::PolicyLoss::ppo_clip;
+  c.ratio_level = k == Clip::sequence ? cgrpo::RatioLevel::sequence_detached : cgrpo::RatioLevel::token;
+}
+inline Clip clip_of(const cgrpo::LossConfig& c) {
+  if (c.policy_loss == cgrpo::PolicyLoss::ratio) return Clip::none;
+  return c.ratio_level == cgrpo::RatioLevel::token ? Clip::token : Clip::sequence;
+}
+inline const char* to_string(Clip k) { return k == Clip::none ? "none" : k == Clip::token ? "token" : "sequence"; }
+
 // Largest |a_i - b_i| and largest |a_i|: the error measures of the tests.
 inline double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
   double m = a.size() == b.size() ? 0.0 : INFINITY;
@@ -172,7 +185,7 @@ inline Result loss(const Batch& b, const std::vector<double>& logits, const cgrp
       if (b.mask[t]) s += r.logp[t] - b.old_logp[t], n += 1;
     seq_ratio[i] = n > 0 ? s / n : 0.0;
   }
-  const double M = c.max_abs_log_ratio;
+  const bool sequence = c.ratio_level != cgrpo::RatioLevel::token;
   double n_clip = 0, n_lower = 0, kl_sum = 0, ent_sum = 0, prob_sum = 0, ratio_sum = 0, ppo_kl = 0;
   for (int64_t i = 0; i < b.B; ++i) {
     for (int64_t t = b.offsets[i]; t < b.offsets[i + 1]; ++t) {
@@ -183,12 +196,12 @@ inline Result loss(const Batch& b, const std::vector<double>& logits, const cgrp
         l = -A * p / (p + c.refinement_gamma);
         if (b.mask[t]) prob_sum += p, r.refinement++;
       } else {
-        const double lr = c.clip == cgrpo::ClipMode::sequence ? seq_ratio[i] : r.logp[t] - b.old_logp[t];
-        const double ratio = std::exp(std::min(std::max(lr, -M), M));
+        const double lr = sequence ? seq_ratio[i] : r.logp[t] - b.old_logp[t];
+        const double ratio = std::exp(std::min(std::max(lr, c.log_ratio_min), c.log_ratio_max));
         const double pg1 = -A * ratio;
         l = pg1;
         bool clipped = false, lower = false;
-        if (c.clip != cgrpo::ClipMode::none) {
+        if (c.policy_loss == cgrpo::PolicyLoss::ppo_clip) {
           const double pg2 = -A * std::min(std::max(ratio, 1 - c.clip_eps_low), 1 + c.clip_eps_high);
           clipped = pg2 > pg1;
           l = std::max(pg1, pg2);
@@ -202,7 +215,8 @@ inline Result loss(const Batch& b, const std::vector<double>& logits, const cgrp
           n_clip += clipped;
           n_lower += lower;
           ratio_sum += ratio;
-          ppo_kl += b.old_logp[t] - r.logp[t];
+          const double x = r.logp[t] - b.old_logp[t];
+          ppo_kl += sequence ? -x : -std::min(std::max(x, c.log_ratio_min), c.log_ratio_max);
         }
       }
       const double kl = kl_value(c.kl, r.logp[t], b.ref_logp[t]);
@@ -220,7 +234,7 @@ inline Result loss(const Batch& b, const std::vector<double>& logits, const cgrp
   const double beta = c.kl == cgrpo::KlEstimator::none ? 0.0 : c.kl_coef;
   r.loss = r.pg - c.entropy_coef * r.entropy_agg + beta * r.kl_agg;
   if (c.kl == cgrpo::KlEstimator::none) r.kl_agg = 0;
-  auto mean = [](double s, double n) { return n > 0 ? s / n : 0.0; };
+  auto mean = [&c](double s, double n) { return n > 0 ? s / (n + c.metric_mean_eps) : 0.0; };
   r.clipfrac = mean(n_clip, r.initial);
   r.clipfrac_lower = mean(n_lower, r.initial);
   r.ppo_kl = mean(ppo_kl, r.initial);

@@ -78,7 +78,7 @@ TEST_CASE("bad input: sizes and pointers", "[errors]") {
   expect_error([](Cfg&, Batch& b, Out&) { b.old_logp = nullptr; }, Code::invalid_argument, "old_logp");
   expect_error([](Cfg&, Batch& b, Out&) { b.pg_weights = nullptr; }, Code::invalid_argument, "pg_weights");
   expect_error([](Cfg&, Batch& b, Out&) { b.ref_logp = nullptr; }, Code::invalid_argument, "ref_logp");
-  expect_error([](Cfg& c, Batch& b, Out&) { c.clip = cgrpo::ClipMode::sequence; b.layout.num_sequences -= 1; },
+  expect_error([](Cfg& c, Batch& b, Out&) { ref::set_clip(c, ref::Clip::sequence); b.layout.num_sequences -= 1; },
                Code::invalid_argument, "layout");
   expect_error([](Cfg&, Batch&, Out& o) { o.grad_row_stride = 3; }, Code::invalid_argument, "grad_row_stride");
   expect_error([](Cfg&, Batch& b, Out& o) { o.grad_logits = const_cast<double*>(b.logits) + 1; },
@@ -100,12 +100,23 @@ TEST_CASE("bad input: values", "[errors]") {
                  const_cast<double*>(b.logits)[3 * b.stride() + b.target_ids[3]] = -INFINITY;
                },
                Code::non_finite, "target_ids[3]", /*in_place=*/true);
-  expect_error([](Cfg&, Batch& b, Out&) { const_cast<double*>(b.advantages)[1] = NAN; }, Code::non_finite,
-               "advantages[1]");
-  expect_error([](Cfg&, Batch& b, Out&) { const_cast<double*>(b.pg_weights)[1] = INFINITY; }, Code::non_finite,
-               "pg_weights[1]");
+  // Values are checked at valid tokens (padding may hold anything: see "masked positions").
+  expect_error([](Cfg&, Batch& b, Out&) {
+                 const_cast<uint8_t*>(b.mask)[1] = 1;
+                 const_cast<double*>(b.advantages)[1] = NAN;
+               },
+               Code::non_finite, "advantages[1]");
+  expect_error([](Cfg&, Batch& b, Out&) {
+                 const_cast<uint8_t*>(b.mask)[1] = 1;
+                 const_cast<double*>(b.pg_weights)[1] = INFINITY;
+               },
+               Code::non_finite, "pg_weights[1]");
   expect_error([](Cfg&, Batch& b, Out&) { const_cast<uint8_t*>(b.mask)[4] = 2; }, Code::invalid_argument, "mask[4]");
-  expect_error([](Cfg&, Batch& b, Out&) { const_cast<uint8_t*>(b.kinds)[4] = 7; }, Code::invalid_argument, "kinds[4]");
+  expect_error([](Cfg&, Batch& b, Out&) {
+                 const_cast<uint8_t*>(b.mask)[4] = 1;
+                 const_cast<uint8_t*>(b.kinds)[4] = 7;
+               },
+               Code::invalid_argument, "kinds[4]");
   expect_error([](Cfg&, Batch& b, Out&) {
                  const_cast<uint8_t*>(b.mask)[0] = 1;
                  const_cast<uint8_t*>(b.kinds)[0] = cgrpo::kInitial;
@@ -220,7 +231,9 @@ TEST_CASE("bad input: NaN, +inf and all -inf rows are found by every float and d
         std::vector<float> grad(T * V, 9.f);
         cgrpo::LossMetrics m;
         CAPTURE(V, kind, pos, bad_row);
-        const auto st = cgrpo::cpu::fused_policy_loss(cgrpo::LossConfig{}, b,
+        cgrpo::LossConfig config;
+        config.entropy_coef = 0;  // no entropy weights in this batch
+        const auto st = cgrpo::cpu::fused_policy_loss(config, b,
                                                       cgrpo::PolicyLossOutputs<float>{grad.data(), 0, nullptr, nullptr, &m});
         CHECK(st.code == Code::non_finite);
         CHECK(std::string(st.message).find("row " + std::to_string(bad_row)) != std::string::npos);

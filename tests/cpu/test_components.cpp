@@ -34,6 +34,7 @@ std::vector<double> reference_advantages(cgrpo::AdvantageEstimator e, const std:
         case cgrpo::AdvantageEstimator::grpo_no_std: out[i] = r[i] - mean; break;
         case cgrpo::AdvantageEstimator::rloo: out[i] = n > 1 ? n / (n - 1) * (r[i] - mean) : r[i]; break;
         case cgrpo::AdvantageEstimator::reinforce_pp_baseline: out[i] = r[i] - mean; break;
+        case cgrpo::AdvantageEstimator::grpo_batch_std: break;  // tested against TRL's golden cases
       }
     }
   }
@@ -168,70 +169,87 @@ TEST_CASE("refinement shaping f(p) = p/(p+gamma) and its log-derivative", "[toke
   CHECK(cgrpo::refinement_shaping(1.0, 0.1) == Approx(1 / 1.1));
 }
 
+// One initial token's PPO term through cgrpo::token_loss with weight 1: loss, dJ/dlogp and flags.
+struct OnPolicy {
+  double loss, dlogp;
+  uint8_t flags;
+};
+static OnPolicy on_policy(const cgrpo::TokenLossParams<double>& p, double log_ratio, double adv) {
+  cgrpo::TokenInputs<double> in{};
+  in.valid = in.in_pg = true;
+  in.logp = -1.0;
+  in.old_logp = -1.0 - log_ratio;
+  in.advantage = adv;
+  in.w_pg = 1.0;
+  in.pg_factor = 1.0;
+  const auto r = cgrpo::token_loss(in, p);
+  return {r.policy.loss, r.dJ_dlogp, r.policy.flags};
+}
+
 TEST_CASE("on-policy term: clipping, dual clip and their gradients as autograd gives", "[token]") {
   cgrpo::LossConfig c;
-  c.clip = cgrpo::ClipMode::token;
+  c.policy_loss = cgrpo::PolicyLoss::ppo_clip;
   c.clip_eps_low = 0.2;
   c.clip_eps_high = 0.28;
   c.dual_clip = true;
   c.dual_clip_c = 3;
   const auto p = cgrpo::token_params<double>(c);
-  auto term = [&](double log_ratio, double adv) { return cgrpo::on_policy_term(log_ratio, adv, p); };
+  auto term = [&](double log_ratio, double adv) { return on_policy(p, log_ratio, adv); };
   // Inside the range: l = -A r, gradient -A r, not clipped.
   auto t = term(std::log(1.1), 2.0);
   CHECK(t.loss == Approx(-2.2));
-  CHECK(t.dloss_dlogp == Approx(-2.2));
-  CHECK_FALSE(t.clipped);
+  CHECK(t.dlogp == Approx(-2.2));
+  CHECK_FALSE(t.flags & cgrpo::kClipped);
   // A > 0 and r above 1 + eps_high: clipped, zero gradient.
   t = term(std::log(1.5), 2.0);
   CHECK(t.loss == Approx(-2 * 1.28));
-  CHECK(t.dloss_dlogp == 0.0);
-  CHECK(t.clipped);
+  CHECK(t.dlogp == 0.0);
+  CHECK(t.flags & cgrpo::kClipped);
   // A > 0 and r below 1 - eps_low: the unclipped branch is the max, gradient flows.
   t = term(std::log(0.5), 2.0);
   CHECK(t.loss == Approx(-1.0));
-  CHECK(t.dloss_dlogp == Approx(-1.0));
-  CHECK_FALSE(t.clipped);
+  CHECK(t.dlogp == Approx(-1.0));
+  CHECK_FALSE(t.flags & cgrpo::kClipped);
   // A < 0 and r = 5 > c: dual clip caps the loss at -A c with zero gradient.
   t = term(std::log(5.0), -1.0);
   CHECK(t.loss == Approx(3.0));
-  CHECK(t.dloss_dlogp == 0.0);
-  CHECK(t.clipped_lower);
+  CHECK(t.dlogp == 0.0);
+  CHECK(t.flags & cgrpo::kClippedLower);
   // A < 0 and r = 2: above the range, unclipped branch (loss 2) below c: gradient -A r.
   t = term(std::log(2.0), -1.0);
   CHECK(t.loss == Approx(2.0));
-  CHECK(t.dloss_dlogp == Approx(2.0));
-  CHECK_FALSE(t.clipped_lower);
+  CHECK(t.dlogp == Approx(2.0));
+  CHECK_FALSE(t.flags & cgrpo::kClippedLower);
   // The log-ratio clamp (verl's 20): beyond it the loss is finite and the gradient zero.
   t = term(100.0, -1.0);
   CHECK(std::isfinite(t.loss));
-  c.clip = cgrpo::ClipMode::none;
+  c.policy_loss = cgrpo::PolicyLoss::ratio;
   c.dual_clip = false;
   const auto q = cgrpo::token_params<double>(c);
-  t = cgrpo::on_policy_term(100.0, 1.0, q);
+  t = on_policy(q, 100.0, 1.0);
   CHECK(t.loss == Approx(-std::exp(20.0)));
-  CHECK(t.dloss_dlogp == 0.0);
+  CHECK(t.dlogp == 0.0);
 }
 
 TEST_CASE("KL estimators and derivatives against finite differences", "[token]") {
   auto rng = fresh_rng();
   std::uniform_real_distribution<double> lp(-6, 0);
   using K = cgrpo::KlEstimator;
+  auto kl = [](K k, double logp, double ref) { return cgrpo::kl_term(static_cast<int>(k), logp, ref, true, false); };
   for (K k : {K::k1, K::abs, K::k2, K::k3}) {
     for (int i = 0; i < 100; ++i) {
       const double logp = lp(rng), ref = lp(rng), h = 1e-6;
-      const auto v = cgrpo::kl_term(static_cast<int>(k), logp, ref);
+      const auto v = kl(k, logp, ref);
       const double d = logp - ref;
       const double want = k == K::k1 ? d : k == K::abs ? std::fabs(d) : k == K::k2 ? 0.5 * d * d
                         : std::min(10.0, std::exp(-d) + d - 1);
       CHECK(v.value == Approx(want).epsilon(1e-14).margin(1e-15));
-      const double fd = (cgrpo::kl_term(static_cast<int>(k), logp + h, ref).value -
-                         cgrpo::kl_term(static_cast<int>(k), logp - h, ref).value) / (2 * h);
+      const double fd = (kl(k, logp + h, ref).value - kl(k, logp - h, ref).value) / (2 * h);
       CHECK(v.dvalue_dlogp == Approx(fd).epsilon(1e-6).margin(1e-8));
     }
   }
   // k3 is clamped at 10 and passes no gradient there.
-  const auto big = cgrpo::kl_term(static_cast<int>(K::k3), -30.0, 0.0);
+  const auto big = kl(K::k3, -30.0, 0.0);
   CHECK(big.value == 10.0);
   CHECK(big.dvalue_dlogp == 0.0);
 }

@@ -31,7 +31,7 @@ cgrpo::LossMetrics run(const ref::Batch& b, const cgrpo::LossConfig& c, std::vec
 TEST_CASE("extreme values: p near 0 and 1, log-ratios of +-100, huge and zero advantages", "[extreme]") {
   std::mt19937_64 rng = test_seed::fresh_rng();
   for (auto kl : {cgrpo::KlEstimator::k3, cgrpo::KlEstimator::k1, cgrpo::KlEstimator::k2})
-    for (auto clip : {cgrpo::ClipMode::none, cgrpo::ClipMode::token})
+    for (auto clip : {ref::Clip::none, ref::Clip::token})
       for (bool huge : {true, false}) {  // huge: log-ratios +-100 and |A| = 1e6; else +-3 and |A| = 1
       ref::Batch b = ref::random_batch(rng, 6, 6, 64, 0);
       for (int64_t t = 0; t < b.T; ++t) {
@@ -51,7 +51,7 @@ TEST_CASE("extreme values: p near 0 and 1, log-ratios of +-100, huge and zero ad
       for (int64_t i = 0; i < b.B; ++i)
         for (int64_t t = b.offsets[i]; t < b.offsets[i + 1]; ++t) b.adv[t] = (i % 3 == 0 ? 0.0 : (i % 3 == 1 ? 1.0 : -1.0)) * (huge ? 1e6 : 1.0);
       cgrpo::LossConfig c;
-      c.clip = clip;
+      ref::set_clip(c, clip);
       c.kl = kl;
       c.kl_coef = 0.1;
       c.entropy_coef = 0.01;
@@ -96,7 +96,7 @@ TEST_CASE("extreme but valid logits give finite results equal to the reference",
   for (int64_t t = 0; t < b.T; ++t)
     if (b.logits[t * b.stride + b.targets[t]] == -INFINITY) b.targets[t] = static_cast<int32_t>((t + 1) % b.V);
   cgrpo::LossConfig c = cgrpo::paper_critique_grpo();
-  c.clip = cgrpo::ClipMode::token;
+  ref::set_clip(c, ref::Clip::token);
   ref::set_weights(b, c);
   ref::LibraryBatch<double> lb(b);
   std::vector<double> grad(b.logits.size()), logp(b.T), ent(b.T);
@@ -125,7 +125,7 @@ TEST_CASE("float rows whose scaled logits are large (u = z / tau ~ 2.5e5): log p
     ref::Batch b = ref::random_batch(rng, 3, 3, V, 0);
     cgrpo::LossConfig c = cgrpo::paper_critique_grpo();
     c.temperature = 0.02;  // 1 / tau = 50 exactly, z * 50 rounds in float
-    c.clip = cgrpo::ClipMode::token;
+    ref::set_clip(c, ref::Clip::token);
     for (int64_t t = 0; t < b.T; ++t) {
       double* z = &b.logits[t * b.stride];
       const double center = t % 2 ? -5531.56 : 5000.0;

@@ -77,20 +77,22 @@ TEST_CASE("fused loss: gradient equals finite differences for every clip, KL and
   const cgrpo::KlEstimator kls[] = {cgrpo::KlEstimator::none, cgrpo::KlEstimator::k1, cgrpo::KlEstimator::abs,
                                     cgrpo::KlEstimator::k2, cgrpo::KlEstimator::k3};
   struct ClipCase {
-    cgrpo::ClipMode mode;
+    cgrpo::PolicyLoss loss;
+    cgrpo::RatioLevel level;
     bool dual;
   };
-  const ClipCase clips[] = {{cgrpo::ClipMode::none, false},
-                            {cgrpo::ClipMode::token, false},
-                            {cgrpo::ClipMode::token, true},
-                            {cgrpo::ClipMode::sequence, false},
-                            {cgrpo::ClipMode::sequence, true}};
+  const ClipCase clips[] = {{cgrpo::PolicyLoss::ratio, cgrpo::RatioLevel::token, false},
+                            {cgrpo::PolicyLoss::ppo_clip, cgrpo::RatioLevel::token, false},
+                            {cgrpo::PolicyLoss::ppo_clip, cgrpo::RatioLevel::token, true},
+                            {cgrpo::PolicyLoss::ppo_clip, cgrpo::RatioLevel::sequence_detached, false},
+                            {cgrpo::PolicyLoss::ppo_clip, cgrpo::RatioLevel::sequence_detached, true}};
   int combos = 0;
   for (const ClipCase& clip : clips)
     for (cgrpo::KlEstimator kl : kls)
       for (int a = 0; a < 4; ++a) {
         cgrpo::LossConfig c;
-        c.clip = clip.mode;
+        c.policy_loss = clip.loss;
+        c.ratio_level = clip.level;
         c.dual_clip = clip.dual;
         c.clip_eps_low = 0.2;
         c.clip_eps_high = 0.28;
@@ -104,7 +106,7 @@ TEST_CASE("fused loss: gradient equals finite differences for every clip, KL and
         c.temperature = (combos % 3 == 0) ? 0.7 : 1.0;
         ref::Batch b = ref::random_batch(rng, 4, 4, 7, combos % 2 ? 3 : 0);
         ref::set_weights(b, c);
-        CAPTURE(to_string(clip.mode), clip.dual, to_string(kl), to_string(aggs[a]), c.temperature);
+        CAPTURE(to_string(clip.loss), to_string(clip.level), clip.dual, to_string(kl), to_string(aggs[a]), c.temperature);
 
         const RunOutput got = run_library<double>(b, c);
         INFO(got.status.message);
@@ -123,8 +125,8 @@ TEST_CASE("fused loss: gradient equals finite differences for every clip, KL and
 
 TEST_CASE("fused loss: refinement shaping and initial ratio loss in one batch match the reference", "[fused]") {
   auto rng = fresh_rng();
-  for (cgrpo::LossConfig c : {cgrpo::paper_critique_grpo(), cgrpo::verl_grpo(), cgrpo::dr_grpo(), cgrpo::dapo(),
-                              cgrpo::gspo()}) {
+  for (cgrpo::LossConfig c : {cgrpo::paper_critique_grpo(), cgrpo::verl_grpo(), cgrpo::verl_dr_grpo(),
+                              cgrpo::verl_dapo(), cgrpo::verl_gspo()}) {
     ref::Batch b = ref::random_batch(rng, 12, 20, 50, 5);
     ref::set_weights(b, c);
     const ref::Result want = ref::loss(b, b.logits, c);
@@ -163,7 +165,7 @@ TEST_CASE("fused loss: in place equals a separate buffer, bit for bit", "[fused]
 
 TEST_CASE("fused loss: the thread count never changes a bit", "[fused][determinism]") {
   auto rng = fresh_rng();
-  cgrpo::LossConfig c = cgrpo::dapo();
+  cgrpo::LossConfig c = cgrpo::verl_dapo();
   c.kl = cgrpo::KlEstimator::k3;
   c.kl_coef = 0.01;
   c.entropy_coef = 0.001;
@@ -241,7 +243,7 @@ TEST_CASE("fused loss: a separate gradient larger than the caches (streaming sto
     w[t] = 1.f / T;
     wh[t] = 1.f / T;
   }
-  cgrpo::LossConfig c = cgrpo::dapo();
+  cgrpo::LossConfig c = cgrpo::verl_dapo();
   c.entropy_coef = 0.01;
   cgrpo::PolicyLossBatch<float> b;
   b.logits = logits.data();

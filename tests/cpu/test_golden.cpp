@@ -31,13 +31,13 @@ GoldenSetup setup_from_params(const GoldenCase& g) {
   std::sscanf(rr.c_str(), "first_%ld_of_each_group_of_%ld", &s.refinements_per_group, &s.group_size);
   c.refinement_gamma = std::stod(g.param("gamma"));
   if (g.param("clip") == "ppo") {
-    c.clip = cgrpo::ClipMode::token;
+    c.policy_loss = cgrpo::PolicyLoss::ppo_clip;
     c.clip_eps_low = std::stod(g.param("eps_low"));
     c.clip_eps_high = std::stod(g.param("eps_high"));
     REQUIRE(g.param("dual_clip") == "none");
   } else {
     REQUIRE(g.param("clip") == "none");
-    c.clip = cgrpo::ClipMode::none;
+    c.policy_loss = cgrpo::PolicyLoss::ratio;
   }
   const std::string agg = g.param("pg_agg");
   c.pg_aggregation = agg == "token-mean" ? cgrpo::Aggregation::token_mean

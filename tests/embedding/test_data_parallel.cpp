@@ -177,11 +177,11 @@ TEST_CASE("sum of shard losses and shard gradients equals the full batch, every 
   const cgrpo::Aggregation modes[] = {cgrpo::Aggregation::token_mean, cgrpo::Aggregation::seq_mean_token_sum,
                                       cgrpo::Aggregation::seq_mean_token_mean,
                                       cgrpo::Aggregation::seq_mean_token_sum_norm};
-  const cgrpo::ClipMode clips[] = {cgrpo::ClipMode::none, cgrpo::ClipMode::token, cgrpo::ClipMode::sequence};
+  const ref::Clip clips[] = {ref::Clip::none, ref::Clip::token, ref::Clip::sequence};
   int cases = 0;
   for (cgrpo::Aggregation pg_mode : modes)
     for (cgrpo::Aggregation other_mode : modes)
-      for (cgrpo::ClipMode clip : clips)
+      for (ref::Clip clip : clips)
         for (int k : {1, 2, 3, 5}) {
           const int64_t B = 6 + static_cast<int64_t>(rng() % 10), G = 2 + static_cast<int64_t>(rng() % 3);
           ref::Batch full = ref::random_batch(rng, B, 9, 37, static_cast<int64_t>(rng() % 3));
@@ -189,15 +189,15 @@ TEST_CASE("sum of shard losses and shard gradients equals the full batch, every 
           c.advantage = (cases % 3 == 0)   ? cgrpo::AdvantageEstimator::grpo
                         : (cases % 3 == 1) ? cgrpo::AdvantageEstimator::grpo_no_std
                                            : cgrpo::AdvantageEstimator::rloo;
-          c.clip = clip;
-          c.dual_clip = clip == cgrpo::ClipMode::token && (cases % 2 == 0);
+          ref::set_clip(c, clip);
+          c.dual_clip = clip == ref::Clip::token && (cases % 2 == 0);
           c.pg_aggregation = pg_mode;
           c.entropy_aggregation = other_mode;
           c.kl_aggregation = other_mode;
           c.entropy_coef = 0.01;
           c.kl = cgrpo::KlEstimator::k3;
           c.kl_coef = 0.05;
-          CAPTURE(cases, cgrpo::to_string(pg_mode), cgrpo::to_string(other_mode), cgrpo::to_string(clip), k, B);
+          CAPTURE(cases, cgrpo::to_string(pg_mode), cgrpo::to_string(other_mode), ref::to_string(clip), k, B);
           ++cases;
 
           // Rewards and groups spread across the shards; full-batch advantages broadcast to tokens.

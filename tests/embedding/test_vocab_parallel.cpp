@@ -172,14 +172,14 @@ void check_against_unsharded(const ref::Batch& b, const cgrpo::LossConfig& c, co
 
 cgrpo::LossConfig config_for(int i) {
   cgrpo::LossConfig c;
-  const cgrpo::ClipMode clips[] = {cgrpo::ClipMode::none, cgrpo::ClipMode::token, cgrpo::ClipMode::sequence};
+  const ref::Clip clips[] = {ref::Clip::none, ref::Clip::token, ref::Clip::sequence};
   const cgrpo::KlEstimator kls[] = {cgrpo::KlEstimator::none, cgrpo::KlEstimator::k1, cgrpo::KlEstimator::abs,
                                     cgrpo::KlEstimator::k2, cgrpo::KlEstimator::k3};
   const cgrpo::Aggregation aggs[] = {cgrpo::Aggregation::token_mean, cgrpo::Aggregation::seq_mean_token_sum,
                                      cgrpo::Aggregation::seq_mean_token_mean,
                                      cgrpo::Aggregation::seq_mean_token_sum_norm};
-  c.clip = clips[i % 3];
-  c.dual_clip = c.clip == cgrpo::ClipMode::token && (i / 3) % 2 == 1;
+  ref::set_clip(c, clips[i % 3]);
+  c.dual_clip = ref::clip_of(c) == ref::Clip::token && (i / 3) % 2 == 1;
   c.kl = kls[i % 5];
   c.kl_coef = c.kl == cgrpo::KlEstimator::none ? 0.0 : 0.03;
   c.pg_aggregation = aggs[i % 4];
@@ -205,7 +205,7 @@ TEST_CASE("vocab parallel: k shards give the unsharded loss, metrics and gradien
       if (k > V) continue;
       const auto cuts = vocab_cuts(rng, V, k);
       for (bool megatron : {false, true}) {
-        CAPTURE(i, V, k, megatron, cgrpo::to_string(c.clip), cgrpo::to_string(c.kl), c.temperature);
+        CAPTURE(i, V, k, megatron, ref::to_string(ref::clip_of(c)), cgrpo::to_string(c.kl), c.temperature);
         const ShardedResult got = run_sharded<double>(b, c, cuts, megatron, /*in_place=*/i % 3 == 2);
         check_against_unsharded<double>(b, c, got, 1e-12);
       }

@@ -33,7 +33,11 @@ void run(FuzzedDataProvider& in) {
 
   cgrpo::LossConfig c;
   c.advantage = static_cast<cgrpo::AdvantageEstimator>(in.ConsumeIntegralInRange<int>(0, 3));
-  c.clip = static_cast<cgrpo::ClipMode>(in.ConsumeIntegralInRange<int>(0, 3));
+  {
+    const int clip = in.ConsumeIntegralInRange<int>(0, 2);  // ratio, PPO clip, PPO clip on the GSPO ratio
+    c.policy_loss = clip == 0 ? cgrpo::PolicyLoss::ratio : cgrpo::PolicyLoss::ppo_clip;
+    c.ratio_level = clip == 2 ? cgrpo::RatioLevel::sequence_detached : cgrpo::RatioLevel::token;
+  }
   c.dual_clip = in.ConsumeBool();
   c.clip_eps_low = in.ConsumeFloatingPointInRange<double>(-0.1, 1.1);
   c.clip_eps_high = in.ConsumeFloatingPointInRange<double>(-0.1, 1.1);

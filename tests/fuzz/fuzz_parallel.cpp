@@ -88,7 +88,11 @@ void fuzz_vocab_shards(FuzzedDataProvider& in) {
   for (int64_t i = 0; i < B; ++i) offsets.push_back(offsets.back() + in.ConsumeIntegralInRange<int64_t>(1, 3));
   const int64_t T = offsets.back(), V = in.ConsumeIntegralInRange<int64_t>(2, 40);
   cgrpo::LossConfig c;
-  c.clip = static_cast<cgrpo::ClipMode>(in.ConsumeIntegralInRange<int>(0, 2));
+  {
+    const int clip = in.ConsumeIntegralInRange<int>(0, 2);  // ratio, PPO clip, PPO clip on the GSPO ratio
+    c.policy_loss = clip == 0 ? cgrpo::PolicyLoss::ratio : cgrpo::PolicyLoss::ppo_clip;
+    c.ratio_level = clip == 2 ? cgrpo::RatioLevel::sequence_detached : cgrpo::RatioLevel::token;
+  }
   c.kl = static_cast<cgrpo::KlEstimator>(in.ConsumeIntegralInRange<int>(0, 4));
   c.kl_coef = c.kl == cgrpo::KlEstimator::none ? 0.0 : 0.05;
   c.entropy_coef = 0.01;

@@ -31,7 +31,7 @@ cgrpo::Status emulate_fused_policy_loss(const cgrpo::LossConfig& config, const c
   using namespace cgrpo::cuda;
   CGRPO_RETURN_IF_ERROR(cgrpo::validate_batch_shape(config, batch, out));
   const int64_t T = batch.num_tokens, V = batch.vocab_size;
-  const bool sequence_ratio = config.clip == cgrpo::ClipMode::sequence;
+  const bool sequence_ratio = config.ratio_level == cgrpo::RatioLevel::sequence_detached;
   const WorkspaceLayout layout(T, sequence_ratio ? batch.layout.num_sequences : 0, sequence_ratio);
   ws_storage.assign(layout.total / sizeof(double) + 1, 0.0);
   char* ws = reinterpret_cast<char*>(ws_storage.data());
@@ -66,7 +66,7 @@ cgrpo::Status emulate_fused_policy_loss(const cgrpo::LossConfig& config, const c
       double sum = 0, count = 0;
       for (int tid = 0; tid < kSequenceThreads; ++tid) {
         double s = 0, c = 0;
-        thread_sequence_sums<kSequenceThreads>(args.rows, args.mask, args.old_logp, args.sequences.begin(i),
+        thread_sequence_sums<kSequenceThreads>(args.rows, args.mask, args.kinds, args.old_logp, args.sequences.begin(i),
                                                args.sequences.end(i), tid, s, c);
         sum += s;
         count += c;

@@ -292,7 +292,7 @@ std::vector<NamedConfig> configs() {
   LossConfig verl = cgrpo::verl_grpo();
   verl.entropy_coef = 0.01;
   v.push_back({"verl grpo (token clip, k3 KL) + entropy", verl});
-  LossConfig dual = cgrpo::dr_grpo();
+  LossConfig dual = cgrpo::verl_dr_grpo();
   dual.dual_clip = true;
   dual.kl = cgrpo::KlEstimator::k1;
   dual.kl_coef = 0.05;
@@ -300,17 +300,18 @@ std::vector<NamedConfig> configs() {
   dual.entropy_coef = 0.003;
   dual.temperature = 0.7;
   v.push_back({"dual clip, k1 KL, seq-mean-token-mean, tau 0.7", dual});
-  LossConfig dapo = cgrpo::dapo();
+  LossConfig dapo = cgrpo::verl_dapo();
   dapo.kl = cgrpo::KlEstimator::abs;
   dapo.kl_coef = 0.02;
   dapo.kl_aggregation = cgrpo::Aggregation::seq_mean_token_sum;
   v.push_back({"dapo clip-higher, abs KL seq-mean-token-sum", dapo});
   LossConfig k2 = cgrpo::verl_grpo();
   k2.kl = cgrpo::KlEstimator::k2;
-  k2.clip = cgrpo::ClipMode::none;
+  k2.policy_loss = cgrpo::PolicyLoss::ratio;
+  k2.dual_clip = false;
   k2.entropy_coef = 0.001;
   v.push_back({"no clip, k2 KL", k2});
-  LossConfig gspo = cgrpo::gspo();
+  LossConfig gspo = cgrpo::verl_gspo();
   gspo.clip_eps_low = 0.05;  // wide enough that some sequences are inside the range and some outside
   gspo.clip_eps_high = 0.05;
   gspo.entropy_coef = 0.001;
@@ -326,8 +327,9 @@ void test_against_cpu(std::mt19937_64& rng) {
   for (const NamedConfig& nc : configs()) {
     for (int shape = 0; shape < 3; ++shape) {
       const bool large = shape == 2;
-      const bool gspo = nc.config.clip == cgrpo::ClipMode::sequence;
-      if (large && !(gspo || nc.config.clip == cgrpo::ClipMode::none || nc.config.kl == cgrpo::KlEstimator::k3)) continue;
+      const bool gspo = nc.config.ratio_level == cgrpo::RatioLevel::sequence_detached;
+      const bool no_clip = nc.config.policy_loss == cgrpo::PolicyLoss::ratio;
+      if (large && !(gspo || no_clip || nc.config.kl == cgrpo::KlEstimator::k3)) continue;
       BatchSpec spec;
       if (large) {
         spec.V = 151936;
@@ -477,17 +479,19 @@ void test_flagged_rows(std::mt19937_64& rng) {
       {"row all -inf", 7, [&](HostBatch& b, std::vector<Logit>& z) { for (int64_t v = 0; v < b.V; ++v) set_logit(b, z, 7, v, neg_inf_logit); }},
       {"-inf target logit", 9, [&](HostBatch& b, std::vector<Logit>& z) { set_logit(b, z, 9, b.targets[9], neg_inf_logit); }},
       {"mask value 2", 3, [](HostBatch& b, std::vector<Logit>&) { b.mask[3] = 2; }},
-      {"kind value 5", 11, [](HostBatch& b, std::vector<Logit>&) { b.kinds[11] = 5; }},
-      {"NaN advantage", 2, [](HostBatch& b, std::vector<Logit>&) { b.adv[2] = std::numeric_limits<double>::quiet_NaN(); }},
-      {"inf pg weight", 12, [](HostBatch& b, std::vector<Logit>&) { b.w_pg[12] = INFINITY; }},
+      // Per-token values are read at valid tokens only (padding may hold anything): these rows are made valid.
+      {"kind value 5", 11, [](HostBatch& b, std::vector<Logit>&) { b.mask[11] = 1; b.kinds[11] = 5; }},
+      {"NaN advantage", 2, [](HostBatch& b, std::vector<Logit>&) { b.mask[2] = 1; b.adv[2] = std::numeric_limits<double>::quiet_NaN(); }},
+      {"inf pg weight", 12, [](HostBatch& b, std::vector<Logit>&) { b.mask[12] = 1; b.w_pg[12] = INFINITY; }},
       // Faults of two kinds: the CPU walks the tokens in order, so the lower row is named.
       {"mask at 3, target at 10", 3, [](HostBatch& b, std::vector<Logit>&) { b.mask[3] = 2; b.targets[10] = -1; }},
       {"NaN advantage at 2, target at 5", 2, [](HostBatch& b, std::vector<Logit>&) {
+         b.mask[2] = 1;
          b.adv[2] = std::numeric_limits<double>::quiet_NaN();
          b.targets[5] = static_cast<int32_t>(b.V);
        }},
   };
-  for (const LossConfig& config : {cgrpo::verl_grpo(), cgrpo::gspo()})
+  for (const LossConfig& config : {cgrpo::verl_grpo(), cgrpo::verl_gspo()})
   for (const Breakage& br : breakages) {
     BatchSpec spec;
     spec.V = 1003;
@@ -500,7 +504,7 @@ void test_flagged_rows(std::mt19937_64& rng) {
     br.apply(hb, logits);
     const CpuResult cpu = run_cpu(config, hb);
     const GpuResult<Logit> g = run_gpu<Logit>(config, hb, logits, Mode::separate_grad, 0);
-    const char* clip = cgrpo::to_string(config.clip);
+    const char* clip = cgrpo::to_string(config.ratio_level);
     GPU_EXPECT(g.launch.ok(), "[%s] %s, clip %s: launch should succeed (values are checked on the device): %s",
                dtype_name<Logit>(), br.name, clip, g.launch.message);
     GPU_EXPECT(!cpu.status.ok() && g.finish.code == cpu.status.code &&

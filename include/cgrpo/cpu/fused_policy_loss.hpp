@@ -4,9 +4,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "cgrpo/config.hpp"
+#include "cgrpo/cpu/loss_passes.hpp"
 #include "cgrpo/cpu/parallel_for.hpp"
 #include "cgrpo/cpu/row_sweeps.hpp"
 #include "cgrpo/metrics.hpp"
@@ -15,18 +17,6 @@
 #include "cgrpo/token_math.hpp"
 
 namespace cgrpo::cpu {
-
-// O(T) scratch of the CPU path. Keep one per trainer and pass it to every call:
-// it grows to the largest batch seen and then never allocates again.
-struct Workspace {
-  struct Row {
-    double lse, entropy, logp;  // from sweep 1
-    double dJ_dlogp, dJ_dentropy;  // a_t, b_t from the per-token pass
-    bool finite;
-  };
-  std::vector<Row> rows;
-  std::vector<double> seq_log_ratio;  // GSPO only
-};
 
 // A row's lse, H and log p of its target from its softmax statistics and u_y = z_y / tau (in
 // double, where z_y t is exact for float logits: no rounding of u, ~1e5 at small tau).
@@ -60,78 +50,43 @@ inline int64_t first_non_finite_row(const Workspace& ws, int64_t num_tokens) {
   return -1;
 }
 
-// The per-token pass, once ws.rows[t] holds lse, H and log p of every row: GSPO's
-// sequence ratios, then cgrpo::token_loss() for each token in token order (so the sums
-// are deterministic), metric sums in double, and a_t, b_t into ws.rows. Writes no output;
-// a -inf target logit is an error. Shared with the vocabulary-parallel loss.
-template <typename Real>
-Status per_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& batch, Workspace& ws,
-                      MetricSums<double>& sums) {
-  const int64_t T = batch.num_tokens;
-  const TokenLossParams<double> params = token_params<double>(config);
-  const bool sequence_ratio = config.clip == ClipMode::sequence;
-  if (sequence_ratio) {
-    // GSPO: s_i = exp(mean over valid tokens of (logp - old)).
-    const SequenceLayout& L = batch.layout;
-    ws.seq_log_ratio.assign(static_cast<size_t>(L.num_sequences), 0.0);
-    for (int64_t i = 0; i < L.num_sequences; ++i) {
-      double sum = 0, n = 0;
-      for (int64_t t = L.begin(i); t < L.end(i); ++t)
-        if (batch.mask[t]) {
-          sum += ws.rows[t].logp - static_cast<double>(batch.old_logp[t]);
-          n += 1;
-        }
-      ws.seq_log_ratio[i] = n > 0 ? sum / n : 0.0;
-    }
-  }
-
-  sums = metric_sums_zero<double>();
-  int64_t seq = 0;
-  for (int64_t t = 0; t < T; ++t) {
-    Workspace::Row& r = ws.rows[t];
-    if (!std::isfinite(r.logp))  // a -inf target logit: log p = -inf would turn the sums into NaN
-      return make_error(StatusCode::non_finite,
-                        "target_ids[%lld] = %d has a -inf logit (log p = -inf); nothing was written",
-                        static_cast<long long>(t), batch.target_ids[t]);
-    TokenInputs<double> in{};
-    in.logp = r.logp;
-    in.entropy = r.entropy;
-    in.old_logp = static_cast<double>(batch.old_logp[t]);
-    in.ref_logp = batch.ref_logp ? static_cast<double>(batch.ref_logp[t]) : 0.0;
-    in.advantage = static_cast<double>(batch.advantages[t]);
-    in.w_pg = static_cast<double>(batch.pg_weights[t]);
-    in.w_entropy = batch.entropy_weights ? static_cast<double>(batch.entropy_weights[t]) : 0.0;
-    in.w_kl = batch.kl_weights ? static_cast<double>(batch.kl_weights[t]) : 0.0;
-    in.refinement = batch.kinds && batch.kinds[t] == kRefinement;
-    if (sequence_ratio) {
-      while (t >= batch.layout.end(seq)) ++seq;
-      in.seq_log_ratio = ws.seq_log_ratio[seq];
-    }
-    const TokenResult<double> res = token_loss(in, params);
-    metric_sums_add(sums, in, res, batch.mask[t] != 0);
-    r.dJ_dlogp = res.dJ_dlogp;
-    r.dJ_dentropy = res.dJ_dentropy;
-  }
-  return Status::success();
-}
-
 // Writes the metrics and the optional per-token log p and H from the workspace.
 template <typename Real>
-void write_token_outputs(const MetricSums<double>& sums, const Workspace& ws, int64_t num_tokens,
+void write_token_outputs(const LossMetrics& metrics, const Workspace& ws, int64_t num_tokens,
                          const PolicyLossOutputs<Real>& out) {
-  *out.metrics = finalize_metrics(sums);
+  *out.metrics = metrics;
   for (int64_t t = 0; t < num_tokens; ++t) {
     if (out.logp) out.logp[t] = static_cast<Real>(ws.rows[t].logp);
     if (out.entropy) out.entropy[t] = static_cast<Real>(ws.rows[t].entropy);
   }
 }
 
+// The largest |dJ/dz_j| a row can have: |a| (1 - p_y or p_j) plus |b| p_j |log p_j + H| over tau,
+// with p |log p| <= 1/e and p H <= H: (|a| + |b| (1/e + H)) / tau. The gradient written in Real is
+// finite when this bound is (checked before anything is written).
+inline double gradient_bound(const Workspace::Row& r, double temperature) {
+  return (std::fabs(r.dJ_dlogp) + std::fabs(r.dJ_dentropy) * (0.36787944117144233 + r.entropy)) / temperature;
+}
+
+template <typename Real>
+Status check_gradient_range(const Workspace& ws, int64_t num_tokens, double temperature) {
+  const double limit = static_cast<double>(std::numeric_limits<Real>::max());
+  for (int64_t t = 0; t < num_tokens; ++t)
+    if (!(gradient_bound(ws.rows[t], temperature) < limit))
+      return make_error(StatusCode::non_finite,
+                        "token %lld: dJ/dlogits may overflow the gradient's type (|a_t| = %g, |b_t| = %g at "
+                        "temperature %g); nothing was written",
+                        static_cast<long long>(t), std::fabs(ws.rows[t].dJ_dlogp), std::fabs(ws.rows[t].dJ_dentropy),
+                        temperature);
+  return Status::success();
+}
+
 // The fused forward and backward pass. Steps:
 //   1. validate everything readable without touching the logits (nothing is written on error);
 //   2. sweep 1 over every row: lse, H, log p (rows split across config.num_threads);
 //      a row with NaN / +inf logits is an error, reported before any output is written;
-//   3. per-token pass in token order (deterministic): token_loss() gives each token's
-//      loss, a_t = dJ/dlogp_t and b_t = dJ/dH_t; metric sums in double;
+//   3. per_token_pass (loss_passes.hpp): the pre-passes, token_loss() per token in token order
+//      (deterministic), the row post-pass; a_t = dJ/dlogp_t and b_t = dJ/dH_t; metric sums in double;
 //   4. sweep 2 over every row: dJ/dz from (lse, H, a_t, b_t), masked rows written as zeros.
 // The logits are read twice and the gradient written once; see the README's benchmarks.
 template <typename Real>
@@ -155,11 +110,12 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& 
                       "logits row %lld holds NaN or +inf (or every entry is -inf); nothing was written (with float logits, also a row whose max / temperature overflows float)",
                       static_cast<long long>(bad));
 
-  MetricSums<double> sums;
-  CGRPO_RETURN_IF_ERROR(per_token_pass(config, batch, ws, sums));
+  LossMetrics metrics;
+  CGRPO_RETURN_IF_ERROR(per_token_pass(config, batch, ws, &metrics));
+  if (out.grad_logits) CGRPO_RETURN_IF_ERROR(check_gradient_range<Real>(ws, T, config.temperature));
 
   // Every check has passed: from here on the outputs are written.
-  write_token_outputs(sums, ws, T, out);
+  write_token_outputs(metrics, ws, T, out);
   if (out.grad_logits) {
     const int64_t gstride = out.grad_row_stride == 0 ? stride : out.grad_row_stride;
     // A separate gradient larger than the caches is written with streaming stores: no

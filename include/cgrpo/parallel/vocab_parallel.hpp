@@ -115,9 +115,10 @@ Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatc
   }
 
   // From here on, exactly the per-token pass of cpu::fused_policy_loss, on the reduced rows.
-  MetricSums<double> sums;
-  CGRPO_RETURN_IF_ERROR(cpu::per_token_pass(config, local, ws, sums));
-  cpu::write_token_outputs(sums, ws, T, out);
+  LossMetrics metrics;
+  CGRPO_RETURN_IF_ERROR(cpu::per_token_pass(config, local, ws, &metrics));
+  if (out.grad_logits) CGRPO_RETURN_IF_ERROR(cpu::check_gradient_range<Real>(ws, T, config.temperature));
+  cpu::write_token_outputs(metrics, ws, T, out);
   if (out.grad_logits) {
     // dJ/dz_j over the local columns (the vectorised sweep of the CPU path); the one-hot
     // term lands only on the rank holding y_t (target -1 elsewhere).

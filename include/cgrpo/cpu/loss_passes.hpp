@@ -1,0 +1,448 @@
+// cgrpo/cpu/loss_passes.hpp: everything between the two sweeps over the logits, on the CPU:
+// the row and batch pre-passes, the per-token pass (token_loss), the row post-pass, the metrics.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "cgrpo/config.hpp"
+#include "cgrpo/layout.hpp"
+#include "cgrpo/loss_weights.hpp"
+#include "cgrpo/metrics.hpp"
+#include "cgrpo/policy_loss_batch.hpp"
+#include "cgrpo/rollout_correction.hpp"
+#include "cgrpo/sampler_correction.hpp"
+#include "cgrpo/status.hpp"
+#include "cgrpo/token_loss.hpp"
+
+namespace cgrpo::cpu {
+
+// O(T) scratch of the CPU path. Keep one per trainer and pass it to every call: it grows to the
+// largest batch seen and then never allocates again. One call at a time per workspace.
+struct Workspace {
+  struct Row {
+    double lse, entropy, logp;     // from sweep 1
+    double dJ_dlogp, dJ_dentropy;  // a_t, b_t from the per-token pass
+    bool finite;
+  };
+  std::vector<Row> rows;
+
+  // Per token, filled by the pre-passes (sized only when the config needs them).
+  std::vector<double> pg_factor;               // IS weight x sampler weight x masks (1: none)
+  std::vector<double> w_pg, w_entropy, w_kl;   // weights the loss computes (batch.pg_weights null)
+  std::vector<uint8_t> terms;                  // TermBits of each token
+  std::vector<double> train_logp, rollout_logp, log_values, advantages;  // double copies for the pre-passes
+  std::vector<double> is_weight;               // verl's IS weights
+  std::vector<uint8_t> keep;                   // verl's rejection: 1 kept
+  std::vector<double> row_coupling;            // dq_i/dlogp_t of the row post-pass
+  // Per sequence.
+  std::vector<RowContext<double>> seq;
+  std::vector<double> seq_grad;                // G_i = dJ/dq_i
+  std::vector<double> phi;                     // vespo
+  // Batch pass scratch.
+  std::vector<double> scratch;
+  std::vector<int64_t> order;
+};
+
+// Which terms a valid token takes part in (a mask per term: rejection and the entropy mask change them).
+enum TermBits : uint8_t {
+  kInPg = 1,       // policy term (verl's rejected tokens leave it)
+  kInEntropy = 2,  // entropy term (numerator)
+  kInKl = 4,       // KL term
+  kSelected = 8,   // kl_cov / clip_cov selection
+  kCountEntropy = 16,  // counts in the entropy term's denominator
+};
+
+// The rows of a batch, or one row holding every token when the batch has no layout.
+struct RowBounds {
+  const SequenceLayout* layout;
+  int64_t num_tokens;
+  int64_t count() const { return layout ? layout->num_sequences : (num_tokens > 0 ? 1 : 0); }
+  int64_t begin(int64_t i) const { return layout ? layout->begin(i) : 0; }
+  int64_t end(int64_t i) const { return layout ? layout->end(i) : num_tokens; }
+};
+
+namespace detail {
+
+template <typename Real>
+bool is_initial(const PolicyLossBatch<Real>& b, int64_t t) {
+  return !b.kinds || b.kinds[t] == kInitial;
+}
+
+// Token t's index among the valid tokens sorted by (key descending, index ascending): the first
+// k of that order are the "top-k" of torch.topk (ties broken by the lower index, deterministically).
+inline void top_k_by_key(const std::vector<double>& key, const std::vector<int64_t>& candidates, int64_t k,
+                         std::vector<int64_t>& order) {
+  order = candidates;
+  const int64_t kk = std::min<int64_t>(k, static_cast<int64_t>(order.size()));
+  std::partial_sort(order.begin(), order.begin() + kk, order.end(), [&](int64_t a, int64_t b) {
+    return key[a] > key[b] || (key[a] == key[b] && a < b);
+  });
+  order.resize(static_cast<size_t>(kk));
+}
+
+// A counter-based hash (splitmix64) of (seed, t): clip_cov's reproducible choice among candidates.
+inline uint64_t token_hash(uint64_t seed, uint64_t t) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * (t + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// torch.quantile(values, q) with linear interpolation; values is sorted in place.
+inline double quantile_linear(std::vector<double>& values, double q) {
+  std::sort(values.begin(), values.end());
+  const double pos = q * static_cast<double>(values.size() - 1);
+  const size_t lo = static_cast<size_t>(std::floor(pos));
+  const size_t hi = std::min(lo + 1, values.size() - 1);
+  return values[lo] + (pos - static_cast<double>(lo)) * (values[hi] - values[lo]);
+}
+
+}  // namespace detail
+
+// Everything between the sweeps, once ws.rows[t] holds lse, H and log p of every row:
+//   1. off-policy corrections (verl rollout correction or TRL sampler weight / OPSM / vespo);
+//   2. row context: sequence log ratios (GSPO / TRL sequence level), GMPO's row sums;
+//   3. batch pass: TRL's entropy mask, kl_cov / clip_cov selection;
+//   4. the weights, when the caller passed none;
+//   5. token_loss() per token in token order (deterministic sums), metric sums;
+//   6. the row post-pass for row-coupled gradients (a_t += dq_i/dlogp_t G_i);
+//   7. the check that J, every a_t and b_t are finite.
+// Writes a_t, b_t into ws.rows and *metrics; writes no caller output. Shared by the fused loss,
+// the vocabulary-parallel loss and the fused linear loss.
+template <typename Real>
+Status per_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& batch, Workspace& ws,
+                      LossMetrics* metrics) {
+  const int64_t T = batch.num_tokens;
+  const TokenLossParams<double> params = token_params<double>(config);
+  const bool computed_weights = batch.computed_weights();
+  // The rows: the layout when the config needs it (validated) or the caller gave a valid one (TRL's
+  // per-row clip metrics use it); one row of every token otherwise.
+  const bool have_layout = batch.layout.num_sequences > 0 &&
+                           (needs_layout(config, computed_weights) || batch.layout.validate(T).ok());
+  const RowBounds rows{have_layout ? &batch.layout : nullptr, T};
+  const int64_t B = rows.count();
+  const Real* reference = ratio_reference(config, batch);
+  const bool kl_on = config.kl != KlEstimator::none;
+
+  for (int64_t t = 0; t < T; ++t)
+    if (!std::isfinite(ws.rows[t].logp))  // a -inf target logit: log p = -inf would turn the sums into NaN
+      return make_error(StatusCode::non_finite,
+                        "target_ids[%lld] = %d has a -inf logit (log p = -inf); nothing was written",
+                        static_cast<long long>(t), batch.target_ids[t]);
+
+  // Terms each valid token takes part in, and the policy factor: everything by default.
+  ws.terms.assign(static_cast<size_t>(T), 0);
+  ws.pg_factor.assign(static_cast<size_t>(T), 1.0);
+  for (int64_t t = 0; t < T; ++t)
+    if (batch.mask[t]) ws.terms[t] = kInPg | kInEntropy | kInKl | kCountEntropy;
+
+  auto copy_initial = [&](const Real* src, std::vector<double>& dst) {
+    dst.assign(static_cast<size_t>(T), 0.0);
+    for (int64_t t = 0; t < T; ++t)
+      if (batch.mask[t] && detail::is_initial(batch, t)) dst[t] = static_cast<double>(src[t]);
+  };
+
+  // 1. Off-policy corrections. They cover the valid initial tokens (refinement tokens are not
+  // ratio-trained: weight 1, never rejected).
+  metrics->rollout = RolloutMetrics{};
+  metrics->sampler = SamplerMetrics{};
+  std::vector<uint8_t> initial_mask;
+  if (config.needs_rollout_logp() || std::isfinite(config.off_policy_mask_threshold) ||
+      config.policy_loss == PolicyLoss::vespo) {
+    initial_mask.assign(static_cast<size_t>(T), 0);
+    for (int64_t t = 0; t < T; ++t) initial_mask[t] = batch.mask[t] && detail::is_initial(batch, t);
+    ws.log_values.assign(static_cast<size_t>(T), 0.0);
+    for (int64_t t = 0; t < T; ++t) ws.log_values[t] = ws.rows[t].logp;
+  }
+  if (config.rollout.mode != RolloutCorrectionMode::none) {
+    const bool bypass = config.rollout.mode == RolloutCorrectionMode::bypass;
+    copy_initial(batch.rollout_logp, ws.rollout_logp);
+    if (bypass) {
+      ws.train_logp.assign(static_cast<size_t>(T), 0.0);
+      for (int64_t t = 0; t < T; ++t) ws.train_logp[t] = initial_mask[t] ? ws.rows[t].logp : 0.0;
+    } else {
+      copy_initial(batch.old_logp, ws.train_logp);
+    }
+    ws.is_weight.assign(static_cast<size_t>(T), 1.0);
+    ws.keep.assign(static_cast<size_t>(T), 1);
+    CGRPO_RETURN_IF_ERROR(rollout_correction(config.rollout, B, rows, initial_mask.data(), ws.train_logp.data(),
+                                             ws.rollout_logp.data(), ws.is_weight.data(), ws.keep.data(),
+                                             &metrics->rollout));
+    // The IS weight multiplies the policy loss (bypass ppo_clip: the ratio is the correction).
+    const bool weighted = config.rollout.is_level != RolloutIsLevel::none &&
+                          !(bypass && config.policy_loss == PolicyLoss::ppo_clip);
+    const uint8_t scope = bypass ? uint8_t(kInPg) : uint8_t(kInPg | kInEntropy | kInKl | kCountEntropy);
+    for (int64_t t = 0; t < T; ++t) {
+      if (!initial_mask[t]) continue;
+      if (!ws.keep[t]) ws.terms[t] &= static_cast<uint8_t>(~scope);
+      if (weighted && config.policy_loss != PolicyLoss::geo_mean) ws.pg_factor[t] = ws.is_weight[t];
+    }
+    if (weighted && config.policy_loss == PolicyLoss::geo_mean) {
+      // GMPO takes the row's geometric mean of the weights: exp(sum_t m log(w + 1e-10) / (n_i + 1e-8)).
+      for (int64_t i = 0; i < B; ++i) {
+        double sum = 0, n = 0;
+        for (int64_t t = rows.begin(i); t < rows.end(i); ++t)
+          if (initial_mask[t] && (ws.terms[t] & kInPg)) {
+            sum += std::log(ws.is_weight[t] + 1e-10);
+            n += 1;
+          }
+        const double g = std::exp(sum / (n + 1e-8));
+        for (int64_t t = rows.begin(i); t < rows.end(i); ++t)
+          if (initial_mask[t]) ws.pg_factor[t] = g;
+      }
+    }
+  }
+  if (config.sampler.mode != SamplerCorrectionMode::none || std::isfinite(config.off_policy_mask_threshold) ||
+      config.policy_loss == PolicyLoss::vespo) {
+    copy_initial(reference, ws.train_logp);
+    if (batch.rollout_logp) copy_initial(batch.rollout_logp, ws.rollout_logp);
+    else ws.rollout_logp.assign(static_cast<size_t>(T), 0.0);
+    copy_initial(batch.advantages, ws.advantages);
+    ws.phi.assign(static_cast<size_t>(B), 0.0);
+    CGRPO_RETURN_IF_ERROR(sampler_correction(config, B, rows, initial_mask.data(), ws.log_values.data(),
+                                             ws.train_logp.data(), batch.rollout_logp ? ws.rollout_logp.data() : nullptr,
+                                             ws.advantages.data(), ws.pg_factor.data(), ws.phi.data(),
+                                             &metrics->sampler));
+  }
+
+  // 2. Row context.
+  const bool geo_mean = config.policy_loss == PolicyLoss::geo_mean;
+  const bool seq_ratio = config.sequence_ratio();
+  ws.seq.assign(static_cast<size_t>(B), RowContext<double>{0, 0, 0, 0});
+  if (seq_ratio || geo_mean || config.policy_loss == PolicyLoss::vespo) {
+    for (int64_t i = 0; i < B; ++i) {
+      RowContext<double>& c = ws.seq[i];
+      double n = 0, sum_x = 0, sum_y = 0, sum_a = 0;
+      for (int64_t t = rows.begin(i); t < rows.end(i); ++t) {
+        if (!batch.mask[t] || !detail::is_initial(batch, t) || !(ws.terms[t] & kInPg)) continue;
+        const double x = ws.rows[t].logp - static_cast<double>(reference[t]);
+        const double A = static_cast<double>(batch.advantages[t]);
+        n += 1;
+        sum_x += x;
+        sum_a += A;
+        if (geo_mean) sum_y += GeoMeanTerm::clipped_log_ratio(x, A, params);
+      }
+      if (geo_mean) {
+        c.log_ratio = sum_y / (n + 1e-8);
+        c.advantage = sum_a / (n + 1e-8);
+        c.coupling = 1.0 / (n + 1e-8);
+      } else if (seq_ratio) {
+        c.log_ratio = sum_x / std::max(n, 1.0);
+        c.coupling = config.ratio_level == RatioLevel::sequence ? 1.0 / std::max(n, 1.0) : 0.0;
+      }
+      if (config.policy_loss == PolicyLoss::vespo) c.weight = ws.phi[i];
+    }
+  }
+
+  // 3. Batch pass.
+  if (config.top_entropy_quantile < 1) {
+    // TRL: the policy term keeps the tokens whose H is at or above the (1 - rho) quantile of the
+    // valid tokens' H; the entropy term then averages over the kept tokens.
+    ws.scratch.clear();
+    for (int64_t t = 0; t < T; ++t)
+      if (batch.mask[t]) ws.scratch.push_back(ws.rows[t].entropy);
+    if (!ws.scratch.empty()) {
+      const double q = detail::quantile_linear(ws.scratch, 1.0 - config.top_entropy_quantile);
+      for (int64_t t = 0; t < T; ++t) {
+        if (!batch.mask[t] || ws.rows[t].entropy >= q) continue;
+        ws.pg_factor[t] = 0.0;
+        ws.terms[t] &= static_cast<uint8_t>(~kInEntropy);
+        if (!config.entropy_count_all_tokens) ws.terms[t] &= static_cast<uint8_t>(~kCountEntropy);
+      }
+    }
+  }
+  if (config.policy_loss == PolicyLoss::kl_cov || config.policy_loss == PolicyLoss::clip_cov) {
+    if (batch.selection) {
+      for (int64_t t = 0; t < T; ++t)
+        if (batch.mask[t] && batch.selection[t]) ws.terms[t] |= kSelected;
+    } else {
+      // cov_t = (A_t - mean A)(logp_t - mean logp) over the policy term's valid initial tokens.
+      std::vector<int64_t> valid;
+      double sum_a = 0, sum_l = 0;
+      for (int64_t t = 0; t < T; ++t)
+        if (batch.mask[t] && detail::is_initial(batch, t) && (ws.terms[t] & kInPg)) {
+          valid.push_back(t);
+          sum_a += static_cast<double>(batch.advantages[t]);
+          sum_l += ws.rows[t].logp;
+        }
+      const double n = static_cast<double>(valid.size());
+      const bool kl_cov = config.policy_loss == PolicyLoss::kl_cov;
+      // kl_cov: plain means (torch .mean()); clip_cov: verl's masked_mean (count + 1e-8).
+      const double mean_a = sum_a / (kl_cov ? n : n + 1e-8), mean_l = sum_l / (kl_cov ? n : n + 1e-8);
+      ws.scratch.assign(static_cast<size_t>(T), 0.0);
+      for (int64_t t : valid)
+        ws.scratch[t] = (static_cast<double>(batch.advantages[t]) - mean_a) * (ws.rows[t].logp - mean_l);
+      const int64_t k = std::max<int64_t>(1, static_cast<int64_t>(n * config.cov_ratio));
+      if (!valid.empty()) {
+        if (kl_cov) {
+          detail::top_k_by_key(ws.scratch, valid, k, ws.order);
+        } else {
+          // Candidates: not clipped by the PPO clip, cov in (lower, upper); k of them chosen by a
+          // counter-based hash of (seed, token) (verl draws them with torch.randperm).
+          std::vector<int64_t> candidates;
+          for (int64_t t : valid) {
+            const double x = ws.rows[t].logp - static_cast<double>(reference[t]);
+            const double r = clamped_ratio(x, params.log_ratio_min, params.log_ratio_max).r;
+            const double A = static_cast<double>(batch.advantages[t]);
+            const bool clipped = -A * math::clamp(r, params.clip_low, params.clip_high) > -A * r;
+            const double cov = ws.scratch[t];
+            if (!clipped && cov > config.clip_cov_lower && cov < config.clip_cov_upper) candidates.push_back(t);
+          }
+          std::vector<double> key(static_cast<size_t>(T), 0.0);
+          for (int64_t t : candidates)
+            key[t] = -static_cast<double>(detail::token_hash(config.clip_cov_seed, static_cast<uint64_t>(t)) >> 11);
+          detail::top_k_by_key(key, candidates, k, ws.order);
+        }
+        for (int64_t t : ws.order) ws.terms[t] |= kSelected;
+      }
+    }
+  }
+
+  // 4. Weights computed by the loss: each term over its own mask (verl's rejection and TRL's
+  // entropy mask change them), with the caller's global counts where given.
+  if (computed_weights) {
+    ws.w_pg.assign(static_cast<size_t>(T), 0.0);
+    ws.w_entropy.assign(static_cast<size_t>(T), 0.0);
+    ws.w_kl.assign(static_cast<size_t>(T), 0.0);
+    const double layout_length = have_layout ? static_cast<double>(batch.layout.max_length()) : static_cast<double>(T);
+    auto term_weights = [&](Aggregation mode, const AggregationConvention& conv, uint8_t num_bit, uint8_t count_bit,
+                            std::vector<double>& w) -> Status {
+      AggregationCounts counts;
+      double nonempty = 0;
+      for (int64_t i = 0; i < B; ++i) {
+        double n = 0;
+        for (int64_t t = rows.begin(i); t < rows.end(i); ++t) n += (ws.terms[t] & count_bit) ? 1.0 : 0.0;
+        counts.tokens += n;
+        nonempty += n > 0 ? 1.0 : 0.0;
+      }
+      counts.rows = conv.count_empty_rows ? static_cast<double>(B) : nonempty;
+      counts.length = layout_length;
+      if (batch.scale.token_count > 0) counts.tokens = batch.scale.token_count;
+      if (batch.scale.sequence_count > 0) counts.rows = batch.scale.sequence_count;
+      if (batch.scale.length > 0) counts.length = batch.scale.length;
+      if (mode != Aggregation::token_mean && mode != Aggregation::seq_mean_token_sum_norm && counts.rows <= 0 &&
+          counts.tokens > 0)
+        return make_error(StatusCode::invalid_argument, "%s: the number of sequences is zero", to_string(mode));
+      for (int64_t i = 0; i < B; ++i) {
+        double n = 0;
+        for (int64_t t = rows.begin(i); t < rows.end(i); ++t) n += (ws.terms[t] & count_bit) ? 1.0 : 0.0;
+        const double wi = aggregation_weight(static_cast<int>(mode), conv, counts, n);
+        for (int64_t t = rows.begin(i); t < rows.end(i); ++t) w[t] = (ws.terms[t] & num_bit) ? wi : 0.0;
+      }
+      return Status::success();
+    };
+    if (geo_mean) {
+      // GMPO ignores the aggregation mode: J_pg = (1/B) sum_i l_i over every row (verl torch.mean).
+      AggregationConvention c = config.aggregation;
+      c.row_count_eps = 0;
+      c.count_empty_rows = true;
+      CGRPO_RETURN_IF_ERROR(term_weights(Aggregation::seq_mean_token_mean, c, kInPg, kInPg, ws.w_pg));
+    } else {
+      CGRPO_RETURN_IF_ERROR(term_weights(config.pg_aggregation, config.aggregation, kInPg, kInPg, ws.w_pg));
+    }
+    // The entropy term's weights even when entropy_coef = 0: metrics.entropy_loss reports agg_H(H) (verl).
+    CGRPO_RETURN_IF_ERROR(
+        term_weights(config.entropy_aggregation, config.aggregation, kInEntropy, kCountEntropy, ws.w_entropy));
+    if (kl_on) CGRPO_RETURN_IF_ERROR(term_weights(config.kl_aggregation, config.aggregation, kInKl, kInKl, ws.w_kl));
+  }
+
+  // 5. The per-token pass, in token order.
+  MetricSums<double> sums = metric_sums_zero<double>();
+  ws.seq_grad.assign(static_cast<size_t>(B), 0.0);
+  ws.row_coupling.assign(static_cast<size_t>(T), 0.0);
+  std::vector<double> row_below, row_above, row_count;
+  const bool row_metrics = B > 0;
+  if (row_metrics) {
+    row_below.assign(static_cast<size_t>(B), 0.0);
+    row_above.assign(static_cast<size_t>(B), 0.0);
+    row_count.assign(static_cast<size_t>(B), 0.0);
+  }
+  for (int64_t i = 0; i < B; ++i) {
+    for (int64_t t = rows.begin(i); t < rows.end(i); ++t) {
+      Workspace::Row& r = ws.rows[t];
+      TokenInputs<double> in{};
+      in.valid = batch.mask[t] != 0;
+      if (in.valid) {
+        const uint8_t bits = ws.terms[t];
+        in.in_pg = (bits & kInPg) != 0;
+        in.refinement = batch.kinds && batch.kinds[t] == kRefinement;
+        in.selected = (bits & kSelected) != 0;
+        in.logp = r.logp;
+        in.entropy = r.entropy;
+        in.old_logp = in.refinement ? 0.0 : static_cast<double>(reference[t]);
+        in.ref_logp = kl_on ? static_cast<double>(batch.ref_logp[t]) : 0.0;
+        in.advantage = static_cast<double>(batch.advantages[t]);
+        if (computed_weights) {
+          in.w_pg = ws.w_pg[t];
+          in.w_entropy = ws.w_entropy[t];
+          in.w_kl = kl_on ? ws.w_kl[t] : 0.0;
+        } else {
+          in.w_pg = static_cast<double>(batch.pg_weights[t]);
+          in.w_entropy = batch.entropy_weights ? static_cast<double>(batch.entropy_weights[t]) : 0.0;
+          in.w_kl = kl_on ? static_cast<double>(batch.kl_weights[t]) : 0.0;
+        }
+        in.pg_factor = ws.pg_factor[t];
+        in.row = ws.seq[i];
+      }
+      const TokenResult<double> res = token_loss(in, params);
+      metric_sums_add(sums, in, res, params);
+      r.dJ_dlogp = res.dJ_dlogp;
+      r.dJ_dentropy = res.dJ_dentropy;
+      ws.seq_grad[i] += res.row_grad;
+      ws.row_coupling[t] = res.row_coupling;
+      if (row_metrics && in.valid && !in.refinement && in.in_pg) {
+        row_count[i] += 1;
+        row_below[i] += (res.policy.flags & kRatioBelow) ? 1.0 : 0.0;
+        row_above[i] += (res.policy.flags & kRatioAbove) ? 1.0 : 0.0;
+      }
+    }
+  }
+
+  // 6. Row post-pass: the gradient of the row-coupled losses reaches each token of the row.
+  for (int64_t i = 0; i < B; ++i) {
+    if (ws.seq_grad[i] == 0) continue;
+    for (int64_t t = rows.begin(i); t < rows.end(i); ++t) ws.rows[t].dJ_dlogp += ws.row_coupling[t] * ws.seq_grad[i];
+  }
+
+  // 7. A non-finite result is never returned with OK.
+  for (int64_t t = 0; t < T; ++t)
+    if (!std::isfinite(ws.rows[t].dJ_dlogp) || !std::isfinite(ws.rows[t].dJ_dentropy))
+      return make_error(StatusCode::non_finite,
+                        "token %lld: dJ/dlogp is not finite (the policy, KL or entropy term overflowed: check the "
+                        "advantages, weights, coefficients and log ratios); nothing was written",
+                        static_cast<long long>(t));
+  if (!std::isfinite(sums.loss))
+    return make_error(StatusCode::non_finite,
+                      "the loss is not finite (a term overflowed: check the advantages, weights, coefficients and "
+                      "log ratios); nothing was written");
+
+  const RolloutMetrics rollout_metrics = metrics->rollout;
+  const SamplerMetrics sampler_metrics = metrics->sampler;
+  *metrics = finalize_metrics(sums, config.metric_mean_eps);
+  metrics->rollout = rollout_metrics;
+  metrics->sampler = sampler_metrics;
+  if (row_metrics) {
+    bool any = false;
+    double low_min = 0, high_max = 0;
+    for (int64_t i = 0; i < B; ++i) {
+      if (row_count[i] == 0) continue;
+      const double lo = row_below[i] / row_count[i], hi = row_above[i] / row_count[i];
+      low_min = any ? std::min(low_min, lo) : lo;
+      high_max = any ? std::max(high_max, hi) : hi;
+      any = true;
+    }
+    metrics->clip_ratio_low_min = low_min;
+    metrics->clip_ratio_high_max = high_max;
+  }
+  if (config.policy_loss == PolicyLoss::vespo && B > 0) {
+    double s = 0;
+    for (int64_t i = 0; i < B; ++i) s += ws.phi[i];
+    metrics->vespo_phi_mean = s / static_cast<double>(B);
+  }
+  return Status::success();
+}
+
+}  // namespace cgrpo::cpu
