@@ -3,13 +3,13 @@
 #include <torch/torch.h>
 
 #include <cgrpo/cgrpo.hpp>
+#include <cgrpo/torch/policy_loss.hpp>
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
-#include "cgrpo_torch.hpp"
 #include "make_batch.hpp"
 
 int main(int argc, char** argv) {

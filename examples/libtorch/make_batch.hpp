@@ -5,10 +5,9 @@
 #include <torch/torch.h>
 
 #include <cgrpo/cgrpo.hpp>
+#include <cgrpo/torch/policy_loss.hpp>
 
 #include <vector>
-
-#include "cgrpo_torch.hpp"
 
 namespace cgrpo_torch {
 

@@ -3,11 +3,11 @@
 #include <torch/torch.h>
 
 #include <cgrpo/cgrpo.hpp>
+#include <cgrpo/torch/policy_loss.hpp>
 
 #include <cmath>
 #include <cstdio>
 
-#include "cgrpo_torch.hpp"
 #include "make_batch.hpp"
 #include "torch_reference.hpp"
 

@@ -5,8 +5,7 @@
 #include <torch/torch.h>
 
 #include <cgrpo/cgrpo.hpp>
-
-#include "cgrpo_torch.hpp"
+#include <cgrpo/torch/policy_loss.hpp>
 
 namespace cgrpo_torch {
 
