@@ -215,14 +215,19 @@ Tally check_entry(const EntryPoint& e) {
           const std::string msg = o.status.message;
           CHECK(names(msg, X.name, "output"));
           CHECK(names(msg, Y.name, Y.output ? "output" : "input"));
-          CHECK(o.after == o.before);  // nothing written, anywhere
+          size_t changed = 0;  // nothing written, anywhere
+          for (size_t k = 0; k < l.arena; ++k) changed += o.after[k] != o.before[k];
+          CHECK(changed == 0);
         } else {
           ++tally.passes;
           if (mode == 2) ++tally.in_place_passes;
           if (mode == 5) ++tally.interleaved_passes;
           REQUIRE(o.status.ok());
           for (size_t i = 0; i < e.arrays.size(); ++i)
-            if (e.arrays[i].output) CHECK(o.outputs[i] == reference.outputs[i]);
+            if (e.arrays[i].output) {
+              INFO("output " << e.arrays[i].name << " equals the separate-buffer run");
+              CHECK((o.outputs[i] == reference.outputs[i]));
+            }
           size_t stray = 0;  // bytes written outside every output
           for (size_t b = 0; b < l.arena; ++b) stray += !o.output_byte[b] && o.after[b] != o.before[b];
           CHECK(stray == 0);

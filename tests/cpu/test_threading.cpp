@@ -277,18 +277,22 @@ TEST_CASE("concurrency: a workspace that another call holds gives an error and w
 }
 
 TEST_CASE("concurrency: calls racing for one workspace: each succeeds exactly or fails untouched", "[threading]") {
-  const Batch b(48, 500);
+  // Two different batches (of different sizes, so the workspace's rows are resized), one
+  // workspace, callers alternating between them: a call that read the other's rows would differ.
+  const Batch batches[] = {Batch(48, 500), Batch(61, 300)};
   cgrpo::cpu::Workspace shared;
-  const Result one = loss(b, 1, shared);
-  REQUIRE(one.status.ok());
+  const Result refs[] = {loss(batches[0], 1, shared), loss(batches[1], 1, shared)};
+  REQUIRE((refs[0].status.ok() && refs[1].status.ok()));
   constexpr int kCallers = 4, kCalls = 40;
   std::atomic<int> ok{0}, busy{0}, wrong{0};
   std::vector<std::thread> callers;
   for (int i = 0; i < kCallers; ++i)
-    callers.emplace_back([&] {
+    callers.emplace_back([&, i] {
       for (int k = 0; k < kCalls; ++k) {
+        const int which = (i + k) % 2;
+        const Batch& b = batches[which];
         const Result r = loss(b, 2, shared);
-        if (r.status.ok()) r.same_bits(one) ? ++ok : ++wrong;
+        if (r.status.ok()) r.same_bits(refs[which]) ? ++ok : ++wrong;
         else if (r.status.code == cgrpo::StatusCode::invalid_argument && r.untouched() &&
                  std::string(r.status.message).find("workspace is in use") != std::string::npos)
           ++busy;
