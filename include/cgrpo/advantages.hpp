@@ -14,6 +14,9 @@
 
 namespace cgrpo {
 
+// Threads: the functions here keep no state; calls may run at the same time (inputs may be
+// shared, an output may not).
+
 // Which group each response belongs to: group_ids[i] in [0, num_groups).
 // Groups may be ragged and their members need not be contiguous.
 struct GroupAssignment {

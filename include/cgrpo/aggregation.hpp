@@ -12,6 +12,9 @@
 
 namespace cgrpo {
 
+// Threads: the functions here keep no state; calls may run at the same time (inputs may be
+// shared, an output may not).
+
 // Global quantities for data-parallel training and gradient accumulation. Each
 // is used only by the modes that need it; a value of 0 means "take it from this
 // batch"; a negative or non-finite value is an error. Supply the all-reduced value so that the summed gradient of the shards

@@ -18,8 +18,11 @@ namespace cgrpo::cpu {
 // std::thread::hardware_concurrency() (1 when it does not say). A larger config.num_threads is
 // capped to it: more threads than cores would only queue, and each costs a stack.
 inline int hardware_threads() {
-  const unsigned n = std::thread::hardware_concurrency();
-  return n == 0 ? 1 : static_cast<int>(std::min(n, 1024u));
+  static const int n = [] {  // asked once: glibc reads /sys on every call
+    const unsigned c = std::thread::hardware_concurrency();
+    return c == 0 ? 1 : static_cast<int>(std::min(c, 1024u));
+  }();
+  return n;
 }
 
 // Part p of `parts` contiguous parts of [0, n): the first n % parts parts get one row more.

@@ -11,6 +11,9 @@
 
 namespace cgrpo::critique {
 
+// Threads: the functions here keep no state; calls may run at the same time (inputs may be
+// shared, an output may not; a Critic shared by such calls must itself allow it).
+
 enum class CritiqueKind : int {
   simple = 0,     // "The generated solution is correct." / "The generated solution is incorrect."
   simple_gt = 1,  // "The generated solution is incorrect, the ground truth is X."

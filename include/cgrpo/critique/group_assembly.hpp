@@ -18,6 +18,9 @@
 
 namespace cgrpo::critique {
 
+// Threads: the functions here keep no state; calls may run at the same time (inputs may be
+// shared, an output may not).
+
 // One sampled response: its token ids (the prompt excluded) and its scalar reward.
 struct Response {
   std::vector<int32_t> tokens;
@@ -180,8 +183,8 @@ inline Status check_assembly_options(const GroupAssemblyOptions& options, size_t
   if (options.layout == BatchLayout::padded &&
       (options.pad_token < 0 || (options.vocab_size > 0 && options.pad_token >= options.vocab_size)))
     return make_error(StatusCode::out_of_range,
-                      "options.pad_token = %d must be a token id in [0, vocab_size = %lld) (the loss rejects any other "
-                      "target id, padding rows included)",
+                      "options.pad_token = %d must be a token id, >= 0 and < options.vocab_size (%lld; 0: unknown): "
+                      "the loss rejects any other target id, padding rows included",
                       options.pad_token, static_cast<long long>(options.vocab_size));
   if (!std::isfinite(options.success_reward))
     return make_error(StatusCode::invalid_argument, "options.success_reward must be finite, got %g",
@@ -239,8 +242,9 @@ Status assemble_groups(const LossConfig& config, const std::vector<QuestionRollo
       for (size_t t = 0; t < r.tokens.size(); ++t)
         if (r.tokens[t] < 0 || (options.vocab_size > 0 && r.tokens[t] >= options.vocab_size))
           return make_error(StatusCode::out_of_range,
-                            "question %zu: %s response %d has token id %d at %zu (outside [0, vocab_size = %lld))", q,
-                            refinement ? "refinement" : "initial", index, r.tokens[t], t,
+                            "question %zu: %s response %d has token id %d at %zu (ids must be >= 0 and < "
+                            "options.vocab_size, %lld; 0: unknown)",
+                            q, refinement ? "refinement" : "initial", index, r.tokens[t], t,
                             static_cast<long long>(options.vocab_size));
       if (options.layout == BatchLayout::padded && options.padded_length > 0 &&
           static_cast<int64_t>(r.tokens.size()) > options.padded_length)

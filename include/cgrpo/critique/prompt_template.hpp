@@ -11,6 +11,9 @@
 
 namespace cgrpo::critique {
 
+// Threads: the functions here keep no state; calls may run at the same time (inputs may be
+// shared, an output may not).
+
 // The default refinement prompt (the paper's template, in our own words). Fields:
 // {question}, {solution} (the previous solution) and {critique}. "{{" and "}}" write
 // literal braces. Replace it with any string that uses the same fields.

@@ -12,6 +12,9 @@
 
 namespace cgrpo::critique {
 
+// Threads: the functions here keep no state; calls may run at the same time (inputs may be
+// shared, an output may not).
+
 // Picks k of the `count` refinements of one question and writes their indices to `chosen`,
 // in priority order:
 //   1. refinements with reward >= success_reward (correct ones, reward 1 in the paper),

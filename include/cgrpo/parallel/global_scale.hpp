@@ -11,6 +11,9 @@
 
 namespace cgrpo::parallel {
 
+// Threads: the functions here keep no state; calls may run at the same time (inputs may be
+// shared, an output may not).
+
 // What one rank (or one micro-batch of gradient accumulation) contributes to the
 // global normalizers. All-reduce token_count and sequence_count with SUM and
 // max_length with MAX (or use aggregation_partials_merge), then call to_scale().

@@ -12,6 +12,9 @@
 
 namespace cgrpo::parallel {
 
+// Threads: the functions here keep no state; calls may run at the same time (inputs may be
+// shared, an output may not).
+
 // Layout of the two buffers the caller all-reduces, G = number of groups in the
 // GLOBAL batch (group ids are global, the same on every rank):
 //   sums     [G * kGroupSumFields]:     count, sum(R - shift), sum((R - shift)^2)  -> all-reduce SUM
