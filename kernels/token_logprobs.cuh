@@ -26,8 +26,8 @@ template <typename Logit>
 Status token_logprobs(const Logit* logits, int64_t num_tokens, int64_t vocab_size, int64_t row_stride,
                       const int32_t* target_ids, double temperature, float* logp, float* entropy, void* workspace,
                       size_t workspace_bytes, cudaStream_t stream) {
-  CGRPO_RETURN_IF_ERROR(
-      validate_token_logprobs_args(num_tokens, vocab_size, row_stride, temperature, logits, target_ids, logp));
+  CGRPO_RETURN_IF_ERROR(validate_token_logprobs_buffers(num_tokens, vocab_size, row_stride, temperature, logits,
+                                                        target_ids, logp, entropy));
   const int64_t stride = row_stride == 0 ? vocab_size : row_stride;
   if (num_tokens >= (int64_t{1} << 31))
     return make_error(StatusCode::invalid_argument, "num_tokens must be < 2^31 on the GPU, got %lld",

@@ -6,11 +6,16 @@
 #include <cstdint>
 #include <vector>
 
+#include "cgrpo/buffer_overlap.hpp"
 #include "cgrpo/config.hpp"
 #include "cgrpo/layout.hpp"
+#include "cgrpo/no_throw.hpp"
 #include "cgrpo/status.hpp"
 
 namespace cgrpo {
+
+// Threads: the functions here keep no state; calls may run at the same time (inputs may be
+// shared, an output may not).
 
 // Which group each response belongs to: group_ids[i] in [0, num_groups).
 // Groups may be ragged and their members need not be contiguous.
@@ -21,35 +26,37 @@ struct GroupAssignment {
 };
 
 // Builds group ids from contiguous groups: group g owns responses
-// [group_offsets[g], group_offsets[g+1]). Writes num_responses ids.
+// [group_offsets[g], group_offsets[g+1]). Writes group_offsets[num_groups] ids; checks
+// everything first, so an error writes nothing.
 inline Status group_ids_from_offsets(int64_t num_groups, const int64_t* group_offsets, int32_t* group_ids) {
   if (num_groups < 0 || (num_groups > 0 && !group_offsets))
     return make_error(StatusCode::invalid_argument, "group_ids_from_offsets: bad num_groups or null offsets");
-  if (num_groups > 0 && group_offsets[0] != 0)
+  if (num_groups > int64_t{INT32_MAX} + 1)
+    return make_error(StatusCode::invalid_argument, "group_ids_from_offsets: num_groups (%lld) must fit int32 ids",
+                      static_cast<long long>(num_groups));
+  if (num_groups == 0) return Status::success();
+  if (group_offsets[0] != 0)
     return make_error(StatusCode::invalid_argument, "group_offsets[0] must be 0");
-  for (int64_t g = 0; g < num_groups; ++g) {
+  for (int64_t g = 0; g < num_groups; ++g)
     if (group_offsets[g + 1] < group_offsets[g])
       return make_error(StatusCode::invalid_argument, "group_offsets must be non-decreasing at group %lld",
                         static_cast<long long>(g));
+  const int64_t n = group_offsets[num_groups];
+  if (n > 0 && !group_ids)
+    return make_error(StatusCode::invalid_argument, "group_ids_from_offsets: group_ids must not be null");
+  BufferTable table;
+  table.input(array_span("group_offsets", group_offsets, num_groups + 1));
+  table.output(array_span("group_ids", group_ids, n));
+  CGRPO_RETURN_IF_ERROR(check_buffers(table));
+  for (int64_t g = 0; g < num_groups; ++g)
     for (int64_t i = group_offsets[g]; i < group_offsets[g + 1]; ++i) group_ids[i] = static_cast<int32_t>(g);
-  }
   return Status::success();
 }
 
-// Computes A_i for every response (MATH.md, "Group advantages"):
-//   grpo:        (R - mean_g) / (std_g + eps), std unbiased; one-member group: mean 0, std 1
-//   grpo_no_std: R - mean_g; one-member group: R
-//   rloo:        n/(n-1) (R - mean_g) for n > 1, else R
-//   reinforce_pp_baseline: R - mean_g, then whitened over the valid tokens of the
-//                batch (token_counts[i] valid tokens per response; masked mean and
-//                unbiased masked variance, rsqrt(var + whiten_eps) as verl's masked_whiten)
-//   grpo_batch_std: (R - mean_g) / (std_batch + eps), std_batch the unbiased std of all the
-//                batch's rewards (TRL scale_rewards="batch"; a one-member group gets 0)
-// A group whose rewards are all equal gets A = 0 under grpo and grpo_no_std.
-// token_counts is read only by reinforce_pp_baseline and may be null otherwise.
+namespace detail {
 template <typename Real>
 Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& groups, const Real* rewards,
-                        const int64_t* token_counts, double eps, Real* advantages, double whiten_eps = 1e-8) {
+                        const int64_t* token_counts, double eps, Real* advantages, double whiten_eps) {
   const int64_t n = groups.num_responses;
   if (n < 0 || groups.num_groups < 0)
     return make_error(StatusCode::invalid_argument, "group_advantages: negative sizes");
@@ -61,6 +68,13 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
   if (!std::isfinite(whiten_eps) || whiten_eps < 0)
     return make_error(StatusCode::invalid_argument, "group_advantages: whiten_eps must be finite and >= 0, got %g",
                       whiten_eps);
+  const bool whiten = estimator == AdvantageEstimator::reinforce_pp_baseline;
+  BufferTable table;
+  table.input(array_span("rewards", rewards, n));
+  table.input(array_span("group_ids", groups.group_ids, n));
+  table.input(array_span("token_counts", whiten ? token_counts : nullptr, n));
+  table.output(array_span("advantages", advantages, n));
+  CGRPO_RETURN_IF_ERROR(check_buffers(table));
   for (int64_t i = 0; i < n; ++i) {
     if (groups.group_ids[i] < 0 || groups.group_ids[i] >= groups.num_groups)
       return make_error(StatusCode::out_of_range, "group_advantages: group_ids[%lld] = %d is outside [0, %lld)",
@@ -69,7 +83,6 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
       return make_error(StatusCode::non_finite, "group_advantages: rewards[%lld] is not finite",
                         static_cast<long long>(i));
   }
-  const bool whiten = estimator == AdvantageEstimator::reinforce_pp_baseline;
   if (whiten) {
     if (!token_counts)
       return make_error(StatusCode::invalid_argument, "reinforce_pp_baseline needs token_counts (valid tokens per response)");
@@ -165,12 +178,44 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
   for (int64_t i = 0; i < n; ++i) advantages[i] = static_cast<Real>(result[i]);
   return Status::success();
 }
+}  // namespace detail
 
-// Copies one advantage per response onto each of its token rows.
+// Computes A_i for every response (MATH.md, "Group advantages"):
+//   grpo:        (R - mean_g) / (std_g + eps), std unbiased; one-member group: mean 0, std 1
+//   grpo_no_std: R - mean_g; one-member group: R
+//   rloo:        n/(n-1) (R - mean_g) for n > 1, else R
+//   reinforce_pp_baseline: R - mean_g, then whitened over the valid tokens of the
+//                batch (token_counts[i] valid tokens per response; masked mean and
+//                unbiased masked variance, rsqrt(var + whiten_eps) as verl's masked_whiten)
+//   grpo_batch_std: (R - mean_g) / (std_batch + eps), std_batch the unbiased std of all the
+//                batch's rewards (TRL scale_rewards="batch"; a one-member group gets 0)
+// A group whose rewards are all equal gets A = 0 under grpo and grpo_no_std.
+// token_counts is read only by reinforce_pp_baseline and may be null otherwise. advantages may
+// not share memory with the inputs. O(num_groups) scratch: a failed allocation is out_of_memory.
 template <typename Real>
-void broadcast_to_tokens(const SequenceLayout& layout, const Real* per_response, Real* per_token) {
+Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& groups, const Real* rewards,
+                        const int64_t* token_counts, double eps, Real* advantages, double whiten_eps = 1e-8) {
+  return no_throw("group_advantages", [&] {
+    return detail::group_advantages(estimator, groups, rewards, token_counts, eps, advantages, whiten_eps);
+  });
+}
+
+// Copies one advantage per response onto each of its token rows. Errors (nothing written): a
+// malformed layout, null arrays, per_token sharing memory with per_response or the offsets.
+template <typename Real>
+Status broadcast_to_tokens(const SequenceLayout& layout, const Real* per_response, Real* per_token) {
+  int64_t num_tokens = 0;
+  CGRPO_RETURN_IF_ERROR(layout.count_tokens(&num_tokens));
+  if ((layout.num_sequences > 0 && !per_response) || (num_tokens > 0 && !per_token))
+    return make_error(StatusCode::invalid_argument, "broadcast_to_tokens: per_response and per_token must not be null");
+  BufferTable table;
+  table.input(array_span("per_response", per_response, layout.num_sequences));
+  table.input(layout.offsets_span());
+  table.output(array_span("per_token", per_token, num_tokens));
+  CGRPO_RETURN_IF_ERROR(check_buffers(table));
   for (int64_t i = 0; i < layout.num_sequences; ++i)
     for (int64_t t = layout.begin(i); t < layout.end(i); ++t) per_token[t] = per_response[i];
+  return Status::success();
 }
 
 }  // namespace cgrpo

@@ -5,11 +5,15 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cgrpo/buffer_overlap.hpp"
 #include "cgrpo/config.hpp"
 #include "cgrpo/layout.hpp"
 #include "cgrpo/status.hpp"
 
 namespace cgrpo {
+
+// Threads: the functions here keep no state; calls may run at the same time (inputs may be
+// shared, an output may not).
 
 // Global quantities for data-parallel training and gradient accumulation. Each
 // is used only by the modes that need it; a value of 0 means "take it from this
@@ -21,15 +25,21 @@ struct AggregationScale {
   double length = 0;          // seq-mean-token-sum-norm: L (max response length)
 };
 
-// Writes w_t for every token row of `layout`. mask[t] is 0 or 1.
+// Writes w_t for every token row of `layout`. mask[t] is 0 or 1. weights may not share memory
+// with mask or the layout's offsets.
 // token-mean adds 1e-8 to its divisor, exactly as verl's masked_mean.
 template <typename Real>
 Status aggregation_weights(Aggregation mode, const SequenceLayout& layout, const uint8_t* mask,
                            const AggregationScale& scale, Real* weights) {
-  const int64_t num_tokens = layout.num_tokens();
-  CGRPO_RETURN_IF_ERROR(layout.validate(num_tokens));
+  int64_t num_tokens = 0;
+  CGRPO_RETURN_IF_ERROR(layout.count_tokens(&num_tokens));
   if (num_tokens > 0 && (!mask || !weights))
     return make_error(StatusCode::invalid_argument, "aggregation_weights: mask and weights must not be null");
+  BufferTable table;
+  table.input(array_span("mask", mask, num_tokens));
+  table.input(layout.offsets_span());
+  table.output(array_span("weights", weights, num_tokens));
+  CGRPO_RETURN_IF_ERROR(check_buffers(table));
   for (double v : {scale.token_count, scale.sequence_count, scale.length})
     if (!std::isfinite(v) || v < 0)
       return make_error(StatusCode::invalid_argument,

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "cgrpo/buffer_overlap.hpp"
+#include "cgrpo/checked_size.hpp"
 #include "cgrpo/status.hpp"
 
 namespace cgrpo {
@@ -28,6 +30,7 @@ struct SequenceLayout {
     return s;
   }
 
+  // begin, end, num_tokens and max_length assume a layout that validate() accepted.
   int64_t begin(int64_t i) const { return offsets ? offsets[i] : i * padded_length; }
   int64_t end(int64_t i) const { return offsets ? offsets[i + 1] : (i + 1) * padded_length; }
   int64_t num_tokens() const { return num_sequences == 0 ? 0 : end(num_sequences - 1); }
@@ -40,8 +43,14 @@ struct SequenceLayout {
     return m;
   }
 
-  // Checks that the layout is well formed and covers exactly `num_tokens` rows.
-  Status validate(int64_t expected_tokens) const {
+  // The offsets as an array of the overlap check (an empty span for a padded layout).
+  BufferSpan offsets_span() const {
+    return array_span("layout.offsets", offsets, num_sequences >= 0 && num_sequences < INT64_MAX ? num_sequences + 1 : 0);
+  }
+
+  // Checks that the layout is well formed and writes the number of rows it covers (computed
+  // without overflow: a padded num_sequences x padded_length past int64 is an error).
+  Status count_tokens(int64_t* covered) const {
     if (num_sequences < 0)
       return make_error(StatusCode::invalid_argument, "layout.num_sequences must be >= 0, got %lld",
                         static_cast<long long>(num_sequences));
@@ -55,14 +64,27 @@ struct SequenceLayout {
                             "layout.offsets must be non-decreasing: offsets[%lld] = %lld < offsets[%lld] = %lld",
                             static_cast<long long>(i + 1), static_cast<long long>(offsets[i + 1]),
                             static_cast<long long>(i), static_cast<long long>(offsets[i]));
-    } else if (padded_length < 0) {
+      *covered = num_sequences == 0 ? 0 : offsets[num_sequences];
+      return Status::success();
+    }
+    if (padded_length < 0)
       return make_error(StatusCode::invalid_argument, "layout.padded_length must be >= 0, got %lld",
                         static_cast<long long>(padded_length));
-    }
-    if (num_tokens() != expected_tokens)
+    if (!checked_mul(num_sequences, padded_length, covered))
+      return make_error(StatusCode::invalid_argument,
+                        "layout: num_sequences (%lld) x padded_length (%lld) rows overflow int64",
+                        static_cast<long long>(num_sequences), static_cast<long long>(padded_length));
+    return Status::success();
+  }
+
+  // Checks that the layout is well formed and covers exactly `expected_tokens` rows.
+  Status validate(int64_t expected_tokens) const {
+    int64_t covered = 0;
+    CGRPO_RETURN_IF_ERROR(count_tokens(&covered));
+    if (covered != expected_tokens)
       return make_error(StatusCode::invalid_argument,
                         "layout covers %lld token rows but the batch has %lld",
-                        static_cast<long long>(num_tokens()), static_cast<long long>(expected_tokens));
+                        static_cast<long long>(covered), static_cast<long long>(expected_tokens));
     return Status::success();
   }
 };

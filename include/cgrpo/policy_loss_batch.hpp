@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cgrpo/aggregation.hpp"
+#include "cgrpo/buffer_overlap.hpp"
 #include "cgrpo/config.hpp"
 #include "cgrpo/layout.hpp"
 #include "cgrpo/metrics.hpp"
@@ -87,7 +88,39 @@ struct PolicyLossOutputs {
   LossMetrics* metrics = nullptr;  // required: the loss and the metrics
 };
 
-// Checks sizes, pointers and the config; reads no array. Shared by the CPU path
+// The arrays of a batch that a loss call reads, one line each: the inputs of the overlap check.
+template <typename Logit, typename Real>
+void add_batch_inputs(const LossConfig& config, const PolicyLossBatch<Logit, Real>& b, BufferTable& table) {
+  const int64_t T = b.num_tokens;
+  table.input(row_span("logits", b.logits, T, b.vocab_size, b.stride()));
+  table.input(array_span("target_ids", b.target_ids, T));
+  table.input(array_span("mask", b.mask, T));
+  table.input(array_span("kinds", b.kinds, T));
+  table.input(array_span("advantages", b.advantages, T));
+  table.input(array_span("old_logp", b.old_logp, T));
+  table.input(array_span("ref_logp", b.ref_logp, T));
+  table.input(array_span("rollout_logp", b.rollout_logp, T));
+  table.input(array_span("selection", b.selection, T));
+  table.input(array_span("pg_weights", b.pg_weights, T));
+  table.input(array_span("entropy_weights", b.entropy_weights, T));
+  table.input(array_span("kl_weights", b.kl_weights, T));
+  if (needs_layout(config, b.pg_weights == nullptr)) table.input(b.layout.offsets_span());
+}
+
+// The arrays a loss call writes (grad_logits may be the logits themselves: in place).
+template <typename Logit, typename Real>
+void add_loss_outputs(const PolicyLossBatch<Logit, Real>& b, const PolicyLossOutputs<Logit, Real>& out,
+                      BufferTable& table) {
+  const int64_t T = b.num_tokens;
+  const int64_t gs = out.grad_row_stride == 0 ? b.stride() : out.grad_row_stride;
+  table.output(row_span("grad_logits", out.grad_logits, T, b.vocab_size, gs, "logits"));
+  table.output(array_span("logp", out.logp, T));
+  table.output(array_span("entropy", out.entropy, T));
+  table.output(array_span("metrics", out.metrics, 1));
+}
+
+// Checks sizes, pointers and the config, and that no output shares memory with an input or
+// another output (byte ranges, strides included); reads no array. Shared by the CPU path
 // and the CUDA host API, so both report the same errors.
 template <typename Logit, typename Real>
 Status validate_batch_shape(const LossConfig& config, const PolicyLossBatch<Logit, Real>& b,
@@ -152,19 +185,16 @@ Status validate_batch_shape(const LossConfig& config, const PolicyLossBatch<Logi
     if (gs < b.vocab_size)
       return make_error(StatusCode::invalid_argument, "grad_row_stride (%lld) must be 0 or >= vocab_size (%lld)",
                         static_cast<long long>(gs), static_cast<long long>(b.vocab_size));
-    const void* g = out.grad_logits;
-    const void* z = b.logits;
-    if (g == z && gs != b.stride())
-      return make_error(StatusCode::invalid_argument, "in-place gradient needs grad_row_stride == row_stride");
-    const char* g0 = static_cast<const char*>(g);
-    const char* z0 = static_cast<const char*>(z);
-    const char* g1 = g0 + sizeof(Logit) * static_cast<size_t>((b.num_tokens - 1) * gs + b.vocab_size);
-    const char* z1 = z0 + sizeof(Logit) * static_cast<size_t>((b.num_tokens - 1) * b.stride() + b.vocab_size);
-    if (g != z && g0 < z1 && z0 < g1)
+    if (static_cast<const void*>(out.grad_logits) == static_cast<const void*>(b.logits) && gs != b.stride())
       return make_error(StatusCode::invalid_argument,
-                        "grad_logits overlaps logits without being the same buffer (in place needs the same pointer)");
+                        "grad_logits (output) overlaps logits (input): an in-place gradient needs grad_row_stride == "
+                        "row_stride, got %lld and %lld",
+                        static_cast<long long>(gs), static_cast<long long>(b.stride()));
   }
-  return Status::success();
+  BufferTable table;
+  add_batch_inputs(config, b, table);
+  add_loss_outputs(b, out, table);
+  return check_buffers(table);
 }
 
 // Checks every per-token value that lives in host memory. Every token: target id in [0, V) and
@@ -228,6 +258,22 @@ inline Status validate_token_logprobs_args(int64_t num_tokens, int64_t vocab_siz
   if (num_tokens > 0 && (!logits || !target_ids || !logp))
     return make_error(StatusCode::invalid_argument, "token_logprobs: logits, target_ids and logp must not be null");
   return Status::success();
+}
+
+// validate_token_logprobs_args, then the sizes of the arrays and that neither output (logp,
+// entropy) shares memory with an input (logits, target_ids) or with the other output.
+template <typename Logit, typename Real>
+Status validate_token_logprobs_buffers(int64_t num_tokens, int64_t vocab_size, int64_t row_stride,
+                                       double temperature, const Logit* logits, const int32_t* target_ids,
+                                       const Real* logp, const Real* entropy) {
+  CGRPO_RETURN_IF_ERROR(
+      validate_token_logprobs_args(num_tokens, vocab_size, row_stride, temperature, logits, target_ids, logp));
+  BufferTable table;
+  table.input(row_span("logits", logits, num_tokens, vocab_size, row_stride == 0 ? vocab_size : row_stride));
+  table.input(array_span("target_ids", target_ids, num_tokens));
+  table.output(array_span("logp", logp, num_tokens));
+  table.output(array_span("entropy", entropy, num_tokens));
+  return check_buffers(table);
 }
 
 }  // namespace cgrpo

@@ -13,6 +13,7 @@ enum class StatusCode : int {
   out_of_range = 2,       // a token id outside [0, vocab)
   non_finite = 3,         // NaN or Inf in an input that must be finite
   cuda_error = 4,         // a CUDA runtime call failed (kernels/ only)
+  out_of_memory = 5,      // an allocation failed (host vectors: workspace, group assembly, ...)
 };
 
 inline const char* status_code_name(StatusCode code) {
@@ -22,6 +23,7 @@ inline const char* status_code_name(StatusCode code) {
     case StatusCode::out_of_range: return "out_of_range";
     case StatusCode::non_finite: return "non_finite";
     case StatusCode::cuda_error: return "cuda_error";
+    case StatusCode::out_of_memory: return "out_of_memory";
   }
   return "unknown";
 }

@@ -11,7 +11,10 @@
 #include "cgrpo/cpu/loss_passes.hpp"
 #include "cgrpo/cpu/parallel_for.hpp"
 #include "cgrpo/cpu/row_sweeps.hpp"
+#include "cgrpo/cpu/thread_pool.hpp"
+#include "cgrpo/cpu/workspace_guard.hpp"
 #include "cgrpo/metrics.hpp"
+#include "cgrpo/no_throw.hpp"
 #include "cgrpo/policy_loss_batch.hpp"
 #include "cgrpo/status.hpp"
 #include "cgrpo/token_math.hpp"
@@ -81,27 +84,49 @@ Status check_gradient_range(const Workspace& ws, int64_t num_tokens, double temp
   return Status::success();
 }
 
+namespace detail {
+template <typename Real>
+Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& batch,
+                         const PolicyLossOutputs<Real>& out, Workspace& ws);
+}  // namespace detail
+
 // The fused forward and backward pass. Steps:
-//   1. validate everything readable without touching the logits (nothing is written on error);
-//   2. sweep 1 over every row: lse, H, log p (rows split across config.num_threads);
-//      a row with NaN / +inf logits is an error, reported before any output is written;
+//   1. validate everything readable without touching the logits (nothing is written on error),
+//      including that no output shares memory with an input or another output;
+//   2. sweep 1 over every row: lse, H, log p (rows split across config.num_threads, at most
+//      hardware_threads(), on the workspace's pool); a row with NaN / +inf logits is an error,
+//      reported before any output is written;
 //   3. per_token_pass (loss_passes.hpp): the pre-passes, token_loss() per token in token order
-//      (deterministic), the row post-pass; a_t = dJ/dlogp_t and b_t = dJ/dH_t; metric sums in double;
+//      (deterministic), the row post-pass; a_t = dJ/dlogp_t and b_t = dJ/dH_t; metric sums in
+//      double; a non-finite J, a_t or b_t, or a gradient that would overflow Real, is an error;
 //   4. sweep 2 over every row: dJ/dz from (lse, H, a_t, b_t), masked rows written as zeros.
 // The logits are read twice and the gradient written once; see the README's benchmarks.
+// Threads: calls with different workspaces may run at once (inputs may be shared, outputs not);
+// a call on a workspace that another call holds returns invalid_argument and writes nothing.
+// A workspace that cannot grow gives out_of_memory.
 template <typename Real>
 Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& batch,
                          const PolicyLossOutputs<Real>& out, Workspace& ws) {
   static_assert(std::is_same<Real, float>::value || std::is_same<Real, double>::value,
                 "the CPU path takes float or double logits");
   CGRPO_RETURN_IF_ERROR(validate_batch_shape(config, batch, out));
+  ExclusiveUse use(ws.in_use);
+  if (!use.acquired()) return workspace_busy_error("fused_policy_loss");
+  return no_throw("fused_policy_loss", [&] { return detail::fused_policy_loss(config, batch, out, ws); });
+}
+
+namespace detail {
+// fused_policy_loss once the shapes are checked and the workspace is held.
+template <typename Real>
+Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& batch,
+                         const PolicyLossOutputs<Real>& out, Workspace& ws) {
+  ws.rows.resize(static_cast<size_t>(batch.num_tokens));  // first: a batch too large for memory fails before any read
   CGRPO_RETURN_IF_ERROR(validate_batch_values(config, batch));
   const int64_t T = batch.num_tokens, V = batch.vocab_size, stride = batch.stride();
   const TokenLossParams<double> params = token_params<double>(config);
   const Real inv_temperature = static_cast<Real>(params.inv_temperature);
 
-  ws.rows.resize(static_cast<size_t>(T));
-  parallel_for_rows(T, config.num_threads, [&](int64_t begin, int64_t end) {
+  parallel_for_rows(ws.pool, T, config.num_threads, [&](int64_t begin, int64_t end) {
     compute_row_stats(batch.logits, stride, V, batch.target_ids, inv_temperature, begin, end, ws.rows.data());
   });
   const int64_t bad = first_non_finite_row(ws, T);
@@ -122,7 +147,7 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& 
     // read-for-ownership of its lines (4 bytes moved per entry instead of 8).
     const bool stream = static_cast<const void*>(out.grad_logits) != static_cast<const void*>(batch.logits) &&
                         static_cast<double>(T) * static_cast<double>(V) * sizeof(Real) >= kStreamBytes;
-    parallel_for_rows(T, config.num_threads, [&](int64_t begin, int64_t end) {
+    parallel_for_rows(ws.pool, T, config.num_threads, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const Workspace::Row& r = ws.rows[t];
         row_logit_gradient(batch.logits + t * stride, V, inv_temperature, batch.target_ids[t], r.lse, r.entropy,
@@ -133,8 +158,10 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& 
   }
   return Status::success();
 }
+}  // namespace detail
 
-// Convenience overload with a workspace of its own (allocates O(T) per call).
+// Convenience overload with a workspace of its own (allocates O(T) and starts its threads per
+// call: keep a Workspace when calling in a loop).
 template <typename Real>
 Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& batch,
                          const PolicyLossOutputs<Real>& out) {

@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "cgrpo/config.hpp"
+#include "cgrpo/cpu/thread_pool.hpp"
+#include "cgrpo/cpu/workspace_guard.hpp"
 #include "cgrpo/layout.hpp"
 #include "cgrpo/loss_weights.hpp"
 #include "cgrpo/metrics.hpp"
@@ -19,8 +21,10 @@
 
 namespace cgrpo::cpu {
 
-// O(T) scratch of the CPU path. Keep one per trainer and pass it to every call: it grows to the
-// largest batch seen and then never allocates again. One call at a time per workspace.
+// O(T) scratch and the worker threads of the CPU path. Keep one per trainer and pass it to
+// every call: it grows to the largest batch seen and then never allocates again, and its
+// threads are started once. One call at a time per workspace: a call that finds its workspace
+// in use by another returns an error (and writes nothing); concurrent calls need one each.
 struct Workspace {
   struct Row {
     double lse, entropy, logp;     // from sweep 1
@@ -44,6 +48,9 @@ struct Workspace {
   // Batch pass scratch.
   std::vector<double> scratch;
   std::vector<int64_t> order;
+
+  ThreadPool pool;   // config.num_threads' threads, capped at hardware_threads()
+  InUseFlag in_use;  // held by the call using the workspace
 };
 
 // Which terms a valid token takes part in (a mask per term: rejection and the entropy mask change them).

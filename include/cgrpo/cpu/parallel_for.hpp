@@ -3,28 +3,26 @@
 #pragma once
 
 #include <cstdint>
-#include <thread>
-#include <vector>
+#include <utility>
+
+#include "cgrpo/cpu/thread_pool.hpp"
 
 namespace cgrpo::cpu {
 
-// Calls fn(begin, end) on num_threads contiguous parts of [0, n); the caller's
-// thread takes the first part. num_threads <= 1 runs everything inline.
+// Calls fn(begin, end) on min(num_threads, pool.max_threads(), n) contiguous parts of [0, n)
+// on the pool's threads and the caller's. num_threads <= 1 runs everything inline.
+template <typename Fn>
+void parallel_for_rows(ThreadPool& pool, int64_t n, int num_threads, Fn&& fn) {
+  pool.run(n, num_threads, std::forward<Fn>(fn));
+}
+
+// The same on a pool of its own, started and joined in this call: for one-off callers. The
+// library's entry points use the pool of the caller's cpu::Workspace, which starts no thread
+// once it has grown.
 template <typename Fn>
 void parallel_for_rows(int64_t n, int num_threads, Fn&& fn) {
-  if (num_threads <= 1 || n < 2) {
-    fn(int64_t{0}, n);
-    return;
-  }
-  const int64_t parts = n < num_threads ? n : num_threads;
-  std::vector<std::thread> workers;
-  workers.reserve(static_cast<size_t>(parts - 1));
-  for (int64_t p = 1; p < parts; ++p) {
-    const int64_t begin = n * p / parts, end = n * (p + 1) / parts;
-    workers.emplace_back([&fn, begin, end] { fn(begin, end); });
-  }
-  fn(int64_t{0}, n / parts);
-  for (auto& w : workers) w.join();
+  ThreadPool pool;
+  pool.run(n, num_threads, std::forward<Fn>(fn));
 }
 
 }  // namespace cgrpo::cpu

@@ -2,12 +2,17 @@
 // simple and simple_gt are fixed sentences; free_text comes from a critic the caller supplies.
 #pragma once
 
+#include <exception>
 #include <functional>
 #include <string>
 
+#include "cgrpo/no_throw.hpp"
 #include "cgrpo/status.hpp"
 
 namespace cgrpo::critique {
+
+// Threads: the functions here keep no state; calls may run at the same time (inputs may be
+// shared, an output may not; a Critic shared by such calls must itself allow it).
 
 enum class CritiqueKind : int {
   simple = 0,     // "The generated solution is correct." / "The generated solution is incorrect."
@@ -62,29 +67,42 @@ inline std::string simple_gt_critique_text(bool correct, const std::string& grou
 }
 
 // Writes the critique of one response. simple_gt needs a non-empty ground truth;
-// free_text needs a critic, whose error is passed on; an empty free-text critique is an error.
+// free_text needs a critic, whose error is passed on (an exception it throws becomes an
+// invalid_argument Status); an empty free-text critique is an error. critique is untouched on error.
 inline Status write_critique(CritiqueKind kind, const CritiqueRequest& request, const Critic& critic,
                              std::string& critique) {
-  switch (kind) {
-    case CritiqueKind::simple:
-      critique = simple_critique_text(request.correct);
-      return Status::success();
-    case CritiqueKind::simple_gt:
-      if (request.ground_truth.empty())
-        return make_error(StatusCode::invalid_argument, "simple_gt critique needs a ground truth, got an empty one");
-      critique = simple_gt_critique_text(request.correct, request.ground_truth);
-      return Status::success();
-    case CritiqueKind::free_text: {
-      if (!critic)
-        return make_error(StatusCode::invalid_argument, "free_text critique needs a critic callback, got none");
-      std::string text;
-      CGRPO_RETURN_IF_ERROR(critic(request, text));
-      if (text.empty()) return make_error(StatusCode::invalid_argument, "the critic returned an empty critique");
-      critique = std::move(text);
-      return Status::success();
+  return no_throw("write_critique", [&]() -> Status {
+    switch (kind) {
+      case CritiqueKind::simple:
+        critique = simple_critique_text(request.correct);
+        return Status::success();
+      case CritiqueKind::simple_gt:
+        if (request.ground_truth.empty())
+          return make_error(StatusCode::invalid_argument, "simple_gt critique needs a ground truth, got an empty one");
+        critique = simple_gt_critique_text(request.correct, request.ground_truth);
+        return Status::success();
+      case CritiqueKind::free_text: {
+        if (!critic)
+          return make_error(StatusCode::invalid_argument, "free_text critique needs a critic callback, got none");
+        std::string text;
+        Status s;
+        try {
+          s = critic(request, text);
+        } catch (const std::bad_alloc&) {
+          throw;
+        } catch (const std::exception& e) {
+          return make_error(StatusCode::invalid_argument, "the critic threw an exception: %.160s", e.what());
+        } catch (...) {
+          return make_error(StatusCode::invalid_argument, "the critic threw an exception");
+        }
+        CGRPO_RETURN_IF_ERROR(s);
+        if (text.empty()) return make_error(StatusCode::invalid_argument, "the critic returned an empty critique");
+        critique = std::move(text);
+        return Status::success();
+      }
     }
-  }
-  return make_error(StatusCode::invalid_argument, "unknown critique kind %d", static_cast<int>(kind));
+    return make_error(StatusCode::invalid_argument, "unknown critique kind %d", static_cast<int>(kind));
+  });
 }
 
 }  // namespace cgrpo::critique

@@ -8,13 +8,18 @@
 
 #include "cgrpo/advantages.hpp"
 #include "cgrpo/aggregation.hpp"
+#include "cgrpo/checked_size.hpp"
 #include "cgrpo/config.hpp"
 #include "cgrpo/critique/refinement_selection.hpp"
 #include "cgrpo/layout.hpp"
+#include "cgrpo/no_throw.hpp"
 #include "cgrpo/policy_loss_batch.hpp"
 #include "cgrpo/status.hpp"
 
 namespace cgrpo::critique {
+
+// Threads: the functions here keep no state; calls may run at the same time (inputs may be
+// shared, an output may not).
 
 // One sampled response: its token ids (the prompt excluded) and its scalar reward.
 struct Response {
@@ -47,9 +52,11 @@ struct GroupAssemblyOptions {
   RefinementPlacement placement = RefinementPlacement::replace_last_initial;
   BatchLayout layout = BatchLayout::packed;
   int64_t padded_length = 0;          // padded: rows per response (0: the longest response)
-  int32_t pad_token = 0;              // target id written on padding rows (mask 0)
+  int32_t pad_token = 0;              // target id written on padding rows (mask 0); in [0, V)
+  int64_t vocab_size = 0;             // V when known: pad_token and every token id must be < V
+                                      // (0: unknown; loss_batch's Status form checks them then)
   bool allow_empty_responses = false; // a response with no token is an error unless set
-  double success_reward = 1.0;        // a refinement with reward >= this is "correct"
+  double success_reward = 1.0;        // a refinement with reward >= this is "correct"; finite
   AggregationScale scale;             // global counts for data parallelism (0: this batch)
 };
 
@@ -89,9 +96,33 @@ struct AssembledBatch {
                              : SequenceLayout::packed(num_responses(), offsets.data());
   }
 
-  // The loss's view of this batch: the caller adds its logits [num_tokens, row_stride]
+  // The loss's view of this batch, checked: vocab_size > 0 and every target id, the padding
+  // rows' pad_token included, in [0, vocab_size) (the error names pad_token or the response
+  // token); `view` is untouched on error. The caller adds its logits [num_tokens, row_stride]
   // (row t predicting target_ids[t]), old log-probs, and ref log-probs when KL is on.
-  // The batch must outlive the returned view (it points into these vectors).
+  // The batch must outlive the view (it points into these vectors).
+  Status loss_batch(const Real* logits, int64_t vocab_size, const Real* old_logp, const Real* ref_logp,
+                    int64_t row_stride, PolicyLossBatch<Real>& view) const {
+    if (vocab_size <= 0)
+      return make_error(StatusCode::invalid_argument, "loss_batch: vocab_size must be > 0, got %lld",
+                        static_cast<long long>(vocab_size));
+    for (size_t t = 0; t < target_ids.size(); ++t) {
+      const int32_t id = target_ids[t];
+      if (id >= 0 && id < vocab_size) continue;
+      if (!mask[t])
+        return make_error(StatusCode::out_of_range,
+                          "loss_batch: pad_token %d (written on padding row %zu) is outside [0, %lld): set "
+                          "GroupAssemblyOptions.pad_token to a token id of the vocabulary",
+                          id, t, static_cast<long long>(vocab_size));
+      return make_error(StatusCode::out_of_range, "loss_batch: target_ids[%zu] = %d (a response token) is outside [0, %lld)",
+                        t, id, static_cast<long long>(vocab_size));
+    }
+    view = loss_batch(logits, vocab_size, old_logp, ref_logp, row_stride);
+    return Status::success();
+  }
+
+  // The same view unchecked: a token id outside [0, vocab_size) is then reported by the loss
+  // itself (as target_ids[t]).
   PolicyLossBatch<Real> loss_batch(const Real* logits, int64_t vocab_size, const Real* old_logp,
                                    const Real* ref_logp = nullptr, int64_t row_stride = 0) const {
     PolicyLossBatch<Real> b;
@@ -121,19 +152,53 @@ struct AssembledBatch {
 //   4. per-token weights of the pg, entropy and KL terms (cgrpo::aggregation_weights)
 //      with the config's aggregation modes and options.scale.
 // Errors (out untouched): k < 0; k larger than a question's choosable refinements; k > n
-// when replacing; an empty group; an empty response unless allowed; a negative token id;
-// a non-finite reward; a response longer than options.padded_length.
+// when replacing; an empty group; an empty response unless allowed; a token id outside
+// [0, options.vocab_size) (>= 0 when it is 0); a non-finite reward or success_reward; an
+// unknown placement or layout; a padded layout's pad_token outside [0, V) (>= 0 when V is
+// unknown); a response longer than options.padded_length; more rows than int64 holds; more
+// than 2^31 questions or responses per question (int32 ids); a failed allocation
+// (out_of_memory).
 template <typename Real>
 Status assemble_groups(const LossConfig& config, const std::vector<QuestionRollouts>& questions,
-                       const GroupAssemblyOptions& options, AssembledBatch<Real>& out) {
-  CGRPO_RETURN_IF_ERROR(config.validate());
-  const int64_t k = options.refinements_per_group;
-  if (k < 0)
+                       const GroupAssemblyOptions& options, AssembledBatch<Real>& out);
+
+namespace detail {
+inline Status check_assembly_options(const GroupAssemblyOptions& options, size_t num_questions) {
+  if (options.refinements_per_group < 0)
     return make_error(StatusCode::invalid_argument, "refinements_per_group must be >= 0, got %lld",
-                      static_cast<long long>(k));
+                      static_cast<long long>(options.refinements_per_group));
+  if (options.placement != RefinementPlacement::replace_last_initial && options.placement != RefinementPlacement::append)
+    return make_error(StatusCode::invalid_argument,
+                      "options.placement = %d is not a RefinementPlacement (0 replace_last_initial, 1 append)",
+                      static_cast<int>(options.placement));
+  if (options.layout != BatchLayout::packed && options.layout != BatchLayout::padded)
+    return make_error(StatusCode::invalid_argument, "options.layout = %d is not a BatchLayout (0 packed, 1 padded)",
+                      static_cast<int>(options.layout));
   if (options.padded_length < 0)
     return make_error(StatusCode::invalid_argument, "padded_length must be >= 0, got %lld",
                       static_cast<long long>(options.padded_length));
+  if (options.vocab_size < 0)
+    return make_error(StatusCode::invalid_argument, "options.vocab_size must be >= 0 (0: unknown), got %lld",
+                      static_cast<long long>(options.vocab_size));
+  if (options.layout == BatchLayout::padded &&
+      (options.pad_token < 0 || (options.vocab_size > 0 && options.pad_token >= options.vocab_size)))
+    return make_error(StatusCode::out_of_range,
+                      "options.pad_token = %d must be a token id, >= 0 and < options.vocab_size (%lld; 0: unknown): "
+                      "the loss rejects any other target id, padding rows included",
+                      options.pad_token, static_cast<long long>(options.vocab_size));
+  if (!std::isfinite(options.success_reward))
+    return make_error(StatusCode::invalid_argument, "options.success_reward must be finite, got %g",
+                      options.success_reward);
+  if (num_questions > static_cast<size_t>(INT32_MAX))
+    return make_error(StatusCode::invalid_argument, "%zu questions: more than group ids (int32) can number",
+                      num_questions);
+  return Status::success();
+}
+
+template <typename Real>
+Status assemble_groups(const LossConfig& config, const std::vector<QuestionRollouts>& questions,
+                       const GroupAssemblyOptions& options, AssembledBatch<Real>& out) {
+  const int64_t k = options.refinements_per_group;
 
   AssembledBatch<Real> b;
   std::vector<const Response*> members;
@@ -141,6 +206,8 @@ Status assemble_groups(const LossConfig& config, const std::vector<QuestionRollo
     const QuestionRollouts& rollouts = questions[q];
     const int64_t n = static_cast<int64_t>(rollouts.initial.size());
     const int64_t m = static_cast<int64_t>(rollouts.refinements.size());
+    if (n > INT32_MAX || m > INT32_MAX)
+      return make_error(StatusCode::invalid_argument, "question %zu: more responses than int32 indices can number", q);
     std::vector<double> refinement_rewards(static_cast<size_t>(m));
     std::vector<int64_t> refinement_lengths(static_cast<size_t>(m));
     for (int64_t j = 0; j < m; ++j) {
@@ -173,9 +240,12 @@ Status assemble_groups(const LossConfig& config, const std::vector<QuestionRollo
                           "question %zu: %s response %d is empty (set allow_empty_responses to train on it)", q,
                           refinement ? "refinement" : "initial", index);
       for (size_t t = 0; t < r.tokens.size(); ++t)
-        if (r.tokens[t] < 0)
-          return make_error(StatusCode::out_of_range, "question %zu: %s response %d has token id %d at %zu", q,
-                            refinement ? "refinement" : "initial", index, r.tokens[t], t);
+        if (r.tokens[t] < 0 || (options.vocab_size > 0 && r.tokens[t] >= options.vocab_size))
+          return make_error(StatusCode::out_of_range,
+                            "question %zu: %s response %d has token id %d at %zu (ids must be >= 0 and < "
+                            "options.vocab_size, %lld; 0: unknown)",
+                            q, refinement ? "refinement" : "initial", index, r.tokens[t], t,
+                            static_cast<long long>(options.vocab_size));
       if (options.layout == BatchLayout::padded && options.padded_length > 0 &&
           static_cast<int64_t>(r.tokens.size()) > options.padded_length)
         return make_error(StatusCode::invalid_argument, "question %zu: %s response %d has %zu tokens > padded_length %lld",
@@ -197,7 +267,10 @@ Status assemble_groups(const LossConfig& config, const std::vector<QuestionRollo
     b.padded_length = options.padded_length > 0 ? options.padded_length : (longest > 0 ? longest : 1);
   b.offsets.assign(static_cast<size_t>(B + 1), 0);
   for (int64_t i = 0; i < B; ++i)
-    b.offsets[i + 1] = b.offsets[i] + (b.padded_length > 0 ? b.padded_length : b.token_counts[i]);
+    if (!checked_add(b.offsets[i], b.padded_length > 0 ? b.padded_length : b.token_counts[i], &b.offsets[i + 1]))
+      return make_error(StatusCode::invalid_argument,
+                        "%lld responses of padded_length %lld rows overflow int64 (the batch's row count)",
+                        static_cast<long long>(B), static_cast<long long>(b.padded_length));
   const int64_t T = b.offsets[B];
   b.target_ids.assign(static_cast<size_t>(T), options.pad_token);
   b.mask.assign(static_cast<size_t>(T), 0);
@@ -221,7 +294,7 @@ Status assemble_groups(const LossConfig& config, const std::vector<QuestionRollo
                                          config.advantage_eps, b.response_advantages.data()));
   const SequenceLayout layout = b.layout();
   b.advantages.assign(static_cast<size_t>(T), Real(0));
-  broadcast_to_tokens(layout, b.response_advantages.data(), b.advantages.data());
+  CGRPO_RETURN_IF_ERROR(broadcast_to_tokens(layout, b.response_advantages.data(), b.advantages.data()));
   b.pg_weights.assign(static_cast<size_t>(T), Real(0));
   b.entropy_weights.assign(static_cast<size_t>(T), Real(0));
   b.kl_weights.assign(static_cast<size_t>(T), Real(0));
@@ -231,6 +304,15 @@ Status assemble_groups(const LossConfig& config, const std::vector<QuestionRollo
   CGRPO_RETURN_IF_ERROR(aggregation_weights(config.kl_aggregation, layout, b.mask.data(), options.scale, b.kl_weights.data()));
   out = std::move(b);
   return Status::success();
+}
+}  // namespace detail
+
+template <typename Real>
+Status assemble_groups(const LossConfig& config, const std::vector<QuestionRollouts>& questions,
+                       const GroupAssemblyOptions& options, AssembledBatch<Real>& out) {
+  CGRPO_RETURN_IF_ERROR(config.validate());
+  CGRPO_RETURN_IF_ERROR(detail::check_assembly_options(options, questions.size()));
+  return no_throw("assemble_groups", [&] { return detail::assemble_groups(config, questions, options, out); });
 }
 
 }  // namespace cgrpo::critique

@@ -5,10 +5,14 @@
 #include <cstdint>
 
 #include "cgrpo/aggregation.hpp"
+#include "cgrpo/buffer_overlap.hpp"
 #include "cgrpo/layout.hpp"
 #include "cgrpo/status.hpp"
 
 namespace cgrpo::parallel {
+
+// Threads: the functions here keep no state; calls may run at the same time (inputs may be
+// shared, an output may not).
 
 // What one rank (or one micro-batch of gradient accumulation) contributes to the
 // global normalizers. All-reduce token_count and sequence_count with SUM and
@@ -30,11 +34,17 @@ struct AggregationPartials {
   }
 };
 
+// This rank's partials; *out may not share memory with mask or the layout's offsets.
 inline Status aggregation_partials(const SequenceLayout& layout, const uint8_t* mask, AggregationPartials* out) {
-  const int64_t num_tokens = layout.num_tokens();
-  CGRPO_RETURN_IF_ERROR(layout.validate(num_tokens));
+  int64_t num_tokens = 0;
+  CGRPO_RETURN_IF_ERROR(layout.count_tokens(&num_tokens));
   if (!out) return make_error(StatusCode::invalid_argument, "aggregation_partials: out must not be null");
   if (num_tokens > 0 && !mask) return make_error(StatusCode::invalid_argument, "aggregation_partials: mask must not be null");
+  BufferTable table;
+  table.input(array_span("mask", mask, num_tokens));
+  table.input(layout.offsets_span());
+  table.output(array_span("out", out, 1));
+  CGRPO_RETURN_IF_ERROR(check_buffers(table));
   AggregationPartials p;
   for (int64_t t = 0; t < num_tokens; ++t) p.token_count += mask[t] ? 1.0 : 0.0;
   p.sequence_count = static_cast<double>(layout.num_sequences);

@@ -6,10 +6,14 @@
 #include <cstdint>
 
 #include "cgrpo/advantages.hpp"
+#include "cgrpo/buffer_overlap.hpp"
 #include "cgrpo/config.hpp"
 #include "cgrpo/status.hpp"
 
 namespace cgrpo::parallel {
+
+// Threads: the functions here keep no state; calls may run at the same time (inputs may be
+// shared, an output may not).
 
 // Layout of the two buffers the caller all-reduces, G = number of groups in the
 // GLOBAL batch (group ids are global, the same on every rank):
@@ -37,6 +41,12 @@ Status group_partial_stats(const GroupAssignment& local, const Real* local_rewar
     return make_error(StatusCode::invalid_argument, "group_partial_stats: sums and extrema must not be null");
   if (local.num_responses > 0 && (!local_rewards || !local.group_ids))
     return make_error(StatusCode::invalid_argument, "group_partial_stats: rewards and group_ids must not be null");
+  BufferTable table;
+  table.input(array_span("rewards", local_rewards, local.num_responses));
+  table.input(array_span("group_ids", local.group_ids, local.num_responses));
+  table.output(row_span("sums", sums, local.num_groups, kGroupSumFields, kGroupSumFields));
+  table.output(row_span("extrema", extrema, local.num_groups, kGroupExtremaFields, kGroupExtremaFields));
+  CGRPO_RETURN_IF_ERROR(check_buffers(table));
   if (!std::isfinite(shift))
     return make_error(StatusCode::invalid_argument, "group_partial_stats: shift must be finite, got %g", shift);
   for (int64_t i = 0; i < local.num_responses; ++i) {
@@ -66,12 +76,24 @@ Status group_partial_stats(const GroupAssignment& local, const Real* local_rewar
 }
 
 // Merges the partials of another rank into (sums, extrema): what the all-reduce
-// does (SUM on sums, MAX on extrema), for callers that gather instead.
-inline void group_partial_stats_merge(int64_t num_groups, const double* other_sums, const double* other_extrema,
-                                      double* sums, double* extrema) {
+// does (SUM on sums, MAX on extrema), for callers that gather instead. Errors (nothing
+// written): a negative or overflowing size, null arrays, the other rank's arrays sharing
+// memory with sums or extrema.
+inline Status group_partial_stats_merge(int64_t num_groups, const double* other_sums, const double* other_extrema,
+                                        double* sums, double* extrema) {
+  if (num_groups < 0) return make_error(StatusCode::invalid_argument, "group_partial_stats_merge: negative num_groups");
+  if (num_groups > 0 && (!other_sums || !other_extrema || !sums || !extrema))
+    return make_error(StatusCode::invalid_argument, "group_partial_stats_merge: null pointer argument");
+  BufferTable table;
+  table.input(row_span("other_sums", other_sums, num_groups, kGroupSumFields, kGroupSumFields));
+  table.input(row_span("other_extrema", other_extrema, num_groups, kGroupExtremaFields, kGroupExtremaFields));
+  table.output(row_span("sums", sums, num_groups, kGroupSumFields, kGroupSumFields));
+  table.output(row_span("extrema", extrema, num_groups, kGroupExtremaFields, kGroupExtremaFields));
+  CGRPO_RETURN_IF_ERROR(check_buffers(table));
   for (int64_t k = 0; k < num_groups * kGroupSumFields; ++k) sums[k] += other_sums[k];
   for (int64_t k = 0; k < num_groups * kGroupExtremaFields; ++k)
     extrema[k] = other_extrema[k] > extrema[k] ? other_extrema[k] : extrema[k];
+  return Status::success();
 }
 
 // A_i of this rank's responses from the all-reduced statistics, with the rules
@@ -95,6 +117,13 @@ Status group_advantages_from_stats(AdvantageEstimator estimator, const GroupAssi
   if (local.num_responses == 0) return Status::success();
   if (!local_rewards || !local.group_ids || !sums || !extrema || !advantages)
     return make_error(StatusCode::invalid_argument, "group_advantages_from_stats: null pointer argument");
+  BufferTable table;
+  table.input(array_span("rewards", local_rewards, local.num_responses));
+  table.input(array_span("group_ids", local.group_ids, local.num_responses));
+  table.input(row_span("sums", sums, local.num_groups, kGroupSumFields, kGroupSumFields));
+  table.input(row_span("extrema", extrema, local.num_groups, kGroupExtremaFields, kGroupExtremaFields));
+  table.output(array_span("advantages", advantages, local.num_responses));
+  CGRPO_RETURN_IF_ERROR(check_buffers(table));
   for (int64_t i = 0; i < local.num_responses; ++i) {
     const int64_t g = local.group_ids[i];
     if (g < 0 || g >= local.num_groups)
@@ -154,6 +183,11 @@ Status whitening_partial_stats(int64_t num_responses, const int64_t* token_count
                                double* sums) {
   if (num_responses < 0 || !sums || (num_responses > 0 && (!token_counts || !advantages)))
     return make_error(StatusCode::invalid_argument, "whitening_partial_stats: bad size or null pointer");
+  BufferTable table;
+  table.input(array_span("token_counts", token_counts, num_responses));
+  table.input(array_span("advantages", advantages, num_responses));
+  table.output(array_span("sums", sums, kWhitenFields));
+  CGRPO_RETURN_IF_ERROR(check_buffers(table));
   double s0 = 0, s1 = 0, s2 = 0;
   for (int64_t i = 0; i < num_responses; ++i) {
     if (token_counts[i] < 0)
@@ -176,6 +210,10 @@ template <typename Real>
 Status whiten_from_stats(int64_t num_responses, const double* sums, Real* advantages) {
   if (num_responses < 0 || !sums || (num_responses > 0 && !advantages))
     return make_error(StatusCode::invalid_argument, "whiten_from_stats: bad size or null pointer");
+  BufferTable table;  // advantages are whitened in place; the sums must be elsewhere
+  table.input(array_span("sums", sums, kWhitenFields));
+  table.output(array_span("advantages", advantages, num_responses));
+  CGRPO_RETURN_IF_ERROR(check_buffers(table));
   const double tokens = sums[0];
   if (!(tokens >= 2))
     return make_error(StatusCode::invalid_argument,

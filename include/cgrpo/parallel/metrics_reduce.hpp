@@ -8,10 +8,14 @@
 
 namespace cgrpo::parallel {
 
+// Threads: the functions here keep no state; calls may run at the same time (inputs may be
+// shared, an output may not).
+
 // Weighted losses are already additive (with the global AggregationScale); every mean is
 // turned back into its sum by multiplying with its count, and the counts are carried along.
 constexpr int kMetricSumFields = 15;
 
+// Reads every field of m before it writes sums, so the two may even share memory.
 inline void metrics_to_sums(const LossMetrics& m, double* sums) {
   const double valid = static_cast<double>(m.num_valid_tokens);
   const double initial = static_cast<double>(m.num_initial_tokens);

@@ -6,11 +6,14 @@
 #include <cstdint>
 #include <vector>
 
+#include "cgrpo/buffer_overlap.hpp"
 #include "cgrpo/config.hpp"
 #include "cgrpo/cpu/fused_policy_loss.hpp"
 #include "cgrpo/cpu/parallel_for.hpp"
 #include "cgrpo/cpu/row_sweeps.hpp"
+#include "cgrpo/cpu/workspace_guard.hpp"
 #include "cgrpo/metrics.hpp"
+#include "cgrpo/no_throw.hpp"
 #include "cgrpo/policy_loss_batch.hpp"
 #include "cgrpo/status.hpp"
 #include "cgrpo/token_math.hpp"
@@ -39,19 +42,24 @@ struct VocabShard {
 //                   on each rank, all-reduce SUM of sum_exp and sum_exp_u.
 //   target_logit[t] u[y_t] on the rank that holds y_t, 0 elsewhere: all-reduce SUM.
 inline Status check_vocab_shard(const VocabShard& shard) {
-  if (shard.global_size <= 0 || shard.size <= 0 || shard.begin < 0 || shard.begin + shard.size > shard.global_size)
+  // size > global_size - begin rather than begin + size > global_size: no overflow.
+  if (shard.global_size <= 0 || shard.size <= 0 || shard.begin < 0 || shard.begin > shard.global_size ||
+      shard.size > shard.global_size - shard.begin)
     return make_error(StatusCode::invalid_argument,
-                      "vocab shard [%lld, %lld) must be a non-empty part of [0, %lld)",
-                      static_cast<long long>(shard.begin), static_cast<long long>(shard.begin + shard.size),
+                      "vocab shard (begin %lld, size %lld) must be a non-empty part of [0, %lld)",
+                      static_cast<long long>(shard.begin), static_cast<long long>(shard.size),
                       static_cast<long long>(shard.global_size));
   return Status::success();
 }
 
-// Phase 1. Reads the shard once; writes stats[T] and target_logit[T]. Validates
-// the batch exactly as the fused loss does (target ids against the global vocabulary).
+// Phase 1. Reads the shard once; writes stats[T] and target_logit[T]. Validates the batch
+// exactly as the fused loss does (target ids against the global vocabulary); stats and
+// target_logit may not share memory with the batch or each other. Rows are split across
+// config.num_threads threads of ws's pool; ws is held for the call (a call on a workspace that
+// another call holds returns invalid_argument).
 template <typename Real>
 Status vocab_shard_row_stats(const LossConfig& config, const PolicyLossBatch<Real>& local, const VocabShard& shard,
-                             RowStats<double>* stats, double* target_logit) {
+                             RowStats<double>* stats, double* target_logit, cpu::Workspace& ws) {
   static_assert(std::is_same<Real, float>::value || std::is_same<Real, double>::value,
                 "the CPU path takes float or double logits");
   CGRPO_RETURN_IF_ERROR(check_vocab_shard(shard));
@@ -62,15 +70,22 @@ Status vocab_shard_row_stats(const LossConfig& config, const PolicyLossBatch<Rea
   PolicyLossOutputs<Real> no_outputs;
   no_outputs.metrics = &unused;
   CGRPO_RETURN_IF_ERROR(validate_batch_shape(config, local, no_outputs));
+  if (local.num_tokens > 0 && (!stats || !target_logit))
+    return make_error(StatusCode::invalid_argument, "vocab_shard_row_stats: stats and target_logit must not be null");
+  BufferTable table;
+  add_batch_inputs(config, local, table);
+  table.output(array_span("stats", stats, local.num_tokens));
+  table.output(array_span("target_logit", target_logit, local.num_tokens));
+  CGRPO_RETURN_IF_ERROR(check_buffers(table));
   PolicyLossBatch<Real> global_ids = local;  // target ids are checked against the global vocabulary
   global_ids.vocab_size = shard.global_size;
   CGRPO_RETURN_IF_ERROR(validate_batch_values(config, global_ids));
-  if (local.num_tokens > 0 && (!stats || !target_logit))
-    return make_error(StatusCode::invalid_argument, "vocab_shard_row_stats: stats and target_logit must not be null");
+  cpu::ExclusiveUse use(ws.in_use);
+  if (!use.acquired()) return cpu::workspace_busy_error("vocab_shard_row_stats");
 
   const int64_t stride = local.stride();
   const Real inv_temperature = static_cast<Real>(1.0 / config.temperature);
-  cpu::parallel_for_rows(local.num_tokens, config.num_threads, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for_rows(ws.pool, local.num_tokens, config.num_threads, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const Real* z = local.logits + t * stride;
       stats[t] = cpu::row_softmax_stats(z, shard.size, inv_temperature);
@@ -81,11 +96,28 @@ Status vocab_shard_row_stats(const LossConfig& config, const PolicyLossBatch<Rea
   return Status::success();
 }
 
+// Phase 1 with a workspace of its own (its threads are started for this call).
+template <typename Real>
+Status vocab_shard_row_stats(const LossConfig& config, const PolicyLossBatch<Real>& local, const VocabShard& shard,
+                             RowStats<double>* stats, double* target_logit) {
+  cpu::Workspace ws;
+  return vocab_shard_row_stats(config, local, shard, stats, target_logit, ws);
+}
+
+namespace detail {
+template <typename Real>
+Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& local,
+                                  const VocabShard& shard, const RowStats<double>* stats,
+                                  const double* target_logit, const PolicyLossOutputs<Real>& out,
+                                  cpu::Workspace& ws);
+}  // namespace detail
+
 // Phase 2. From the all-reduced stats[T] and target_logit[T]: the loss and
 // metrics of the whole batch (identical on every rank), per-token log p and H
 // when asked, and dJ/dz for the local columns only (grad_logits [T, grad_row_stride],
 // may be local.logits in place). Same checks and rules as cpu::fused_policy_loss:
-// a non-finite row or a -inf target logit is an error and nothing is written.
+// a non-finite row or a -inf target logit is an error and nothing is written; no output may
+// share memory with the batch, stats, target_logit or another output; ws is held for the call.
 template <typename Real>
 Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& local,
                                   const VocabShard& shard, const RowStats<double>* stats,
@@ -96,14 +128,33 @@ Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatc
     return make_error(StatusCode::invalid_argument, "batch.vocab_size (%lld) must be the shard size (%lld)",
                       static_cast<long long>(local.vocab_size), static_cast<long long>(shard.size));
   CGRPO_RETURN_IF_ERROR(validate_batch_shape(config, local, out));
+  if (local.num_tokens > 0 && (!stats || !target_logit))
+    return make_error(StatusCode::invalid_argument, "vocab_parallel_policy_loss: stats and target_logit must not be null");
+  BufferTable table;
+  add_batch_inputs(config, local, table);
+  table.input(array_span("stats", stats, local.num_tokens));
+  table.input(array_span("target_logit", target_logit, local.num_tokens));
+  add_loss_outputs(local, out, table);
+  CGRPO_RETURN_IF_ERROR(check_buffers(table));
+  cpu::ExclusiveUse use(ws.in_use);
+  if (!use.acquired()) return cpu::workspace_busy_error("vocab_parallel_policy_loss");
+  return no_throw("vocab_parallel_policy_loss", [&] {
+    return detail::vocab_parallel_policy_loss(config, local, shard, stats, target_logit, out, ws);
+  });
+}
+
+namespace detail {
+// vocab_parallel_policy_loss once the shapes are checked and the workspace is held.
+template <typename Real>
+Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& local,
+                                  const VocabShard& shard, const RowStats<double>* stats,
+                                  const double* target_logit, const PolicyLossOutputs<Real>& out,
+                                  cpu::Workspace& ws) {
+  const int64_t T = local.num_tokens, stride = local.stride();
+  ws.rows.resize(static_cast<size_t>(T));  // first: a batch too large for memory fails before any read
   PolicyLossBatch<Real> global_ids = local;
   global_ids.vocab_size = shard.global_size;
   CGRPO_RETURN_IF_ERROR(validate_batch_values(config, global_ids));
-  const int64_t T = local.num_tokens, stride = local.stride();
-  if (T > 0 && (!stats || !target_logit))
-    return make_error(StatusCode::invalid_argument, "vocab_parallel_policy_loss: stats and target_logit must not be null");
-
-  ws.rows.resize(static_cast<size_t>(T));
   for (int64_t t = 0; t < T; ++t) {
     cpu::Workspace::Row& r = ws.rows[t];
     r.finite = row_stats_finite(stats[t]) && std::isfinite(target_logit[t]);
@@ -124,7 +175,7 @@ Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatc
     // term lands only on the rank holding y_t (target -1 elsewhere).
     const int64_t gstride = out.grad_row_stride == 0 ? stride : out.grad_row_stride;
     const Real inv_temperature = static_cast<Real>(1.0 / config.temperature);
-    cpu::parallel_for_rows(T, config.num_threads, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for_rows(ws.pool, T, config.num_threads, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const cpu::Workspace::Row& r = ws.rows[t];
         const int32_t y = shard.holds(local.target_ids[t]) ? static_cast<int32_t>(local.target_ids[t] - shard.begin) : -1;
@@ -135,8 +186,9 @@ Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatc
   }
   return Status::success();
 }
+}  // namespace detail
 
-// Convenience overload with a workspace of its own (allocates O(T) per call).
+// Convenience overload with a workspace of its own (allocates O(T) and starts its threads per call).
 template <typename Real>
 Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& local,
                                   const VocabShard& shard, const RowStats<double>* stats,
