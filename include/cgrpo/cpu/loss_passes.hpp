@@ -10,6 +10,7 @@
 #include "cgrpo/config.hpp"
 #include "cgrpo/cpu/thread_pool.hpp"
 #include "cgrpo/cpu/workspace_guard.hpp"
+#include "cgrpo/entropy_mask.hpp"
 #include "cgrpo/layout.hpp"
 #include "cgrpo/loss_weights.hpp"
 #include "cgrpo/metrics.hpp"
@@ -73,6 +74,28 @@ struct RowBounds {
 
 namespace detail {
 
+// TRL's clip_ratio/* at sequence level: one value per row (its ratio is one number), averaged over
+// all B rows; an empty row has r = 1 and counts as unclipped, and enters low_min (TRL's row tensor
+// has no NaN there).
+inline void trl_sequence_clip_metrics(int64_t B, const std::vector<double>& count, const std::vector<double>& below,
+                                      const std::vector<double>& above, LossMetrics& m) {
+  double low = 0, high = 0, region = 0;
+  bool empty = false;
+  for (int64_t i = 0; i < B; ++i) {
+    if (count[i] == 0) {
+      empty = true;
+      continue;
+    }
+    low += below[i] / count[i];
+    high += above[i] / count[i];
+    region += (below[i] + above[i]) / count[i];
+  }
+  m.clip_ratio_low_mean = low / static_cast<double>(B);
+  m.clip_ratio_high_mean = high / static_cast<double>(B);
+  m.clip_ratio_region_mean = region / static_cast<double>(B);
+  if (empty) m.clip_ratio_low_min = 0;
+}
+
 template <typename Real>
 bool is_initial(const PolicyLossBatch<Real>& b, int64_t t) {
   return !b.kinds || b.kinds[t] == kInitial;
@@ -96,15 +119,6 @@ inline uint64_t token_hash(uint64_t seed, uint64_t t) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
-}
-
-// torch.quantile(values, q) with linear interpolation; values is sorted in place.
-inline double quantile_linear(std::vector<double>& values, double q) {
-  std::sort(values.begin(), values.end());
-  const double pos = q * static_cast<double>(values.size() - 1);
-  const size_t lo = static_cast<size_t>(std::floor(pos));
-  const size_t hi = std::min(lo + 1, values.size() - 1);
-  return values[lo] + (pos - static_cast<double>(lo)) * (values[hi] - values[lo]);
 }
 
 }  // namespace detail
@@ -252,7 +266,7 @@ Status per_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& bat
     for (int64_t t = 0; t < T; ++t)
       if (batch.mask[t]) ws.scratch.push_back(ws.rows[t].entropy);
     if (!ws.scratch.empty()) {
-      const double q = detail::quantile_linear(ws.scratch, 1.0 - config.top_entropy_quantile);
+      const double q = quantile_linear(ws.scratch, 1.0 - config.top_entropy_quantile);  // as top_entropy_mask()
       for (int64_t t = 0; t < T; ++t) {
         if (!batch.mask[t] || ws.rows[t].entropy >= q) continue;
         ws.pg_factor[t] = 0.0;
@@ -443,6 +457,7 @@ Status per_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& bat
     }
     metrics->clip_ratio_low_min = low_min;
     metrics->clip_ratio_high_max = high_max;
+    if (config.ratio_level == RatioLevel::sequence) detail::trl_sequence_clip_metrics(B, row_count, row_below, row_above, *metrics);
   }
   if (config.policy_loss == PolicyLoss::vespo && B > 0) {
     double s = 0;
