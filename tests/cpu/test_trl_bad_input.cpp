@@ -332,3 +332,24 @@ TEST_CASE("TRL bad input: top_entropy_mask and sampler_correction on their own",
   CHECK(m.is_ratio_mean == kPoison);
   for (double v : factor) CHECK(v == 1.0);
 }
+
+TEST_CASE("TRL bad input: an empty batch with a layout of non-empty rows reads nothing", "[errors][trl]") {
+  // num_tokens = 0 skips the shape check's layout validation; the row passes must not follow the
+  // layout's rows past T (found by fuzz_trl: an out-of-bounds read of the term bits).
+  for (int level = 0; level < 2; ++level) {
+    cgrpo::LossConfig c = cgrpo::trl_grpo();
+    c.ratio_level = level ? cgrpo::RatioLevel::sequence : cgrpo::RatioLevel::token;
+    c.off_policy_mask_threshold = 0.1;
+    cgrpo::PolicyLossBatch<double> b;
+    b.num_tokens = 0;
+    b.vocab_size = 5;
+    b.layout = cgrpo::SequenceLayout::padded(2, 4);
+    cgrpo::LossMetrics m;
+    cgrpo::PolicyLossOutputs<double> out;
+    out.metrics = &m;
+    const cgrpo::Status st = cgrpo::cpu::fused_policy_loss(c, b, out);
+    INFO(st.message);
+    CHECK(st.ok());
+    CHECK(m.loss == 0.0);
+  }
+}

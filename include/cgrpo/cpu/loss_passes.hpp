@@ -140,9 +140,10 @@ Status per_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& bat
   const TokenLossParams<double> params = token_params<double>(config);
   const bool computed_weights = batch.computed_weights();
   // The rows: the layout when the config needs it (validated) or the caller gave a valid one (TRL's
-  // per-row clip metrics use it); one row of every token otherwise.
+  // per-row clip metrics use it); one row of every token otherwise. An empty batch skipped the shape
+  // check's layout validation, so its layout is validated here.
   const bool have_layout = batch.layout.num_sequences > 0 &&
-                           (needs_layout(config, computed_weights) || batch.layout.validate(T).ok());
+                           ((T > 0 && needs_layout(config, computed_weights)) || batch.layout.validate(T).ok());
   const RowBounds rows{have_layout ? &batch.layout : nullptr, T};
   const int64_t B = rows.count();
   const Real* reference = ratio_reference(config, batch);
