@@ -199,7 +199,7 @@ struct LossConfig {
 
   // Checks every field; the message names the field and the rule it breaks.
   Status validate() const;
-  // The checks of TRL's fields (two_sided_delta, the sampler with vespo, kl_times_ratio), part of validate().
+  // The checks of TRL's fields (two_sided_delta, OPSM beside verl's rollout, vespo's vLLM level), part of validate().
   Status validate_trl_fields() const;
 
   // True when the ratio of initial tokens is one per row (GSPO / TRL sequence level).
