@@ -258,3 +258,76 @@ TEST_CASE("bad input: a float row whose max z / temperature overflows float is a
     for (int64_t t = 0; t < T; ++t) CHECK((std::isfinite(ent_d[t]) && logp_d[t] <= 0.0 && ent_d[t] >= 0.0));
   }
 }
+
+TEST_CASE("bad input: non-finite kl_weights or entropy_weights, at valid and masked tokens, are errors", "[errors]") {
+  // Today every entry of a weight array that the config uses is checked, masked or not: a weight
+  // multiplies the token's value, so 0 x NaN would reach the sums. (Under the masked-values rule
+  // of issue 13 class 2, weights stay checked everywhere; these tests should not change.)
+  for (const bool kl : {true, false})
+    for (const double bad : {double(NAN), double(INFINITY), -double(INFINITY)})
+      for (const bool masked : {false, true})
+        for (const int which : {0, -1}) {  // the fourth token, the last one
+          CAPTURE(kl, bad, masked, which);
+          const std::string name = kl ? "kl_weights" : "entropy_weights";
+          int64_t at = -1;
+          expect_error(
+              [&](Cfg&, Batch& b, Out&) {
+                at = which == 0 ? 3 : b.num_tokens - 1;
+                const_cast<uint8_t*>(b.mask)[at] = masked ? 0 : 1;
+                const_cast<double*>(kl ? b.kl_weights : b.entropy_weights)[at] = bad;
+              },
+              Code::non_finite, name + "[");
+          CHECK(at >= 0);
+        }
+}
+
+TEST_CASE("bad input: entropy_weights with entropy_coef = 0 are still checked", "[errors]") {
+  // Today: an entropy_weights array is validated whenever it is given, even if c_H = 0 turns the
+  // term off. (Under "a weight of a term that is off never reaches a sum" this may become OK with
+  // finite outputs instead; then this test changes.)
+  for (const bool masked : {false, true})
+    expect_error(
+        [masked](Cfg& c, Batch& b, Out&) {
+          c.entropy_coef = 0;
+          const_cast<uint8_t*>(b.mask)[2] = masked ? 0 : 1;
+          const_cast<double*>(b.entropy_weights)[2] = NAN;
+        },
+        Code::non_finite, "entropy_weights[2]");
+}
+
+TEST_CASE("bad input: kl = none with a non-finite kl_weights entry -- FAILS until issue 13 class 2 lands "
+          "(metrics.kl_loss is NaN with status OK)",
+          "[errors][masked_values][!mayfail]") {
+  // The KL term is off, so kl_weights is not validated; but metric_sums_add still adds
+  // w_kl * kl = NaN * 0 to kl_loss, so the call returns OK with a NaN metric. The invariant either
+  // way: OK means every output is finite; an error means nothing was written.
+  for (const double bad : {double(NAN), double(INFINITY), -double(INFINITY)})
+    for (const bool masked : {false, true}) {
+      Fixture f;
+      f.config.kl = cgrpo::KlEstimator::none;
+      f.config.kl_coef = 0;
+      ref::LibraryBatch<double> lb(f.b);
+      std::vector<uint8_t> mask = f.b.mask;
+      mask[2] = masked ? 0 : 1;
+      lb.view.mask = mask.data();
+      lb.w_kl[2] = bad;
+      std::vector<double> grad(f.b.logits.size(), kPoison), logp(f.b.T, kPoison), ent(f.b.T, kPoison);
+      cgrpo::LossMetrics m;
+      m.loss = kPoison;
+      const cgrpo::Status st = cgrpo::cpu::fused_policy_loss(
+          f.config, lb.view, cgrpo::PolicyLossOutputs<double>{grad.data(), 0, logp.data(), ent.data(), &m});
+      CAPTURE(bad, masked, st.message);
+      if (st.ok()) {
+        for (double x : {m.loss, m.pg_loss, m.pg_loss_initial, m.pg_loss_refinement, m.entropy_loss, m.kl_loss,
+                         m.pg_clipfrac, m.pg_clipfrac_lower, m.ppo_kl, m.entropy_mean, m.kl_mean,
+                         m.refinement_prob_mean, m.ratio_mean})
+          CHECK(std::isfinite(x));
+        CHECK(m.kl_loss == 0.0);
+        for (double g : grad) REQUIRE(std::isfinite(g));
+      } else {
+        CHECK(st.code == Code::non_finite);
+        CHECK(m.loss == kPoison);
+        for (double g : grad) REQUIRE(g == kPoison);
+      }
+    }
+}
