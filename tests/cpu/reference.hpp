@@ -361,23 +361,39 @@ inline Result loss(const Batch& b, const std::vector<double>& logits, const cgrp
   return r;
 }
 
-// The size of each row of the gradient, for rows whose exact entries are all ~0 (near one-hot
-// rows at small tau: a_t (1 - p_y) ~ 0 while a_t is not): (2 |a_t| + |b_t| (3 + H_t)) / tau, with
-// a_t = dJ / dlogp_t (central differences of loss_from_logp) and b_t = -c_H w^H_t. Every entry
-// dJ / dz_tv = (a_t (onehot - p) - b_t p (log p + H_t)) / tau computed from p, log p, H and a_t
-// that carry a relative error e carries <= e times that (p |log p| <= 1/e).
+// The size of each row of the gradient, for rows whose exact entries are ~0 (near one-hot rows
+// at small tau: a_t (1 - p_y) ~ 0 while a_t is not; or a_t ~ 0 itself, e.g. k3 at log p ~ ref):
+// R_t = (2 |a_t| + |a'_t| + |b_t| (3 + H_t)) / tau, with a_t = dJ / dlogp_t and a'_t its change
+// with log p (central differences of loss_from_logp: of log p_t alone, and of the whole
+// response's for the sequence ratio) and b_t = -c_H w^H_t. Every entry dJ / dz_tv =
+// (a_t (onehot - p) - b_t p (log p + H_t)) / tau computed from p, log p and H that carry a
+// relative / absolute error e carries <= 2 e R_t: p |log p| <= 1/e, and a_t itself moves by
+// |a'_t| e when log p moves by e.
 inline std::vector<double> row_gradient_scales(const Batch& b, const Result& r, const cgrpo::LossConfig& c) {
   std::vector<double> scales(b.T);
-  for (int64_t t = 0; t < b.T; ++t) {
-    std::vector<double> lp = r.logp;
-    const double h = 1e-6 * std::max(1.0, std::fabs(lp[t]));
-    lp[t] = r.logp[t] + h;
-    const double jp = loss_from_logp(b, lp, r.entropy, c).loss;
-    lp[t] = r.logp[t] - h;
-    const double jm = loss_from_logp(b, lp, r.entropy, c).loss;
-    const double a = (jp - jm) / (2 * h), bh = c.entropy_coef * b.w_h[t];
-    scales[t] = (2 * std::fabs(a) + std::fabs(bh) * (3 + r.entropy[t])) / c.temperature;
-  }
+  auto J = [&](const std::vector<double>& lp) { return loss_from_logp(b, lp, r.entropy, c).loss; };
+  const double j0 = J(r.logp);
+  for (int64_t i = 0; i < b.B; ++i)
+    for (int64_t t = b.offsets[i]; t < b.offsets[i + 1]; ++t) {
+      std::vector<double> lp = r.logp;
+      const double h = 1e-6 * std::max(1.0, std::fabs(lp[t])), h2 = 100 * h;  // h2: a second difference
+      auto at = [&](double x) {
+        lp[t] = r.logp[t] + x;
+        return J(lp);
+      };
+      const double a = (at(h) - at(-h)) / (2 * h);
+      double a2 = std::fabs(at(h2) - 2 * j0 + at(-h2)) / (h2 * h2);
+      if (c.clip == cgrpo::ClipMode::sequence) {  // log p_t also moves the response's mean ratio
+        auto all = [&](double x) {
+          std::vector<double> q = r.logp;
+          for (int64_t u = b.offsets[i]; u < b.offsets[i + 1]; ++u) q[u] += x;
+          return J(q);
+        };
+        a2 = std::max(a2, std::fabs(all(h2) - 2 * j0 + all(-h2)) / (h2 * h2));
+      }
+      const double bh = c.entropy_coef * b.w_h[t];
+      scales[t] = (2 * std::fabs(a) + a2 + std::fabs(bh) * (3 + r.entropy[t])) / c.temperature;
+    }
   return scales;
 }
 

@@ -264,26 +264,25 @@ void compare_metrics(const std::string& label, const LossMetrics& g, const LossM
                      double tol) {
   struct Field {
     const char* name;
-    double LossMetrics::*value;
-    double scale;
+    double got, want, scale;
   };
   const Field fields[] = {
-      {"loss", &LossMetrics::loss, s.loss},
-      {"pg_loss", &LossMetrics::pg_loss, s.pg},
-      {"pg_loss_initial", &LossMetrics::pg_loss_initial, s.pg_initial},
-      {"pg_loss_refinement", &LossMetrics::pg_loss_refinement, s.pg_refinement},
-      {"entropy_loss", &LossMetrics::entropy_loss, s.entropy_loss},
-      {"kl_loss", &LossMetrics::kl_loss, s.kl_loss},
-      {"pg_clipfrac", &LossMetrics::pg_clipfrac, 1.0},  // fractions: exact unless a flag flips at a kink
-      {"pg_clipfrac_lower", &LossMetrics::pg_clipfrac_lower, 1.0},
-      {"ppo_kl", &LossMetrics::ppo_kl, s.ppo_kl},
-      {"entropy_mean", &LossMetrics::entropy_mean, s.entropy_mean},
-      {"kl_mean", &LossMetrics::kl_mean, s.kl_mean},
-      {"refinement_prob_mean", &LossMetrics::refinement_prob_mean, s.prob_mean},
-      {"ratio_mean", &LossMetrics::ratio_mean, s.ratio_mean},
+      {"loss", g.loss, w.loss, s.loss},
+      {"pg_loss", g.pg_loss, w.pg_loss, s.pg},
+      {"pg_loss_initial", g.pg_loss_initial, w.pg_loss_initial, s.pg_initial},
+      {"pg_loss_refinement", g.pg_loss_refinement, w.pg_loss_refinement, s.pg_refinement},
+      {"entropy_loss", g.entropy_loss, w.entropy_loss, s.entropy_loss},
+      {"kl_loss", g.kl_loss, w.kl_loss, s.kl_loss},
+      {"pg_clipfrac", g.pg_clipfrac, w.pg_clipfrac, 1.0},  // fractions: exact unless a flag flips at a kink
+      {"pg_clipfrac_lower", g.pg_clipfrac_lower, w.pg_clipfrac_lower, 1.0},
+      {"ppo_kl", g.ppo_kl, w.ppo_kl, s.ppo_kl},
+      {"entropy_mean", g.entropy_mean, w.entropy_mean, s.entropy_mean},
+      {"kl_mean", g.kl_mean, w.kl_mean, s.kl_mean},
+      {"refinement_prob_mean", g.refinement_prob_mean, w.refinement_prob_mean, s.prob_mean},
+      {"ratio_mean", g.ratio_mean, w.ratio_mean, s.ratio_mean},
   };
   for (const Field& f : fields) {
-    const tolerance::Closeness c = tolerance::close(g.*f.value, w.*f.value, tol, f.scale);
+    const tolerance::Closeness c = tolerance::close(f.got, f.want, tol, f.scale);
     GPU_EXPECT(c.ok, "%s: metric %s = %.9g, CPU %.9g (|diff| %.3g > bound %.3g)", label.c_str(), f.name, c.got,
                c.want, c.err, c.bound);
   }
