@@ -18,7 +18,6 @@ namespace {
 std::mt19937_64 fresh_rng() { return test_seed::fresh_rng(); }
 
 using ref::max_abs;
-using ref::max_abs_diff;
 
 struct RunOutput {
   cgrpo::Status status;
