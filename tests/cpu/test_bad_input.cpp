@@ -271,3 +271,119 @@ TEST_CASE("bad input: a float row whose max z / temperature overflows float is a
     for (int64_t t = 0; t < T; ++t) CHECK((std::isfinite(ent_d[t]) && logp_d[t] <= 0.0 && ent_d[t] >= 0.0));
   }
 }
+
+// Runs the fused loss on f's batch with `value` written into weights[at] (mask[at] set to `valid`):
+// the status and every output.
+struct WeightRun {
+  cgrpo::Status status;
+  std::vector<double> grad, logp, ent;
+  cgrpo::LossMetrics metrics;
+};
+WeightRun run_with_weight(const Fixture& f, bool kl, int64_t at, bool valid, double value) {
+  ref::LibraryBatch<double> lb(f.b);
+  std::vector<uint8_t> mask = f.b.mask;
+  mask[at] = valid ? 1 : 0;
+  lb.view.mask = mask.data();
+  (kl ? lb.w_kl : lb.w_h)[at] = value;
+  WeightRun r;
+  r.grad.assign(f.b.logits.size(), kPoison);
+  r.logp.assign(f.b.T, kPoison);
+  r.ent.assign(f.b.T, kPoison);
+  r.metrics.loss = kPoison;
+  r.status = cgrpo::cpu::fused_policy_loss(f.config, lb.view,
+                                           cgrpo::PolicyLossOutputs<double>{r.grad.data(), 0, r.logp.data(),
+                                                                            r.ent.data(), &r.metrics});
+  return r;
+}
+
+TEST_CASE("bad input: non-finite kl_weights or entropy_weights are errors at valid tokens and never read at "
+          "masked ones",
+          "[errors][masked_values]") {
+  // At a valid token a non-finite weight is an error naming it (nothing written). At a masked token
+  // nothing but target_ids is read (issue 13 class 2: real trainers pad with NaN / -inf): the call
+  // succeeds with exactly the bits it gives when that weight is 0.
+  for (const bool kl : {true, false})
+    for (const double bad : {double(NAN), double(INFINITY), -double(INFINITY)})
+      for (const bool masked : {false, true})
+        for (const int which : {0, -1}) {  // the fourth token, the last one
+          CAPTURE(kl, bad, masked, which);
+          const std::string name = kl ? "kl_weights" : "entropy_weights";
+          if (!masked) {
+            int64_t at = -1;
+            expect_error(
+                [&](Cfg&, Batch& b, Out&) {
+                  at = which == 0 ? 3 : b.num_tokens - 1;
+                  const_cast<uint8_t*>(b.mask)[at] = 1;
+                  const_cast<double*>(kl ? b.kl_weights : b.entropy_weights)[at] = bad;
+                },
+                Code::non_finite, name + "[");
+            CHECK(at >= 0);
+            continue;
+          }
+          Fixture f;
+          const int64_t at = which == 0 ? 3 : f.b.T - 1;
+          const WeightRun got = run_with_weight(f, kl, at, /*valid=*/false, bad);
+          const WeightRun clean = run_with_weight(f, kl, at, /*valid=*/false, 0.0);
+          INFO(got.status.message);
+          REQUIRE(got.status.ok());
+          REQUIRE(clean.status.ok());
+          CHECK(std::memcmp(got.grad.data(), clean.grad.data(), got.grad.size() * sizeof(double)) == 0);
+          CHECK(std::memcmp(got.logp.data(), clean.logp.data(), got.logp.size() * sizeof(double)) == 0);
+          CHECK(std::memcmp(&got.metrics, &clean.metrics, sizeof(cgrpo::LossMetrics)) == 0);
+        }
+}
+
+TEST_CASE("bad input: entropy_weights with entropy_coef = 0 are still checked at valid tokens", "[errors]") {
+  // An entropy_weights array that is given is read even when c_H = 0: metrics.entropy_loss reports
+  // agg_H(H), as verl logs it. So a NaN at a valid token is an error; at a masked one it is not read.
+  expect_error(
+      [](Cfg& c, Batch& b, Out&) {
+        c.entropy_coef = 0;
+        const_cast<uint8_t*>(b.mask)[2] = 1;
+        const_cast<double*>(b.entropy_weights)[2] = NAN;
+      },
+      Code::non_finite, "entropy_weights[2]");
+  Fixture f;
+  f.config.entropy_coef = 0;
+  const WeightRun got = run_with_weight(f, /*kl=*/false, 2, /*valid=*/false, NAN);
+  INFO(got.status.message);
+  CHECK(got.status.ok());
+  CHECK(std::isfinite(got.metrics.entropy_loss));
+}
+
+TEST_CASE("bad input: kl = none with a non-finite kl_weights entry: OK with finite outputs (a term that is off "
+          "is never read)",
+          "[errors][masked_values]") {
+  // The KL term is off, so kl_weights is neither validated nor read (before, metric_sums_add added
+  // w_kl * kl = NaN * 0 to kl_loss: OK with a NaN metric). The invariant either way: OK means every
+  // output is finite; an error means nothing was written.
+  for (const double bad : {double(NAN), double(INFINITY), -double(INFINITY)})
+    for (const bool masked : {false, true}) {
+      Fixture f;
+      f.config.kl = cgrpo::KlEstimator::none;
+      f.config.kl_coef = 0;
+      ref::LibraryBatch<double> lb(f.b);
+      std::vector<uint8_t> mask = f.b.mask;
+      mask[2] = masked ? 0 : 1;
+      lb.view.mask = mask.data();
+      lb.w_kl[2] = bad;
+      std::vector<double> grad(f.b.logits.size(), kPoison), logp(f.b.T, kPoison), ent(f.b.T, kPoison);
+      cgrpo::LossMetrics m;
+      m.loss = kPoison;
+      const cgrpo::Status st = cgrpo::cpu::fused_policy_loss(
+          f.config, lb.view, cgrpo::PolicyLossOutputs<double>{grad.data(), 0, logp.data(), ent.data(), &m});
+      CAPTURE(bad, masked, st.message);
+      if (st.ok()) {
+        for (double x : {m.loss, m.pg_loss, m.pg_loss_initial, m.pg_loss_refinement, m.entropy_loss, m.kl_loss,
+                         m.pg_clipfrac, m.pg_clipfrac_lower, m.ppo_kl, m.entropy_mean, m.kl_mean,
+                         m.refinement_prob_mean, m.ratio_mean})
+          CHECK(std::isfinite(x));
+        CHECK(m.kl_loss == 0.0);
+        for (double g : grad) REQUIRE(std::isfinite(g));
+      } else {
+        CHECK(st.code == Code::non_finite);
+        CHECK(m.loss == kPoison);
+        for (double g : grad) REQUIRE(g == kPoison);
+      }
+    }
+}

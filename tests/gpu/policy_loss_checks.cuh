@@ -10,6 +10,7 @@
 
 #include "gpu_test_util.cuh"
 #include "host_emulation.cuh"
+#include "tolerance.hpp"
 #include "kernels/cgrpo_cuda.cuh"
 
 namespace {
@@ -179,8 +180,62 @@ CpuResult run_cpu(const LossConfig& config, const HostBatch& hb) {
   return c;
 }
 
-bool close(double got, double want, double tol) {
-  return std::isfinite(got) && std::fabs(got - want) <= tol * std::max(1.0, std::fabs(want));
+// A per-token log p or H: |got - want| <= tol * max(|want|, 1). log p = (z_y - max z) / tau -
+// log s with s >= 1 a sum of exponentials whose float rounding is a few eps_f relatively, so
+// log s carries a few eps_f absolutely: the floor 1 (H = -sum p log p likewise, eps_f (1 + H)).
+bool close(double got, double want, double tol) { return tolerance::close(got, want, tol, 1.0).ok; }
+
+// The size of what each metric is made of (tests/cpu/reference.hpp's ref::Magnitudes, from the
+// CPU path's log p and H): sum_t |w_t| m_t, with m_t bounding |x_t| and |dx_t / dlogp| for the
+// token's value x_t (policy term: |A| (1 + r), r = e^min(20, max |log p - old| of its response);
+// H: H + 1; KL: 1 + 2 |d| + d^2, d = log p - ref), and the same with w_t = 1 / n for a mean.
+// Each value is off by ~(its tolerance) times this, however close to 0 the value itself is.
+struct MetricScales {
+  double loss = 0, pg = 0, pg_initial = 0, pg_refinement = 0, entropy_loss = 0, kl_loss = 0, ppo_kl = 0,
+         entropy_mean = 0, kl_mean = 0, prob_mean = 0, ratio_mean = 0;
+};
+
+MetricScales metric_scales(const LossConfig& c, const HostBatch& hb, const std::vector<double>& logp,
+                           const std::vector<double>& entropy) {
+  MetricScales s;
+  const cgrpo::SequenceLayout layout = hb.layout();
+  double valid = 0, initial = 0, refinement = 0;
+  const double beta = c.kl == cgrpo::KlEstimator::none ? 0.0 : c.kl_coef;
+  for (int64_t i = 0; i < layout.num_sequences; ++i) {
+    double spread = 0;  // the largest |log ratio| of the response (the sequence ratio is its mean)
+    for (int64_t t = layout.begin(i); t < layout.end(i); ++t)
+      spread = std::max(spread, std::fabs(logp[t] - hb.old_logp[t]));
+    const double r = std::exp(std::min(spread, std::max(-c.log_ratio_min, c.log_ratio_max)));
+    for (int64_t t = layout.begin(i); t < layout.end(i); ++t) {
+      const bool ref = hb.kinds[t] == cgrpo::kRefinement;
+      const double d = logp[t] - hb.ref_logp[t];
+      const double m_pg = std::fabs(hb.w_pg[t]) * std::fabs(hb.adv[t]) * (1 + r);
+      (ref ? s.pg_refinement : s.pg_initial) += m_pg;
+      s.entropy_loss += std::fabs(hb.w_h[t]) * (entropy[t] + 1);
+      s.kl_loss += std::fabs(hb.w_kl[t]) * (1 + 2 * std::fabs(d) + d * d);
+      if (!hb.mask[t]) continue;
+      valid += 1;
+      s.entropy_mean += entropy[t] + 1;
+      s.kl_mean += 1 + 2 * std::fabs(d) + d * d;
+      if (ref) {
+        refinement += 1;
+        s.prob_mean += std::exp(logp[t]) + 1;
+      } else {
+        initial += 1;
+        s.ppo_kl += std::fabs(hb.old_logp[t] - logp[t]) + 1;
+        s.ratio_mean += r + 1;
+      }
+    }
+  }
+  auto mean = [](double x, double n) { return n > 0 ? x / n : 0.0; };
+  s.pg = s.pg_initial + s.pg_refinement;
+  s.loss = s.pg + std::fabs(c.entropy_coef) * s.entropy_loss + beta * s.kl_loss;
+  s.ppo_kl = mean(s.ppo_kl, initial);
+  s.ratio_mean = mean(s.ratio_mean, initial);
+  s.prob_mean = mean(s.prob_mean, refinement);
+  s.entropy_mean = mean(s.entropy_mean, valid);
+  s.kl_mean = mean(s.kl_mean, valid);
+  return s;
 }
 
 template <typename Logit>
@@ -205,25 +260,32 @@ template <> GradTolerance grad_tolerance<float>() { return {1e-5, 1e-3}; }
 template <> GradTolerance grad_tolerance<__half>() { return {1e-3, 2e-3}; }
 template <> GradTolerance grad_tolerance<__nv_bfloat16>() { return {1e-2, 1e-2}; }
 
-void compare_metrics(const std::string& label, const LossMetrics& g, const LossMetrics& w, double tol) {
-  const std::pair<const char*, double LossMetrics::*> fields[] = {
-      {"loss", &LossMetrics::loss},
-      {"pg_loss", &LossMetrics::pg_loss},
-      {"pg_loss_initial", &LossMetrics::pg_loss_initial},
-      {"pg_loss_refinement", &LossMetrics::pg_loss_refinement},
-      {"entropy_loss", &LossMetrics::entropy_loss},
-      {"kl_loss", &LossMetrics::kl_loss},
-      {"pg_clipfrac", &LossMetrics::pg_clipfrac},
-      {"pg_clipfrac_lower", &LossMetrics::pg_clipfrac_lower},
-      {"ppo_kl", &LossMetrics::ppo_kl},
-      {"entropy_mean", &LossMetrics::entropy_mean},
-      {"kl_mean", &LossMetrics::kl_mean},
-      {"refinement_prob_mean", &LossMetrics::refinement_prob_mean},
-      {"ratio_mean", &LossMetrics::ratio_mean},
+void compare_metrics(const std::string& label, const LossMetrics& g, const LossMetrics& w, const MetricScales& s,
+                     double tol) {
+  struct Field {
+    const char* name;
+    double got, want, scale;
   };
-  for (const auto& f : fields)
-    GPU_EXPECT(close(g.*f.second, w.*f.second, tol), "%s: metric %s = %.9g, CPU %.9g", label.c_str(), f.first,
-               g.*f.second, w.*f.second);
+  const Field fields[] = {
+      {"loss", g.loss, w.loss, s.loss},
+      {"pg_loss", g.pg_loss, w.pg_loss, s.pg},
+      {"pg_loss_initial", g.pg_loss_initial, w.pg_loss_initial, s.pg_initial},
+      {"pg_loss_refinement", g.pg_loss_refinement, w.pg_loss_refinement, s.pg_refinement},
+      {"entropy_loss", g.entropy_loss, w.entropy_loss, s.entropy_loss},
+      {"kl_loss", g.kl_loss, w.kl_loss, s.kl_loss},
+      {"pg_clipfrac", g.pg_clipfrac, w.pg_clipfrac, 1.0},  // fractions: exact unless a flag flips at a kink
+      {"pg_clipfrac_lower", g.pg_clipfrac_lower, w.pg_clipfrac_lower, 1.0},
+      {"ppo_kl", g.ppo_kl, w.ppo_kl, s.ppo_kl},
+      {"entropy_mean", g.entropy_mean, w.entropy_mean, s.entropy_mean},
+      {"kl_mean", g.kl_mean, w.kl_mean, s.kl_mean},
+      {"refinement_prob_mean", g.refinement_prob_mean, w.refinement_prob_mean, s.prob_mean},
+      {"ratio_mean", g.ratio_mean, w.ratio_mean, s.ratio_mean},
+  };
+  for (const Field& f : fields) {
+    const tolerance::Closeness c = tolerance::close(f.got, f.want, tol, f.scale);
+    GPU_EXPECT(c.ok, "%s: metric %s = %.9g, CPU %.9g (|diff| %.3g > bound %.3g)", label.c_str(), f.name, c.got,
+               c.want, c.err, c.bound);
+  }
   GPU_EXPECT(g.num_valid_tokens == w.num_valid_tokens && g.num_initial_tokens == w.num_initial_tokens &&
                  g.num_refinement_tokens == w.num_refinement_tokens,
              "%s: token counts %lld/%lld/%lld, CPU %lld/%lld/%lld", label.c_str(), (long long)g.num_valid_tokens,
@@ -232,13 +294,13 @@ void compare_metrics(const std::string& label, const LossMetrics& g, const LossM
 }
 
 template <typename Logit>
-void compare_with_cpu(const std::string& label, const HostBatch& hb, const GpuResult<Logit>& g, const CpuResult& c,
-                      Mode mode) {
+void compare_with_cpu(const std::string& label, const LossConfig& config, const HostBatch& hb,
+                      const GpuResult<Logit>& g, const CpuResult& c, Mode mode) {
   GPU_EXPECT(c.status.ok(), "%s: CPU path failed: %s", label.c_str(), c.status.message);
   GPU_EXPECT(g.launch.ok(), "%s: launch: %s", label.c_str(), g.launch.message);
   GPU_EXPECT(g.finish.ok(), "%s: policy_loss_metrics: %s", label.c_str(), g.finish.message);
   if (!c.status.ok() || !g.finish.ok()) return;
-  compare_metrics(label, g.metrics, c.metrics, 1e-5);
+  compare_metrics(label, g.metrics, c.metrics, metric_scales(config, hb, c.logp, c.entropy), 1e-5);
   int bad_tokens = 0;
   for (int64_t t = 0; t < hb.T; ++t)
     if (!close(g.logp[t], c.logp[t], 1e-5) || !close(g.entropy[t], c.entropy[t], 1e-5)) {
@@ -354,7 +416,7 @@ void test_against_cpu(std::mt19937_64& rng) {
                       (long long)hb.V, (long long)hb.T, (long long)hb.stride, spec.padded ? " padded" : " packed",
                       mode_name(mode));
         const GpuResult<Logit> g = run_gpu<Logit>(nc.config, hb, logits, mode, grad_extra);
-        compare_with_cpu(label, hb, g, cpu, mode);
+        compare_with_cpu(label, nc.config, hb, g, cpu, mode);
       }
     }
   }
