@@ -275,9 +275,9 @@ TEST_CASE("logit_gradient (scalar, for kernels) equals the vectorised CPU row gr
   std::vector<double> z(V), g(V);
   for (auto& x : z) x = normal(rng);
   const double inv_t = 1 / 0.8, a = normal(rng), b = normal(rng);
-  const auto st = cgrpo::cpu::row_softmax_stats(z.data(), V, inv_t);
-  const double lse = cgrpo::row_logsumexp(st), h = cgrpo::row_entropy(st);
-  cgrpo::cpu::row_logit_gradient(z.data(), V, inv_t, 42, lse, h, a, b, g.data());
+  const auto st = cgrpo::cpu::row_softmax(z.data(), V, inv_t);
+  const double lse = st.pivot * inv_t + cgrpo::cpu::row_lse_rel(st), h = cgrpo::row_entropy(st.rel);
+  cgrpo::cpu::row_logit_gradient(z.data(), V, inv_t, 42, st.pivot, cgrpo::cpu::row_lse_rel(st), h, a, b, g.data());
   for (int64_t v = 0; v < V; ++v)
     CHECK(g[v] == Approx(cgrpo::logit_gradient(z[v] * inv_t, v == 42, lse, h, a, b, inv_t)).epsilon(1e-12).margin(1e-15));
 }
