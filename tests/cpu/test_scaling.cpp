@@ -687,6 +687,25 @@ void check_gradient_overflow() {
         REQUIRE(st.ok());
         for (Real x : in_place ? logits : grad) REQUIRE(std::isfinite(x));
       }
+      if (in_place) continue;
+      // The vocabulary-parallel loss (one shard holding the whole vocabulary) follows the same rule.
+      const cgrpo::parallel::VocabShard shard{0, V, V};
+      std::vector<cgrpo::RowStats<double>> stats(T);
+      std::vector<double> target(T);
+      v.logits = logits_before.data();
+      REQUIRE(cgrpo::parallel::vocab_shard_row_stats(c, v, shard, stats.data(), target.data()).ok());
+      std::vector<Real> g2(T * V, poison);
+      cgrpo::PolicyLossOutputs<Real> out2{g2.data(), 0, nullptr, nullptr, &m};
+      const cgrpo::Status st2 = cgrpo::parallel::vocab_parallel_policy_loss(c, v, shard, stats.data(), target.data(), out2);
+      CAPTURE(st2.message);
+      if (scale > 1) {
+        CHECK(st2.code == cgrpo::StatusCode::non_finite);
+        CHECK(std::string(st2.message).find("row 2") != std::string::npos);
+        for (Real x : g2) REQUIRE(x == poison);
+      } else {
+        REQUIRE(st2.ok());
+        for (Real x : g2) REQUIRE(std::isfinite(x));
+      }
     }
   }
 }
