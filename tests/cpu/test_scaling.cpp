@@ -730,3 +730,33 @@ TEST_CASE("a gradient that would overflow the logits' dtype is an error naming t
   check_gradient_overflow<float>();
   check_gradient_overflow<double>();
 }
+
+TEST_CASE("row_stats_push / merge / rebase of parts whose maxima are of opposite signs near the float max",
+          "[scaling]") {
+  // (-max) - (+max) overflows float to -inf; exp(-inf) = 0 times shift * S = -inf used to be NaN
+  // (the GPU merges its threads' parts with row_stats_merge, so a row holding +3e38 and -3e38
+  // was reported non-finite). The smaller part now adds exactly nothing, and NaN still propagates.
+  using S = cgrpo::RowStats<float>;
+  const float big = FLT_MAX;
+  for (float lo : {-big, -3e38f, -1e38f})
+    for (float hi : {big, 3e38f, 2e38f}) {
+      CAPTURE(lo, hi);
+      const S a = cgrpo::row_stats_push(cgrpo::row_stats_identity<float>(), lo);
+      const S b = cgrpo::row_stats_push(cgrpo::row_stats_push(cgrpo::row_stats_identity<float>(), hi), 0.5f * hi);
+      for (const S& m : {cgrpo::row_stats_merge(a, b), cgrpo::row_stats_merge(b, a),
+                         cgrpo::row_stats_push(cgrpo::row_stats_push(a, hi), 0.5f * hi),
+                         cgrpo::row_stats_push(cgrpo::row_stats_push(b, lo), lo)}) {
+        CHECK(cgrpo::row_stats_finite(m));
+        CHECK(m.max == hi);
+        CHECK(m.sum_exp == 1.0f);  // exp(0.5 hi - hi) and exp(lo - hi) are 0 in float
+        CHECK(m.sum_exp_u == 0.0f);
+        CHECK(cgrpo::row_entropy(m) == 0.0f);
+      }
+      const S r = cgrpo::row_stats_rebase(a, hi);
+      CHECK((r.max == hi && r.sum_exp == 0.0f && r.sum_exp_u == 0.0f));
+      // A NaN part still makes the merge non-finite.
+      const S bad{lo, NAN, NAN};
+      CHECK_FALSE(cgrpo::row_stats_finite(cgrpo::row_stats_merge(b, bad)));
+      CHECK_FALSE(cgrpo::row_stats_finite(cgrpo::row_stats_rebase(bad, hi)));
+    }
+}
