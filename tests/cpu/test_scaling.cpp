@@ -731,6 +731,41 @@ TEST_CASE("a gradient that would overflow the logits' dtype is an error naming t
   check_gradient_overflow<double>();
 }
 
+TEST_CASE("every float kernel set: dJ/dlogp beyond FLT_MAX with dJ/dlogp / tau inside it gives a finite gradient",
+          "[scaling]") {
+  // a = 3e37 / tau at tau = 1e4 is past FLT_MAX while every entry of the gradient is below 3e37:
+  // the sweeps scale a and b by 1 / tau in double before rounding them to float.
+  std::mt19937_64 rng = test_seed::fresh_rng();
+  std::normal_distribution<double> normal(0.0, 1.0);
+  const double tau = 1e4, t = 1.0 / tau;
+  for (const KernelSet<float>& k : kernel_sets<float>()) {
+    if (!k.available) continue;
+    for (int64_t V : {int64_t{7}, int64_t{1500}}) {
+      std::vector<float> z(V);
+      for (float& x : z) x = static_cast<float>(3e4 * normal(rng));  // a spread of a few tau
+      const int32_t y = static_cast<int32_t>(V / 2);
+      const RowRef want = row_reference(z.data(), V, static_cast<LD>(tau));
+      for (double a : {3e41, -3e41}) {
+        const double b = a * 1e-3;
+        CAPTURE(k.name, V, a);
+        const SweepResult s = k.stats(z.data(), V, t, y);
+        REQUIRE(s.finite);
+        REQUIRE(cgrpo::cpu::row_gradient_in_range<float>(t, s.entropy, a, b));
+        std::vector<float> g(V);
+        k.gradient(z.data(), V, t, y, s, a, b, g.data());
+        double err = 0, size = 0;
+        for (int64_t j = 0; j < V; ++j) {
+          const double w = static_cast<double>(reference_gradient(want, j, y, a, b, tau));
+          err = std::max(err, std::isfinite(g[j]) ? std::fabs(g[j] - w) : INFINITY);
+          size = std::max(size, std::fabs(w));
+        }
+        CAPTURE(err, size);
+        CHECK(err <= 1e-5 * std::max(size, (std::fabs(a) + std::fabs(b)) * t));
+      }
+    }
+  }
+}
+
 TEST_CASE("row_stats_push / merge / rebase of parts whose maxima are of opposite signs near the float max",
           "[scaling]") {
   // (-max) - (+max) overflows float to -inf; exp(-inf) = 0 times shift * S = -inf used to be NaN

@@ -149,7 +149,9 @@ void row_logit_gradient_generic(const Real* z, int64_t vocab, double inv_tempera
   }
   const Compute t = static_cast<Compute>(inv_temperature), c = static_cast<Compute>(pivot);
   const Compute lse_c = static_cast<Compute>(lse), h = static_cast<Compute>(entropy);
-  const Compute ar = static_cast<Compute>(a), br = static_cast<Compute>(b);
+  // a / tau and b / tau in double, then rounded once: every value formed below is then bounded
+  // as row_gradient_in_range says (a alone may exceed FLT_MAX where a / tau does not).
+  const Compute at = static_cast<Compute>(a * inv_temperature), bt = static_cast<Compute>(b * inv_temperature);
   // Each chunk is evaluated into an aligned L1 buffer, then copied: Eigen peels a few
   // scalar (libm exp) entries to align its destination, and evaluating straight into g
   // made the bits depend on g's address (in place and a separate buffer differed).
@@ -158,7 +160,7 @@ void row_logit_gradient_generic(const Real* z, int64_t vocab, double inv_tempera
     const int64_t n = vocab - c0 < kChunk ? vocab - c0 : kChunk;
     ConstArrayMap<Real> x(z + c0, n);
     const auto logp = ((x.template cast<Compute>() - c) * t - lse_c).max(exp_floor<Compute>());
-    o_buf.head(n) = -((ar + br * (logp + h)) * logp.exp()) * t;
+    o_buf.head(n) = -((at + bt * (logp + h)) * logp.exp());
     ArrayMap<Real>(g + c0, n) = o_buf.head(n).template cast<Real>();
   }
   if (target >= 0) g[target] += static_cast<Real>(a * inv_temperature);
@@ -270,8 +272,9 @@ inline GradientConstants gradient_constants(double inv_temperature, double lse, 
 // The rows the AVX gradient sweeps take: 1 / tau a usable float and |pivot t| below the FMA
 // limit. pivot t is exact in double.
 inline bool fma_gradient_row(double inv_temperature, float pivot, double& pivot_t) {
+  if (!float_scale_ok(inv_temperature)) return false;  // (and 1 / tau is not cast to float beyond its range)
   pivot_t = static_cast<double>(pivot) * static_cast<double>(static_cast<float>(inv_temperature));
-  return float_scale_ok(inv_temperature) && std::fabs(pivot_t) < kFmaReferenceLimit;
+  return std::fabs(pivot_t) < kFmaReferenceLimit;
 }
 
 // Float rows with AVX-512 (the native preset): 16 lanes, one exp per entry and sweep,
