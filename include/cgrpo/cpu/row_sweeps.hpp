@@ -47,7 +47,9 @@ using ConstArrayMap = Eigen::Map<const Eigen::Array<Real, Eigen::Dynamic, 1>>;
 //   log p_j = (z_j - pivot) / tau - lse_rel.
 // rel holds S = sum_j exp(u_j - R) and Q = sum_j exp(u_j - R)(u_j - R) against a reference
 // point R = pivot / tau + rel.max; rel.max is 0 where the sweep shifted exactly, and at most
-// 1/2 where the AVX sweeps took R = max z * (1/tau in float) rounded to float.
+// 1/2 where the AVX sweeps took R = max z * (1/tau in float) rounded to float. (The float
+// sweeps scale u_j - R = (z_j - pivot) t - rel.max with t = 1/tau in float: its rounding,
+// 6e-8 relative, reaches only these shifted values, never pivot / tau.)
 template <typename Real>
 struct RowSoftmaxStats {
   Real pivot;            // max_j z_j; NaN when the row holds NaN or +inf; -inf when every entry is -inf
