@@ -398,9 +398,10 @@ TEST_CASE("logit_gradient (scalar, for kernels) equals the vectorised CPU row gr
   std::vector<double> z(V), g(V);
   for (auto& x : z) x = normal(rng);
   const double inv_t = 1 / 0.8, a = normal(rng), b = normal(rng);
-  const auto st = cgrpo::cpu::row_softmax_stats(z.data(), V, inv_t);
-  const double lse = cgrpo::row_logsumexp(st), h = cgrpo::row_entropy(st);
-  cgrpo::cpu::row_logit_gradient(z.data(), V, inv_t, 42, lse, h, a, b, g.data());
+  const auto st = cgrpo::cpu::row_softmax(z.data(), V, inv_t);
+  const double lse_rel = cgrpo::cpu::row_lse_rel(st);
+  const double lse = st.pivot * inv_t + lse_rel, h = cgrpo::row_entropy(st.rel);
+  cgrpo::cpu::row_logit_gradient(z.data(), V, inv_t, 42, st.pivot, lse_rel, h, a, b, g.data());
   for (int64_t v = 0; v < V; ++v) {
     // g = (a (onehot - p) - b p (log p + H)) / tau: p = e^(u - lse) carries eps (|u| + |lse|)
     // relatively, and a (1 - p) at the target eps |a|: the size of each entry's terms times

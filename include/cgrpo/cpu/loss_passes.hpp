@@ -28,7 +28,8 @@ namespace cgrpo::cpu {
 // in use by another returns an error (and writes nothing); concurrent calls need one each.
 struct Workspace {
   struct Row {
-    double lse, entropy, logp;     // from sweep 1
+    double pivot;                  // from sweep 1: the row's max logit (RowSoftmaxStats::pivot)
+    double lse, entropy, logp;     // from sweep 1; lse relative to pivot / tau
     double dJ_dlogp, dJ_dentropy;  // a_t, b_t from the per-token pass
     bool finite;
   };
