@@ -9,6 +9,7 @@
 
 #include "golden_paper.hpp"
 #include "golden_runner.hpp"
+#include "golden_verl.hpp"
 
 namespace {
 
@@ -39,3 +40,5 @@ void run_folder(const std::string& folder, const golden::SetupFn& setup, size_t 
 TEST_CASE("golden cases from the paper's code (its verl fork)", "[golden]") {
   run_folder(".", golden::setup_paper, 3);
 }
+
+TEST_CASE("golden cases from verl", "[golden]") { run_folder("verl", golden::setup_verl, 12); }
