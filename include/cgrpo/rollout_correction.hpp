@@ -21,7 +21,7 @@ struct RolloutMetrics {
   double is_mean = 0, is_max = 0, is_min = 0, is_std = 0, is_eff_sample_size = 0;
   double is_ratio_fraction_high = 0, is_ratio_fraction_low = 0;
   double is_seq_mean = 0, is_seq_max = 0, is_seq_min = 0;  // of the row means sum_t u / (n_i + 1e-8), all rows
-  double is_batch_norm_factor = 0;                         // is_batch_normalize: the divisor (1 if not applied)
+  double is_batch_norm_factor = 0;  // is_batch_normalize: the divisor (1 when the mean is <= 1e-8); 0 when off
   // Rejection (num_rejection_options > 0): all options together, then each option (rs_option[k] is
   // config.rollout.rejection[k], logged by verl as rollout_rs_<statistic>_*).
   double rs_masked_fraction = 0;      // rejected covered tokens / covered tokens
@@ -418,12 +418,18 @@ inline RolloutMetrics finalize_rollout_metrics(const RolloutBatchSums& s, const 
 //   is_weight[t]: the truncated IS weight min(u, T) (divided by the batch mean with
 //                 cfg.is_batch_normalize); left as is when cfg.is_level = none;
 //   keep[t]:      1 if every rejection option keeps the token (its row, for row options), else 0;
-// and *metrics, over the covered tokens and all num_rows rows. A non-finite d is an error
-// (invalid_argument naming the token); nothing is written then.
+// and *metrics, over the covered tokens and all num_rows rows. A null array is invalid_argument, a
+// non-finite d non_finite naming the token; nothing is written then. The config is not validated
+// here (LossConfig::validate does it).
 template <typename RowBounds>
 Status rollout_correction(const RolloutCorrectionConfig& cfg, int64_t num_rows, const RowBounds& rows,
                           const uint8_t* mask, const double* train_logp, const double* rollout_logp, double* is_weight,
                           uint8_t* keep, RolloutMetrics* metrics) {
+  if (!metrics || (num_rows > 0 && (!mask || !train_logp || !rollout_logp || !keep ||
+                                    (cfg.is_level != RolloutIsLevel::none && !is_weight))))
+    return make_error(StatusCode::invalid_argument,
+                      "rollout_correction: mask, train_logp, rollout_logp, keep, metrics (and is_weight when "
+                      "is_level != none) must not be null");
   for (int64_t i = 0; i < num_rows; ++i)
     for (int64_t t = rows.begin(i); t < rows.end(i); ++t)
       if (mask[t] && !isfinite(train_logp[t] - rollout_logp[t]))
