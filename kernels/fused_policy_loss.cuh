@@ -129,6 +129,8 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Logit, 
                 "the CUDA path takes float, __half or __nv_bfloat16 logits");
   CGRPO_RETURN_IF_ERROR(validate_batch_shape(config, batch, out));
   CGRPO_RETURN_IF_ERROR(check_cuda_supported(config, batch.computed_weights()));
+  if (out.policy_factor || out.token_terms)
+    return make_error(StatusCode::invalid_argument, "the CUDA path does not write outputs.policy_factor or outputs.token_terms yet (the CPU path does)");
   const int64_t T = batch.num_tokens, V = batch.vocab_size;
   if (T >= (int64_t{1} << 31))
     return make_error(StatusCode::invalid_argument, "num_tokens must be < 2^31 on the GPU, got %lld",

@@ -15,6 +15,8 @@
 #include "cgrpo/token_loss.hpp"
 #include "cgrpo/token_math.hpp"
 #include "cgrpo/trl_advantages.hpp"
+#include "cgrpo/verl_options.hpp"
+#include "cgrpo/verl_presets.hpp"
 #include "cgrpo/cpu/fused_policy_loss.hpp"
 #include "cgrpo/cpu/token_logprobs.hpp"
 #include "cgrpo/critique/critique_stage.hpp"

@@ -104,6 +104,8 @@ struct RolloutCorrectionConfig {
   RolloutCorrectionMode mode = RolloutCorrectionMode::none;
   RolloutIsLevel is_level = RolloutIsLevel::none;
   double is_threshold = 2.0;                            // upper truncation of the IS weight
+  bool is_batch_normalize = false;                      // verl rollout_is_batch_normalize: divide the
+                                                        // truncated weights by their mean over the batch
   int num_rejection_options = 0;                        // a token is kept only if every option keeps it
   RejectionOption rejection[kMaxRejectionOptions] = {};
 };
@@ -379,8 +381,10 @@ inline Status LossConfig::validate() const {
   const bool clips = policy_loss == PolicyLoss::ppo_clip || policy_loss == PolicyLoss::cispo ||
                      policy_loss == PolicyLoss::geo_mean || policy_loss == PolicyLoss::clip_cov;
   if (clips) {
-    if (!finite(clip_eps_low) || clip_eps_low < 0 || (policy_loss != PolicyLoss::geo_mean && clip_eps_low >= 1))
-      return make_error(StatusCode::invalid_argument, "config.clip_eps_low must be finite, >= 0 and < 1 (geo_mean: any finite >= 0), got %g", clip_eps_low);
+    // geo_mean clips the log ratio; cispo's band may open below (verl's CISPO recipe sets eps_low = 10).
+    const bool any_low = policy_loss == PolicyLoss::geo_mean || policy_loss == PolicyLoss::cispo;
+    if (!finite(clip_eps_low) || clip_eps_low < 0 || (!any_low && clip_eps_low >= 1))
+      return make_error(StatusCode::invalid_argument, "config.clip_eps_low must be finite, >= 0 and < 1 (geo_mean, cispo: any finite >= 0), got %g", clip_eps_low);
     if (!finite(clip_eps_high) || clip_eps_high < 0)
       return make_error(StatusCode::invalid_argument, "config.clip_eps_high must be finite and >= 0, got %g", clip_eps_high);
   }
@@ -442,7 +446,9 @@ inline Status LossConfig::validate() const {
   if (r.mode == RolloutCorrectionMode::none && (r.is_level != RolloutIsLevel::none || r.num_rejection_options != 0))
     return make_error(StatusCode::invalid_argument, "config.rollout: is_level and rejection options need rollout.mode = decoupled or bypass");
   if (r.is_level != RolloutIsLevel::none && (!(r.is_threshold > 0) || std::isnan(r.is_threshold)))
-    return make_error(StatusCode::invalid_argument, "config.rollout.is_threshold must be > 0, got %g", r.is_threshold);
+    return make_error(StatusCode::invalid_argument, "config.rollout.is_threshold must be > 0 (inf: no truncation), got %g", r.is_threshold);
+  if (r.is_batch_normalize && r.is_level == RolloutIsLevel::none)
+    return make_error(StatusCode::invalid_argument, "config.rollout.is_batch_normalize needs rollout.is_level = token or sequence");
   for (int i = 0; i < r.num_rejection_options; ++i) {
     const RejectionOption& o = r.rejection[i];
     if (static_cast<unsigned>(o.statistic) > 10u)
@@ -463,6 +469,9 @@ inline Status LossConfig::validate() const {
       policy_loss != PolicyLoss::reinforce)
     return make_error(StatusCode::invalid_argument, "config.rollout.mode = bypass is defined for policy_loss ppo_clip or reinforce (verl's loss_type), not %s",
                to_string(policy_loss));
+  if (r.mode == RolloutCorrectionMode::bypass && ratio_level != RatioLevel::token)
+    return make_error(StatusCode::invalid_argument, "config.rollout.mode = bypass runs verl's token-level loss: ratio_level must be token, not %s",
+               to_string(ratio_level));
   if (policy_loss == PolicyLoss::reinforce && r.mode != RolloutCorrectionMode::bypass)
     return make_error(StatusCode::invalid_argument, "config.policy_loss = reinforce is verl's bypass-mode loss: set rollout.mode = bypass (or use gpg)");
 

@@ -63,10 +63,11 @@ CGRPO_HD MetricSums<Acc> metric_sums_zero() {
 }
 
 // The log ratio a token's ppo_kl metric averages, as verl's loss functions log it: -clamp(x) at
-// token level (the clamp of the ratio), -x at sequence levels and for geo_mean, |x| for kl_cov.
+// token level (the clamp of the ratio), -x at sequence levels and for geo_mean and reinforce, |x| for kl_cov.
 template <typename Real>
 CGRPO_HD Real ppo_kl_term(Real x, const TokenLossParams<Real>& p) {
   if (p.policy_loss == static_cast<int>(PolicyLoss::kl_cov)) return math::abs(x);
+  if (p.policy_loss == static_cast<int>(PolicyLoss::reinforce)) return -x;  // verl bypass: rollout - logp, unclamped
   if (p.ratio_level != static_cast<int>(RatioLevel::token) || p.policy_loss == static_cast<int>(PolicyLoss::geo_mean))
     return -x;
   return -math::clamp(x, p.log_ratio_min, p.log_ratio_max);

@@ -86,6 +86,21 @@ struct PolicyLossOutputs {
   Real* logp = nullptr;         // [T], optional: log p of each target
   Real* entropy = nullptr;      // [T], optional: H of each row
   LossMetrics* metrics = nullptr;  // required: the loss and the metrics
+  // Optional [T] views of what the loss applied (CPU path; the CUDA path rejects them for now):
+  Real* policy_factor = nullptr;   // the constant factor on each token's policy loss: verl's IS weight
+                                   // (geo_mean: its row's geometric mean), TRL's sampler weight and masks;
+                                   // 1 where none applies, 0 at padding
+  uint8_t* token_terms = nullptr;  // TokenTerms bits of each token (0 at padding; a token verl's
+                                   // rejection removes from a term loses that term's bit)
+};
+
+// The bits of outputs.token_terms: the terms a valid token takes part in after the loss's own masks.
+enum TokenTerms : uint8_t {
+  kTermPolicy = 1,        // the policy term (verl's rejection: m'_t)
+  kTermEntropy = 2,       // the entropy term's numerator
+  kTermKl = 4,            // the KL term
+  kTermSelected = 8,      // kl_cov / clip_cov: selected by the batch pass (or batch.selection)
+  kTermEntropyCount = 16, // the entropy term's denominator
 };
 
 // The arrays of a batch that a loss call reads, one line each: the inputs of the overlap check.
@@ -117,6 +132,8 @@ void add_loss_outputs(const PolicyLossBatch<Logit, Real>& b, const PolicyLossOut
   table.output(array_span("logp", out.logp, T));
   table.output(array_span("entropy", out.entropy, T));
   table.output(array_span("metrics", out.metrics, 1));
+  table.output(array_span("policy_factor", out.policy_factor, T));
+  table.output(array_span("token_terms", out.token_terms, T));
 }
 
 // Checks sizes, pointers and the config, and that no output shares memory with an input or

@@ -50,10 +50,12 @@ inline LossConfig verl_grpo() {
   return c;
 }
 
-// DAPO in verl: clip-higher (0.2 / 0.28), token-mean, no KL, no entropy bonus.
+// DAPO in verl (verl-recipe dapo/run_dapo_*.sh): clip-higher (0.2 / 0.28), dual clip c = 10
+// (clip_ratio_c=10.0), token-mean, no KL, no entropy bonus.
 inline LossConfig verl_dapo() {
   LossConfig c = verl_vanilla();
   c.clip_eps_high = 0.28;
+  c.dual_clip_c = 10.0;
   return c;
 }
 

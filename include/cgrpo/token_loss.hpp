@@ -88,7 +88,8 @@ CGRPO_HD TokenResult<Real> token_loss(const TokenInputs<Real>& in, const TokenLo
   const bool row_q = !in.refinement && (row_coupled_ratio || p.policy_loss == static_cast<int>(PolicyLoss::geo_mean));
   if (row_q) {
     res.row_grad = wf * res.policy.dq;
-    res.row_coupling = (res.policy.flags & kRowPathClosed) ? Real(0) : in.row.coupling;
+    // A token outside the policy term (verl's rejection) is outside its row's q_i as well.
+    res.row_coupling = (res.policy.flags & kRowPathClosed) || !in.in_pg ? Real(0) : in.row.coupling;
   } else {
     res.dJ_dlogp += wf * res.policy.dq;
   }
@@ -108,7 +109,7 @@ CGRPO_HD TokenResult<Real> token_loss(const TokenInputs<Real>& in, const TokenLo
     res.dJ_dlogp += wk * dlocal;
     if (row_coupled_ratio && !in.refinement) {
       res.row_grad += wk * dq;
-      res.row_coupling = in.row.coupling;
+      res.row_coupling = in.in_pg ? in.row.coupling : Real(0);
     } else {
       res.dJ_dlogp += wk * dq;
     }

@@ -23,6 +23,21 @@ struct MetricCheck {
   double tol = 1e-10;
 };
 
+// What the loss applied at one token (outputs.policy_factor, outputs.token_terms).
+struct TokenView {
+  bool valid;            // mask
+  double policy_factor;  // 0 at padding
+  uint8_t terms;         // cgrpo::TokenTerms bits (0 at padding)
+};
+
+// A per-token array the case holds (shape B, L), the value the library's outputs give for it, and
+// the relative tolerance (max error over the array / max |want|) in double; float runs use 1e-5.
+struct ArrayCheck {
+  std::string key;
+  std::function<double(const TokenView&)> get;
+  double tol = 1e-10;
+};
+
 // What a case's params mean for the library. Filled by one setup function per peer.
 struct Setup {
   cgrpo::LossConfig config;
@@ -33,6 +48,9 @@ struct Setup {
                                       // false: the loss computes them
   cgrpo::AggregationScale scale;      // global counts (length L of seq-mean-token-sum-norm, ...)
   std::vector<MetricCheck> metrics;   // every metric_* key of the case must be listed
+  std::vector<ArrayCheck> arrays;     // the case's per-token arrays that are outputs (not inputs)
+  std::vector<std::string> checked_by_setup;  // arrays the setup function compared itself (through
+                                              // the library's standalone functions)
 };
 
 // A case's params -> Setup. Returns false (with a Catch failure) for params it does not know.
@@ -75,6 +93,18 @@ void run_case(const std::string& file, const GoldenCase& g, const Setup& s, doub
   const int64_t B = logits_arr.shape[0], L = logits_arr.shape[1], V = logits_arr.shape[2], T = B * L;
   const auto layout = cgrpo::SequenceLayout::padded(B, L);
   const auto& mask_d = g.at("mask").values;
+  // Every array of the case is an input, an expected value checked below, a metric or a listed ArrayCheck.
+  for (const auto& kv : g.arrays) {
+    static const char* const kChecked[] = {"logits",  "tokens",   "mask",       "old_logp",  "ref_logp",
+                                           "rollout_logp", "rewards", "refine", "group_ids", "advantages",
+                                           "log_prob", "entropy", "loss",       "grad_logits"};
+    const bool known = std::find(std::begin(kChecked), std::end(kChecked), kv.first) != std::end(kChecked) ||
+                       kv.first.rfind("metric_", 0) == 0 ||
+                       std::any_of(s.arrays.begin(), s.arrays.end(), [&](const ArrayCheck& a) { return a.key == kv.first; }) ||
+                       std::find(s.checked_by_setup.begin(), s.checked_by_setup.end(), kv.first) != s.checked_by_setup.end();
+    INFO(file << ": array " << kv.first << " is not checked (add an ArrayCheck)");
+    CHECK(known);
+  }
 
   // Advantages over each group, with the config's estimator.
   const auto& rewards = g.at("rewards").values;
@@ -139,13 +169,16 @@ void run_case(const std::string& file, const GoldenCase& g, const Setup& s, doub
       config.num_threads = threads;
       std::vector<Real> work = logits;  // in place overwrites its own copy
       batch.logits = work.data();
-      std::vector<Real> grad(in_place ? 0 : T * V, Real(-777)), logp(T), entropy(T);
+      std::vector<Real> grad(in_place ? 0 : T * V, Real(-777)), logp(T), entropy(T), factor(T, Real(-777));
+      std::vector<uint8_t> terms(T, 255);
       cgrpo::LossMetrics metrics;
       cgrpo::PolicyLossOutputs<Real> out;
       out.grad_logits = in_place ? work.data() : grad.data();
       out.logp = logp.data();
       out.entropy = entropy.data();
       out.metrics = &metrics;
+      out.policy_factor = factor.data();
+      out.token_terms = terms.data();
       const cgrpo::Status st = cgrpo::cpu::fused_policy_loss(config, batch, out);
       INFO(st.message);
       REQUIRE(st.ok());
@@ -155,6 +188,14 @@ void run_case(const std::string& file, const GoldenCase& g, const Setup& s, doub
       CHECK(max_rel_err(got_grad, g.at("grad_logits").values) <= tol);
       CHECK(max_rel_err(logp, g.at("log_prob").values) <= tol);
       CHECK(max_rel_err(entropy, g.at("entropy").values) <= tol);
+      for (const ArrayCheck& a : s.arrays) {
+        INFO(file << ": array " << a.key);
+        REQUIRE(g.arrays.count(a.key) == 1);
+        std::vector<double> got_arr(T);
+        for (int64_t t = 0; t < T; ++t)
+          got_arr[t] = a.get(TokenView{mask[t] != 0, static_cast<double>(factor[t]), terms[t]});
+        CHECK(max_rel_err(got_arr, g.at(a.key).values, 1e-12) <= (std::is_same<Real, double>::value ? a.tol : 1e-5));
+      }
       // Masked rows of the gradient are exactly zero, as autograd gives.
       for (int64_t t = 0; t < T; ++t)
         if (!mask[t])

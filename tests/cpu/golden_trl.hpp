@@ -274,6 +274,8 @@ inline void setup_trl(const GoldenCase& g, Setup& s) {
   };
 
   check_trl_arrays(g, s);
+  for (const char* key : {"is_ratio", "opsm_keep", "entropy_keep"})
+    if (g.arrays.count(key)) s.checked_by_setup.push_back(key);
 }
 
 }  // namespace golden

@@ -10,6 +10,7 @@
 #include "golden_paper.hpp"
 #include "golden_trl.hpp"
 #include "golden_runner.hpp"
+#include "golden_verl.hpp"
 
 namespace {
 
@@ -42,3 +43,4 @@ TEST_CASE("golden cases from the paper's code (its verl fork)", "[golden]") {
 }
 
 TEST_CASE("golden cases from TRL", "[golden]") { run_folder("trl", golden::setup_trl, 12); }
+TEST_CASE("golden cases from verl", "[golden]") { run_folder("verl", golden::setup_verl, 12); }

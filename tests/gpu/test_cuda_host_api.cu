@@ -119,6 +119,19 @@ void test_gpu_specific_checks() {
   s = cgrpo::cuda::fused_policy_loss(c, f.batch, f.out, nullptr, nullptr, need, nullptr);
   GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "(null)"), "null workspace: %s",
              s.message);
+  {
+    // The CPU path's optional per-token outputs are refused, before anything is enqueued.
+    FakeBatch g;
+    g.out.policy_factor = fake<float>(0x30100000);
+    s = cgrpo::cuda::fused_policy_loss(c, g.batch, g.out, nullptr, ws.data(), need, nullptr);
+    GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "outputs.policy_factor"),
+               "policy_factor on the GPU: %s", s.message);
+    g.out.policy_factor = nullptr;
+    g.out.token_terms = fake<uint8_t>(0x30200000);
+    s = cgrpo::cuda::fused_policy_loss(c, g.batch, g.out, nullptr, ws.data(), need, nullptr);
+    GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "outputs.token_terms"),
+               "token_terms on the GPU: %s", s.message);
+  }
   // A workspace that is not 16-byte aligned (the status word's 64-bit atomics would fault).
   std::vector<char> big(need + 64);
   char* odd = big.data() + (16 - reinterpret_cast<uintptr_t>(big.data()) % 16) % 16 + 8;

@@ -88,7 +88,7 @@ inline int64_t first_non_finite_row(const Workspace& ws, int64_t num_tokens) {
   return -1;
 }
 
-// Writes the metrics and the optional per-token log p and H from the workspace.
+// Writes the metrics and the optional per-token outputs (log p, H, policy factor, terms) from the workspace.
 template <typename Real>
 void write_token_outputs(const LossMetrics& metrics, const Workspace& ws, int64_t num_tokens,
                          const PolicyLossOutputs<Real>& out) {
@@ -96,6 +96,8 @@ void write_token_outputs(const LossMetrics& metrics, const Workspace& ws, int64_
   for (int64_t t = 0; t < num_tokens; ++t) {
     if (out.logp) out.logp[t] = to_output<Real>(ws.rows[t].logp);
     if (out.entropy) out.entropy[t] = static_cast<Real>(ws.rows[t].entropy);
+    if (out.policy_factor) out.policy_factor[t] = static_cast<Real>(ws.pg_factor[t]);
+    if (out.token_terms) out.token_terms[t] = ws.terms[t];
   }
 }
 

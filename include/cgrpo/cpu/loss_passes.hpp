@@ -63,6 +63,9 @@ enum TermBits : uint8_t {
   kSelected = 8,   // kl_cov / clip_cov selection
   kCountEntropy = 16,  // counts in the entropy term's denominator
 };
+static_assert(int(kInPg) == int(kTermPolicy) && int(kInEntropy) == int(kTermEntropy) && int(kInKl) == int(kTermKl) &&
+                  int(kSelected) == int(kTermSelected) && int(kCountEntropy) == int(kTermEntropyCount),
+              "outputs.token_terms copies the TermBits");
 
 // The rows of a batch, or one row holding every token when the batch has no layout.
 struct RowBounds {
@@ -161,6 +164,7 @@ Status per_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& bat
   ws.pg_factor.assign(static_cast<size_t>(T), 1.0);
   for (int64_t t = 0; t < T; ++t)
     if (batch.mask[t]) ws.terms[t] = kInPg | kInEntropy | kInKl | kCountEntropy;
+    else ws.pg_factor[t] = 0.0;  // outputs.policy_factor is 0 at padding
 
   auto copy_initial = [&](const Real* src, std::vector<double>& dst) {
     dst.assign(static_cast<size_t>(T), 0.0);
