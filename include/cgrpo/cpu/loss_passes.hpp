@@ -52,10 +52,10 @@ struct Workspace {
   MetricSums<double> range_sums{};
   std::vector<double> row_below, row_above, row_count;  // per sequence: TRL's per-row clip fractions
   // The fused linear loss (cpu/fused_linear_policy_loss.hpp): its [chunk, V] logits buffer (one
-  // of the two, by the type of the logits) and each token row's bound on |z|.
+  // of the two, by the type of the logits), each token row's bound on |z| and its largest |h|.
   std::vector<float> chunk_float;
   std::vector<double> chunk_double;
-  std::vector<double> logit_bound;
+  std::vector<double> logit_bound, hidden_max;
 
   ThreadPool pool;   // config.num_threads' threads, capped at hardware_threads()
   InUseFlag in_use;  // held by the call using the workspace
