@@ -1,0 +1,200 @@
+// tests/gpu/test_cuda_fused_linear_host.cu: the host side of the CUDA fused linear loss, which needs no
+// GPU: the CPU path's validation messages before any CUDA or cuBLAS call, the CUDA limits, workspace sizes.
+#include <cstring>
+#include <vector>
+
+#include "gpu_test_util.cuh"
+#include "kernels/fused_linear_policy_loss.cuh"
+
+namespace {
+
+using namespace gpu_test;
+using cgrpo::LossConfig;
+
+template <typename T>
+T* fake(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+// A fake handle: every call below fails validation before the handle is used.
+cublasHandle_t fake_handle() { return reinterpret_cast<cublasHandle_t>(uintptr_t{0x40}); }
+
+struct FakeCall {
+  cgrpo::PolicyLossBatch<__nv_bfloat16, float> batch;
+  cgrpo::LinearHead<__nv_bfloat16> head;
+  cgrpo::LinearHeadGrads<__nv_bfloat16, float> grads;
+  cgrpo::PolicyLossOutputs<__nv_bfloat16, float> out;
+  cgrpo::LossMetrics metrics;
+  cgrpo::LinearChunking chunking;
+  FakeCall() {
+    batch.num_tokens = 64;
+    batch.vocab_size = 1000;
+    batch.target_ids = fake<const int32_t>(0x20000000);
+    batch.mask = fake<const uint8_t>(0x20010000);
+    batch.advantages = fake<const float>(0x20020000);
+    batch.old_logp = fake<const float>(0x20030000);
+    batch.pg_weights = fake<const float>(0x20040000);
+    batch.entropy_weights = fake<const float>(0x20050000);
+    head.hidden = fake<const __nv_bfloat16>(0x10000000);
+    head.hidden_size = 128;
+    head.weight = fake<const __nv_bfloat16>(0x11000000);
+    grads.grad_hidden = fake<__nv_bfloat16>(0x30000000);
+    grads.grad_weight = fake<float>(0x31000000);
+    out.metrics = &metrics;
+    chunking.tokens = 16;
+  }
+  cgrpo::Status run(const LossConfig& c, void* ws, size_t bytes) const {
+    return cgrpo::cuda::fused_linear_policy_loss(fake_handle(), c, batch, head, out, grads, nullptr, ws, bytes, nullptr,
+                                                 chunking);
+  }
+};
+
+// The GPU API returns validate_linear_loss_shape's exact Status (the CPU path's first step) before
+// any CUDA call: without a device any CUDA call would return cuda_error, so an equal message also
+// shows that nothing was enqueued.
+void expect_same_as_cpu(const char* name, const LossConfig& c, const FakeCall& f) {
+  const cgrpo::Status want =
+      cgrpo::validate_linear_loss_shape(c, f.batch, f.head, f.out, f.grads, f.chunking, sizeof(__nv_bfloat16));
+  std::vector<char> ws(1 << 22);
+  const cgrpo::Status got = f.run(c, ws.data(), ws.size());
+  GPU_EXPECT(!want.ok(), "%s: the CPU validation should reject this call", name);
+  GPU_EXPECT(got.code == want.code && std::strcmp(got.message, want.message) == 0, "%s: GPU '%s' vs CPU '%s'", name,
+             got.message, want.message);
+}
+
+void test_validation_matches_cpu() {
+  const LossConfig c;
+  {
+    FakeCall f;
+    f.batch.logits = f.head.weight;
+    expect_same_as_cpu("batch.logits set", c, f);
+  }
+  {
+    FakeCall f;
+    f.out.grad_logits = f.grads.grad_hidden;
+    expect_same_as_cpu("grad_logits set", c, f);
+  }
+  {
+    FakeCall f;
+    f.head.hidden_size = 0;
+    expect_same_as_cpu("hidden_size 0", c, f);
+  }
+  {
+    FakeCall f;
+    f.head.weight_row_stride = 100;
+    expect_same_as_cpu("weight stride < H", c, f);
+  }
+  {
+    FakeCall f;
+    f.head.weight = nullptr;
+    expect_same_as_cpu("weight null", c, f);
+  }
+  {
+    FakeCall f;
+    f.grads.grad_weight = reinterpret_cast<float*>(const_cast<__nv_bfloat16*>(f.head.weight)) + 8;
+    expect_same_as_cpu("grad_weight overlaps weight", c, f);
+  }
+  {
+    FakeCall f;
+    f.grads.grad_hidden = const_cast<__nv_bfloat16*>(f.head.hidden);
+    f.grads.grad_hidden_row_stride = 256;
+    expect_same_as_cpu("in place at another stride", c, f);
+  }
+  {
+    FakeCall f;
+    f.chunking.tokens = -2;
+    expect_same_as_cpu("negative chunk", c, f);
+  }
+  {
+    FakeCall f;
+    f.chunking.tokens = 0;
+    f.chunking.max_bytes = 100;
+    expect_same_as_cpu("budget below one row", c, f);
+  }
+  {
+    FakeCall f;
+    f.batch.target_ids = nullptr;
+    expect_same_as_cpu("target_ids null", c, f);
+  }
+  {
+    FakeCall f;
+    expect_same_as_cpu("kl without ref_logp", cgrpo::verl_grpo(), f);
+  }
+}
+
+void test_gpu_specific_checks() {
+  const LossConfig c;
+  FakeCall f;
+  const size_t need = cgrpo::cuda::fused_linear_policy_loss_workspace_size<__nv_bfloat16>(
+      c, f.batch.num_tokens, 0, f.batch.vocab_size, f.chunking);
+  // The fused loss's layout plus 16 rows of 1000 bf16 logits padded to 1024 (64 bytes).
+  const size_t loss_part = cgrpo::cuda::fused_policy_loss_workspace_size(c, f.batch.num_tokens, 0);
+  GPU_EXPECT(need == cgrpo::cuda::align_up(loss_part) + cgrpo::cuda::align_up(16 * 1024 * 2), "workspace size %zu", need);
+  std::vector<char> ws(need + 64);
+  char* aligned = ws.data() + (256 - reinterpret_cast<uintptr_t>(ws.data()) % 256) % 256;
+  cgrpo::Status s = f.run(c, aligned, need - 1);
+  GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "workspace needs"),
+             "small workspace: %s", s.message);
+  s = f.run(c, aligned + 8, need);
+  GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "16-byte aligned"),
+             "misaligned workspace: %s", s.message);
+  s = cgrpo::cuda::fused_linear_policy_loss(static_cast<cublasHandle_t>(nullptr), c, f.batch, f.head, f.out, f.grads,
+                                            nullptr, aligned, need, nullptr, f.chunking);
+  GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "cuBLAS handle"), "null handle: %s",
+             s.message);
+  {
+    LossConfig k = c;
+    FakeCall g;
+    g.batch.pg_weights = g.batch.entropy_weights = nullptr;
+    s = g.run(k, aligned, need);
+    GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "does not run"),
+               "computed weights: %s", s.message);
+  }
+  {
+    FakeCall g;
+    g.head.weight_row_stride = int64_t{1} << 31;
+    const size_t n = cgrpo::cuda::fused_linear_policy_loss_workspace_size<__nv_bfloat16>(c, 64, 0, 1000, g.chunking);
+    s = g.run(c, aligned, n);
+    GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "cuBLAS takes int sizes"),
+               "int strides: %s", s.message);
+  }
+  GPU_EXPECT(cgrpo::cuda::fused_linear_policy_loss_workspace_size<float>(c, 64, 0, 1000, cgrpo::LinearChunking{-1}) == 0,
+             "a bad chunking has no size");
+  // The default budget: as many rows as fit in 256 MiB, at most T.
+  const size_t big = cgrpo::cuda::fused_linear_policy_loss_workspace_size<__nv_bfloat16>(c, 1 << 20, 0, 151936);
+  const size_t rows = (size_t{256} << 20) / (151936 * 2);
+  GPU_EXPECT(big >= rows * 151936 * 2 && big < (size_t{256} << 20) + (size_t{200} << 20), "default budget size %zu", big);
+}
+
+void test_logprobs_checks() {
+  cgrpo::LinearHead<float> head{fake<const float>(0x10000000), 64, 0, fake<const float>(0x11000000), 0, nullptr};
+  const cgrpo::LinearChunking chunking{8};
+  const size_t need = cgrpo::cuda::fused_linear_token_logprobs_workspace_size<float>(32, 500, chunking);
+  GPU_EXPECT(need == 256 + cgrpo::cuda::align_up(8 * 512 * 4), "log-prob workspace size %zu", need);
+  std::vector<char> ws(need + 256);
+  char* aligned = ws.data() + (256 - reinterpret_cast<uintptr_t>(ws.data()) % 256) % 256;
+  cgrpo::Status s = cgrpo::cuda::fused_linear_token_logprobs(fake_handle(), head, 32, 500, fake<const int32_t>(0x20000000),
+                                                             1.0, fake<float>(0x30000000), nullptr, aligned, need - 1,
+                                                             nullptr, chunking);
+  GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "workspace needs"),
+             "log-prob small workspace: %s", s.message);
+  s = cgrpo::cuda::fused_linear_token_logprobs(fake_handle(), head, 32, 500, fake<const int32_t>(0x20000000), 0.0,
+                                               fake<float>(0x30000000), nullptr, aligned, need, nullptr, chunking);
+  GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "temperature"),
+             "log-prob temperature: %s", s.message);
+  s = cgrpo::cuda::fused_linear_token_logprobs(fake_handle(), head, 32, 500, fake<const int32_t>(0x20000000), 1.0,
+                                               fake<float>(0x10000000) + 4, nullptr, aligned, need, nullptr, chunking);
+  GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "logp (output) overlaps hidden"),
+             "log-prob overlap: %s", s.message);
+}
+
+}  // namespace
+
+int main() {
+  test_validation_matches_cpu();
+  test_gpu_specific_checks();
+  test_logprobs_checks();
+  if (failures() == 0) std::printf("PASSED: CUDA fused linear host API (validation, limits, workspace), no GPU needed\n");
+  else std::printf("FAILED: %d checks\n", failures());
+  return failures() == 0 ? 0 : 1;
+}
