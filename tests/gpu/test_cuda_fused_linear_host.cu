@@ -4,6 +4,8 @@
 #include <vector>
 
 #include "gpu_test_util.cuh"
+#include <cgrpo/presets.hpp>
+
 #include "kernels/fused_linear_policy_loss.cuh"
 
 namespace {
@@ -146,6 +148,7 @@ void test_gpu_specific_checks() {
     LossConfig k = c;
     FakeCall g;
     g.batch.pg_weights = g.batch.entropy_weights = nullptr;
+    g.batch.layout = cgrpo::SequenceLayout::padded(4, 16);
     s = g.run(k, aligned, need);
     GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "does not run"),
                "computed weights: %s", s.message);
