@@ -786,3 +786,49 @@ TEST_CASE("fused linear, vocabulary parallel: k row shards of W give the unshard
     }
   }
 }
+
+#if defined(__SANITIZE_ADDRESS__)
+#define CGRPO_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CGRPO_TEST_ASAN 1
+#endif
+#endif
+
+TEST_CASE("fused linear: a batch too large for memory is out_of_memory before any array is read", "[linear][sizes]") {
+#if defined(CGRPO_TEST_ASAN)
+  WARN("AddressSanitizer aborts on an allocation of terabytes instead of throwing: this runs in builds without it");
+#else
+  // Pointers to nowhere (never read), 2^56 bytes apart; 2^50 tokens of workspace rows cannot be had.
+  auto nowhere = [](int k) { return static_cast<uintptr_t>(k) << 56; };
+  const int64_t T = int64_t{1} << 50;
+  cgrpo::PolicyLossBatch<float> b;
+  b.num_tokens = T;
+  b.vocab_size = 1;
+  b.target_ids = reinterpret_cast<const int32_t*>(nowhere(2));
+  b.mask = reinterpret_cast<const uint8_t*>(nowhere(3));
+  b.advantages = reinterpret_cast<const float*>(nowhere(4));
+  b.old_logp = reinterpret_cast<const float*>(nowhere(5));
+  b.pg_weights = reinterpret_cast<const float*>(nowhere(6));
+  b.entropy_weights = reinterpret_cast<const float*>(nowhere(10));
+  cgrpo::LinearHead<float> head{reinterpret_cast<const float*>(nowhere(1)), 1, 0, reinterpret_cast<const float*>(nowhere(7)),
+                                0, nullptr};
+  float gw = 4.5f;
+  cgrpo::LinearHeadGrads<float> grads;
+  grads.grad_weight = &gw;
+  cgrpo::LossMetrics m;
+  m.loss = -3.5;
+  cgrpo::PolicyLossOutputs<float> out;
+  out.metrics = &m;
+  const cgrpo::Status s = cgrpo::cpu::fused_linear_policy_loss(cgrpo::LossConfig{}, b, head, out, grads,
+                                                               cgrpo::LinearChunking{1});
+  INFO(s.message);
+  CHECK(s.code == cgrpo::StatusCode::out_of_memory);
+  CHECK(m.loss == -3.5);
+  CHECK(gw == 4.5f);
+  const cgrpo::Status t = cgrpo::cpu::fused_linear_token_logprobs(
+      head, T, 1, b.target_ids, 1.0, reinterpret_cast<float*>(nowhere(8)), static_cast<float*>(nullptr), 1, nullptr,
+      cgrpo::LinearChunking{1});
+  CHECK(t.code == cgrpo::StatusCode::out_of_memory);
+#endif
+}
