@@ -3,10 +3,12 @@
 #include <cstring>
 #include <vector>
 
-#include "gpu_test_util.cuh"
 #include <cgrpo/presets.hpp>
 
+#include "gpu_test_util.cuh"
+#include "host_emulation.cuh"
 #include "kernels/fused_linear_policy_loss.cuh"
+#include "test_seed.hpp"
 
 namespace {
 
@@ -191,9 +193,130 @@ void test_logprobs_checks() {
              "log-prob overlap: %s", s.message);
 }
 
+// The kernels' per-row code run on the host over chunks of rows, as fused_linear_policy_loss
+// launches it (args.first_row = the chunk's first batch row, logits and gradient rows relative to
+// the chunk), against the same code over the whole batch at once (emulate_fused_policy_loss):
+// log p, H, dJ/dz and every token's metric sums must be the same bits. Token level and GSPO.
+void test_chunked_rows_emulated() {
+  using namespace cgrpo::cuda;
+  std::mt19937_64 rng = test_seed::fresh_rng();
+  for (const LossConfig& config : {cgrpo::verl_grpo(), cgrpo::verl_gspo()}) {
+    BatchSpec spec;
+    spec.V = 300;
+    std::vector<float> logits;
+    const HostBatch hb = random_batch<float>(rng, spec, config, logits);
+    const int64_t T = hb.T, V = hb.V, S = hb.stride;
+    std::vector<int32_t> targets = hb.targets;
+    std::vector<uint8_t> mask = hb.mask, kinds = hb.kinds;
+    std::vector<float> adv = to_float_vector(hb.adv), old = to_float_vector(hb.old_logp),
+                       ref = to_float_vector(hb.ref_logp), w_pg = to_float_vector(hb.w_pg),
+                       w_h = to_float_vector(hb.w_h), w_kl = to_float_vector(hb.w_kl);
+    cgrpo::PolicyLossBatch<float, float> batch;
+    batch.logits = logits.data();
+    batch.num_tokens = T;
+    batch.vocab_size = V;
+    batch.row_stride = S;
+    batch.target_ids = targets.data();
+    batch.mask = mask.data();
+    batch.kinds = kinds.data();
+    batch.advantages = adv.data();
+    batch.old_logp = old.data();
+    batch.ref_logp = ref.data();
+    batch.pg_weights = w_pg.data();
+    batch.entropy_weights = w_h.data();
+    batch.kl_weights = w_kl.data();
+    batch.layout = hb.layout();
+    // The whole batch at once.
+    std::vector<float> grad_all(T * S, 0.0f), logp_all(T), ent_all(T);
+    cgrpo::LossMetrics m_all, unused;
+    cgrpo::PolicyLossOutputs<float, float> out;
+    out.grad_logits = grad_all.data();
+    out.logp = logp_all.data();
+    out.entropy = ent_all.data();
+    out.metrics = &unused;
+    std::vector<double> ws_all;
+    const cgrpo::Status s = emulate_fused_policy_loss(config, batch, out, ws_all, &m_all);
+    GPU_EXPECT(s.ok(), "whole batch: %s", s.message);
+    // Chunks of 5 rows: each chunk copied to a buffer of its own, at another row stride with the
+    // same 16-byte phase (the kernels' vector split, hence their rounding, follows a row's alignment).
+    const int64_t c = 5, ldz = S + 4;
+    const bool seq = config.ratio_level == cgrpo::RatioLevel::sequence_detached;
+    const WorkspaceLayout layout(T, seq ? hb.num_sequences : 0, seq);
+    std::vector<double> ws_storage(layout.total / sizeof(double) + 1);
+    char* ws = reinterpret_cast<char*>(ws_storage.data());
+    std::memset(ws, 0xFF, layout.total);
+    std::vector<float> chunk(c * ldz), grad(T * S, 0.0f), logp(T), ent(T);
+    cgrpo::PolicyLossBatch<float, float> cb = batch;
+    cb.logits = chunk.data();
+    cb.row_stride = ldz;
+    cgrpo::PolicyLossOutputs<float, float> co = out;
+    co.grad_logits = chunk.data();
+    co.grad_row_stride = ldz;
+    co.logp = logp.data();
+    co.entropy = ent.data();
+    const PolicyLossArgs<float> base = make_policy_loss_args(config, cb, co, hb.layout().offsets, ws, layout);
+    const float inv_t = base.params.inv_temperature;
+    auto load = [&](int64_t t0, int64_t n) {
+      for (int64_t r = 0; r < n; ++r) std::memcpy(&chunk[r * ldz], &logits[(t0 + r) * S], V * sizeof(float));
+    };
+    const cgrpo::Status run = dispatch_row_threads(V, [&](auto threads) -> cgrpo::Status {
+      constexpr int K = decltype(threads)::value;
+      if (seq) {
+        for (int64_t t0 = 0; t0 < T; t0 += c) {
+          const int64_t n = std::min(c, T - t0);
+          load(t0, n);
+          PolicyLossArgs<float> a = base;
+          a.first_row = t0;
+          const TokenLogprobArgs<float> stats = gspo_stats_args(a);
+          for (int64_t t = t0; t < t0 + n; ++t)
+            token_logprobs_row_end(stats, t, emulate_block_row_softmax<float, K>(&chunk[(t - t0) * ldz], V, inv_t));
+        }
+        for (int64_t i = 0; i < base.sequences.num_sequences; ++i) {
+          double sum = 0, count = 0;
+          for (int tid = 0; tid < kSequenceThreads; ++tid) {
+            double s1 = 0, c1 = 0;
+            thread_sequence_sums<kSequenceThreads>(base.rows, base.mask, base.kinds, base.old_logp,
+                                                   base.sequences.begin(i), base.sequences.end(i), tid, s1, c1);
+            sum += s1;
+            count += c1;
+          }
+          const_cast<float*>(base.seq_log_ratio)[i] = sequence_mean(sum, count);
+        }
+      }
+      for (int64_t t0 = 0; t0 < T; t0 += c) {
+        const int64_t n = std::min(c, T - t0);
+        load(t0, n);
+        PolicyLossArgs<float> a = base;
+        a.first_row = t0;
+        for (int64_t t = t0; t < t0 + n; ++t) {
+          float* row = &chunk[(t - t0) * ldz];
+          const TokenStep step = seq ? policy_loss_token_step<float, true>(a, t, RowSoftmax{})
+                                     : policy_loss_token_step<float, false>(a, t, emulate_block_row_softmax<float, K>(row, V, inv_t));
+          for (int tid = 0; tid < K; ++tid)
+            thread_row_gradient<float, K>(row, row, V, targets[t], step.softmax, step.a, step.b, inv_t, tid);
+        }
+        for (int64_t r = 0; r < n; ++r) std::memcpy(&grad[(t0 + r) * S], &chunk[r * ldz], V * sizeof(float));
+      }
+      return cgrpo::Status::success();
+    });
+    GPU_EXPECT(run.ok(), "chunked: %s", run.message);
+    const auto* sums_all = reinterpret_cast<const cgrpo::MetricSums<double>*>(
+        reinterpret_cast<const char*>(ws_all.data()) + layout.token_sums);
+    const auto* sums = reinterpret_cast<const cgrpo::MetricSums<double>*>(ws + layout.token_sums);
+    GPU_EXPECT(std::memcmp(sums, sums_all, T * sizeof(cgrpo::MetricSums<double>)) == 0,
+               "%s: per-token metric sums differ between chunked and whole-batch rows", to_string(config.ratio_level));
+    bool same_grad = true;
+    for (int64_t t = 0; t < T; ++t)
+      same_grad = same_grad && std::memcmp(&grad[t * S], &grad_all[t * S], V * sizeof(float)) == 0;
+    GPU_EXPECT(same_grad, "%s: dJ/dz differs between chunked and whole-batch rows", to_string(config.ratio_level));
+    GPU_EXPECT(logp == logp_all && ent == ent_all, "%s: log p or H differ", to_string(config.ratio_level));
+  }
+}
+
 }  // namespace
 
 int main() {
+  test_chunked_rows_emulated();
   test_validation_matches_cpu();
   test_gpu_specific_checks();
   test_logprobs_checks();
