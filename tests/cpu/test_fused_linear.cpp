@@ -787,17 +787,18 @@ TEST_CASE("fused linear, vocabulary parallel: k row shards of W give the unshard
   }
 }
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define CGRPO_TEST_ASAN 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
 #define CGRPO_TEST_ASAN 1
 #endif
 #endif
 
 TEST_CASE("fused linear: a batch too large for memory is out_of_memory before any array is read", "[linear][sizes]") {
 #if defined(CGRPO_TEST_ASAN)
-  WARN("AddressSanitizer aborts on an allocation of terabytes instead of throwing: this runs in builds without it");
+  WARN("AddressSanitizer and ThreadSanitizer abort on an allocation of terabytes instead of throwing: this runs in "
+       "builds without them");
 #else
   // Pointers to nowhere (never read), 2^56 bytes apart; 2^50 tokens of workspace rows cannot be had.
   auto nowhere = [](int k) { return static_cast<uintptr_t>(k) << 56; };
