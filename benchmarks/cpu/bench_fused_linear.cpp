@@ -17,7 +17,9 @@
 // counted. bound_MB is the goal for the fused path, chunk x V x 4 + T x H x 4.
 //
 // Time: the fastest of CGRPO_BENCH_REPS calls (default 3) after the first (the machine is shared:
-// other processes only ever add time), taken by hand around the call (UseManualTime).
+// other processes only ever add time), taken by hand around the call (UseManualTime). cpu_ms is the
+// process's CPU time of the call with the least (every thread's, so about threads x best_ms on an
+// idle machine): on a loaded machine it still compares two paths doing the same work.
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
@@ -27,6 +29,7 @@
 #include <cgrpo/cpu/linear_gemm.hpp>
 #include <chrono>
 #include <cmath>
+#include <ctime>
 #include <cstdint>
 #include <cstdlib>
 #include <map>
@@ -97,15 +100,23 @@ void measure(benchmark::State& state, const Problem& p, int threads, double boun
   const int64_t base = heap_counter::start();
   if (!call()) return;
   const double peak_extra = static_cast<double>(heap_counter::peak_above(base));
-  double best = 1e300;
+  auto cpu_seconds = [] {
+    timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+  };
+  double best = 1e300, best_cpu = 1e300;
   for (auto _ : state) {
     for (int r = 0; r < reps(); ++r) {
+      const double c0 = cpu_seconds();
       const auto t0 = Clock::now();
       if (!call()) return;
       best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
+      best_cpu = std::min(best_cpu, cpu_seconds() - c0);
     }
     state.SetIterationTime(best);
   }
+  state.counters["cpu_ms"] = best_cpu * 1e3;
   const double flops = (is_roofline ? 2.0 : 6.0) * static_cast<double>(p.T) * static_cast<double>(p.H) *
                        static_cast<double>(p.V);
   const auto key = std::make_tuple(p.T, p.H, p.V, threads);
