@@ -162,13 +162,16 @@ __device__ RowSoftmax block_row_softmax(const Logit* row, int64_t vocab, float i
 }
 
 // grad_j = cgrpo::logit_gradient at u = (z_j - M) / tau with lse = log S (the same value as at
-// z_j / tau with lse = M / tau + log S, without their rounding).
+// z_j / tau with lse = M / tau + log S, without their rounding). overflow is set when the value
+// does not fit Logit (inf or NaN once stored): the caller zeroes the row and flags it.
 template <typename Logit>
 CGRPO_ROW_HD Logit gradient_element(Logit z, int64_t j, int32_t target, const RowSoftmax& sm, float a, float b,
-                                    float inv_temperature) {
+                                    float inv_temperature, bool& overflow) {
   using Traits = LogitTraits<Logit>;
   const float shifted = (Traits::to_float(z) - sm.max) * inv_temperature;
-  return Traits::from_float(logit_gradient<float>(shifted, j == target, sm.log_sum, sm.entropy, a, b, inv_temperature));
+  const float g = logit_gradient<float>(shifted, j == target, sm.log_sum, sm.entropy, a, b, inv_temperature);
+  overflow |= !(fabsf(g) < Traits::overflow);
+  return Traits::from_float(g);
 }
 
 // Thread `tid`'s share of zeroing grad_row[0, V) (masked and flagged rows), without reading the logits.
@@ -193,23 +196,25 @@ CGRPO_UNROLL
 // written by the same thread, so grad_row may be row (in place). a = b = 0 (masked rows) writes
 // exact zeros without reading, as the CPU path does. When the two rows are misaligned differently
 // (separate buffers, different strides) the sweep is scalar: still coalesced, with more instructions.
+// Returns whether one of this thread's entries overflowed Logit (gradient_element).
 template <typename Logit, int THREADS>
-CGRPO_ROW_HD void thread_row_gradient(const Logit* row, Logit* grad_row, int64_t vocab, int32_t target,
+CGRPO_ROW_HD bool thread_row_gradient(const Logit* row, Logit* grad_row, int64_t vocab, int32_t target,
                                       const RowSoftmax& sm, float a, float b, float inv_temperature, int tid) {
   if (a == 0.0f && b == 0.0f) {
     thread_row_fill_zero<Logit, THREADS>(grad_row, vocab, tid);
-    return;
+    return false;
   }
   using Vec = Packed<Logit>;
   constexpr int N = Vec::size;
+  bool overflow = false;
   if (!same_alignment(row, grad_row)) {
     for (int64_t j = tid; j < vocab; j += THREADS)
-      grad_row[j] = gradient_element(row[j], j, target, sm, a, b, inv_temperature);
-    return;
+      grad_row[j] = gradient_element(row[j], j, target, sm, a, b, inv_temperature, overflow);
+    return overflow;
   }
   const int64_t head = elements_to_alignment(row, vocab);
   for (int64_t j = tid; j < head; j += THREADS)
-    grad_row[j] = gradient_element(row[j], j, target, sm, a, b, inv_temperature);
+    grad_row[j] = gradient_element(row[j], j, target, sm, a, b, inv_temperature, overflow);
   const Vec* in = reinterpret_cast<const Vec*>(row + head);
   Vec* out = reinterpret_cast<Vec*>(grad_row + head);
   const int64_t num_vectors = (vocab - head) / N;
@@ -223,18 +228,26 @@ CGRPO_UNROLL_N(2)
     Vec g;
     const int64_t j0 = head + i * N;
 CGRPO_UNROLL
-    for (int k = 0; k < N; ++k) g.v[k] = gradient_element(v.v[k], j0 + k, target, sm, a, b, inv_temperature);
+    for (int k = 0; k < N; ++k) g.v[k] = gradient_element(v.v[k], j0 + k, target, sm, a, b, inv_temperature, overflow);
     out[i] = g;
   }
   for (int64_t j = head + num_vectors * N + tid; j < vocab; j += THREADS)
-    grad_row[j] = gradient_element(row[j], j, target, sm, a, b, inv_temperature);
+    grad_row[j] = gradient_element(row[j], j, target, sm, a, b, inv_temperature, overflow);
+  return overflow;
 }
 
-// Sweep 2, called by all threads of the block.
+// Sweep 2, called by all threads of the block. A row with an entry that overflowed Logit is
+// written again as zeros (the rule for every flagged row) and true is returned to every thread;
+// the caller flags it. Costs one barrier (__syncthreads_or) per row.
 template <typename Logit, int THREADS>
-__device__ void block_row_gradient(const Logit* row, Logit* grad_row, int64_t vocab, int32_t target,
+__device__ bool block_row_gradient(const Logit* row, Logit* grad_row, int64_t vocab, int32_t target,
                                    const RowSoftmax& sm, float a, float b, float inv_temperature) {
-  thread_row_gradient<Logit, THREADS>(row, grad_row, vocab, target, sm, a, b, inv_temperature, threadIdx.x);
+  const bool overflow =
+      thread_row_gradient<Logit, THREADS>(row, grad_row, vocab, target, sm, a, b, inv_temperature, threadIdx.x);
+  // Every thread has written its own entries before any zeroing starts: the barrier orders them.
+  if (__syncthreads_or(overflow ? 1 : 0) == 0) return false;
+  thread_row_fill_zero<Logit, THREADS>(grad_row, vocab, threadIdx.x);
+  return true;
 }
 
 }  // namespace cgrpo::cuda

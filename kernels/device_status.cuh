@@ -18,15 +18,21 @@ enum DeviceError : int {
   kNonFiniteValue = 2,         // detail: which per-token array (NonFiniteField)
   kNonFiniteRow = 3,           // NaN or +inf logits, or every logit -inf
   kNonFiniteTargetLogit = 4,   // the target's logit is -inf (log p = -inf); detail: the target id
-  kNumDeviceErrors = 5,
+  kGradientOverflow = 5,       // a dJ/dz entry is not finite in the logits' dtype; detail: LogitTraits::code
+  kNumDeviceErrors = 6,
 };
+
+// The logits dtype named by a kGradientOverflow detail.
+inline const char* logit_dtype_name(uint32_t code) {
+  return code == 0 ? "fp32" : code == 1 ? "fp16" : code == 2 ? "bf16" : "the logits' dtype";
+}
 
 enum NonFiniteField : uint32_t {
   kFieldAdvantages = 0, kFieldPgWeights = 1, kFieldEntropyWeights = 2, kFieldOldLogp = 3, kFieldKlWeights = 4,
   kFieldRefLogp = 5,
 };
 
-// 48 bytes in the workspace. first[k] = (row << 32) | detail of the lowest bad row of kind k;
+// 56 bytes in the workspace. first[k] = (row << 32) | detail of the lowest bad row of kind k;
 // all ones means none. Reset with cudaMemsetAsync(0xFF) before every launch. vocab_size is
 // written by whoever flags an out-of-range id (every writer writes the same value), for the message.
 struct DeviceStatus {
@@ -61,7 +67,8 @@ inline const char* non_finite_field_name(uint32_t field) {
 // Rows that were flagged got a zero gradient and no share in the loss and metrics.
 // Which fault is reported follows the CPU path's order: its validation walks the tokens in
 // order and checks id, mask, kind, then the per-token values, so among kinds 0-2 the lowest
-// row wins (ties in that kind order); only then a non-finite row, then a -inf target logit.
+// row wins (ties in that kind order); only then a non-finite row, then a -inf target logit,
+// then a gradient that overflowed (found last on the CPU path too, after the per-token pass).
 inline Status decode_device_status(const DeviceStatus& s) {
   constexpr unsigned long long none = ~0ull;
   int pick = -1;
@@ -91,6 +98,10 @@ inline Status decode_device_status(const DeviceStatus& s) {
       case kNonFiniteTargetLogit:
         return make_error(StatusCode::non_finite, "target_ids[%lld] = %d has a -inf logit (log p = -inf)", row,
                           static_cast<int32_t>(detail));
+      case kGradientOverflow:
+        return make_error(StatusCode::non_finite,
+                          "dJ/dlogits row %lld overflows %s (an entry is beyond its largest finite value); its gradient was written as zeros",
+                          row, logit_dtype_name(detail));
     }
   }
   return Status::success();

@@ -5,6 +5,7 @@
 #include <cub/block/block_reduce.cuh>
 #include <cuda_runtime.h>
 
+#include <cfloat>
 #include <cstdint>
 
 #include "cgrpo/config.hpp"
@@ -103,7 +104,13 @@ CGRPO_ROW_HD bool target_logp(const Logit* row, int64_t t, int32_t target, int64
     flag_row(status, kNonFiniteRow, t, 0u);
     return false;
   }
-  logp = (LogitTraits<Logit>::to_float(row[target]) - sm.max) * inv_temperature - sm.log_sum;
+  // In double: z_y - max of logits of opposite signs near FLT_MAX overflows float although
+  // log p, for tau > 2, does not. A finite logit whose log p is below -FLT_MAX (the target about
+  // FLT_MAX * tau below the max) gets -FLT_MAX, as the CPU path writes it; a -inf logit, -inf.
+  const float z_y = LogitTraits<Logit>::to_float(row[target]);
+  const double lp = (static_cast<double>(z_y) - static_cast<double>(sm.max)) * static_cast<double>(inv_temperature) -
+                    static_cast<double>(sm.log_sum);
+  logp = lp < -static_cast<double>(FLT_MAX) && isfinite(z_y) ? -FLT_MAX : static_cast<float>(lp);
   if (!isfinite(logp)) {
     flag_row(status, kNonFiniteTargetLogit, t, static_cast<uint32_t>(target));
     return false;
@@ -139,8 +146,20 @@ CGRPO_ROW_HD void token_logprobs_row_end(const TokenLogprobArgs<Logit>& args, in
   if (args.rows) args.rows[t] = StoredRow{ok ? sm.max : NAN, sm.log_sum, sm.entropy, logp};
 }
 
+// Occupancy, pinned. The fused row kernel needs 56-64 registers (sm_90, -Xptxas -v): at 64,
+// 1024 threads per SM (2 blocks of 512 or 8 of 128, half the SM's 2048) are resident, which
+// is what it has been measured against; one register more would halve that to 1 block of 512,
+// so the bound caps it at 64 instead. The log-prob kernel needs 32: full occupancy (2048 threads),
+// capped there for the same reason. Both are checked for spills with -Xptxas -v.
+template <int THREADS>
+struct RowKernelOccupancy {
+  static constexpr int kLossBlocks = 1024 / THREADS;     // <= 64 registers per thread
+  static constexpr int kLogprobBlocks = 2048 / THREADS;  // <= 32 registers per thread
+};
+
 template <typename Logit, int THREADS>
-__global__ void __launch_bounds__(THREADS) token_logprobs_kernel(TokenLogprobArgs<Logit> args) {
+__global__ void __launch_bounds__(THREADS, RowKernelOccupancy<THREADS>::kLogprobBlocks)
+    token_logprobs_kernel(TokenLogprobArgs<Logit> args) {
   __shared__ BlockRowSoftmaxStorage<THREADS> storage;
   const int64_t t = args.first_row + blockIdx.x;
   const Logit* row = args.logits + static_cast<int64_t>(blockIdx.x) * args.row_stride;
@@ -266,8 +285,17 @@ CGRPO_ROW_HD TokenStep policy_loss_token_step(const PolicyLossArgs<Logit>& args,
   return step;
 }
 
+// A row whose gradient overflowed Logit (block_row_gradient has zeroed it): flagged, and its
+// share of the sums taken back, as for every other flagged row. Thread 0, after the sweep.
+template <typename Logit>
+CGRPO_ROW_HD void gradient_overflow_row_end(const PolicyLossArgs<Logit>& args, int64_t t) {
+  flag_row(args.status, kGradientOverflow, t, LogitTraits<Logit>::code);
+  args.token_sums[t] = metric_sums_zero<double>();
+}
+
 template <typename Logit, int THREADS, bool WRITE_GRAD, bool STORED_ROWS>
-__global__ void __launch_bounds__(THREADS) policy_loss_kernel(PolicyLossArgs<Logit> args) {
+__global__ void __launch_bounds__(THREADS, RowKernelOccupancy<THREADS>::kLossBlocks)
+    policy_loss_kernel(PolicyLossArgs<Logit> args) {
   __shared__ BlockRowSoftmaxStorage<THREADS> storage;
   __shared__ TokenStep shared_step;
   const int64_t t = args.first_row + blockIdx.x;
@@ -280,9 +308,10 @@ __global__ void __launch_bounds__(THREADS) policy_loss_kernel(PolicyLossArgs<Log
   if constexpr (WRITE_GRAD) {
     __syncthreads();
     const TokenStep step = shared_step;
-    block_row_gradient<Logit, THREADS>(row, args.grad + static_cast<int64_t>(blockIdx.x) * args.grad_row_stride,
-                                       args.vocab_size, args.target_ids[t],
-                                       step.softmax, step.a, step.b, inv_temperature);
+    const bool overflow = block_row_gradient<Logit, THREADS>(
+        row, args.grad + static_cast<int64_t>(blockIdx.x) * args.grad_row_stride, args.vocab_size,
+        args.target_ids[t], step.softmax, step.a, step.b, inv_temperature);
+    if (overflow && threadIdx.x == 0) gradient_overflow_row_end(args, t);
   }
 }
 

@@ -6,23 +6,33 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
 
 namespace cgrpo::cuda {
 
 template <typename Logit> struct LogitTraits;
+// overflow: the smallest float that from_float rounds to inf (round to nearest even: the
+// halfway point above the largest finite value rounds up to inf); code: the dtype's number in
+// DeviceStatus details.
 template <> struct LogitTraits<float> {
   static constexpr const char* name = "fp32";
+  static constexpr float overflow = INFINITY;
+  static constexpr uint32_t code = 0;
   __host__ __device__ __forceinline__ static float to_float(float x) { return x; }
   __host__ __device__ __forceinline__ static float from_float(float x) { return x; }
 };
 template <> struct LogitTraits<__half> {
   static constexpr const char* name = "fp16";
+  static constexpr float overflow = 65520.0f;  // 65504 + half its ulp of 32
+  static constexpr uint32_t code = 1;
   __host__ __device__ __forceinline__ static float to_float(__half x) { return __half2float(x); }
   __host__ __device__ __forceinline__ static __half from_float(float x) { return __float2half_rn(x); }
 };
 template <> struct LogitTraits<__nv_bfloat16> {
   static constexpr const char* name = "bf16";
+  static constexpr float overflow = 0x1.ffp+127f;  // 0x7F7F8000: bf16's max 0x1.fep127 + half its ulp
+  static constexpr uint32_t code = 2;
   __host__ __device__ __forceinline__ static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
   __host__ __device__ __forceinline__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
 };

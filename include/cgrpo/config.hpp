@@ -151,6 +151,8 @@ struct LossConfig {
   double log_ratio_min = -20.0;   // logp - old (or the row mean) is clamped to [min, max] before
   double log_ratio_max = 20.0;    // exp; +-inf: no clamp (TRL). The clamp passes no gradient outside.
   double cispo_ratio_cap = 5.0;   // cispo_cap: TRL's epsilon_high used as an absolute cap on r
+  double two_sided_delta = std::numeric_limits<double>::infinity();  // ppo_clip, TRL's delta: the
+                                  // unclipped branch takes min(r, delta) for either sign of A; inf: off
   double sapo_tau_pos = 1.0;      // sapo: tau where A > 0
   double sapo_tau_neg = 1.05;     // sapo: tau where A <= 0
   double cov_ratio = 2e-4;        // kl_cov / clip_cov: the fraction of valid tokens selected
@@ -197,9 +199,14 @@ struct LossConfig {
 
   // Checks every field; the message names the field and the rule it breaks.
   Status validate() const;
+  // The checks of TRL's fields (two_sided_delta, OPSM beside verl's rollout, vespo's vLLM level), part of validate().
+  Status validate_trl_fields() const;
 
   // True when the ratio of initial tokens is one per row (GSPO / TRL sequence level).
-  bool sequence_ratio() const { return ratio_level != RatioLevel::token && uses_ratio(); }
+  bool sequence_ratio() const { return ratio_level != RatioLevel::token && defines_ratio(); }
+  // True when initial tokens have a ratio r: the ratio-based losses, and TRL's vespo, whose r only
+  // reaches kl_times_ratio (its own weight phi comes from a row pre-pass).
+  bool defines_ratio() const { return uses_ratio() || policy_loss == PolicyLoss::vespo; }
   // True for the losses whose initial-token term depends on r = exp(logp - old).
   bool uses_ratio() const {
     return policy_loss == PolicyLoss::ratio || policy_loss == PolicyLoss::ppo_clip ||
@@ -232,6 +239,7 @@ struct TokenLossParams {
   Real log_ratio_min;       // clamp of the log ratio before exp (may be -inf)
   Real log_ratio_max;       // (may be +inf)
   Real cispo_ratio_cap;
+  Real two_sided_delta;     // TRL delta (may be +inf: off)
   Real sapo_tau_pos, sapo_tau_neg;
   Real kl_cov_coef;
   Real gamma;               // refinement shaping constant
@@ -399,7 +407,7 @@ inline Status LossConfig::validate() const {
   if (policy_loss == PolicyLoss::vespo &&
       (!finite(vespo_k_pos) || !finite(vespo_k_neg) || !finite(vespo_lambda_pos) || !finite(vespo_lambda_neg)))
     return make_error(StatusCode::invalid_argument, "config.vespo_k_pos/k_neg/lambda_pos/lambda_neg must be finite");
-  if (ratio_level != RatioLevel::token && !uses_ratio())
+  if (ratio_level != RatioLevel::token && !defines_ratio())
     return make_error(StatusCode::invalid_argument, "config.ratio_level = %s needs a ratio-based policy_loss, not %s", to_string(ratio_level),
                to_string(policy_loss));
   if (policy_loss == PolicyLoss::geo_mean || policy_loss == PolicyLoss::kl_cov || policy_loss == PolicyLoss::clip_cov) {
@@ -414,7 +422,7 @@ inline Status LossConfig::validate() const {
     return make_error(StatusCode::invalid_argument, "config.kl_coef must be finite, and 0 when kl = none (got %g)", kl_coef);
   if (kl == KlEstimator::none && (kl_straight_through || kl_times_ratio))
     return make_error(StatusCode::invalid_argument, "config.kl_straight_through and kl_times_ratio need a KL estimator (kl = none)");
-  if (kl_times_ratio && !uses_ratio())
+  if (kl_times_ratio && !defines_ratio())
     return make_error(StatusCode::invalid_argument, "config.kl_times_ratio needs a ratio-based policy_loss, not %s", to_string(policy_loss));
 
   const AggregationConvention& a = aggregation;
@@ -467,16 +475,41 @@ inline Status LossConfig::validate() const {
     if (r.mode != RolloutCorrectionMode::none)
       return make_error(StatusCode::invalid_argument, "config.sampler (TRL) and config.rollout (verl) are two conventions for rollout_logp: pick one");
   }
-  if (std::isnan(off_policy_mask_threshold))
-    return make_error(StatusCode::invalid_argument, "config.off_policy_mask_threshold must not be NaN (inf: off)");
-  if (!(top_entropy_quantile > 0 && top_entropy_quantile <= 1))
-    return make_error(StatusCode::invalid_argument, "config.top_entropy_quantile must be in (0, 1] (1: off), got %g", top_entropy_quantile);
+  if (std::isnan(off_policy_mask_threshold) || off_policy_mask_threshold == -std::numeric_limits<double>::infinity())
+    return make_error(StatusCode::invalid_argument, "config.off_policy_mask_threshold must not be NaN or -inf (+inf: off), got %g",
+                      off_policy_mask_threshold);
+  if (!(top_entropy_quantile >= 0 && top_entropy_quantile <= 1))
+    return make_error(StatusCode::invalid_argument, "config.top_entropy_quantile must be in [0, 1] (1: off; 0 keeps the highest H only), got %g", top_entropy_quantile);
+  CGRPO_RETURN_IF_ERROR(validate_trl_fields());
 
   if (!finite(metric_mean_eps) || metric_mean_eps < 0)
     return make_error(StatusCode::invalid_argument, "config.metric_mean_eps must be finite and >= 0, got %g", metric_mean_eps);
   if (!finite(temperature) || temperature <= 0)
     return make_error(StatusCode::invalid_argument, "config.temperature must be finite and > 0, got %g", temperature);
   if (num_threads < 1) return make_error(StatusCode::invalid_argument, "config.num_threads must be >= 1, got %d", num_threads);
+  return Status::success();
+}
+
+// TRL's fields, checked where TRL itself would be ambiguous or would raise.
+inline Status LossConfig::validate_trl_fields() const {
+  if (!(two_sided_delta > 0))
+    return make_error(StatusCode::invalid_argument, "config.two_sided_delta must be > 0 (+inf: off), got %g", two_sided_delta);
+  if (std::isfinite(two_sided_delta)) {
+    if (policy_loss != PolicyLoss::ppo_clip)
+      return make_error(StatusCode::invalid_argument, "config.two_sided_delta (TRL's delta) applies to policy_loss ppo_clip only, not %s",
+                        to_string(policy_loss));
+    if (dual_clip)
+      return make_error(StatusCode::invalid_argument,
+                        "config.two_sided_delta (TRL's delta) and config.dual_clip (verl) both cap the unclipped branch: set one");
+  }
+  if (std::isfinite(off_policy_mask_threshold) && rollout.mode != RolloutCorrectionMode::none)
+    return make_error(StatusCode::invalid_argument,
+                      "config.off_policy_mask_threshold (TRL's OPSM) and config.rollout (verl) are two conventions for rollout_logp: pick one");
+  if (policy_loss == PolicyLoss::vespo &&
+      (sampler.mode == SamplerCorrectionMode::sequence_truncate || sampler.mode == SamplerCorrectionMode::sequence_mask))
+    return make_error(StatusCode::invalid_argument,
+                      "config.sampler.mode = %s: vespo takes the vLLM weight per token (token_truncate or token_mask), as TRL requires",
+                      to_string(sampler.mode));
   return Status::success();
 }
 
@@ -498,6 +531,7 @@ inline TokenLossParams<Real> token_params(const LossConfig& c) {
   p.log_ratio_min = static_cast<Real>(c.log_ratio_min);
   p.log_ratio_max = static_cast<Real>(c.log_ratio_max);
   p.cispo_ratio_cap = static_cast<Real>(c.cispo_ratio_cap);
+  p.two_sided_delta = static_cast<Real>(c.two_sided_delta);
   p.sapo_tau_pos = static_cast<Real>(c.sapo_tau_pos);
   p.sapo_tau_neg = static_cast<Real>(c.sapo_tau_neg);
   p.kl_cov_coef = static_cast<Real>(c.kl_cov_coef);

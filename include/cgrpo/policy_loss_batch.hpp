@@ -231,7 +231,9 @@ Status validate_batch_values(const LossConfig& config, const PolicyLossBatch<Log
                         reference == b.old_logp ? "old_logp" : "rollout_logp", static_cast<long long>(t));
     // The off-policy corrections read rollout_logp at valid initial tokens (refinement tokens are
     // outside them: weight 1, never rejected).
-    if (initial && config.needs_rollout_logp() && !finite(b.rollout_logp[t]))
+    // OPSM reads it too when given (TRL: the sampler's log-probs when there are some, else old).
+    const bool reads_rollout = config.needs_rollout_logp() || (b.rollout_logp && std::isfinite(config.off_policy_mask_threshold));
+    if (initial && reads_rollout && !finite(b.rollout_logp[t]))
       return make_error(StatusCode::non_finite, "rollout_logp[%lld] is not finite", static_cast<long long>(t));
     if (kl_on && !finite(b.ref_logp[t]))
       return make_error(StatusCode::non_finite, "ref_logp[%lld] is not finite", static_cast<long long>(t));

@@ -82,3 +82,5 @@ inline LossConfig verl_gspo() {
 }
 
 }  // namespace cgrpo
+
+#include "cgrpo/trl_presets.hpp"  // TRL GRPOTrainer presets (trl_grpo, trl_dapo, ...)

@@ -62,7 +62,8 @@ CGRPO_HD RowStats<Real> row_stats_push(RowStats<Real> s, Real u) {
     if (s.sum_exp > Real(0)) {  // rescale what was summed against the old max
       const Real shift = s.max - u;  // < 0
       const Real scale = math::exp(shift);
-      s.sum_exp_u = scale * (s.sum_exp_u + shift * s.sum_exp);
+      // exp(shift) == 0: the old part is nothing next to u (and shift * S may be -inf: 0 * -inf).
+      s.sum_exp_u = scale == Real(0) ? Real(0) * s.sum_exp_u : scale * (s.sum_exp_u + shift * s.sum_exp);
       s.sum_exp = scale * s.sum_exp;
     }
     s.max = u;
@@ -70,7 +71,7 @@ CGRPO_HD RowStats<Real> row_stats_push(RowStats<Real> s, Real u) {
   const Real d = u - s.max;
   const Real e = math::exp(d);
   s.sum_exp += e;
-  s.sum_exp_u += e * d;
+  if (e > Real(0)) s.sum_exp_u += e * d;  // d may be -inf (u and max of opposite signs near the max)
   return s;
 }
 
@@ -86,6 +87,14 @@ CGRPO_HD RowStats<Real> row_stats_merge(RowStats<Real> a, RowStats<Real> b) {
   }
   const Real shift = b.max - a.max;  // <= 0
   const Real scale = math::exp(shift);
+  // exp(shift) == 0 (shift -inf or far below the range: maxima of opposite signs near the
+  // dtype's max): b adds nothing, and scale * (shift * S_b) would be 0 * -inf. NaN in b's
+  // sums still reaches a's.
+  if (scale == Real(0)) {
+    a.sum_exp_u += Real(0) * b.sum_exp_u;
+    a.sum_exp += Real(0) * b.sum_exp;
+    return a;
+  }
   a.sum_exp_u += scale * (b.sum_exp_u + shift * b.sum_exp);
   a.sum_exp += scale * b.sum_exp;
   return a;
@@ -98,6 +107,8 @@ CGRPO_HD RowStats<Real> row_stats_rebase(const RowStats<Real>& s, Real global_ma
   if (s.sum_exp == Real(0)) return RowStats<Real>{global_max, Real(0), Real(0)};
   const Real shift = s.max - global_max;  // <= 0
   const Real scale = math::exp(shift);
+  if (scale == Real(0))  // as in row_stats_merge: nothing left of s, and no 0 * -inf
+    return RowStats<Real>{global_max, Real(0) * s.sum_exp, Real(0) * s.sum_exp_u};
   return RowStats<Real>{global_max, scale * s.sum_exp, scale * (s.sum_exp_u + shift * s.sum_exp)};
 }
 

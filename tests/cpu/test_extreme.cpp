@@ -5,6 +5,8 @@
 #include "test_seed.hpp"
 
 #include <cgrpo/cgrpo.hpp>
+#include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -66,24 +68,22 @@ TEST_CASE("extreme values: p near 0 and 1, log-ratios of +-100, huge and zero ad
       const ref::Batch bf = ref::rounded_to<float>(b);
       const ref::Result want_f = ref::loss(bf, bf.logits, c);
       run<double>(bf, c, gd_rounded);
-      // J sums terms up to |A| e^20 that cancel: compare relative to the size of the terms.
-      double term_scale = std::fabs(want.loss);
-      for (int64_t t = 0; t < b.T; ++t) term_scale += b.w_pg[t] * std::fabs(b.adv[t]) * std::exp(20.0);
-      if (!huge) term_scale = std::max(1.0, std::fabs(want.loss));
-      CHECK(std::fabs(md.loss - want.loss) <= 1e-13 * term_scale);
-      CHECK(std::fabs(mf.loss - want_f.loss) <= 1e-5 * term_scale);
-      double scale = 0;
-      for (double g : gd) scale = std::max(scale, std::fabs(g));
+      // J sums terms up to |A| e^20 that cancel: compare relative to the size of the terms
+      // (ref::Magnitudes), with the rel of each precision (ref::double_rel, ref::float_rel).
+      CHECK(ref::close(md.loss, want.loss, ref::double_rel(want, b), want.mag.loss));
+      CHECK(ref::close(mf.loss, want_f.loss, ref::float_rel(want_f), want_f.mag.loss));
       for (size_t k = 0; k < gd.size(); ++k) {
         REQUIRE(std::isfinite(gd[k]));
         REQUIRE(std::isfinite(gf[k]));
-        REQUIRE(std::fabs(gf[k] - gd_rounded[k]) <= 1e-5 * scale);
       }
+      // Against the batch's largest entry, floored by its largest row size (ref::gradient_scale).
+      CHECK(ref::close_all(gf, gd_rounded, ref::float_rel(want_f), ref::gradient_scale(bf, want_f, c)));
       // Finite differences where they are meaningful: with |A| e^20 terms in J their roundoff
-      // (1e-16 |J| / h) exceeds the gradient itself.
+      // (1e-16 |J| / h) exceeds the gradient itself. Roundoff here: T eps sum |terms of J| / h
+      // < 1e-8 mag.terms (T <= 36); truncation h^2 |J^(3)| / 6 < 1e-12 max |g|.
       if (!huge) {
         const auto fd = ref::finite_difference_gradient(b, c, 1e-6);
-        for (size_t k = 0; k < gd.size(); ++k) CHECK(std::fabs(gd[k] - fd[k]) <= 1e-6 * std::max(1.0, scale));
+        CHECK(ref::close_all(gd, fd, 1e-6, 0.1 * want.mag.terms));
       }
     }
 }
@@ -111,7 +111,8 @@ TEST_CASE("extreme but valid logits give finite results equal to the reference",
   // The reference (which would give NaN on the -inf entries) on the same batch with those entries at -1e300.
   for (auto& z : b.logits)
     if (z == -INFINITY) z = -1e300;
-  CHECK(m.loss == Approx(ref::loss(b, b.logits, c).loss).epsilon(1e-10));
+  const ref::Result want = ref::loss(b, b.logits, c);
+  CHECK(ref::close(m.loss, want.loss, ref::double_rel(want, b), want.mag.loss));
 }
 
 TEST_CASE("float rows whose scaled logits are large (u = z / tau ~ 2.5e5): log p <= 0, H >= 0, float64 values",
@@ -148,22 +149,30 @@ TEST_CASE("float rows whose scaled logits are large (u = z / tau ~ 2.5e5): log p
     INFO(st.message);
     REQUIRE(st.ok());
     for (int64_t t = 0; t < b.T; ++t) {
-      const auto want = ref::log_softmax_entropy(&b.logits[t * b.stride], V, b.targets[t], c.temperature);
+      const double* z = &b.logits[t * b.stride];
+      const auto want = ref::log_softmax_entropy(z, V, b.targets[t], c.temperature);
       CAPTURE(t, logp[t], ent[t], want.logp, want.entropy);
       CHECK(logp[t] <= 0.0f);
       CHECK(ent[t] >= 0.0f);
-      CHECK(std::fabs(logp[t] - want.logp) <= 2e-5);
-      CHECK(std::fabs(ent[t] - want.entropy) <= 2e-5);
+      // Shifted before it is scaled, log p is made of (z - max z) / tau, spread ~10 here, not
+      // of u ~ 2.5e5, and of log(sum of exponentials >= 1): a few eps_f of 1 + spread + log V.
+      const double zmax = *std::max_element(z, z + V);
+      double spread = 0;
+      for (int64_t v = 0; v < V; ++v) spread = std::max(spread, (zmax - z[v]) / c.temperature);
+      spread += 1 + std::log(static_cast<double>(V));
+      CHECK(ref::close(logp[t], want.logp, 16 * FLT_EPSILON, spread));
+      CHECK(ref::close(ent[t], want.entropy, 16 * FLT_EPSILON, spread));
     }
 
     // The fused loss in float against the float64 path on the same inputs.
     std::vector<double> gf, gd;
     const auto mf = run<float>(b, c, gf);
     const auto md = run<double>(b, c, gd);
-    // V = 1: the exact gradient is 0 and float keeps the rounding of a / tau (~1e-6): floor at 1.
-    const double scale = std::max(ref::max_abs(gd), 1.0);
-    CHECK(ref::max_abs_diff(gf, gd) <= 1e-4 * scale);
-    CHECK(mf.loss == Approx(md.loss).epsilon(1e-4).margin(1e-6));
-    CHECK(md.loss == Approx(ref::loss(b, b.logits, c).loss).epsilon(1e-9).margin(1e-12));
+    // V = 1: the exact gradient is 0 and float keeps the rounding of a / tau: the floor is the
+    // row size (2 |a| + |b| (3 + H)) / tau (ref::gradient_scale), and 1e-4 ~ 16 eps_f of a spread of 50.
+    const ref::Result want = ref::loss(b, b.logits, c);
+    CHECK(ref::close_all(gf, gd, 1e-4, ref::gradient_scale(b, want, c)));
+    CHECK(ref::close(mf.loss, md.loss, 1e-4, want.mag.loss));
+    CHECK(ref::close(md.loss, want.loss, ref::double_rel(want, b), want.mag.loss));
   }
 }

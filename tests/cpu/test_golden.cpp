@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "golden_paper.hpp"
+#include "golden_trl.hpp"
 #include "golden_runner.hpp"
 
 namespace {
@@ -39,3 +40,5 @@ void run_folder(const std::string& folder, const golden::SetupFn& setup, size_t 
 TEST_CASE("golden cases from the paper's code (its verl fork)", "[golden]") {
   run_folder(".", golden::setup_paper, 3);
 }
+
+TEST_CASE("golden cases from TRL", "[golden]") { run_folder("trl", golden::setup_trl, 12); }

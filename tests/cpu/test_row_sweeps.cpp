@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include "test_seed.hpp"
+#include "tolerance.hpp"
 
 #include <cgrpo/cgrpo.hpp>
 #include <cmath>
@@ -18,31 +19,32 @@ namespace {
 struct KernelSet {
   std::string name;
   bool available;
-  cgrpo::RowStats<double> (*stats)(const float*, int64_t, float);
-  // The whole row's gradient, target's one-hot term included.
-  void (*gradient)(const float*, int64_t, float, int32_t, double, double, double, double, float*, bool);
+  cgrpo::cpu::RowSoftmaxStats<float> (*stats)(const float*, int64_t, double);
+  // The whole row's gradient, target's one-hot term included; lse relative to pivot / tau.
+  void (*gradient)(const float*, int64_t, double, int32_t, float, double, double, double, double, float*, bool);
 };
 
 std::vector<KernelSet> kernel_sets() {
   std::vector<KernelSet> sets;
-  sets.push_back({"eigen", true, [](const float* z, int64_t v, float t) { return cgrpo::cpu::row_softmax_stats_generic(z, v, t); },
-                  [](const float* z, int64_t v, float t, int32_t y, double lse, double h, double a, double b, float* g, bool) {
-                    cgrpo::cpu::row_logit_gradient_generic(z, v, t, y, lse, h, a, b, g);
-                  }});
+  sets.push_back({"eigen", true, [](const float* z, int64_t v, double t) { return cgrpo::cpu::row_softmax_generic(z, v, t); },
+                  [](const float* z, int64_t v, double t, int32_t y, float c, double lse, double h, double a, double b,
+                     float* g, bool) { cgrpo::cpu::row_logit_gradient_generic(z, v, t, y, c, lse, h, a, b, g); }});
 #if defined(CGRPO_CPU_AVX512)
   sets.push_back({"avx2", cgrpo::cpu::avx2::available(),
-                  [](const float* z, int64_t v, float t) { return cgrpo::cpu::avx2::row_softmax_stats(z, v, t); },
-                  [](const float* z, int64_t v, float t, int32_t y, double lse, double h, double a, double b, float* g, bool s) {
-                    cgrpo::cpu::avx2::row_logit_gradient(z, v, t, lse, h, a, b, g, s);
+                  [](const float* z, int64_t v, double t) { return cgrpo::cpu::avx2::row_softmax(z, v, t); },
+                  [](const float* z, int64_t v, double t, int32_t y, float c, double lse, double h, double a, double b,
+                     float* g, bool s) {
+                    cgrpo::cpu::avx2::row_logit_gradient(z, v, t, c, lse, h, a, b, g, s);
                     if (s) cgrpo::cpu::stream_fence();
-                    g[y] += static_cast<float>(a) * t;
+                    g[y] += static_cast<float>(a * t);
                   }});
   sets.push_back({"avx512", cgrpo::cpu::avx512::available(),
-                  [](const float* z, int64_t v, float t) { return cgrpo::cpu::avx512::row_softmax_stats(z, v, t); },
-                  [](const float* z, int64_t v, float t, int32_t y, double lse, double h, double a, double b, float* g, bool s) {
-                    cgrpo::cpu::avx512::row_logit_gradient(z, v, t, lse, h, a, b, g, s);
+                  [](const float* z, int64_t v, double t) { return cgrpo::cpu::avx512::row_softmax(z, v, t); },
+                  [](const float* z, int64_t v, double t, int32_t y, float c, double lse, double h, double a, double b,
+                     float* g, bool s) {
+                    cgrpo::cpu::avx512::row_logit_gradient(z, v, t, c, lse, h, a, b, g, s);
                     if (s) cgrpo::cpu::stream_fence();
-                    g[y] += static_cast<float>(a) * t;
+                    g[y] += static_cast<float>(a * t);
                   }});
 #endif
   return sets;
@@ -102,29 +104,30 @@ TEST_CASE("every float kernel set gives lse, H and the gradient of the float64 r
           for (int j = 0; j < 3; ++j) z[static_cast<int64_t>(uni(rng) * V)] = -INFINITY;  // masked entries
         int32_t y = static_cast<int32_t>(uni(rng) * V);
         if (z[y] == -INFINITY) z[y] = static_cast<float>(center);
-        const float inv_t = static_cast<float>(1.0 / tau);
+        const double inv_t = 1.0 / tau;
         const double a = normal(rng), b = normal(rng);
         const std::vector<float> row(z, z + V);
         const RowReference want = reference_row(row, inv_t, y, a, b);
         CAPTURE(k.name, V, tau, offset);
 
-        const cgrpo::RowStats<double> s = k.stats(z, V, inv_t);
-        REQUIRE(cgrpo::row_stats_finite(s));
-        const double lse = cgrpo::row_logsumexp(s), h = cgrpo::row_entropy(s);
-        CHECK(std::fabs(lse - want.lse) <= 1e-6 * std::max(1.0, std::fabs(want.lse)) + 1e-6);
-        CHECK(std::fabs(h - want.entropy) <= 1e-5 * std::max(1.0, want.entropy));
+        const cgrpo::cpu::RowSoftmaxStats<float> s = k.stats(z, V, inv_t);
+        REQUIRE(cgrpo::cpu::row_softmax_finite(s));
+        const double lse_rel = cgrpo::cpu::row_lse_rel(s), h = cgrpo::row_entropy(s.rel);
+        const double lse = static_cast<double>(s.pivot) * inv_t + lse_rel;
+        // lse: ~8 eps_f of its own size (the float reference point is folded back in double), and
+        // of 1 for lse ~ 0. H = -sum p log p: each term within ~eps_f (1 + |log p|) p, so H within
+        // ~eps_f (1 + H) (80 eps_f allowed: the d's are rounded in float).
+        CHECK(tolerance::close(lse, want.lse, 1e-6, 1 + std::fabs(want.lse)));
+        CHECK(tolerance::close(h, want.entropy, 1e-5, 1 + want.entropy));
         CHECK(h >= -1e-7);  // a one-hot row's H is 0 to rounding; the callers clamp it at 0
 
         for (bool stream : {false, true}) {
-          k.gradient(z, V, inv_t, y, lse, h, a, b, g, stream);
-          double err = 0, size = 0;
-          for (int64_t j = 0; j < V; ++j) {
-            err = std::max(err, std::fabs(g[j] - want.grad[j]));
-            size = std::max(size, std::fabs(want.grad[j]));
-          }
-          CAPTURE(stream, err, size);
-          // float: 1e-5 of the row's largest entry, or of |a| / tau for a row whose exact gradient is ~0.
-          CHECK(err <= 1e-5 * std::max(size, (std::fabs(a) + std::fabs(b)) * inv_t));
+          k.gradient(z, V, inv_t, y, s.pivot, lse_rel, h, a, b, g, stream);
+          CAPTURE(stream);
+          // float: 1e-5 of the row's largest entry, or of (|a| + |b|) / tau for a row whose exact
+          // gradient is ~0 (a (1 - p_y) with p_y ~ 1 still carries eps_f |a| / tau).
+          CHECK(tolerance::close_all(std::vector<double>(g, g + V), want.grad, 1e-5,
+                                     (std::fabs(a) + std::fabs(b)) * inv_t));
           // Nothing outside [g, g + V) is touched.
           for (float* p = gbuf.data(); p < g; ++p) REQUIRE(*p == 123.0f);
           for (float* p = g + V; p < gbuf.data() + gbuf.size(); ++p) REQUIRE(*p == 123.0f);
@@ -147,18 +150,18 @@ TEST_CASE("every float kernel set flags NaN, +inf and all -inf rows wherever the
           std::vector<float> w = z;
           w[pos] = bad;
           CAPTURE(k.name, V, pos, bad);
-          CHECK_FALSE(cgrpo::row_stats_finite(k.stats(w.data(), V, 1.0f)));
-          CHECK_FALSE(cgrpo::row_stats_finite(k.stats(w.data(), V, 0.5f)));
+          CHECK_FALSE(cgrpo::cpu::row_softmax_finite(k.stats(w.data(), V, 1.0)));
+          CHECK_FALSE(cgrpo::cpu::row_softmax_finite(k.stats(w.data(), V, 0.5)));
         }
       std::vector<float> all_minus_inf(V, -INFINITY);
       CAPTURE(k.name, V);
-      CHECK_FALSE(cgrpo::row_stats_finite(k.stats(all_minus_inf.data(), V, 1.0f)));
+      CHECK_FALSE(cgrpo::cpu::row_softmax_finite(k.stats(all_minus_inf.data(), V, 1.0)));
       // One finite entry among -inf: finite, lse equal to that entry, H = 0.
       all_minus_inf[V - 1] = 2.5f;
-      const auto s = k.stats(all_minus_inf.data(), V, 1.0f);
-      CHECK(cgrpo::row_stats_finite(s));
-      CHECK(cgrpo::row_logsumexp(s) == Approx(2.5).epsilon(1e-7));
-      CHECK(std::fabs(cgrpo::row_entropy(s)) <= 1e-6);
+      const auto s = k.stats(all_minus_inf.data(), V, 1.0);
+      CHECK(cgrpo::cpu::row_softmax_finite(s));
+      CHECK(s.pivot * 1.0 + cgrpo::cpu::row_lse_rel(s) == Approx(2.5).epsilon(1e-7));
+      CHECK(std::fabs(cgrpo::row_entropy(s.rel)) <= 1e-6);
     }
   }
 }

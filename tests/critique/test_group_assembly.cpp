@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include "test_seed.hpp"
+#include "tolerance.hpp"
 
 #include <cgrpo/cgrpo.hpp>
 #include <cgrpo/critique/critique_stage.hpp>
@@ -95,7 +96,9 @@ TEST_CASE("assembled batches match a plain reference (k = 1, both placements, bo
         REQUIRE(b.group_ids[resp] == static_cast<int32_t>(q));
         CHECK(b.sources[resp].kind == (refinement ? cgrpo::kRefinement : cgrpo::kInitial));
         CHECK(b.rewards[resp] == r->reward);
-        CHECK(b.response_advantages[resp] == Approx(adv).margin(1e-12));
+        // Rewards 0 or 1 in groups of 4: R - mean and the std are a few roundings of numbers <= 1,
+        // and the std of a mixed group is >= 0.5: advantages carry a few eps of 2.
+        CHECK(tolerance::close(b.response_advantages[resp], adv, 1e-14, 2.0));
         const int64_t begin = b.layout().begin(resp), end = b.layout().end(resp);
         CHECK(end - begin == (padded ? longest : static_cast<int64_t>(r->tokens.size())));
         for (int64_t t = begin; t < end; ++t) {
@@ -104,9 +107,12 @@ TEST_CASE("assembled batches match a plain reference (k = 1, both placements, bo
           CHECK(b.mask[t] == (in ? 1 : 0));
           CHECK(b.target_ids[t] == (in ? r->tokens[j] : 0));
           CHECK(b.kinds[t] == (refinement ? cgrpo::kRefinement : cgrpo::kInitial));
-          CHECK(b.advantages[t] == Approx(adv).margin(1e-12));
-          CHECK(b.pg_weights[t] == Approx(in ? 1.0 / static_cast<double>(longest) : 0.0));
-          CHECK(b.entropy_weights[t] == Approx(in ? 1.0 / static_cast<double>(valid) : 0.0));
+          CHECK(tolerance::close(b.advantages[t], adv, 1e-14, 2.0));
+          // A weight is one rounding of 1 / count (token-mean: count + verl's 1e-8, MATH.md):
+          // relative, and exactly 0 at padding.
+          CHECK(tolerance::close(b.pg_weights[t], in ? 1.0 / static_cast<double>(longest) : 0.0, 4e-16, 0.0));
+          CHECK(tolerance::close(b.entropy_weights[t], in ? 1.0 / (static_cast<double>(valid) + 1e-8) : 0.0, 4e-16,
+                                 0.0));
         }
       }
     }
@@ -263,15 +269,26 @@ TEST_CASE("packed and padded batches give the same loss and gradient through the
                                         {gp.data(), 0, nullptr, nullptr, &mp}).ok());
   REQUIRE(cgrpo::cpu::fused_policy_loss(config, padded.loss_batch(zq.data(), V, old_q.data()),
                                         {gq.data(), 0, nullptr, nullptr, &mq}).ok());
-  CHECK(mp.loss == Approx(mq.loss).epsilon(1e-12));
-  CHECK(mp.pg_loss_refinement == Approx(mq.pg_loss_refinement).epsilon(1e-12));
+  // The loss can cancel to ~0: measure it against the size of its terms, sum |w_pg A| (the ratio
+  // is 1 and f(p) < 1) + c_H sum |w_H| log V (H <= log V).
+  double terms = 0, refinement_terms = 0;
+  for (int64_t t = 0; t < packed.num_tokens(); ++t) {
+    const double pg = std::fabs(packed.pg_weights[t] * packed.advantages[t]);
+    terms += pg + std::fabs(config.entropy_coef * packed.entropy_weights[t]) * std::log(static_cast<double>(V));
+    if (packed.kinds[t] == cgrpo::kRefinement) refinement_terms += pg;
+  }
+  CHECK(tolerance::close(mp.loss, mq.loss, 1e-12, terms));
+  CHECK(tolerance::close(mp.pg_loss_refinement, mq.pg_loss_refinement, 1e-12, refinement_terms));
   CHECK(mp.num_refinement_tokens == mq.num_refinement_tokens);
   CHECK(mp.num_refinement_tokens > 0);
-  double max_diff = 0;
+  std::vector<double> rows_p, rows_q;  // the same rows of both layouts
   for (int64_t i = 0; i < packed.num_responses(); ++i)
     for (int64_t j = 0; j < packed.token_counts[i]; ++j)
-      for (int64_t v = 0; v < V; ++v)
-        max_diff = std::max(max_diff, std::fabs(gp[(packed.layout().begin(i) + j) * V + v] -
-                                                gq[(padded.layout().begin(i) + j) * V + v]));
-  CHECK(max_diff < 1e-14);
+      for (int64_t v = 0; v < V; ++v) {
+        rows_p.push_back(gp[(packed.layout().begin(i) + j) * V + v]);
+        rows_q.push_back(gq[(padded.layout().begin(i) + j) * V + v]);
+      }
+  // The same per-row arithmetic on the same numbers: a few eps of the largest entry, or of the
+  // loss's terms for a gradient that is ~0 everywhere.
+  CHECK(tolerance::close_all(rows_q, rows_p, 1e-14, terms));
 }

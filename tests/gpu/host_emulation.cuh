@@ -45,11 +45,18 @@ cgrpo::Status emulate_fused_policy_loss(const cgrpo::LossConfig& config, const c
   const float inv_temperature = args.params.inv_temperature;
   CGRPO_RETURN_IF_ERROR(dispatch_row_threads(V, [&](auto threads) -> cgrpo::Status {
     constexpr int kThreads = decltype(threads)::value;
+    // block_row_gradient: every thread's share, then (the barrier) zeros and the flag on overflow.
     auto gradient = [&](int64_t t, const TokenStep& step) {
       if (!args.grad) return;
+      bool overflow = false;
       for (int tid = 0; tid < kThreads; ++tid)
-        thread_row_gradient<Logit, kThreads>(args.logits + t * args.row_stride, args.grad + t * args.grad_row_stride, V,
-                                             args.target_ids[t], step.softmax, step.a, step.b, inv_temperature, tid);
+        overflow |= thread_row_gradient<Logit, kThreads>(args.logits + t * args.row_stride,
+                                                         args.grad + t * args.grad_row_stride, V, args.target_ids[t],
+                                                         step.softmax, step.a, step.b, inv_temperature, tid);
+      if (!overflow) return;
+      for (int tid = 0; tid < kThreads; ++tid)
+        thread_row_fill_zero<Logit, kThreads>(args.grad + t * args.grad_row_stride, V, tid);
+      gradient_overflow_row_end(args, t);
     };
     if (!sequence_ratio) {
       for (int64_t t = 0; t < T; ++t) {

@@ -2,6 +2,7 @@
 // shared by the GPU test (on the device) and the emulated test (the same kernel code on the host).
 #pragma once
 
+#include <cfloat>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -10,6 +11,7 @@
 
 #include "gpu_test_util.cuh"
 #include "host_emulation.cuh"
+#include "tolerance.hpp"
 #include "kernels/cgrpo_cuda.cuh"
 
 namespace {
@@ -179,8 +181,62 @@ CpuResult run_cpu(const LossConfig& config, const HostBatch& hb) {
   return c;
 }
 
-bool close(double got, double want, double tol) {
-  return std::isfinite(got) && std::fabs(got - want) <= tol * std::max(1.0, std::fabs(want));
+// A per-token log p or H: |got - want| <= tol * max(|want|, 1). log p = (z_y - max z) / tau -
+// log s with s >= 1 a sum of exponentials whose float rounding is a few eps_f relatively, so
+// log s carries a few eps_f absolutely: the floor 1 (H = -sum p log p likewise, eps_f (1 + H)).
+bool close(double got, double want, double tol) { return tolerance::close(got, want, tol, 1.0).ok; }
+
+// The size of what each metric is made of (tests/cpu/reference.hpp's ref::Magnitudes, from the
+// CPU path's log p and H): sum_t |w_t| m_t, with m_t bounding |x_t| and |dx_t / dlogp| for the
+// token's value x_t (policy term: |A| (1 + r), r = e^min(20, max |log p - old| of its response);
+// H: H + 1; KL: 1 + 2 |d| + d^2, d = log p - ref), and the same with w_t = 1 / n for a mean.
+// Each value is off by ~(its tolerance) times this, however close to 0 the value itself is.
+struct MetricScales {
+  double loss = 0, pg = 0, pg_initial = 0, pg_refinement = 0, entropy_loss = 0, kl_loss = 0, ppo_kl = 0,
+         entropy_mean = 0, kl_mean = 0, prob_mean = 0, ratio_mean = 0;
+};
+
+MetricScales metric_scales(const LossConfig& c, const HostBatch& hb, const std::vector<double>& logp,
+                           const std::vector<double>& entropy) {
+  MetricScales s;
+  const cgrpo::SequenceLayout layout = hb.layout();
+  double valid = 0, initial = 0, refinement = 0;
+  const double beta = c.kl == cgrpo::KlEstimator::none ? 0.0 : c.kl_coef;
+  for (int64_t i = 0; i < layout.num_sequences; ++i) {
+    double spread = 0;  // the largest |log ratio| of the response (the sequence ratio is its mean)
+    for (int64_t t = layout.begin(i); t < layout.end(i); ++t)
+      spread = std::max(spread, std::fabs(logp[t] - hb.old_logp[t]));
+    const double r = std::exp(std::min(spread, std::max(-c.log_ratio_min, c.log_ratio_max)));
+    for (int64_t t = layout.begin(i); t < layout.end(i); ++t) {
+      const bool ref = hb.kinds[t] == cgrpo::kRefinement;
+      const double d = logp[t] - hb.ref_logp[t];
+      const double m_pg = std::fabs(hb.w_pg[t]) * std::fabs(hb.adv[t]) * (1 + r);
+      (ref ? s.pg_refinement : s.pg_initial) += m_pg;
+      s.entropy_loss += std::fabs(hb.w_h[t]) * (entropy[t] + 1);
+      s.kl_loss += std::fabs(hb.w_kl[t]) * (1 + 2 * std::fabs(d) + d * d);
+      if (!hb.mask[t]) continue;
+      valid += 1;
+      s.entropy_mean += entropy[t] + 1;
+      s.kl_mean += 1 + 2 * std::fabs(d) + d * d;
+      if (ref) {
+        refinement += 1;
+        s.prob_mean += std::exp(logp[t]) + 1;
+      } else {
+        initial += 1;
+        s.ppo_kl += std::fabs(hb.old_logp[t] - logp[t]) + 1;
+        s.ratio_mean += r + 1;
+      }
+    }
+  }
+  auto mean = [](double x, double n) { return n > 0 ? x / n : 0.0; };
+  s.pg = s.pg_initial + s.pg_refinement;
+  s.loss = s.pg + std::fabs(c.entropy_coef) * s.entropy_loss + beta * s.kl_loss;
+  s.ppo_kl = mean(s.ppo_kl, initial);
+  s.ratio_mean = mean(s.ratio_mean, initial);
+  s.prob_mean = mean(s.prob_mean, refinement);
+  s.entropy_mean = mean(s.entropy_mean, valid);
+  s.kl_mean = mean(s.kl_mean, valid);
+  return s;
 }
 
 template <typename Logit>
@@ -205,25 +261,32 @@ template <> GradTolerance grad_tolerance<float>() { return {1e-5, 1e-3}; }
 template <> GradTolerance grad_tolerance<__half>() { return {1e-3, 2e-3}; }
 template <> GradTolerance grad_tolerance<__nv_bfloat16>() { return {1e-2, 1e-2}; }
 
-void compare_metrics(const std::string& label, const LossMetrics& g, const LossMetrics& w, double tol) {
-  const std::pair<const char*, double LossMetrics::*> fields[] = {
-      {"loss", &LossMetrics::loss},
-      {"pg_loss", &LossMetrics::pg_loss},
-      {"pg_loss_initial", &LossMetrics::pg_loss_initial},
-      {"pg_loss_refinement", &LossMetrics::pg_loss_refinement},
-      {"entropy_loss", &LossMetrics::entropy_loss},
-      {"kl_loss", &LossMetrics::kl_loss},
-      {"pg_clipfrac", &LossMetrics::pg_clipfrac},
-      {"pg_clipfrac_lower", &LossMetrics::pg_clipfrac_lower},
-      {"ppo_kl", &LossMetrics::ppo_kl},
-      {"entropy_mean", &LossMetrics::entropy_mean},
-      {"kl_mean", &LossMetrics::kl_mean},
-      {"refinement_prob_mean", &LossMetrics::refinement_prob_mean},
-      {"ratio_mean", &LossMetrics::ratio_mean},
+void compare_metrics(const std::string& label, const LossMetrics& g, const LossMetrics& w, const MetricScales& s,
+                     double tol) {
+  struct Field {
+    const char* name;
+    double got, want, scale;
   };
-  for (const auto& f : fields)
-    GPU_EXPECT(close(g.*f.second, w.*f.second, tol), "%s: metric %s = %.9g, CPU %.9g", label.c_str(), f.first,
-               g.*f.second, w.*f.second);
+  const Field fields[] = {
+      {"loss", g.loss, w.loss, s.loss},
+      {"pg_loss", g.pg_loss, w.pg_loss, s.pg},
+      {"pg_loss_initial", g.pg_loss_initial, w.pg_loss_initial, s.pg_initial},
+      {"pg_loss_refinement", g.pg_loss_refinement, w.pg_loss_refinement, s.pg_refinement},
+      {"entropy_loss", g.entropy_loss, w.entropy_loss, s.entropy_loss},
+      {"kl_loss", g.kl_loss, w.kl_loss, s.kl_loss},
+      {"pg_clipfrac", g.pg_clipfrac, w.pg_clipfrac, 1.0},  // fractions: exact unless a flag flips at a kink
+      {"pg_clipfrac_lower", g.pg_clipfrac_lower, w.pg_clipfrac_lower, 1.0},
+      {"ppo_kl", g.ppo_kl, w.ppo_kl, s.ppo_kl},
+      {"entropy_mean", g.entropy_mean, w.entropy_mean, s.entropy_mean},
+      {"kl_mean", g.kl_mean, w.kl_mean, s.kl_mean},
+      {"refinement_prob_mean", g.refinement_prob_mean, w.refinement_prob_mean, s.prob_mean},
+      {"ratio_mean", g.ratio_mean, w.ratio_mean, s.ratio_mean},
+  };
+  for (const Field& f : fields) {
+    const tolerance::Closeness c = tolerance::close(f.got, f.want, tol, f.scale);
+    GPU_EXPECT(c.ok, "%s: metric %s = %.9g, CPU %.9g (|diff| %.3g > bound %.3g)", label.c_str(), f.name, c.got,
+               c.want, c.err, c.bound);
+  }
   GPU_EXPECT(g.num_valid_tokens == w.num_valid_tokens && g.num_initial_tokens == w.num_initial_tokens &&
                  g.num_refinement_tokens == w.num_refinement_tokens,
              "%s: token counts %lld/%lld/%lld, CPU %lld/%lld/%lld", label.c_str(), (long long)g.num_valid_tokens,
@@ -232,13 +295,13 @@ void compare_metrics(const std::string& label, const LossMetrics& g, const LossM
 }
 
 template <typename Logit>
-void compare_with_cpu(const std::string& label, const HostBatch& hb, const GpuResult<Logit>& g, const CpuResult& c,
-                      Mode mode) {
+void compare_with_cpu(const std::string& label, const LossConfig& config, const HostBatch& hb,
+                      const GpuResult<Logit>& g, const CpuResult& c, Mode mode) {
   GPU_EXPECT(c.status.ok(), "%s: CPU path failed: %s", label.c_str(), c.status.message);
   GPU_EXPECT(g.launch.ok(), "%s: launch: %s", label.c_str(), g.launch.message);
   GPU_EXPECT(g.finish.ok(), "%s: policy_loss_metrics: %s", label.c_str(), g.finish.message);
   if (!c.status.ok() || !g.finish.ok()) return;
-  compare_metrics(label, g.metrics, c.metrics, 1e-5);
+  compare_metrics(label, g.metrics, c.metrics, metric_scales(config, hb, c.logp, c.entropy), 1e-5);
   int bad_tokens = 0;
   for (int64_t t = 0; t < hb.T; ++t)
     if (!close(g.logp[t], c.logp[t], 1e-5) || !close(g.entropy[t], c.entropy[t], 1e-5)) {
@@ -354,7 +417,7 @@ void test_against_cpu(std::mt19937_64& rng) {
                       (long long)hb.V, (long long)hb.T, (long long)hb.stride, spec.padded ? " padded" : " packed",
                       mode_name(mode));
         const GpuResult<Logit> g = run_gpu<Logit>(nc.config, hb, logits, mode, grad_extra);
-        compare_with_cpu(label, hb, g, cpu, mode);
+        compare_with_cpu(label, nc.config, hb, g, cpu, mode);
       }
     }
   }
@@ -523,6 +586,191 @@ void test_flagged_rows(std::mt19937_64& rng) {
     GPU_EXPECT(non_zero == 0, "[%s] %s, clip %s: the flagged row %lld has %d non-zero gradient entries",
                dtype_name<Logit>(), br.name, clip, (long long)br.row, non_zero);
   }
+}
+
+// token_logprobs on the device, or emulated on the host: log p and H of every row of `logits`.
+template <typename Logit>
+cgrpo::Status gpu_token_logprobs(const HostBatch& hb, const std::vector<Logit>& logits, const std::vector<int32_t>& targets,
+                                 double temperature, std::vector<float>& logp, std::vector<float>& entropy) {
+  logp.assign(hb.T, NAN);
+  entropy.assign(hb.T, NAN);
+  if (emulate_on_host())
+    return emulate_token_logprobs(logits.data(), hb.T, hb.V, hb.stride, targets.data(), temperature, logp.data(),
+                                  entropy.data());
+  DeviceBuffer<Logit> d_logits(logits.size());
+  d_logits.upload(logits);
+  DeviceBuffer<int32_t> d_targets(hb.T);
+  d_targets.upload(targets);
+  DeviceBuffer<float> d_logp(hb.T), d_entropy(hb.T);
+  d_logp.poison();
+  d_entropy.poison();
+  DeviceBuffer<char> ws(cgrpo::cuda::token_logprobs_workspace_size());
+  const cgrpo::Status launch = cgrpo::cuda::token_logprobs(d_logits.ptr, hb.T, hb.V, hb.stride, d_targets.ptr, temperature,
+                                                           d_logp.ptr, d_entropy.ptr, ws.ptr, ws.count, nullptr);
+  const cgrpo::Status finish = launch.ok() ? cgrpo::cuda::token_logprobs_status(ws.ptr, nullptr) : launch;
+  logp = d_logp.download();
+  entropy = d_entropy.download();
+  return finish;
+}
+
+// Issue 13, class 9 (a): a gradient entry that does not fit the logits' dtype (fp16 past 65504,
+// bf16 and fp32 past ~3.4e38) is flagged with a message naming the row, and the row is written
+// as zeros, never as inf with status OK; a row well inside the range is not flagged.
+template <typename Logit>
+void test_gradient_overflow(std::mt19937_64& rng) {
+  const double big = static_cast<double>(std::is_same<Logit, __half>::value ? 65504.0f : FLT_MAX);
+  for (bool overflow : {true, false})
+    for (Mode mode : {Mode::separate_grad, Mode::in_place}) {
+      LossConfig config = cgrpo::paper_critique_grpo();  // no clipping: the ratio's gradient reaches every row
+      // tau = 0.01 lets a float advantage reach 4x FLT_MAX / tau; the control runs at tau = 1,
+      // where float log p is exact enough for compare_with_cpu's 1e-5.
+      config.temperature = overflow ? 0.01 : 1.0;
+      BatchSpec spec;
+      spec.V = 1003;
+      spec.num_sequences = 6;
+      spec.max_len = 10;
+      spec.padded = true;  // T = 60
+      spec.extreme_fraction = spec.neg_inf_fraction = 0.0;
+      std::vector<Logit> logits;
+      HostBatch hb = random_batch<Logit>(rng, spec, config, logits);
+      const int64_t R = 33;  // sequence 3: initial tokens, whose a_t = -w A r does not vanish with p
+      hb.mask[R] = 1;
+      hb.w_pg[R] = 1.0;
+      // |dJ/dz_y| ~ |A| (1 - p_y) / tau: 4x the dtype's max, or 1e-3 of it.
+      hb.adv[R] = rounded_float((overflow ? 4.0 : 1e-3) * big * config.temperature);
+      const CpuResult cpu = run_cpu(config, hb);
+      const GpuResult<Logit> g = run_gpu<Logit>(config, hb, logits, mode, 0);
+      char label[200];
+      std::snprintf(label, sizeof(label), "[%s] gradient %s, %s", dtype_name<Logit>(),
+                    overflow ? "past the dtype's max" : "inside the range", mode_name(mode));
+      int non_finite = 0, row_non_zero = 0;
+      for (int64_t t = 0; t < hb.T; ++t)
+        for (int64_t v = 0; v < hb.V; ++v) {
+          const double x = to_double(g.grad[t * g.grad_stride + v]);
+          if (!std::isfinite(x)) ++non_finite;
+          if (t == R && x != 0.0) ++row_non_zero;
+        }
+      GPU_EXPECT(non_finite == 0, "%s: %d gradient entries are not finite", label, non_finite);
+      if (overflow) {
+        GPU_EXPECT(g.finish.code == cgrpo::StatusCode::non_finite &&
+                       std::strstr(g.finish.message, "row 33") != nullptr &&
+                       std::strstr(g.finish.message, "overflow") != nullptr,
+                   "%s: status '%s' should name row 33 and the overflow", label, g.finish.message);
+        GPU_EXPECT(row_non_zero == 0, "%s: the flagged row has %d non-zero entries (should be zeros)", label, row_non_zero);
+      } else {
+        compare_with_cpu(label, config, hb, g, cpu, mode);
+      }
+    }
+}
+
+// Issue 13, class 9 (b) and class 3 on the GPU: rows holding both the dtype's largest value and
+// its most negative one (0 x -inf in the statistics merge used to flag them as non-finite), rows
+// whose max z / tau overflows float (fp32 / bf16), tau from 1e-4 to 1e4, against the CPU path in
+// double; and token_logprobs on the same rows, with a log p below -FLT_MAX written as -FLT_MAX.
+template <typename Logit>
+void test_extreme_rows(std::mt19937_64& rng) {
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::uniform_real_distribution<double> uni(0.0, 1.0);
+  const double big = to_double(from_double<Logit>(std::is_same<Logit, __half>::value ? 65504.0 : 3.3895313892515355e38));
+  const Logit big_l = from_double<Logit>(big);
+  for (double tau : {1e-4, 1.0, 1e4})
+    for (int64_t V : {int64_t{1003}, int64_t{9000}})
+      for (const NamedConfig& nc : configs()) {
+        if (nc.config.kl == cgrpo::KlEstimator::k1 || nc.config.kl == cgrpo::KlEstimator::k2 ||
+            nc.config.kl == cgrpo::KlEstimator::abs || nc.config.ratio_level != cgrpo::RatioLevel::token)
+          continue;  // KL terms of |log p| ~ 1e30 are not float numbers; GSPO's mean ratio is clamped anyway
+        LossConfig config = nc.config;
+        config.temperature = tau;
+        BatchSpec spec;
+        spec.V = V;
+        spec.num_sequences = 6;
+        spec.max_len = 8;
+        spec.padded = true;  // T = 48
+        spec.extreme_fraction = spec.neg_inf_fraction = 0.0;
+        std::vector<Logit> logits;
+        HostBatch hb = random_batch<Logit>(rng, spec, config, logits);
+        std::vector<int32_t> far_targets = hb.targets;  // for token_logprobs: the most negative entry where there is one
+        auto set = [&](int64_t t, int64_t v, double x) {
+          const Logit q = from_double<Logit>(x);
+          logits[t * hb.stride + v] = q;
+          hb.logits[t * hb.stride + v] = to_double(q);
+        };
+        for (int64_t t = 0; t < hb.T; ++t) {
+          if (t % 4 == 0) {  // +max (ties) and -max in one row, and moderate entries
+            for (int64_t v = 0; v < V; ++v) {
+              const double u = uni(rng);
+              set(t, v, u < 0.2 ? big : (u < 0.5 ? -big : 1e3 * normal(rng)));
+            }
+            set(t, 0, big);
+            set(t, 1, -big);
+            far_targets[t] = 1;
+            // The loss's target: -max where its log p (-2 max / tau) is a float, else a moderate
+            // entry (-max / tau), else a top entry (log p = -log of the number of ties).
+            hb.targets[t] = 2 * big / tau < 1e37 ? 1 : (big / tau < 1e37 ? 2 : 0);
+            if (hb.targets[t] == 2) set(t, 2, 0.5);
+          } else if (t % 4 == 1) {  // every entry in [max / 2, max]: max z / tau past FLT_MAX at small tau
+            for (int64_t v = 0; v < V; ++v) set(t, v, big * (0.5 + 0.5 * uni(rng)));
+            int64_t top = 0;
+            for (int64_t v = 1; v < V; ++v)
+              if (hb.logits[t * hb.stride + v] > hb.logits[t * hb.stride + top]) top = v;
+            hb.targets[t] = static_cast<int32_t>(top);
+            far_targets[t] = static_cast<int32_t>((top + 1) % V);
+          }
+        }
+        (void)big_l;
+        // old / ref log-probs near the (double) log p where it is moderate, else far below it.
+        std::vector<double> lp(hb.T), h(hb.T);
+        const cgrpo::Status cs = cpu_token_logprobs(hb.logits.data(), hb.T, hb.V, hb.stride, hb.targets.data(), tau,
+                                                    lp.data(), h.data());
+        GPU_EXPECT(cs.ok(), "[%s] extreme rows: CPU token_logprobs: %s", dtype_name<Logit>(), cs.message);
+        if (!cs.ok()) return;
+        // The GPU's per-token math is float: a log p of size L carries ~6e-8 L of rounding, so a
+        // ratio is compared only where |log p| < 10 (elsewhere old = -1 puts it at the clamp), and
+        // 1e-3 away from the clip bounds, as random_batch keeps it.
+        const double kinks[] = {std::log1p(-config.clip_eps_low), std::log1p(config.clip_eps_high),
+                                std::log(config.dual_clip_c), 0.0};
+        auto near_kink = [&](double d) {
+          for (double k : kinks)
+            if (std::fabs(d - k) < 1e-3) return true;
+          return false;
+        };
+        for (int64_t t = 0; t < hb.T; ++t) {
+          const bool moderate = std::fabs(lp[t]) < 10.0;
+          double old_lp = -1.0, ref_lp = -1.0;
+          if (moderate) {
+            do old_lp = rounded_float(lp[t] + 0.3 * normal(rng));
+            while (near_kink(lp[t] - old_lp));
+            do ref_lp = rounded_float(lp[t] + 0.5 * normal(rng));
+            while (near_kink(lp[t] - ref_lp));
+          }
+          hb.old_logp[t] = old_lp;
+          hb.ref_logp[t] = ref_lp;
+        }
+        const CpuResult cpu = run_cpu(config, hb);
+        char label[300];
+        for (Mode mode : {Mode::separate_grad, Mode::in_place}) {
+          std::snprintf(label, sizeof(label), "[%s] extreme rows (+-max, max z / tau past FLT_MAX), %s, tau %g, V %lld, %s",
+                        dtype_name<Logit>(), nc.name, tau, (long long)V, mode_name(mode));
+          compare_with_cpu(label, config, hb, run_gpu<Logit>(config, hb, logits, mode, 0), cpu, mode);
+        }
+        // token_logprobs with the far targets: a log p below -FLT_MAX is -FLT_MAX.
+        std::vector<double> want(hb.T), want_h(hb.T);
+        const cgrpo::Status cs2 = cpu_token_logprobs(hb.logits.data(), hb.T, hb.V, hb.stride, far_targets.data(), tau,
+                                                     want.data(), want_h.data());
+        std::vector<float> got, got_h;
+        const cgrpo::Status gs = gpu_token_logprobs<Logit>(hb, logits, far_targets, tau, got, got_h);
+        std::snprintf(label, sizeof(label), "[%s] extreme rows, token_logprobs to the far entries, tau %g, V %lld",
+                      dtype_name<Logit>(), tau, (long long)V);
+        GPU_EXPECT(cs2.ok() && gs.ok(), "%s: CPU '%s', GPU '%s'", label, cs2.message, gs.message);
+        if (!cs2.ok() || !gs.ok()) continue;
+        int bad = 0;
+        for (int64_t t = 0; t < hb.T; ++t) {
+          const double w = std::max(want[t], -static_cast<double>(FLT_MAX));
+          if ((!close(got[t], w, 1e-5) || !close(got_h[t], want_h[t], 1e-5)) && ++bad <= 3)
+            GPU_EXPECT(false, "%s, token %lld: log p %.9g (want %.9g), H %.9g (want %.9g)", label, (long long)t, got[t], w,
+                       got_h[t], want_h[t]);
+        }
+      }
 }
 
 }  // namespace

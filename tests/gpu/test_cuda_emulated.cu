@@ -15,6 +15,12 @@ int main() {
   test_token_logprobs<__nv_bfloat16>(rng);
   test_flagged_rows<float>(rng);
   test_flagged_rows<__nv_bfloat16>(rng);
+  test_gradient_overflow<float>(rng);  // issue 13, class 9 (a)
+  test_gradient_overflow<__half>(rng);
+  test_gradient_overflow<__nv_bfloat16>(rng);
+  test_extreme_rows<float>(rng);  // issue 13, class 9 (b) and class 3
+  test_extreme_rows<__half>(rng);
+  test_extreme_rows<__nv_bfloat16>(rng);
   if (failures() == 0) std::printf("PASSED: the kernels' code, emulated on the host, matches the CPU path\n");
   else std::printf("FAILED: %d checks\n", failures());
   return failures() == 0 ? 0 : 1;

@@ -213,6 +213,18 @@ void test_status_word_decoding() {
   st = cgrpo::cuda::decode_device_status(s);
   GPU_EXPECT(std::string(st.message) == "target_ids[3] = 2000 is outside [0, 1003)", "id first on one row: %s",
              st.message);
+  // A gradient that overflowed the dtype (issue 13, class 9 a): named with its row and dtype, and
+  // reported after every other kind, as the CPU path finds it after the per-token pass.
+  std::memset(&s, 0xFF, sizeof(s));
+  s.first[cgrpo::cuda::kGradientOverflow] = (5ull << 32) | cgrpo::cuda::LogitTraits<__half>::code;
+  st = cgrpo::cuda::decode_device_status(s);
+  GPU_EXPECT(st.code == cgrpo::StatusCode::non_finite &&
+                 std::strncmp(st.message, "dJ/dlogits row 5 overflows fp16", 31) == 0,
+             "gradient overflow: %s", st.message);
+  s.first[cgrpo::cuda::kNonFiniteTargetLogit] = (8ull << 32) | 4u;
+  st = cgrpo::cuda::decode_device_status(s);
+  GPU_EXPECT(std::strncmp(st.message, "target_ids[8] = 4 has a -inf logit", 34) == 0,
+             "a -inf target logit before an overflow: %s", st.message);
 
   const cgrpo::Status e = cgrpo::cuda::cuda_status(cudaErrorInvalidValue, "cudaMemcpy(x)", "f.cu", 12);
   GPU_EXPECT(e.code == cgrpo::StatusCode::cuda_error && std::strstr(e.message, "cudaMemcpy(x)") &&

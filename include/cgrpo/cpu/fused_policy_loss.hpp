@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cgrpo/config.hpp"
@@ -21,11 +22,11 @@
 
 namespace cgrpo::cpu {
 
-// A row's lse, H and log p of its target from its softmax statistics and u_y = z_y / tau (in
-// double, where z_y t is exact for float logits: no rounding of u, ~1e5 at small tau).
-// H >= 0 and log p <= 0 hold exactly; rounding of a near one-hot row may cross them by ~1e-8,
-// which is clamped (NaN passes through: the caller flags such a row). Shared with the
-// vocabulary-parallel loss.
+// A row's lse, H and log p of its target from its softmax statistics s and u_y, both measured
+// from the same origin (the row's pivot / tau on the CPU path; 0 for the vocabulary-parallel
+// loss's exchanged statistics). H >= 0 and log p <= 0 hold exactly; rounding of a near one-hot
+// row may cross them by ~1e-8, which is clamped (NaN passes through: the caller flags such a
+// row). Shared with the vocabulary-parallel loss.
 inline void set_row_values(const RowStats<double>& s, double target_u, Workspace::Row& r) {
   r.lse = row_logsumexp(s);
   const double h = row_entropy(s), logp = target_u - r.lse;
@@ -34,16 +35,50 @@ inline void set_row_values(const RowStats<double>& s, double target_u, Workspace
 }
 
 // Sweep 1 for rows [begin, end): lse, H and log p of the target, and whether the row is finite.
+// inv_temperature is 1 / tau in double; log p of the target is (z_y - pivot) / tau - lse in
+// double, so no term of the size of z / tau is rounded. (Only double logits can give a log p
+// below -DBL_MAX, with the target and the max of opposite signs near DBL_MAX and tau < 2: it is
+// -inf, and the fused loss reports it as it reports a -inf target logit.)
 template <typename Real>
 void compute_row_stats(const Real* logits, int64_t stride, int64_t vocab, const int32_t* targets,
-                       Real inv_temperature, int64_t begin, int64_t end, Workspace::Row* rows) {
+                       double inv_temperature, int64_t begin, int64_t end, Workspace::Row* rows) {
   for (int64_t t = begin; t < end; ++t) {
     const Real* z = logits + t * stride;
-    const RowStats<double> s = row_softmax_stats(z, vocab, inv_temperature);
+    const RowSoftmaxStats<Real> s = row_softmax(z, vocab, inv_temperature);
     Workspace::Row& r = rows[t];
-    r.finite = row_stats_finite(s);
-    set_row_values(s, static_cast<double>(z[targets[t]]) * static_cast<double>(inv_temperature), r);
+    r.finite = row_softmax_finite(s);
+    r.pivot = static_cast<double>(s.pivot);
+    set_row_values(s.rel, r.finite ? shifted_logit(z[targets[t]], s.pivot, inv_temperature) : NAN, r);
   }
+}
+
+// A log p, H or other per-token value in the caller's dtype: a finite value below the dtype's
+// range (log p of a target about FLT_MAX * tau below its row's max) is written as the lowest
+// finite value rather than -inf; -inf (a -inf target logit) stays -inf.
+template <typename Real>
+Real to_output(double x) {
+  const double lowest = -static_cast<double>(std::numeric_limits<Real>::max());
+  return static_cast<Real>(x < lowest && x != -INFINITY ? lowest : x);
+}
+
+// Index of the first row whose gradient would not fit Real (row_gradient_in_range), or -1.
+template <typename Real>
+int64_t first_gradient_overflow_row(const Workspace& ws, int64_t num_tokens, double inv_temperature) {
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    const Workspace::Row& r = ws.rows[t];
+    if (!row_gradient_in_range<Real>(inv_temperature, r.entropy, r.dJ_dlogp, r.dJ_dentropy)) return t;
+  }
+  return -1;
+}
+
+// The error for a row whose gradient would overflow Real.
+template <typename Real>
+Status gradient_overflow_error(const Workspace& ws, int64_t row, double temperature) {
+  const Workspace::Row& r = ws.rows[row];
+  return make_error(StatusCode::non_finite,
+                    "dJ/dlogits row %lld would overflow %s (dJ/dlogp = %g, dJ/dH = %g, temperature %g); nothing was written",
+                    static_cast<long long>(row), std::is_same<Real, float>::value ? "float" : "double", r.dJ_dlogp,
+                    r.dJ_dentropy, temperature);
 }
 
 // Index of the first row whose logits hold NaN or +inf (or are all -inf), or -1.
@@ -59,29 +94,9 @@ void write_token_outputs(const LossMetrics& metrics, const Workspace& ws, int64_
                          const PolicyLossOutputs<Real>& out) {
   *out.metrics = metrics;
   for (int64_t t = 0; t < num_tokens; ++t) {
-    if (out.logp) out.logp[t] = static_cast<Real>(ws.rows[t].logp);
+    if (out.logp) out.logp[t] = to_output<Real>(ws.rows[t].logp);
     if (out.entropy) out.entropy[t] = static_cast<Real>(ws.rows[t].entropy);
   }
-}
-
-// The largest |dJ/dz_j| a row can have: |a| (1 - p_y or p_j) plus |b| p_j |log p_j + H| over tau,
-// with p |log p| <= 1/e and p H <= H: (|a| + |b| (1/e + H)) / tau. The gradient written in Real is
-// finite when this bound is (checked before anything is written).
-inline double gradient_bound(const Workspace::Row& r, double temperature) {
-  return (std::fabs(r.dJ_dlogp) + std::fabs(r.dJ_dentropy) * (0.36787944117144233 + r.entropy)) / temperature;
-}
-
-template <typename Real>
-Status check_gradient_range(const Workspace& ws, int64_t num_tokens, double temperature) {
-  const double limit = static_cast<double>(std::numeric_limits<Real>::max());
-  for (int64_t t = 0; t < num_tokens; ++t)
-    if (!(gradient_bound(ws.rows[t], temperature) < limit))
-      return make_error(StatusCode::non_finite,
-                        "token %lld: dJ/dlogits may overflow the gradient's type (|a_t| = %g, |b_t| = %g at "
-                        "temperature %g); nothing was written",
-                        static_cast<long long>(t), std::fabs(ws.rows[t].dJ_dlogp), std::fabs(ws.rows[t].dJ_dentropy),
-                        temperature);
-  return Status::success();
 }
 
 namespace detail {
@@ -123,8 +138,7 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& 
   ws.rows.resize(static_cast<size_t>(batch.num_tokens));  // first: a batch too large for memory fails before any read
   CGRPO_RETURN_IF_ERROR(validate_batch_values(config, batch));
   const int64_t T = batch.num_tokens, V = batch.vocab_size, stride = batch.stride();
-  const TokenLossParams<double> params = token_params<double>(config);
-  const Real inv_temperature = static_cast<Real>(params.inv_temperature);
+  const double inv_temperature = 1.0 / config.temperature;
 
   parallel_for_rows(ws.pool, T, config.num_threads, [&](int64_t begin, int64_t end) {
     compute_row_stats(batch.logits, stride, V, batch.target_ids, inv_temperature, begin, end, ws.rows.data());
@@ -132,12 +146,15 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& 
   const int64_t bad = first_non_finite_row(ws, T);
   if (bad >= 0)
     return make_error(StatusCode::non_finite,
-                      "logits row %lld holds NaN or +inf (or every entry is -inf); nothing was written (with float logits, also a row whose max / temperature overflows float)",
+                      "logits row %lld holds NaN or +inf (or every entry is -inf); nothing was written",
                       static_cast<long long>(bad));
 
   LossMetrics metrics;
   CGRPO_RETURN_IF_ERROR(per_token_pass(config, batch, ws, &metrics));
-  if (out.grad_logits) CGRPO_RETURN_IF_ERROR(check_gradient_range<Real>(ws, T, config.temperature));
+  if (out.grad_logits) {
+    const int64_t overflow = first_gradient_overflow_row<Real>(ws, T, inv_temperature);
+    if (overflow >= 0) return gradient_overflow_error<Real>(ws, overflow, config.temperature);
+  }
 
   // Every check has passed: from here on the outputs are written.
   write_token_outputs(metrics, ws, T, out);
@@ -150,8 +167,9 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& 
     parallel_for_rows(ws.pool, T, config.num_threads, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const Workspace::Row& r = ws.rows[t];
-        row_logit_gradient(batch.logits + t * stride, V, inv_temperature, batch.target_ids[t], r.lse, r.entropy,
-                           r.dJ_dlogp, r.dJ_dentropy, out.grad_logits + t * gstride, stream);
+        row_logit_gradient(batch.logits + t * stride, V, inv_temperature, batch.target_ids[t],
+                           static_cast<Real>(r.pivot), r.lse, r.entropy, r.dJ_dlogp, r.dJ_dentropy,
+                           out.grad_logits + t * gstride, stream);
       }
       if (stream) stream_fence();
     });

@@ -10,6 +10,7 @@
 #include "cgrpo/config.hpp"
 #include "cgrpo/cpu/thread_pool.hpp"
 #include "cgrpo/cpu/workspace_guard.hpp"
+#include "cgrpo/entropy_mask.hpp"
 #include "cgrpo/layout.hpp"
 #include "cgrpo/loss_weights.hpp"
 #include "cgrpo/metrics.hpp"
@@ -27,7 +28,8 @@ namespace cgrpo::cpu {
 // in use by another returns an error (and writes nothing); concurrent calls need one each.
 struct Workspace {
   struct Row {
-    double lse, entropy, logp;     // from sweep 1
+    double pivot;                  // from sweep 1: the row's max logit (RowSoftmaxStats::pivot)
+    double lse, entropy, logp;     // from sweep 1; lse relative to pivot / tau
     double dJ_dlogp, dJ_dentropy;  // a_t, b_t from the per-token pass
     bool finite;
   };
@@ -81,6 +83,28 @@ struct RowBounds {
 
 namespace detail {
 
+// TRL's clip_ratio/* at sequence level: one value per row (its ratio is one number), averaged over
+// all B rows; an empty row has r = 1 and counts as unclipped, and enters low_min (TRL's row tensor
+// has no NaN there).
+inline void trl_sequence_clip_metrics(int64_t B, const std::vector<double>& count, const std::vector<double>& below,
+                                      const std::vector<double>& above, LossMetrics& m) {
+  double low = 0, high = 0, region = 0;
+  bool empty = false;
+  for (int64_t i = 0; i < B; ++i) {
+    if (count[i] == 0) {
+      empty = true;
+      continue;
+    }
+    low += below[i] / count[i];
+    high += above[i] / count[i];
+    region += (below[i] + above[i]) / count[i];
+  }
+  m.clip_ratio_low_mean = low / static_cast<double>(B);
+  m.clip_ratio_high_mean = high / static_cast<double>(B);
+  m.clip_ratio_region_mean = region / static_cast<double>(B);
+  if (empty) m.clip_ratio_low_min = 0;
+}
+
 template <typename Real>
 bool is_initial(const PolicyLossBatch<Real>& b, int64_t t) {
   return !b.kinds || b.kinds[t] == kInitial;
@@ -106,22 +130,14 @@ inline uint64_t token_hash(uint64_t seed, uint64_t t) {
   return z ^ (z >> 31);
 }
 
-// torch.quantile(values, q) with linear interpolation; values is sorted in place.
-inline double quantile_linear(std::vector<double>& values, double q) {
-  std::sort(values.begin(), values.end());
-  const double pos = q * static_cast<double>(values.size() - 1);
-  const size_t lo = static_cast<size_t>(std::floor(pos));
-  const size_t hi = std::min(lo + 1, values.size() - 1);
-  return values[lo] + (pos - static_cast<double>(lo)) * (values[hi] - values[lo]);
-}
-
 // The rows the per-token pass sees: the layout when the config needs it (validated) or the caller
-// gave a valid one (TRL's per-row clip metrics use it); one row of every token otherwise.
+// gave a valid one (TRL's per-row clip metrics use it); one row of every token otherwise. An empty
+// batch skipped the shape check's layout validation, so its layout is validated here.
 template <typename Real>
 RowBounds token_pass_rows(const LossConfig& config, const PolicyLossBatch<Real>& batch) {
   const int64_t T = batch.num_tokens;
   const bool have_layout = batch.layout.num_sequences > 0 &&
-                           (needs_layout(config, batch.computed_weights()) || batch.layout.validate(T).ok());
+                           ((T > 0 && needs_layout(config, batch.computed_weights())) || batch.layout.validate(T).ok());
   return RowBounds{have_layout ? &batch.layout : nullptr, T};
 }
 
@@ -319,7 +335,7 @@ Status prepare_token_pass(const LossConfig& config, const PolicyLossBatch<Real>&
     for (int64_t t = 0; t < T; ++t)
       if (batch.mask[t]) ws.scratch.push_back(ws.rows[t].entropy);
     if (!ws.scratch.empty()) {
-      const double q = detail::quantile_linear(ws.scratch, 1.0 - config.top_entropy_quantile);
+      const double q = quantile_linear(ws.scratch, 1.0 - config.top_entropy_quantile);  // as top_entropy_mask()
       for (int64_t t = 0; t < T; ++t) {
         if (!batch.mask[t] || ws.rows[t].entropy >= q) continue;
         ws.pg_factor[t] = 0.0;
@@ -539,6 +555,7 @@ Status finish_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& 
     }
     metrics->clip_ratio_low_min = low_min;
     metrics->clip_ratio_high_max = high_max;
+    if (config.ratio_level == RatioLevel::sequence) detail::trl_sequence_clip_metrics(B, row_count, row_below, row_above, *metrics);
   }
   if (config.policy_loss == PolicyLoss::vespo && B > 0) {
     double s = 0;

@@ -4,8 +4,10 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 // The AVX-512 and AVX2 float paths are compiled whenever the compiler is GCC or Clang on
 // x86-64 (target attributes, no -march needed) and chosen at run time from the CPU's
@@ -39,64 +41,165 @@ using ArrayMap = Eigen::Map<Eigen::Array<Real, Eigen::Dynamic, 1>>;
 template <typename Real>
 using ConstArrayMap = Eigen::Map<const Eigen::Array<Real, Eigen::Dynamic, 1>>;
 
-// Softmax statistics of u = z * inv_temperature. Chunk sums are taken in Real
-// (vectorised) and merged across chunks in double. exp is evaluated once per
-// entry into an L1-resident chunk buffer (8 KB for float), then both sums read it.
-// This path shifts before it scales: d = (z - max z) * inv_temperature, so the max entry has
-// d = 0 exactly and every d <= 0; the max of u is reported as double(max z) * t (exact for
-// float logits). The AVX kernels instead take d = z t - ref in one FMA against a float
-// reference point; both keep u's low bits, which a float z * t (u ~ 1e5: ulp 0.016) loses.
+// The softmax of one row u = z / tau, kept against the row's largest logit so that no
+// quantity of the size of u is ever rounded (u reaches FLT_MAX * 1e4 at tau = 1e-4):
+//   lse = pivot / tau + lse_rel,  lse_rel = rel.max + log S,  H = log S - Q / S,
+//   log p_j = (z_j - pivot) / tau - lse_rel.
+// rel holds S = sum_j exp(u_j - R) and Q = sum_j exp(u_j - R)(u_j - R) against a reference
+// point R = pivot / tau + rel.max; rel.max is 0 where the sweep shifted exactly, and at most
+// 1/2 where the AVX sweeps took R = max z * (1/tau in float) rounded to float. (The float
+// sweeps scale u_j - R = (z_j - pivot) t - rel.max with t = 1/tau in float: its rounding,
+// 6e-8 relative, reaches only these shifted values, never pivot / tau.)
 template <typename Real>
-RowStats<double> row_softmax_stats_generic(const Real* z, int64_t vocab, Real inv_temperature) {
-  RowStats<double> acc = row_stats_identity<double>();
-  Eigen::Array<Real, kChunk, 1> e_buf;
+struct RowSoftmaxStats {
+  Real pivot;            // max_j z_j; NaN when the row holds NaN or +inf; -inf when every entry is -inf
+  RowStats<double> rel;  // S, Q against R (above); rel.max = R - pivot / tau
+};
+
+template <typename Real>
+RowSoftmaxStats<Real> row_softmax_bad() {
+  return RowSoftmaxStats<Real>{std::numeric_limits<Real>::quiet_NaN(), RowStats<double>{NAN, NAN, NAN}};
+}
+
+// A row is usable when it has no NaN / +inf, not every entry is -inf, and its sums are finite.
+template <typename Real>
+bool row_softmax_finite(const RowSoftmaxStats<Real>& s) {
+  return std::isfinite(s.pivot) && row_stats_finite(s.rel);
+}
+
+// lse - pivot / tau.
+template <typename Real>
+double row_lse_rel(const RowSoftmaxStats<Real>& s) {
+  return row_logsumexp(s.rel);
+}
+
+// (z - pivot) / tau in double, for one logit (the target's). The difference of two float logits
+// is exact in double; two double logits of opposite signs near DBL_MAX would overflow it, so
+// then both are halved first.
+template <typename Real>
+double shifted_logit(Real z, Real pivot, double inv_temperature) {
+  const double d = static_cast<double>(z) - static_cast<double>(pivot);
+  if (std::isfinite(d) || !std::isfinite(z)) return d * inv_temperature;
+  return (0.5 * static_cast<double>(z) - 0.5 * static_cast<double>(pivot)) * inv_temperature * 2.0;
+}
+
+// The float kernels multiply by 1 / tau rounded to float. Usable when it is a float and not
+// below 2^-60 (there, (z - pivot) overflowing float to -inf means a true (z - pivot) / tau
+// below -3e20, clamped either way); outside that range the float rows are swept in double.
+inline bool float_scale_ok(double inv_temperature) {
+  return inv_temperature >= 0x1p-60 && inv_temperature <= static_cast<double>(FLT_MAX);
+}
+
+// Re-expresses the sums S, Q against a reference point `shift` (<= 0) below the new one. When
+// exp(shift) underflows, what was summed is nothing next to the new maximum (and shift * S could
+// be -inf, 0 * -inf = NaN): both become 0, except that a NaN stays NaN.
+inline void rescale_sums(double shift, double& sum_exp, double& sum_exp_d) {
+  const double scale = std::exp(shift);
+  if (scale == 0.0) {
+    sum_exp *= 0.0;
+    sum_exp_d *= 0.0;
+    return;
+  }
+  sum_exp_d = scale * (sum_exp_d + shift * sum_exp);
+  sum_exp *= scale;
+}
+
+// Sweep 1 on the Eigen path: softmax statistics of u = z / tau with the exact shift
+// d = (z - running max z) * (1/tau in Compute), clamped at exp_floor, so the max entry has
+// d = 0 and every d <= 0. exp is evaluated once per entry into an L1-resident chunk buffer,
+// then both sums read it; chunk sums are taken in Compute and accumulated in double.
+// Compute is Real, or double for float rows whose 1 / tau is outside float_scale_ok.
+template <typename Real, typename Compute = Real>
+RowSoftmaxStats<Real> row_softmax_generic(const Real* z, int64_t vocab, double inv_temperature) {
+  const Compute t = static_cast<Compute>(inv_temperature);
+  Real m = -std::numeric_limits<Real>::infinity();
+  double sum_exp = 0, sum_exp_d = 0;
+  Eigen::Array<Compute, kChunk, 1> e_buf;
   for (int64_t c0 = 0; c0 < vocab; c0 += kChunk) {
     const int64_t n = vocab - c0 < kChunk ? vocab - c0 : kChunk;
     ConstArrayMap<Real> x(z + c0, n);
-    const Real m = x.maxCoeff();
-    if (m == -INFINITY) continue;  // an all -inf chunk contributes nothing
-    const auto d = ((x - m) * inv_temperature).max(exp_floor<Real>());
+    const Real cm = x.maxCoeff();
+    if (cm != cm || cm == std::numeric_limits<Real>::infinity()) return row_softmax_bad<Real>();
+    if (cm == -std::numeric_limits<Real>::infinity()) continue;  // an all -inf chunk contributes nothing
+    if (cm > m) {
+      if (sum_exp > 0) rescale_sums((static_cast<double>(m) - static_cast<double>(cm)) * inv_temperature, sum_exp, sum_exp_d);
+      m = cm;
+    }
+    // z - m overflowing to -inf (logits of opposite signs near the dtype's max) is clamped like
+    // any d below the floor; a NaN entry that maxCoeff skipped passes max() and reaches the sums.
+    const auto d = ((x.template cast<Compute>() - static_cast<Compute>(m)) * t).max(exp_floor<Compute>());
     auto e = e_buf.head(n);
     e = d.exp();
-    // NaN or +inf anywhere makes m or these sums non-finite; the caller checks.
-    const Real s = e.sum();
-    const Real q = (e * d).sum();
-    acc = row_stats_merge(acc, RowStats<double>{static_cast<double>(m) * static_cast<double>(inv_temperature),
-                                                static_cast<double>(s), static_cast<double>(q)});
+    sum_exp += static_cast<double>(e.sum());
+    sum_exp_d += static_cast<double>((e * d).sum());
   }
-  return acc;
+  if (m == -std::numeric_limits<Real>::infinity()) return RowSoftmaxStats<Real>{m, row_stats_identity<double>()};
+  return RowSoftmaxStats<Real>{m, RowStats<double>{0.0, sum_exp, sum_exp_d}};
 }
 
 // g_j = ( a (onehot(y)_j - p_j) - b p_j (log p_j + H) ) / tau for the whole row
-// (cgrpo::logit_gradient, vectorised). g may be z (in place).
-template <typename Real>
-void row_logit_gradient_generic(const Real* z, int64_t vocab, Real inv_temperature, int32_t target, double lse,
-                                double entropy, double a, double b, Real* g) {
+// (cgrpo::logit_gradient, vectorised), log p_j = (z_j - pivot) / tau - lse (lse relative to
+// pivot / tau, as RowSoftmaxStats has it): shift, then scale. target < 0: no one-hot term.
+// g may be z (in place).
+template <typename Real, typename Compute = Real>
+void row_logit_gradient_generic(const Real* z, int64_t vocab, double inv_temperature, int32_t target, Real pivot,
+                                double lse, double entropy, double a, double b, Real* g) {
   ArrayMap<Real> out(g, vocab);
   if (a == 0.0 && b == 0.0) {  // masked rows: exactly zero without touching the logits
     out.setZero();
     return;
   }
-  // log p = (z - c) t - (lse - c t) with c = lse / t rounded to Real (about the row's max z):
-  // shift, then scale, so that a large u (1e5 in float) is never rounded before the lse is
-  // taken off (c t is exact in double for float c and t).
-  const Real center = static_cast<Real>(lse / static_cast<double>(inv_temperature));
-  const Real lse_rest = static_cast<Real>(lse - static_cast<double>(center) * static_cast<double>(inv_temperature));
-  const Real h = static_cast<Real>(entropy);
-  const Real ar = static_cast<Real>(a), br = static_cast<Real>(b);
+  const Compute t = static_cast<Compute>(inv_temperature), c = static_cast<Compute>(pivot);
+  const Compute lse_c = static_cast<Compute>(lse), h = static_cast<Compute>(entropy);
+  // a / tau and b / tau in double, then rounded once: every value formed below is then bounded
+  // as row_gradient_in_range says (a alone may exceed FLT_MAX where a / tau does not).
+  const Compute at = static_cast<Compute>(a * inv_temperature), bt = static_cast<Compute>(b * inv_temperature);
   // Each chunk is evaluated into an aligned L1 buffer, then copied: Eigen peels a few
   // scalar (libm exp) entries to align its destination, and evaluating straight into g
   // made the bits depend on g's address (in place and a separate buffer differed).
-  Eigen::Array<Real, kChunk, 1> o_buf;
+  Eigen::Array<Compute, kChunk, 1> o_buf;
   for (int64_t c0 = 0; c0 < vocab; c0 += kChunk) {
     const int64_t n = vocab - c0 < kChunk ? vocab - c0 : kChunk;
     ConstArrayMap<Real> x(z + c0, n);
-    const auto logp = ((x - center) * inv_temperature - lse_rest).max(exp_floor<Real>());
-    o_buf.head(n) = -((ar + br * (logp + h)) * logp.exp()) * inv_temperature;
-    ArrayMap<Real>(g + c0, n) = o_buf.head(n);
+    const auto logp = ((x.template cast<Compute>() - c) * t - lse_c).max(exp_floor<Compute>());
+    o_buf.head(n) = -((at + bt * (logp + h)) * logp.exp());
+    ArrayMap<Real>(g + c0, n) = o_buf.head(n).template cast<Real>();
   }
-  if (target >= 0) g[target] += ar * inv_temperature;
+  if (target >= 0) g[target] += static_cast<Real>(a * inv_temperature);
 }
+
+// The Eigen sweeps with the arithmetic the row needs: Real, or double for a float row whose
+// 1 / tau is not a usable float. The AVX kernels fall back to these for the rare rows they
+// do not take (|max z / tau| >= 2^24).
+template <typename Real>
+RowSoftmaxStats<Real> row_softmax_exact_shift(const Real* z, int64_t vocab, double inv_temperature) {
+  if (std::is_same<Real, float>::value && !float_scale_ok(inv_temperature))
+    return row_softmax_generic<Real, double>(z, vocab, inv_temperature);
+  return row_softmax_generic<Real, Real>(z, vocab, inv_temperature);
+}
+template <typename Real>
+void row_logit_gradient_exact_shift(const Real* z, int64_t vocab, double inv_temperature, int32_t target, Real pivot,
+                                    double lse, double entropy, double a, double b, Real* g) {
+  if (std::is_same<Real, float>::value && !float_scale_ok(inv_temperature))
+    return row_logit_gradient_generic<Real, double>(z, vocab, inv_temperature, target, pivot, lse, entropy, a, b, g);
+  row_logit_gradient_generic<Real, Real>(z, vocab, inv_temperature, target, pivot, lse, entropy, a, b, g);
+}
+
+// Whether a row's gradient fits Real: every entry and every intermediate the sweeps form is
+// bounded by (2 |a| + |b| (H - exp_floor + 3)) / tau (|a (onehot - p)| <= |a|, the target's
+// + a / tau, and |a + b (log p + H)| with log p clamped at exp_floor); rows above a quarter
+// of Real's largest value are refused rather than written as inf. NaN a or b: refused too.
+template <typename Real>
+bool row_gradient_in_range(double inv_temperature, double entropy, double a, double b) {
+  const double bound =
+      (2.0 * std::fabs(a) + std::fabs(b) * (entropy - static_cast<double>(exp_floor<Real>()) + 3.0)) * inv_temperature;
+  return bound <= 0.25 * static_cast<double>(std::numeric_limits<Real>::max());
+}
+
+// The AVX sweeps take d = z t - ref in one FMA against ref = max z * t rounded to float, whose
+// rounding error (carried in RowSoftmaxStats::rel.max) is at most half an ulp of ref: below this
+// limit at most 1/2, so no exp over- or underflows by it. Rows at or above it are shifted exactly.
+constexpr double kFmaReferenceLimit = 0x1p24;
 
 #if defined(CGRPO_CPU_AVX512)
 // GCC 12 warns inside its own avx512fintrin.h (the undefined pass-through operand of
@@ -109,57 +212,71 @@ void row_logit_gradient_generic(const Real* z, int64_t vocab, Real inv_temperatu
 #endif
 // Sweep 1's driver over one float row, shared by the AVX-512 and AVX2 kernel sets: Kernels
 // gives the set's chunk size, max and sums. Inlined into each set's target-attributed
-// row_softmax_stats, so that the chunk kernels inline too (called out of line per chunk, the
+// row_softmax, so that the chunk kernels inline too (called out of line per chunk, the
 // sweep ran 14% slower). The row's statistics against a running max: a
 // chunk whose max exceeds it rescales the double sums (one exp, as row_stats_merge does); every
 // other chunk (nearly all, past the first few) adds its sums with no exp and no merge.
-// The sums are taken against ref = (running max of z) * inv_temperature rounded to float: a
-// reference point, not exactly max u, which is all lse = ref + log S and H = log S - Q / S
-// need (RowStats::max holds it). log p of the target is then formed in double (the caller).
+// The sums are taken against ref = (running max m of z) * t rounded to float (t: 1/tau in
+// float), so each entry costs one FMA, d = z t - ref; ref - m t (exact in double: a product of
+// two floats) goes to RowSoftmaxStats::rel.max. Returns false, having written nothing, for a row
+// whose |max z t| reaches kFmaReferenceLimit: the caller sweeps it again with the exact shift.
 template <typename Kernels>
-__attribute__((always_inline)) inline RowStats<double> chunked_row_stats(const float* z, int64_t vocab,
-                                                                         float inv_temperature) {
+__attribute__((always_inline)) inline bool chunked_row_stats(const float* z, int64_t vocab, float inv_temperature,
+                                                             RowSoftmaxStats<float>& out) {
   constexpr int64_t kChunkFloats = Kernels::kChunk;
   float m = -INFINITY, ref = -INFINITY;
   double sum_exp = 0, sum_exp_d = 0;
   for (int64_t c0 = 0; c0 < vocab; c0 += kChunkFloats) {
     const int64_t n = vocab - c0 < kChunkFloats ? vocab - c0 : kChunkFloats;
     const float cm = Kernels::chunk_max(z + c0, n);
-    if (cm != cm) return RowStats<double>{NAN, NAN, NAN};  // NaN / +inf: flagged, no need to read on
+    if (cm != cm) {  // NaN / +inf: flagged, no need to read on
+      out = row_softmax_bad<float>();
+      return true;
+    }
     if (cm == -INFINITY) continue;  // an all -inf chunk contributes nothing
     if (cm > m) {
       const float new_ref = cm * inv_temperature;  // >= ref: rounding is monotone
-      if (!std::isfinite(new_ref)) return RowStats<double>{NAN, NAN, NAN};  // max z / tau overflows float
-      if (sum_exp > 0) {
-        const double shift = static_cast<double>(ref) - static_cast<double>(new_ref);  // <= 0
-        const double scale = std::exp(shift);
-        sum_exp_d = scale * (sum_exp_d + shift * sum_exp);
-        sum_exp *= scale;
-      }
+      if (!(std::fabs(new_ref) < kFmaReferenceLimit)) return false;
+      if (sum_exp > 0) rescale_sums(static_cast<double>(ref) - static_cast<double>(new_ref), sum_exp, sum_exp_d);
       m = cm;
       ref = new_ref;
     }
     const int64_t next_n = vocab - c0 - n < kChunkFloats ? vocab - c0 - n : kChunkFloats;
     Kernels::chunk_sums(z + c0, n, inv_temperature, ref, z + c0 + n, next_n, sum_exp, sum_exp_d);
   }
-  if (m == -INFINITY) return row_stats_identity<double>();  // every entry -inf: flagged by the caller
-  return RowStats<double>{static_cast<double>(ref), sum_exp, sum_exp_d};
+  if (m == -INFINITY) {  // every entry -inf: flagged by the caller
+    out = RowSoftmaxStats<float>{m, row_stats_identity<double>()};
+    return true;
+  }
+  out = RowSoftmaxStats<float>{
+      m, RowStats<double>{static_cast<double>(ref) - static_cast<double>(m) * static_cast<double>(inv_temperature),
+                          sum_exp, sum_exp_d}};
+  return true;
 }
 
 // The gradient sweep's per-row constants. log p = L - lo with L = z t - lse_hi (one FMA, z t
-// exact inside it) and lse = lse_hi + lo (lse in two floats, so that a large lse, u of 1e5,
-// keeps its low bits). lo is folded into the constants instead of subtracted per entry:
+// exact inside it, t = 1/tau in float) and lse_hi + lo = pivot t + lse_rel (so that pivot t,
+// the row's scale, cancels against z t at the same t; |pivot t| < kFmaReferenceLimit keeps
+// |lo| <= 1/2). lo is folded into the constants instead of subtracted per entry:
 // p (alpha + beta log p) = exp(L) (alpha' + beta' L), alpha' = e^-lo (alpha - beta lo),
-// beta' = e^-lo beta, alpha = -(a + b H) / tau, beta = -b / tau.
+// beta' = e^-lo beta, alpha = -(a + b H) / tau, beta = -b / tau (1/tau in double).
 struct GradientConstants {
   float lse_hi, alpha, beta;
 };
-inline GradientConstants gradient_constants(float inv_temperature, double lse, double entropy, double a, double b) {
+inline GradientConstants gradient_constants(double inv_temperature, double lse, double entropy, double a, double b) {
   const float lse_hi = static_cast<float>(lse);
   const double lo = lse - static_cast<double>(lse_hi), scale = std::exp(-lo);
-  const double alpha = -(a + b * entropy) * static_cast<double>(inv_temperature);
-  const double beta = -b * static_cast<double>(inv_temperature);
+  const double alpha = -(a + b * entropy) * inv_temperature;
+  const double beta = -b * inv_temperature;
   return {lse_hi, static_cast<float>(scale * (alpha - beta * lo)), static_cast<float>(scale * beta)};
+}
+
+// The rows the AVX gradient sweeps take: 1 / tau a usable float and |pivot t| below the FMA
+// limit. pivot t is exact in double.
+inline bool fma_gradient_row(double inv_temperature, float pivot, double& pivot_t) {
+  if (!float_scale_ok(inv_temperature)) return false;  // (and 1 / tau is not cast to float beyond its range)
+  pivot_t = static_cast<double>(pivot) * static_cast<double>(static_cast<float>(inv_temperature));
+  return std::fabs(pivot_t) < kFmaReferenceLimit;
 }
 
 // Float rows with AVX-512 (the native preset): 16 lanes, one exp per entry and sweep,
@@ -276,8 +393,12 @@ struct Kernels {
     avx512::chunk_sums(z, n, t, ref, next, next_n, s, q);
   }
 };
-CGRPO_TARGET_AVX512 inline RowStats<double> row_softmax_stats(const float* z, int64_t vocab, float inv_temperature) {
-  return chunked_row_stats<Kernels>(z, vocab, inv_temperature);
+// Sweep 1 over a float row; rows the FMA form does not take go to the Eigen path.
+CGRPO_TARGET_AVX512 inline RowSoftmaxStats<float> row_softmax(const float* z, int64_t vocab, double inv_temperature) {
+  RowSoftmaxStats<float> s;
+  if (float_scale_ok(inv_temperature) && chunked_row_stats<Kernels>(z, vocab, static_cast<float>(inv_temperature), s))
+    return s;
+  return row_softmax_exact_shift(z, vocab, inv_temperature);
 }
 
 // g = exp(L) (alpha' + beta' L), L = z t - lse_hi (gradient_constants): the same value as
@@ -314,11 +435,15 @@ CGRPO_TARGET_AVX512 inline void gradient_span(const float* z, int64_t n, __m512 
   }
 }
 
-// The row without the target's + a / tau (the caller adds it).
-CGRPO_TARGET_AVX512 inline void row_logit_gradient(const float* z, int64_t vocab, float inv_temperature, double lse,
-                                                   double entropy, double a, double b, float* g, bool stream) {
-  const GradientConstants k = gradient_constants(inv_temperature, lse, entropy, a, b);
-  const __m512 vt = _mm512_set1_ps(inv_temperature), vlse = _mm512_set1_ps(k.lse_hi);
+// The row without the target's + a / tau (the caller adds it); lse relative to pivot / tau.
+// Rows the FMA form does not take go to the Eigen path (no streaming stores there).
+CGRPO_TARGET_AVX512 inline void row_logit_gradient(const float* z, int64_t vocab, double inv_temperature, float pivot,
+                                                   double lse, double entropy, double a, double b, float* g, bool stream) {
+  double pivot_t;
+  if (!fma_gradient_row(inv_temperature, pivot, pivot_t))
+    return row_logit_gradient_exact_shift(z, vocab, inv_temperature, -1, pivot, lse, entropy, a, b, g);
+  const GradientConstants k = gradient_constants(inv_temperature, pivot_t + lse, entropy, a, b);
+  const __m512 vt = _mm512_set1_ps(static_cast<float>(inv_temperature)), vlse = _mm512_set1_ps(k.lse_hi);
   const __m512 alpha = _mm512_set1_ps(k.alpha), beta = _mm512_set1_ps(k.beta);
   if (stream)
     gradient_span<true>(z, vocab, vt, vlse, alpha, beta, g);
@@ -443,8 +568,11 @@ struct Kernels {
     avx2::chunk_sums(z, n, t, ref, next, next_n, s, q);
   }
 };
-CGRPO_TARGET_AVX2 inline RowStats<double> row_softmax_stats(const float* z, int64_t vocab, float inv_temperature) {
-  return chunked_row_stats<Kernels>(z, vocab, inv_temperature);
+CGRPO_TARGET_AVX2 inline RowSoftmaxStats<float> row_softmax(const float* z, int64_t vocab, double inv_temperature) {
+  RowSoftmaxStats<float> s;
+  if (float_scale_ok(inv_temperature) && chunked_row_stats<Kernels>(z, vocab, static_cast<float>(inv_temperature), s))
+    return s;
+  return row_softmax_exact_shift(z, vocab, inv_temperature);
 }
 
 // As avx512::gradient_span (streaming needs 32-byte aligned stores).
@@ -481,10 +609,13 @@ CGRPO_TARGET_AVX2 inline void gradient_span(const float* z, int64_t n, __m256 vt
   }
 }
 
-CGRPO_TARGET_AVX2 inline void row_logit_gradient(const float* z, int64_t vocab, float inv_temperature, double lse,
-                                                 double entropy, double a, double b, float* g, bool stream) {
-  const GradientConstants k = gradient_constants(inv_temperature, lse, entropy, a, b);
-  const __m256 vt = _mm256_set1_ps(inv_temperature), vlse = _mm256_set1_ps(k.lse_hi);
+CGRPO_TARGET_AVX2 inline void row_logit_gradient(const float* z, int64_t vocab, double inv_temperature, float pivot,
+                                                 double lse, double entropy, double a, double b, float* g, bool stream) {
+  double pivot_t;
+  if (!fma_gradient_row(inv_temperature, pivot, pivot_t))
+    return row_logit_gradient_exact_shift(z, vocab, inv_temperature, -1, pivot, lse, entropy, a, b, g);
+  const GradientConstants k = gradient_constants(inv_temperature, pivot_t + lse, entropy, a, b);
+  const __m256 vt = _mm256_set1_ps(static_cast<float>(inv_temperature)), vlse = _mm256_set1_ps(k.lse_hi);
   const __m256 alpha = _mm256_set1_ps(k.alpha), beta = _mm256_set1_ps(k.beta);
   if (stream)
     gradient_span<true>(z, vocab, vt, vlse, alpha, beta, g);
@@ -499,34 +630,35 @@ CGRPO_TARGET_AVX2 inline void row_logit_gradient(const float* z, int64_t vocab, 
 #endif
 
 // Sweep 1 over one row: AVX-512, else AVX2, kernel for float when the CPU has it; Eigen otherwise.
-// A row whose scaled max u = max z / tau overflows Real is reported non-finite (NaN stats):
-// the gradient sweep could not represent its log-probabilities.
+// inv_temperature is 1 / tau in double: no path rounds the row's scale, pivot / tau, to float.
 template <typename Real>
-RowStats<double> row_softmax_stats(const Real* z, int64_t vocab, Real inv_temperature) {
-  RowStats<double> s;
+RowSoftmaxStats<Real> row_softmax(const Real* z, int64_t vocab, double inv_temperature) {
 #if defined(CGRPO_CPU_AVX512)
   if constexpr (std::is_same<Real, float>::value) {
-    if (avx512::available())
-      s = avx512::row_softmax_stats(z, vocab, inv_temperature);
-    else if (avx2::available())
-      s = avx2::row_softmax_stats(z, vocab, inv_temperature);
-    else
-      s = row_softmax_stats_generic(z, vocab, inv_temperature);
-  } else {
-    s = row_softmax_stats_generic(z, vocab, inv_temperature);
+    if (avx512::available()) return avx512::row_softmax(z, vocab, inv_temperature);
+    if (avx2::available()) return avx2::row_softmax(z, vocab, inv_temperature);
   }
-#else
-  s = row_softmax_stats_generic(z, vocab, inv_temperature);
 #endif
-  if (std::isfinite(s.max) && !std::isfinite(static_cast<Real>(s.max))) return RowStats<double>{NAN, NAN, NAN};
-  return s;
+  return row_softmax_exact_shift(z, vocab, inv_temperature);
 }
 
-// Sweep 2 over one row. target < 0: the target is not in this row (a vocabulary shard
-// without it: no one-hot term). stream: g is a separate buffer too large to stay in cache,
-// so stores may bypass it (float with AVX-512 only; the caller issues the fence).
+// The same statistics as RowStats of u = z / tau with max = pivot / tau + rel.max in double
+// (the vocabulary-parallel loss exchanges these between ranks): exact to about 1e-16 |max u|,
+// and non-finite where |max z / tau| overflows double.
 template <typename Real>
-void row_logit_gradient(const Real* z, int64_t vocab, Real inv_temperature, int32_t target, double lse,
+RowStats<double> row_softmax_stats(const Real* z, int64_t vocab, double inv_temperature) {
+  const RowSoftmaxStats<Real> s = row_softmax(z, vocab, inv_temperature);
+  if (s.pivot != s.pivot) return RowStats<double>{NAN, NAN, NAN};
+  if (s.pivot == -std::numeric_limits<Real>::infinity()) return row_stats_identity<double>();
+  return RowStats<double>{static_cast<double>(s.pivot) * inv_temperature + s.rel.max, s.rel.sum_exp, s.rel.sum_exp_u};
+}
+
+// Sweep 2 over one row, log p_j = (z_j - pivot) / tau - lse. target < 0: the target is not in
+// this row (a vocabulary shard without it: no one-hot term). stream: g is a separate buffer too
+// large to stay in cache, so stores may bypass it (float with AVX only; the caller issues the
+// fence). The caller has checked row_gradient_in_range.
+template <typename Real>
+void row_logit_gradient(const Real* z, int64_t vocab, double inv_temperature, int32_t target, Real pivot, double lse,
                         double entropy, double a, double b, Real* g, bool stream = false) {
   if (a == 0.0 && b == 0.0) {  // masked rows: exactly zero without touching the logits
     ArrayMap<Real>(g, vocab).setZero();
@@ -535,19 +667,19 @@ void row_logit_gradient(const Real* z, int64_t vocab, Real inv_temperature, int3
 #if defined(CGRPO_CPU_AVX512)
   if constexpr (std::is_same<Real, float>::value) {
     if (avx512::available()) {
-      avx512::row_logit_gradient(z, vocab, inv_temperature, lse, entropy, a, b, g, stream);
-      if (target >= 0) g[target] += static_cast<float>(a) * inv_temperature;
+      avx512::row_logit_gradient(z, vocab, inv_temperature, pivot, lse, entropy, a, b, g, stream);
+      if (target >= 0) g[target] += static_cast<float>(a * inv_temperature);
       return;
     }
     if (avx2::available()) {
-      avx2::row_logit_gradient(z, vocab, inv_temperature, lse, entropy, a, b, g, stream);
-      if (target >= 0) g[target] += static_cast<float>(a) * inv_temperature;
+      avx2::row_logit_gradient(z, vocab, inv_temperature, pivot, lse, entropy, a, b, g, stream);
+      if (target >= 0) g[target] += static_cast<float>(a * inv_temperature);
       return;
     }
   }
 #endif
   (void)stream;
-  row_logit_gradient_generic(z, vocab, inv_temperature, target, lse, entropy, a, b, g);
+  row_logit_gradient_exact_shift(z, vocab, inv_temperature, target, pivot, lse, entropy, a, b, g);
 }
 
 // Makes streaming stores visible before another thread reads the gradient.

@@ -64,16 +64,16 @@ Status token_logprobs(const Real* logits, int64_t num_tokens, int64_t vocab_size
                         static_cast<long long>(t), target_ids[t], static_cast<long long>(vocab_size));
 
   // Results go to the caller's buffers only once every row is known to be finite.
-  const Real inv_temperature = static_cast<Real>(1.0 / temperature);
+  const double inv_temperature = 1.0 / temperature;
   parallel_for_rows(ws.pool, num_tokens, num_threads, [&](int64_t begin, int64_t end) {
     compute_row_stats(logits, stride, vocab_size, target_ids, inv_temperature, begin, end, ws.rows.data());
   });
   const int64_t bad = first_non_finite_row(ws, num_tokens);
   if (bad >= 0)
-    return make_error(StatusCode::non_finite, "logits row %lld holds NaN or +inf (or every entry is -inf); with float logits, also a row whose max / temperature overflows float",
+    return make_error(StatusCode::non_finite, "logits row %lld holds NaN or +inf (or every entry is -inf)",
                       static_cast<long long>(bad));
   for (int64_t t = 0; t < num_tokens; ++t) {
-    logp[t] = static_cast<Real>(ws.rows[t].logp);
+    logp[t] = to_output<Real>(ws.rows[t].logp);
     if (entropy) entropy[t] = static_cast<Real>(ws.rows[t].entropy);
   }
   return Status::success();

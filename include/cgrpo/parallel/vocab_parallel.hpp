@@ -2,8 +2,10 @@
 // Phase 1: per-row softmax statistics of the local shard; the caller all-reduces; phase 2: loss and local gradient.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "cgrpo/buffer_overlap.hpp"
@@ -36,7 +38,11 @@ struct VocabShard {
 // Megatron's vocab-parallel cross-entropy, extended to H and the GRPO loss.
 // The reduction between the phases, for the T rows:
 //   stats[t]        RowStats of u = z / tau over the shard: max M, sum exp(u - M),
-//                   sum exp(u - M)(u - M). Merge across ranks with row_stats_merge
+//                   sum exp(u - M)(u - M), in double. M is within rounding of max u (1e-16
+//                   relative), so log p and dJ/dz keep an absolute error of about 1e-16 |max u|
+//                   (the unsharded loss shifts by the row max and has none); a row with
+//                   |max z / tau| beyond DBL_MAX (double logits only) is non-finite here.
+//                   Merge across ranks with row_stats_merge
 //                   (custom reduction or all-gather + merge), or with two standard
 //                   collectives: all-reduce MAX of the maxima, row_stats_rebase()
 //                   on each rank, all-reduce SUM of sum_exp and sum_exp_u.
@@ -84,13 +90,13 @@ Status vocab_shard_row_stats(const LossConfig& config, const PolicyLossBatch<Rea
   if (!use.acquired()) return cpu::workspace_busy_error("vocab_shard_row_stats");
 
   const int64_t stride = local.stride();
-  const Real inv_temperature = static_cast<Real>(1.0 / config.temperature);
+  const double inv_temperature = 1.0 / config.temperature;
   cpu::parallel_for_rows(ws.pool, local.num_tokens, config.num_threads, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const Real* z = local.logits + t * stride;
       stats[t] = cpu::row_softmax_stats(z, shard.size, inv_temperature);
       const int32_t y = local.target_ids[t];
-      target_logit[t] = shard.holds(y) ? static_cast<double>(z[y - shard.begin]) * static_cast<double>(inv_temperature) : 0.0;
+      target_logit[t] = shard.holds(y) ? static_cast<double>(z[y - shard.begin]) * inv_temperature : 0.0;
     }
   });
   return Status::success();
@@ -155,6 +161,7 @@ Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatc
   PolicyLossBatch<Real> global_ids = local;
   global_ids.vocab_size = shard.global_size;
   CGRPO_RETURN_IF_ERROR(validate_batch_values(config, global_ids));
+  const double inv_temperature = 1.0 / config.temperature;
   for (int64_t t = 0; t < T; ++t) {
     cpu::Workspace::Row& r = ws.rows[t];
     r.finite = row_stats_finite(stats[t]) && std::isfinite(target_logit[t]);
@@ -163,24 +170,32 @@ Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatc
                         "row %lld: the reduced statistics hold NaN or +inf (or every logit is -inf); nothing was written",
                         static_cast<long long>(t));
     cpu::set_row_values(stats[t], target_logit[t], r);
+    // The gradient sweep shifts by a pivot in logit units: M * tau, in Real's range. lse is
+    // re-expressed against it (exact to the 1e-16 |M| of the exchanged statistics).
+    const double lowest = -static_cast<double>(std::numeric_limits<Real>::max());
+    const double pivot = std::min(std::max(stats[t].max / inv_temperature, lowest), -lowest);
+    r.pivot = static_cast<double>(static_cast<Real>(pivot));
+    r.lse -= r.pivot * inv_temperature;
   }
 
   // From here on, exactly the per-token pass of cpu::fused_policy_loss, on the reduced rows.
   LossMetrics metrics;
   CGRPO_RETURN_IF_ERROR(cpu::per_token_pass(config, local, ws, &metrics));
-  if (out.grad_logits) CGRPO_RETURN_IF_ERROR(cpu::check_gradient_range<Real>(ws, T, config.temperature));
+  if (out.grad_logits) {
+    const int64_t overflow = cpu::first_gradient_overflow_row<Real>(ws, T, inv_temperature);
+    if (overflow >= 0) return cpu::gradient_overflow_error<Real>(ws, overflow, config.temperature);
+  }
   cpu::write_token_outputs(metrics, ws, T, out);
   if (out.grad_logits) {
     // dJ/dz_j over the local columns (the vectorised sweep of the CPU path); the one-hot
     // term lands only on the rank holding y_t (target -1 elsewhere).
     const int64_t gstride = out.grad_row_stride == 0 ? stride : out.grad_row_stride;
-    const Real inv_temperature = static_cast<Real>(1.0 / config.temperature);
     cpu::parallel_for_rows(ws.pool, T, config.num_threads, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const cpu::Workspace::Row& r = ws.rows[t];
         const int32_t y = shard.holds(local.target_ids[t]) ? static_cast<int32_t>(local.target_ids[t] - shard.begin) : -1;
-        cpu::row_logit_gradient(local.logits + t * stride, shard.size, inv_temperature, y, r.lse, r.entropy,
-                                r.dJ_dlogp, r.dJ_dentropy, out.grad_logits + t * gstride);
+        cpu::row_logit_gradient(local.logits + t * stride, shard.size, inv_temperature, y, static_cast<Real>(r.pivot),
+                                r.lse, r.entropy, r.dJ_dlogp, r.dJ_dentropy, out.grad_logits + t * gstride);
       }
     });
   }
