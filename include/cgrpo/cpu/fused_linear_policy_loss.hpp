@@ -116,19 +116,20 @@ Status scan_head(const LinearHead<Real>& head, int64_t T, int64_t V, int threads
   return Status::success();
 }
 
-// Logits formed from finite h and W can still overflow Real (or z / tau can): refuses any row
-// whose bound, with room for rounding and the sweeps' shift (4x), reaches Real's largest value.
+// Logits formed from finite h and W can still overflow Real: refuses any row whose bound, with
+// room for the GEMM's rounding (2x), reaches Real's largest value. (z / tau beyond Real's range is
+// fine: the sweeps shift by a pivot before they scale, in double.)
 template <typename Real>
 Status check_logit_range(const Workspace& ws, int64_t T, double temperature, const HeadScan& scan) {
-  const double limit = static_cast<double>(std::numeric_limits<Real>::max()) / 4;
+  const double limit = static_cast<double>(std::numeric_limits<Real>::max()) / 2;
   for (int64_t t = 0; t < T; ++t)
-    if (!(ws.logit_bound[t] < limit * std::min(1.0, temperature)))
+    if (!(ws.logit_bound[t] < limit))
       return make_error(StatusCode::non_finite,
                         "token %lld: its logits may overflow %s (|z| <= ||h_t|| max_j ||W_j|| + max|b| = %g with "
-                        "max_j ||W_j|| = %g, at temperature %g); scale the hidden states or the head; nothing was "
-                        "written",
+                        "max_j ||W_j|| = %g); scale the hidden states or the head; nothing was written",
                         static_cast<long long>(t), sizeof(Real) == 4 ? "float" : "double", ws.logit_bound[t],
-                        scan.weight_row_norm, temperature);
+                        scan.weight_row_norm);
+  (void)temperature;
   return Status::success();
 }
 
@@ -179,7 +180,7 @@ Status check_head_gradients(const Workspace& ws, int64_t T, double temperature, 
 }
 
 // Whether the single pass may run: after prepare_token_pass, a bound on every token's |J_t| and
-// |a_t| over the log p its row can have keeps the loss, dJ/dlogits (check_gradient_range's rule)
+// |a_t| over the log p its row can have keeps the loss, dJ/dlogits (row_gradient_in_range's rule)
 // and the head's gradients finite. Then no check after the logits are formed can fail, and writing
 // chunk by chunk leaves the all-or-nothing contract intact. Otherwise the two-pass path runs, whose
 // checks all come before its first write.
@@ -189,7 +190,6 @@ bool single_pass_bounded(const LossConfig& config, const PolicyLossBatch<Real>& 
   const int64_t T = batch.num_tokens, V = batch.vocab_size;
   const TokenLossParams<double> params = token_params<double>(config);
   const double max_entropy = std::log(static_cast<double>(V)) + 1.0;
-  const double limit = static_cast<double>(std::numeric_limits<Real>::max());
   const Real* reference = ratio_reference(config, batch);
   const bool computed_weights = batch.computed_weights(), kl_on = config.kl != KlEstimator::none;
   double loss = 0;
@@ -214,11 +214,8 @@ bool single_pass_bounded(const LossConfig& config, const PolicyLossBatch<Real>& 
     const TokenLossBound tb =
         token_loss_bound(in, lowest_logp(ws.logit_bound[t], config.temperature, V), max_entropy, params);
     loss += tb.loss;
-    Workspace::Row r{};
-    r.entropy = max_entropy;
-    r.dJ_dlogp = tb.dlogp;
-    r.dJ_dentropy = b;
-    if (!(gradient_bound(r, config.temperature) < limit / 2)) return false;
+    if (!(tb.dlogp < INFINITY) || !row_gradient_in_range<Real>(2.0 / config.temperature, max_entropy, tb.dlogp, b))
+      return false;  // (twice the rule's bound: room for the bound's own rounding)
     head.add(2.0 * (tb.dlogp + b * max_entropy) / config.temperature, scan.weight_max, ws.hidden_max[t]);
   }
   if (!(loss < 1e300)) return false;
@@ -228,7 +225,7 @@ bool single_pass_bounded(const LossConfig& config, const PolicyLossBatch<Real>& 
 // Sweep 1 over the chunk's rows: ws.rows[t0 + r] for r in [0, n).
 template <typename Real>
 void chunk_row_stats(Workspace& ws, int threads, const Real* z, int64_t ldz, int64_t V, const int32_t* targets,
-                     Real inv_temperature, int64_t t0, int64_t n) {
+                     double inv_temperature, int64_t t0, int64_t n) {
   parallel_for_rows(ws.pool, n, threads, [&](int64_t b, int64_t e) {
     compute_row_stats(z, ldz, V, targets + t0, inv_temperature, b, e, ws.rows.data() + t0);
   });
@@ -237,12 +234,12 @@ void chunk_row_stats(Workspace& ws, int threads, const Real* z, int64_t ldz, int
 // Sweep 2 over the chunk's rows, in place: z becomes dJ/dz.
 template <typename Real>
 void chunk_row_gradient(Workspace& ws, int threads, Real* z, int64_t ldz, int64_t V, const int32_t* targets,
-                        Real inv_temperature, int64_t t0, int64_t n) {
+                        double inv_temperature, int64_t t0, int64_t n) {
   parallel_for_rows(ws.pool, n, threads, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const Workspace::Row& row = ws.rows[t0 + r];
-      row_logit_gradient(z + r * ldz, V, inv_temperature, targets[t0 + r], row.lse, row.entropy, row.dJ_dlogp,
-                         row.dJ_dentropy, z + r * ldz);
+      row_logit_gradient(z + r * ldz, V, inv_temperature, targets[t0 + r], static_cast<Real>(row.pivot), row.lse,
+                         row.entropy, row.dJ_dlogp, row.dJ_dentropy, z + r * ldz);
     }
   });
 }
@@ -302,7 +299,7 @@ Status fused_linear_policy_loss(const LossConfig& config, const PolicyLossBatch<
 // Errors leave every output untouched, grad_weight and grad_bias in accumulate mode included:
 // validation reads every per-token value, every entry of hidden, weight and bias (finite), and
 // bounds each row's logits (|z_t| <= ||h_t|| max_j ||W_j|| + max|b|: a row that could overflow
-// Real, or whose z / tau could, is refused) and the head's gradients, before anything is written.
+// Real is refused; z / tau beyond Real is fine: the sweeps shift by a pivot first) and the head's gradients, before anything is written.
 // Threads: config.num_threads on the workspace's pool; the GEMMs run in fixed blocks and the rows
 // in fixed parts, so every thread count gives the same bits. A workspace that another call holds
 // gives invalid_argument; one that cannot grow, out_of_memory.
@@ -363,7 +360,7 @@ Status fused_linear_policy_loss(const LossConfig& config, const PolicyLossBatch<
   CGRPO_RETURN_IF_ERROR(prepare_linear(
       head, T, V, c, ldz, config.temperature, threads, ws, [&] { return validate_batch_values(config, batch); }, &z,
       &scan));
-  const Real inv_temperature = static_cast<Real>(token_params<double>(config).inv_temperature);
+  const double inv_temperature = 1.0 / config.temperature;
   auto logits = [&](int64_t t0, int64_t n) {
     head_logits(ws.pool, threads, head.hidden + t0 * ldh, ldh, n, H, head.weight, ldw, head.bias, V, z, ldz);
   };
@@ -387,6 +384,9 @@ Status fused_linear_policy_loss(const LossConfig& config, const PolicyLossBatch<
           return after_write_error(make_error(StatusCode::non_finite, "logits row %lld is not finite", static_cast<long long>(t)));
       Status s = token_pass_range(config, batch, ws, t0, t0 + n);
       if (!s.ok()) return after_write_error(s);
+      for (int64_t t = t0; t < t0 + n; ++t)
+        if (!row_gradient_in_range<Real>(inv_temperature, ws.rows[t].entropy, ws.rows[t].dJ_dlogp, ws.rows[t].dJ_dentropy))
+          return after_write_error(gradient_overflow_error<Real>(ws, t, config.temperature));
       chunk_row_gradient(ws, threads, z, ldz, V, batch.target_ids, inv_temperature, t0, n);
       chunk_backward(ws, threads, head, grads, V, z, ldz, t0, n, t0 == 0);
     }
@@ -408,7 +408,8 @@ Status fused_linear_policy_loss(const LossConfig& config, const PolicyLossBatch<
                       static_cast<long long>(bad));
   CGRPO_RETURN_IF_ERROR(per_token_pass(config, batch, ws, &metrics));
   if (grads.any()) {
-    CGRPO_RETURN_IF_ERROR(check_gradient_range<Real>(ws, T, config.temperature));
+    const int64_t overflow = first_gradient_overflow_row<Real>(ws, T, inv_temperature);
+    if (overflow >= 0) return gradient_overflow_error<Real>(ws, overflow, config.temperature);
     CGRPO_RETURN_IF_ERROR(check_head_gradients(ws, T, config.temperature, scan, grads));
   }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "cgrpo/buffer_overlap.hpp"
 #include "cgrpo/config.hpp"
@@ -81,7 +82,7 @@ Status vocab_shard_linear_row_stats(const LossConfig& config, const PolicyLossBa
     CGRPO_RETURN_IF_ERROR(cpu::detail::prepare_linear(
         head, T, V, c, ldz, config.temperature, threads, ws, [&] { return validate_batch_values(config, global_ids); },
         &z, &scan));
-    const Real inv_temperature = static_cast<Real>(1.0 / config.temperature);
+    const double inv_temperature = 1.0 / config.temperature;
     for (int64_t t0 = 0; t0 < T; t0 += c) {
       const int64_t n = std::min(c, T - t0);
       cpu::head_logits(ws.pool, threads, head.hidden + t0 * ldh, ldh, n, head.hidden_size, head.weight,
@@ -92,8 +93,7 @@ Status vocab_shard_linear_row_stats(const LossConfig& config, const PolicyLossBa
           const Real* row = z + r * ldz;
           stats[t] = cpu::row_softmax_stats(row, V, inv_temperature);
           const int32_t y = local.target_ids[t];
-          target_logit[t] =
-              shard.holds(y) ? static_cast<double>(row[y - shard.begin]) * static_cast<double>(inv_temperature) : 0.0;
+          target_logit[t] = shard.holds(y) ? static_cast<double>(row[y - shard.begin]) * inv_temperature : 0.0;
         }
       });
     }
@@ -139,6 +139,7 @@ Status vocab_parallel_linear_policy_loss(const LossConfig& config, const PolicyL
     CGRPO_RETURN_IF_ERROR(cpu::detail::prepare_linear(
         head, T, V, c, ldz, config.temperature, threads, ws, [&] { return validate_batch_values(config, global_ids); },
         &z, &scan));
+    const double inv_temperature = 1.0 / config.temperature;
     for (int64_t t = 0; t < T; ++t) {
       cpu::Workspace::Row& r = ws.rows[t];
       r.finite = row_stats_finite(stats[t]) && std::isfinite(target_logit[t]);
@@ -147,11 +148,18 @@ Status vocab_parallel_linear_policy_loss(const LossConfig& config, const PolicyL
                           "row %lld: the reduced statistics hold NaN or +inf (or every logit is -inf); nothing was written",
                           static_cast<long long>(t));
       cpu::set_row_values(stats[t], target_logit[t], r);
+      // As parallel::vocab_parallel_policy_loss: the gradient sweep shifts by a pivot in logit
+      // units (M tau, in Real's range) and lse is re-expressed against it.
+      const double lowest = -static_cast<double>(std::numeric_limits<Real>::max());
+      const double pivot = std::min(std::max(stats[t].max / inv_temperature, lowest), -lowest);
+      r.pivot = static_cast<double>(static_cast<Real>(pivot));
+      r.lse -= r.pivot * inv_temperature;
     }
     LossMetrics metrics;
     CGRPO_RETURN_IF_ERROR(cpu::per_token_pass(config, local, ws, &metrics));
     if (grads.any()) {
-      CGRPO_RETURN_IF_ERROR(cpu::check_gradient_range<Real>(ws, T, config.temperature));
+      const int64_t overflow = cpu::first_gradient_overflow_row<Real>(ws, T, inv_temperature);
+      if (overflow >= 0) return cpu::gradient_overflow_error<Real>(ws, overflow, config.temperature);
       CGRPO_RETURN_IF_ERROR(cpu::detail::check_head_gradients(ws, T, config.temperature, scan, grads));
     }
 
@@ -166,7 +174,6 @@ Status vocab_parallel_linear_policy_loss(const LossConfig& config, const PolicyL
       }
       return Status::success();
     }
-    const Real inv_temperature = static_cast<Real>(1.0 / config.temperature);
     for (int64_t t0 = 0; t0 < T; t0 += c) {
       const int64_t n = std::min(c, T - t0);
       cpu::head_logits(ws.pool, threads, head.hidden + t0 * ldh, ldh, n, H, head.weight, head.weight_stride(),
@@ -177,8 +184,8 @@ Status vocab_parallel_linear_policy_loss(const LossConfig& config, const PolicyL
           const cpu::Workspace::Row& row = ws.rows[t0 + r];
           const int32_t y_global = local.target_ids[t0 + r];
           const int32_t y = shard.holds(y_global) ? static_cast<int32_t>(y_global - shard.begin) : -1;
-          cpu::row_logit_gradient(z + r * ldz, V, inv_temperature, y, row.lse, row.entropy, row.dJ_dlogp,
-                                  row.dJ_dentropy, z + r * ldz);
+          cpu::row_logit_gradient(z + r * ldz, V, inv_temperature, y, static_cast<Real>(row.pivot), row.lse,
+                                  row.entropy, row.dJ_dlogp, row.dJ_dentropy, z + r * ldz);
         }
       });
       cpu::detail::chunk_backward(ws, threads, head, grads, V, z, ldz, t0, n, t0 == 0);
