@@ -299,7 +299,8 @@ Status fused_linear_policy_loss(const LossConfig& config, const PolicyLossBatch<
 // Errors leave every output untouched, grad_weight and grad_bias in accumulate mode included:
 // validation reads every per-token value, every entry of hidden, weight and bias (finite), and
 // bounds each row's logits (|z_t| <= ||h_t|| max_j ||W_j|| + max|b|: a row that could overflow
-// Real is refused; z / tau beyond Real is fine: the sweeps shift by a pivot first) and the head's gradients, before anything is written.
+// Real is refused; z / tau beyond Real is fine, the sweeps shift by a pivot first) and the head's
+// gradients, before anything is written.
 // Threads: config.num_threads on the workspace's pool; the GEMMs run in fixed blocks and the rows
 // in fixed parts, so every thread count gives the same bits. A workspace that another call holds
 // gives invalid_argument; one that cannot grow, out_of_memory.
