@@ -96,6 +96,7 @@ TokenLogprobArgs<Logit> gspo_stats_args(const PolicyLossArgs<Logit>& args) {
   stats.inv_temperature = args.params.inv_temperature;
   stats.rows = args.rows;
   stats.status = args.status;
+  stats.first_row = args.first_row;
   return stats;
 }
 

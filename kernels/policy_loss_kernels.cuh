@@ -65,6 +65,8 @@ struct PolicyLossArgs {
   const float* seq_log_ratio;      // [B], GSPO only
   DeviceSequences sequences;       // GSPO only
   DeviceStatus* status;
+  int64_t first_row;               // the batch row of logits row 0: per-token arrays are indexed by
+                                   // batch row (the fused linear loss runs on one chunk; 0 otherwise)
 };
 
 // The checks validate_batch_values does on the CPU, for one token; flags and returns false on the
@@ -130,12 +132,13 @@ struct TokenLogprobArgs {
   float* entropy_out;  // optional
   StoredRow* rows;     // optional (GSPO stats pass)
   DeviceStatus* status;
+  int64_t first_row;   // the batch row of logits row 0 (as PolicyLossArgs::first_row)
 };
 
 // What thread 0 does once the row's softmax is known.
 template <typename Logit>
 CGRPO_ROW_HD void token_logprobs_row_end(const TokenLogprobArgs<Logit>& args, int64_t t, const RowSoftmax& sm) {
-  const Logit* row = args.logits + t * args.row_stride;
+  const Logit* row = args.logits + (t - args.first_row) * args.row_stride;
   float logp;
   const bool ok = target_logp(row, t, args.target_ids[t], args.vocab_size, sm, args.inv_temperature, args.status, logp);
   if (args.logp_out) args.logp_out[t] = logp;
@@ -158,8 +161,8 @@ template <typename Logit, int THREADS>
 __global__ void __launch_bounds__(THREADS, RowKernelOccupancy<THREADS>::kLogprobBlocks)
     token_logprobs_kernel(TokenLogprobArgs<Logit> args) {
   __shared__ BlockRowSoftmaxStorage<THREADS> storage;
-  const int64_t t = blockIdx.x;
-  const Logit* row = args.logits + t * args.row_stride;
+  const int64_t t = args.first_row + blockIdx.x;
+  const Logit* row = args.logits + static_cast<int64_t>(blockIdx.x) * args.row_stride;
   const RowSoftmax sm = block_row_softmax<Logit, THREADS>(row, args.vocab_size, args.inv_temperature, storage);
   if (threadIdx.x == 0) token_logprobs_row_end(args, t, sm);
 }
@@ -240,7 +243,7 @@ struct TokenStep {
 
 template <typename Logit, bool STORED_ROWS>
 CGRPO_ROW_HD TokenStep policy_loss_token_step(const PolicyLossArgs<Logit>& args, int64_t t, RowSoftmax sm) {
-  const Logit* row = args.logits + t * args.row_stride;
+  const Logit* row = args.logits + (t - args.first_row) * args.row_stride;
   const int32_t target = args.target_ids[t];
   float logp;
   bool ok;
@@ -295,9 +298,9 @@ __global__ void __launch_bounds__(THREADS, RowKernelOccupancy<THREADS>::kLossBlo
     policy_loss_kernel(PolicyLossArgs<Logit> args) {
   __shared__ BlockRowSoftmaxStorage<THREADS> storage;
   __shared__ TokenStep shared_step;
-  const int64_t t = blockIdx.x;
+  const int64_t t = args.first_row + blockIdx.x;
   const float inv_temperature = args.params.inv_temperature;
-  const Logit* row = args.logits + t * args.row_stride;
+  const Logit* row = args.logits + static_cast<int64_t>(blockIdx.x) * args.row_stride;
 
   RowSoftmax sm{};
   if constexpr (!STORED_ROWS) sm = block_row_softmax<Logit, THREADS>(row, args.vocab_size, inv_temperature, storage);
@@ -305,9 +308,9 @@ __global__ void __launch_bounds__(THREADS, RowKernelOccupancy<THREADS>::kLossBlo
   if constexpr (WRITE_GRAD) {
     __syncthreads();
     const TokenStep step = shared_step;
-    const bool overflow = block_row_gradient<Logit, THREADS>(row, args.grad + t * args.grad_row_stride, args.vocab_size,
-                                                             args.target_ids[t], step.softmax, step.a, step.b,
-                                                             inv_temperature);
+    const bool overflow = block_row_gradient<Logit, THREADS>(
+        row, args.grad + static_cast<int64_t>(blockIdx.x) * args.grad_row_stride, args.vocab_size,
+        args.target_ids[t], step.softmax, step.a, step.b, inv_temperature);
     if (overflow && threadIdx.x == 0) gradient_overflow_row_end(args, t);
   }
 }

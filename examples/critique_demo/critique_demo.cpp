@@ -1,5 +1,6 @@
 // examples/critique_demo: a small real RL run on the CPU, plain GRPO against Critique-GRPO.
-// Toy policy in Eigen, critiques and groups from cgrpo::critique, loss and dJ/dlogits from cgrpo::cpu.
+// Toy policy in Eigen, critiques and groups from cgrpo::critique; log-probs, loss and dJ/dW from
+// cgrpo::cpu's fused LM head + loss (the policy's logits Phi W^T exist a few rows at a time, never whole).
 //
 // The task: a question is "rule c applied to the digits x1..xD"; the answer is D digits,
 // y_j = (a_c * x_j + b_c) mod 10, checked exactly (reward 1 or 0). The base policy
@@ -9,6 +10,8 @@
 // (the base policy can copy an answer it sees in its context and avoid digits a critique
 // calls wrong), and trains the best refinement as a response to the ORIGINAL question.
 #include <cgrpo/cgrpo.hpp>
+#include <cgrpo/cpu/fused_linear_policy_loss.hpp>
+#include <cgrpo/cpu/fused_linear_token_logprobs.hpp>
 #include <cgrpo/critique/critique_stage.hpp>
 
 #include <Eigen/Dense>
@@ -206,6 +209,9 @@ double mean_pass_at_1(const Policy& pi, const std::vector<Problem>& problems, do
 }
 
 // ---------------------------------------------------------------- training
+// Rows of logits the fused LM head + loss forms at a time (a training batch has 16 x 8 x 6 = 768 rows).
+constexpr int64_t kChunkRows = 64;
+
 struct Options {
   unsigned seed = 1;
   CritiqueKind critique = CritiqueKind::simple_gt;
@@ -347,10 +353,13 @@ bool train(const Options& opt, bool critique_grpo, const std::vector<Rule>& rule
     cgrpo::Status s = cgrpo::critique::assemble_groups(config, rollouts, assembly, batch);
     if (!s.ok()) return fail("assemble_groups", s);
 
-    // 3. Logits of every row as a response to the ORIGINAL question (refinements included:
-    //    the critique is not in this context). Phi [T, F] one-hot, logits = Phi * W^T.
-    const int64_t T = batch.num_tokens();
-    Eigen::MatrixXd phi = Eigen::MatrixXd::Zero(T, pi.num_features());
+    // 3. Features of every row as a response to the ORIGINAL question (refinements included:
+    //    the critique is not in this context). Phi [T, F] one-hot: the policy's "hidden states",
+    //    and W [V, F] its LM head. The logits Phi W^T are never formed for the whole batch: the
+    //    library forms them kChunkRows rows at a time.
+    using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    const int64_t T = batch.num_tokens(), F = pi.num_features();
+    RowMajor phi = RowMajor::Zero(T, F);
     const cgrpo::SequenceLayout layout = batch.layout();
     for (int64_t i = 0; i < batch.num_responses(); ++i) {
       const Problem& p = train_set[batch_problems[batch.sources[i].question]];
@@ -361,28 +370,32 @@ bool train(const Options& opt, bool critique_grpo, const std::vector<Rule>& rule
         for (int k = 0; k < 3; ++k) phi(t, f[k]) = 1.0;
       }
     }
-    using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-    RowMajor logits = phi * pi.W.transpose();  // [T, V]
+    const RowMajor head_W = pi.W;  // [V, F], rows contiguous
+    const cgrpo::LinearHead<double> head{phi.data(), F, 0, head_W.data(), 0, nullptr};
+    const cgrpo::LinearChunking chunking{kChunkRows};
 
     // 4. The library: old log-probs (one update per batch: the sampling policy is this one),
-    //    then the fused loss and dJ/dlogits. No other implementation of the loss exists here.
+    //    then the fused LM head + loss, which returns dJ/dW directly (dJ/dlogits never exists
+    //    whole either). No other implementation of the loss exists here.
     std::vector<double> old_logp(static_cast<size_t>(T));
-    s = cgrpo::cpu::token_logprobs(logits.data(), T, kVocab, 0, batch.target_ids.data(), config.temperature,
-                                   old_logp.data(), static_cast<double*>(nullptr));
-    if (!s.ok()) return fail("token_logprobs", s);
-    RowMajor grad(T, kVocab);
+    s = cgrpo::cpu::fused_linear_token_logprobs(head, T, kVocab, batch.target_ids.data(), config.temperature,
+                                                old_logp.data(), static_cast<double*>(nullptr), 1, &workspace,
+                                                chunking);
+    if (!s.ok()) return fail("fused_linear_token_logprobs", s);
+    RowMajor grad_W(kVocab, F);
     cgrpo::LossMetrics metrics;
     cgrpo::PolicyLossOutputs<double> out;
-    out.grad_logits = grad.data();
     out.metrics = &metrics;
-    s = cgrpo::cpu::fused_policy_loss(config, batch.loss_batch(logits.data(), kVocab, old_logp.data()), out, workspace);
-    if (!s.ok()) return fail("fused_policy_loss", s);
+    cgrpo::LinearHeadGrads<double> grads;
+    grads.grad_weight = grad_W.data();
+    s = cgrpo::cpu::fused_linear_policy_loss(config, batch.loss_batch(nullptr, kVocab, old_logp.data()), head, out,
+                                             grads, workspace, chunking);
+    if (!s.ok()) return fail("fused_linear_policy_loss", s);
     log.entropy = metrics.entropy_mean;
     log.loss = metrics.loss;
 
-    // 5. Backprop into the policy: dJ/dW = (dJ/dlogits)^T Phi, then Adam.
-    const Eigen::MatrixXd grad_W = grad.transpose() * phi;
-    adam.step(pi.W, grad_W, opt.learning_rate);
+    // 5. Adam on dJ/dW = (dJ/dlogits)^T Phi.
+    adam.step(pi.W, Eigen::MatrixXd(grad_W), opt.learning_rate);
 
     result.curve.push_back(log);
     if (verbose)

@@ -138,10 +138,11 @@ void add_loss_outputs(const PolicyLossBatch<Logit, Real>& b, const PolicyLossOut
 
 // Checks sizes, pointers and the config, and that no output shares memory with an input or
 // another output (byte ranges, strides included); reads no array. Shared by the CPU path
-// and the CUDA host API, so both report the same errors.
+// and the CUDA host API, so both report the same errors. logits_in_batch = false: the fused
+// linear loss, whose logits come from its LM head (batch.logits is null there).
 template <typename Logit, typename Real>
 Status validate_batch_shape(const LossConfig& config, const PolicyLossBatch<Logit, Real>& b,
-                            const PolicyLossOutputs<Logit, Real>& out) {
+                            const PolicyLossOutputs<Logit, Real>& out, bool logits_in_batch = true) {
   CGRPO_RETURN_IF_ERROR(config.validate());
   if (b.num_tokens < 0)
     return make_error(StatusCode::invalid_argument, "num_tokens must be >= 0, got %lld",
@@ -154,7 +155,7 @@ Status validate_batch_shape(const LossConfig& config, const PolicyLossBatch<Logi
                       static_cast<long long>(b.row_stride), static_cast<long long>(b.vocab_size));
   if (!out.metrics) return make_error(StatusCode::invalid_argument, "outputs.metrics must not be null");
   if (b.num_tokens == 0) return Status::success();
-  if (!b.logits) return make_error(StatusCode::invalid_argument, "logits must not be null");
+  if (logits_in_batch && !b.logits) return make_error(StatusCode::invalid_argument, "logits must not be null");
   if (!b.target_ids) return make_error(StatusCode::invalid_argument, "target_ids must not be null");
   if (!b.mask) return make_error(StatusCode::invalid_argument, "mask must not be null");
   if (!b.advantages) return make_error(StatusCode::invalid_argument, "advantages must not be null");

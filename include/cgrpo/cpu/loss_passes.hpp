@@ -50,6 +50,14 @@ struct Workspace {
   // Batch pass scratch.
   std::vector<double> scratch;
   std::vector<int64_t> order;
+  // The per-token pass run over token ranges (token_pass_range): its sums so far, in token order.
+  MetricSums<double> range_sums{};
+  std::vector<double> row_below, row_above, row_count;  // per sequence: TRL's per-row clip fractions
+  // The fused linear loss (cpu/fused_linear_policy_loss.hpp): its [chunk, V] logits buffer (one
+  // of the two, by the type of the logits), each token row's bound on |z| and its largest |h|.
+  std::vector<float> chunk_float;
+  std::vector<double> chunk_double;
+  std::vector<double> logit_bound, hidden_max;
 
   ThreadPool pool;   // config.num_threads' threads, capped at hardware_threads()
   InUseFlag in_use;  // held by the call using the workspace
@@ -125,7 +133,64 @@ inline uint64_t token_hash(uint64_t seed, uint64_t t) {
   return z ^ (z >> 31);
 }
 
+// The rows the per-token pass sees: the layout when the config needs it (validated) or the caller
+// gave a valid one (TRL's per-row clip metrics use it); one row of every token otherwise. An empty
+// batch skipped the shape check's layout validation, so its layout is validated here.
+template <typename Real>
+RowBounds token_pass_rows(const LossConfig& config, const PolicyLossBatch<Real>& batch) {
+  const int64_t T = batch.num_tokens;
+  const bool have_layout = batch.layout.num_sequences > 0 &&
+                           ((T > 0 && needs_layout(config, batch.computed_weights())) || batch.layout.validate(T).ok());
+  return RowBounds{have_layout ? &batch.layout : nullptr, T};
+}
+
+// The first row that ends after token t (rows are contiguous and in token order).
+inline int64_t first_row_ending_after(const RowBounds& rows, int64_t t) {
+  int64_t lo = 0, hi = rows.count();
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (rows.end(mid) > t) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
 }  // namespace detail
+
+// True when a pre-pass reads the log p or H of tokens other than the one it scores: sequence
+// ratios (GSPO, TRL's sequence level), GMPO's row sums, verl's bypass correction (its training
+// log p is the current one), TRL's sampler weight, OPSM and VESPO (they take the current log p),
+// the entropy quantile, and kl_cov / clip_cov choosing their tokens by covariance. Such a config
+// needs every row's statistics before any token's a_t is known; any other config can score tokens
+// as their rows come (prepare_token_pass, then token_pass_range over consecutive ranges).
+inline bool needs_all_logp_first(const LossConfig& c, bool caller_selection) {
+  return c.sequence_ratio() || c.policy_loss == PolicyLoss::geo_mean || c.policy_loss == PolicyLoss::vespo ||
+         c.rollout.mode == RolloutCorrectionMode::bypass || c.sampler.mode != SamplerCorrectionMode::none ||
+         std::isfinite(c.off_policy_mask_threshold) || c.top_entropy_quantile < 1 ||
+         ((c.policy_loss == PolicyLoss::kl_cov || c.policy_loss == PolicyLoss::clip_cov) && !caller_selection);
+}
+
+// log p of every token in [begin, end) is finite (a -inf target logit would turn the sums into NaN).
+template <typename Real>
+Status check_target_logp(const PolicyLossBatch<Real>& batch, const Workspace& ws, int64_t begin, int64_t end) {
+  for (int64_t t = begin; t < end; ++t)
+    if (!std::isfinite(ws.rows[t].logp))
+      return make_error(StatusCode::non_finite,
+                        "target_ids[%lld] = %d has a -inf logit (log p = -inf); nothing was written",
+                        static_cast<long long>(t), batch.target_ids[t]);
+  return Status::success();
+}
+
+// a_t and b_t of every token in [begin, end) are finite.
+inline Status check_token_gradients(const Workspace& ws, int64_t begin, int64_t end) {
+  for (int64_t t = begin; t < end; ++t)
+    if (!std::isfinite(ws.rows[t].dJ_dlogp) || !std::isfinite(ws.rows[t].dJ_dentropy))
+      return make_error(StatusCode::non_finite,
+                        "token %lld: dJ/dlogp is not finite (the policy, KL or entropy term overflowed: check the "
+                        "advantages, weights, coefficients and log ratios); nothing was written",
+                        static_cast<long long>(t));
+  return Status::success();
+}
 
 // Everything between the sweeps, once ws.rows[t] holds lse, H and log p of every row:
 //   1. off-policy corrections (verl rollout correction or TRL sampler weight / OPSM / vespo);
@@ -136,28 +201,30 @@ inline uint64_t token_hash(uint64_t seed, uint64_t t) {
 //   6. the row post-pass for row-coupled gradients (a_t += dq_i/dlogp_t G_i);
 //   7. the check that J, every a_t and b_t are finite.
 // Writes a_t, b_t into ws.rows and *metrics; writes no caller output. Shared by the fused loss,
-// the vocabulary-parallel loss and the fused linear loss.
+// the vocabulary-parallel loss and the fused linear loss. It is three parts, which a caller that
+// scores tokens as their rows come (the fused linear loss) calls itself:
+//   prepare_token_pass:  steps 1-4, and the sums set to zero;
+//   token_pass_range:    step 5 over tokens [begin, end) (consecutive ranges, in token order, add
+//                        to the sums exactly as one pass over [0, T) does), and step 7's check of them;
+//   finish_token_pass:   step 6, step 7 over every token, the metrics.
+// Without needs_all_logp_first(config), prepare_token_pass reads no log p or H (ws.rows may hold
+// anything) and token_pass_range needs ws.rows[t] for its own tokens only.
 template <typename Real>
 Status per_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& batch, Workspace& ws,
-                      LossMetrics* metrics) {
+                      LossMetrics* metrics);
+
+// Steps 1-4 of per_token_pass; then the sums of token_pass_range set to zero.
+template <typename Real>
+Status prepare_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& batch, Workspace& ws,
+                          LossMetrics* metrics) {
   const int64_t T = batch.num_tokens;
   const TokenLossParams<double> params = token_params<double>(config);
   const bool computed_weights = batch.computed_weights();
-  // The rows: the layout when the config needs it (validated) or the caller gave a valid one (TRL's
-  // per-row clip metrics use it); one row of every token otherwise. An empty batch skipped the shape
-  // check's layout validation, so its layout is validated here.
-  const bool have_layout = batch.layout.num_sequences > 0 &&
-                           ((T > 0 && needs_layout(config, computed_weights)) || batch.layout.validate(T).ok());
-  const RowBounds rows{have_layout ? &batch.layout : nullptr, T};
+  const RowBounds rows = detail::token_pass_rows(config, batch);
+  const bool have_layout = rows.layout != nullptr;
   const int64_t B = rows.count();
   const Real* reference = ratio_reference(config, batch);
   const bool kl_on = config.kl != KlEstimator::none;
-
-  for (int64_t t = 0; t < T; ++t)
-    if (!std::isfinite(ws.rows[t].logp))  // a -inf target logit: log p = -inf would turn the sums into NaN
-      return make_error(StatusCode::non_finite,
-                        "target_ids[%lld] = %d has a -inf logit (log p = -inf); nothing was written",
-                        static_cast<long long>(t), batch.target_ids[t]);
 
   // Terms each valid token takes part in, and the policy factor: everything by default.
   ws.terms.assign(static_cast<size_t>(T), 0);
@@ -376,19 +443,38 @@ Status per_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& bat
     if (kl_on) CGRPO_RETURN_IF_ERROR(term_weights(config.kl_aggregation, config.aggregation, kInKl, kInKl, ws.w_kl));
   }
 
-  // 5. The per-token pass, in token order.
-  MetricSums<double> sums = metric_sums_zero<double>();
+  // The sums of step 5.
+  ws.range_sums = metric_sums_zero<double>();
   ws.seq_grad.assign(static_cast<size_t>(B), 0.0);
   ws.row_coupling.assign(static_cast<size_t>(T), 0.0);
-  std::vector<double> row_below, row_above, row_count;
+  ws.row_below.assign(static_cast<size_t>(B), 0.0);
+  ws.row_above.assign(static_cast<size_t>(B), 0.0);
+  ws.row_count.assign(static_cast<size_t>(B), 0.0);
+  return Status::success();
+}
+
+// Step 5 of per_token_pass for tokens [begin, end), after prepare_token_pass and the ranges before
+// it; ws.rows[t] holds lse, H and log p of these tokens. Checks that their log p, a_t and b_t are
+// finite (the messages of per_token_pass).
+template <typename Real>
+Status token_pass_range(const LossConfig& config, const PolicyLossBatch<Real>& batch, Workspace& ws, int64_t begin,
+                        int64_t end) {
+  const TokenLossParams<double> params = token_params<double>(config);
+  const bool computed_weights = batch.computed_weights();
+  const RowBounds rows = detail::token_pass_rows(config, batch);
+  const int64_t B = rows.count();
+  const Real* reference = ratio_reference(config, batch);
+  const bool kl_on = config.kl != KlEstimator::none;
+  CGRPO_RETURN_IF_ERROR(check_target_logp(batch, ws, begin, end));
+
+  // 5. The per-token pass, in token order.
+  MetricSums<double>& sums = ws.range_sums;
+  std::vector<double>& row_below = ws.row_below;
+  std::vector<double>& row_above = ws.row_above;
+  std::vector<double>& row_count = ws.row_count;
   const bool row_metrics = B > 0;
-  if (row_metrics) {
-    row_below.assign(static_cast<size_t>(B), 0.0);
-    row_above.assign(static_cast<size_t>(B), 0.0);
-    row_count.assign(static_cast<size_t>(B), 0.0);
-  }
-  for (int64_t i = 0; i < B; ++i) {
-    for (int64_t t = rows.begin(i); t < rows.end(i); ++t) {
+  for (int64_t i = detail::first_row_ending_after(rows, begin); i < B && rows.begin(i) < end; ++i) {
+    for (int64_t t = std::max(begin, rows.begin(i)); t < std::min(end, rows.end(i)); ++t) {
       Workspace::Row& r = ws.rows[t];
       TokenInputs<double> in{};
       in.valid = batch.mask[t] != 0;
@@ -427,6 +513,21 @@ Status per_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& bat
       }
     }
   }
+  return check_token_gradients(ws, begin, end);
+}
+
+// Steps 6 and 7 of per_token_pass and the metrics, once token_pass_range has covered [0, T).
+template <typename Real>
+Status finish_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& batch, Workspace& ws,
+                         LossMetrics* metrics) {
+  const int64_t T = batch.num_tokens;
+  const RowBounds rows = detail::token_pass_rows(config, batch);
+  const int64_t B = rows.count();
+  const MetricSums<double>& sums = ws.range_sums;
+  const std::vector<double>& row_below = ws.row_below;
+  const std::vector<double>& row_above = ws.row_above;
+  const std::vector<double>& row_count = ws.row_count;
+  const bool row_metrics = B > 0;
 
   // 6. Row post-pass: the gradient of the row-coupled losses reaches each token of the row.
   for (int64_t i = 0; i < B; ++i) {
@@ -435,12 +536,7 @@ Status per_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& bat
   }
 
   // 7. A non-finite result is never returned with OK.
-  for (int64_t t = 0; t < T; ++t)
-    if (!std::isfinite(ws.rows[t].dJ_dlogp) || !std::isfinite(ws.rows[t].dJ_dentropy))
-      return make_error(StatusCode::non_finite,
-                        "token %lld: dJ/dlogp is not finite (the policy, KL or entropy term overflowed: check the "
-                        "advantages, weights, coefficients and log ratios); nothing was written",
-                        static_cast<long long>(t));
+  CGRPO_RETURN_IF_ERROR(check_token_gradients(ws, 0, T));
   if (!std::isfinite(sums.loss))
     return make_error(StatusCode::non_finite,
                       "the loss is not finite (a term overflowed: check the advantages, weights, coefficients and "
@@ -471,6 +567,15 @@ Status per_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& bat
     metrics->vespo_phi_mean = s / static_cast<double>(B);
   }
   return Status::success();
+}
+
+template <typename Real>
+Status per_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& batch, Workspace& ws,
+                      LossMetrics* metrics) {
+  CGRPO_RETURN_IF_ERROR(check_target_logp(batch, ws, 0, batch.num_tokens));
+  CGRPO_RETURN_IF_ERROR(prepare_token_pass(config, batch, ws, metrics));
+  CGRPO_RETURN_IF_ERROR(token_pass_range(config, batch, ws, 0, batch.num_tokens));
+  return finish_token_pass(config, batch, ws, metrics);
 }
 
 }  // namespace cgrpo::cpu
