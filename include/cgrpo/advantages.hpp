@@ -175,6 +175,14 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
     const double inv_std = 1.0 / std::sqrt(var + whiten_eps);
     for (int64_t i = 0; i < n; ++i) result[i] = (result[i] - mu) * inv_std;
   }
+  // Finite rewards can still give a non-finite advantage (group sums past DBL_MAX, a value past
+  // Real's range, whitening with whiten_eps = 0 and no spread): an error, never an OK.
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(static_cast<double>(static_cast<Real>(result[i]))))
+      return make_error(StatusCode::non_finite,
+                        "group_advantages (%s): the advantage of response %lld is not finite (rewards too large for "
+                        "the arithmetic or the output type, or whitening with whiten_eps = 0 and no spread)",
+                        to_string(estimator), static_cast<long long>(i));
   for (int64_t i = 0; i < n; ++i) advantages[i] = static_cast<Real>(result[i]);
   return Status::success();
 }
