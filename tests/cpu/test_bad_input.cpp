@@ -300,6 +300,61 @@ TEST_CASE("bad input: advantages and weights that would not be finite are errors
             .ok());  // 1e39 fits a double
 }
 
+// Found by fuzz_group_advantages and fuzz_parallel:
+//   - grpo over rewards whose spread overflows the variance (|R - mean| ~ 1e154 and more) gave
+//     std = inf and A = 0 for the whole group, with OK: a wrong value, now an error;
+//   - the data-parallel partial sums of squares overflowed to inf with OK (and the whitening
+//     sums likewise), and group_advantages_from_stats / whiten_from_stats accepted non-finite
+//     reduced sums (then gave A = 0): each is now an error naming the array;
+//   - an empty batch accepted a negative eps and an unknown estimator that the data-parallel
+//     form refuses: the arguments are now checked first, as there.
+TEST_CASE("bad input: group statistics that overflow are errors in one process and across ranks", "[errors]") {
+  const std::vector<int32_t> ids = {0, 0, 0};
+  const std::vector<double> spread = {2e154, -2e154, 0};
+  std::vector<double> adv(3, kPoison);
+  auto st = cgrpo::group_advantages(cgrpo::AdvantageEstimator::grpo, {3, ids.data(), 1}, spread.data(), nullptr, 1e-6,
+                                    adv.data());
+  INFO(st.message);
+  CHECK(st.code == Code::non_finite);
+  st = cgrpo::group_advantages(cgrpo::AdvantageEstimator::grpo_batch_std, {3, ids.data(), 1}, spread.data(), nullptr,
+                               1e-6, adv.data());
+  CHECK(st.code == Code::non_finite);
+  for (double a : adv) CHECK(a == kPoison);
+  CHECK(cgrpo::group_advantages(cgrpo::AdvantageEstimator::grpo_no_std, {3, ids.data(), 1}, spread.data(), nullptr,
+                                1e-6, adv.data())
+            .ok());  // R - mean alone is finite
+  CHECK(cgrpo::group_advantages(cgrpo::AdvantageEstimator::grpo, {0, ids.data(), 1}, spread.data(), nullptr, -10.0,
+                                adv.data())
+            .code == Code::invalid_argument);
+  CHECK(cgrpo::group_advantages(static_cast<cgrpo::AdvantageEstimator>(9), {0, ids.data(), 1}, spread.data(), nullptr,
+                                1e-6, adv.data())
+            .code == Code::invalid_argument);
+
+  namespace par = cgrpo::parallel;
+  std::vector<double> sums(par::kGroupSumFields, kPoison), ext(par::kGroupExtremaFields, kPoison);
+  st = par::group_partial_stats(cgrpo::GroupAssignment{3, ids.data(), 1}, spread.data(), 0.0, sums.data(), ext.data());
+  INFO(st.message);
+  CHECK(st.code == Code::non_finite);
+  for (double x : sums) CHECK(x == kPoison);
+  for (double x : ext) CHECK(x == kPoison);
+  const double inf_sums[par::kGroupSumFields] = {3, 0, INFINITY};
+  const double extrema[par::kGroupExtremaFields] = {1, 1};
+  const std::vector<double> small = {1, 0, -1};
+  std::fill(adv.begin(), adv.end(), kPoison);
+  CHECK(par::group_advantages_from_stats(cgrpo::AdvantageEstimator::grpo, cgrpo::GroupAssignment{3, ids.data(), 1},
+                                         small.data(), inf_sums, extrema, 0.0, 1e-6, adv.data())
+            .code == Code::non_finite);
+  for (double a : adv) CHECK(a == kPoison);
+  const std::vector<int64_t> tokens = {4, 4, 4};
+  double wsums[par::kWhitenFields] = {kPoison, kPoison, kPoison};
+  CHECK(par::whitening_partial_stats(3, tokens.data(), spread.data(), wsums).code == Code::non_finite);
+  for (double x : wsums) CHECK(x == kPoison);
+  const double inf_whiten[par::kWhitenFields] = {12, 0, INFINITY};
+  std::vector<double> to_whiten = small;
+  CHECK(par::whiten_from_stats(3, inf_whiten, to_whiten.data()).code == Code::non_finite);
+  CHECK(to_whiten == small);
+}
+
 TEST_CASE("bad input: NaN, +inf and all -inf rows are found by every float and double sweep", "[errors]") {
   // The float path has hand-vectorised sweeps (AVX-512 / AVX2 chosen at run time) with chunk,
   // vector and tail code: put the bad value at every kind of position.
