@@ -307,7 +307,9 @@ TEST_CASE("bad input: advantages and weights that would not be finite are errors
 //     sums likewise), and group_advantages_from_stats / whiten_from_stats accepted non-finite
 //     reduced sums (then gave A = 0): each is now an error naming the array;
 //   - an empty batch accepted a negative eps and an unknown estimator that the data-parallel
-//     form refuses: the arguments are now checked first, as there.
+//     form refuses: the arguments are now checked first, as there;
+//   - group_advantages_from_stats divided by a variance its one-pass sums cancel to 0 (eps = 0):
+//     inf or NaN with OK.
 TEST_CASE("bad input: group statistics that overflow are errors in one process and across ranks", "[errors]") {
   const std::vector<int32_t> ids = {0, 0, 0};
   const std::vector<double> spread = {2e154, -2e154, 0};
@@ -345,6 +347,18 @@ TEST_CASE("bad input: group statistics that overflow are errors in one process a
                                          small.data(), inf_sums, extrema, 0.0, 1e-6, adv.data())
             .code == Code::non_finite);
   for (double a : adv) CHECK(a == kPoison);
+  // One-pass sums that cancel: S2 - S1 mean = 0 though the extrema differ; with eps = 0 the
+  // advantage was (R - mean) / 0 = inf (or 0 / 0) with OK.
+  const double cancelled[par::kGroupSumFields] = {2, 2, 2};
+  const double apart[par::kGroupExtremaFields] = {1.0000001, -0.9999999};
+  const std::vector<double> r2 = {2, 1};
+  const std::vector<int32_t> ids2 = {0, 0};
+  std::vector<double> adv2(2, kPoison);
+  st = par::group_advantages_from_stats(cgrpo::AdvantageEstimator::grpo, cgrpo::GroupAssignment{2, ids2.data(), 1},
+                                        r2.data(), cancelled, apart, 0.0, 0.0, adv2.data());
+  INFO(st.message);
+  CHECK(st.code == Code::non_finite);
+  for (double a : adv2) CHECK(a == kPoison);
   const std::vector<int64_t> tokens = {4, 4, 4};
   double wsums[par::kWhitenFields] = {kPoison, kPoison, kPoison};
   CHECK(par::whitening_partial_stats(3, tokens.data(), spread.data(), wsums).code == Code::non_finite);

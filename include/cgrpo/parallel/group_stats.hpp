@@ -148,7 +148,7 @@ Status group_advantages_from_stats(AdvantageEstimator estimator, const GroupAssi
                         "group_advantages_from_stats: group %lld's reduced sums are not finite (%g, %g)",
                         static_cast<long long>(g), sums[g * kGroupSumFields + 1], sums[g * kGroupSumFields + 2]);
   }
-  for (int64_t i = 0; i < local.num_responses; ++i) {
+  auto advantage = [&](int64_t i) {
     const int64_t g = local.group_ids[i];
     const double c = sums[g * kGroupSumFields + 0];
     const double mean_shifted = sums[g * kGroupSumFields + 1] / c;
@@ -177,8 +177,17 @@ Status group_advantages_from_stats(AdvantageEstimator estimator, const GroupAssi
         a = c < 2 ? r : centered;
         break;
     }
-    advantages[i] = static_cast<Real>(a);
-  }
+    return a;
+  };
+  // A cancelled variance (S2 - S1 mean = 0 for distinct rewards) with eps = 0, or a value past
+  // Real's range, is not finite: an error before anything is written, never an OK.
+  for (int64_t i = 0; i < local.num_responses; ++i)
+    if (!std::isfinite(static_cast<double>(static_cast<Real>(advantage(i)))))
+      return make_error(StatusCode::non_finite,
+                        "group_advantages_from_stats (%s): the advantage of response %lld is not finite (a zero "
+                        "variance from the shifted sums with eps = 0, or a value past the output type)",
+                        to_string(estimator), static_cast<long long>(i));
+  for (int64_t i = 0; i < local.num_responses; ++i) advantages[i] = static_cast<Real>(advantage(i));
   return Status::success();
 }
 
