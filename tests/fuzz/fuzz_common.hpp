@@ -15,18 +15,57 @@
 #include <string>
 #include <vector>
 
-// A broken invariant: say which and where (libFuzzer then writes the input as crash-*).
-#define FUZZ_CHECK(cond, ...)                                                       \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
+// A broken invariant: say which and where, then abort (libFuzzer writes the input as crash-*).
+// With FUZZ_SURVEY=<dir> (long exploration runs), the input is written to <dir>/<file>-<line>-<n>
+// instead and the run goes on with the next input, so that one known, open finding does not
+// stop the search for others; each check site keeps its first 20 inputs.
+#define FUZZ_CHECK(cond, ...)                                                                      \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
       std::fprintf(stderr, "\nFUZZ INVARIANT BROKEN at %s:%d: %s\n  ", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, __VA_ARGS__);                                            \
-      std::fprintf(stderr, "\n");                                                   \
-      std::abort();                                                                 \
-    }                                                                               \
+      std::fprintf(stderr, __VA_ARGS__);                                                           \
+      std::fprintf(stderr, "\n");                                                                  \
+      ::fuzz::broken(__FILE__, __LINE__);                                                          \
+    }                                                                                              \
   } while (0)
 
 namespace fuzz {
+
+// The input being run (set by each target's entry point through Current) and the survey mode.
+struct Survey {
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+  int counts[4096] = {};
+};
+inline Survey& survey() {
+  static Survey s;
+  return s;
+}
+struct Current {  // in LLVMFuzzerTestOneInput: Current current(data, size);
+  Current(const uint8_t* data, size_t size) {
+    survey().data = data;
+    survey().size = size;
+  }
+};
+struct Broken {};  // thrown in survey mode, caught by the target's entry point
+
+[[noreturn]] inline void broken(const char* file, int line) {
+  const char* dir = std::getenv("FUZZ_SURVEY");
+  if (!dir) std::abort();
+  Survey& s = survey();
+  int& n = s.counts[line & 4095];
+  if (n < 20) {
+    const char* base = std::strrchr(file, '/');
+    char path[512];
+    std::snprintf(path, sizeof path, "%s/%s-%d-%d", dir, base ? base + 1 : file, line, n);
+    if (FILE* f = std::fopen(path, "wb")) {
+      std::fwrite(s.data, 1, s.size, f);
+      std::fclose(f);
+    }
+  }
+  ++n;
+  throw Broken{};
+}
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();

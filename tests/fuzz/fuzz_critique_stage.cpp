@@ -59,9 +59,9 @@ void fuzz_template(FuzzedDataProvider& in) {
   std::string out = "untouched", want;
   const cgrpo::Status s = fill_template(text, fields, out);
   const bool ok = reference_fill(text, fields, want);
-  if (s.ok() != ok) std::abort();
-  if (!s.ok() && out != "untouched") std::abort();
-  if (s.ok() && out != want) std::abort();
+  FUZZ_CHECK(!(s.ok() != ok), "critique-stage rule");
+  FUZZ_CHECK(!(!s.ok() && out != "untouched"), "critique-stage rule");
+  FUZZ_CHECK(!(s.ok() && out != want), "critique-stage rule");
 }
 
 void fuzz_selection(FuzzedDataProvider& in) {
@@ -80,29 +80,30 @@ void fuzz_selection(FuzzedDataProvider& in) {
   const cgrpo::Status s = select_refinements(rewards.data(), with_counts ? counts.data() : nullptr, count, k, success,
                                              allow_empty, chosen);
   if (!s.ok()) {
-    if (chosen.size() != 1 || chosen[0] != -7 || s.message[0] == 0) std::abort();
+    FUZZ_CHECK(!(chosen.size() != 1 || chosen[0] != -7 || s.message[0] == 0), "critique-stage rule");
     return;
   }
-  if (!std::isfinite(success)) std::abort();  // documented: a non-finite success reward is an error
+  FUZZ_CHECK(!(!std::isfinite(success)), "critique-stage rule");  // documented: a non-finite success reward is an error
   for (double r : rewards)
-    if (!std::isfinite(r)) std::abort();  // documented: a non-finite reward is an error
-  if (static_cast<int64_t>(chosen.size()) != k) std::abort();
+    FUZZ_CHECK(!(!std::isfinite(r)), "critique-stage rule");  // documented: a non-finite reward is an error
+  FUZZ_CHECK(!(static_cast<int64_t>(chosen.size()) != k), "critique-stage rule");
   std::vector<bool> seen(rewards.size(), false);
   bool in_correct = true;
   for (size_t c = 0; c < chosen.size(); ++c) {
     const int64_t j = chosen[c];
-    if (j < 0 || j >= count || seen[j]) std::abort();
+    FUZZ_CHECK(!(j < 0 || j >= count || seen[j]), "critique-stage rule");
     seen[j] = true;
-    if (with_counts && counts[j] == 0 && !allow_empty) std::abort();  // an empty refinement was chosen
+    FUZZ_CHECK(!(with_counts && counts[j] == 0 && !allow_empty), "critique-stage rule");  // an empty refinement was chosen
     const bool correct = rewards[j] >= success;
-    if (correct && !in_correct) std::abort();  // a correct one after an incorrect one
+    FUZZ_CHECK(!(correct && !in_correct), "critique-stage rule");  // a correct one after an incorrect one
     if (!correct) in_correct = false;
     if (c > 0) {
       const int64_t p = chosen[c - 1];
       const bool prev_correct = rewards[p] >= success;
-      if (correct && prev_correct && !(p < j)) std::abort();  // correct ones in generation order
-      if (!correct && !prev_correct && (rewards[p] < rewards[j] || (rewards[p] == rewards[j] && p > j)))
-        std::abort();  // the others by decreasing reward, ties by generation order
+      FUZZ_CHECK(!(correct && prev_correct && !(p < j)), "critique-stage rule");  // correct ones in generation order
+      // The others by decreasing reward, ties by generation order.
+      FUZZ_CHECK(!(!correct && !prev_correct && (rewards[p] < rewards[j] || (rewards[p] == rewards[j] && p > j))),
+                 "selection order");
     }
   }
 }
@@ -162,7 +163,7 @@ void fuzz_assembly(FuzzedDataProvider& in) {
   out.rewards = {-7.0};
   const cgrpo::Status s = assemble_groups(config, questions, opt, out);
   if (!s.ok()) {
-    if (out.rewards.size() != 1 || out.rewards[0] != -7.0 || !out.sources.empty() || s.message[0] == 0) std::abort();
+    FUZZ_CHECK(!(out.rewards.size() != 1 || out.rewards[0] != -7.0 || !out.sources.empty() || s.message[0] == 0), "critique-stage rule");
     const cgrpo::Status cs = config.validate();
     FUZZ_CHECK(cs.ok() || std::strcmp(cs.message, s.message) == 0, "config.validate() says %s, assemble_groups %s",
                cs.message, s.message);
@@ -170,10 +171,10 @@ void fuzz_assembly(FuzzedDataProvider& in) {
   }
   FUZZ_CHECK(config.validate().ok(), "assemble_groups accepted a config that validate() refuses");
   const int64_t B = out.num_responses(), T = out.num_tokens();
-  if (static_cast<int64_t>(out.offsets.size()) != B + 1 || out.offsets[B] != T) std::abort();
-  if (static_cast<int64_t>(out.mask.size()) != T || static_cast<int64_t>(out.kinds.size()) != T ||
-      static_cast<int64_t>(out.advantages.size()) != T || static_cast<int64_t>(out.pg_weights.size()) != T)
-    std::abort();
+  FUZZ_CHECK(!(static_cast<int64_t>(out.offsets.size()) != B + 1 || out.offsets[B] != T), "critique-stage rule");
+  FUZZ_CHECK(static_cast<int64_t>(out.mask.size()) == T && static_cast<int64_t>(out.kinds.size()) == T &&
+                 static_cast<int64_t>(out.advantages.size()) == T && static_cast<int64_t>(out.pg_weights.size()) == T,
+             "per-token arrays of the wrong length");
   const int64_t known_v = opt.vocab_size > 0 ? opt.vocab_size : INT64_MAX;
   for (int64_t t = 0; t < T; ++t) {
     FUZZ_CHECK(std::isfinite(out.advantages[t]) && std::isfinite(out.pg_weights[t]) && out.pg_weights[t] >= 0 &&
@@ -184,7 +185,7 @@ void fuzz_assembly(FuzzedDataProvider& in) {
   }
   for (int64_t i = 0; i < B; ++i)
     for (int64_t t = out.offsets[i]; t < out.offsets[i + 1]; ++t)
-      if (out.mask[t] && out.kinds[t] != static_cast<uint8_t>(out.sources[i].kind)) std::abort();
+      FUZZ_CHECK(!(out.mask[t] && out.kinds[t] != static_cast<uint8_t>(out.sources[i].kind)), "critique-stage rule");
 
   // Whatever assemble_groups accepts, the loss accepts (ordinary rewards), with finite results;
   // loss_batch's Status form refuses exactly the target ids outside [0, V).
@@ -207,11 +208,15 @@ void fuzz_assembly(FuzzedDataProvider& in) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  fuzz::Current current(data, size);
   FuzzedDataProvider in(data, size);
-  switch (in.ConsumeIntegralInRange<int>(0, 2)) {
-    case 0: fuzz_template(in); break;
-    case 1: fuzz_selection(in); break;
-    default: fuzz_assembly(in); break;
+  try {
+    switch (in.ConsumeIntegralInRange<int>(0, 2)) {
+      case 0: fuzz_template(in); break;
+      case 1: fuzz_selection(in); break;
+      default: fuzz_assembly(in); break;
+    }
+  } catch (const fuzz::Broken&) {  // FUZZ_SURVEY: the input is saved, go on
   }
   return 0;
 }

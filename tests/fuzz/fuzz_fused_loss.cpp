@@ -255,15 +255,19 @@ void run_huge(FuzzedDataProvider& in) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  fuzz::Current current(data, size);
   FuzzedDataProvider in(data, size);
-  const int mode = in.ConsumeIntegralInRange<int>(0, 15);
-  const bool dbl = in.ConsumeBool();
-  if (mode == 0) {
-    if (dbl) run_huge<double>(in);
-    else run_huge<float>(in);
-  } else {
-    if (dbl) run_case<double>(in);
-    else run_case<float>(in);
+  try {
+    const int mode = in.ConsumeIntegralInRange<int>(0, 15);
+    const bool dbl = in.ConsumeBool();
+    if (mode == 0) {
+      if (dbl) run_huge<double>(in);
+      else run_huge<float>(in);
+    } else {
+      if (dbl) run_case<double>(in);
+      else run_case<float>(in);
+    }
+  } catch (const fuzz::Broken&) {  // FUZZ_SURVEY: the input is saved, go on
   }
   return 0;
 }

@@ -279,19 +279,23 @@ void fuzz_huge(FuzzedDataProvider& in) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  fuzz::Current current(data, size);
   FuzzedDataProvider in(data, size);
-  const int which = in.ConsumeIntegralInRange<int>(0, 9);
-  const bool dbl = in.ConsumeBool();
-  if (which < 5) {
-    if (dbl) fuzz_advantages<double>(in);
-    else fuzz_advantages<float>(in);
-  } else if (which < 8) {
-    if (dbl) fuzz_weights<double>(in);
-    else fuzz_weights<float>(in);
-  } else if (which == 8) {
-    fuzz_ids_from_offsets(in);
-  } else {
-    fuzz_huge(in);
+  try {
+    const int which = in.ConsumeIntegralInRange<int>(0, 9);
+    const bool dbl = in.ConsumeBool();
+    if (which < 5) {
+      if (dbl) fuzz_advantages<double>(in);
+      else fuzz_advantages<float>(in);
+    } else if (which < 8) {
+      if (dbl) fuzz_weights<double>(in);
+      else fuzz_weights<float>(in);
+    } else if (which == 8) {
+      fuzz_ids_from_offsets(in);
+    } else {
+      fuzz_huge(in);
+    }
+  } catch (const fuzz::Broken&) {  // FUZZ_SURVEY: the input is saved, go on
   }
   return 0;
 }

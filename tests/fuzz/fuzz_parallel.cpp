@@ -386,11 +386,15 @@ void fuzz_vocab_shards(FuzzedDataProvider& in) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  fuzz::Current current(data, size);
   FuzzedDataProvider in(data, size);
-  switch (in.ConsumeIntegralInRange<int>(0, 3)) {
-    case 0: fuzz_group_stats(in); break;
-    case 1: fuzz_vocab_shards<float>(in); break;
-    default: fuzz_vocab_shards<double>(in); break;
+  try {
+    switch (in.ConsumeIntegralInRange<int>(0, 3)) {
+      case 0: fuzz_group_stats(in); break;
+      case 1: fuzz_vocab_shards<float>(in); break;
+      default: fuzz_vocab_shards<double>(in); break;
+    }
+  } catch (const fuzz::Broken&) {  // FUZZ_SURVEY: the input is saved, go on
   }
   return 0;
 }
