@@ -1,6 +1,8 @@
 // libFuzzer target: the critique stage's entry points over each input's whole domain.
 //   fill_template        arbitrary template text and fields, against an independent reference
 //   select_refinements   any reward (NaN and +-inf included), count, k, success reward
+//   critiques            parse_critique_kind, write_critique (any kind, failing critics),
+//                        refinement_prompt (against the same reference grammar)
 //   assemble_groups      any rollouts, token ids, rewards (finite ones of any size), options
 //                        (sizes near the int64 limits, unknown enums, any pad token and V) and
 //                        config (every estimator, aggregation and eps, some fields broken)
@@ -11,6 +13,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -205,15 +208,65 @@ void fuzz_assembly(FuzzedDataProvider& in) {
   for (double g : grad) FUZZ_CHECK(std::isfinite(g), "gradient %g", g);
 }
 
+// parse_critique_kind, write_critique (every kind, unknown ones, critics that fail, throw or
+// return nothing) and refinement_prompt (against the reference grammar).
+void fuzz_critiques(FuzzedDataProvider& in) {
+  const std::string name = in.ConsumeRandomLengthString(24);
+  CritiqueKind parsed = CritiqueKind::simple;
+  const cgrpo::Status ps = parse_critique_kind(name, parsed);
+  FUZZ_CHECK(ps.ok() == (name == "simple" || name == "simple_gt" || name == "free_text"), "parse_critique_kind(%s)",
+             name.c_str());
+  FUZZ_CHECK(!ps.ok() || name == to_string(parsed), "parse_critique_kind round trip");
+  FUZZ_CHECK(ps.ok() || ps.message[0], "parse_critique_kind: no message");
+  CritiqueRequest request;
+  request.question = in.ConsumeRandomLengthString(40);
+  request.solution = in.ConsumeRandomLengthString(40);
+  request.ground_truth = in.ConsumeBool() ? std::string() : in.ConsumeRandomLengthString(20);
+  request.correct = in.ConsumeBool();
+  const int behaviour = in.ConsumeIntegralInRange<int>(0, 5);
+  const std::string text = in.ConsumeRandomLengthString(30);
+  Critic critic;
+  if (behaviour > 0)
+    critic = [&](const CritiqueRequest&, std::string& out) -> cgrpo::Status {
+      switch (behaviour) {
+        case 1: return cgrpo::make_error(cgrpo::StatusCode::invalid_argument, "critic refuses");
+        case 2: throw std::runtime_error("critic throws");
+        case 3: throw 42;
+        case 4: out.clear(); return cgrpo::Status::success();
+        default: out = text; return cgrpo::Status::success();
+      }
+    };
+  const auto kind = static_cast<CritiqueKind>(in.ConsumeIntegralInRange<int>(0, 15) ? in.ConsumeIntegralInRange<int>(0, 2)
+                                                                                   : in.PickValueInArray({-1, 3, 99}));
+  std::string critique = "untouched";
+  const cgrpo::Status ws = write_critique(kind, request, critic, critique);
+  if (!ws.ok()) {
+    FUZZ_CHECK(critique == "untouched" && ws.message[0], "write_critique: output touched on error (%s)", ws.message);
+  } else {
+    FUZZ_CHECK(!critique.empty(), "write_critique returned OK with an empty critique");
+    if (kind == CritiqueKind::free_text) FUZZ_CHECK(behaviour == 5 && !text.empty() && critique == text, "free_text critique");
+    if (kind == CritiqueKind::simple_gt) FUZZ_CHECK(!request.ground_truth.empty(), "simple_gt without a ground truth");
+  }
+  const bool custom = in.ConsumeBool();
+  const std::string templ = custom ? in.ConsumeRandomLengthString(120) : default_refinement_template();
+  std::string prompt = "untouched", want;
+  const cgrpo::Status rs = refinement_prompt(request.question, request.solution, critique, prompt, templ);
+  const TemplateFields fields = {{"question", request.question}, {"solution", request.solution}, {"critique", critique}};
+  const bool ok = reference_fill(templ, fields, want);
+  FUZZ_CHECK(rs.ok() == ok, "refinement_prompt: %s", rs.message);
+  FUZZ_CHECK(rs.ok() ? prompt == want : prompt == "untouched", "refinement_prompt output");
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::Current current(data, size);
   FuzzedDataProvider in(data, size);
   try {
-    switch (in.ConsumeIntegralInRange<int>(0, 2)) {
+    switch (in.ConsumeIntegralInRange<int>(0, 3)) {
       case 0: fuzz_template(in); break;
       case 1: fuzz_selection(in); break;
+      case 2: fuzz_critiques(in); break;
       default: fuzz_assembly(in); break;
     }
   } catch (const fuzz::Broken&) {  // FUZZ_SURVEY: the input is saved, go on

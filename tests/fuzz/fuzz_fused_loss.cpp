@@ -78,6 +78,18 @@ void run_case(FuzzedDataProvider& in) {
   const std::vector<unsigned char> before = snapshot(a.arena);
   const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(c, a.batch, a.out, workspace(0));
   if (std::getenv("FUZZ_DEBUG")) debug_print(k, arrays, moved, s);
+  if (std::getenv("FUZZ_CENSUS")) {  // which modes a corpus reaches: one line per input that got past validation
+    const bool past = s.ok() || s.code == cgrpo::StatusCode::non_finite;
+    std::printf("census %s %s %s %s st%d k3c%d xr%d pg:%s conv:%g/%g/%d rollout:%s/%s/%d sampler:%s opsm:%d quantile:%d "
+                "selection:%d weights:%s T:%lld %s\n",
+                past ? "past" : "refused", cgrpo::to_string(c.policy_loss), cgrpo::to_string(c.ratio_level),
+                cgrpo::to_string(c.kl), (int)c.kl_straight_through, (int)c.kl_k3_clamp, (int)c.kl_times_ratio,
+                cgrpo::to_string(c.pg_aggregation), c.aggregation.token_mean_eps, c.aggregation.row_count_eps,
+                (int)c.aggregation.count_empty_rows, cgrpo::to_string(c.rollout.mode), cgrpo::to_string(c.rollout.is_level),
+                c.rollout.num_rejection_options, cgrpo::to_string(c.sampler.mode), (int)std::isfinite(c.off_policy_mask_threshold),
+                (int)(c.top_entropy_quantile < 1), (int)k.has[kSelection], k.has[kWpg] ? "caller" : "computed",
+                (long long)k.T, sizeof(Real) == 4 ? "float" : "double");
+  }
 
   // The oracle: which outputs share bytes with a checked input or another output.
   const bool computed = !a.batch.pg_weights;
