@@ -111,14 +111,15 @@ void fuzz_advantages(FuzzedDataProvider& in) {
   if (est != cgrpo::AdvantageEstimator::grpo_no_std && est != cgrpo::AdvantageEstimator::rloo) return;
   for (const auto& m : members) {
     if (m.second.size() < 2) continue;
-    double sum = 0, scale = 0;
+    long double sum = 0;  // advantages near DBL_MAX: their sum needs the wider type
+    double scale = 0;
     for (int64_t i : m.second) {
-      sum += static_cast<double>(adv[i]);
+      sum += static_cast<long double>(adv[i]);
       scale = std::max(scale, std::fabs(static_cast<double>(r[i])));
     }
     const double c = static_cast<double>(m.second.size());
     const double floor = 8 * c * static_cast<double>(std::numeric_limits<Real>::denorm_min());
-    FUZZ_CHECK(std::fabs(sum) <= 8 * c * c * eps_r * scale + floor, "group %d of %s sums to %g (rewards up to %g)", m.first,
+    FUZZ_CHECK(fabsl(sum) <= 8 * c * c * eps_r * scale + floor, "group %d of %s sums to %Lg (rewards up to %g)", m.first,
                cgrpo::to_string(est), sum, scale);
   }
 }

@@ -397,6 +397,42 @@ inline cgrpo::cpu::Workspace& workspace(int which) {
   return ws[which];
 }
 
-
+// FUZZ_DEBUG=1 (replaying one input): what the input drew.
+template <typename Real>
+void debug_print(const Case<Real>& k, const std::vector<ArrayDesc>& arrays, int moved, const cgrpo::Status& s) {
+  const cgrpo::LossConfig& c = k.cfg.config;
+  std::fprintf(stderr, "%s T=%lld V=%lld row_stride=%lld grad_mode=%d grad_row_stride=%lld moved=%d nominal=%d/%d\n",
+               sizeof(Real) == 4 ? "float" : "double", (long long)k.T, (long long)k.V, (long long)k.row_stride,
+               k.grad_mode, (long long)k.grad_row_stride, moved, (int)k.nominal, (int)k.cfg.nominal);
+  std::fprintf(stderr,
+               "config: policy %s level %s clip [%g, %g] dual %d c %g log ratio [%g, %g] cap %g sapo %g/%g cov %g coef %g "
+               "cc [%g, %g] gamma %g c_H %g kl %s beta %g st %d k3clamp %d times_r %d agg %s/%s/%s eps %g/%g/%d "
+               "rollout %s/%s thr %g rej %d sampler %s [%g, %g] opsm %g quantile %g tau %g threads %d\n",
+               cgrpo::to_string(c.policy_loss), cgrpo::to_string(c.ratio_level), c.clip_eps_low, c.clip_eps_high,
+               (int)c.dual_clip, c.dual_clip_c, c.log_ratio_min, c.log_ratio_max, c.cispo_ratio_cap, c.sapo_tau_pos,
+               c.sapo_tau_neg, c.cov_ratio, c.kl_cov_coef, c.clip_cov_lower, c.clip_cov_upper, c.refinement_gamma,
+               c.entropy_coef, cgrpo::to_string(c.kl), c.kl_coef, (int)c.kl_straight_through, (int)c.kl_k3_clamp,
+               (int)c.kl_times_ratio, cgrpo::to_string(c.pg_aggregation), cgrpo::to_string(c.entropy_aggregation),
+               cgrpo::to_string(c.kl_aggregation), c.aggregation.token_mean_eps, c.aggregation.row_count_eps,
+               (int)c.aggregation.count_empty_rows, cgrpo::to_string(c.rollout.mode), cgrpo::to_string(c.rollout.is_level),
+               c.rollout.is_threshold, c.rollout.num_rejection_options, cgrpo::to_string(c.sampler.mode), c.sampler.min,
+               c.sampler.max, c.off_policy_mask_threshold, c.top_entropy_quantile, c.temperature, c.num_threads);
+  for (const auto& a : arrays)
+    if (a.present)
+      std::fprintf(stderr, "  %-16s %s pos %6zu extent %6zu rows %lld stride %lld\n", a.name, a.output ? "out" : "in ",
+                   a.pos, a.extent(), (long long)a.rows, (long long)a.stride);
+  for (int64_t t = 0; t < k.T; ++t)
+    std::fprintf(stderr, "  t=%lld y=%d m=%d kind=%d A=%g old=%g ref=%g roll=%g w=%g/%g/%g z[y]=%g\n", (long long)t,
+                 k.targets[t], k.mask[t], k.kinds[t], k.adv[t], k.old_logp[t], k.ref_logp[t], k.rollout_logp[t],
+                 k.w_pg[t], k.w_ent[t], k.w_kl[t],
+                 k.targets[t] >= 0 && k.targets[t] < k.V ? k.logits[t * k.V + k.targets[t]] : kNaN);
+  if (std::atoi(std::getenv("FUZZ_DEBUG")) >= 2)  // FUZZ_DEBUG=2: every logit too
+    for (int64_t t = 0; t < k.T; ++t) {
+      std::fprintf(stderr, "  z[%lld]:", (long long)t);
+      for (int64_t v = 0; v < k.V; ++v) std::fprintf(stderr, " %a", k.logits[t * k.V + v]);
+      std::fprintf(stderr, "\n");
+    }
+  std::fprintf(stderr, "status: %s %s\n", cgrpo::status_code_name(s.code), s.message);
+}
 
 }  // namespace fuzz

@@ -16,20 +16,20 @@ using namespace fuzz;
 
 enum { kZ, kY, kLogp, kH, kSlots };
 
-// log p of the target and H of one row, in long double, with u = z / tau.
+// log p of the target and H of one row, in long double, with u = z / tau, measured from the
+// row's max z (z - max z first, then / tau), so that no value of the size of z / tau is rounded.
 void reference_row(const double* z, int64_t V, int32_t y, double tau, long double* logp, long double* h) {
-  long double m = -INFINITY;
-  for (int64_t v = 0; v < V; ++v) m = std::max(m, static_cast<long double>(z[v]) / tau);
+  double zmax = -kInf;
+  for (int64_t v = 0; v < V; ++v) zmax = std::max(zmax, z[v]);
   long double s = 0, q = 0;
   for (int64_t v = 0; v < V; ++v) {
     if (z[v] == -kInf) continue;
-    const long double d = static_cast<long double>(z[v]) / tau - m;
+    const long double d = (static_cast<long double>(z[v]) - zmax) / tau;
     const long double e = expl(d);
     s += e;
     q += e * d;
   }
-  const long double lse = m + logl(s);
-  *logp = static_cast<long double>(z[y]) / tau - lse;
+  *logp = (static_cast<long double>(z[y]) - zmax) / tau - logl(s);
   *h = logl(s) - q / s;
 }
 
