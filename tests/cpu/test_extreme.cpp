@@ -172,7 +172,7 @@ TEST_CASE("float rows whose scaled logits are large (u = z / tau ~ 2.5e5): log p
 // ---------------------------------------------------------------------------------------------
 // Found by the widened fuzz targets (issue 13 class 11). Each input is valid, and the rule is
 // "an error, or OK with every output finite". [!mayfail]: the fixes are on other branches
-// (the scaling work of class 3 for the first four, the per-token pass rewrite for the last);
+// (the scaling work of class 3 for all but one, the per-token pass rewrite for the metrics);
 // drop the tag when they are merged.
 
 namespace {
@@ -293,4 +293,16 @@ TEST_CASE("fuzz findings: metrics are finite when the loss is (no log-ratio clam
   const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(c, b, cgrpo::PolicyLossOutputs<double>{g.data(), 0, nullptr, nullptr, &m});
   INFO(s.message << " loss " << m.loss << " ratio_mean " << m.ratio_mean << " ppo_kl " << m.ppo_kl);
   if (s.ok()) CHECK(all_finite(m));
+}
+
+TEST_CASE("fuzz findings: merging row statistics with a max near DBL_MAX stays finite", "[extreme][!mayfail]") {
+  // A double row with one entry at DBL_MAX, split into two vocabulary shards: the rebase of the
+  // other shard's sum_exp_u, S (M_a - M) with M_a - M ~ -DBL_MAX, overflowed to -inf and times
+  // exp(M_a - M) = 0 gave NaN, so vocab_parallel_policy_loss refused a row the unsharded loss takes.
+  const std::vector<double> a = {7.76, -3.0, 4.1, 2.2, 5.5, -1.0}, b = {DBL_MAX};
+  const auto sa = cgrpo::cpu::row_softmax_stats(a.data(), static_cast<int64_t>(a.size()), 1.0);
+  const auto sb = cgrpo::cpu::row_softmax_stats(b.data(), 1, 1.0);
+  const auto merged = cgrpo::row_stats_merge(cgrpo::row_stats_merge(cgrpo::row_stats_identity<double>(), sa), sb);
+  INFO("merged {" << merged.max << ", " << merged.sum_exp << ", " << merged.sum_exp_u << "}");
+  CHECK(cgrpo::row_stats_finite(merged));
 }
