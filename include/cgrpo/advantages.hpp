@@ -60,14 +60,17 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
   const int64_t n = groups.num_responses;
   if (n < 0 || groups.num_groups < 0)
     return make_error(StatusCode::invalid_argument, "group_advantages: negative sizes");
-  if (n == 0) return Status::success();
-  if (!rewards || !groups.group_ids || !advantages)
-    return make_error(StatusCode::invalid_argument, "group_advantages: rewards, group_ids and advantages must not be null");
+  // The arguments are checked even for an empty batch, as group_advantages_from_stats does.
+  if (static_cast<unsigned>(estimator) > 4u)
+    return make_error(StatusCode::invalid_argument, "group_advantages: unknown estimator %d", static_cast<int>(estimator));
   if (!std::isfinite(eps) || eps < 0)
     return make_error(StatusCode::invalid_argument, "group_advantages: eps must be finite and >= 0, got %g", eps);
   if (!std::isfinite(whiten_eps) || whiten_eps < 0)
     return make_error(StatusCode::invalid_argument, "group_advantages: whiten_eps must be finite and >= 0, got %g",
                       whiten_eps);
+  if (n == 0) return Status::success();
+  if (!rewards || !groups.group_ids || !advantages)
+    return make_error(StatusCode::invalid_argument, "group_advantages: rewards, group_ids and advantages must not be null");
   const bool whiten = estimator == AdvantageEstimator::reinforce_pp_baseline;
   BufferTable table;
   table.input(array_span("rewards", rewards, n));
@@ -132,6 +135,11 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
       case AdvantageEstimator::grpo:
         if (c < 2) a = r / (1.0 + eps);
         else if (all_equal[g]) a = 0.0;
+        else if (!std::isfinite(m2[g]))  // the std would be inf and every A of the group 0: wrong, not OK
+          return make_error(StatusCode::non_finite,
+                            "group_advantages (grpo): the rewards of group %d spread too far for their variance "
+                            "(|R - mean| near 1e154 or more)",
+                            g);
         else a = (r - mean[g]) / (std::sqrt(m2[g] / (c - 1)) + eps);
         break;
       case AdvantageEstimator::grpo_no_std:
@@ -146,6 +154,9 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
         a = c < 2 ? r : r - mean[g];
         break;
       case AdvantageEstimator::grpo_batch_std:
+        if (!all_equal[g] && !std::isfinite(batch_std))
+          return make_error(StatusCode::non_finite,
+                            "group_advantages (grpo_batch_std): the batch's rewards spread too far for their variance");
         a = all_equal[g] ? 0.0 : (r - mean[g]) / (batch_std + eps);
         break;
       default:
@@ -175,6 +186,14 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
     const double inv_std = 1.0 / std::sqrt(var + whiten_eps);
     for (int64_t i = 0; i < n; ++i) result[i] = (result[i] - mu) * inv_std;
   }
+  // Finite rewards can still give a non-finite advantage (group sums past DBL_MAX, a value past
+  // Real's range, whitening with whiten_eps = 0 and no spread): an error, never an OK.
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(static_cast<double>(static_cast<Real>(result[i]))))
+      return make_error(StatusCode::non_finite,
+                        "group_advantages (%s): the advantage of response %lld is not finite (rewards too large for "
+                        "the arithmetic or the output type, or whitening with whiten_eps = 0 and no spread)",
+                        to_string(estimator), static_cast<long long>(i));
   for (int64_t i = 0; i < n; ++i) advantages[i] = static_cast<Real>(result[i]);
   return Status::success();
 }

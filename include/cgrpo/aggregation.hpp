@@ -61,6 +61,10 @@ Status aggregation_weights(Aggregation mode, const SequenceLayout& layout, const
       const double b = scale.sequence_count > 0 ? scale.sequence_count : static_cast<double>(layout.num_sequences);
       if (b <= 0 && num_tokens > 0)
         return make_error(StatusCode::invalid_argument, "%s: the number of sequences is zero", to_string(mode));
+      // The largest weight is 1 / B (a row of one token): a tiny scale.sequence_count overflows it.
+      if (num_tokens > 0 && !std::isfinite(static_cast<double>(static_cast<Real>(1.0 / b))))
+        return make_error(StatusCode::invalid_argument,
+                          "%s: scale.sequence_count = %g is too small: the weights 1 / B overflow", to_string(mode), b);
       for (int64_t i = 0; i < layout.num_sequences; ++i) {
         double n = 1.0;
         if (mode == Aggregation::seq_mean_token_mean) {
@@ -76,6 +80,9 @@ Status aggregation_weights(Aggregation mode, const SequenceLayout& layout, const
       const double l = scale.length > 0 ? scale.length : static_cast<double>(layout.max_length());
       if (l <= 0 && num_tokens > 0)
         return make_error(StatusCode::invalid_argument, "seq-mean-token-sum-norm: the length normalizer L is zero");
+      if (num_tokens > 0 && !std::isfinite(static_cast<double>(static_cast<Real>(1.0 / l))))
+        return make_error(StatusCode::invalid_argument,
+                          "seq-mean-token-sum-norm: scale.length = %g is too small: the weights 1 / L overflow", l);
       const double w = 1.0 / l;
       for (int64_t t = 0; t < num_tokens; ++t) weights[t] = mask[t] ? static_cast<Real>(w) : Real(0);
       return Status::success();

@@ -176,12 +176,13 @@ inline Status check_buffers(const BufferTable& t) {
     const BufferSpan& os = t.outputs[o];
     for (int i = 0; i < t.num_inputs; ++i) {
       const BufferSpan& is = t.inputs[i];
+      if (!detail::ranges_overlap(out[o], in[i])) continue;
+      // Both spans are present, so byte_range has checked their sizes: same_span cannot overflow.
       if (os.in_place_of && std::strcmp(os.in_place_of, is.name) == 0 && detail::same_span(os, is)) continue;
-      if (detail::ranges_overlap(out[o], in[i]))
-        return make_error(StatusCode::invalid_argument,
-                          "%s (output) overlaps %s (input): an output may not share memory with an input or "
-                          "another output%s; nothing was written",
-                          os.name, is.name, os.in_place_of ? " (in place: the same pointer and stride)" : "");
+      return make_error(StatusCode::invalid_argument,
+                        "%s (output) overlaps %s (input): an output may not share memory with an input or "
+                        "another output%s; nothing was written",
+                        os.name, is.name, os.in_place_of ? " (in place: the same pointer and stride)" : "");
     }
     for (int p = o + 1; p < t.num_outputs; ++p)
       if (detail::ranges_overlap(out[o], out[p]))

@@ -4,6 +4,8 @@
 
 #include <stdint.h>
 
+#include <cmath>
+
 #include "cgrpo/macros.hpp"
 #include "cgrpo/rollout_correction.hpp"
 #include "cgrpo/sampler_correction.hpp"
@@ -42,6 +44,52 @@ struct LossMetrics {
   RolloutMetrics rollout;         // config.rollout (verl)
   SamplerMetrics sampler;         // config.sampler (TRL)
 };
+
+// The name of the first metric that is not finite, or nullptr: the loss returns OK only with every
+// metric finite (a metric can overflow where J does not, e.g. the mean ratio of clipped tokens
+// without a log-ratio clamp, or a KL of weight 0).
+inline const char* first_non_finite_metric(const LossMetrics& m) {
+  struct Named {
+    const char* name;
+    double value;
+  };
+  const Named top[] = {{"loss", m.loss}, {"pg_loss", m.pg_loss}, {"pg_loss_initial", m.pg_loss_initial},
+                       {"pg_loss_refinement", m.pg_loss_refinement}, {"entropy_loss", m.entropy_loss},
+                       {"kl_loss", m.kl_loss}, {"pg_clipfrac", m.pg_clipfrac},
+                       {"pg_clipfrac_lower", m.pg_clipfrac_lower}, {"ppo_kl", m.ppo_kl}, {"ratio_mean", m.ratio_mean},
+                       {"clip_ratio_low_mean", m.clip_ratio_low_mean}, {"clip_ratio_high_mean", m.clip_ratio_high_mean},
+                       {"clip_ratio_region_mean", m.clip_ratio_region_mean},
+                       {"clip_ratio_low_min", m.clip_ratio_low_min}, {"clip_ratio_high_max", m.clip_ratio_high_max},
+                       {"entropy_mean", m.entropy_mean}, {"kl_mean", m.kl_mean},
+                       {"refinement_prob_mean", m.refinement_prob_mean}, {"vespo_phi_mean", m.vespo_phi_mean}};
+  for (const Named& n : top)
+    if (!std::isfinite(n.value)) return n.name;
+  const RolloutMetrics& r = m.rollout;
+  const Named rollout[] = {{"rollout.is_mean", r.is_mean}, {"rollout.is_max", r.is_max}, {"rollout.is_min", r.is_min},
+                           {"rollout.is_std", r.is_std}, {"rollout.is_eff_sample_size", r.is_eff_sample_size},
+                           {"rollout.is_ratio_fraction_high", r.is_ratio_fraction_high},
+                           {"rollout.is_ratio_fraction_low", r.is_ratio_fraction_low},
+                           {"rollout.is_seq_mean", r.is_seq_mean}, {"rollout.is_seq_max", r.is_seq_max},
+                           {"rollout.is_seq_min", r.is_seq_min}, {"rollout.is_batch_norm_factor", r.is_batch_norm_factor},
+                           {"rollout.rs_masked_fraction", r.rs_masked_fraction},
+                           {"rollout.rs_seq_masked_fraction", r.rs_seq_masked_fraction}, {"rollout.kl", r.kl},
+                           {"rollout.k3_kl", r.k3_kl}, {"rollout.chi2_token", r.chi2_token},
+                           {"rollout.chi2_seq", r.chi2_seq}, {"rollout.training_ppl", r.training_ppl},
+                           {"rollout.training_log_ppl", r.training_log_ppl}, {"rollout.rollout_ppl", r.rollout_ppl},
+                           {"rollout.rollout_log_ppl", r.rollout_log_ppl}, {"rollout.log_ppl_diff", r.log_ppl_diff},
+                           {"rollout.log_ppl_abs_diff", r.log_ppl_abs_diff},
+                           {"rollout.log_ppl_diff_max", r.log_ppl_diff_max},
+                           {"rollout.log_ppl_diff_min", r.log_ppl_diff_min}, {"rollout.ppl_ratio", r.ppl_ratio}};
+  for (const Named& n : rollout)
+    if (!std::isfinite(n.value)) return n.name;
+  for (const RolloutMetrics::Option& o : r.rs_option)
+    for (double v : {o.mean, o.max, o.min, o.masked_fraction, o.seq_masked_fraction})
+      if (!std::isfinite(v)) return "rollout.rs_option";
+  const SamplerMetrics& s = m.sampler;
+  for (double v : {s.logp_difference_mean, s.logp_difference_max, s.is_ratio_min, s.is_ratio_mean, s.is_ratio_max})
+    if (!std::isfinite(v)) return "sampler";
+  return nullptr;
+}
 
 // Per-token sums that finalize_metrics() turns into LossMetrics. Acc is double on the CPU; the
 // CUDA path reduces them in a fixed order, so results are deterministic.

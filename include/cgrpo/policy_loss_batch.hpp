@@ -154,39 +154,42 @@ Status validate_batch_shape(const LossConfig& config, const PolicyLossBatch<Logi
     return make_error(StatusCode::invalid_argument, "row_stride (%lld) must be 0 or >= vocab_size (%lld)",
                       static_cast<long long>(b.row_stride), static_cast<long long>(b.vocab_size));
   if (!out.metrics) return make_error(StatusCode::invalid_argument, "outputs.metrics must not be null");
-  if (b.num_tokens == 0) return Status::success();
-  if (logits_in_batch && !b.logits) return make_error(StatusCode::invalid_argument, "logits must not be null");
-  if (!b.target_ids) return make_error(StatusCode::invalid_argument, "target_ids must not be null");
-  if (!b.mask) return make_error(StatusCode::invalid_argument, "mask must not be null");
-  if (!b.advantages) return make_error(StatusCode::invalid_argument, "advantages must not be null");
-  const bool bypass = config.rollout.mode == RolloutCorrectionMode::bypass;
-  if (!b.old_logp && !bypass) return make_error(StatusCode::invalid_argument, "old_logp must not be null");
-  if (config.kl != KlEstimator::none && !b.ref_logp)
-    return make_error(StatusCode::invalid_argument, "config.kl = %s needs ref_logp", to_string(config.kl));
-  if (config.needs_rollout_logp() && !b.rollout_logp)
-    return make_error(StatusCode::invalid_argument, "config.%s needs rollout_logp (the sampler's log-probs)",
-                      config.rollout.mode != RolloutCorrectionMode::none ? "rollout" : "sampler");
-  if (b.pg_weights) {
-    if (config.entropy_coef != 0 && !b.entropy_weights)
+  // An empty batch reads no array (they may be null), but its layout and its overlaps are still
+  // checked: the loss walks the layout's rows, and the metrics may not land on the offsets.
+  if (b.num_tokens > 0) {
+    if (logits_in_batch && !b.logits) return make_error(StatusCode::invalid_argument, "logits must not be null");
+    if (!b.target_ids) return make_error(StatusCode::invalid_argument, "target_ids must not be null");
+    if (!b.mask) return make_error(StatusCode::invalid_argument, "mask must not be null");
+    if (!b.advantages) return make_error(StatusCode::invalid_argument, "advantages must not be null");
+    const bool bypass = config.rollout.mode == RolloutCorrectionMode::bypass;
+    if (!b.old_logp && !bypass) return make_error(StatusCode::invalid_argument, "old_logp must not be null");
+    if (config.kl != KlEstimator::none && !b.ref_logp)
+      return make_error(StatusCode::invalid_argument, "config.kl = %s needs ref_logp", to_string(config.kl));
+    if (config.needs_rollout_logp() && !b.rollout_logp)
+      return make_error(StatusCode::invalid_argument, "config.%s needs rollout_logp (the sampler's log-probs)",
+                        config.rollout.mode != RolloutCorrectionMode::none ? "rollout" : "sampler");
+    if (b.pg_weights) {
+      if (config.entropy_coef != 0 && !b.entropy_weights)
+        return make_error(StatusCode::invalid_argument,
+                          "entropy_weights must not be null when pg_weights is given and config.entropy_coef != 0 "
+                          "(pass every weight the config uses, or none to let the loss compute them)");
+      if (config.kl != KlEstimator::none && !b.kl_weights)
+        return make_error(StatusCode::invalid_argument,
+                          "kl_weights must not be null when pg_weights is given and config.kl = %s (pass every "
+                          "weight the config uses, or none to let the loss compute them)",
+                          to_string(config.kl));
+      if (config.rollout.num_rejection_options > 0 || config.top_entropy_quantile < 1 ||
+          config.policy_loss == PolicyLoss::geo_mean)
+        return make_error(StatusCode::invalid_argument,
+                          "config.%s sets the weights' denominators inside the loss: pass pg_weights = "
+                          "entropy_weights = kl_weights = nullptr",
+                          config.rollout.num_rejection_options > 0 ? "rollout rejection"
+                          : config.top_entropy_quantile < 1        ? "top_entropy_quantile"
+                                                                   : "policy_loss = geo_mean");
+    } else if (b.entropy_weights || b.kl_weights) {
       return make_error(StatusCode::invalid_argument,
-                        "entropy_weights must not be null when pg_weights is given and config.entropy_coef != 0 "
-                        "(pass every weight the config uses, or none to let the loss compute them)");
-    if (config.kl != KlEstimator::none && !b.kl_weights)
-      return make_error(StatusCode::invalid_argument,
-                        "kl_weights must not be null when pg_weights is given and config.kl = %s (pass every "
-                        "weight the config uses, or none to let the loss compute them)",
-                        to_string(config.kl));
-    if (config.rollout.num_rejection_options > 0 || config.top_entropy_quantile < 1 ||
-        config.policy_loss == PolicyLoss::geo_mean)
-      return make_error(StatusCode::invalid_argument,
-                        "config.%s sets the weights' denominators inside the loss: pass pg_weights = "
-                        "entropy_weights = kl_weights = nullptr",
-                        config.rollout.num_rejection_options > 0 ? "rollout rejection"
-                        : config.top_entropy_quantile < 1        ? "top_entropy_quantile"
-                                                                 : "policy_loss = geo_mean");
-  } else if (b.entropy_weights || b.kl_weights) {
-    return make_error(StatusCode::invalid_argument,
-                      "pg_weights is null but entropy_weights or kl_weights is not: pass every weight or none");
+                        "pg_weights is null but entropy_weights or kl_weights is not: pass every weight or none");
+    }
   }
   if (needs_layout(config, b.pg_weights == nullptr)) {
     CGRPO_RETURN_IF_ERROR(b.layout.validate(b.num_tokens));

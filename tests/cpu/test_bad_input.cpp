@@ -88,6 +88,46 @@ TEST_CASE("bad input: sizes and pointers", "[errors]") {
                "in-place", /*in_place=*/true);
 }
 
+// Found by fuzz_fused_loss: validation returned OK for num_tokens = 0 before it looked at the
+// layout or the overlaps, so the loss then walked the rows of a layout that covers tokens the
+// batch does not have (a read through an empty workspace), and the metrics could be written
+// over the layout's offsets.
+TEST_CASE("bad input: an empty batch still checks its layout and its overlaps", "[errors]") {
+  cgrpo::LossConfig config;  // the paper's seq-mean-token-sum-norm weights walk the layout
+  cgrpo::PolicyLossBatch<double> b;
+  b.num_tokens = 0;
+  b.vocab_size = 4;
+  cgrpo::LossMetrics metrics;
+  metrics.loss = kPoison;
+  cgrpo::PolicyLossOutputs<double> out;
+  out.metrics = &metrics;
+  for (const auto& layout : {cgrpo::SequenceLayout::padded(3, 5), cgrpo::SequenceLayout::padded(1, 1)}) {
+    b.layout = layout;
+    const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(config, b, out);
+    INFO(s.message);
+    CHECK(s.code == Code::invalid_argument);
+    CHECK(std::string(s.message).find("layout") != std::string::npos);
+    CHECK(metrics.loss == kPoison);
+  }
+  const int64_t no_rows[1] = {0};
+  b.layout = cgrpo::SequenceLayout::packed(0, no_rows);
+  CHECK(cgrpo::cpu::fused_policy_loss(config, b, out).ok());  // a layout of no rows: an empty loss
+  CHECK(metrics.loss == 0);
+
+  // The metrics written over the offsets they were computed from.
+  alignas(cgrpo::LossMetrics) unsigned char memory[sizeof(cgrpo::LossMetrics)];
+  std::memset(memory, 0, sizeof memory);  // offsets {0, 0}: one empty row
+  b.layout = cgrpo::SequenceLayout::packed(1, reinterpret_cast<const int64_t*>(memory));
+  out.metrics = reinterpret_cast<cgrpo::LossMetrics*>(memory);
+  unsigned char before[sizeof memory];
+  std::memcpy(before, memory, sizeof memory);
+  const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(config, b, out);
+  INFO(s.message);
+  CHECK(s.code == Code::invalid_argument);
+  CHECK(std::string(s.message).find("overlaps") != std::string::npos);
+  CHECK(std::memcmp(memory, before, sizeof memory) == 0);
+}
+
 TEST_CASE("bad input: values", "[errors]") {
   expect_error([](Cfg&, Batch& b, Out&) { const_cast<int32_t*>(b.target_ids)[3] = static_cast<int32_t>(b.vocab_size); },
                Code::out_of_range, "target_ids[3]");
@@ -198,6 +238,136 @@ TEST_CASE("bad input: advantages, aggregation and log-prob entry points leave ou
   CHECK(cgrpo::cpu::token_logprobs(logits.data(), 4, 5, 0, targets.data(), 0.0, logp.data(), ent.data()).code ==
         Code::invalid_argument);
   for (int t = 0; t < 4; ++t) CHECK((logp[t] == kPoison && ent[t] == kPoison));
+}
+
+// Found by fuzz_group_advantages: accepted inputs whose results are not finite came back OK.
+//   - reinforce_pp_baseline with whiten_eps = 0 (allowed: finite and >= 0) and equal advantages:
+//     (A - mu) / sqrt(0) = 0 / 0, NaN at every response;
+//   - finite rewards near DBL_MAX: the group sum overflows, A = (R - inf) / ... is NaN;
+//   - float advantages of finite double-range rewards past FLT_MAX;
+//   - aggregation weights 1 / B and 1 / L from a tiny (valid) scale.sequence_count or scale.length.
+// Each is now an error naming the entry point, with the outputs untouched.
+TEST_CASE("bad input: advantages and weights that would not be finite are errors", "[errors]") {
+  const std::vector<int32_t> ids = {0, 0, 1, 1};
+  const std::vector<int64_t> tokens = {3, 2, 4, 1};
+  std::vector<double> adv(4, kPoison);
+  const std::vector<double> equal = {1, 1, 1, 1};
+  auto st = cgrpo::group_advantages(cgrpo::AdvantageEstimator::reinforce_pp_baseline, {4, ids.data(), 2}, equal.data(),
+                                    tokens.data(), 1e-6, adv.data(), /*whiten_eps=*/0.0);
+  INFO(st.message);
+  CHECK(st.code == Code::non_finite);
+  CHECK(std::string(st.message).find("group_advantages") != std::string::npos);
+  for (double a : adv) CHECK(a == kPoison);
+  // With a spread, whiten_eps = 0 is fine.
+  const std::vector<double> spread = {1, 0, 1, 0};
+  CHECK(cgrpo::group_advantages(cgrpo::AdvantageEstimator::reinforce_pp_baseline, {4, ids.data(), 2}, spread.data(),
+                                tokens.data(), 1e-6, adv.data(), 0.0)
+            .ok());
+  for (double a : adv) CHECK(std::isfinite(a));
+
+  const std::vector<double> huge = {1.5e308, 1.7e308, 0, 1};
+  for (auto est : {cgrpo::AdvantageEstimator::grpo, cgrpo::AdvantageEstimator::grpo_no_std,
+                   cgrpo::AdvantageEstimator::rloo, cgrpo::AdvantageEstimator::grpo_batch_std}) {
+    std::fill(adv.begin(), adv.end(), kPoison);
+    st = cgrpo::group_advantages(est, {4, ids.data(), 2}, huge.data(), nullptr, 1e-6, adv.data());
+    INFO(cgrpo::to_string(est) << ": " << st.message);
+    CHECK(st.code == Code::non_finite);
+    for (double a : adv) CHECK(a == kPoison);
+  }
+  std::vector<float> adv_f(4, -7.5f);
+  const std::vector<float> big_f = {3e38f, -3e38f, 0, 1};
+  st = cgrpo::group_advantages(cgrpo::AdvantageEstimator::rloo, {4, ids.data(), 2}, big_f.data(), nullptr, 1e-6,
+                               adv_f.data());  // 2 (3e38 - 0): finite in double, not in float
+  INFO(st.message);
+  CHECK(st.code == Code::non_finite);
+  for (float a : adv_f) CHECK(a == -7.5f);
+
+  const std::vector<uint8_t> mask = {1, 1, 0, 1};
+  const auto layout = cgrpo::SequenceLayout::padded(2, 2);
+  std::vector<double> w(4, kPoison);
+  std::vector<float> wf(4, -7.5f);
+  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::seq_mean_token_sum, layout, mask.data(), {0, 1e-320, 0}, w.data())
+            .code == Code::invalid_argument);
+  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::seq_mean_token_mean, layout, mask.data(), {0, 1e-320, 0}, w.data())
+            .code == Code::invalid_argument);
+  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::seq_mean_token_sum_norm, layout, mask.data(), {0, 0, 1e-320},
+                                   w.data())
+            .code == Code::invalid_argument);
+  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::seq_mean_token_sum, layout, mask.data(), {0, 1e-39, 0}, wf.data())
+            .code == Code::invalid_argument);
+  for (double x : w) CHECK(x == kPoison);
+  for (float x : wf) CHECK(x == -7.5f);
+  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::seq_mean_token_sum, layout, mask.data(), {0, 1e-39, 0}, w.data())
+            .ok());  // 1e39 fits a double
+}
+
+// Found by fuzz_group_advantages and fuzz_parallel:
+//   - grpo over rewards whose spread overflows the variance (|R - mean| ~ 1e154 and more) gave
+//     std = inf and A = 0 for the whole group, with OK: a wrong value, now an error;
+//   - the data-parallel partial sums of squares overflowed to inf with OK (and the whitening
+//     sums likewise), and group_advantages_from_stats / whiten_from_stats accepted non-finite
+//     reduced sums (then gave A = 0): each is now an error naming the array;
+//   - an empty batch accepted a negative eps and an unknown estimator that the data-parallel
+//     form refuses: the arguments are now checked first, as there;
+//   - group_advantages_from_stats divided by a variance its one-pass sums cancel to 0 (eps = 0):
+//     inf or NaN with OK.
+TEST_CASE("bad input: group statistics that overflow are errors in one process and across ranks", "[errors]") {
+  const std::vector<int32_t> ids = {0, 0, 0};
+  const std::vector<double> spread = {2e154, -2e154, 0};
+  std::vector<double> adv(3, kPoison);
+  auto st = cgrpo::group_advantages(cgrpo::AdvantageEstimator::grpo, {3, ids.data(), 1}, spread.data(), nullptr, 1e-6,
+                                    adv.data());
+  INFO(st.message);
+  CHECK(st.code == Code::non_finite);
+  st = cgrpo::group_advantages(cgrpo::AdvantageEstimator::grpo_batch_std, {3, ids.data(), 1}, spread.data(), nullptr,
+                               1e-6, adv.data());
+  CHECK(st.code == Code::non_finite);
+  for (double a : adv) CHECK(a == kPoison);
+  CHECK(cgrpo::group_advantages(cgrpo::AdvantageEstimator::grpo_no_std, {3, ids.data(), 1}, spread.data(), nullptr,
+                                1e-6, adv.data())
+            .ok());  // R - mean alone is finite
+  CHECK(cgrpo::group_advantages(cgrpo::AdvantageEstimator::grpo, {0, ids.data(), 1}, spread.data(), nullptr, -10.0,
+                                adv.data())
+            .code == Code::invalid_argument);
+  CHECK(cgrpo::group_advantages(static_cast<cgrpo::AdvantageEstimator>(9), {0, ids.data(), 1}, spread.data(), nullptr,
+                                1e-6, adv.data())
+            .code == Code::invalid_argument);
+
+  namespace par = cgrpo::parallel;
+  std::vector<double> sums(par::kGroupSumFields, kPoison), ext(par::kGroupExtremaFields, kPoison);
+  st = par::group_partial_stats(cgrpo::GroupAssignment{3, ids.data(), 1}, spread.data(), 0.0, sums.data(), ext.data());
+  INFO(st.message);
+  CHECK(st.code == Code::non_finite);
+  for (double x : sums) CHECK(x == kPoison);
+  for (double x : ext) CHECK(x == kPoison);
+  const double inf_sums[par::kGroupSumFields] = {3, 0, INFINITY};
+  const double extrema[par::kGroupExtremaFields] = {1, 1};
+  const std::vector<double> small = {1, 0, -1};
+  std::fill(adv.begin(), adv.end(), kPoison);
+  CHECK(par::group_advantages_from_stats(cgrpo::AdvantageEstimator::grpo, cgrpo::GroupAssignment{3, ids.data(), 1},
+                                         small.data(), inf_sums, extrema, 0.0, 1e-6, adv.data())
+            .code == Code::non_finite);
+  for (double a : adv) CHECK(a == kPoison);
+  // One-pass sums that cancel: S2 - S1 mean = 0 though the extrema differ; with eps = 0 the
+  // advantage was (R - mean) / 0 = inf (or 0 / 0) with OK.
+  const double cancelled[par::kGroupSumFields] = {2, 2, 2};
+  const double apart[par::kGroupExtremaFields] = {1.0000001, -0.9999999};
+  const std::vector<double> r2 = {2, 1};
+  const std::vector<int32_t> ids2 = {0, 0};
+  std::vector<double> adv2(2, kPoison);
+  st = par::group_advantages_from_stats(cgrpo::AdvantageEstimator::grpo, cgrpo::GroupAssignment{2, ids2.data(), 1},
+                                        r2.data(), cancelled, apart, 0.0, 0.0, adv2.data());
+  INFO(st.message);
+  CHECK(st.code == Code::non_finite);
+  for (double a : adv2) CHECK(a == kPoison);
+  const std::vector<int64_t> tokens = {4, 4, 4};
+  double wsums[par::kWhitenFields] = {kPoison, kPoison, kPoison};
+  CHECK(par::whitening_partial_stats(3, tokens.data(), spread.data(), wsums).code == Code::non_finite);
+  for (double x : wsums) CHECK(x == kPoison);
+  const double inf_whiten[par::kWhitenFields] = {12, 0, INFINITY};
+  std::vector<double> to_whiten = small;
+  CHECK(par::whiten_from_stats(3, inf_whiten, to_whiten.data()).code == Code::non_finite);
+  CHECK(to_whiten == small);
 }
 
 TEST_CASE("bad input: NaN, +inf and all -inf rows are found by every float and double sweep", "[errors]") {

@@ -176,3 +176,140 @@ TEST_CASE("float rows whose scaled logits are large (u = z / tau ~ 2.5e5): log p
     CHECK(ref::close(md.loss, want.loss, ref::double_rel(want, b), want.mag.loss));
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Found by the widened fuzz targets (issue 13 class 11). Each input is valid, and the rule is
+// "an error, or OK with every output finite". Each failed on the code before its fix (the scaling
+// work of class 3 for all but one; the metrics check in finish_token_pass for the metrics).
+
+namespace {
+
+struct OneRow {
+  int32_t target = 0;
+  uint8_t mask = 1;
+  double advantage = 1, old_logp = -1, weight = 1;
+  int64_t offsets[2] = {0, 1};
+  template <typename Real>
+  cgrpo::PolicyLossBatch<Real> batch(const std::vector<Real>& z, const std::vector<Real>& per_token) const {
+    cgrpo::PolicyLossBatch<Real> b;
+    b.logits = z.data();
+    b.num_tokens = 1;
+    b.vocab_size = static_cast<int64_t>(z.size());
+    b.target_ids = &target;
+    b.mask = &mask;
+    b.advantages = &per_token[0];
+    b.old_logp = &per_token[1];
+    b.layout = cgrpo::SequenceLayout::packed(1, offsets);
+    return b;
+  }
+};
+
+bool all_finite(const cgrpo::LossMetrics& m) {
+  const double v[] = {m.loss, m.pg_loss, m.entropy_loss, m.kl_loss, m.pg_clipfrac, m.ppo_kl, m.ratio_mean,
+                      m.clip_ratio_low_mean, m.clip_ratio_high_mean, m.entropy_mean, m.kl_mean};
+  for (double x : v)
+    if (!std::isfinite(x)) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("fuzz findings: a huge entropy coefficient does not overflow the gradient sweep to -inf", "[extreme]") {
+  // b_t = -c_H w = -DBL_MAX / 4 passed the bound (|a| + |b| (1/e + H)) / tau, but the sweep forms
+  // b (log p + H) first: x 700 at the entry with log p = -700, -inf with OK.
+  cgrpo::LossConfig c;
+  c.entropy_coef = DBL_MAX / 4;
+  const std::vector<double> z = {0.0, -700.0, -3.0, -1.0}, per_token = {1.0, -1.0};
+  OneRow row;
+  cgrpo::PolicyLossBatch<double> b = row.batch(z, per_token);
+  std::vector<double> g(4);
+  double lp = 0, h = 0;
+  cgrpo::LossMetrics m;
+  const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(c, b, cgrpo::PolicyLossOutputs<double>{g.data(), 0, &lp, &h, &m});
+  INFO(s.message << " grad " << g[0] << " " << g[1] << " " << g[2] << " " << g[3]);
+  if (s.ok())
+    for (double x : g) CHECK(std::isfinite(x));
+}
+
+TEST_CASE("fuzz findings: a temperature near DBL_MAX gives a finite gradient or an error", "[extreme]") {
+  // The sweep's centre lse / (1 / tau) overflowed to inf: (z - inf) t - (lse - inf t) = NaN with OK.
+  cgrpo::LossConfig c;
+  c.temperature = DBL_MAX;
+  const std::vector<double> z = {1.0, 2.0, 3.0, 4.0}, per_token = {1.0, -1.0};
+  OneRow row;
+  cgrpo::PolicyLossBatch<double> b = row.batch(z, per_token);
+  std::vector<double> g(4);
+  cgrpo::LossMetrics m;
+  const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(c, b, cgrpo::PolicyLossOutputs<double>{g.data(), 0, nullptr, nullptr, &m});
+  INFO(s.message << " grad " << g[0] << " " << g[1] << " " << g[2] << " " << g[3]);
+  if (s.ok())
+    for (double x : g) CHECK(std::isfinite(x));
+}
+
+TEST_CASE("fuzz findings: a float log p below -FLT_MAX is not written as -inf with OK", "[extreme]") {
+  // Target at -3.4e38 in a row whose max is +3.4e38: log p = -6.8e38 exactly, -inf as a float.
+  std::vector<float> z = {3.4e38f, -3.4e38f, 0.0f, -3.4e38f};
+  const int32_t y = 1;
+  float lp = 0, h = 0;
+  const cgrpo::Status s = cgrpo::cpu::token_logprobs(z.data(), 1, 4, 0, &y, 1.0, &lp, &h);
+  INFO(s.message << " log p " << lp << " H " << h);
+  if (s.ok()) CHECK((std::isfinite(lp) && std::isfinite(h)));
+  cgrpo::LossConfig c;
+  OneRow row;
+  row.target = 1;
+  row.mask = 0;  // a padding row: its log p is still an output
+  const std::vector<float> per_token = {1.0f, -1.0f};
+  cgrpo::PolicyLossBatch<float> b = row.batch(z, per_token);
+  float lp2 = 0, h2 = 0;
+  cgrpo::LossMetrics m;
+  const cgrpo::Status s2 = cgrpo::cpu::fused_policy_loss(c, b, cgrpo::PolicyLossOutputs<float>{nullptr, 0, &lp2, &h2, &m});
+  INFO(s2.message << " log p " << lp2);
+  if (s2.ok()) CHECK(std::isfinite(lp2));
+}
+
+TEST_CASE("fuzz findings: float rows with |z / tau| near 1e12 give the right entropy", "[extreme]") {
+  // u = z / tau up to 1e12 fits a float; the row is one-hot (H = 0). The AVX sweep gave H = 6.36
+  // (V = 1601) or a false "non-finite" error (smaller V).
+  for (int V : {16, 200, 1601}) {
+    std::vector<float> z(V);
+    for (int v = 0; v < V; ++v) z[v] = -9999.0f + 19993.0f * static_cast<float>((v * 7919) % V) / static_cast<float>(V);
+    z[V / 2] = 9994.34f;
+    const int32_t y = V / 2;
+    float lp = 1, h = 1;
+    const cgrpo::Status s = cgrpo::cpu::token_logprobs(z.data(), 1, V, 0, &y, 1e-8, &lp, &h);
+    INFO("V " << V << ": " << s.message << " log p " << lp << " H " << h);
+    CHECK(s.ok());
+    CHECK(std::fabs(h) <= 1e-5);
+    CHECK(std::fabs(lp) <= 1e-5);
+  }
+}
+
+TEST_CASE("fuzz findings: metrics are finite when the loss is (no log-ratio clamp)", "[extreme]") {
+  // ppo_clip with log_ratio_max = inf (TRL) and a log ratio of +1000: r = inf, clipped, so the
+  // loss (-A (1 + eps)) and the gradient (0) are finite, but ratio_mean = inf with OK. The
+  // per-token pass checks J, a_t and b_t only; the metric sums need the same rule.
+  cgrpo::LossConfig c;
+  c.policy_loss = cgrpo::PolicyLoss::ppo_clip;
+  c.log_ratio_max = INFINITY;
+  const std::vector<double> z = {1.0, 2.0, 3.0, 4.0}, per_token = {1.0, -1000.0};
+  OneRow row;
+  row.target = 3;
+  cgrpo::PolicyLossBatch<double> b = row.batch(z, per_token);
+  std::vector<double> g(4);
+  cgrpo::LossMetrics m;
+  const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(c, b, cgrpo::PolicyLossOutputs<double>{g.data(), 0, nullptr, nullptr, &m});
+  INFO(s.message << " loss " << m.loss << " ratio_mean " << m.ratio_mean << " ppo_kl " << m.ppo_kl);
+  if (s.ok()) CHECK(all_finite(m));
+}
+
+TEST_CASE("fuzz findings: merging row statistics with a max near DBL_MAX stays finite", "[extreme]") {
+  // A double row with one entry at DBL_MAX, split into two vocabulary shards: the rebase of the
+  // other shard's sum_exp_u, S (M_a - M) with M_a - M ~ -DBL_MAX, overflowed to -inf and times
+  // exp(M_a - M) = 0 gave NaN, so vocab_parallel_policy_loss refused a row the unsharded loss takes.
+  const std::vector<double> a = {7.76, -3.0, 4.1, 2.2, 5.5, -1.0}, b = {DBL_MAX};
+  const auto sa = cgrpo::cpu::row_softmax_stats(a.data(), static_cast<int64_t>(a.size()), 1.0);
+  const auto sb = cgrpo::cpu::row_softmax_stats(b.data(), 1, 1.0);
+  const auto merged = cgrpo::row_stats_merge(cgrpo::row_stats_merge(cgrpo::row_stats_identity<double>(), sa), sb);
+  INFO("merged {" << merged.max << ", " << merged.sum_exp << ", " << merged.sum_exp_u << "}");
+  CHECK(cgrpo::row_stats_finite(merged));
+}

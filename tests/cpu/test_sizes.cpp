@@ -111,6 +111,28 @@ TEST_CASE("sizes: batch shapes whose byte counts overflow int64 are refused befo
   CHECK(says(s, "logits", "address space"));
 }
 
+// Found by fuzz_fused_loss: the in-place exemption compared the byte sizes of an output and its
+// input (row_elems x elem_bytes) before it knew the two overlap, so an empty batch (T = 0, no range
+// checked) with V near INT64_MAX multiplied past int64: undefined behaviour, which the sanitize
+// preset (UBSan) turns into an abort. The exemption is now asked only of overlapping, checked spans.
+TEST_CASE("sizes: an empty batch with a huge vocabulary and the gradient in place", "[sizes]") {
+  for (int64_t V : {kMax, kMax / 4 + 1, kMax / 2}) {
+    CAPTURE(V);
+    cgrpo::PolicyLossBatch<float> b = batch_nowhere(0, V);
+    Outputs o;
+    o.out.grad_logits = const_cast<float*>(b.logits);
+    CHECK(cgrpo::cpu::fused_policy_loss(cgrpo::LossConfig{}, b, o.out).ok());  // no row: nothing to do
+    cgrpo::BufferTable table;
+    table.input(cgrpo::row_span("logits", b.logits, 0, V, V));
+    table.output(cgrpo::row_span("grad_logits", o.out.grad_logits, 0, V, V, "logits"));
+    CHECK(cgrpo::check_buffers(table).ok());
+    cgrpo::BufferTable nulls;  // both absent: the same (null) pointer
+    nulls.input(cgrpo::row_span("logits", static_cast<const float*>(nullptr), 0, V, V));
+    nulls.output(cgrpo::row_span("grad_logits", static_cast<float*>(nullptr), 0, V, V, "logits"));
+    CHECK(cgrpo::check_buffers(nulls).ok());
+  }
+}
+
 TEST_CASE("sizes: layouts whose row count overflows int64", "[sizes]") {
   const auto huge = cgrpo::SequenceLayout::padded(int64_t{1} << 40, int64_t{1} << 40);
   const auto negative_count = cgrpo::SequenceLayout::padded(-3, 5);

@@ -566,6 +566,12 @@ Status finish_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& 
     for (int64_t i = 0; i < B; ++i) s += ws.phi[i];
     metrics->vespo_phi_mean = s / static_cast<double>(B);
   }
+  // OK means every output is finite, the metrics included.
+  if (const char* name = first_non_finite_metric(*metrics))
+    return make_error(StatusCode::non_finite,
+                      "metrics.%s is not finite (a ratio, a KL or a correction weight overflowed: clamp the log "
+                      "ratio or check the log-probs); nothing was written",
+                      name);
   return Status::success();
 }
 

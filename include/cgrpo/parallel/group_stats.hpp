@@ -56,6 +56,13 @@ Status group_partial_stats(const GroupAssignment& local, const Real* local_rewar
     if (!std::isfinite(static_cast<double>(local_rewards[i])))
       return make_error(StatusCode::non_finite, "group_partial_stats: rewards[%lld] is not finite",
                         static_cast<long long>(i));
+    // The sums hold at most num_responses squares of R - shift: refuse any that could overflow.
+    const double d = static_cast<double>(local_rewards[i]) - shift;
+    if (!std::isfinite(d * d * static_cast<double>(local.num_responses)))
+      return make_error(StatusCode::non_finite,
+                        "group_partial_stats: rewards[%lld] - shift = %g: the sum of squares would overflow (pick a "
+                        "shift near the rewards)",
+                        static_cast<long long>(i), d);
   }
   for (int64_t g = 0; g < local.num_groups; ++g) {
     sums[g * kGroupSumFields + 0] = sums[g * kGroupSumFields + 1] = sums[g * kGroupSumFields + 2] = 0.0;
@@ -136,8 +143,12 @@ Status group_advantages_from_stats(AdvantageEstimator estimator, const GroupAssi
       return make_error(StatusCode::invalid_argument,
                         "group_advantages_from_stats: group %lld has count %g after the reduction (were the partials all-reduced?)",
                         static_cast<long long>(g), sums[g * kGroupSumFields]);
+    if (!std::isfinite(sums[g * kGroupSumFields + 1]) || !std::isfinite(sums[g * kGroupSumFields + 2]))
+      return make_error(StatusCode::non_finite,
+                        "group_advantages_from_stats: group %lld's reduced sums are not finite (%g, %g)",
+                        static_cast<long long>(g), sums[g * kGroupSumFields + 1], sums[g * kGroupSumFields + 2]);
   }
-  for (int64_t i = 0; i < local.num_responses; ++i) {
+  auto advantage = [&](int64_t i) {
     const int64_t g = local.group_ids[i];
     const double c = sums[g * kGroupSumFields + 0];
     const double mean_shifted = sums[g * kGroupSumFields + 1] / c;
@@ -166,8 +177,17 @@ Status group_advantages_from_stats(AdvantageEstimator estimator, const GroupAssi
         a = c < 2 ? r : centered;
         break;
     }
-    advantages[i] = static_cast<Real>(a);
-  }
+    return a;
+  };
+  // A cancelled variance (S2 - S1 mean = 0 for distinct rewards) with eps = 0, or a value past
+  // Real's range, is not finite: an error before anything is written, never an OK.
+  for (int64_t i = 0; i < local.num_responses; ++i)
+    if (!std::isfinite(static_cast<double>(static_cast<Real>(advantage(i)))))
+      return make_error(StatusCode::non_finite,
+                        "group_advantages_from_stats (%s): the advantage of response %lld is not finite (a zero "
+                        "variance from the shifted sums with eps = 0, or a value past the output type)",
+                        to_string(estimator), static_cast<long long>(i));
+  for (int64_t i = 0; i < local.num_responses; ++i) advantages[i] = static_cast<Real>(advantage(i));
   return Status::success();
 }
 
@@ -196,6 +216,10 @@ Status whitening_partial_stats(int64_t num_responses, const int64_t* token_count
     if (!std::isfinite(a))
       return make_error(StatusCode::non_finite, "whitening_partial_stats: advantages[%lld] is not finite",
                         static_cast<long long>(i));
+    if (!std::isfinite(n * a * a * static_cast<double>(num_responses)))
+      return make_error(StatusCode::non_finite,
+                        "whitening_partial_stats: token_counts[%lld] x advantages[%lld]^2 would overflow the sums",
+                        static_cast<long long>(i), static_cast<long long>(i));
     s0 += n;
     s1 += n * a;
     s2 += n * a * a;
@@ -218,6 +242,9 @@ Status whiten_from_stats(int64_t num_responses, const double* sums, Real* advant
   if (!(tokens >= 2))
     return make_error(StatusCode::invalid_argument,
                       "reinforce_pp_baseline whitening needs at least 2 valid tokens in the batch, got %g", tokens);
+  if (!std::isfinite(tokens) || !std::isfinite(sums[1]) || !std::isfinite(sums[2]))
+    return make_error(StatusCode::non_finite, "whiten_from_stats: the reduced sums are not finite (%g, %g, %g)", tokens,
+                      sums[1], sums[2]);
   const double mu = sums[1] / tokens;
   double m2 = sums[2] - sums[1] * mu;  // sum n (A - mu)^2
   m2 = m2 > 0 ? m2 : 0.0;
