@@ -123,7 +123,7 @@ GpuResult<Logit> run_emulated(const LossConfig& config, const HostBatch& hb, std
   out.logp = r.logp.data();
   out.entropy = r.entropy.data();
   out.metrics = &unused;
-  std::vector<double> ws;
+  std::vector<char> ws;
   r.launch = cgrpo::Status::success();
   r.finish = emulate_fused_policy_loss(config, batch, out, ws, &r.metrics);
   if (mode == Mode::in_place) r.grad = logits;
