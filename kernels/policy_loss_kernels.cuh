@@ -190,8 +190,7 @@ struct TokenStep {
 };
 
 // What thread 0 does for row t once the row's softmax is known: the checks, cgrpo::token_loss<float>,
-// the token's MetricSums<double> into the workspace; returns a_t and b_t (0 and 0 for a flagged
-// row, and for a token whose a_t or b_t is not finite, which is flagged as the CPU path reports it).
+// the token's MetricSums<double> into the workspace; returns a_t and b_t (0 and 0 for a flagged row).
 template <typename Logit>
 CGRPO_ROW_HD TokenStep policy_loss_token_step(const PolicyLossArgs<Logit>& args, int64_t t, RowSoftmax sm) {
   const Logit* row = args.logits + t * args.row_stride;
@@ -220,23 +219,22 @@ CGRPO_ROW_HD TokenStep policy_loss_token_step(const PolicyLossArgs<Logit>& args,
     in.w_entropy = v.entropy_weights ? v.entropy_weights[t] : 0.0f;
     in.w_kl = v.kl_on ? v.kl_weights[t] : 0.0f;
     const TokenResult<float> res = token_loss(in, args.params);
-    if (isfinite(res.dJ_dlogp) && isfinite(res.dJ_dentropy)) {
-      metric_sums_add(sums, in, res, args.params);
-      step.a = res.dJ_dlogp;
-      step.b = res.dJ_dentropy;
-    } else {
-      flag_row(args.status, kNonFiniteTokenGrad, t, 0u);
-    }
+    metric_sums_add(sums, in, res, args.params);
+    step.a = res.dJ_dlogp;
+    step.b = res.dJ_dentropy;
   }
   args.token_sums[t] = sums;
   return step;
 }
 
 // A row whose gradient overflowed Logit (block_row_gradient has zeroed it): flagged, and its
-// share of the sums taken back, as for every other flagged row. Thread 0, after the sweep.
+// share of the sums taken back, as for every other flagged row. Thread 0, after the sweep. A
+// non-finite a_t or b_t is named as such (the CPU path's check after the per-token pass): the fused
+// kernel finds it here rather than in the token step, where the check would cost registers.
 CGRPO_ROW_HD void gradient_overflow_row_end(DeviceStatus* status, MetricSums<double>* token_sums, int64_t t,
-                                            uint32_t dtype_code) {
-  flag_row(status, kGradientOverflow, t, dtype_code);
+                                            uint32_t dtype_code, float a, float b) {
+  if (isfinite(a) && isfinite(b)) flag_row(status, kGradientOverflow, t, dtype_code);
+  else flag_row(status, kNonFiniteTokenGrad, t, 0u);
   token_sums[t] = metric_sums_zero<double>();
 }
 
@@ -258,7 +256,7 @@ __global__ void __launch_bounds__(THREADS, RowKernelOccupancy<THREADS>::kLossBlo
                                                              args.target_ids[t], step.softmax, step.a, step.b,
                                                              inv_temperature);
     if (overflow && threadIdx.x == 0)
-      gradient_overflow_row_end(args.status, args.token_sums, t, LogitTraits<Logit>::code);
+      gradient_overflow_row_end(args.status, args.token_sums, t, LogitTraits<Logit>::code, step.a, step.b);
   }
 }
 
@@ -302,7 +300,8 @@ __global__ void __launch_bounds__(THREADS, RowKernelOccupancy<THREADS>::kLossBlo
                                                            args.grad + t * args.grad_row_stride, args.vocab_size,
                                                            args.target_ids[t], step.softmax, step.a, step.b,
                                                            args.inv_temperature);
-  if (overflow && threadIdx.x == 0) gradient_overflow_row_end(args.status, args.token_sums, t, LogitTraits<Logit>::code);
+  if (overflow && threadIdx.x == 0)
+    gradient_overflow_row_end(args.status, args.token_sums, t, LogitTraits<Logit>::code, step.a, step.b);
 }
 
 // ---------------------------------------------------------------------------

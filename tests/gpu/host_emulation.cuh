@@ -108,7 +108,7 @@ void emulate_block_row_gradient(int64_t t, const cgrpo::cuda::TokenStep& step, c
                                                     step.softmax, step.a, step.b, inv_temperature, tid);
   if (!overflow) return;
   for (int tid = 0; tid < THREADS; ++tid) thread_row_fill_zero<Logit, THREADS>(grad + t * grad_row_stride, V, tid);
-  gradient_overflow_row_end(status, token_sums, t, LogitTraits<Logit>::code);
+  gradient_overflow_row_end(status, token_sums, t, LogitTraits<Logit>::code, step.a, step.b);
 }
 
 // The row-block kernels over the logits: the fused kernel, or the statistics pass (and the
