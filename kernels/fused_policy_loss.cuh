@@ -47,6 +47,29 @@ inline bool needs_two_passes(const LossConfig& c, bool computed_weights) {
          std::isfinite(c.off_policy_mask_threshold) || c.top_entropy_quantile < 1;
 }
 
+// The passes of the two-pass loss over per-token values only (no logits): the prepare pass, the
+// rollout / sampler row passes, the batch pass, the row pass, the counts, the token pass and the row
+// post-pass. Written for the fused loss, and for a caller that computes each token's softmax
+// statistics itself (a chunked LM-head loss): it writes every token's StoredRow into args.stored,
+// launches these, and finds a_t, b_t in args.grads.
+struct PassPlan {
+  PassArgs args{};
+  int64_t num_tokens = 0, num_rows = 0;
+  bool rollout = false, sampler = false;            // row pre-passes
+  bool entropy_select = false, cov_select = false;  // the batch pass
+  bool row_pass = false, counts = false;
+};
+
+// Where the metric reductions read and write (both paths): per-token sums, per-row clip counts.
+struct ReductionPlan {
+  int64_t num_tokens = 0;
+  DeviceSequences rows;
+  MetricSums<double>* token_sums = nullptr;
+  MetricSums<double>* partial_sums = nullptr;
+  RowClipSums* row_clip = nullptr;
+  MetricsHeader* header = nullptr;
+};
+
 // Every launch of one call, decided and filled on the host (no CUDA call): launch_policy_loss runs
 // it on a stream, tests/gpu/host_emulation.cuh runs the same kernels' code on the host.
 template <typename Logit>
@@ -54,9 +77,6 @@ struct LossPlan {
   int64_t num_tokens = 0;
   bool two_pass = false;
   bool write_grad = false;
-  bool rollout = false, sampler = false;                // row pre-passes
-  bool entropy_select = false, cov_select = false;      // the batch pass
-  bool row_pass = false, counts = false;
   bool uncoupled_outputs = false;
   char* ws = nullptr;
   WorkspaceLayout layout;
@@ -65,13 +85,12 @@ struct LossPlan {
   PolicyLossArgs<Logit> fused{};
   TokenLogprobArgs<Logit> stats{};
   StoredGradientArgs<Logit> gradient{};
-  PassArgs pass{};
+  PassPlan passes;
+  ReductionPlan reductions;
   UncoupledOutputs outputs{};
 
   MetricsHeader* header() const { return reinterpret_cast<MetricsHeader*>(ws + layout.header); }
   MetricSums<double>* token_sums() const { return reinterpret_cast<MetricSums<double>*>(ws + layout.token_sums); }
-  MetricSums<double>* partial_sums() const { return reinterpret_cast<MetricSums<double>*>(ws + layout.partial_sums); }
-  RowClipSums* row_clip() const { return reinterpret_cast<RowClipSums*>(ws + layout.row_clip); }
 };
 
 // Checks a call (the CPU path's validation and messages, then the GPU's own rules) and decides its
@@ -198,7 +217,7 @@ Status plan_policy_loss(const LossConfig& config, const PolicyLossBatch<Logit, f
   g.token_sums = token_sums;
   g.status = status;
 
-  PassArgs& a = p.pass;
+  PassArgs& a = p.passes.args;
   a.num_tokens = T;
   a.rows = rows;
   a.target_ids = batch.target_ids;
@@ -272,13 +291,24 @@ Status plan_policy_loss(const LossConfig& config, const PolicyLossBatch<Logit, f
   a.params = params;
   a.config = config;
 
-  p.rollout = p.two_pass && a.rollout_on;
-  p.sampler = p.two_pass && a.sampler_pass;
-  p.entropy_select = p.two_pass && config.top_entropy_quantile < 1;
-  p.cov_select = p.two_pass && !batch.selection &&
-                 (config.policy_loss == PolicyLoss::kl_cov || config.policy_loss == PolicyLoss::clip_cov);
-  p.row_pass = p.two_pass && (a.rollout_normalize || (a.geo_mean && a.rollout_weight) || a.row_context || computed);
-  p.counts = p.two_pass && computed;
+  PassPlan& pp = p.passes;
+  pp.num_tokens = T;
+  pp.num_rows = rows.num_sequences;
+  pp.rollout = a.rollout_on;
+  pp.sampler = a.sampler_pass;
+  pp.entropy_select = config.top_entropy_quantile < 1;
+  pp.cov_select = !batch.selection &&
+                  (config.policy_loss == PolicyLoss::kl_cov || config.policy_loss == PolicyLoss::clip_cov);
+  pp.row_pass = a.rollout_normalize || (a.geo_mean && a.rollout_weight) || a.row_context || computed;
+  pp.counts = computed;
+
+  ReductionPlan& r = p.reductions;
+  r.num_tokens = T;
+  r.rows = rows;
+  r.token_sums = token_sums;
+  r.partial_sums = reinterpret_cast<MetricSums<double>*>(ws + layout.partial_sums);
+  r.row_clip = reinterpret_cast<RowClipSums*>(ws + layout.row_clip);
+  r.header = p.header();
   *plan = p;
   return Status::success();
 }
@@ -298,19 +328,79 @@ Status launch_reduce_items(const In* in, int64_t n, Out identity, Convert conver
   return Status::success();
 }
 
-// Enqueues a plan's kernels on `stream`, in the CPU path's order (docs/architecture.md):
+// Enqueues the passes over per-token values, in the CPU path's order: prepare_tokens_kernel,
+// [rollout_row_kernel, sampler_rows_kernel + their metric reductions], [batch_select_kernel],
+// [row_pass_kernel, the counts' reduction], token_pass_kernel (with the row post-pass).
+inline Status launch_token_passes(const PassPlan& p, cudaStream_t stream) {
+  const int64_t T = p.num_tokens, R = p.num_rows;
+  const unsigned row_grid = static_cast<unsigned>(R);
+  const PassArgs& a = p.args;
+  if (T > 0) {
+    prepare_tokens_kernel<<<token_grid(T), kTokenThreads, 0, stream>>>(a);
+    CGRPO_CUDA_CHECK(cudaGetLastError());
+  }
+  if (R > 0 && p.rollout) {
+    rollout_row_kernel<kRowThreads><<<row_grid, kRowThreads, 0, stream>>>(a);
+    CGRPO_CUDA_CHECK(cudaGetLastError());
+    CGRPO_RETURN_IF_ERROR(launch_reduce_items(a.rollout_rows, R, rollout_batch_sums_zero(), Identity{},
+                                              RolloutBatchSumsMerge{}, &a.header->rollout, stream));
+  }
+  if (R > 0 && p.sampler) {
+    sampler_rows_kernel<<<static_cast<unsigned>((R + kRowThreads - 1) / kRowThreads), kRowThreads, 0, stream>>>(a);
+    CGRPO_CUDA_CHECK(cudaGetLastError());
+    CGRPO_RETURN_IF_ERROR(launch_reduce_items(a.sampler_rows, R, sampler_row_partial_zero(), Identity{},
+                                              SamplerRowPartialMerge{}, &a.header->sampler, stream));
+  }
+  if (T == 0) return Status::success();
+  if (p.entropy_select || p.cov_select) {
+    batch_select_kernel<kSelectThreads><<<1, kSelectThreads, 0, stream>>>(a, p.entropy_select, p.cov_select);
+    CGRPO_CUDA_CHECK(cudaGetLastError());
+  }
+  if (p.row_pass) {
+    row_pass_kernel<kRowThreads><<<row_grid, kRowThreads, 0, stream>>>(a);
+    CGRPO_CUDA_CHECK(cudaGetLastError());
+  }
+  if (p.counts)
+    CGRPO_RETURN_IF_ERROR(launch_reduce_items(a.row_counts, R, BatchCounts{}, RowCountsAsBatch{}, BatchCountsOfRows{},
+                                              a.batch_counts, stream));
+  token_pass_kernel<kRowThreads><<<row_grid, kRowThreads, 0, stream>>>(a);
+  CGRPO_CUDA_CHECK(cudaGetLastError());
+  return Status::success();
+}
+
+// Enqueues the metric reductions (both paths, after the gradient pass): the per-token sums in two
+// fixed-split stages, then row_clip_kernel and its reduction.
+inline Status launch_loss_reductions(const ReductionPlan& r, cudaStream_t stream) {
+  const int64_t T = r.num_tokens, R = r.rows.num_sequences;
+  if (T > 0) {
+    const int64_t chunk = metric_reduce_chunk(T);
+    const int64_t blocks = (T + chunk - 1) / chunk;
+    reduce_metric_sums_kernel<kReduceThreads>
+        <<<static_cast<unsigned>(blocks), kReduceThreads, 0, stream>>>(r.token_sums, T, chunk, r.partial_sums);
+    CGRPO_CUDA_CHECK(cudaGetLastError());
+    reduce_metric_sums_kernel<kReduceThreads><<<1, kReduceThreads, 0, stream>>>(r.partial_sums, blocks, blocks,
+                                                                                &r.header->sums);
+    CGRPO_CUDA_CHECK(cudaGetLastError());
+  }
+  if (R > 0) {
+    row_clip_kernel<kRowThreads><<<static_cast<unsigned>(R), kRowThreads, 0, stream>>>(r.token_sums, r.rows, r.row_clip);
+    CGRPO_CUDA_CHECK(cudaGetLastError());
+    CGRPO_RETURN_IF_ERROR(launch_reduce_items(r.row_clip, R, row_clip_zero(), Identity{}, RowClipSumsMerge{},
+                                              &r.header->row_clip, stream));
+  }
+  return Status::success();
+}
+
+// Enqueues a plan's kernels on `stream` (docs/architecture.md):
 //   every call:    begin_call_kernel (status word and sums reset, finalize info)
 //   single kernel: policy_loss_kernel (+ uncoupled_outputs_kernel)
-//   two passes:    token_logprobs_kernel (StoredRow), prepare_tokens_kernel, [rollout_row_kernel,
-//                  sampler_rows_kernel + their metric reductions], [batch_select_kernel],
-//                  [row_pass_kernel, the counts' reduction], token_pass_kernel, stored_gradient_kernel
-//   every call:    the metric sums' reduction, row_clip_kernel and its reduction
+//   two passes:    token_logprobs_kernel (StoredRow), launch_token_passes, stored_gradient_kernel
+//   every call:    launch_loss_reductions
 template <typename Logit>
 Status launch_policy_loss(const LossPlan<Logit>& p, cudaStream_t stream) {
-  const int64_t T = p.num_tokens, R = p.rows.num_sequences;
-  const unsigned grid = static_cast<unsigned>(T), row_grid = static_cast<unsigned>(R);
-  MetricsHeader* header = p.header();
-  begin_call_kernel<<<1, 32, 0, stream>>>(header, p.info);
+  const int64_t T = p.num_tokens;
+  const unsigned grid = static_cast<unsigned>(T);
+  begin_call_kernel<<<1, 32, 0, stream>>>(p.header(), p.info);
   CGRPO_CUDA_CHECK(cudaGetLastError());
   const int64_t V = p.fused.vocab_size;
   if (T > 0 && !p.two_pass) {
@@ -326,44 +416,17 @@ Status launch_policy_loss(const LossPlan<Logit>& p, cudaStream_t stream) {
       CGRPO_CUDA_CHECK(cudaGetLastError());
     }
   }
-  if (T > 0 && p.two_pass) {
-    CGRPO_RETURN_IF_ERROR(dispatch_row_threads(V, [&](auto threads) -> Status {
-      constexpr int kThreads = decltype(threads)::value;
-      token_logprobs_kernel<Logit, kThreads><<<grid, kThreads, 0, stream>>>(p.stats);
-      CGRPO_CUDA_CHECK(cudaGetLastError());
-      return Status::success();
-    }));
-    prepare_tokens_kernel<<<token_grid(T), kTokenThreads, 0, stream>>>(p.pass);
-    CGRPO_CUDA_CHECK(cudaGetLastError());
-  }
-  const PassArgs& a = p.pass;
-  if (R > 0 && p.rollout) {
-    rollout_row_kernel<kRowThreads><<<row_grid, kRowThreads, 0, stream>>>(a);
-    CGRPO_CUDA_CHECK(cudaGetLastError());
-    CGRPO_RETURN_IF_ERROR(launch_reduce_items(a.rollout_rows, R, rollout_batch_sums_zero(), Identity{},
-                                              RolloutBatchSumsMerge{}, &header->rollout, stream));
-  }
-  if (R > 0 && p.sampler) {
-    sampler_rows_kernel<<<static_cast<unsigned>((R + kRowThreads - 1) / kRowThreads), kRowThreads, 0, stream>>>(a);
-    CGRPO_CUDA_CHECK(cudaGetLastError());
-    CGRPO_RETURN_IF_ERROR(launch_reduce_items(a.sampler_rows, R, sampler_row_partial_zero(), Identity{},
-                                              SamplerRowPartialMerge{}, &header->sampler, stream));
-  }
-  if (T > 0 && p.two_pass) {
-    if (p.entropy_select || p.cov_select) {
-      batch_select_kernel<kSelectThreads><<<1, kSelectThreads, 0, stream>>>(a, p.entropy_select, p.cov_select);
-      CGRPO_CUDA_CHECK(cudaGetLastError());
+  if (p.two_pass) {
+    if (T > 0) {
+      CGRPO_RETURN_IF_ERROR(dispatch_row_threads(V, [&](auto threads) -> Status {
+        constexpr int kThreads = decltype(threads)::value;
+        token_logprobs_kernel<Logit, kThreads><<<grid, kThreads, 0, stream>>>(p.stats);
+        CGRPO_CUDA_CHECK(cudaGetLastError());
+        return Status::success();
+      }));
     }
-    if (p.row_pass) {
-      row_pass_kernel<kRowThreads><<<row_grid, kRowThreads, 0, stream>>>(a);
-      CGRPO_CUDA_CHECK(cudaGetLastError());
-    }
-    if (p.counts)
-      CGRPO_RETURN_IF_ERROR(launch_reduce_items(a.row_counts, R, BatchCounts{}, RowCountsAsBatch{}, BatchCountsOfRows{},
-                                                a.batch_counts, stream));
-    token_pass_kernel<kRowThreads><<<row_grid, kRowThreads, 0, stream>>>(a);
-    CGRPO_CUDA_CHECK(cudaGetLastError());
-    if (p.write_grad) {
+    CGRPO_RETURN_IF_ERROR(launch_token_passes(p.passes, stream));
+    if (T > 0 && p.write_grad) {
       CGRPO_RETURN_IF_ERROR(dispatch_row_threads(V, [&](auto threads) -> Status {
         constexpr int kThreads = decltype(threads)::value;
         stored_gradient_kernel<Logit, kThreads><<<grid, kThreads, 0, stream>>>(p.gradient);
@@ -372,23 +435,7 @@ Status launch_policy_loss(const LossPlan<Logit>& p, cudaStream_t stream) {
       }));
     }
   }
-  if (T > 0) {
-    const int64_t chunk = metric_reduce_chunk(T);
-    const int64_t blocks = (T + chunk - 1) / chunk;
-    reduce_metric_sums_kernel<kReduceThreads>
-        <<<static_cast<unsigned>(blocks), kReduceThreads, 0, stream>>>(p.token_sums(), T, chunk, p.partial_sums());
-    CGRPO_CUDA_CHECK(cudaGetLastError());
-    reduce_metric_sums_kernel<kReduceThreads><<<1, kReduceThreads, 0, stream>>>(p.partial_sums(), blocks, blocks,
-                                                                                &header->sums);
-    CGRPO_CUDA_CHECK(cudaGetLastError());
-  }
-  if (R > 0) {
-    row_clip_kernel<kRowThreads><<<row_grid, kRowThreads, 0, stream>>>(p.token_sums(), p.rows, p.row_clip());
-    CGRPO_CUDA_CHECK(cudaGetLastError());
-    CGRPO_RETURN_IF_ERROR(launch_reduce_items(p.row_clip(), R, row_clip_zero(), Identity{}, RowClipSumsMerge{},
-                                              &header->row_clip, stream));
-  }
-  return Status::success();
+  return launch_loss_reductions(p.reductions, stream);
 }
 
 // The fused forward (+ backward) policy loss of MATH.md on the GPU, every mode the CPU path runs.

@@ -111,8 +111,8 @@ void emulate_block_row_gradient(int64_t t, const cgrpo::cuda::TokenStep& step, c
   gradient_overflow_row_end(status, token_sums, t, LogitTraits<Logit>::code, step.a, step.b);
 }
 
-// The row-block kernels over the logits: the fused kernel, or the statistics pass (and the
-// prepare pass), or the stored gradient pass.
+// The row-block kernels over the logits: the fused kernel, or the statistics pass, or the stored
+// gradient pass.
 enum class RowPhase { first, gradient };
 
 template <typename Logit, int THREADS>
@@ -146,7 +146,6 @@ void emulate_logits_kernels(const cgrpo::cuda::LossPlan<Logit>& p, RowPhase phas
   for (int64_t t = 0; t < T; ++t)
     token_logprobs_row_end(s, t, emulate_block_row_softmax<Logit, THREADS>(s.logits + t * s.row_stride, V,
                                                                           s.inv_temperature));
-  for (int64_t t = 0; t < T; ++t) prepare_token(p.pass, t);
 }
 
 template <typename Logit>
@@ -199,12 +198,33 @@ inline void emulate_token_pass(const cgrpo::cuda::PassArgs& a, int64_t R) {
   }
 }
 
-// The metric sums' two reduction stages, then the row clip metrics.
-template <typename Logit>
-void emulate_reductions(const cgrpo::cuda::LossPlan<Logit>& p) {
+// launch_token_passes on the host.
+inline void emulate_token_passes(const cgrpo::cuda::PassPlan& p) {
   using namespace cgrpo::cuda;
-  const int64_t T = p.num_tokens, R = p.rows.num_sequences;
-  MetricsHeader* header = p.header();
+  const int64_t T = p.num_tokens, R = p.num_rows;
+  const PassArgs& a = p.args;
+  for (int64_t t = 0; t < T; ++t) prepare_token(a, t);
+  if (R > 0 && p.rollout) {
+    emulate_rollout_rows(a, R);
+    emulate_reduce_items(a.rollout_rows, R, cgrpo::rollout_batch_sums_zero(), Identity{}, RolloutBatchSumsMerge{},
+                         &a.header->rollout);
+  }
+  if (R > 0 && p.sampler) {
+    for (int64_t i = 0; i < R; ++i) sampler_row_thread(a, i);
+    emulate_reduce_items(a.sampler_rows, R, sampler_row_partial_zero(), Identity{}, SamplerRowPartialMerge{},
+                         &a.header->sampler);
+  }
+  if (T == 0) return;
+  if (p.entropy_select || p.cov_select) emulate_batch_select(a, p.entropy_select, p.cov_select);
+  if (p.row_pass) emulate_row_pass(a, R);
+  if (p.counts) emulate_reduce_items(a.row_counts, R, BatchCounts{}, RowCountsAsBatch{}, BatchCountsOfRows{}, a.batch_counts);
+  emulate_token_pass(a, R);
+}
+
+// launch_loss_reductions on the host: the metric sums' two stages, then the row clip metrics.
+inline void emulate_reductions(const cgrpo::cuda::ReductionPlan& r) {
+  using namespace cgrpo::cuda;
+  const int64_t T = r.num_tokens, R = r.rows.num_sequences;
   if (T > 0) {
     constexpr int N = kReduceThreads;
     auto reduce_block = [](const cgrpo::MetricSums<double>* in, int64_t n, int64_t c, int64_t block) {
@@ -212,17 +232,17 @@ void emulate_reductions(const cgrpo::cuda::LossPlan<Logit>& p) {
           [&](int tid) { return thread_metric_sums<N>(in, n, c, block, tid); }, MetricSumsMerge{});
     };
     const int64_t chunk = metric_reduce_chunk(T), blocks = (T + chunk - 1) / chunk;
-    for (int64_t b = 0; b < blocks; ++b) p.partial_sums()[b] = reduce_block(p.token_sums(), T, chunk, b);
-    header->sums = reduce_block(p.partial_sums(), blocks, blocks, 0);
+    for (int64_t b = 0; b < blocks; ++b) r.partial_sums[b] = reduce_block(r.token_sums, T, chunk, b);
+    r.header->sums = reduce_block(r.partial_sums, blocks, blocks, 0);
   }
   if (R > 0) {
     constexpr int N = kRowThreads;
     for (int64_t i = 0; i < R; ++i) {
       const RowClipCounts c = emulate_block_reduce<N, RowClipCounts>(
-          [&](int tid) { return row_clip_thread<N>(p.token_sums(), p.rows, i, tid); }, RowClipCountsSum{});
-      p.row_clip()[i] = row_clip_of_row(c.count, c.below, c.above);
+          [&](int tid) { return row_clip_thread<N>(r.token_sums, r.rows, i, tid); }, RowClipCountsSum{});
+      r.row_clip[i] = row_clip_of_row(c.count, c.below, c.above);
     }
-    emulate_reduce_items(p.row_clip(), R, row_clip_zero(), Identity{}, RowClipSumsMerge{}, &header->row_clip);
+    emulate_reduce_items(r.row_clip, R, row_clip_zero(), Identity{}, RowClipSumsMerge{}, &r.header->row_clip);
   }
 }
 
@@ -230,29 +250,15 @@ void emulate_reductions(const cgrpo::cuda::LossPlan<Logit>& p) {
 template <typename Logit>
 cgrpo::Status emulate_plan(const cgrpo::cuda::LossPlan<Logit>& p) {
   using namespace cgrpo::cuda;
-  const int64_t T = p.num_tokens, R = p.rows.num_sequences;
-  MetricsHeader* header = p.header();
-  metrics_header_begin(header, p.info);
-  const PassArgs& a = p.pass;
-  if (T > 0) emulate_logits_pass(p, RowPhase::first);
-  if (R > 0 && p.rollout) {
-    emulate_rollout_rows(a, R);
-    emulate_reduce_items(a.rollout_rows, R, cgrpo::rollout_batch_sums_zero(), Identity{}, RolloutBatchSumsMerge{},
-                         &header->rollout);
+  const int64_t T = p.num_tokens;
+  metrics_header_begin(p.header(), p.info);
+  if (T > 0 && !p.two_pass) emulate_logits_pass(p, RowPhase::first);
+  if (p.two_pass) {
+    if (T > 0) emulate_logits_pass(p, RowPhase::first);
+    emulate_token_passes(p.passes);
+    if (T > 0 && p.write_grad) emulate_logits_pass(p, RowPhase::gradient);
   }
-  if (R > 0 && p.sampler) {
-    for (int64_t i = 0; i < R; ++i) sampler_row_thread(a, i);
-    emulate_reduce_items(a.sampler_rows, R, sampler_row_partial_zero(), Identity{}, SamplerRowPartialMerge{},
-                         &header->sampler);
-  }
-  if (T > 0 && p.two_pass) {
-    if (p.entropy_select || p.cov_select) emulate_batch_select(a, p.entropy_select, p.cov_select);
-    if (p.row_pass) emulate_row_pass(a, R);
-    if (p.counts) emulate_reduce_items(a.row_counts, R, BatchCounts{}, RowCountsAsBatch{}, BatchCountsOfRows{}, a.batch_counts);
-    emulate_token_pass(a, R);
-    if (p.write_grad) emulate_logits_pass(p, RowPhase::gradient);
-  }
-  emulate_reductions(p);
+  emulate_reductions(p.reductions);
   return cgrpo::Status::success();
 }
 
