@@ -61,21 +61,25 @@ struct TokenValueArrays {
 
 // The checks validate_batch_values does on the CPU, for one token, in its order; flags the first
 // failure and returns false. At a masked token only the mask is read (padding may hold NaN or -inf).
+CGRPO_ROW_HD bool flag_value(DeviceStatus* status, int64_t t, uint32_t field) {
+  flag_row(status, kNonFiniteValue, t, field);
+  return false;
+}
+
 CGRPO_ROW_HD bool token_values_ok(const TokenValueArrays& v, int64_t t, DeviceStatus* status) {
-  auto flag_value = [&](uint32_t field) { flag_row(status, kNonFiniteValue, t, field); };
   const uint8_t m = v.mask[t];
   if (m > 1) return flag_row(status, kInvalidMaskOrKind, t, (kByteMask << 8) | m), false;
   if (!m) return true;
   const uint8_t kind = v.kinds ? v.kinds[t] : uint8_t(kInitial);
   if (kind > 1) return flag_row(status, kInvalidMaskOrKind, t, (kByteKinds << 8) | kind), false;
-  if (!isfinite(v.advantages[t])) return flag_value(kFieldAdvantages), false;
-  if (v.pg_weights && !isfinite(v.pg_weights[t])) return flag_value(kFieldPgWeights), false;
-  if (v.entropy_weights && !isfinite(v.entropy_weights[t])) return flag_value(kFieldEntropyWeights), false;
-  if (v.kl_weights && v.kl_on && !isfinite(v.kl_weights[t])) return flag_value(kFieldKlWeights), false;
+  if (!isfinite(v.advantages[t])) return flag_value(status, t, kFieldAdvantages);
+  if (v.pg_weights && !isfinite(v.pg_weights[t])) return flag_value(status, t, kFieldPgWeights);
+  if (v.entropy_weights && !isfinite(v.entropy_weights[t])) return flag_value(status, t, kFieldEntropyWeights);
+  if (v.kl_weights && v.kl_on && !isfinite(v.kl_weights[t])) return flag_value(status, t, kFieldKlWeights);
   const bool initial = kind == kInitial;
-  if (initial && !isfinite(v.reference[t])) return flag_value(v.reference_field), false;
-  if (initial && v.check_rollout && !isfinite(v.rollout_logp[t])) return flag_value(kFieldRolloutLogp), false;
-  if (v.kl_on && !isfinite(v.ref_logp[t])) return flag_value(kFieldRefLogp), false;
+  if (initial && !isfinite(v.reference[t])) return flag_value(status, t, v.reference_field);
+  if (initial && v.check_rollout && !isfinite(v.rollout_logp[t])) return flag_value(status, t, kFieldRolloutLogp);
+  if (v.kl_on && !isfinite(v.ref_logp[t])) return flag_value(status, t, kFieldRefLogp);
   if (v.selection && v.selection[t] > 1)
     return flag_row(status, kInvalidMaskOrKind, t, (kByteSelection << 8) | v.selection[t]), false;
   return true;

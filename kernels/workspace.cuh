@@ -82,27 +82,30 @@ struct WorkspaceLayout {
     const size_t T = num_tokens > 0 ? static_cast<size_t>(num_tokens) : 0;
     const size_t R = num_rows > 1 ? static_cast<size_t>(num_rows) : 1;
     size_t end = partial_sums + align_up(kReduceBlocks * sizeof(MetricSums<double>));
-    auto part = [&](size_t& offset, size_t bytes) {
-      offset = end;
-      end += align_up(bytes);
-    };
-    part(token_sums, T * sizeof(MetricSums<double>));
-    part(row_clip, R * sizeof(RowClipSums));
-    part(rows, T * sizeof(StoredRow));
-    part(terms, T);
-    part(factor, T * sizeof(double));
-    part(grads, T * sizeof(TokenGrad));
-    part(coupling, T * sizeof(float));
-    part(context, R * sizeof(RowContext<float>));
-    part(row_counts, R * sizeof(RowCounts));
-    part(batch_counts, sizeof(BatchCounts));
-    if (needs.rollout) part(rollout_rows, R * sizeof(RolloutBatchSums));
+    end = place(token_sums, end, T * sizeof(MetricSums<double>));
+    end = place(row_clip, end, R * sizeof(RowClipSums));
+    end = place(rows, end, T * sizeof(StoredRow));
+    end = place(terms, end, T);
+    end = place(factor, end, T * sizeof(double));
+    end = place(grads, end, T * sizeof(TokenGrad));
+    end = place(coupling, end, T * sizeof(float));
+    end = place(context, end, R * sizeof(RowContext<float>));
+    end = place(row_counts, end, R * sizeof(RowCounts));
+    end = place(batch_counts, end, sizeof(BatchCounts));
+    if (needs.rollout) end = place(rollout_rows, end, R * sizeof(RolloutBatchSums));
     if (needs.sampler) {
-      part(sampler_rows, R * sizeof(SamplerRowPartial));
-      part(covered, T);
-      part(sampler_values, 4 * T * sizeof(double));
+      end = place(sampler_rows, end, R * sizeof(SamplerRowPartial));
+      end = place(covered, end, T);
+      end = place(sampler_values, end, 4 * T * sizeof(double));
     }
     total = end;
+  }
+
+ private:
+  // Puts a part of `bytes` at `end`; returns the next free offset.
+  static size_t place(size_t& offset, size_t end, size_t bytes) {
+    offset = end;
+    return end + align_up(bytes);
   }
 };
 
