@@ -1,5 +1,5 @@
 // kernels/cgrpo_cuda.cuh: the umbrella header of the CUDA path, for .cu translation units.
-// Fused policy loss (forward + backward, forward only, GSPO) and the log-prob/entropy pass.
+// The fused policy loss (every mode of the CPU path: forward + backward, forward only) and the log-prob/entropy pass.
 #pragma once
 
 #include "cgrpo/presets.hpp"

@@ -18,8 +18,9 @@ enum DeviceError : int {
   kNonFiniteValue = 2,         // detail: which per-token array (NonFiniteField)
   kNonFiniteRow = 3,           // NaN or +inf logits, or every logit -inf
   kNonFiniteTargetLogit = 4,   // the target's logit is -inf (log p = -inf); detail: the target id
-  kGradientOverflow = 5,       // a dJ/dz entry is not finite in the logits' dtype; detail: LogitTraits::code
-  kNumDeviceErrors = 6,
+  kNonFiniteTokenGrad = 5,     // a_t or b_t (dJ/dlogp, dJ/dH) is not finite: a term overflowed
+  kGradientOverflow = 6,       // a dJ/dz entry is not finite in the logits' dtype; detail: LogitTraits::code
+  kNumDeviceErrors = 7,
 };
 
 // The logits dtype named by a kGradientOverflow detail.
@@ -29,10 +30,13 @@ inline const char* logit_dtype_name(uint32_t code) {
 
 enum NonFiniteField : uint32_t {
   kFieldAdvantages = 0, kFieldPgWeights = 1, kFieldEntropyWeights = 2, kFieldOldLogp = 3, kFieldKlWeights = 4,
-  kFieldRefLogp = 5,
+  kFieldRefLogp = 5, kFieldRolloutLogp = 6,
 };
 
-// 56 bytes in the workspace. first[k] = (row << 32) | detail of the lowest bad row of kind k;
+// The byte arrays a kInvalidMaskOrKind detail names ((field << 8) | value).
+enum ByteField : uint32_t { kByteMask = 0, kByteKinds = 1, kByteSelection = 2 };
+
+// 64 bytes in the workspace. first[k] = (row << 32) | detail of the lowest bad row of kind k;
 // all ones means none. Reset with cudaMemsetAsync(0xFF) before every launch. vocab_size is
 // written by whoever flags an out-of-range id (every writer writes the same value), for the message.
 struct DeviceStatus {
@@ -59,6 +63,7 @@ inline const char* non_finite_field_name(uint32_t field) {
     case kFieldOldLogp: return "old_logp";
     case kFieldKlWeights: return "kl_weights";
     case kFieldRefLogp: return "ref_logp";
+    case kFieldRolloutLogp: return "rollout_logp";
   }
   return "unknown";
 }
@@ -68,7 +73,8 @@ inline const char* non_finite_field_name(uint32_t field) {
 // Which fault is reported follows the CPU path's order: its validation walks the tokens in
 // order and checks id, mask, kind, then the per-token values, so among kinds 0-2 the lowest
 // row wins (ties in that kind order); only then a non-finite row, then a -inf target logit,
-// then a gradient that overflowed (found last on the CPU path too, after the per-token pass).
+// then a non-finite a_t / b_t (the CPU's check after the per-token pass), then a gradient that
+// overflowed (found last on the CPU path too).
 inline Status decode_device_status(const DeviceStatus& s) {
   constexpr unsigned long long none = ~0ull;
   int pick = -1;
@@ -85,8 +91,10 @@ inline Status decode_device_status(const DeviceStatus& s) {
         return make_error(StatusCode::out_of_range, "target_ids[%lld] = %d is outside [0, %lld)", row,
                           static_cast<int32_t>(detail), s.vocab_size);
       case kInvalidMaskOrKind:
-        if ((detail >> 8) == 0)
+        if ((detail >> 8) == kByteMask)
           return make_error(StatusCode::invalid_argument, "mask[%lld] = %u must be 0 or 1", row, detail & 0xffu);
+        if ((detail >> 8) == kByteSelection)
+          return make_error(StatusCode::invalid_argument, "selection[%lld] = %u must be 0 or 1", row, detail & 0xffu);
         return make_error(StatusCode::invalid_argument, "kinds[%lld] = %u must be 0 (initial) or 1 (refinement)", row,
                           detail & 0xffu);
       case kNonFiniteValue:
@@ -98,6 +106,11 @@ inline Status decode_device_status(const DeviceStatus& s) {
       case kNonFiniteTargetLogit:
         return make_error(StatusCode::non_finite, "target_ids[%lld] = %d has a -inf logit (log p = -inf)", row,
                           static_cast<int32_t>(detail));
+      case kNonFiniteTokenGrad:
+        return make_error(StatusCode::non_finite,
+                          "token %lld: dJ/dlogp is not finite (the policy, KL or entropy term overflowed: check the "
+                          "advantages, weights, coefficients and log ratios); its gradient was written as zeros",
+                          row);
       case kGradientOverflow:
         return make_error(StatusCode::non_finite,
                           "dJ/dlogits row %lld overflows %s (an entry is beyond its largest finite value); its gradient was written as zeros",

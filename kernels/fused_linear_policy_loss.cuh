@@ -132,16 +132,15 @@ struct LinearWorkspaceLayout {
   }
 };
 
-// Bytes of device workspace for fused_linear_policy_loss on at most T tokens (B sequences under
-// GSPO) of V logits with this chunking: about 136 bytes per token plus chunk x V x sizeof(Logit).
-// 0 when the chunking is invalid (the call then reports why).
+// Bytes of device workspace for fused_linear_policy_loss on at most T tokens and B sequences of V
+// logits with this chunking: fused_policy_loss_workspace_size(config, T, B) plus chunk x V x
+// sizeof(Logit). 0 when the chunking is invalid (the call then reports why).
 template <typename Logit>
 size_t fused_linear_policy_loss_workspace_size(const LossConfig& config, int64_t num_tokens, int64_t num_sequences,
                                                int64_t vocab_size, const LinearChunking& chunking = LinearChunking{}) {
   int64_t rows = 0;
   if (vocab_size <= 0 || !chunk_rows(chunking, num_tokens, vocab_size, sizeof(Logit), &rows).ok()) return 0;
-  const bool seq = config.ratio_level == RatioLevel::sequence_detached;
-  return LinearWorkspaceLayout(WorkspaceLayout(num_tokens, seq ? num_sequences : 0, seq), rows, vocab_size,
+  return LinearWorkspaceLayout(WorkspaceLayout(num_tokens, num_sequences, workspace_needs(config)), rows, vocab_size,
                                sizeof(Logit))
       .total;
 }
@@ -152,7 +151,7 @@ size_t fused_linear_token_logprobs_workspace_size(int64_t num_tokens, int64_t vo
                                                   const LinearChunking& chunking = LinearChunking{}) {
   int64_t rows = 0;
   if (vocab_size <= 0 || !chunk_rows(chunking, num_tokens, vocab_size, sizeof(Logit), &rows).ok()) return 0;
-  WorkspaceLayout status_only(0, 0, false);
+  WorkspaceLayout status_only;
   status_only.total = token_logprobs_workspace_size();
   return LinearWorkspaceLayout(status_only, rows, vocab_size, sizeof(Logit)).total;
 }
@@ -179,9 +178,102 @@ inline Status check_linear_workspace(const void* workspace, size_t workspace_byt
   return Status::success();
 }
 
+// The launch order of the fused linear loss over chunks of `chunk` rows, for every plan:
+//   begin (status word, sums);
+//   per chunk: its logits, the first pass over its rows, and for a one-pass plan that writes a
+//     gradient the backward GEMMs (dJ/dz is then in the chunk buffer);
+//   one pass: the policy_factor / token_terms outputs;
+//   two passes: the passes over per-token values of the whole batch (every row's statistics are
+//     known now), then per chunk (gradient wanted only): its logits again, the stored gradient
+//     pass, the backward GEMMs;
+//   the metric reductions.
+// Ops enqueues each step: LinearDeviceOps on the device; tests/gpu's host emulation runs the same
+// order on the host (test_cuda_fused_linear_host).
+template <typename Logit, typename Ops>
+Status run_chunked_loss(const LossPlan<Logit>& plan, int64_t chunk, Ops& ops) {
+  const int64_t T = plan.num_tokens;
+  CGRPO_RETURN_IF_ERROR(ops.begin());
+  for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+    const int64_t n = T - t0 < chunk ? T - t0 : chunk;
+    CGRPO_RETURN_IF_ERROR(ops.logits(t0, n));
+    CGRPO_RETURN_IF_ERROR(ops.first_pass(t0, n));
+    if (!plan.two_pass && plan.write_grad) CGRPO_RETURN_IF_ERROR(ops.backward(t0, n));
+  }
+  if (!plan.two_pass) {
+    CGRPO_RETURN_IF_ERROR(ops.uncoupled_outputs());
+  } else {
+    CGRPO_RETURN_IF_ERROR(ops.token_passes());
+    for (int64_t t0 = 0; plan.write_grad && t0 < T; t0 += chunk) {
+      const int64_t n = T - t0 < chunk ? T - t0 : chunk;
+      CGRPO_RETURN_IF_ERROR(ops.logits(t0, n));
+      CGRPO_RETURN_IF_ERROR(ops.gradient(t0, n));
+      CGRPO_RETURN_IF_ERROR(ops.backward(t0, n));
+    }
+  }
+  return ops.reductions();
+}
+
+// run_chunked_loss's steps on the device: cuBLAS and the fused loss's launches, all on `stream`.
+template <typename Logit>
+struct LinearDeviceOps {
+  cublasHandle_t cublas;
+  const LossPlan<Logit>& plan;
+  const LinearHead<Logit>& head;
+  const LinearHeadGrads<Logit, float>& grads;
+  Logit* z;  // the chunk buffer (the plan's logits and gradient)
+  int64_t ldz;
+  cudaStream_t stream;
+
+  int64_t V() const { return plan.fused.vocab_size; }
+  int64_t H() const { return head.hidden_size; }
+
+  // The first kernel of the call; with no token, dW and db are zeros (unless accumulated) as on the CPU.
+  Status begin() {
+    CGRPO_RETURN_IF_ERROR(launch_call_begin(plan, stream));
+    if (plan.num_tokens > 0 || grads.accumulate) return Status::success();
+    if (grads.grad_weight)
+      CGRPO_CUDA_CHECK(cudaMemset2DAsync(grads.grad_weight, grads.weight_stride(H()) * sizeof(float), 0,
+                                         H() * sizeof(float), V(), stream));
+    if (grads.grad_bias) CGRPO_CUDA_CHECK(cudaMemsetAsync(grads.grad_bias, 0, V() * sizeof(float), stream));
+    return Status::success();
+  }
+  // z = h W^T + b for rows [t0, t0 + n).
+  Status logits(int64_t t0, int64_t n) {
+    if (head.bias) {
+      const dim3 grid(static_cast<unsigned>((V() + 255) / 256), static_cast<unsigned>(n < 65535 ? n : 65535));
+      broadcast_bias_kernel<Logit><<<grid, 256, 0, stream>>>(head.bias, V(), n, z, ldz);
+      CGRPO_CUDA_CHECK(cudaGetLastError());
+    }
+    return gemm_logits(cublas, head.hidden + t0 * head.hidden_stride(), head.hidden_stride(), n, H(), head.weight,
+                       head.weight_stride(), V(), z, ldz, head.bias ? 1.0f : 0.0f);
+  }
+  Status first_pass(int64_t t0, int64_t n) { return launch_first_pass_rows(plan, t0, n, stream); }
+  Status gradient(int64_t t0, int64_t n) { return launch_gradient_rows(plan, t0, n, stream); }
+  // The head's gradients from the chunk's dJ/dz (in z).
+  Status backward(int64_t t0, int64_t n) {
+    const bool accumulate = grads.accumulate || t0 > 0;
+    if (grads.grad_weight)
+      CGRPO_RETURN_IF_ERROR(gemm_weight_grad(cublas, z, ldz, n, V(), head.hidden + t0 * head.hidden_stride(),
+                                             head.hidden_stride(), H(), grads.grad_weight, grads.weight_stride(H()),
+                                             accumulate));
+    if (grads.grad_bias) {
+      bias_grad_kernel<Logit>
+          <<<static_cast<unsigned>((V() + 255) / 256), 256, 0, stream>>>(z, ldz, n, V(), grads.grad_bias, accumulate);
+      CGRPO_CUDA_CHECK(cudaGetLastError());
+    }
+    if (grads.grad_hidden)  // last: it may overwrite this chunk's hidden states (in place)
+      CGRPO_RETURN_IF_ERROR(gemm_hidden_grad(cublas, z, ldz, n, V(), head.weight, head.weight_stride(), H(),
+                                             grads.grad_hidden + t0 * grads.hidden_stride(H()), grads.hidden_stride(H())));
+    return Status::success();
+  }
+  Status uncoupled_outputs() { return launch_uncoupled_outputs(plan, stream); }
+  Status token_passes() { return launch_token_passes(plan.passes, stream); }
+  Status reductions() { return launch_loss_reductions(plan.reductions, stream); }
+};
+
 // The fused LM head + policy loss on the GPU. Per chunk of c tokens: cublasGemmEx into the
-// workspace's [c, V] buffer (Logit, fp32 accumulation), policy_loss_kernel over it in place
-// (dJ/dz overwrites the logits), then dJ/dW (+)= G^T h (fp32 output), dJ/db (+)= column sums
+// workspace's [c, V] buffer (Logit, fp32 accumulation), the fused loss's row kernels over it in
+// place (dJ/dz overwrites the logits), then dJ/dW (+)= G^T h (fp32 output), dJ/db (+)= column sums
 // (fp32), dJ/dh = G W (Logit; may overwrite hidden: in place). All on `stream` (the handle's
 // stream is set to it); call policy_loss_metrics(workspace, stream, &m) for the loss, the
 // metrics and the device status, exactly as after cuda::fused_policy_loss.
@@ -189,18 +281,24 @@ inline Status check_linear_workspace(const void* workspace, size_t workspace_byt
 //   cublas:  the caller's handle (created once); its stream is set to `stream`.
 //   batch:   device per-token arrays, logits null, vocab_size = V, row_stride 0.
 //   head:    device hidden [T, H], weight [V, H], bias [V] or null, in Logit.
+//   out:     logp / entropy / policy_factor (device float), token_terms (device bytes), optional.
 //   grads:   grad_hidden (Logit), grad_weight and grad_bias (float), each optional;
 //            accumulate adds to grad_weight and grad_bias.
+//   device_sequence_offsets: as for cuda::fused_policy_loss (a packed layout the config reads).
 //   workspace: >= fused_linear_policy_loss_workspace_size<Logit>(config, T, B, V, chunking) bytes.
 //
-// Configs: those of cuda::fused_policy_loss (check_cuda_supported). Token-level ones run one pass
-// (GEMM, kernel, two GEMMs per chunk: 3 GEMMs in all); verl's GSPO needs every row's log p first
-// and runs two (the log-prob kernel over every chunk, the per-sequence ratios, then the chunks'
-// logits again for the loss kernel: one extra forward GEMM). Host validation (the CPU path's
-// validate_linear_loss_shape, then the CUDA limits) happens before anything is enqueued. Values
-// are checked on the device as in cuda::fused_policy_loss: a bad row is flagged in the status word,
-// its dJ/dz is zero. Logits that overflow Logit (fp16: |z| > 65504) are flagged there as
-// non-finite rows; the CPU path's upfront bound on |z| is not computed on the GPU.
+// Configs: every one cuda::fused_policy_loss runs, with the same launch plan (plan_policy_loss on
+// the chunk buffer). A one-pass plan (token-level configs with the caller's weights) runs GEMM,
+// policy_loss_kernel, backward GEMMs per chunk: 3 GEMMs in all. A two-pass plan (the row- and
+// batch-coupled modes and computed weights: every token's log p and H are needed before any
+// token's a_t) runs the statistics kernel over every chunk's logits, then the passes over
+// per-token values for the whole batch (launch_token_passes), then forms each chunk's logits again
+// for the stored gradient kernel and the backward GEMMs: one extra forward GEMM, the CPU fused
+// linear path's recompute; forward only, the second sweep is skipped. Host validation (the CPU
+// path's validate_linear_loss_shape, then the CUDA limits) happens before anything is enqueued.
+// Values are checked on the device as in cuda::fused_policy_loss: a bad row is flagged in the
+// status word, its dJ/dz is zero. Logits that overflow Logit (fp16: |z| > 65504) are flagged there
+// as non-finite rows; the CPU path's upfront bound on |z| is not computed on the GPU.
 template <typename Logit>
 Status fused_linear_policy_loss(cublasHandle_t cublas, const LossConfig& config,
                                 const PolicyLossBatch<Logit, float>& batch, const LinearHead<Logit>& head,
@@ -211,7 +309,6 @@ Status fused_linear_policy_loss(cublasHandle_t cublas, const LossConfig& config,
                     std::is_same<Logit, __nv_bfloat16>::value,
                 "the CUDA path takes float, __half or __nv_bfloat16 hidden states and weights");
   CGRPO_RETURN_IF_ERROR(validate_linear_loss_shape(config, batch, head, out, grads, chunking, sizeof(Logit)));
-  CGRPO_RETURN_IF_ERROR(check_cuda_supported(config, batch.computed_weights()));
   if (!cublas) return make_error(StatusCode::invalid_argument, "the cuBLAS handle must not be null");
   const int64_t T = batch.num_tokens, V = batch.vocab_size, H = head.hidden_size;
   if (T >= (int64_t{1} << 31))
@@ -219,109 +316,32 @@ Status fused_linear_policy_loss(cublasHandle_t cublas, const LossConfig& config,
                       static_cast<long long>(T));
   int64_t c = 0;
   CGRPO_RETURN_IF_ERROR(chunk_rows(chunking, T, V, sizeof(Logit), &c));
-  const bool sequence_ratio = config.ratio_level == RatioLevel::sequence_detached;
-  const LinearWorkspaceLayout layout(WorkspaceLayout(T, sequence_ratio ? batch.layout.num_sequences : 0, sequence_ratio),
-                                     c, V, sizeof(Logit));
+  const LinearWorkspaceLayout layout(WorkspaceLayout(T, batch.layout.num_sequences, workspace_needs(config)), c, V,
+                                     sizeof(Logit));
   const int64_t ldh = head.hidden_stride(), ldw = head.weight_stride(), ldz = layout.chunk_stride;
   const int64_t ldgh = grads.hidden_stride(H), ldgw = grads.weight_stride(H);
   const int64_t strides[] = {ldh, ldw, ldgh, ldgw};
   CGRPO_RETURN_IF_ERROR(check_cublas_sizes(c, V, H, strides, 4, ldz));
   CGRPO_RETURN_IF_ERROR(check_linear_workspace(workspace, workspace_bytes, layout.total,
                                                "fused_linear_policy_loss_workspace_size"));
-  if (sequence_ratio && batch.layout.offsets && !device_sequence_offsets && T > 0)
-    return make_error(StatusCode::invalid_argument,
-                      "clip = sequence with a packed layout needs device_sequence_offsets (layout.offsets on the device)");
-  // Every check above runs before the first CUDA call: an invalid call enqueues nothing.
-
   char* ws = static_cast<char*>(workspace);
   Logit* z = reinterpret_cast<Logit*>(ws + layout.chunk);
-  CGRPO_CUDA_CHECK(cudaMemsetAsync(ws + layout.loss.status, 0xFF, sizeof(DeviceStatus), stream));
-  CGRPO_CUBLAS_CHECK(cublasSetStream(cublas, stream));
-  if (T == 0) {
-    CGRPO_CUDA_CHECK(cudaMemsetAsync(ws + layout.loss.final_sums, 0, sizeof(MetricSums<double>), stream));
-    if (!grads.accumulate && grads.grad_weight)
-      CGRPO_CUDA_CHECK(cudaMemset2DAsync(grads.grad_weight, ldgw * sizeof(float), 0, H * sizeof(float), V, stream));
-    if (!grads.accumulate && grads.grad_bias) CGRPO_CUDA_CHECK(cudaMemsetAsync(grads.grad_bias, 0, V * sizeof(float), stream));
-    return Status::success();
-  }
-
+  // The fused loss's plan with the chunk buffer as the logits (rows relative to each chunk's first
+  // batch row) and the gradient in place in it. Its checks (the packed layout's device offsets,
+  // the GPU limits) run here too: an invalid call enqueues nothing.
   PolicyLossBatch<Logit, float> chunk_batch = batch;
   chunk_batch.logits = z;
   chunk_batch.row_stride = ldz;
   PolicyLossOutputs<Logit, float> chunk_out = out;
   chunk_out.grad_logits = grads.any() ? z : nullptr;
   chunk_out.grad_row_stride = ldz;
-  const PolicyLossArgs<Logit> base =
-      make_policy_loss_args(config, chunk_batch, chunk_out, device_sequence_offsets, ws, layout.loss);
+  LossPlan<Logit> plan;
+  CGRPO_RETURN_IF_ERROR(plan_validated_policy_loss(config, chunk_batch, chunk_out, device_sequence_offsets, workspace,
+                                                   workspace_bytes, &plan));
 
-  auto logits = [&](int64_t t0, int64_t n) -> Status {
-    if (head.bias) {
-      const dim3 grid(static_cast<unsigned>((V + 255) / 256), static_cast<unsigned>(n < 65535 ? n : 65535));
-      broadcast_bias_kernel<Logit><<<grid, 256, 0, stream>>>(head.bias, V, n, z, ldz);
-      CGRPO_CUDA_CHECK(cudaGetLastError());
-    }
-    return gemm_logits(cublas, head.hidden + t0 * ldh, ldh, n, H, head.weight, ldw, V, z, ldz, head.bias ? 1.0f : 0.0f);
-  };
-  auto backward = [&](int64_t t0, int64_t n) -> Status {
-    const bool accumulate = grads.accumulate || t0 > 0;
-    if (grads.grad_weight)
-      CGRPO_RETURN_IF_ERROR(gemm_weight_grad(cublas, z, ldz, n, V, head.hidden + t0 * ldh, ldh, H, grads.grad_weight,
-                                             ldgw, accumulate));
-    if (grads.grad_bias) {
-      bias_grad_kernel<Logit><<<static_cast<unsigned>((V + 255) / 256), 256, 0, stream>>>(z, ldz, n, V, grads.grad_bias,
-                                                                                          accumulate);
-      CGRPO_CUDA_CHECK(cudaGetLastError());
-    }
-    if (grads.grad_hidden)  // last: it may overwrite this chunk's hidden states (in place)
-      CGRPO_RETURN_IF_ERROR(gemm_hidden_grad(cublas, z, ldz, n, V, head.weight, ldw, H, grads.grad_hidden + t0 * ldgh, ldgh));
-    return Status::success();
-  };
-  auto chunk_args = [&](int64_t t0) {
-    PolicyLossArgs<Logit> a = base;
-    a.first_row = t0;
-    return a;
-  };
-
-  CGRPO_RETURN_IF_ERROR(dispatch_row_threads(V, [&](auto threads) -> Status {
-    constexpr int kThreads = decltype(threads)::value;
-    if (sequence_ratio) {  // pass 1: every row's statistics, then the sequence ratios
-      for (int64_t t0 = 0; t0 < T; t0 += c) {
-        const int64_t n = T - t0 < c ? T - t0 : c;
-        CGRPO_RETURN_IF_ERROR(logits(t0, n));
-        token_logprobs_kernel<Logit, kThreads><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
-            gspo_stats_args(chunk_args(t0)));
-        CGRPO_CUDA_CHECK(cudaGetLastError());
-      }
-      if (base.sequences.num_sequences > 0) {
-        sequence_log_ratio_kernel<kSequenceThreads>
-            <<<static_cast<unsigned>(base.sequences.num_sequences), kSequenceThreads, 0, stream>>>(
-                base.rows, base.mask, base.kinds, base.old_logp, base.sequences, const_cast<float*>(base.seq_log_ratio));
-        CGRPO_CUDA_CHECK(cudaGetLastError());
-      }
-    }
-    for (int64_t t0 = 0; t0 < T; t0 += c) {
-      const int64_t n = T - t0 < c ? T - t0 : c;
-      const PolicyLossArgs<Logit> a = chunk_args(t0);
-      const unsigned grid = static_cast<unsigned>(n);
-      if (!grads.any()) {
-        if (!sequence_ratio) {
-          CGRPO_RETURN_IF_ERROR(logits(t0, n));
-          policy_loss_kernel<Logit, kThreads, false, false><<<grid, kThreads, 0, stream>>>(a);
-        } else {  // the stored rows hold everything the forward needs: no second GEMM
-          policy_loss_kernel<Logit, kThreads, false, true><<<grid, kThreads, 0, stream>>>(a);
-        }
-        CGRPO_CUDA_CHECK(cudaGetLastError());
-        continue;
-      }
-      CGRPO_RETURN_IF_ERROR(logits(t0, n));
-      if (sequence_ratio) policy_loss_kernel<Logit, kThreads, true, true><<<grid, kThreads, 0, stream>>>(a);
-      else policy_loss_kernel<Logit, kThreads, true, false><<<grid, kThreads, 0, stream>>>(a);
-      CGRPO_CUDA_CHECK(cudaGetLastError());
-      CGRPO_RETURN_IF_ERROR(backward(t0, n));
-    }
-    return Status::success();
-  }));
-  return reduce_metric_sums(ws, layout.loss, T, stream);
+  CGRPO_CUBLAS_CHECK(cublasSetStream(cublas, stream));
+  LinearDeviceOps<Logit> ops{cublas, plan, head, grads, z, ldz, stream};
+  return run_chunked_loss(plan, c, ops);
 }
 
 // log p and H from hidden states on the GPU (cuda::token_logprobs on z = h W^T + b, one chunk at a
@@ -342,7 +362,7 @@ Status fused_linear_token_logprobs(cublasHandle_t cublas, const LinearHead<Logit
                       static_cast<long long>(T));
   int64_t c = 0;
   CGRPO_RETURN_IF_ERROR(chunk_rows(chunking, T, V, sizeof(Logit), &c));
-  WorkspaceLayout status_only(0, 0, false);
+  WorkspaceLayout status_only;
   status_only.total = token_logprobs_workspace_size();
   const LinearWorkspaceLayout layout(status_only, c, V, sizeof(Logit));
   const int64_t ldh = head.hidden_stride(), ldw = head.weight_stride(), ldz = layout.chunk_stride;

@@ -1,5 +1,5 @@
-// kernels/policy_loss_kernels.cuh: the __global__ kernels of the policy loss (one block per row),
-// the GSPO per-sequence reduction and the fixed-order reduction of the per-token metric sums.
+// kernels/policy_loss_kernels.cuh: the row kernels of the policy loss (one block per logits row: the
+// fused loss, the statistics pass, the gradient pass) and the fixed-order reduction of the metric sums.
 #pragma once
 
 #include <cub/block/block_reduce.cuh>
@@ -16,16 +16,12 @@
 #include "kernels/block_row_ops.cuh"
 #include "kernels/device_status.cuh"
 #include "kernels/vector_io.cuh"
+#include "kernels/workspace.cuh"
 
 namespace cgrpo::cuda {
 
-// Softmax of one row kept between the GSPO stats pass and the loss pass: 16 bytes per row.
-// max = NaN marks a row that was flagged (its gradient is zeros).
-struct StoredRow {
-  float max, log_sum, entropy, logp;
-};
-
-// Which response a token row belongs to, on the device (GSPO only).
+// The rows (responses) of a batch on the device: row i owns token rows [begin(i), end(i)). A batch
+// without a layout is one row of every token (padded_length = T).
 struct DeviceSequences {
   int64_t num_sequences = 0;
   const int64_t* offsets = nullptr;  // device copy of layout.offsets; nullptr: padded
@@ -46,7 +42,50 @@ struct DeviceSequences {
   }
 };
 
-// Everything the row kernels read and write, passed by value (about 220 bytes of kernel parameters).
+// The per-token arrays validate_batch_values reads, as the kernels check them (device pointers).
+struct TokenValueArrays {
+  const uint8_t* mask;
+  const uint8_t* kinds;        // nullptr: every token initial
+  const uint8_t* selection;    // kl_cov / clip_cov: the caller's selection (nullptr: none)
+  const float* advantages;
+  const float* pg_weights;     // nullptr: the loss computes the weights
+  const float* entropy_weights;
+  const float* kl_weights;
+  const float* reference;      // the ratio's reference: old_logp, or rollout_logp in verl's bypass mode
+  const float* rollout_logp;   // read where check_rollout
+  const float* ref_logp;       // read where kl_on
+  uint32_t reference_field;    // kFieldOldLogp or kFieldRolloutLogp (its name in the message)
+  bool kl_on;
+  bool check_rollout;          // the off-policy corrections read rollout_logp
+};
+
+// The checks validate_batch_values does on the CPU, for one token, in its order; flags the first
+// failure and returns false. At a masked token only the mask is read (padding may hold NaN or -inf).
+CGRPO_ROW_HD bool flag_value(DeviceStatus* status, int64_t t, uint32_t field) {
+  flag_row(status, kNonFiniteValue, t, field);
+  return false;
+}
+
+CGRPO_ROW_HD bool token_values_ok(const TokenValueArrays& v, int64_t t, DeviceStatus* status) {
+  const uint8_t m = v.mask[t];
+  if (m > 1) return flag_row(status, kInvalidMaskOrKind, t, (kByteMask << 8) | m), false;
+  if (!m) return true;
+  const uint8_t kind = v.kinds ? v.kinds[t] : uint8_t(kInitial);
+  if (kind > 1) return flag_row(status, kInvalidMaskOrKind, t, (kByteKinds << 8) | kind), false;
+  if (!isfinite(v.advantages[t])) return flag_value(status, t, kFieldAdvantages);
+  if (v.pg_weights && !isfinite(v.pg_weights[t])) return flag_value(status, t, kFieldPgWeights);
+  if (v.entropy_weights && !isfinite(v.entropy_weights[t])) return flag_value(status, t, kFieldEntropyWeights);
+  if (v.kl_weights && v.kl_on && !isfinite(v.kl_weights[t])) return flag_value(status, t, kFieldKlWeights);
+  const bool initial = kind == kInitial;
+  if (initial && !isfinite(v.reference[t])) return flag_value(status, t, v.reference_field);
+  if (initial && v.check_rollout && !isfinite(v.rollout_logp[t])) return flag_value(status, t, kFieldRolloutLogp);
+  if (v.kl_on && !isfinite(v.ref_logp[t])) return flag_value(status, t, kFieldRefLogp);
+  if (v.selection && v.selection[t] > 1)
+    return flag_row(status, kInvalidMaskOrKind, t, (kByteSelection << 8) | v.selection[t]), false;
+  return true;
+}
+
+// Everything the single-kernel path reads and writes, passed by value (about 230 bytes of kernel parameters).
 template <typename Logit>
 struct PolicyLossArgs {
   const Logit* logits;
@@ -54,41 +93,15 @@ struct PolicyLossArgs {
   Logit* grad;  // nullptr in the forward-only kernels
   int64_t grad_row_stride;
   const int32_t* target_ids;
-  const uint8_t* mask;
-  const uint8_t* kinds;  // nullptr: every token initial
-  const float *advantages, *old_logp, *ref_logp, *pg_weights, *entropy_weights, *kl_weights;
+  TokenValueArrays values;
   float* logp_out;     // optional
   float* entropy_out;  // optional
   TokenLossParams<float> params;
   MetricSums<double>* token_sums;  // [T], one per token, reduced in a fixed order afterwards
-  StoredRow* rows;                 // [T], GSPO only
-  const float* seq_log_ratio;      // [B], GSPO only
-  DeviceSequences sequences;       // GSPO only
   DeviceStatus* status;
-  int64_t first_row;               // the batch row of logits row 0: per-token arrays are indexed by
-                                   // batch row (the fused linear loss runs on one chunk; 0 otherwise)
+  int64_t first_row;               // the batch row of logits row 0 (and grad row 0): the per-token arrays
+                                   // stay indexed by batch row (a chunked caller; 0 otherwise)
 };
-
-// The checks validate_batch_values does on the CPU, for one token; flags and returns false on the
-// first failure. At a masked token only the mask is read (padding may hold NaN or -inf).
-template <typename Logit>
-CGRPO_ROW_HD bool token_values_ok(const PolicyLossArgs<Logit>& args, int64_t t) {
-  auto flag_value = [&](uint32_t field) { flag_row(args.status, kNonFiniteValue, t, field); };
-  const uint8_t m = args.mask[t];
-  if (m > 1) return flag_row(args.status, kInvalidMaskOrKind, t, (0u << 8) | m), false;
-  if (!m) return true;
-  const uint8_t kind = args.kinds ? args.kinds[t] : uint8_t(kInitial);
-  if (kind > 1) return flag_row(args.status, kInvalidMaskOrKind, t, (1u << 8) | kind), false;
-  if (!isfinite(args.advantages[t])) return flag_value(kFieldAdvantages), false;
-  if (!isfinite(args.pg_weights[t])) return flag_value(kFieldPgWeights), false;
-  if (args.entropy_weights && !isfinite(args.entropy_weights[t])) return flag_value(kFieldEntropyWeights), false;
-  if (kind == kInitial && !isfinite(args.old_logp[t])) return flag_value(kFieldOldLogp), false;
-  if (args.params.kl_estimator != static_cast<int>(KlEstimator::none)) {
-    if (!isfinite(args.kl_weights[t])) return flag_value(kFieldKlWeights), false;
-    if (!isfinite(args.ref_logp[t])) return flag_value(kFieldRefLogp), false;
-  }
-  return true;
-}
 
 // Checks the target id and the row's softmax, and gives log p of the target (NaN when unusable).
 template <typename Logit>
@@ -120,7 +133,7 @@ CGRPO_ROW_HD bool target_logp(const Logit* row, int64_t t, int32_t target, int64
 
 // ---------------------------------------------------------------------------
 // Log-prob / entropy pass: block = one row, THREADS threads. Reads the row once and writes
-// 4-8 bytes per row (plus 16 bytes of StoredRow in the GSPO stats pass).
+// 4-8 bytes per row (plus 16 bytes of StoredRow in the statistics pass of the two-pass loss).
 
 template <typename Logit>
 struct TokenLogprobArgs {
@@ -130,7 +143,7 @@ struct TokenLogprobArgs {
   float inv_temperature;
   float* logp_out;     // optional
   float* entropy_out;  // optional
-  StoredRow* rows;     // optional (GSPO stats pass)
+  StoredRow* rows;     // optional (the two-pass loss's statistics)
   DeviceStatus* status;
   int64_t first_row;   // the batch row of logits row 0 (as PolicyLossArgs::first_row)
 };
@@ -168,114 +181,50 @@ __global__ void __launch_bounds__(THREADS, RowKernelOccupancy<THREADS>::kLogprob
 }
 
 // ---------------------------------------------------------------------------
-// GSPO: mean (logp - old) over the valid initial tokens of each sequence. Block = one sequence;
-// sums in double in a fixed order (strided per thread, then cub::BlockReduce). Reads 21 bytes per row.
-
-// Thread `tid`'s share of one sequence: rows begin + tid, begin + tid + THREADS, ...
-// A flagged row (max = NaN) is left out, so that one bad row does not turn the rest of its
-// sequence into NaN gradients (the call reports the error either way).
-template <int THREADS>
-CGRPO_ROW_HD void thread_sequence_sums(const StoredRow* rows, const uint8_t* mask, const uint8_t* kinds,
-                                       const float* old_logp, int64_t begin, int64_t end, int tid, double& sum,
-                                       double& count) {
-  for (int64_t t = begin + tid; t < end; t += THREADS)
-    if (mask[t] && (!kinds || kinds[t] == kInitial) && !isnan(rows[t].max)) {
-      sum += static_cast<double>(rows[t].logp) - static_cast<double>(old_logp[t]);
-      count += 1.0;
-    }
-}
-
-// The mean log-ratio from the block's sums (0 for a sequence without valid tokens).
-CGRPO_ROW_HD float sequence_mean(double sum, double count) { return count > 0.0 ? static_cast<float>(sum / count) : 0.0f; }
-
-// The configs the CUDA kernels run today: per-token policy terms (ratio, ppo_clip, cispo, cispo_cap,
-// sapo, gpg) at token level or in verl's GSPO form, every KL form, caller weights. The row- and
-// batch-coupled features run on the CPU path only, for now.
-inline Status check_cuda_supported(const LossConfig& c, bool computed_weights) {
-  const char* what = nullptr;
-  if (computed_weights) what = "weights computed by the loss (pass pg/entropy/kl weights from aggregation_weights)";
-  else if (c.ratio_level == RatioLevel::sequence) what = "ratio_level = sequence";
-  else if (c.policy_loss == PolicyLoss::geo_mean || c.policy_loss == PolicyLoss::kl_cov ||
-           c.policy_loss == PolicyLoss::clip_cov || c.policy_loss == PolicyLoss::vespo ||
-           c.policy_loss == PolicyLoss::reinforce)
-    what = to_string(c.policy_loss);
-  else if (c.rollout.mode != RolloutCorrectionMode::none) what = "config.rollout";
-  else if (c.sampler.mode != SamplerCorrectionMode::none) what = "config.sampler";
-  else if (std::isfinite(c.off_policy_mask_threshold)) what = "config.off_policy_mask_threshold";
-  else if (c.top_entropy_quantile < 1) what = "config.top_entropy_quantile";
-  if (!what) return Status::success();
-  return make_error(StatusCode::invalid_argument, "the CUDA path does not run %s yet (the CPU path does)", what);
-}
-
-template <int THREADS>
-__global__ void __launch_bounds__(THREADS)
-    sequence_log_ratio_kernel(const StoredRow* rows, const uint8_t* mask, const uint8_t* kinds, const float* old_logp,
-                              DeviceSequences sequences, float* seq_log_ratio) {
-  using Reduce = cub::BlockReduce<double, THREADS>;
-  __shared__ typename Reduce::TempStorage storage;
-  const int64_t i = blockIdx.x;
-  double sum = 0.0, count = 0.0;
-  thread_sequence_sums<THREADS>(rows, mask, kinds, old_logp, sequences.begin(i), sequences.end(i), threadIdx.x, sum,
-                                count);
-  const double total = Reduce(storage).Sum(sum);
-  __syncthreads();  // storage is reused
-  const double n = Reduce(storage).Sum(count);
-  if (threadIdx.x == 0) seq_log_ratio[i] = sequence_mean(total, n);
-}
-
-// ---------------------------------------------------------------------------
-// The policy loss, block = one row, THREADS threads:
-//   1. sweep 1 (block_row_softmax), or the StoredRow of the GSPO stats pass (STORED_ROWS);
+// The fused policy loss, block = one row, THREADS threads (configs without row or batch coupling
+// and with the caller's weights):
+//   1. sweep 1 (block_row_softmax);
 //   2. thread 0: checks, cgrpo::token_loss<float> (the function the CPU path calls), the
 //      token's MetricSums<double> to the workspace, a_t and b_t to shared memory;
 //   3. WRITE_GRAD: sweep 2 (block_row_gradient) into grad (zeros for masked or flagged rows).
-// Bytes per row: fused V*sizeof(Logit) read twice (the second read mostly from L2: a block
-// re-reads the row it has just read) + V*sizeof(Logit) written; forward only: read once.
-// With STORED_ROWS and no gradient the logits are not read at all (one scalar per row).
+// Bytes per row: V*sizeof(Logit) read twice (the second read mostly from L2: a block re-reads
+// the row it has just read) + V*sizeof(Logit) written; forward only: read once.
 
-// What thread 0 does for row t once the row's softmax is known (from sweep 1, or from the
-// StoredRow of the GSPO stats pass when STORED_ROWS): the checks, cgrpo::token_loss<float>, the
-// token's MetricSums<double> into the workspace; returns a_t and b_t (0 and 0 for a flagged row).
+// a_t, b_t and the row's softmax, from thread 0 to the block (shared memory).
 struct TokenStep {
   float a, b;
   RowSoftmax softmax;
 };
 
-template <typename Logit, bool STORED_ROWS>
+// What thread 0 does for row t once the row's softmax is known: the checks, cgrpo::token_loss<float>,
+// the token's MetricSums<double> into the workspace; returns a_t and b_t (0 and 0 for a flagged row).
+template <typename Logit>
 CGRPO_ROW_HD TokenStep policy_loss_token_step(const PolicyLossArgs<Logit>& args, int64_t t, RowSoftmax sm) {
   const Logit* row = args.logits + (t - args.first_row) * args.row_stride;
   const int32_t target = args.target_ids[t];
+  const TokenValueArrays& v = args.values;
   float logp;
-  bool ok;
-  if (STORED_ROWS) {
-    const StoredRow r = args.rows[t];
-    sm = RowSoftmax{r.max, r.log_sum, r.entropy, !isnan(r.max)};
-    logp = r.logp;
-    ok = sm.finite;  // the stats pass flagged the row otherwise
-  } else {
-    ok = target_logp(row, t, target, args.vocab_size, sm, args.params.inv_temperature, args.status, logp);
-  }
-  ok = token_values_ok(args, t) && ok;
+  bool ok = target_logp(row, t, target, args.vocab_size, sm, args.params.inv_temperature, args.status, logp);
+  ok = token_values_ok(v, t, args.status) && ok;
   if (args.logp_out) args.logp_out[t] = logp;
   if (args.entropy_out) args.entropy_out[t] = sm.entropy;
 
   MetricSums<double> sums = metric_sums_zero<double>();
   TokenStep step{0.0f, 0.0f, sm};
-  if (ok && args.mask[t]) {  // a masked token adds nothing and none of its values are read
+  if (ok && v.mask[t]) {  // a masked token adds nothing and none of its values are read
     TokenInputs<float> in{};
     in.valid = true;
     in.in_pg = true;
     in.pg_factor = 1.0f;
     in.logp = logp;
     in.entropy = sm.entropy;
-    in.refinement = args.kinds && args.kinds[t] == kRefinement;
-    in.old_logp = in.refinement ? 0.0f : args.old_logp[t];
-    in.ref_logp = args.params.kl_estimator != static_cast<int>(KlEstimator::none) ? args.ref_logp[t] : 0.0f;
-    in.advantage = args.advantages[t];
-    in.w_pg = args.pg_weights[t];
-    in.w_entropy = args.entropy_weights ? args.entropy_weights[t] : 0.0f;
-    in.w_kl = args.params.kl_estimator != static_cast<int>(KlEstimator::none) ? args.kl_weights[t] : 0.0f;
-    if (STORED_ROWS) in.row.log_ratio = args.seq_log_ratio[args.sequences.of_row(t)];
+    in.refinement = v.kinds && v.kinds[t] == kRefinement;
+    in.old_logp = in.refinement ? 0.0f : v.reference[t];
+    in.ref_logp = v.kl_on ? v.ref_logp[t] : 0.0f;
+    in.advantage = v.advantages[t];
+    in.w_pg = v.pg_weights[t];
+    in.w_entropy = v.entropy_weights ? v.entropy_weights[t] : 0.0f;
+    in.w_kl = v.kl_on ? v.kl_weights[t] : 0.0f;
     const TokenResult<float> res = token_loss(in, args.params);
     metric_sums_add(sums, in, res, args.params);
     step.a = res.dJ_dlogp;
@@ -286,14 +235,17 @@ CGRPO_ROW_HD TokenStep policy_loss_token_step(const PolicyLossArgs<Logit>& args,
 }
 
 // A row whose gradient overflowed Logit (block_row_gradient has zeroed it): flagged, and its
-// share of the sums taken back, as for every other flagged row. Thread 0, after the sweep.
-template <typename Logit>
-CGRPO_ROW_HD void gradient_overflow_row_end(const PolicyLossArgs<Logit>& args, int64_t t) {
-  flag_row(args.status, kGradientOverflow, t, LogitTraits<Logit>::code);
-  args.token_sums[t] = metric_sums_zero<double>();
+// share of the sums taken back, as for every other flagged row. Thread 0, after the sweep. A
+// non-finite a_t or b_t is named as such (the CPU path's check after the per-token pass): the fused
+// kernel finds it here rather than in the token step, where the check would cost registers.
+CGRPO_ROW_HD void gradient_overflow_row_end(DeviceStatus* status, MetricSums<double>* token_sums, int64_t t,
+                                            uint32_t dtype_code, float a, float b) {
+  if (isfinite(a) && isfinite(b)) flag_row(status, kGradientOverflow, t, dtype_code);
+  else flag_row(status, kNonFiniteTokenGrad, t, 0u);
+  token_sums[t] = metric_sums_zero<double>();
 }
 
-template <typename Logit, int THREADS, bool WRITE_GRAD, bool STORED_ROWS>
+template <typename Logit, int THREADS, bool WRITE_GRAD>
 __global__ void __launch_bounds__(THREADS, RowKernelOccupancy<THREADS>::kLossBlocks)
     policy_loss_kernel(PolicyLossArgs<Logit> args) {
   __shared__ BlockRowSoftmaxStorage<THREADS> storage;
@@ -302,17 +254,63 @@ __global__ void __launch_bounds__(THREADS, RowKernelOccupancy<THREADS>::kLossBlo
   const float inv_temperature = args.params.inv_temperature;
   const Logit* row = args.logits + static_cast<int64_t>(blockIdx.x) * args.row_stride;
 
-  RowSoftmax sm{};
-  if constexpr (!STORED_ROWS) sm = block_row_softmax<Logit, THREADS>(row, args.vocab_size, inv_temperature, storage);
-  if (threadIdx.x == 0) shared_step = policy_loss_token_step<Logit, STORED_ROWS>(args, t, sm);
+  const RowSoftmax sm = block_row_softmax<Logit, THREADS>(row, args.vocab_size, inv_temperature, storage);
+  if (threadIdx.x == 0) shared_step = policy_loss_token_step<Logit>(args, t, sm);
   if constexpr (WRITE_GRAD) {
     __syncthreads();
     const TokenStep step = shared_step;
     const bool overflow = block_row_gradient<Logit, THREADS>(
-        row, args.grad + static_cast<int64_t>(blockIdx.x) * args.grad_row_stride, args.vocab_size,
-        args.target_ids[t], step.softmax, step.a, step.b, inv_temperature);
-    if (overflow && threadIdx.x == 0) gradient_overflow_row_end(args, t);
+        row, args.grad + static_cast<int64_t>(blockIdx.x) * args.grad_row_stride, args.vocab_size, args.target_ids[t],
+        step.softmax, step.a, step.b, inv_temperature);
+    if (overflow && threadIdx.x == 0)
+      gradient_overflow_row_end(args.status, args.token_sums, t, LogitTraits<Logit>::code, step.a, step.b);
   }
+}
+
+// ---------------------------------------------------------------------------
+// The gradient pass of the two-pass loss, block = one row: sweep 2 from the row's StoredRow (the
+// statistics pass) and its a_t, b_t (the token pass and the row post-pass). Reads the row's V
+// logits (from DRAM: the statistics pass read it long before) and writes V gradient entries.
+
+template <typename Logit>
+struct StoredGradientArgs {
+  const Logit* logits;
+  int64_t vocab_size, row_stride;
+  Logit* grad;
+  int64_t grad_row_stride;
+  const int32_t* target_ids;
+  float inv_temperature;
+  const StoredRow* rows;
+  const TokenGrad* grads;
+  MetricSums<double>* token_sums;
+  DeviceStatus* status;
+  int64_t first_row;  // the batch row of logits row 0 and grad row 0 (as PolicyLossArgs::first_row)
+};
+
+// Thread 0: the row's softmax and a_t, b_t (a flagged row has a = b = 0: its gradient is zeros).
+template <typename Logit>
+CGRPO_ROW_HD TokenStep stored_token_step(const StoredGradientArgs<Logit>& args, int64_t t) {
+  const StoredRow r = args.rows[t];
+  const TokenGrad g = args.grads[t];
+  const RowSoftmax sm{r.max, r.log_sum, r.entropy, !isnan(r.max)};
+  return sm.finite ? TokenStep{g.a, g.b, sm} : TokenStep{0.0f, 0.0f, sm};
+}
+
+template <typename Logit, int THREADS>
+__global__ void __launch_bounds__(THREADS, RowKernelOccupancy<THREADS>::kLossBlocks)
+    stored_gradient_kernel(StoredGradientArgs<Logit> args) {
+  __shared__ TokenStep shared_step;
+  const int64_t t = args.first_row + blockIdx.x;
+  const int64_t local = blockIdx.x;
+  if (threadIdx.x == 0) shared_step = stored_token_step(args, t);
+  __syncthreads();
+  const TokenStep step = shared_step;
+  const bool overflow = block_row_gradient<Logit, THREADS>(args.logits + local * args.row_stride,
+                                                           args.grad + local * args.grad_row_stride, args.vocab_size,
+                                                           args.target_ids[t], step.softmax, step.a, step.b,
+                                                           args.inv_temperature);
+  if (overflow && threadIdx.x == 0)
+    gradient_overflow_row_end(args.status, args.token_sums, t, LogitTraits<Logit>::code, step.a, step.b);
 }
 
 // ---------------------------------------------------------------------------

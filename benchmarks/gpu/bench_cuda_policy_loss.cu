@@ -4,8 +4,13 @@
 // Timing: CUDA events around each call, median of kRepeats calls after kWarmup calls, per
 // benchmark iteration (manual time). Bytes moved count the logits only (the per-token arrays are
 // O(T)): forward+backward = logits read once + gradient written once (2 T V s; the kernel's second
-// read of a row hits L2 when it can), forward only and log-probs = T V s. The copy reference
-// moves the same bytes: cudaMemcpyAsync D2D of half of them (each copied byte is read and written).
+// read of a row hits L2 when it can), forward only and log-probs = T V s. The coupled configs
+// (cfg 1, 2) take two passes: forward+backward reads the logits twice from DRAM and writes the
+// gradient (3 T V s), forward only reads them once. The copy reference moves the same bytes:
+// cudaMemcpyAsync D2D of half of them (each copied byte is read and written).
+//   cfg 0: the paper's configuration (one fused kernel);
+//   cfg 1: verl bypass ppo_clip with seq_sum_k2 rejection and k3 KL (computed weights, rollout_logp);
+//   cfg 2: TRL luspo (sequence-level ratio differentiated through the row mean, computed weights).
 #include <benchmark/benchmark.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -18,6 +23,9 @@
 
 #include <cgrpo/aggregation.hpp>
 #include <cgrpo/config.hpp>
+#include <cgrpo/trl_presets.hpp>
+#include <cgrpo/verl_options.hpp>
+#include <cgrpo/verl_presets.hpp>
 
 #include "kernels/cgrpo_cuda.cuh"
 
@@ -96,10 +104,25 @@ enum class Pass { forward_backward = 0, forward = 1, logprobs = 2, forward_backw
 
 // The paper's configuration: 8 responses per group of which 1 refinement, responses of 1024
 // tokens (padded), 10% padding, f(p) shaping, entropy token-mean.
+cgrpo::LossConfig bench_config(int cfg) {
+  if (cfg == 1) {
+    cgrpo::LossConfig c = cgrpo::verl_bypass_ppo_clip();
+    c.kl = cgrpo::KlEstimator::k3;
+    c.kl_coef = 0.1;
+    c.entropy_coef = 0.01;
+    BENCH_OK(cgrpo::verl_rollout_rs("seq_sum_k2", "0.5", &c.rollout));
+    return c;
+  }
+  if (cfg == 2) return cgrpo::trl_luspo();
+  return cgrpo::paper_critique_grpo();
+}
+
 template <typename Logit>
 void bm_policy_loss(benchmark::State& state) {
   const int64_t T = state.range(0), V = state.range(1);
   const Pass pass = static_cast<Pass>(state.range(2));
+  const int cfg = static_cast<int>(state.range(3));
+  const bool coupled = cfg != 0;
   const int64_t L = 1024, B = T / L;
   const size_t n = static_cast<size_t>(T * V);
   cudaStream_t stream;
@@ -114,19 +137,21 @@ void bm_policy_loss(benchmark::State& state) {
   fill_logits<<<4096, 256, 0, stream>>>(logits, n, 12345u);
   BENCH_CUDA(cudaGetLastError());
 
-  const cgrpo::LossConfig config = cgrpo::paper_critique_grpo();
+  const cgrpo::LossConfig config = bench_config(cfg);
   std::mt19937_64 rng(7);
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(V - 1));
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<int32_t> targets(T);
   std::vector<uint8_t> mask(T), kinds(T);
-  std::vector<float> adv(T), old_logp(T), w_pg(T), w_h(T);
+  std::vector<float> adv(T), old_logp(T), w_pg(T), w_h(T), rollout_logp(T), ref_logp(T);
   for (int64_t t = 0; t < T; ++t) {
     targets[t] = tok(rng);
     mask[t] = (t % L) < L * 9 / 10 ? 1 : 0;
     kinds[t] = (t / L) % 8 == 0 ? cgrpo::kRefinement : cgrpo::kInitial;
     adv[t] = normal(rng);
     old_logp[t] = -3.0f + 0.3f * normal(rng);
+    rollout_logp[t] = old_logp[t] + 0.05f * normal(rng);
+    ref_logp[t] = old_logp[t] + 0.1f * normal(rng);
   }
   const cgrpo::SequenceLayout layout = cgrpo::SequenceLayout::padded(B, L);
   BENCH_OK(cgrpo::aggregation_weights(config.pg_aggregation, layout, mask.data(), cgrpo::AggregationScale{}, w_pg.data()));
@@ -138,6 +163,8 @@ void bm_policy_loss(benchmark::State& state) {
   float* d_old = device_copy(old_logp);
   float* d_w_pg = device_copy(w_pg);
   float* d_w_h = device_copy(w_h);
+  float* d_rollout = device_copy(rollout_logp);
+  float* d_ref = device_copy(ref_logp);
   float* d_logp = device_alloc<float>(T);
   float* d_entropy = device_alloc<float>(T);
   const size_t ws_bytes = pass == Pass::logprobs ? cgrpo::cuda::token_logprobs_workspace_size()
@@ -153,8 +180,12 @@ void bm_policy_loss(benchmark::State& state) {
   batch.kinds = d_kinds;
   batch.advantages = d_adv;
   batch.old_logp = d_old;
-  batch.pg_weights = d_w_pg;
-  batch.entropy_weights = d_w_h;
+  if (!coupled) {  // the coupled configs compute their weights (rejection changes the denominators)
+    batch.pg_weights = d_w_pg;
+    batch.entropy_weights = d_w_h;
+  }
+  batch.rollout_logp = d_rollout;
+  batch.ref_logp = d_ref;
   batch.layout = layout;
   cgrpo::LossMetrics metrics;
   cgrpo::PolicyLossOutputs<Logit, float> out;
@@ -169,7 +200,7 @@ void bm_policy_loss(benchmark::State& state) {
     else
       BENCH_OK(cgrpo::cuda::fused_policy_loss(config, batch, out, nullptr, ws, ws_bytes, stream));
   };
-  const double bytes = static_cast<double>(n * sizeof(Logit)) * (writes ? 2.0 : 1.0);
+  const double bytes = static_cast<double>(n * sizeof(Logit)) * (writes ? (coupled ? 3.0 : 2.0) : 1.0);
   // The copy reference moves the same bytes: half of them read, half written.
   const bool own_copy_dst = pass != Pass::forward_backward;
   Logit* copy_dst = own_copy_dst ? device_alloc<Logit>(static_cast<size_t>(bytes / 2) / sizeof(Logit) + 1) : grad;
@@ -195,13 +226,15 @@ void bm_policy_loss(benchmark::State& state) {
   state.counters["frac_of_copy"] = gbps / copy_gbps;
   state.counters["workspace_MB"] = static_cast<double>(ws_bytes) / 1e6;
   const char* pass_label[] = {" fwd+bwd", " fwd", " logprobs", " fwd+bwd in place"};
-  state.SetLabel(std::string(cgrpo::cuda::LogitTraits<Logit>::name) + pass_label[static_cast<int>(pass)]);
+  const char* cfg_label[] = {"", " verl bypass + seq rejection (two passes)", " TRL luspo (two passes)"};
+  state.SetLabel(std::string(cgrpo::cuda::LogitTraits<Logit>::name) + pass_label[static_cast<int>(pass)] + cfg_label[cfg]);
 
   if (own_copy_dst) BENCH_CUDA(cudaFree(copy_dst));
   if (pass == Pass::forward_backward) BENCH_CUDA(cudaFree(grad));
   for (void* p : {static_cast<void*>(logits), static_cast<void*>(d_targets),
                   static_cast<void*>(d_mask), static_cast<void*>(d_kinds), static_cast<void*>(d_adv),
                   static_cast<void*>(d_old), static_cast<void*>(d_w_pg), static_cast<void*>(d_w_h),
+                  static_cast<void*>(d_rollout), static_cast<void*>(d_ref),
                   static_cast<void*>(d_logp), static_cast<void*>(d_entropy), ws})
     if (p) BENCH_CUDA(cudaFree(p));
   BENCH_CUDA(cudaStreamDestroy(stream));
@@ -215,10 +248,17 @@ void register_all() {
         const char* pass_name = pass_names[pass];
         benchmark::RegisterBenchmark((std::string("policy_loss/bf16/") + pass_name).c_str(),
                                      bm_policy_loss<__nv_bfloat16>)
-            ->Args({T, V, pass})->ArgNames({"T", "V", "pass"})->UseManualTime()->Iterations(5)->Unit(benchmark::kMillisecond);
+            ->Args({T, V, pass, 0})->ArgNames({"T", "V", "pass", "cfg"})->UseManualTime()->Iterations(5)->Unit(benchmark::kMillisecond);
         benchmark::RegisterBenchmark((std::string("policy_loss/fp32/") + pass_name).c_str(), bm_policy_loss<float>)
-            ->Args({T, V, pass})->ArgNames({"T", "V", "pass"})->UseManualTime()->Iterations(5)->Unit(benchmark::kMillisecond);
+            ->Args({T, V, pass, 0})->ArgNames({"T", "V", "pass", "cfg"})->UseManualTime()->Iterations(5)->Unit(benchmark::kMillisecond);
       }
+  // The two-pass cost: coupled configs, bf16, V = 151936 (compare with cfg 0 of the same T).
+  for (int cfg : {1, 2})
+    for (int pass : {0, 1})
+      for (int64_t T : {4096, 16384})
+        benchmark::RegisterBenchmark((std::string("policy_loss/bf16/") + pass_names[pass] + "/coupled").c_str(),
+                                     bm_policy_loss<__nv_bfloat16>)
+            ->Args({T, 151936, pass, cfg})->ArgNames({"T", "V", "pass", "cfg"})->UseManualTime()->Iterations(5)->Unit(benchmark::kMillisecond);
 }
 
 }  // namespace

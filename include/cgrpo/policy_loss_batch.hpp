@@ -86,7 +86,7 @@ struct PolicyLossOutputs {
   Real* logp = nullptr;         // [T], optional: log p of each target
   Real* entropy = nullptr;      // [T], optional: H of each row
   LossMetrics* metrics = nullptr;  // required: the loss and the metrics
-  // Optional [T] views of what the loss applied (CPU path; the CUDA path rejects them for now):
+  // Optional [T] views of what the loss applied (both paths; device memory on the CUDA path):
   Real* policy_factor = nullptr;   // the constant factor on each token's policy loss: verl's IS weight
                                    // (geo_mean: its row's geometric mean), TRL's sampler weight and masks;
                                    // 1 where none applies, 0 at padding

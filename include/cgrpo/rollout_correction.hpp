@@ -347,7 +347,8 @@ CGRPO_HD RolloutBatchSums rollout_batch_sums_merge(const RolloutBatchSums& a, co
 
 // verl's rollout_is_batch_normalize divisor: the mean truncated weight over covered tokens (token
 // level) or over the non-empty rows' mean weights (sequence level); 1 when that mean is <= 1e-8.
-inline double rollout_batch_norm_factor(const RolloutBatchSums& s, const RolloutParams& p) {
+// CGRPO_HD: the CUDA row pass divides the weights by it on the device.
+CGRPO_HD double rollout_batch_norm_factor(const RolloutBatchSums& s, const RolloutParams& p) {
   const double mean = p.is_level == static_cast<int>(RolloutIsLevel::sequence)
                           ? s.w_row_sum / (s.nonempty_rows > 1e-8 ? s.nonempty_rows : 1e-8)
                           : s.w_sum / (s.tokens + 1e-8);

@@ -8,7 +8,8 @@ namespace gpu_test {
 
 cgrpo::Status cpu_fused_policy_loss(const cgrpo::LossConfig& config, const HostBatch& b, bool want_grad,
                                     std::vector<double>& grad, std::vector<double>& logp,
-                                    std::vector<double>& entropy, cgrpo::LossMetrics& metrics) {
+                                    std::vector<double>& entropy, cgrpo::LossMetrics& metrics,
+                                    std::vector<double>* policy_factor, std::vector<uint8_t>* terms) {
   cgrpo::PolicyLossBatch<double> batch;
   batch.logits = b.logits.data();
   batch.num_tokens = b.T;
@@ -20,9 +21,14 @@ cgrpo::Status cpu_fused_policy_loss(const cgrpo::LossConfig& config, const HostB
   batch.advantages = b.adv.data();
   batch.old_logp = b.old_logp.data();
   batch.ref_logp = b.ref_logp.data();
-  batch.pg_weights = b.w_pg.data();
-  batch.entropy_weights = b.w_h.data();
-  batch.kl_weights = b.w_kl.data();
+  if (!b.computed_weights) {
+    batch.pg_weights = b.w_pg.data();
+    batch.entropy_weights = b.w_h.data();
+    batch.kl_weights = b.w_kl.data();
+  }
+  batch.scale = b.scale;
+  if (!b.rollout_logp.empty()) batch.rollout_logp = b.rollout_logp.data();
+  if (!b.selection.empty()) batch.selection = b.selection.data();
   batch.layout = b.layout();
   grad.assign(want_grad ? static_cast<size_t>(b.T * b.stride) : 0, 0.0);
   logp.assign(static_cast<size_t>(b.T), 0.0);
@@ -32,6 +38,14 @@ cgrpo::Status cpu_fused_policy_loss(const cgrpo::LossConfig& config, const HostB
   out.logp = logp.data();
   out.entropy = entropy.data();
   out.metrics = &metrics;
+  if (policy_factor) {
+    policy_factor->assign(static_cast<size_t>(b.T), 0.0);
+    out.policy_factor = policy_factor->data();
+  }
+  if (terms) {
+    terms->assign(static_cast<size_t>(b.T), 0);
+    out.token_terms = terms->data();
+  }
   return cgrpo::cpu::fused_policy_loss(config, batch, out);
 }
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include <cgrpo/aggregation.hpp>
 #include <cgrpo/config.hpp>
 #include <cgrpo/layout.hpp>
 #include <cgrpo/metrics.hpp>
@@ -20,6 +21,10 @@ struct HostBatch {
   std::vector<int32_t> targets;
   std::vector<uint8_t> mask, kinds;
   std::vector<double> adv, old_logp, ref_logp, w_pg, w_h, w_kl;
+  std::vector<double> rollout_logp;  // empty: the batch has none
+  std::vector<uint8_t> selection;    // empty: none (kl_cov / clip_cov select their own tokens)
+  bool computed_weights = false;     // pass no weights: the loss computes them (w_pg etc. stay a scale)
+  cgrpo::AggregationScale scale;     // the caller's global counts (computed weights)
   int64_t num_sequences = 0;
   bool padded = false;
   int64_t padded_length = 0;
@@ -31,10 +36,12 @@ struct HostBatch {
   }
 };
 
-// cgrpo::cpu::fused_policy_loss<double>; grad is [T, stride] (resized here) unless want_grad is false.
+// cgrpo::cpu::fused_policy_loss<double>; grad is [T, stride] (resized here) unless want_grad is false;
+// policy_factor and terms (outputs.policy_factor / token_terms) are written when not null.
 cgrpo::Status cpu_fused_policy_loss(const cgrpo::LossConfig& config, const HostBatch& b, bool want_grad,
                                     std::vector<double>& grad, std::vector<double>& logp,
-                                    std::vector<double>& entropy, cgrpo::LossMetrics& metrics);
+                                    std::vector<double>& entropy, cgrpo::LossMetrics& metrics,
+                                    std::vector<double>* policy_factor = nullptr, std::vector<uint8_t>* terms = nullptr);
 
 // cgrpo::cpu::token_logprobs<double>.
 cgrpo::Status cpu_token_logprobs(const double* logits, int64_t T, int64_t V, int64_t row_stride, const int32_t* targets,

@@ -107,7 +107,24 @@ struct BatchSpec {
   bool padded = false;
   double extreme_fraction = 0.1;  // rows with |z| ~ 1e4 (target near the row's maximum)
   double neg_inf_fraction = 0.1;  // rows where 3% of the entries are -inf (never the target)
+  bool rollout = false;           // draw rollout_logp (near log p, as old_logp)
+  bool selection = false;         // draw batch.selection (30% of the tokens)
+  bool entropy_spread = false;    // scale each row's logits by 0.2-3: the rows' H spread out (entropy mask)
 };
+
+// The log ratios where a config's loss has a kink (or a metric counts a flag): float and double log p
+// differ by ~1e-6, so random batches keep every token's log ratio 1e-3 away from them.
+inline std::vector<double> loss_kinks(const cgrpo::LossConfig& c) {
+  std::vector<double> k = {std::log1p(-std::min(c.clip_eps_low, 0.999)), std::log1p(c.clip_eps_high),
+                           std::log(c.dual_clip_c), 0.0};
+  if (c.policy_loss == cgrpo::PolicyLoss::geo_mean) {  // GMPO clips the log ratio itself
+    k.push_back(c.clip_eps_high);
+    k.push_back(-c.clip_eps_low);
+  }
+  if (c.policy_loss == cgrpo::PolicyLoss::cispo_cap) k.push_back(std::log(c.cispo_ratio_cap));
+  if (std::isfinite(c.two_sided_delta)) k.push_back(std::log(c.two_sided_delta));
+  return k;
+}
 
 // A random batch whose logits are exactly representable in Logit (`logits` holds them in Logit,
 // b.logits the same values in double) and whose per-token values are exactly floats.
@@ -135,6 +152,12 @@ HostBatch random_batch(std::mt19937_64& rng, const BatchSpec& spec, const cgrpo:
   logits.assign(static_cast<size_t>(T * S), from_double<Logit>(std::numeric_limits<double>::quiet_NaN()));
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(V - 1));
   const double tau = config.temperature;
+  const std::vector<double> kinks = loss_kinks(config);
+  auto near_kink = [&](double d) {
+    for (double k : kinks)
+      if (std::fabs(d - k) < 1e-3) return true;
+    return false;
+  };
   for (int64_t i = 0; i < spec.num_sequences; ++i) {
     const uint8_t kind = i == 2 ? cgrpo::kRefinement : (i == 3 || uni(rng) >= 0.3 ? cgrpo::kInitial : cgrpo::kRefinement);
     const double a = normal(rng);
@@ -142,12 +165,13 @@ HostBatch random_batch(std::mt19937_64& rng, const BatchSpec& spec, const cgrpo:
       const double r = uni(rng);
       const bool extreme = r < spec.extreme_fraction;
       const bool with_neg_inf = !extreme && r < spec.extreme_fraction + spec.neg_inf_fraction;
+      const double spread = spec.entropy_spread ? 0.2 + 2.8 * uni(rng) : 1.0;
       double* z = &b.logits[t * S];
       for (int64_t v = 0; v < V; ++v) {
         // Extreme rows: |z| ~ 1e4 of both signs; the top entries lie within a few units of 1e4 (ties
         // in bf16, whose step there is 64), so p is spread over them and no p is within eps of 1.
         double x = extreme ? (uni(rng) < 0.3 ? 1e4 - 2.0 * std::fabs(normal(rng)) : -1e4 + 2.0 * std::fabs(normal(rng)))
-                           : 2.0 * normal(rng);
+                           : 2.0 * spread * normal(rng);
         if (with_neg_inf && uni(rng) < 0.03) x = -INFINITY;
         const Logit q = from_double<Logit>(x);
         logits[t * S + v] = q;
@@ -168,23 +192,21 @@ HostBatch random_batch(std::mt19937_64& rng, const BatchSpec& spec, const cgrpo:
       for (int64_t v = 0; v < V; ++v) m = std::max(m, z[v] / tau);
       for (int64_t v = 0; v < V; ++v) s += std::exp(z[v] / tau - m);
       const double lp = z[y] / tau - m - std::log(s);
-      // ... but at least 1e-3 away from every kink of the loss (the clip bounds, the dual clip, the
-      // abs KL's 0): float and double log p differ by ~1e-6, and a kink between them flips the
-      // token's gradient (a fresh seed found one: abs KL with logp - ref within 1e-6 of 0).
-      const double kinks[] = {std::log1p(-config.clip_eps_low), std::log1p(config.clip_eps_high),
-                              std::log(config.dual_clip_c), 0.0};
-      auto near_kink = [&](double d) {
-        for (double k : kinks)
-          if (std::fabs(d - k) < 1e-3) return true;
-        return false;
-      };
-      double old_lp, ref_lp;
+      // ... but at least 1e-3 away from every kink of the loss (loss_kinks: the clip bounds, the dual
+      // clip, the abs KL's 0, ...): float and double log p differ by ~1e-6, and a kink between them
+      // flips the token's gradient (a fresh seed found one: abs KL with logp - ref within 1e-6 of 0).
+      // rollout_logp is the ratio's reference in verl's bypass mode: it keeps away from them too.
+      double old_lp, ref_lp, rollout_lp;
       do old_lp = rounded_float(lp + 0.3 * normal(rng));
       while (near_kink(lp - old_lp));
       do ref_lp = rounded_float(lp + 0.5 * normal(rng));
       while (near_kink(lp - ref_lp));
+      do rollout_lp = rounded_float(lp + 0.3 * normal(rng));
+      while (near_kink(lp - rollout_lp));
       b.old_logp.push_back(old_lp);
       b.ref_logp.push_back(ref_lp);
+      if (spec.rollout) b.rollout_logp.push_back(rollout_lp);
+      if (spec.selection) b.selection.push_back(uni(rng) < 0.3 ? 1 : 0);
     }
   }
   const cgrpo::SequenceLayout layout = b.layout();

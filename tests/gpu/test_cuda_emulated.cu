@@ -13,6 +13,7 @@ int main() {
   test_token_logprobs<float>(rng);
   test_token_logprobs<__half>(rng);
   test_token_logprobs<__nv_bfloat16>(rng);
+  test_empty_batch<float>(rng);
   test_flagged_rows<float>(rng);
   test_flagged_rows<__nv_bfloat16>(rng);
   test_gradient_overflow<float>(rng);  // issue 13, class 9 (a)

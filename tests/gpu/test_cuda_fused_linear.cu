@@ -1,8 +1,9 @@
 // tests/gpu/test_cuda_fused_linear.cu: the CUDA fused LM head + loss and the log-prob pass from hidden
 // states, against the CPU path in double (the logits-level loss on h W^T + b, backward GEMMs in double)
 // and against the composed GPU path (one cuBLAS GEMM into [T, V], cuda::fused_policy_loss, two GEMMs).
-// fp32 and bf16; chunks of 1 row, odd, and more than T; strides, bias, in place, accumulate; verl's
-// GSPO (two passes). Exits 77 (CTest: skipped) when no CUDA device is present.
+// fp32 and bf16; chunks of 1 row, odd, and more than T; strides, bias, in place, accumulate; the
+// two-pass plans (verl's GSPO and GMPO, TRL's luspo, computed weights: each chunk's logits formed
+// twice). Exits 77 (CTest: skipped) when no CUDA device is present.
 #include <cstring>
 #include <vector>
 
@@ -24,7 +25,8 @@ struct HeadProblem {
 };
 
 template <typename Logit>
-HeadProblem make_problem(std::mt19937_64& rng, const LossConfig& config, int64_t V, int64_t H, bool with_bias) {
+HeadProblem make_problem(std::mt19937_64& rng, const LossConfig& config, int64_t V, int64_t H, bool with_bias,
+                         bool computed_weights = false) {
   BatchSpec spec;
   spec.V = V;
   spec.num_sequences = 6;
@@ -34,6 +36,7 @@ HeadProblem make_problem(std::mt19937_64& rng, const LossConfig& config, int64_t
   std::vector<Logit> unused;
   HeadProblem p;
   p.b = random_batch<Logit>(rng, spec, config, unused);
+  p.b.computed_weights = computed_weights;
   p.H = H;
   const int64_t T = p.b.T;
   std::normal_distribution<double> normal(0.0, 1.0);
@@ -58,8 +61,7 @@ HeadProblem make_problem(std::mt19937_64& rng, const LossConfig& config, int64_t
     for (int64_t v = 0; v < V; ++v) m = std::max(m, z[v] / config.temperature);
     for (int64_t v = 0; v < V; ++v) s += std::exp(z[v] / config.temperature - m);
     const double lp = z[p.b.targets[t]] / config.temperature - m - std::log(s);
-    const double kinks[] = {std::log1p(-config.clip_eps_low), std::log1p(config.clip_eps_high),
-                            std::log(config.dual_clip_c), 0.0};
+    const std::vector<double> kinks = loss_kinks(config);
     auto near_kink = [&](double d) {
       for (double k : kinks)
         if (std::fabs(d - k) < 1e-2) return true;
@@ -265,12 +267,29 @@ LossConfig with_entropy(LossConfig c) {
   return c;
 }
 
+// A config and whether the loss computes its weights (batch.pg_weights null: two passes).
+struct LinearConfig {
+  LossConfig config;
+  bool computed;
+};
+
+LossConfig computed_token_mean() {
+  LossConfig c = with_entropy(cgrpo::paper_critique_grpo());
+  c.pg_aggregation = cgrpo::Aggregation::token_mean;
+  return c;
+}
+
 void test_fp32_against_cpu(std::mt19937_64& rng) {
-  const LossConfig configs[] = {with_entropy(cgrpo::paper_critique_grpo()), cgrpo::verl_grpo(),
-                                with_entropy(cgrpo::verl_gspo())};
+  const LinearConfig configs[] = {{with_entropy(cgrpo::paper_critique_grpo()), false},
+                                  {cgrpo::verl_grpo(), false},
+                                  {with_entropy(cgrpo::verl_gspo()), false},
+                                  {cgrpo::verl_gmpo(), true},
+                                  {cgrpo::trl_luspo(), true},
+                                  {computed_token_mean(), true}};
   const Layout layouts[] = {{1, 0, false, false}, {7, 3, false, true}, {0, 0, true, false}, {5, 1, true, true}};
-  for (const LossConfig& c : configs) {
-    const HeadProblem p = make_problem<float>(rng, c, 3001, 96, true);
+  for (const LinearConfig& lc : configs) {
+    const LossConfig& c = lc.config;
+    const HeadProblem p = make_problem<float>(rng, c, 3001, 96, true, lc.computed);
     const Grads want = cpu_reference(c, p);
     for (const Layout& lay : layouts) {
       char what[160];
@@ -279,20 +298,27 @@ void test_fp32_against_cpu(std::mt19937_64& rng) {
                     lay.in_place ? " in place" : "", lay.accumulate ? " accumulate" : "");
       expect_close(what, run_fused<float>(c, p, lay), want, 2e-4);
     }
-    expect_close("fp32 composed GPU path vs CPU", run_composed<float>(c, p), want, 2e-4);
+    char composed[160];
+    std::snprintf(composed, sizeof(composed), "fp32 %s/%s composed GPU path vs CPU", to_string(c.policy_loss),
+                  to_string(c.ratio_level));
+    expect_close(composed, run_composed<float>(c, p), want, 2e-4);
   }
 }
 
 // bf16 logits are rounded after the fp32 GEMM: the fused path and the composed path round the same
 // values; against the CPU on the unrounded logits only to bf16 precision.
 void test_bf16_against_composed(std::mt19937_64& rng) {
-  for (const LossConfig& c : {with_entropy(cgrpo::paper_critique_grpo()), with_entropy(cgrpo::verl_gspo())}) {
-    const HeadProblem p = make_problem<__nv_bfloat16>(rng, c, 4099, 128, false);
+  const LinearConfig configs[] = {{with_entropy(cgrpo::paper_critique_grpo()), false},
+                                  {with_entropy(cgrpo::verl_gspo()), false},
+                                  {cgrpo::trl_luspo(), true}};
+  for (const LinearConfig& lc : configs) {
+    const LossConfig& c = lc.config;
+    const HeadProblem p = make_problem<__nv_bfloat16>(rng, c, 4099, 128, false, lc.computed);
     const Grads composed = run_composed<__nv_bfloat16>(c, p);
     for (int64_t chunk : {int64_t{1}, int64_t{9}, int64_t{0}}) {
       char what[96];
-      std::snprintf(what, sizeof(what), "bf16 %s chunk %lld vs composed", to_string(c.ratio_level),
-                    static_cast<long long>(chunk));
+      std::snprintf(what, sizeof(what), "bf16 %s/%s chunk %lld vs composed", to_string(c.policy_loss),
+                    to_string(c.ratio_level), static_cast<long long>(chunk));
       expect_close(what, run_fused<__nv_bfloat16>(c, p, Layout{chunk, 0, false, false}), composed, 2e-2);
     }
     expect_close("bf16 fused vs CPU (bf16 precision)", run_fused<__nv_bfloat16>(c, p, Layout{}), cpu_reference(c, p), 5e-2);

@@ -18,6 +18,7 @@
 #include "cgrpo/rollout_correction.hpp"
 #include "cgrpo/sampler_correction.hpp"
 #include "cgrpo/status.hpp"
+#include "cgrpo/token_hash.hpp"
 #include "cgrpo/token_loss.hpp"
 
 namespace cgrpo::cpu {
@@ -125,13 +126,8 @@ inline void top_k_by_key(const std::vector<double>& key, const std::vector<int64
   order.resize(static_cast<size_t>(kk));
 }
 
-// A counter-based hash (splitmix64) of (seed, t): clip_cov's reproducible choice among candidates.
-inline uint64_t token_hash(uint64_t seed, uint64_t t) {
-  uint64_t z = seed + 0x9E3779B97F4A7C15ull * (t + 1);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+// clip_cov's reproducible choice among candidates (token_hash.hpp, shared with the CUDA select kernel).
+using cgrpo::token_hash;
 
 // The rows the per-token pass sees: the layout when the config needs it (validated) or the caller
 // gave a valid one (TRL's per-row clip metrics use it); one row of every token otherwise. An empty
