@@ -107,7 +107,7 @@ __host__ __device__ __forceinline__ void metrics_header_begin(MetricsHeader* h, 
 }
 
 // The LossMetrics of a host copy of the header, or the error the kernels flagged. A non-finite
-// loss is an error as on the CPU path (its check comes after the per-token ones there too).
+// loss or metric is an error as on the CPU path (its checks come after the per-token ones there too).
 inline Status finalize_metrics_header(const MetricsHeader& h, LossMetrics* out) {
   CGRPO_RETURN_IF_ERROR(decode_device_status(h.status));
   if (!std::isfinite(h.sums.loss))
@@ -132,6 +132,12 @@ inline Status finalize_metrics_header(const MetricsHeader& h, LossMetrics* out) 
     }
     if (info.vespo) m.vespo_phi_mean = h.sampler.phi / static_cast<double>(info.num_rows);
   }
+  // OK means every metric is finite, as on the CPU path (finish_token_pass's check).
+  if (const char* name = first_non_finite_metric(m))
+    return make_error(StatusCode::non_finite,
+                      "metrics.%s is not finite (a ratio, a KL or a correction weight overflowed: clamp the log "
+                      "ratio or check the log-probs); the outputs were written",
+                      name);
   *out = m;
   return Status::success();
 }

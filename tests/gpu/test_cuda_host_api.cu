@@ -238,8 +238,8 @@ void test_plans() {
   }
 }
 
-// What policy_loss_metrics() decodes from the workspace's header: the CPU path's finalize, the
-// non-finite loss refused as on the CPU path, TRL's per-row clip metrics.
+// What policy_loss_metrics() decodes from the workspace's header: the CPU path's finalize, a
+// non-finite loss or metric refused as on the CPU path, TRL's per-row clip metrics.
 void test_metrics_header() {
   cgrpo::cuda::MetricsInfo info{};
   info.metric_mean_eps = 0.5;
@@ -260,6 +260,14 @@ void test_metrics_header() {
                  m.clip_ratio_high_max == 0.25,
              "row clip metrics %g %g %g %g", m.clip_ratio_low_mean, m.clip_ratio_high_mean, m.clip_ratio_low_min,
              m.clip_ratio_high_max);
+  // A finite loss with a metric that overflowed (the mean ratio of clipped tokens): refused, naming
+  // the metric, as the CPU path's first_non_finite_metric check does; metrics untouched.
+  h.sums.ratio = INFINITY;
+  cgrpo::LossMetrics kept = m;
+  s = cgrpo::cuda::finalize_metrics_header(h, &m);
+  GPU_EXPECT(s.code == cgrpo::StatusCode::non_finite && std::strstr(s.message, "metrics.ratio_mean is not finite") &&
+                 m.ratio_mean == kept.ratio_mean,
+             "non-finite metric: %s", s.message);
   h.sums.loss = INFINITY;
   s = cgrpo::cuda::finalize_metrics_header(h, &m);
   GPU_EXPECT(s.code == cgrpo::StatusCode::non_finite && std::strncmp(s.message, "the loss is not finite", 22) == 0,
