@@ -58,9 +58,11 @@ VerlBatch make_mixed_batch(std::mt19937_64& rng, const LossConfig& c, int64_t B 
     const ref_verl::Result r = ref_verl::loss(vb.b, vb.x, vb.b.logits, vb.b.logits, c);
     int64_t kept = 0, valid = 0;
     for (int64_t t = 0; t < vb.b.T; ++t) kept += r.keep[t], valid += vb.b.mask[t];
-    if (kept > 0 && kept < valid) return vb;
+    // The kept tokens must carry some gradient (all of them clipped would leave nothing to
+    // compare with the finite differences: 16 of 500 seeds drew such a batch).
+    if (kept > 0 && kept < valid && ref::max_abs(ref_verl::finite_difference_gradient(vb.b, vb.x, c)) > 0) return vb;
   }
-  FAIL("no batch with both kept and rejected tokens: thresholds too tight or too loose");
+  FAIL("no batch with both kept and rejected tokens and a non-zero gradient: thresholds too tight or too loose");
   return VerlBatch{};
 }
 
@@ -241,70 +243,77 @@ TEST_CASE("clip_cov: the caller's selection zeroes exactly those tokens; gradien
 TEST_CASE("clip_cov: the seeded choice draws k of verl's candidates, reproducibly, without favouring any",
           "[verl][clip_cov]") {
   auto rng = test_seed::fresh_rng();
-  VerlBatch vb = make_batch(rng, false, 8, 6, 7);
   LossConfig c = cgrpo::verl_clip_cov();
   c.cov_ratio = 0.25;
   c.clip_cov_lower = -0.3;  // wide band: many candidates
   c.clip_cov_upper = 5.0;
-  const ref::Batch& b = vb.b;
+  // Redrawn until there is a choice to make (more candidates than k; 7 of 500 seeds drew a
+  // batch with exactly k).
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    VerlBatch vb = make_batch(rng, false, 8, 6, 7);
+    const ref::Batch& b = vb.b;
 
-  // verl's candidates: valid, not clipped by the PPO clip, cov (masked means, + 1e-8) in (lower, upper).
-  std::vector<double> logp(b.T), m(b.T);
-  for (int64_t t = 0; t < b.T; ++t) {
-    logp[t] = ref::log_softmax_entropy(&b.logits[t * b.stride], b.V, b.targets[t], 1.0).logp;
-    m[t] = b.mask[t];
-  }
-  const double mean_a = ref_verl::mmean(b.adv, m), mean_l = ref_verl::mmean(logp, m);
-  std::vector<uint8_t> candidate(b.T, 0);
-  int64_t num_candidates = 0;
-  for (int64_t t = 0; t < b.T; ++t) {
-    const double A = b.adv[t], r = std::exp(logp[t] - b.old_logp[t]);
-    const double cov = (A - mean_a) * (logp[t] - mean_l);
-    const bool clipped = -A * std::min(std::max(r, 0.8), 1.2) > -A * r;
-    candidate[t] = b.mask[t] && !clipped && cov > c.clip_cov_lower && cov < c.clip_cov_upper;
-    num_candidates += candidate[t];
-  }
-  const int64_t n_valid = static_cast<int64_t>(std::accumulate(m.begin(), m.end(), 0.0));
-  const int64_t k = std::min<int64_t>(std::max<int64_t>(1, static_cast<int64_t>(n_valid * c.cov_ratio)), num_candidates);
-  REQUIRE(num_candidates > k);  // a choice to make
-
-  std::vector<double> frequency(b.T, 0.0);
-  const int draws = 200;
-  std::vector<uint8_t> first;
-  for (int seed = 0; seed < draws; ++seed) {
-    c.clip_cov_seed = 1000 + static_cast<uint64_t>(seed);
-    const Run got = run_library(vb, c);
-    REQUIRE(got.status.ok());
-    std::vector<uint8_t> selected(b.T);
-    int64_t count = 0;
+    // verl's candidates: valid, not clipped by the PPO clip, cov (masked means, + 1e-8) in (lower, upper).
+    std::vector<double> logp(b.T), m(b.T);
     for (int64_t t = 0; t < b.T; ++t) {
-      selected[t] = (got.terms[t] & cgrpo::kTermSelected) ? 1 : 0;
-      count += selected[t];
-      if (selected[t]) CHECK(candidate[t]);
-      frequency[t] += selected[t];
+      logp[t] = ref::log_softmax_entropy(&b.logits[t * b.stride], b.V, b.targets[t], 1.0).logp;
+      m[t] = b.mask[t];
     }
-    CHECK(count == k);
-    // The same seed gives the same choice; the choice, passed back as batch.selection, the same loss
-    // and gradient; and the reference with that selection agrees (gradient by finite differences).
-    const Run again = run_library(vb, c);
-    CHECK(again.terms == got.terms);
-    if (seed < 2) {
-      VerlBatch with = vb;
-      with.x.selection = selected;
-      const Run caller = run_library(with, c);
-      CHECK(caller.metrics.loss == got.metrics.loss);
-      CHECK(caller.grad == got.grad);
-      check_against_reference(with, c);
+    const double mean_a = ref_verl::mmean(b.adv, m), mean_l = ref_verl::mmean(logp, m);
+    std::vector<uint8_t> candidate(b.T, 0);
+    int64_t num_candidates = 0;
+    for (int64_t t = 0; t < b.T; ++t) {
+      const double A = b.adv[t], r = std::exp(logp[t] - b.old_logp[t]);
+      const double cov = (A - mean_a) * (logp[t] - mean_l);
+      const bool clipped = -A * std::min(std::max(r, 0.8), 1.2) > -A * r;
+      candidate[t] = b.mask[t] && !clipped && cov > c.clip_cov_lower && cov < c.clip_cov_upper;
+      num_candidates += candidate[t];
     }
-    if (seed == 0) first = selected;
+    const int64_t n_valid = static_cast<int64_t>(std::accumulate(m.begin(), m.end(), 0.0));
+    const int64_t k =
+        std::min<int64_t>(std::max<int64_t>(1, static_cast<int64_t>(n_valid * c.cov_ratio)), num_candidates);
+    if (num_candidates <= k) continue;  // no choice to make: draw again
+
+    std::vector<double> frequency(b.T, 0.0);
+    const int draws = 200;
+    std::vector<uint8_t> first;
+    for (int seed = 0; seed < draws; ++seed) {
+      c.clip_cov_seed = 1000 + static_cast<uint64_t>(seed);
+      const Run got = run_library(vb, c);
+      REQUIRE(got.status.ok());
+      std::vector<uint8_t> selected(b.T);
+      int64_t count = 0;
+      for (int64_t t = 0; t < b.T; ++t) {
+        selected[t] = (got.terms[t] & cgrpo::kTermSelected) ? 1 : 0;
+        count += selected[t];
+        if (selected[t]) CHECK(candidate[t]);
+        frequency[t] += selected[t];
+      }
+      CHECK(count == k);
+      // The same seed gives the same choice; the choice, passed back as batch.selection, the same loss
+      // and gradient; and the reference with that selection agrees (gradient by finite differences).
+      const Run again = run_library(vb, c);
+      CHECK(again.terms == got.terms);
+      if (seed < 2) {
+        VerlBatch with = vb;
+        with.x.selection = selected;
+        const Run caller = run_library(with, c);
+        CHECK(caller.metrics.loss == got.metrics.loss);
+        CHECK(caller.grad == got.grad);
+        check_against_reference(with, c);
+      }
+      if (seed == 0) first = selected;
+    }
+    // Not one fixed subset, and each candidate drawn at about k / candidates of the seeds.
+    const double p = static_cast<double>(k) / static_cast<double>(num_candidates);
+    double worst = 0;
+    for (int64_t t = 0; t < b.T; ++t)
+      if (candidate[t]) worst = std::max(worst, std::fabs(frequency[t] / draws - p));
+    CAPTURE(p, worst, num_candidates, k);
+    CHECK(worst < 0.15);
+    return;
   }
-  // Not one fixed subset, and each candidate drawn at about k / candidates of the seeds.
-  const double p = static_cast<double>(k) / static_cast<double>(num_candidates);
-  double worst = 0;
-  for (int64_t t = 0; t < b.T; ++t)
-    if (candidate[t]) worst = std::max(worst, std::fabs(frequency[t] / draws - p));
-  CAPTURE(p, worst, num_candidates, k);
-  CHECK(worst < 0.15);
+  FAIL("100 batches without more clip_cov candidates than k");
 }
 
 TEST_CASE("KL straight-through forms k1+, abs+, k3+: the estimator's value, k2's gradient", "[verl][kl][gradient]") {
