@@ -242,7 +242,8 @@ bool close(double got, double want, double tol) { return tolerance::close(got, w
 
 // The size of what each metric is made of (tests/cpu/reference.hpp's ref::Magnitudes, from the
 // CPU path's log p and H): sum_t |w_t| m_t, with m_t bounding |x_t| and |dx_t / dlogp| for the
-// token's value x_t (policy term: |A| (1 + r), r = e^min(20, max |log p - old| of its response);
+// token's value x_t (policy term: |A| (1 + r), r = e^min(20, max |log p - old| of its response),
+// or |A| (1 + |log p|) where the term is linear in log p;
 // H: H + 1; KL: 1 + 2 |d| + d^2, d = log p - ref), and the same with w_t = 1 / n for a mean.
 // Each value is off by ~(its tolerance) times this, however close to 0 the value itself is.
 struct MetricScales {
@@ -261,6 +262,7 @@ MetricScales metric_scales(const LossConfig& c, const HostBatch& hb, const std::
   const bool factor = c.rollout.is_level != cgrpo::RolloutIsLevel::none || c.sampler.mode != cgrpo::SamplerCorrectionMode::none ||
                       c.policy_loss == cgrpo::PolicyLoss::vespo;
   const double f = factor ? 10.0 : 1.0;
+  const bool linear_in_logp = c.policy_loss == cgrpo::PolicyLoss::gpg || c.policy_loss == cgrpo::PolicyLoss::reinforce;
   const std::vector<double>& reference =
       c.rollout.mode == cgrpo::RolloutCorrectionMode::bypass ? hb.rollout_logp : hb.old_logp;
   for (int64_t i = 0; i < layout.num_sequences; ++i) {
@@ -278,7 +280,10 @@ MetricScales metric_scales(const LossConfig& c, const HostBatch& hb, const std::
       const bool ref = hb.kinds[t] == cgrpo::kRefinement;
       const double d = logp[t] - hb.ref_logp[t];
       const double cov_penalty = c.policy_loss == cgrpo::PolicyLoss::kl_cov ? std::fabs(c.kl_cov_coef) * (1 + spread) : 0.0;
-      const double m_pg = std::fabs(hb.w_pg[t]) * (f * std::fabs(hb.adv[t]) * (1 + r) + cov_penalty);
+      // gpg and reinforce are -A log p (times the factor): |x_t| is |A| |log p|, not bounded by
+      // |A| (1 + r) once log p is far below 0 (the extreme rows' 1e5 nats: seed 3 failed on verl gpg in fp16).
+      const double size = linear_in_logp ? 1 + std::fabs(logp[t]) : 1 + r;
+      const double m_pg = std::fabs(hb.w_pg[t]) * (f * std::fabs(hb.adv[t]) * size + cov_penalty);
       (ref ? s.pg_refinement : s.pg_initial) += m_pg;
       s.entropy_loss += std::fabs(hb.w_h[t]) * (entropy[t] + 1);
       s.kl_loss += std::fabs(hb.w_kl[t]) * (1 + 2 * std::fabs(d) + d * d) * kl_factor;
