@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "reference.hpp"
@@ -363,4 +365,38 @@ TEST_CASE("token_logprobs: a finite target logit never gets log p = -inf, even b
   auto rng = test_seed::fresh_rng();
   check_logp_below_range<double>(rng);
   check_logp_below_range<float>(rng);
+}
+
+TEST_CASE("temperature: (0, 1e300] accepted; above it an error naming temperature, nothing written", "[extreme][errors]") {
+  // Found by fuzz_token_logprobs (tests/fuzz/corpus/fuzz_token_logprobs/finding-logp-accuracy-tau-dbl-max): at tau = DBL_MAX a
+  // double row of opposite-sign logits near DBL_MAX lost its shifted values (z - max = -inf while
+  // (z - max) / tau is about -2) and log p came out 0 instead of -4.7, with OK.
+  auto rng = test_seed::fresh_rng();
+  std::uniform_real_distribution<double> frac(0.6, 0.99);
+  const double top = frac(rng) * DBL_MAX, target = -frac(rng) * DBL_MAX;
+  const std::vector<double> z = {top, target, frac(rng), -frac(rng)};
+  const int32_t id = 1;
+  // At the largest accepted tau the row is exact: log p = (target - top) / tau - log(1 + ...) with
+  // every other entry far below top / tau.
+  double lp = 1, h = -1;
+  cgrpo::Status s = cgrpo::cpu::token_logprobs(z.data(), 1, 4, 0, &id, cgrpo::kMaxTemperature, &lp, &h);
+  INFO(s.message);
+  REQUIRE(s.ok());
+  const double want = (target / 2 - top / 2) / cgrpo::kMaxTemperature * 2;
+  CHECK(std::fabs(lp - want) <= 1e-12 * std::fabs(want));
+  CHECK(h >= 0);
+  for (double tau : {1.0000001e300, 1e301, DBL_MAX, std::numeric_limits<double>::infinity()}) {
+    CAPTURE(tau);
+    double lp2 = -12345.5, h2 = -12345.5;
+    s = cgrpo::cpu::token_logprobs(z.data(), 1, 4, 0, &id, tau, &lp2, &h2);
+    CHECK(s.code == cgrpo::StatusCode::invalid_argument);
+    CHECK(std::string(s.message).find("temperature") != std::string::npos);
+    CHECK(lp2 == -12345.5);
+    CHECK(h2 == -12345.5);
+    cgrpo::LossConfig c;
+    c.temperature = tau;
+    s = c.validate();
+    CHECK(s.code == cgrpo::StatusCode::invalid_argument);
+    CHECK(std::string(s.message).find("config.temperature") != std::string::npos);
+  }
 }
