@@ -137,6 +137,13 @@ const char* to_string(RolloutIsLevel e);
 const char* to_string(RejectionStatistic e);
 const char* to_string(SamplerCorrectionMode e);
 
+// The temperatures accepted: (0, kMaxTemperature]. Above 1e300 a double row spanning more than
+// DBL_MAX (logits of opposite signs near DBL_MAX) has shifted values z - max that overflow while
+// (z - max) / tau does not, so the sweeps could not keep them; at or below it every such value is
+// below -1e8, where exp is 0 (float rows are shifted in double and never span that far).
+inline constexpr double kMaxTemperature = 1e300;
+inline bool temperature_in_range(double temperature) { return temperature > 0 && temperature <= kMaxTemperature; }
+
 struct LossConfig {
   // Advantages (group_advantages).
   AdvantageEstimator advantage = AdvantageEstimator::grpo_no_std;
@@ -195,7 +202,7 @@ struct LossConfig {
 
   double metric_mean_eps = 0.0;       // added to the count of every metric mean (verl's masked_mean: 1e-8)
 
-  double temperature = 1.0;           // logits are divided by it before the softmax
+  double temperature = 1.0;           // logits are divided by it before the softmax; (0, 1e300]
 
   int num_threads = 1;                // CPU path: rows split across this many threads
 
@@ -493,8 +500,8 @@ inline Status LossConfig::validate() const {
 
   if (!finite(metric_mean_eps) || metric_mean_eps < 0)
     return make_error(StatusCode::invalid_argument, "config.metric_mean_eps must be finite and >= 0, got %g", metric_mean_eps);
-  if (!finite(temperature) || temperature <= 0)
-    return make_error(StatusCode::invalid_argument, "config.temperature must be finite and > 0, got %g", temperature);
+  if (!temperature_in_range(temperature))
+    return make_error(StatusCode::invalid_argument, "config.temperature must be in (0, 1e300], got %g", temperature);
   if (num_threads < 1) return make_error(StatusCode::invalid_argument, "config.num_threads must be >= 1, got %d", num_threads);
   return Status::success();
 }

@@ -276,8 +276,8 @@ inline Status validate_token_logprobs_args(int64_t num_tokens, int64_t vocab_siz
   if (stride < vocab_size)
     return make_error(StatusCode::invalid_argument, "row_stride (%lld) must be 0 or >= vocab_size (%lld)",
                       static_cast<long long>(row_stride), static_cast<long long>(vocab_size));
-  if (!std::isfinite(temperature) || temperature <= 0)
-    return make_error(StatusCode::invalid_argument, "temperature must be finite and > 0, got %g", temperature);
+  if (!temperature_in_range(temperature))
+    return make_error(StatusCode::invalid_argument, "temperature must be in (0, 1e300], got %g", temperature);
   if (num_tokens > 0 && (!logits || !target_ids || !logp))
     return make_error(StatusCode::invalid_argument, "token_logprobs: logits, target_ids and logp must not be null");
   return Status::success();

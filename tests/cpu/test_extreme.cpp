@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "reference.hpp"
@@ -312,4 +314,89 @@ TEST_CASE("fuzz findings: merging row statistics with a max near DBL_MAX stays f
   const auto merged = cgrpo::row_stats_merge(cgrpo::row_stats_merge(cgrpo::row_stats_identity<double>(), sa), sb);
   INFO("merged {" << merged.max << ", " << merged.sum_exp << ", " << merged.sum_exp_u << "}");
   CHECK(cgrpo::row_stats_finite(merged));
+}
+
+namespace {
+// token_logprobs on rows whose target sits about 2 x the dtype's max below the row's top: log p is
+// below the dtype's range (below -DBL_MAX in double: the double sum itself overflows to -inf).
+template <typename Real>
+void check_logp_below_range(std::mt19937_64& rng) {
+  const double big = static_cast<double>(std::numeric_limits<Real>::max());
+  std::uniform_real_distribution<double> frac(0.5, 1.0);
+  std::uniform_int_distribution<int> width(2, 40);
+  for (int trial = 0; trial < 50; ++trial) {
+    const int V = width(rng);
+    std::vector<Real> z(V);
+    for (Real& x : z) x = static_cast<Real>((rng() % 2 ? 1 : -1) * frac(rng) * big);
+    z[0] = static_cast<Real>(frac(rng) * big);                        // the top
+    z[V - 1] = static_cast<Real>(-frac(rng) * big);                   // the target, far below it
+    // z_top - z_target >= max, so (z_target - z_top) / tau < -max for every tau < 1.
+    const double tau = std::uniform_real_distribution<double>(0.25, 0.99)(rng);
+    const int32_t ids[2] = {V - 1, 0};
+    std::vector<Real> rows(2 * V);
+    std::copy(z.begin(), z.end(), rows.begin());
+    std::copy(z.begin(), z.end(), rows.begin() + V);
+    rows[V + V - 1] = -std::numeric_limits<Real>::infinity();  // row 1: a -inf entry that is not its target
+    Real logp[2] = {0, 0}, ent[2] = {-1, -1};
+    const cgrpo::Status s = cgrpo::cpu::token_logprobs(rows.data(), 2, V, 0, ids, tau, logp, ent);
+    INFO(s.message << " V " << V << " tau " << tau << " z_top " << z[0] << " z_target " << z[V - 1]);
+    REQUIRE(s.ok());
+    // Row 0: below the range, written as the lowest finite value.
+    CHECK(std::isfinite(static_cast<double>(logp[0])));
+    CHECK(logp[0] == std::numeric_limits<Real>::lowest());
+    CHECK(std::isfinite(static_cast<double>(ent[0])));
+    CHECK(ent[0] >= 0);
+    // Row 1: the target is the top: log p finite and <= 0.
+    CHECK(std::isfinite(static_cast<double>(logp[1])));
+    CHECK(logp[1] <= 0);
+  }
+  // A -inf target logit keeps its exact log p, -inf.
+  std::vector<Real> row = {Real(1), -std::numeric_limits<Real>::infinity(), Real(-2)};
+  const int32_t id = 1;
+  Real lp = 0;
+  REQUIRE(cgrpo::cpu::token_logprobs(row.data(), 1, 3, 0, &id, 1.0, &lp, static_cast<Real*>(nullptr)).ok());
+  CHECK(lp == -std::numeric_limits<Real>::infinity());
+}
+}  // namespace
+
+TEST_CASE("token_logprobs: a finite target logit never gets log p = -inf, even below -DBL_MAX", "[extreme][logprobs]") {
+  // Found by fuzz_token_logprobs (tests/fuzz/corpus/fuzz_token_logprobs/finding-logp-float-minus-inf-c869955bfc46):
+  // double logits -8.98e307 (target) and +8.98e307 at tau 1 gave log p = -inf with OK.
+  auto rng = test_seed::fresh_rng();
+  check_logp_below_range<double>(rng);
+  check_logp_below_range<float>(rng);
+}
+
+TEST_CASE("temperature: (0, 1e300] accepted; above it an error naming temperature, nothing written", "[extreme][errors]") {
+  // Found by fuzz_token_logprobs (tests/fuzz/corpus/fuzz_token_logprobs/finding-logp-accuracy-tau-dbl-max): at tau = DBL_MAX a
+  // double row of opposite-sign logits near DBL_MAX lost its shifted values (z - max = -inf while
+  // (z - max) / tau is about -2) and log p came out 0 instead of -4.7, with OK.
+  auto rng = test_seed::fresh_rng();
+  std::uniform_real_distribution<double> frac(0.6, 0.99);
+  const double top = frac(rng) * DBL_MAX, target = -frac(rng) * DBL_MAX;
+  const std::vector<double> z = {top, target, frac(rng), -frac(rng)};
+  const int32_t id = 1;
+  // At the largest accepted tau the row is exact: log p = (target - top) / tau - log(1 + ...) with
+  // every other entry far below top / tau.
+  double lp = 1, h = -1;
+  cgrpo::Status s = cgrpo::cpu::token_logprobs(z.data(), 1, 4, 0, &id, cgrpo::kMaxTemperature, &lp, &h);
+  INFO(s.message);
+  REQUIRE(s.ok());
+  const double want = (target / 2 - top / 2) / cgrpo::kMaxTemperature * 2;
+  CHECK(std::fabs(lp - want) <= 1e-12 * std::fabs(want));
+  CHECK(h >= 0);
+  for (double tau : {1.0000001e300, 1e301, DBL_MAX, std::numeric_limits<double>::infinity()}) {
+    CAPTURE(tau);
+    double lp2 = -12345.5, h2 = -12345.5;
+    s = cgrpo::cpu::token_logprobs(z.data(), 1, 4, 0, &id, tau, &lp2, &h2);
+    CHECK(s.code == cgrpo::StatusCode::invalid_argument);
+    CHECK(std::string(s.message).find("temperature") != std::string::npos);
+    CHECK(lp2 == -12345.5);
+    CHECK(h2 == -12345.5);
+    cgrpo::LossConfig c;
+    c.temperature = tau;
+    s = c.validate();
+    CHECK(s.code == cgrpo::StatusCode::invalid_argument);
+    CHECK(std::string(s.message).find("config.temperature") != std::string::npos);
+  }
 }

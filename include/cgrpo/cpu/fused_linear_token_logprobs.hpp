@@ -80,7 +80,7 @@ Status fused_linear_token_logprobs(const LinearHead<Real>& head, int64_t T, int6
     return make_error(StatusCode::non_finite, "logits row %lld is not finite; nothing was written",
                       static_cast<long long>(bad));
   for (int64_t t = 0; t < T; ++t) {
-    logp[t] = to_output<Real>(ws.rows[t].logp);
+    logp[t] = logp_output<Real>(ws.rows[t].logp, true);  // logits of a finite head are finite (prepare_linear)
     if (entropy) entropy[t] = static_cast<Real>(ws.rows[t].entropy);
   }
   return Status::success();

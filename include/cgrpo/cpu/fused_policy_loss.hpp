@@ -61,6 +61,15 @@ Real to_output(double x) {
   return static_cast<Real>(x < lowest && x != -INFINITY ? lowest : x);
 }
 
+// log p in the caller's dtype when the target logit is known: -inf only for a -inf target logit;
+// a finite target whose log p is below even double's range (logits of opposite signs near
+// DBL_MAX, tau < 2: the double sum gives -inf) is written as the lowest finite value, as in float.
+template <typename Real>
+Real logp_output(double logp, bool target_logit_finite) {
+  if (logp == -INFINITY && target_logit_finite) return std::numeric_limits<Real>::lowest();
+  return to_output<Real>(logp);
+}
+
 // Index of the first row whose gradient would not fit Real (row_gradient_in_range), or -1.
 template <typename Real>
 int64_t first_gradient_overflow_row(const Workspace& ws, int64_t num_tokens, double inv_temperature) {

@@ -73,7 +73,7 @@ Status token_logprobs(const Real* logits, int64_t num_tokens, int64_t vocab_size
     return make_error(StatusCode::non_finite, "logits row %lld holds NaN or +inf (or every entry is -inf)",
                       static_cast<long long>(bad));
   for (int64_t t = 0; t < num_tokens; ++t) {
-    logp[t] = to_output<Real>(ws.rows[t].logp);
+    logp[t] = logp_output<Real>(ws.rows[t].logp, std::isfinite(static_cast<double>(logits[t * stride + target_ids[t]])));
     if (entropy) entropy[t] = static_cast<Real>(ws.rows[t].entropy);
   }
   return Status::success();
