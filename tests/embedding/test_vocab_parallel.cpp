@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -273,4 +274,45 @@ TEST_CASE("vocab parallel: a target whose logit is -inf, or a NaN row, is an err
   v.target_ids = targets.data();
   REQUIRE(cgrpo::parallel::vocab_shard_row_stats(c, v, shard, stats.data(), target.data()).code ==
           cgrpo::StatusCode::out_of_range);
+}
+
+TEST_CASE("vocab parallel: a row whose |max z / tau| exceeds 2^40 is refused by name; 2^39 is taken", "[parallel][vocab]") {
+  // Found by fuzz_parallel: double logits of 5e207 gave an inf gradient with OK (the exchanged
+  // statistics' 1e-16 |max u| error, in an exponent). The unsharded loss takes such rows.
+  std::mt19937_64 rng = test_seed::fresh_rng();
+  ref::Batch b = ref::random_batch(rng, 2, 4, 10, 0);
+  cgrpo::LossConfig c;
+  ref::set_weights(b, c);
+  const int64_t row = static_cast<int64_t>(rng() % static_cast<uint64_t>(b.T));
+  for (double top : {0x1p39, 0x1p41, -0x1p41, 5e207}) {
+    CAPTURE(top, row);
+    ref::Batch bb = b;
+    for (int64_t j = 0; j < bb.V; ++j) bb.logits[row * bb.V + j] += top;  // the row shifted: same softmax
+    ref::LibraryBatch<double> lib(bb);
+    const cgrpo::parallel::VocabShard shard{0, 10, 10};
+    std::vector<RowStats<double>> stats(bb.T);
+    std::vector<double> target(bb.T);
+    REQUIRE(cgrpo::parallel::vocab_shard_row_stats(c, lib.view, shard, stats.data(), target.data()).ok());
+    std::vector<double> grad(bb.T * 10, 42.0), lp(bb.T, 42.0);
+    cgrpo::LossMetrics m;
+    m.loss = 42;
+    cgrpo::PolicyLossOutputs<double> out;
+    out.grad_logits = grad.data();
+    out.logp = lp.data();
+    out.metrics = &m;
+    const cgrpo::Status s = cgrpo::parallel::vocab_parallel_policy_loss(c, lib.view, shard, stats.data(), target.data(), out);
+    if (std::fabs(top) < 0x1p40) {
+      INFO(s.message);
+      REQUIRE(s.ok());
+      for (double g : grad) CHECK(std::isfinite(g));
+      CHECK(std::isfinite(m.loss));
+    } else {
+      CHECK(s.code == cgrpo::StatusCode::invalid_argument);
+      CHECK(std::string(s.message).find("row " + std::to_string(row)) != std::string::npos);
+      CHECK(std::string(s.message).find("2^40") != std::string::npos);
+      CHECK(m.loss == 42);
+      for (double g : grad) CHECK(g == 42.0);
+      for (double x : lp) CHECK(x == 42.0);
+    }
+  }
 }

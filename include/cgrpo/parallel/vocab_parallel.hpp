@@ -47,6 +47,22 @@ struct VocabShard {
 //                   collectives: all-reduce MAX of the maxima, row_stats_rebase()
 //                   on each rank, all-reduce SUM of sum_exp and sum_exp_u.
 //   target_logit[t] u[y_t] on the rank that holds y_t, 0 elsewhere: all-reduce SUM.
+// The exchanged statistics hold u = z / tau absolutely, so log p, H and the exponents of dJ/dz
+// carry an absolute error of about 1e-16 |max u|. Above 2^40 (1e12: 1e-4 nats) that error could
+// scale a gradient entry by e^(error) past the overflow bound, so phase 2 refuses such a row
+// (found by fuzz_parallel: double logits of 5e207 gave an inf gradient with OK). The unsharded
+// loss, which shifts by the row max before it scales, takes them.
+inline constexpr double kVocabParallelMaxAbsU = 0x1p40;
+
+inline Status check_exchanged_row(const RowStats<double>& s, int64_t t) {
+  if (!(std::fabs(s.max) <= kVocabParallelMaxAbsU))
+    return make_error(StatusCode::invalid_argument,
+                      "row %lld: |max z / tau| = %g exceeds 2^40, beyond what the exchanged statistics hold to "
+                      "1e-4 nats (the unsharded loss takes it); nothing was written",
+                      static_cast<long long>(t), s.max);
+  return Status::success();
+}
+
 inline Status check_vocab_shard(const VocabShard& shard) {
   // size > global_size - begin rather than begin + size > global_size: no overflow.
   if (shard.global_size <= 0 || shard.size <= 0 || shard.begin < 0 || shard.begin > shard.global_size ||
@@ -169,6 +185,7 @@ Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatc
       return make_error(StatusCode::non_finite,
                         "row %lld: the reduced statistics hold NaN or +inf (or every logit is -inf); nothing was written",
                         static_cast<long long>(t));
+    CGRPO_RETURN_IF_ERROR(check_exchanged_row(stats[t], t));
     cpu::set_row_values(stats[t], target_logit[t], r);
     // The gradient sweep shifts by a pivot in logit units: M * tau, in Real's range. lse is
     // re-expressed against it (exact to the 1e-16 |M| of the exchanged statistics).

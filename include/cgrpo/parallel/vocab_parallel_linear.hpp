@@ -147,6 +147,7 @@ Status vocab_parallel_linear_policy_loss(const LossConfig& config, const PolicyL
         return make_error(StatusCode::non_finite,
                           "row %lld: the reduced statistics hold NaN or +inf (or every logit is -inf); nothing was written",
                           static_cast<long long>(t));
+      CGRPO_RETURN_IF_ERROR(check_exchanged_row(stats[t], t));
       cpu::set_row_values(stats[t], target_logit[t], r);
       // As parallel::vocab_parallel_policy_loss: the gradient sweep shifts by a pivot in logit
       // units (M tau, in Real's range) and lse is re-expressed against it.
