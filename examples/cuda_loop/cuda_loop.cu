@@ -107,12 +107,14 @@ int upload(T* device, const std::vector<T>& host, cudaStream_t stream) {
   return 0;
 }
 
+std::vector<double> to_double_vector(const std::vector<float>& x) { return std::vector<double>(x.begin(), x.end()); }
+
 // The step-0 check: the CPU path in double on the same logits and inputs; dW = G^T H in double.
 int check_against_cpu(const cgrpo::LossConfig& c, const Rollout& r, const std::vector<float>& logits,
                       const std::vector<float>& old_logp, int64_t B, int64_t L, int64_t D, int64_t V,
                       double gpu_loss, const std::vector<float>& gpu_dW) {
   const int64_t T = B * L;
-  auto to_double = [](const std::vector<float>& x) { return std::vector<double>(x.begin(), x.end()); };
+  const auto to_double = to_double_vector;
   const std::vector<double> z = to_double(logits), old = to_double(old_logp), adv = to_double(r.advantages),
                             w_pg = to_double(r.pg_weights), w_h = to_double(r.entropy_weights);
   std::vector<double> grad(T * V);

@@ -38,9 +38,14 @@ inline void metrics_to_sums(const LossMetrics& m, double* sums) {
   for (int i = 0; i < kMetricSumFields; ++i) sums[i] = v[i];
 }
 
+namespace detail {
+inline double mean_or_zero(double sum, double n) { return n > 0 ? sum / n : 0.0; }
+}  // namespace detail
+
 // The metrics of the union of the ranks whose metrics_to_sums() were summed into `sums`.
+// (No lambdas here: nvcc compiles this header and warns about the typedefs it makes for them.)
 inline LossMetrics metrics_from_sums(const double* sums) {
-  auto mean = [](double sum, double n) { return n > 0 ? sum / n : 0.0; };
+  const auto mean = detail::mean_or_zero;
   const double valid = sums[12], initial = sums[13], refinement = sums[14];
   LossMetrics m;
   m.loss = sums[0];
