@@ -480,8 +480,17 @@ void compare_with_cpu(const std::string& label, const LossConfig& config, const 
                  (long long)t, hb.mask[t], hb.kinds[t], row_err[t], row_den[t]);
   GPU_EXPECT(non_finite == 0, "%s: %d gradient entries are not finite (poison left or NaN)", label.c_str(), non_finite);
   GPU_EXPECT(padding_written == 0, "%s: %d padding entries beyond V were written", label.c_str(), padding_written);
-  GPU_EXPECT(err <= tol.global * den + floor, "%s: gradient max error %.3g vs max |grad| %.3g (tolerance %.1g)",
-             label.c_str(), err, den, tol.global);
+  // A row factor the kernels form in float from a sum over the row (IS / vLLM weights, vespo's
+  // phi, the sequence ratio, GMPO's mean) carries about L eps_f of relative error into the whole
+  // row: 1e-4, as policy_factor is compared above (fp32 trl vespo + token_mask failed at 1e-5,
+  // error 1.24e-9 against a largest entry of 1e-4).
+  const bool row_factor = config.rollout.is_level != cgrpo::RolloutIsLevel::none ||
+                          config.sampler.mode != cgrpo::SamplerCorrectionMode::none ||
+                          config.policy_loss == cgrpo::PolicyLoss::vespo || config.policy_loss == cgrpo::PolicyLoss::geo_mean ||
+                          config.ratio_level != cgrpo::RatioLevel::token;
+  const double global = row_factor ? std::max(tol.global, 1e-4) : tol.global;
+  GPU_EXPECT(err <= global * den + floor, "%s: gradient max error %.3g vs max |grad| %.3g (tolerance %.1g)",
+             label.c_str(), err, den, global);
 }
 
 struct NamedConfig {
