@@ -282,7 +282,11 @@ MetricScales metric_scales(const LossConfig& c, const HostBatch& hb, const std::
       const double cov_penalty = c.policy_loss == cgrpo::PolicyLoss::kl_cov ? std::fabs(c.kl_cov_coef) * (1 + spread) : 0.0;
       // gpg and reinforce are -A log p (times the factor): |x_t| is |A| |log p|, not bounded by
       // |A| (1 + r) once log p is far below 0 (the extreme rows' 1e5 nats: seed 3 failed on verl gpg in fp16).
-      const double size = linear_in_logp ? 1 + std::fabs(logp[t]) : 1 + r;
+      // cispo is -sg(clip(r)) A log p: linear in log p too, times the clipped ratio (seed 50 failed
+      // at 1.02x its bound on the extreme rows at tau 1e4).
+      const double size = linear_in_logp ? 1 + std::fabs(logp[t])
+                          : c.policy_loss == cgrpo::PolicyLoss::cispo ? (1 + r) * (1 + std::fabs(logp[t]))
+                                                                       : 1 + r;
       const double m_pg = std::fabs(hb.w_pg[t]) * (f * std::fabs(hb.adv[t]) * size + cov_penalty);
       (ref ? s.pg_refinement : s.pg_initial) += m_pg;
       s.entropy_loss += std::fabs(hb.w_h[t]) * (entropy[t] + 1);
