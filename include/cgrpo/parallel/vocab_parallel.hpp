@@ -63,6 +63,27 @@ inline Status check_exchanged_row(const RowStats<double>& s, int64_t t) {
   return Status::success();
 }
 
+// Row t of phase 2 from the all-reduced statistics (both the logits and the LM-head variant):
+// checked finite and within kVocabParallelMaxAbsU, then lse, H and log p; the gradient sweep
+// shifts by a pivot in logit units, M * tau in Real's range, and lse is re-expressed against it
+// (exact to the 1e-16 |M| of the exchanged statistics).
+template <typename Real>
+Status set_exchanged_row(const RowStats<double>& stats, double target_logit, double inv_temperature, int64_t t,
+                         cpu::Workspace::Row& r) {
+  r.finite = row_stats_finite(stats) && std::isfinite(target_logit);
+  if (!r.finite)
+    return make_error(StatusCode::non_finite,
+                      "row %lld: the reduced statistics hold NaN or +inf (or every logit is -inf); nothing was written",
+                      static_cast<long long>(t));
+  CGRPO_RETURN_IF_ERROR(check_exchanged_row(stats, t));
+  cpu::set_row_values(stats, target_logit, r);
+  const double lowest = -static_cast<double>(std::numeric_limits<Real>::max());
+  const double pivot = std::min(std::max(stats.max / inv_temperature, lowest), -lowest);
+  r.pivot = static_cast<double>(static_cast<Real>(pivot));
+  r.lse -= r.pivot * inv_temperature;
+  return Status::success();
+}
+
 inline Status check_vocab_shard(const VocabShard& shard) {
   // size > global_size - begin rather than begin + size > global_size: no overflow.
   if (shard.global_size <= 0 || shard.size <= 0 || shard.begin < 0 || shard.begin > shard.global_size ||
@@ -178,22 +199,8 @@ Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatc
   global_ids.vocab_size = shard.global_size;
   CGRPO_RETURN_IF_ERROR(validate_batch_values(config, global_ids));
   const double inv_temperature = 1.0 / config.temperature;
-  for (int64_t t = 0; t < T; ++t) {
-    cpu::Workspace::Row& r = ws.rows[t];
-    r.finite = row_stats_finite(stats[t]) && std::isfinite(target_logit[t]);
-    if (!r.finite)
-      return make_error(StatusCode::non_finite,
-                        "row %lld: the reduced statistics hold NaN or +inf (or every logit is -inf); nothing was written",
-                        static_cast<long long>(t));
-    CGRPO_RETURN_IF_ERROR(check_exchanged_row(stats[t], t));
-    cpu::set_row_values(stats[t], target_logit[t], r);
-    // The gradient sweep shifts by a pivot in logit units: M * tau, in Real's range. lse is
-    // re-expressed against it (exact to the 1e-16 |M| of the exchanged statistics).
-    const double lowest = -static_cast<double>(std::numeric_limits<Real>::max());
-    const double pivot = std::min(std::max(stats[t].max / inv_temperature, lowest), -lowest);
-    r.pivot = static_cast<double>(static_cast<Real>(pivot));
-    r.lse -= r.pivot * inv_temperature;
-  }
+  for (int64_t t = 0; t < T; ++t)
+    CGRPO_RETURN_IF_ERROR(set_exchanged_row<Real>(stats[t], target_logit[t], inv_temperature, t, ws.rows[t]));
 
   // From here on, exactly the per-token pass of cpu::fused_policy_loss, on the reduced rows.
   LossMetrics metrics;

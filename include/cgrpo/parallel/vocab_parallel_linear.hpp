@@ -140,22 +140,8 @@ Status vocab_parallel_linear_policy_loss(const LossConfig& config, const PolicyL
         head, T, V, c, ldz, config.temperature, threads, ws, [&] { return validate_batch_values(config, global_ids); },
         &z, &scan));
     const double inv_temperature = 1.0 / config.temperature;
-    for (int64_t t = 0; t < T; ++t) {
-      cpu::Workspace::Row& r = ws.rows[t];
-      r.finite = row_stats_finite(stats[t]) && std::isfinite(target_logit[t]);
-      if (!r.finite)
-        return make_error(StatusCode::non_finite,
-                          "row %lld: the reduced statistics hold NaN or +inf (or every logit is -inf); nothing was written",
-                          static_cast<long long>(t));
-      CGRPO_RETURN_IF_ERROR(check_exchanged_row(stats[t], t));
-      cpu::set_row_values(stats[t], target_logit[t], r);
-      // As parallel::vocab_parallel_policy_loss: the gradient sweep shifts by a pivot in logit
-      // units (M tau, in Real's range) and lse is re-expressed against it.
-      const double lowest = -static_cast<double>(std::numeric_limits<Real>::max());
-      const double pivot = std::min(std::max(stats[t].max / inv_temperature, lowest), -lowest);
-      r.pivot = static_cast<double>(static_cast<Real>(pivot));
-      r.lse -= r.pivot * inv_temperature;
-    }
+    for (int64_t t = 0; t < T; ++t)
+      CGRPO_RETURN_IF_ERROR(set_exchanged_row<Real>(stats[t], target_logit[t], inv_temperature, t, ws.rows[t]));
     LossMetrics metrics;
     CGRPO_RETURN_IF_ERROR(cpu::per_token_pass(config, local, ws, &metrics));
     if (grads.any()) {
