@@ -51,6 +51,9 @@ struct Workspace {
   // Batch pass scratch.
   std::vector<double> scratch;
   std::vector<int64_t> order;
+  std::vector<uint8_t> initial_mask;           // valid initial tokens (off-policy corrections)
+  std::vector<int64_t> cov_valid, cov_candidates;  // kl_cov / clip_cov: token indices
+  std::vector<double> cov_key;                 // clip_cov: each candidate's hash key
   // The per-token pass run over token ranges (token_pass_range): its sums so far, in token order.
   MetricSums<double> range_sums{};
   std::vector<double> row_below, row_above, row_count;  // per sequence: TRL's per-row clip fractions
@@ -239,7 +242,8 @@ Status prepare_token_pass(const LossConfig& config, const PolicyLossBatch<Real>&
   // ratio-trained: weight 1, never rejected).
   metrics->rollout = RolloutMetrics{};
   metrics->sampler = SamplerMetrics{};
-  std::vector<uint8_t> initial_mask;
+  std::vector<uint8_t>& initial_mask = ws.initial_mask;
+  initial_mask.clear();
   if (config.needs_rollout_logp() || std::isfinite(config.off_policy_mask_threshold) ||
       config.policy_loss == PolicyLoss::vespo) {
     initial_mask.assign(static_cast<size_t>(T), 0);
@@ -350,7 +354,8 @@ Status prepare_token_pass(const LossConfig& config, const PolicyLossBatch<Real>&
         if (batch.mask[t] && batch.selection[t]) ws.terms[t] |= kSelected;
     } else {
       // cov_t = (A_t - mean A)(logp_t - mean logp) over the policy term's valid initial tokens.
-      std::vector<int64_t> valid;
+      std::vector<int64_t>& valid = ws.cov_valid;
+      valid.clear();
       double sum_a = 0, sum_l = 0;
       for (int64_t t = 0; t < T; ++t)
         if (batch.mask[t] && detail::is_initial(batch, t) && (ws.terms[t] & kInPg)) {
@@ -372,7 +377,8 @@ Status prepare_token_pass(const LossConfig& config, const PolicyLossBatch<Real>&
         } else {
           // Candidates: not clipped by the PPO clip, cov in (lower, upper); k of them chosen by a
           // counter-based hash of (seed, token) (verl draws them with torch.randperm).
-          std::vector<int64_t> candidates;
+          std::vector<int64_t>& candidates = ws.cov_candidates;
+          candidates.clear();
           for (int64_t t : valid) {
             const double x = ws.rows[t].logp - static_cast<double>(reference[t]);
             const double r = clamped_ratio(x, params.log_ratio_min, params.log_ratio_max).r;
@@ -381,7 +387,8 @@ Status prepare_token_pass(const LossConfig& config, const PolicyLossBatch<Real>&
             const double cov = ws.scratch[t];
             if (!clipped && cov > config.clip_cov_lower && cov < config.clip_cov_upper) candidates.push_back(t);
           }
-          std::vector<double> key(static_cast<size_t>(T), 0.0);
+          std::vector<double>& key = ws.cov_key;
+          key.assign(static_cast<size_t>(T), 0.0);
           for (int64_t t : candidates)
             key[t] = -static_cast<double>(detail::token_hash(config.clip_cov_seed, static_cast<uint64_t>(t)) >> 11);
           detail::top_k_by_key(key, candidates, k, ws.order);
