@@ -3,7 +3,8 @@
 // and against the composed GPU path (one cuBLAS GEMM into [T, V], cuda::fused_policy_loss, two GEMMs).
 // fp32 and bf16; chunks of 1 row, odd, and more than T; strides, bias, in place, accumulate; the
 // two-pass plans (verl's GSPO and GMPO, TRL's luspo, computed weights: each chunk's logits formed
-// twice). Exits 77 (CTest: skipped) when no CUDA device is present.
+// twice). Exits 77 (CTest: skipped) when no CUDA device is present. CGRPO_GPU_TEST_QUICK=1 (gpu-check
+// under compute-sanitizer): the same configs and layouts at an eighth of the vocabulary.
 #include <cstring>
 #include <vector>
 
@@ -23,6 +24,10 @@ struct HeadProblem {
   int64_t H = 0;
   std::vector<double> h, W, bias;
 };
+
+// The vocabulary of a problem: full, or under CGRPO_GPU_TEST_QUICK an eighth of it (odd, as the full
+// sizes are, so rows stay ragged against the kernels' vector width).
+int64_t vocab(int64_t full) { return quick_matrix() ? (full / 8) | 1 : full; }
 
 template <typename Logit>
 HeadProblem make_problem(std::mt19937_64& rng, const LossConfig& config, int64_t V, int64_t H, bool with_bias,
@@ -289,7 +294,7 @@ void test_fp32_against_cpu(std::mt19937_64& rng) {
   const Layout layouts[] = {{1, 0, false, false}, {7, 3, false, true}, {0, 0, true, false}, {5, 1, true, true}};
   for (const LinearConfig& lc : configs) {
     const LossConfig& c = lc.config;
-    const HeadProblem p = make_problem<float>(rng, c, 3001, 96, true, lc.computed);
+    const HeadProblem p = make_problem<float>(rng, c, vocab(3001), 96, true, lc.computed);
     const Grads want = cpu_reference(c, p);
     for (const Layout& lay : layouts) {
       char what[160];
@@ -313,7 +318,7 @@ void test_bf16_against_composed(std::mt19937_64& rng) {
                                   {cgrpo::trl_luspo(), true}};
   for (const LinearConfig& lc : configs) {
     const LossConfig& c = lc.config;
-    const HeadProblem p = make_problem<__nv_bfloat16>(rng, c, 4099, 128, false, lc.computed);
+    const HeadProblem p = make_problem<__nv_bfloat16>(rng, c, vocab(4099), 128, false, lc.computed);
     const Grads composed = run_composed<__nv_bfloat16>(c, p);
     for (int64_t chunk : {int64_t{1}, int64_t{9}, int64_t{0}}) {
       char what[96];
@@ -327,7 +332,7 @@ void test_bf16_against_composed(std::mt19937_64& rng) {
 
 void test_determinism(std::mt19937_64& rng) {
   const LossConfig c = cgrpo::verl_grpo();
-  const HeadProblem p = make_problem<__nv_bfloat16>(rng, c, 2000, 64, true);
+  const HeadProblem p = make_problem<__nv_bfloat16>(rng, c, vocab(2000), 64, true);
   const Grads a = run_fused<__nv_bfloat16>(c, p, Layout{13, 0, false, false});
   const Grads b = run_fused<__nv_bfloat16>(c, p, Layout{13, 0, false, false});
   GPU_EXPECT(a.gw == b.gw && a.gh == b.gh && a.metrics.loss == b.metrics.loss, "two runs differ");
@@ -335,7 +340,7 @@ void test_determinism(std::mt19937_64& rng) {
 
 void test_logprobs(std::mt19937_64& rng) {
   const LossConfig c;
-  const HeadProblem p = make_problem<float>(rng, c, 5003, 64, true);
+  const HeadProblem p = make_problem<float>(rng, c, vocab(5003), 64, true);
   const int64_t T = p.b.T, V = p.b.V;
   std::vector<double> want_lp(T), want_h(T);
   const cgrpo::Status cs = cpu_token_logprobs(p.b.logits.data(), T, V, p.b.stride, p.b.targets.data(), 0.8,
