@@ -8,93 +8,21 @@
 // buffer). Inputs (h, W, per-token arrays) and outputs (dJ/dh in bf16, dJ/dW in fp32) are the same
 // for both and not counted; cuBLAS's own workspace neither (the same handle serves both).
 // Timing: CUDA events around each call, median of kRepeats calls after kWarmup.
-#include <benchmark/benchmark.h>
 #include <cuda_bf16.h>
-#include <cuda_runtime.h>
 
-#include <algorithm>
-#include <cstdio>
 #include <map>
-#include <random>
 #include <string>
 #include <tuple>
-#include <vector>
 
-#include <cgrpo/aggregation.hpp>
-#include <cgrpo/config.hpp>
-
-#include "kernels/cgrpo_cuda.cuh"
+#include "bench_common.cuh"
 #include "kernels/fused_linear_policy_loss.cuh"
 
 namespace {
 
+using namespace bench;
+
 constexpr int kWarmup = 2;
 constexpr int kRepeats = 7;
-
-#define BENCH_CUDA(call)                                                                           \
-  do {                                                                                             \
-    cudaError_t e_ = (call);                                                                       \
-    if (e_ != cudaSuccess) {                                                                       \
-      std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", #call, __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                                \
-    }                                                                                              \
-  } while (0)
-
-#define BENCH_OK(expr)                                                                \
-  do {                                                                                \
-    const cgrpo::Status s_ = (expr);                                                  \
-    if (!s_.ok()) {                                                                   \
-      std::fprintf(stderr, "%s failed: %s\n", #expr, s_.message);                     \
-      std::exit(1);                                                                   \
-    }                                                                                 \
-  } while (0)
-
-// Uniform(-scale, scale) from a hash of the index: no host transfer of large arrays.
-template <typename T>
-__global__ void fill_uniform(T* x, size_t n, uint32_t seed, float scale) {
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ static_cast<uint32_t>(i >> 32) ^ seed;
-    h ^= h >> 16;
-    h *= 0x7feb352du;
-    h ^= h >> 15;
-    const float u = static_cast<float>(h >> 8) * (1.0f / 16777216.0f);
-    x[i] = cgrpo::cuda::LogitTraits<T>::from_float(scale * (2.0f * u - 1.0f));
-  }
-}
-
-template <typename T>
-T* device_alloc(size_t n) {
-  T* p = nullptr;
-  BENCH_CUDA(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
-  return p;
-}
-
-template <typename T>
-T* device_copy(const std::vector<T>& h) {
-  T* p = device_alloc<T>(h.size());
-  BENCH_CUDA(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return p;
-}
-
-template <typename Fn>
-double median_ms(cudaStream_t stream, Fn&& fn) {
-  cudaEvent_t start, stop;
-  BENCH_CUDA(cudaEventCreate(&start));
-  BENCH_CUDA(cudaEventCreate(&stop));
-  std::vector<float> ms(kRepeats);
-  for (int r = 0; r < kRepeats; ++r) {
-    BENCH_CUDA(cudaEventRecord(start, stream));
-    fn();
-    BENCH_CUDA(cudaEventRecord(stop, stream));
-    BENCH_CUDA(cudaEventSynchronize(stop));
-    BENCH_CUDA(cudaEventElapsedTime(&ms[r], start, stop));
-  }
-  BENCH_CUDA(cudaEventDestroy(start));
-  BENCH_CUDA(cudaEventDestroy(stop));
-  std::nth_element(ms.begin(), ms.begin() + kRepeats / 2, ms.end());
-  return ms[kRepeats / 2];
-}
 
 // Forward GEMM time per (T, H, V): the roofline of both paths.
 std::map<std::tuple<int64_t, int64_t, int64_t>, double> g_gemm_ms;
@@ -118,52 +46,17 @@ void bm_linear(benchmark::State& state) {
   Logit* W = device_alloc<Logit>(V * H);
   Logit* gh = device_alloc<Logit>(T * H);
   float* gw = device_alloc<float>(V * H);
-  fill_uniform<<<4096, 256, 0, stream>>>(h, static_cast<size_t>(T * H), 1u, 1.0f);
-  fill_uniform<<<4096, 256, 0, stream>>>(W, static_cast<size_t>(V * H), 2u, 9.0f / std::sqrt(static_cast<float>(H)));
-  BENCH_CUDA(cudaGetLastError());
+  fill(h, static_cast<size_t>(T * H), 1u, 1.0f, stream);
+  fill(W, static_cast<size_t>(V * H), 2u, 9.0f / std::sqrt(static_cast<float>(H)), stream);
 
   const cgrpo::LossConfig config = cgrpo::paper_critique_grpo();
-  std::mt19937_64 rng(7);
-  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(V - 1));
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<int32_t> targets(T);
-  std::vector<uint8_t> mask(T), kinds(T);
-  std::vector<float> adv(T), old_logp(T), w_pg(T), w_h(T);
-  for (int64_t t = 0; t < T; ++t) {
-    targets[t] = tok(rng);
-    mask[t] = (t % L) < L * 9 / 10 ? 1 : 0;
-    kinds[t] = (t / L) % 8 == 0 ? cgrpo::kRefinement : cgrpo::kInitial;
-    adv[t] = normal(rng);
-    old_logp[t] = -3.0f + 0.3f * normal(rng);
-  }
-  const cgrpo::SequenceLayout layout = cgrpo::SequenceLayout::padded(B, L);
-  BENCH_OK(cgrpo::aggregation_weights(config.pg_aggregation, layout, mask.data(), cgrpo::AggregationScale{}, w_pg.data()));
-  BENCH_OK(cgrpo::aggregation_weights(config.entropy_aggregation, layout, mask.data(), cgrpo::AggregationScale{}, w_h.data()));
-  int32_t* d_targets = device_copy(targets);
-  uint8_t* d_mask = device_copy(mask);
-  uint8_t* d_kinds = device_copy(kinds);
-  float* d_adv = device_copy(adv);
-  float* d_old = device_copy(old_logp);
-  float* d_w_pg = device_copy(w_pg);
-  float* d_w_h = device_copy(w_h);
-  float* d_logp = device_alloc<float>(T);
-  float* d_entropy = device_alloc<float>(T);
-
-  cgrpo::PolicyLossBatch<Logit, float> batch;
-  batch.num_tokens = T;
-  batch.vocab_size = V;
-  batch.target_ids = d_targets;
-  batch.mask = d_mask;
-  batch.kinds = d_kinds;
-  batch.advantages = d_adv;
-  batch.old_logp = d_old;
-  batch.pg_weights = d_w_pg;
-  batch.entropy_weights = d_w_h;
-  batch.layout = layout;
+  const PaperTokens tokens(config, T, V, L);
+  const DeviceTokens d(tokens);
+  const cgrpo::PolicyLossBatch<Logit, float> batch = d.batch<Logit>(T, V, false);
   cgrpo::LossMetrics metrics;
   cgrpo::PolicyLossOutputs<Logit, float> out;
-  out.logp = d_logp;
-  out.entropy = d_entropy;
+  out.logp = d.logp;
+  out.entropy = d.entropy;
   out.metrics = &metrics;
 
   // The extra memory of each path, allocated here.
@@ -207,7 +100,7 @@ void bm_linear(benchmark::State& state) {
 
   double ms = 0;
   for (auto _ : state) {
-    ms = median_ms(stream, run);
+    ms = median_ms(stream, kRepeats, run);
     state.SetIterationTime(ms * 1e-3);
   }
   const double flops = (path == Path::gemm ? 2.0 : 6.0) * static_cast<double>(T) * H * V;
@@ -224,12 +117,7 @@ void bm_linear(benchmark::State& state) {
   const char* names[] = {"forward GEMM", "composed", "fused linear"};
   state.SetLabel(std::string("bf16 ") + names[static_cast<int>(path)]);
 
-  for (void* p : {static_cast<void*>(h), static_cast<void*>(W), static_cast<void*>(gh), static_cast<void*>(gw),
-                  static_cast<void*>(z), ws, static_cast<void*>(d_targets), static_cast<void*>(d_mask),
-                  static_cast<void*>(d_kinds), static_cast<void*>(d_adv), static_cast<void*>(d_old),
-                  static_cast<void*>(d_w_pg), static_cast<void*>(d_w_h), static_cast<void*>(d_logp),
-                  static_cast<void*>(d_entropy)})
-    if (p) BENCH_CUDA(cudaFree(p));
+  device_free({h, W, gh, gw, z, ws});
   cublasDestroy(handle);
   BENCH_CUDA(cudaStreamDestroy(stream));
 }
@@ -257,20 +145,7 @@ void register_all() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int count = 0;
-  const cudaError_t err = cudaGetDeviceCount(&count);
-  if (err != cudaSuccess || count == 0) {
-    std::printf("SKIPPED: no CUDA device found (%s); no GPU benchmark ran\n",
-                err == cudaSuccess ? "0 devices" : cudaGetErrorString(err));
-    return 0;
-  }
-  cudaDeviceProp prop{};
-  BENCH_CUDA(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s, %.1f GiB\n", prop.name, prop.totalGlobalMem / 1073741824.0);
+  if (!bench::print_device_or_skip()) return 0;
   register_all();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return bench::run_benchmarks(argc, argv);
 }

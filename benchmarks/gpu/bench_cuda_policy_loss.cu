@@ -11,94 +11,22 @@
 //   cfg 0: the paper's configuration (one fused kernel);
 //   cfg 1: verl bypass ppo_clip with seq_sum_k2 rejection and k3 KL (computed weights, rollout_logp);
 //   cfg 2: TRL luspo (sequence-level ratio differentiated through the row mean, computed weights).
-#include <benchmark/benchmark.h>
 #include <cuda_bf16.h>
-#include <cuda_runtime.h>
 
-#include <algorithm>
-#include <cstdio>
-#include <random>
 #include <string>
-#include <vector>
 
-#include <cgrpo/aggregation.hpp>
-#include <cgrpo/config.hpp>
 #include <cgrpo/trl_presets.hpp>
 #include <cgrpo/verl_options.hpp>
 #include <cgrpo/verl_presets.hpp>
 
-#include "kernels/cgrpo_cuda.cuh"
+#include "bench_common.cuh"
 
 namespace {
 
+using namespace bench;
+
 constexpr int kWarmup = 3;
 constexpr int kRepeats = 15;
-
-#define BENCH_CUDA(call)                                                                           \
-  do {                                                                                             \
-    cudaError_t e_ = (call);                                                                       \
-    if (e_ != cudaSuccess) {                                                                       \
-      std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", #call, __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                                \
-    }                                                                                              \
-  } while (0)
-
-#define BENCH_OK(expr)                                                                \
-  do {                                                                                \
-    const cgrpo::Status s_ = (expr);                                                  \
-    if (!s_.ok()) {                                                                   \
-      std::fprintf(stderr, "%s failed: %s\n", #expr, s_.message);                     \
-      std::exit(1);                                                                   \
-    }                                                                                 \
-  } while (0)
-
-// Logits ~ uniform(-4, 4) from a hash of the index: no host transfer of T x V values.
-template <typename Logit>
-__global__ void fill_logits(Logit* z, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ static_cast<uint32_t>(i >> 32) ^ seed;
-    h ^= h >> 16;
-    h *= 0x7feb352du;
-    h ^= h >> 15;
-    const float u = static_cast<float>(h >> 8) * (1.0f / 16777216.0f);
-    z[i] = cgrpo::cuda::LogitTraits<Logit>::from_float(8.0f * u - 4.0f);
-  }
-}
-
-template <typename T>
-T* device_alloc(size_t n) {
-  T* p = nullptr;
-  BENCH_CUDA(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
-  return p;
-}
-
-template <typename T>
-T* device_copy(const std::vector<T>& h) {
-  T* p = device_alloc<T>(h.size());
-  BENCH_CUDA(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return p;
-}
-
-// Median milliseconds of fn over kRepeats calls, each between two events.
-template <typename Fn>
-double median_ms(cudaStream_t stream, Fn&& fn) {
-  cudaEvent_t start, stop;
-  BENCH_CUDA(cudaEventCreate(&start));
-  BENCH_CUDA(cudaEventCreate(&stop));
-  std::vector<float> ms(kRepeats);
-  for (int r = 0; r < kRepeats; ++r) {
-    BENCH_CUDA(cudaEventRecord(start, stream));
-    fn();
-    BENCH_CUDA(cudaEventRecord(stop, stream));
-    BENCH_CUDA(cudaEventSynchronize(stop));
-    BENCH_CUDA(cudaEventElapsedTime(&ms[r], start, stop));
-  }
-  BENCH_CUDA(cudaEventDestroy(start));
-  BENCH_CUDA(cudaEventDestroy(stop));
-  std::nth_element(ms.begin(), ms.begin() + kRepeats / 2, ms.end());
-  return ms[kRepeats / 2];
-}
 
 enum class Pass { forward_backward = 0, forward = 1, logprobs = 2, forward_backward_in_place = 3 };
 
@@ -128,115 +56,64 @@ void bm_policy_loss(benchmark::State& state) {
   cudaStream_t stream;
   BENCH_CUDA(cudaStreamCreate(&stream));
 
+  const cgrpo::LossConfig config = bench_config(cfg);
+  const double bytes = static_cast<double>(n * sizeof(Logit)) * (pass == Pass::forward || pass == Pass::logprobs ? 1.0
+                                                                  : coupled ? 3.0 : 2.0);
+  // The roofline first, on buffers of its own (freed before the loss's): a D2D copy of as many bytes.
+  double roofline_gbps = 0;
+  {
+    char* src = device_alloc<char>(static_cast<size_t>(bytes / 2));
+    char* dst = device_alloc<char>(static_cast<size_t>(bytes / 2));
+    BENCH_CUDA(cudaMemsetAsync(src, 1, static_cast<size_t>(bytes / 2), stream));
+    roofline_gbps = copy_gbps(stream, dst, src, bytes, kWarmup, kRepeats);
+    device_free({src, dst});
+  }
+
   Logit* logits = device_alloc<Logit>(n);
   // In place, the gradient overwrites the logits: later calls run on gradient values (finite, small),
   // which changes nothing in the work done per element.
   Logit* grad = pass == Pass::forward_backward ? device_alloc<Logit>(n)
                 : pass == Pass::forward_backward_in_place ? logits : nullptr;
-  const bool writes = grad != nullptr;
-  fill_logits<<<4096, 256, 0, stream>>>(logits, n, 12345u);
-  BENCH_CUDA(cudaGetLastError());
+  fill(logits, n, 12345u, 4.0f, stream);  // uniform(-4, 4)
 
-  const cgrpo::LossConfig config = bench_config(cfg);
-  std::mt19937_64 rng(7);
-  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(V - 1));
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<int32_t> targets(T);
-  std::vector<uint8_t> mask(T), kinds(T);
-  std::vector<float> adv(T), old_logp(T), w_pg(T), w_h(T), rollout_logp(T), ref_logp(T);
-  for (int64_t t = 0; t < T; ++t) {
-    targets[t] = tok(rng);
-    mask[t] = (t % L) < L * 9 / 10 ? 1 : 0;
-    kinds[t] = (t / L) % 8 == 0 ? cgrpo::kRefinement : cgrpo::kInitial;
-    adv[t] = normal(rng);
-    old_logp[t] = -3.0f + 0.3f * normal(rng);
-    rollout_logp[t] = old_logp[t] + 0.05f * normal(rng);
-    ref_logp[t] = old_logp[t] + 0.1f * normal(rng);
-  }
-  const cgrpo::SequenceLayout layout = cgrpo::SequenceLayout::padded(B, L);
-  BENCH_OK(cgrpo::aggregation_weights(config.pg_aggregation, layout, mask.data(), cgrpo::AggregationScale{}, w_pg.data()));
-  BENCH_OK(cgrpo::aggregation_weights(config.entropy_aggregation, layout, mask.data(), cgrpo::AggregationScale{}, w_h.data()));
-  int32_t* d_targets = device_copy(targets);
-  uint8_t* d_mask = device_copy(mask);
-  uint8_t* d_kinds = device_copy(kinds);
-  float* d_adv = device_copy(adv);
-  float* d_old = device_copy(old_logp);
-  float* d_w_pg = device_copy(w_pg);
-  float* d_w_h = device_copy(w_h);
-  float* d_rollout = device_copy(rollout_logp);
-  float* d_ref = device_copy(ref_logp);
-  float* d_logp = device_alloc<float>(T);
-  float* d_entropy = device_alloc<float>(T);
+  const PaperTokens tokens(config, T, V, L);
+  const DeviceTokens d(tokens);
   const size_t ws_bytes = pass == Pass::logprobs ? cgrpo::cuda::token_logprobs_workspace_size()
                                                  : cgrpo::cuda::fused_policy_loss_workspace_size(config, T, B);
   void* ws = device_alloc<char>(ws_bytes);
 
-  cgrpo::PolicyLossBatch<Logit, float> batch;
+  // The coupled configs compute their weights (rejection changes the denominators).
+  cgrpo::PolicyLossBatch<Logit, float> batch = d.batch<Logit>(T, V, coupled);
   batch.logits = logits;
-  batch.num_tokens = T;
-  batch.vocab_size = V;
-  batch.target_ids = d_targets;
-  batch.mask = d_mask;
-  batch.kinds = d_kinds;
-  batch.advantages = d_adv;
-  batch.old_logp = d_old;
-  if (!coupled) {  // the coupled configs compute their weights (rejection changes the denominators)
-    batch.pg_weights = d_w_pg;
-    batch.entropy_weights = d_w_h;
-  }
-  batch.rollout_logp = d_rollout;
-  batch.ref_logp = d_ref;
-  batch.layout = layout;
   cgrpo::LossMetrics metrics;
   cgrpo::PolicyLossOutputs<Logit, float> out;
   out.grad_logits = grad;
-  out.logp = d_logp;
-  out.entropy = d_entropy;
+  out.logp = d.logp;
+  out.entropy = d.entropy;
   out.metrics = &metrics;
 
   auto run = [&] {
     if (pass == Pass::logprobs)
-      BENCH_OK(cgrpo::cuda::token_logprobs(logits, T, V, 0, d_targets, 1.0, d_logp, d_entropy, ws, ws_bytes, stream));
+      BENCH_OK(cgrpo::cuda::token_logprobs(logits, T, V, 0, d.targets, 1.0, d.logp, d.entropy, ws, ws_bytes, stream));
     else
       BENCH_OK(cgrpo::cuda::fused_policy_loss(config, batch, out, nullptr, ws, ws_bytes, stream));
   };
-  const double bytes = static_cast<double>(n * sizeof(Logit)) * (writes ? (coupled ? 3.0 : 2.0) : 1.0);
-  // The copy reference moves the same bytes: half of them read, half written.
-  const bool own_copy_dst = pass != Pass::forward_backward;
-  Logit* copy_dst = own_copy_dst ? device_alloc<Logit>(static_cast<size_t>(bytes / 2) / sizeof(Logit) + 1) : grad;
-  const size_t copy_bytes = static_cast<size_t>(bytes / 2);
-  auto copy = [&] { BENCH_CUDA(cudaMemcpyAsync(copy_dst, logits, copy_bytes, cudaMemcpyDeviceToDevice, stream)); };
-
-  for (int i = 0; i < kWarmup; ++i) copy();
-  const double copy_ms = median_ms(stream, copy);
   for (int i = 0; i < kWarmup; ++i) run();
   if (pass == Pass::logprobs) BENCH_OK(cgrpo::cuda::token_logprobs_status(ws, stream));
   else BENCH_OK(cgrpo::cuda::policy_loss_metrics(ws, stream, &metrics));  // the inputs are valid: any flag is a bug
 
   double kernel_ms = 0;
   for (auto _ : state) {
-    kernel_ms = median_ms(stream, run);
+    kernel_ms = median_ms(stream, kRepeats, run);
     state.SetIterationTime(kernel_ms * 1e-3);
   }
-  const double gbps = bytes / (kernel_ms * 1e-3) / 1e9;
-  const double copy_gbps = bytes / (copy_ms * 1e-3) / 1e9;
-  state.counters["bytes_GB"] = bytes / 1e9;
-  state.counters["GB/s"] = gbps;
-  state.counters["copy_GB/s"] = copy_gbps;
-  state.counters["frac_of_copy"] = gbps / copy_gbps;
+  report_bytes(state, bytes, kernel_ms, roofline_gbps);
   state.counters["workspace_MB"] = static_cast<double>(ws_bytes) / 1e6;
   const char* pass_label[] = {" fwd+bwd", " fwd", " logprobs", " fwd+bwd in place"};
   const char* cfg_label[] = {"", " verl bypass + seq rejection (two passes)", " TRL luspo (two passes)"};
   state.SetLabel(std::string(cgrpo::cuda::LogitTraits<Logit>::name) + pass_label[static_cast<int>(pass)] + cfg_label[cfg]);
 
-  if (own_copy_dst) BENCH_CUDA(cudaFree(copy_dst));
-  if (pass == Pass::forward_backward) BENCH_CUDA(cudaFree(grad));
-  for (void* p : {static_cast<void*>(logits), static_cast<void*>(d_targets),
-                  static_cast<void*>(d_mask), static_cast<void*>(d_kinds), static_cast<void*>(d_adv),
-                  static_cast<void*>(d_old), static_cast<void*>(d_w_pg), static_cast<void*>(d_w_h),
-                  static_cast<void*>(d_rollout), static_cast<void*>(d_ref),
-                  static_cast<void*>(d_logp), static_cast<void*>(d_entropy), ws})
-    if (p) BENCH_CUDA(cudaFree(p));
+  device_free({logits, pass == Pass::forward_backward ? grad : nullptr, ws});
   BENCH_CUDA(cudaStreamDestroy(stream));
 }
 
@@ -264,20 +141,7 @@ void register_all() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int count = 0;
-  const cudaError_t err = cudaGetDeviceCount(&count);
-  if (err != cudaSuccess || count == 0) {
-    std::printf("SKIPPED: no CUDA device found (%s); no GPU benchmark ran\n",
-                err == cudaSuccess ? "0 devices" : cudaGetErrorString(err));
-    return 0;
-  }
-  cudaDeviceProp prop{};
-  BENCH_CUDA(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s, L2 %.0f MB, %.1f GiB\n", prop.name, prop.l2CacheSize / 1e6, prop.totalGlobalMem / 1073741824.0);
+  if (!bench::print_device_or_skip()) return 0;
   register_all();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return bench::run_benchmarks(argc, argv);
 }
