@@ -14,7 +14,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_reference import critique_grpo_loss, median_ms  # noqa: E402
+from torch_reference import (add_loss_args, critique_grpo_loss, import_torch_with_cuda, median_ms,  # noqa: E402
+                             paper_tokens)
 
 
 def parse_args():
@@ -24,13 +25,7 @@ def parse_args():
     p.add_argument("--dtypes", nargs="+", default=["bf16"], choices=["bf16", "fp16", "fp32"])
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7, help="timed runs; the median is reported")
-    p.add_argument("--response-length", type=int, default=1024)
-    p.add_argument("--gamma", type=float, default=0.1)
-    p.add_argument("--entropy-coef", type=float, default=0.001)
-    p.add_argument("--clip", choices=["none", "token"], default="none")
-    p.add_argument("--clip-eps", type=float, default=0.2)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--json", help="also write the rows as JSON to this file")
+    add_loss_args(p)
     return p.parse_args()
 
 
@@ -41,12 +36,7 @@ def run_case(torch, T, H, V, dtype_name, args):
     L = args.response_length
     h = ((torch.rand(T, H, device=dev, generator=g) * 2 - 1)).to(dtype).requires_grad_(True)
     W = ((torch.rand(V, H, device=dev, generator=g) * 2 - 1) * (9.0 / H ** 0.5)).to(dtype).requires_grad_(True)
-    targets = torch.randint(0, V, (T,), device=dev, generator=g)
-    pos = torch.arange(T, device=dev)
-    mask = (pos % L) < (L * 9 // 10)
-    refinement = ((pos // L) % 8) == 0
-    adv = torch.randn(T, device=dev, generator=g)
-    old_logp = -3.0 + 0.3 * torch.randn(T, device=dev, generator=g)
+    targets, mask, refinement, adv, old_logp = paper_tokens(torch, T, V, L, g)
 
     def fwd_bwd():
         h.grad = None
@@ -88,15 +78,9 @@ def fmt(x, spec):
 
 def main():
     args = parse_args()
-    try:
-        import torch
-    except ImportError:
-        print("SKIPPED: torch is not importable")
+    torch = import_torch_with_cuda()
+    if torch is None:
         return 0
-    if not torch.cuda.is_available():
-        print("SKIPPED: torch sees no CUDA device")
-        return 0
-    print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     rows = []
     for dtype_name in args.dtypes:
         for shape in args.shapes:

@@ -21,6 +21,12 @@ def parse_args():
     p.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp16", "fp32"])
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=15, help="timed runs; the median is reported")
+    add_loss_args(p)
+    return p.parse_args()
+
+
+def add_loss_args(p):
+    """The batch shape and loss options both reference scripts take, and --json."""
     p.add_argument("--response-length", type=int, default=1024)
     p.add_argument("--gamma", type=float, default=0.1)
     p.add_argument("--entropy-coef", type=float, default=0.001)
@@ -28,7 +34,6 @@ def parse_args():
     p.add_argument("--clip-eps", type=float, default=0.2)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--json", help="also write the rows as JSON to this file")
-    return p.parse_args()
 
 
 def critique_grpo_loss(torch, logits, targets, mask, refinement, adv, old_logp, args):
@@ -72,18 +77,40 @@ def median_ms(torch, fn, warmup, repeats):
     return statistics.median(times)
 
 
-def run_case(torch, T, V, dtype_name, args):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
-    dev = "cuda"
-    g = torch.Generator(device=dev).manual_seed(7)
-    L = args.response_length
-    logits = (torch.rand(T, V, device=dev, generator=g) * 8 - 4).to(dtype).requires_grad_(True)
+def paper_tokens(torch, T, V, L, g):
+    """Targets, mask (the last 10% of each response padding), refinement (1 response of each group
+    of 8), advantages and old log-probs of the paper's batch shape, drawn from generator g."""
+    dev = g.device
     targets = torch.randint(0, V, (T,), device=dev, generator=g)
     pos = torch.arange(T, device=dev)
     mask = (pos % L) < (L * 9 // 10)
     refinement = ((pos // L) % 8) == 0
     adv = torch.randn(T, device=dev, generator=g)
     old_logp = -3.0 + 0.3 * torch.randn(T, device=dev, generator=g)
+    return targets, mask, refinement, adv, old_logp
+
+
+def import_torch_with_cuda():
+    """torch, or None after printing why no benchmark runs (not importable, no CUDA device)."""
+    try:
+        import torch
+    except ImportError:
+        print("SKIPPED: torch is not importable")
+        return None
+    if not torch.cuda.is_available():
+        print("SKIPPED: torch sees no CUDA device")
+        return None
+    print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    return torch
+
+
+def run_case(torch, T, V, dtype_name, args):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(7)
+    L = args.response_length
+    logits = (torch.rand(T, V, device=dev, generator=g) * 8 - 4).to(dtype).requires_grad_(True)
+    targets, mask, refinement, adv, old_logp = paper_tokens(torch, T, V, L, g)
 
     def fwd_bwd():
         logits.grad = None
@@ -127,15 +154,9 @@ def fmt(x, spec):
 
 def main():
     args = parse_args()
-    try:
-        import torch
-    except ImportError:
-        print("SKIPPED: torch is not importable")
+    torch = import_torch_with_cuda()
+    if torch is None:
         return 0
-    if not torch.cuda.is_available():
-        print("SKIPPED: torch sees no CUDA device")
-        return 0
-    print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     rows = []
     for dtype_name in args.dtypes:
         for T in args.tokens:
