@@ -50,6 +50,27 @@ inline int& failures() {
     }                                                                                          \
   } while (0)
 
+// Addresses that are never dereferenced, for the host-API tests: validation must fail before any
+// device access.
+template <typename T>
+T* fake(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+// The per-token inputs of a 64-token batch over V = 1000 at fake addresses (the logits and the
+// outputs are the caller's).
+template <typename Logit>
+void set_fake_token_inputs(cgrpo::PolicyLossBatch<Logit, float>& b) {
+  b.num_tokens = 64;
+  b.vocab_size = 1000;
+  b.target_ids = fake<const int32_t>(0x20000000);
+  b.mask = fake<const uint8_t>(0x20010000);
+  b.advantages = fake<const float>(0x20020000);
+  b.old_logp = fake<const float>(0x20030000);
+  b.pg_weights = fake<const float>(0x20040000);
+  b.entropy_weights = fake<const float>(0x20050000);
+}
+
 // Returns true when a device is present; otherwise prints the skip line.
 inline bool have_cuda_device() {
   int count = 0;

@@ -12,10 +12,7 @@
 
 namespace {
 
-template <typename T>
-T* fake(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
+using gpu_test::fake;
 
 // A fake handle: every call below fails validation before the handle is used.
 cublasHandle_t fake_handle() { return reinterpret_cast<cublasHandle_t>(uintptr_t{0x40}); }
@@ -28,14 +25,7 @@ struct FakeCall {
   cgrpo::LossMetrics metrics;
   cgrpo::LinearChunking chunking;
   FakeCall() {
-    batch.num_tokens = 64;
-    batch.vocab_size = 1000;
-    batch.target_ids = fake<const int32_t>(0x20000000);
-    batch.mask = fake<const uint8_t>(0x20010000);
-    batch.advantages = fake<const float>(0x20020000);
-    batch.old_logp = fake<const float>(0x20030000);
-    batch.pg_weights = fake<const float>(0x20040000);
-    batch.entropy_weights = fake<const float>(0x20050000);
+    gpu_test::set_fake_token_inputs(batch);
     head.hidden = fake<const __nv_bfloat16>(0x10000000);
     head.hidden_size = 128;
     head.weight = fake<const __nv_bfloat16>(0x11000000);

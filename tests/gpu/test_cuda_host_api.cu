@@ -15,26 +15,13 @@ namespace {
 using namespace gpu_test;
 using cgrpo::LossConfig;
 
-// Addresses that are never dereferenced: validation must fail before any device access.
-template <typename T>
-T* fake(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
-
 struct FakeBatch {
   cgrpo::PolicyLossBatch<float, float> batch;
   cgrpo::PolicyLossOutputs<float, float> out;
   cgrpo::LossMetrics metrics;
   FakeBatch() {
     batch.logits = fake<const float>(0x10000000);
-    batch.num_tokens = 64;
-    batch.vocab_size = 1000;
-    batch.target_ids = fake<const int32_t>(0x20000000);
-    batch.mask = fake<const uint8_t>(0x20010000);
-    batch.advantages = fake<const float>(0x20020000);
-    batch.old_logp = fake<const float>(0x20030000);
-    batch.pg_weights = fake<const float>(0x20040000);
-    batch.entropy_weights = fake<const float>(0x20050000);
+    set_fake_token_inputs(batch);
     out.grad_logits = fake<float>(0x30000000);
     out.metrics = &metrics;
   }
