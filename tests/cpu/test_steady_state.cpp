@@ -143,6 +143,9 @@ std::vector<std::pair<std::string, LossConfig>> every_preset() {
   LossConfig off_policy_mask = cgrpo::trl_grpo();
   off_policy_mask.off_policy_mask_threshold = 0.5;
   out.emplace_back("trl_grpo + off_policy_mask_threshold 0.5", off_policy_mask);
+  LossConfig rejection = cgrpo::verl_decoupled(cgrpo::verl_grpo(), cgrpo::RolloutIsLevel::token);
+  if (!cgrpo::verl_rollout_rs("token_k1,seq_sum_k2", "0.5_2.0,1.0", &rejection.rollout).ok()) std::abort();
+  out.emplace_back("verl_decoupled(grpo, token) + token_k1, seq_sum_k2 rejection", rejection);
   LossConfig kl = cgrpo::verl_grpo();
   kl.kl = cgrpo::KlEstimator::k3;
   kl.kl_coef = 0.05;
