@@ -17,6 +17,7 @@
 
 #include "gpu_test_util.cuh"
 #include "host_emulation.cuh"
+#include "test_seed.hpp"
 #include "tolerance.hpp"
 #include "kernels/cgrpo_cuda.cuh"
 
@@ -1091,14 +1092,28 @@ void test_gradient_overflow(std::mt19937_64& rng) {
       spec.max_len = 10;
       spec.padded = true;  // T = 60
       spec.extreme_fraction = spec.neg_inf_fraction = 0.0;
-      std::vector<Logit> logits;
-      HostBatch hb = random_batch<Logit>(rng, spec, config, logits);
       const int64_t R = 33;  // sequence 3: initial tokens, whose a_t = -w A r does not vanish with p
-      hb.mask[R] = 1;
-      hb.w_pg[R] = 1.0;
-      // |dJ/dz_y| ~ |A| (1 - p_y) / tau: 4x the dtype's max, or 1e-3 of it.
-      hb.adv[R] = rounded_float((overflow ? 4.0 : 1e-3) * big * config.temperature);
-      const CpuResult cpu = run_cpu(config, hb);
+      std::vector<Logit> logits;
+      HostBatch hb;
+      CpuResult cpu;
+      // At tau = 0.01 row R is nearly one-hot: when its target is the row's max (about 1 draw in V),
+      // 1 - p_y ~ 0 and the exact gradient is far below the dtype's max. The overflow case redraws
+      // such batches until the float64 gradient of row R is past 2x the max; the redraws come from
+      // a generator of their own, so every later check sees the same draws as without them.
+      std::mt19937_64 redraws = test_seed::fresh_rng();
+      for (int attempt = 0; attempt < 100; ++attempt) {
+        logits.clear();
+        hb = random_batch<Logit>(attempt == 0 ? rng : redraws, spec, config, logits);
+        hb.mask[R] = 1;
+        hb.w_pg[R] = 1.0;
+        // |dJ/dz_y| ~ |A| (1 - p_y) / tau: 4x the dtype's max, or 1e-3 of it.
+        hb.adv[R] = rounded_float((overflow ? 4.0 : 1e-3) * big * config.temperature);
+        cpu = run_cpu(config, hb);
+        double row_max = 0;
+        for (int64_t v = 0; v < hb.V && cpu.status.ok(); ++v)
+          row_max = std::max(row_max, std::fabs(cpu.grad[R * hb.stride + v]));
+        if (!overflow || row_max >= 2 * big) break;
+      }
       const GpuResult<Logit> g = run_gpu<Logit>(config, hb, logits, mode, 0);
       char label[200];
       std::snprintf(label, sizeof(label), "[%s] gradient %s, %s", dtype_name<Logit>(),
