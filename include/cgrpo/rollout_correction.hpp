@@ -419,15 +419,18 @@ inline RolloutMetrics finalize_rollout_metrics(const RolloutBatchSums& s, const 
 //   is_weight[t]: the truncated IS weight min(u, T) (divided by the batch mean with
 //                 cfg.is_batch_normalize); left as is when cfg.is_level = none;
 //   keep[t]:      1 if every rejection option keeps the token (its row, for row options), else 0;
-// and *metrics, over the covered tokens and all num_rows rows. A null array is invalid_argument, a
+// and *metrics, over the covered tokens and all num_rows rows. A null array is invalid_argument (when a row holds a token), a
 // non-finite d non_finite naming the token; nothing is written then. The config is not validated
 // here (LossConfig::validate does it).
 template <typename RowBounds>
 Status rollout_correction(const RolloutCorrectionConfig& cfg, int64_t num_rows, const RowBounds& rows,
                           const uint8_t* mask, const double* train_logp, const double* rollout_logp, double* is_weight,
                           uint8_t* keep, RolloutMetrics* metrics) {
-  if (!metrics || (num_rows > 0 && (!mask || !train_logp || !rollout_logp || !keep ||
-                                    (cfg.is_level != RolloutIsLevel::none && !is_weight))))
+  // Rows without tokens read no array: the arrays may be null then (an empty batch).
+  bool any_tokens = false;
+  for (int64_t i = 0; i < num_rows && !any_tokens; ++i) any_tokens = rows.end(i) > rows.begin(i);
+  if (!metrics || (any_tokens && (!mask || !train_logp || !rollout_logp || !keep ||
+                                  (cfg.is_level != RolloutIsLevel::none && !is_weight))))
     return make_error(StatusCode::invalid_argument,
                       "rollout_correction: mask, train_logp, rollout_logp, keep, metrics (and is_weight when "
                       "is_level != none) must not be null");

@@ -221,7 +221,10 @@ Status sampler_correction(const LossConfig& config, int64_t num_rows, const RowB
                           const double* logp, const double* old_logp, const double* rollout_logp,
                           const double* advantages, double* factor, double* phi, SamplerMetrics* metrics,
                           const SamplerArrays* arrays = nullptr) {
-  if (config.sampler.mode != SamplerCorrectionMode::none && !rollout_logp)
+  // Rows without tokens read no array: rollout_logp may be null then (an empty batch).
+  bool any_tokens = false;
+  for (int64_t i = 0; i < num_rows && !any_tokens; ++i) any_tokens = rows.end(i) > rows.begin(i);
+  if (config.sampler.mode != SamplerCorrectionMode::none && !rollout_logp && any_tokens)
     return make_error(StatusCode::invalid_argument, "config.sampler needs rollout_logp (the sampler's log-probs)");
   const SamplerArrays out = arrays ? *arrays : SamplerArrays{};
   SamplerPartial<double> partial = sampler_partial_zero<double>();

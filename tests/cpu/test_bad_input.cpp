@@ -128,6 +128,53 @@ TEST_CASE("bad input: an empty batch still checks its layout and its overlaps", 
   CHECK(std::memcmp(memory, before, sizeof memory) == 0);
 }
 
+// Found by fuzz_fused_loss (CI seed 1): an empty batch (its arrays null, as validation allows) with
+// rows that hold no tokens was refused by every off-policy correction ("config.sampler needs
+// rollout_logp", rollout_correction's null arrays), although nothing is read. Every correction
+// mode, rows of zero tokens packed and padded, a fresh workspace each time: an empty loss.
+TEST_CASE("bad input: an empty batch of empty rows is an empty loss under every correction", "[errors]") {
+  std::vector<std::pair<std::string, cgrpo::LossConfig>> configs;
+  for (auto mode : {cgrpo::SamplerCorrectionMode::token_truncate, cgrpo::SamplerCorrectionMode::token_mask,
+                    cgrpo::SamplerCorrectionMode::sequence_truncate, cgrpo::SamplerCorrectionMode::sequence_mask}) {
+    cgrpo::LossConfig c = cgrpo::trl_grpo();
+    c.sampler = cgrpo::trl_vllm_importance_sampling();
+    c.sampler.mode = mode;
+    configs.emplace_back(std::string("trl_grpo + sampler ") + cgrpo::to_string(mode), c);
+  }
+  cgrpo::LossConfig opsm = cgrpo::trl_grpo();
+  opsm.off_policy_mask_threshold = 0.5;
+  configs.emplace_back("trl_grpo + off-policy mask", opsm);
+  configs.emplace_back("trl_vespo", cgrpo::trl_vespo());
+  configs.emplace_back("verl_decoupled token", cgrpo::verl_decoupled(cgrpo::verl_grpo(), cgrpo::RolloutIsLevel::token));
+  configs.emplace_back("verl_decoupled sequence", cgrpo::verl_decoupled(cgrpo::verl_grpo()));
+  cgrpo::LossConfig rejection = cgrpo::verl_decoupled(cgrpo::verl_grpo());
+  REQUIRE(cgrpo::verl_rollout_rs("token_k1,seq_sum_k2", "0.5_2.0,1.0", &rejection.rollout).ok());
+  configs.emplace_back("verl_decoupled + rejection", rejection);
+  configs.emplace_back("verl_bypass_reinforce", cgrpo::verl_bypass_reinforce());
+  configs.emplace_back("verl_kl_cov", cgrpo::verl_kl_cov());
+  configs.emplace_back("verl_clip_cov", cgrpo::verl_clip_cov());
+  const int64_t one_empty_row[2] = {0, 0}, three_empty_rows[4] = {0, 0, 0, 0};
+  for (const auto& named : configs) {
+    for (const auto& layout : {cgrpo::SequenceLayout::packed(1, one_empty_row),
+                               cgrpo::SequenceLayout::packed(3, three_empty_rows), cgrpo::SequenceLayout::padded(2, 0)}) {
+      INFO(named.first << ", " << layout.num_sequences << " empty rows");
+      cgrpo::PolicyLossBatch<float> b;
+      b.num_tokens = 0;
+      b.vocab_size = 3;
+      b.layout = layout;
+      cgrpo::LossMetrics metrics;
+      metrics.loss = kPoison;
+      cgrpo::PolicyLossOutputs<float> out;
+      out.metrics = &metrics;
+      const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(named.second, b, out);
+      INFO(s.message);
+      CHECK(s.ok());
+      CHECK(metrics.loss == 0);
+      CHECK(metrics.num_valid_tokens == 0);
+    }
+  }
+}
+
 TEST_CASE("bad input: values", "[errors]") {
   expect_error([](Cfg&, Batch& b, Out&) { const_cast<int32_t*>(b.target_ids)[3] = static_cast<int32_t>(b.vocab_size); },
                Code::out_of_range, "target_ids[3]");
