@@ -419,9 +419,9 @@ inline RolloutMetrics finalize_rollout_metrics(const RolloutBatchSums& s, const 
 //   is_weight[t]: the truncated IS weight min(u, T) (divided by the batch mean with
 //                 cfg.is_batch_normalize); left as is when cfg.is_level = none;
 //   keep[t]:      1 if every rejection option keeps the token (its row, for row options), else 0;
-// and *metrics, over the covered tokens and all num_rows rows. A null array is invalid_argument (when a row holds a token), a
-// non-finite d non_finite naming the token; nothing is written then. The config is not validated
-// here (LossConfig::validate does it).
+// and *metrics, over the covered tokens and all num_rows rows. A null array is invalid_argument when
+// a row holds a token (rows without tokens read none), a non-finite d non_finite naming the token;
+// nothing is written then. The config is not validated here (LossConfig::validate does it).
 template <typename RowBounds>
 Status rollout_correction(const RolloutCorrectionConfig& cfg, int64_t num_rows, const RowBounds& rows,
                           const uint8_t* mask, const double* train_logp, const double* rollout_logp, double* is_weight,
