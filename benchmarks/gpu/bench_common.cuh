@@ -16,13 +16,13 @@
 #include <random>
 #include <vector>
 
-#include <cgrpo/aggregation.hpp>
-#include <cgrpo/config.hpp>
-#include <cgrpo/layout.hpp>
-#include <cgrpo/policy_loss_batch.hpp>
-#include <cgrpo/status.hpp>
+#include <cgrpo/loss/aggregation.hpp>
+#include <cgrpo/loss/config.hpp>
+#include <cgrpo/base/layout.hpp>
+#include <cgrpo/loss/policy_loss_batch.hpp>
+#include <cgrpo/base/status.hpp>
 
-#include "kernels/cgrpo_cuda.cuh"
+#include "cgrpo/cuda/cgrpo_cuda.cuh"
 
 #define BENCH_CUDA(call)                                                                                      \
   do {                                                                                                        \

@@ -15,7 +15,7 @@
 #include <tuple>
 
 #include "bench_common.cuh"
-#include "kernels/fused_linear_policy_loss.cuh"
+#include "cgrpo/cuda/fused_linear_policy_loss.cuh"
 
 namespace {
 

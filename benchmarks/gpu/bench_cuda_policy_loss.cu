@@ -15,9 +15,9 @@
 
 #include <string>
 
-#include <cgrpo/trl_presets.hpp>
-#include <cgrpo/verl_options.hpp>
-#include <cgrpo/verl_presets.hpp>
+#include <cgrpo/presets/trl_presets.hpp>
+#include <cgrpo/presets/verl_options.hpp>
+#include <cgrpo/presets/verl_presets.hpp>
 
 #include "bench_common.cuh"
 

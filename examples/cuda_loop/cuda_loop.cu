@@ -21,7 +21,7 @@
 #include <random>
 #include <vector>
 
-#include "kernels/cgrpo_cuda.cuh"
+#include "cgrpo/cuda/cgrpo_cuda.cuh"
 
 namespace {
 

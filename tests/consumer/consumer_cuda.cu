@@ -1,6 +1,6 @@
 // tests/consumer/consumer_cuda.cu: compiles (and instantiates) the kernels through the installed cuda component.
 // Built only with -DCGRPO_CONSUMER_CUDA=ON. Without a GPU it reports the CUDA error the host API returned.
-#include "kernels/cgrpo_cuda.cuh"
+#include "cgrpo/cuda/cgrpo_cuda.cuh"
 
 #include <cstdio>
 

@@ -33,7 +33,7 @@ set(common -DCMAKE_CXX_COMPILER=${CXX_COMPILER} -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
 
 # 1. Install the headers and the package config.
 run(${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${prefix})
-foreach(f include/cgrpo/cgrpo.hpp include/cgrpo/parallel/vocab_parallel.hpp include/cgrpo/cuda/kernels/cgrpo_cuda.cuh
+foreach(f include/cgrpo/cgrpo.hpp include/cgrpo/parallel/vocab_parallel.hpp include/cgrpo/cuda/cgrpo_cuda.cuh
           include/cgrpo/torch/policy_loss.hpp include/cgrpo/torch/tensor_checks.hpp
           lib/cmake/cgrpo/cgrpoConfig.cmake lib/cmake/cgrpo/cgrpoConfigVersion.cmake
           lib/cmake/cgrpo/cgrpoTorchTargets.cmake)

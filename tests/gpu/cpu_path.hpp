@@ -5,11 +5,11 @@
 #include <cstdint>
 #include <vector>
 
-#include <cgrpo/aggregation.hpp>
-#include <cgrpo/config.hpp>
-#include <cgrpo/layout.hpp>
-#include <cgrpo/metrics.hpp>
-#include <cgrpo/status.hpp>
+#include <cgrpo/loss/aggregation.hpp>
+#include <cgrpo/loss/config.hpp>
+#include <cgrpo/base/layout.hpp>
+#include <cgrpo/loss/metrics.hpp>
+#include <cgrpo/base/status.hpp>
 
 namespace gpu_test {
 

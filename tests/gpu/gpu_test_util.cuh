@@ -15,9 +15,9 @@
 #include <random>
 #include <vector>
 
-#include <cgrpo/aggregation.hpp>
-#include <cgrpo/config.hpp>
-#include <cgrpo/policy_loss_batch.hpp>
+#include <cgrpo/loss/aggregation.hpp>
+#include <cgrpo/loss/config.hpp>
+#include <cgrpo/loss/policy_loss_batch.hpp>
 
 #include "cpu_path.hpp"
 

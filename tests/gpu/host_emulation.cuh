@@ -6,7 +6,7 @@
 #include <functional>
 #include <vector>
 
-#include "kernels/cgrpo_cuda.cuh"
+#include "cgrpo/cuda/cgrpo_cuda.cuh"
 
 namespace gpu_test {
 

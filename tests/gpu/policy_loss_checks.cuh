@@ -10,16 +10,16 @@
 #include <string>
 #include <vector>
 
-#include <cgrpo/entropy_mask.hpp>
-#include <cgrpo/trl_presets.hpp>
-#include <cgrpo/verl_options.hpp>
-#include <cgrpo/verl_presets.hpp>
+#include <cgrpo/corrections/entropy_mask.hpp>
+#include <cgrpo/presets/trl_presets.hpp>
+#include <cgrpo/presets/verl_options.hpp>
+#include <cgrpo/presets/verl_presets.hpp>
 
 #include "gpu_test_util.cuh"
 #include "host_emulation.cuh"
 #include "test_seed.hpp"
 #include "tolerance.hpp"
-#include "kernels/cgrpo_cuda.cuh"
+#include "cgrpo/cuda/cgrpo_cuda.cuh"
 
 namespace {
 

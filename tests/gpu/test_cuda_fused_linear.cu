@@ -8,7 +8,7 @@
 #include <cstring>
 #include <vector>
 
-#include "kernels/fused_linear_policy_loss.cuh"
+#include "cgrpo/cuda/fused_linear_policy_loss.cuh"
 #include "policy_loss_checks.cuh"
 #include "test_seed.hpp"
 

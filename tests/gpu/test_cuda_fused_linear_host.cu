@@ -4,9 +4,9 @@
 #include <cstring>
 #include <vector>
 
-#include <cgrpo/presets.hpp>
+#include <cgrpo/presets/presets.hpp>
 
-#include "kernels/fused_linear_policy_loss.cuh"
+#include "cgrpo/cuda/fused_linear_policy_loss.cuh"
 #include "policy_loss_checks.cuh"
 #include "test_seed.hpp"
 

@@ -4,11 +4,11 @@
 #include <string>
 #include <vector>
 
-#include <cgrpo/trl_presets.hpp>
-#include <cgrpo/verl_presets.hpp>
+#include <cgrpo/presets/trl_presets.hpp>
+#include <cgrpo/presets/verl_presets.hpp>
 
 #include "gpu_test_util.cuh"
-#include "kernels/cgrpo_cuda.cuh"
+#include "cgrpo/cuda/cgrpo_cuda.cuh"
 
 namespace {
 

@@ -1,4 +1,4 @@
-// tests/gpu/test_cuda_row_ops_host.cu: the kernels' per-thread row code (kernels/block_row_ops.cuh),
+// tests/gpu/test_cuda_row_ops_host.cu: the kernels' per-thread row code (cgrpo/cuda/block_row_ops.cuh),
 // run thread by thread on the host against a double reference: no GPU needed, no CUB reduction.
 #include <cmath>
 #include <cstring>
@@ -8,7 +8,7 @@
 #include "gpu_test_util.cuh"
 #include "test_seed.hpp"
 #include "tolerance.hpp"
-#include "kernels/block_row_ops.cuh"
+#include "cgrpo/cuda/block_row_ops.cuh"
 
 namespace {
 

@@ -9,19 +9,19 @@
 #include <type_traits>
 #include <vector>
 
-#include "cgrpo/config.hpp"
+#include "cgrpo/loss/config.hpp"
 #include "cgrpo/cpu/fused_policy_loss.hpp"
 #include "cgrpo/cpu/linear_gemm.hpp"
 #include "cgrpo/cpu/loss_passes.hpp"
 #include "cgrpo/cpu/parallel_for.hpp"
 #include "cgrpo/cpu/row_sweeps.hpp"
 #include "cgrpo/cpu/workspace_guard.hpp"
-#include "cgrpo/linear_head.hpp"
-#include "cgrpo/metrics.hpp"
-#include "cgrpo/no_throw.hpp"
-#include "cgrpo/policy_loss_batch.hpp"
-#include "cgrpo/status.hpp"
-#include "cgrpo/token_loss_bound.hpp"
+#include "cgrpo/loss/linear_head.hpp"
+#include "cgrpo/loss/metrics.hpp"
+#include "cgrpo/base/no_throw.hpp"
+#include "cgrpo/loss/policy_loss_batch.hpp"
+#include "cgrpo/base/status.hpp"
+#include "cgrpo/loss/token_loss_bound.hpp"
 
 namespace cgrpo::cpu {
 

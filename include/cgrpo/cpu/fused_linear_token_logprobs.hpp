@@ -7,9 +7,9 @@
 
 #include "cgrpo/cpu/fused_linear_policy_loss.hpp"
 #include "cgrpo/cpu/workspace_guard.hpp"
-#include "cgrpo/linear_head.hpp"
-#include "cgrpo/no_throw.hpp"
-#include "cgrpo/status.hpp"
+#include "cgrpo/loss/linear_head.hpp"
+#include "cgrpo/base/no_throw.hpp"
+#include "cgrpo/base/status.hpp"
 
 namespace cgrpo::cpu {
 

@@ -8,17 +8,17 @@
 #include <type_traits>
 #include <vector>
 
-#include "cgrpo/config.hpp"
+#include "cgrpo/loss/config.hpp"
 #include "cgrpo/cpu/loss_passes.hpp"
 #include "cgrpo/cpu/parallel_for.hpp"
 #include "cgrpo/cpu/row_sweeps.hpp"
 #include "cgrpo/cpu/thread_pool.hpp"
 #include "cgrpo/cpu/workspace_guard.hpp"
-#include "cgrpo/metrics.hpp"
-#include "cgrpo/no_throw.hpp"
-#include "cgrpo/policy_loss_batch.hpp"
-#include "cgrpo/status.hpp"
-#include "cgrpo/token_math.hpp"
+#include "cgrpo/loss/metrics.hpp"
+#include "cgrpo/base/no_throw.hpp"
+#include "cgrpo/loss/policy_loss_batch.hpp"
+#include "cgrpo/base/status.hpp"
+#include "cgrpo/math/token_math.hpp"
 
 namespace cgrpo::cpu {
 

@@ -7,19 +7,19 @@
 #include <cstdint>
 #include <vector>
 
-#include "cgrpo/config.hpp"
+#include "cgrpo/loss/config.hpp"
 #include "cgrpo/cpu/thread_pool.hpp"
 #include "cgrpo/cpu/workspace_guard.hpp"
-#include "cgrpo/entropy_mask.hpp"
-#include "cgrpo/layout.hpp"
-#include "cgrpo/loss_weights.hpp"
-#include "cgrpo/metrics.hpp"
-#include "cgrpo/policy_loss_batch.hpp"
-#include "cgrpo/rollout_correction.hpp"
-#include "cgrpo/sampler_correction.hpp"
-#include "cgrpo/status.hpp"
-#include "cgrpo/token_hash.hpp"
-#include "cgrpo/token_loss.hpp"
+#include "cgrpo/corrections/entropy_mask.hpp"
+#include "cgrpo/base/layout.hpp"
+#include "cgrpo/loss/loss_weights.hpp"
+#include "cgrpo/loss/metrics.hpp"
+#include "cgrpo/loss/policy_loss_batch.hpp"
+#include "cgrpo/corrections/rollout_correction.hpp"
+#include "cgrpo/corrections/sampler_correction.hpp"
+#include "cgrpo/base/status.hpp"
+#include "cgrpo/math/token_hash.hpp"
+#include "cgrpo/loss/token_loss.hpp"
 
 namespace cgrpo::cpu {
 

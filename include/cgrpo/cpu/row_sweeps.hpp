@@ -19,7 +19,7 @@
 #include <immintrin.h>
 #endif
 
-#include "cgrpo/token_math.hpp"
+#include "cgrpo/math/token_math.hpp"
 
 namespace cgrpo::cpu {
 

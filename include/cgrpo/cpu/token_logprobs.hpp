@@ -9,10 +9,10 @@
 #include "cgrpo/cpu/parallel_for.hpp"
 #include "cgrpo/cpu/row_sweeps.hpp"
 #include "cgrpo/cpu/workspace_guard.hpp"
-#include "cgrpo/no_throw.hpp"
-#include "cgrpo/policy_loss_batch.hpp"
-#include "cgrpo/status.hpp"
-#include "cgrpo/token_math.hpp"
+#include "cgrpo/base/no_throw.hpp"
+#include "cgrpo/loss/policy_loss_batch.hpp"
+#include "cgrpo/base/status.hpp"
+#include "cgrpo/math/token_math.hpp"
 
 namespace cgrpo::cpu {
 

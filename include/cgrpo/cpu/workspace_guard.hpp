@@ -4,7 +4,7 @@
 
 #include <atomic>
 
-#include "cgrpo/status.hpp"
+#include "cgrpo/base/status.hpp"
 
 namespace cgrpo::cpu {
 

@@ -6,15 +6,15 @@
 #include <cstdint>
 #include <vector>
 
-#include "cgrpo/advantages.hpp"
-#include "cgrpo/aggregation.hpp"
-#include "cgrpo/checked_size.hpp"
-#include "cgrpo/config.hpp"
+#include "cgrpo/advantages/group_advantages.hpp"
+#include "cgrpo/loss/aggregation.hpp"
+#include "cgrpo/base/checked_size.hpp"
+#include "cgrpo/loss/config.hpp"
 #include "cgrpo/critique/refinement_selection.hpp"
-#include "cgrpo/layout.hpp"
-#include "cgrpo/no_throw.hpp"
-#include "cgrpo/policy_loss_batch.hpp"
-#include "cgrpo/status.hpp"
+#include "cgrpo/base/layout.hpp"
+#include "cgrpo/base/no_throw.hpp"
+#include "cgrpo/loss/policy_loss_batch.hpp"
+#include "cgrpo/base/status.hpp"
 
 namespace cgrpo::critique {
 

@@ -6,8 +6,8 @@
 #include <utility>
 #include <vector>
 
-#include "cgrpo/no_throw.hpp"
-#include "cgrpo/status.hpp"
+#include "cgrpo/base/no_throw.hpp"
+#include "cgrpo/base/status.hpp"
 
 namespace cgrpo::critique {
 

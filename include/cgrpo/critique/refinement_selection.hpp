@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "cgrpo/no_throw.hpp"
-#include "cgrpo/status.hpp"
+#include "cgrpo/base/no_throw.hpp"
+#include "cgrpo/base/status.hpp"
 
 namespace cgrpo::critique {
 

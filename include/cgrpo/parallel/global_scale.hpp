@@ -4,10 +4,10 @@
 
 #include <cstdint>
 
-#include "cgrpo/aggregation.hpp"
-#include "cgrpo/buffer_overlap.hpp"
-#include "cgrpo/layout.hpp"
-#include "cgrpo/status.hpp"
+#include "cgrpo/loss/aggregation.hpp"
+#include "cgrpo/base/buffer_overlap.hpp"
+#include "cgrpo/base/layout.hpp"
+#include "cgrpo/base/status.hpp"
 
 namespace cgrpo::parallel {
 

@@ -5,10 +5,10 @@
 #include <cmath>
 #include <cstdint>
 
-#include "cgrpo/advantages.hpp"
-#include "cgrpo/buffer_overlap.hpp"
-#include "cgrpo/config.hpp"
-#include "cgrpo/status.hpp"
+#include "cgrpo/advantages/group_advantages.hpp"
+#include "cgrpo/base/buffer_overlap.hpp"
+#include "cgrpo/loss/config.hpp"
+#include "cgrpo/base/status.hpp"
 
 namespace cgrpo::parallel {
 

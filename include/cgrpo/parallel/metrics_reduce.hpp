@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "cgrpo/metrics.hpp"
+#include "cgrpo/loss/metrics.hpp"
 
 namespace cgrpo::parallel {
 

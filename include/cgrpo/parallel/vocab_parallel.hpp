@@ -8,17 +8,17 @@
 #include <limits>
 #include <vector>
 
-#include "cgrpo/buffer_overlap.hpp"
-#include "cgrpo/config.hpp"
+#include "cgrpo/base/buffer_overlap.hpp"
+#include "cgrpo/loss/config.hpp"
 #include "cgrpo/cpu/fused_policy_loss.hpp"
 #include "cgrpo/cpu/parallel_for.hpp"
 #include "cgrpo/cpu/row_sweeps.hpp"
 #include "cgrpo/cpu/workspace_guard.hpp"
-#include "cgrpo/metrics.hpp"
-#include "cgrpo/no_throw.hpp"
-#include "cgrpo/policy_loss_batch.hpp"
-#include "cgrpo/status.hpp"
-#include "cgrpo/token_math.hpp"
+#include "cgrpo/loss/metrics.hpp"
+#include "cgrpo/base/no_throw.hpp"
+#include "cgrpo/loss/policy_loss_batch.hpp"
+#include "cgrpo/base/status.hpp"
+#include "cgrpo/math/token_math.hpp"
 
 namespace cgrpo::parallel {
 

@@ -7,18 +7,18 @@
 #include <cstdint>
 #include <limits>
 
-#include "cgrpo/buffer_overlap.hpp"
-#include "cgrpo/config.hpp"
+#include "cgrpo/base/buffer_overlap.hpp"
+#include "cgrpo/loss/config.hpp"
 #include "cgrpo/cpu/fused_linear_policy_loss.hpp"
 #include "cgrpo/cpu/fused_policy_loss.hpp"
 #include "cgrpo/cpu/workspace_guard.hpp"
-#include "cgrpo/linear_head.hpp"
-#include "cgrpo/metrics.hpp"
-#include "cgrpo/no_throw.hpp"
+#include "cgrpo/loss/linear_head.hpp"
+#include "cgrpo/loss/metrics.hpp"
+#include "cgrpo/base/no_throw.hpp"
 #include "cgrpo/parallel/vocab_parallel.hpp"
-#include "cgrpo/policy_loss_batch.hpp"
-#include "cgrpo/status.hpp"
-#include "cgrpo/token_math.hpp"
+#include "cgrpo/loss/policy_loss_batch.hpp"
+#include "cgrpo/base/status.hpp"
+#include "cgrpo/math/token_math.hpp"
 
 namespace cgrpo::parallel {
 

@@ -1,0 +1,472 @@
+// cgrpo/corrections/rollout_correction.hpp: verl's rollout correction (rollout_corr_helper.py): truncated
+// importance weights and rejection masks from the training / rollout log ratio, and their metrics.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#include "cgrpo/loss/config.hpp"
+#include "cgrpo/base/macros.hpp"
+#include "cgrpo/base/status.hpp"
+#include "cgrpo/math/token_math.hpp"
+
+namespace cgrpo {
+
+// verl's rollout_corr metrics (names as verl logs them, without the "rollout_corr/" prefix), over
+// the tokens the correction covers and from the weights before truncation (docs/MATH.md, "Rollout
+// correction"). Filled when config.rollout.mode != none; zero otherwise (and when no token is covered).
+struct RolloutMetrics {
+  // IS weights (is_level != none). Token level: over covered tokens; sequence level: max, min and
+  // the fractions over all rows, from S_i.
+  double is_mean = 0, is_max = 0, is_min = 0, is_std = 0, is_eff_sample_size = 0;
+  double is_ratio_fraction_high = 0, is_ratio_fraction_low = 0;
+  double is_seq_mean = 0, is_seq_max = 0, is_seq_min = 0;  // of the row means sum_t u / (n_i + 1e-8), all rows
+  double is_batch_norm_factor = 0;  // is_batch_normalize: the divisor (1 when the mean is <= 1e-8); 0 when off
+  // Rejection (num_rejection_options > 0): all options together, then each option (rs_option[k] is
+  // config.rollout.rejection[k], logged by verl as rollout_rs_<statistic>_*).
+  double rs_masked_fraction = 0;      // rejected covered tokens / covered tokens
+  double rs_seq_masked_fraction = 0;  // rows with a rejected token / all rows
+  struct Option {
+    double mean = 0;                 // the statistic over covered tokens (a row statistic at each of its tokens)
+    double max = 0, min = 0;         // token options: over covered tokens; row options: over non-empty rows
+    double masked_fraction = 0;      // tokens this option rejects / covered tokens
+    double seq_masked_fraction = 0;  // non-empty rows with a token this option rejects / non-empty rows
+  } rs_option[RolloutCorrectionConfig::kMaxRejectionOptions];
+  // Off-policy diagnostics (always). "training" is old_logp (decoupled) or log p (bypass).
+  double kl = 0;          // mean of rollout - training
+  double k3_kl = 0;       // mean of e^d - d - 1 (d unclamped)
+  double chi2_token = 0;  // mean of exp(clamp(d))^2, minus 1
+  double chi2_seq = 0;    // mean over rows of exp(2 clamp(S_i)), minus 1
+  double training_ppl = 0, training_log_ppl = 0, rollout_ppl = 0, rollout_log_ppl = 0;  // means over rows
+  double log_ppl_diff = 0, log_ppl_abs_diff = 0, log_ppl_diff_max = 0, log_ppl_diff_min = 0, ppl_ratio = 0;
+};
+
+// ---------------------------------------------------------------------------
+// The per-token and per-row math, CGRPO_HD: a row's values are sums over its tokens (mergeable, so
+// a row may be split across threads), and the batch metrics are sums, maxima and minima over rows
+// and tokens (mergeable, so a GPU reduces them in any fixed order).
+
+constexpr double kRolloutLogBound = 20.0;  // verl's SAFETY_BOUND: log ratios are clamped to +-20 before exp
+constexpr int kRolloutMaxOptions = RolloutCorrectionConfig::kMaxRejectionOptions;
+
+// One rejection option as the math uses it: keep iff lower <= statistic <= upper.
+struct RejectionParams {
+  int scope;     // 0 token, 1 row sum, 2 row mean, 3 row max
+  int order;     // 1, 2 or 3: k1 = -e, k2 = e^2 / 2, k3 = e^e - 1 - e, e = clamp(d, +-20)
+  double lower;  // k1: log(lower threshold); k2 / k3: -inf
+  double upper;  // k1: log(upper threshold); k2 / k3: the threshold
+};
+
+// config.rollout with its thresholds in the form the math compares against (host-built, passed by
+// value to kernels).
+struct RolloutParams {
+  int is_level;               // RolloutIsLevel
+  double threshold;           // T
+  double threshold_lower;     // 1 / T (the metrics' lower bound)
+  double log_threshold, log_threshold_lower;
+  int num_options;
+  RejectionParams option[kRolloutMaxOptions];
+};
+
+inline RolloutParams rollout_params(const RolloutCorrectionConfig& c) {
+  RolloutParams p{};
+  p.is_level = static_cast<int>(c.is_level);
+  p.threshold = c.is_threshold;
+  p.threshold_lower = 1.0 / c.is_threshold;
+  p.log_threshold = ::log(p.threshold);
+  p.log_threshold_lower = ::log(p.threshold_lower);
+  p.num_options = c.num_rejection_options;
+  for (int k = 0; k < c.num_rejection_options; ++k) {
+    const int s = static_cast<int>(c.rejection[k].statistic);
+    RejectionParams& o = p.option[k];
+    // RejectionStatistic: token_k1..k3 = 0..2, seq_sum 3..5, seq_mean 6..8, seq_max_k2/k3 = 9, 10.
+    o.scope = s < 9 ? s / 3 : 3;
+    o.order = s < 9 ? s % 3 + 1 : s - 7;
+    if (o.order == 1) {
+      const double upper = c.rejection[k].upper;
+      const double lower = c.rejection[k].lower == 0 ? 1.0 / upper : c.rejection[k].lower;  // verl: lo = 1 / hi
+      o.lower = ::log(lower);
+      o.upper = ::log(upper);
+    } else {
+      o.lower = -INFINITY;
+      o.upper = c.rejection[k].upper;
+    }
+  }
+  return p;
+}
+
+// k1, k2 or k3 of e = clamp(d, +-20).
+CGRPO_HD double rejection_statistic(int order, double e) {
+  return order == 1 ? -e : order == 2 ? 0.5 * e * e : math::exp(e) - 1.0 - e;
+}
+
+// One row's sums over its covered tokens.
+struct RolloutRowSums {
+  double n;                        // covered tokens n_i
+  double sum_d;                    // S_i = sum d (unclamped)
+  double sum_k[3];                 // sums of k1, k2, k3 of e
+  double max_k[3];                 // maxima of k1, k2, k3 of e (-inf: no token)
+  double sum_u;                    // sum of exp(e): the untruncated token weights
+  double sum_train, sum_rollout;   // for the perplexities
+};
+
+CGRPO_HD RolloutRowSums rollout_row_sums_zero() {
+  RolloutRowSums s{};
+  for (int k = 0; k < 3; ++k) s.max_k[k] = -INFINITY;
+  return s;
+}
+
+CGRPO_HD void rollout_row_add(RolloutRowSums& s, double train, double rollout) {
+  const double d = train - rollout;
+  const double e = math::clamp(d, -kRolloutLogBound, kRolloutLogBound);
+  s.n += 1;
+  s.sum_d += d;
+  for (int k = 0; k < 3; ++k) {
+    const double v = rejection_statistic(k + 1, e);
+    s.sum_k[k] += v;
+    s.max_k[k] = math::max(s.max_k[k], v);
+  }
+  s.sum_u += math::exp(e);
+  s.sum_train += train;
+  s.sum_rollout += rollout;
+}
+
+CGRPO_HD RolloutRowSums rollout_row_sums_merge(const RolloutRowSums& a, const RolloutRowSums& b) {
+  RolloutRowSums s;
+  s.n = a.n + b.n;
+  s.sum_d = a.sum_d + b.sum_d;
+  for (int k = 0; k < 3; ++k) {
+    s.sum_k[k] = a.sum_k[k] + b.sum_k[k];
+    s.max_k[k] = math::max(a.max_k[k], b.max_k[k]);
+  }
+  s.sum_u = a.sum_u + b.sum_u;
+  s.sum_train = a.sum_train + b.sum_train;
+  s.sum_rollout = a.sum_rollout + b.sum_rollout;
+  return s;
+}
+
+// What a row decides for all its tokens: the sequence IS weight and each row option's statistic.
+struct RolloutRowValues {
+  double seq_u;                       // exp(clamp(S_i, +-20)), the untruncated sequence weight
+  double stat[kRolloutMaxOptions];    // row options: sum, mean (n_i + 1e-8) or max (0: empty row)
+};
+
+CGRPO_HD RolloutRowValues rollout_row_values(const RolloutParams& p, const RolloutRowSums& s) {
+  RolloutRowValues v{};
+  v.seq_u = math::exp(math::clamp(s.sum_d, -kRolloutLogBound, kRolloutLogBound));
+  for (int k = 0; k < p.num_options; ++k) {
+    const RejectionParams& o = p.option[k];
+    const int j = o.order - 1;
+    if (o.scope == 1) v.stat[k] = s.sum_k[j];
+    else if (o.scope == 2) v.stat[k] = s.sum_k[j] / (s.n + 1e-8);
+    else if (o.scope == 3) v.stat[k] = s.n > 0 ? s.max_k[j] : 0.0;
+  }
+  return v;
+}
+
+// One covered token's weight and rejection.
+struct RolloutTokenValues {
+  double d;                            // training - rollout
+  double u;                            // untruncated weight: exp(clamp(d)) or the row's exp(clamp(S_i))
+  double weight;                       // min(u, T), or 1 when is_level = none
+  double stat[kRolloutMaxOptions];     // each option's statistic at this token
+  uint8_t rejected_by;                 // bit k: option k rejects the token
+};
+
+CGRPO_HD RolloutTokenValues rollout_token(const RolloutParams& p, const RolloutRowValues& row, double train,
+                                          double rollout) {
+  RolloutTokenValues v{};
+  v.d = train - rollout;
+  const double e = math::clamp(v.d, -kRolloutLogBound, kRolloutLogBound);
+  v.u = p.is_level == static_cast<int>(RolloutIsLevel::sequence) ? row.seq_u : math::exp(e);
+  v.weight = p.is_level == static_cast<int>(RolloutIsLevel::none) ? 1.0 : math::min(v.u, p.threshold);
+  for (int k = 0; k < p.num_options; ++k) {
+    const RejectionParams& o = p.option[k];
+    v.stat[k] = o.scope == 0 ? rejection_statistic(o.order, e) : row.stat[k];
+    const bool keep = v.stat[k] >= o.lower && v.stat[k] <= o.upper;  // NaN rejects
+    if (!keep) v.rejected_by |= static_cast<uint8_t>(1u << k);
+  }
+  return v;
+}
+
+// The batch's metric sums. Counts are doubles so the struct reduces like MetricSums.
+struct RolloutBatchSums {
+  double tokens, rows, nonempty_rows;
+  // IS, from the untruncated u; uc = clamp(u, 1/T, T).
+  double u_sum, uc_sum, uc2_sum, u_above, u_below, u_max, u_min;
+  double row_u_sum, row_u_max, row_u_min;   // row means sum_t u / (n_i + 1e-8), all rows
+  double s_max, s_min, rows_above, rows_below;  // sequence level: S_i of all rows
+  double w_sum, w_row_sum;                  // truncated weights: token sum; sum over non-empty rows of row means
+  // Rejection.
+  double opt_stat_sum[kRolloutMaxOptions], opt_max[kRolloutMaxOptions], opt_min[kRolloutMaxOptions];
+  double opt_rejected[kRolloutMaxOptions], opt_rejected_rows[kRolloutMaxOptions];
+  double rejected, rejected_rows;
+  // Off-policy.
+  double neg_d_sum, k3_sum, rho2_sum, rho2_seq_sum;
+  double train_ppl_sum, train_log_ppl_sum, rollout_ppl_sum, rollout_log_ppl_sum;
+  double log_ppl_diff_sum, log_ppl_abs_diff_sum, log_ppl_diff_max, log_ppl_diff_min, ppl_ratio_sum;
+};
+
+CGRPO_HD RolloutBatchSums rollout_batch_sums_zero() {
+  RolloutBatchSums s{};
+  s.u_max = s.row_u_max = s.s_max = s.log_ppl_diff_max = -INFINITY;
+  s.u_min = s.row_u_min = s.s_min = s.log_ppl_diff_min = INFINITY;
+  for (int k = 0; k < kRolloutMaxOptions; ++k) {
+    s.opt_max[k] = -INFINITY;
+    s.opt_min[k] = INFINITY;
+  }
+  return s;
+}
+
+// Per-row tally of the token pass: how many of the row's tokens each option (and all together) rejects.
+struct RolloutRowTally {
+  double rejected_by[kRolloutMaxOptions];
+  double rejected;
+};
+
+CGRPO_HD void rollout_batch_add_token(RolloutBatchSums& s, const RolloutParams& p, const RolloutTokenValues& v,
+                                      RolloutRowTally& tally) {
+  s.tokens += 1;
+  if (p.is_level != static_cast<int>(RolloutIsLevel::none)) {
+    const double uc = math::clamp(v.u, p.threshold_lower, p.threshold);
+    s.u_sum += v.u;
+    s.uc_sum += uc;
+    s.uc2_sum += uc * uc;
+    s.u_above += v.u > p.threshold ? 1.0 : 0.0;
+    s.u_below += v.u < p.threshold_lower ? 1.0 : 0.0;
+    s.u_max = math::max(s.u_max, v.u);
+    s.u_min = math::min(s.u_min, v.u);
+    s.w_sum += v.weight;
+  }
+  for (int k = 0; k < p.num_options; ++k) {
+    s.opt_stat_sum[k] += v.stat[k];
+    if (p.option[k].scope == 0) {
+      s.opt_max[k] = math::max(s.opt_max[k], v.stat[k]);
+      s.opt_min[k] = math::min(s.opt_min[k], v.stat[k]);
+    }
+    const double r = (v.rejected_by >> k) & 1u ? 1.0 : 0.0;
+    s.opt_rejected[k] += r;
+    tally.rejected_by[k] += r;
+  }
+  const double r = v.rejected_by ? 1.0 : 0.0;
+  s.rejected += r;
+  tally.rejected += r;
+  const double e = math::clamp(v.d, -kRolloutLogBound, kRolloutLogBound);
+  s.neg_d_sum += -v.d;
+  s.k3_sum += math::exp(v.d) - v.d - 1.0;
+  s.rho2_sum += math::exp(e) * math::exp(e);
+}
+
+// Adds a row once its tokens are added (every row of the batch, empty ones included).
+CGRPO_HD void rollout_batch_add_row(RolloutBatchSums& s, const RolloutParams& p, const RolloutRowSums& r,
+                                    const RolloutRowValues& v, const RolloutRowTally& tally) {
+  const bool nonempty = r.n > 0;
+  s.rows += 1;
+  s.nonempty_rows += nonempty ? 1.0 : 0.0;
+  const double inv_n = 1.0 / (r.n + 1e-8);
+  if (p.is_level != static_cast<int>(RolloutIsLevel::none)) {
+    const bool seq = p.is_level == static_cast<int>(RolloutIsLevel::sequence);
+    const double row_u = (seq ? r.n * v.seq_u : r.sum_u) * inv_n;
+    s.row_u_sum += row_u;
+    s.row_u_max = math::max(s.row_u_max, row_u);
+    s.row_u_min = math::min(s.row_u_min, row_u);
+    s.s_max = math::max(s.s_max, r.sum_d);
+    s.s_min = math::min(s.s_min, r.sum_d);
+    s.rows_above += r.sum_d > p.log_threshold ? 1.0 : 0.0;
+    s.rows_below += r.sum_d < p.log_threshold_lower ? 1.0 : 0.0;
+    if (seq && nonempty) s.w_row_sum += r.n * math::min(v.seq_u, p.threshold) * inv_n;
+  }
+  for (int k = 0; k < p.num_options; ++k) {
+    if (p.option[k].scope != 0 && nonempty) {
+      s.opt_max[k] = math::max(s.opt_max[k], v.stat[k]);
+      s.opt_min[k] = math::min(s.opt_min[k], v.stat[k]);
+    }
+    s.opt_rejected_rows[k] += tally.rejected_by[k] > 0 ? 1.0 : 0.0;
+  }
+  s.rejected_rows += tally.rejected > 0 ? 1.0 : 0.0;
+  const double e_sum = math::clamp(r.sum_d, -kRolloutLogBound, kRolloutLogBound);
+  s.rho2_seq_sum += math::exp(2.0 * e_sum);
+  const double mean_train = r.sum_train * inv_n, mean_rollout = r.sum_rollout * inv_n;
+  const double diff = mean_rollout - mean_train;
+  s.train_ppl_sum += math::exp(-mean_train);
+  s.train_log_ppl_sum += -mean_train;
+  s.rollout_ppl_sum += math::exp(-mean_rollout);
+  s.rollout_log_ppl_sum += -mean_rollout;
+  s.log_ppl_diff_sum += diff;
+  s.log_ppl_abs_diff_sum += math::abs(diff);
+  s.log_ppl_diff_max = math::max(s.log_ppl_diff_max, diff);
+  s.log_ppl_diff_min = math::min(s.log_ppl_diff_min, diff);
+  s.ppl_ratio_sum += math::exp(diff);
+}
+
+CGRPO_HD RolloutBatchSums rollout_batch_sums_merge(const RolloutBatchSums& a, const RolloutBatchSums& b) {
+  RolloutBatchSums s = a;
+  s.tokens += b.tokens;
+  s.rows += b.rows;
+  s.nonempty_rows += b.nonempty_rows;
+  s.u_sum += b.u_sum;
+  s.uc_sum += b.uc_sum;
+  s.uc2_sum += b.uc2_sum;
+  s.u_above += b.u_above;
+  s.u_below += b.u_below;
+  s.u_max = math::max(a.u_max, b.u_max);
+  s.u_min = math::min(a.u_min, b.u_min);
+  s.row_u_sum += b.row_u_sum;
+  s.row_u_max = math::max(a.row_u_max, b.row_u_max);
+  s.row_u_min = math::min(a.row_u_min, b.row_u_min);
+  s.s_max = math::max(a.s_max, b.s_max);
+  s.s_min = math::min(a.s_min, b.s_min);
+  s.rows_above += b.rows_above;
+  s.rows_below += b.rows_below;
+  s.w_sum += b.w_sum;
+  s.w_row_sum += b.w_row_sum;
+  for (int k = 0; k < kRolloutMaxOptions; ++k) {
+    s.opt_stat_sum[k] += b.opt_stat_sum[k];
+    s.opt_max[k] = math::max(a.opt_max[k], b.opt_max[k]);
+    s.opt_min[k] = math::min(a.opt_min[k], b.opt_min[k]);
+    s.opt_rejected[k] += b.opt_rejected[k];
+    s.opt_rejected_rows[k] += b.opt_rejected_rows[k];
+  }
+  s.rejected += b.rejected;
+  s.rejected_rows += b.rejected_rows;
+  s.neg_d_sum += b.neg_d_sum;
+  s.k3_sum += b.k3_sum;
+  s.rho2_sum += b.rho2_sum;
+  s.rho2_seq_sum += b.rho2_seq_sum;
+  s.train_ppl_sum += b.train_ppl_sum;
+  s.train_log_ppl_sum += b.train_log_ppl_sum;
+  s.rollout_ppl_sum += b.rollout_ppl_sum;
+  s.rollout_log_ppl_sum += b.rollout_log_ppl_sum;
+  s.log_ppl_diff_sum += b.log_ppl_diff_sum;
+  s.log_ppl_abs_diff_sum += b.log_ppl_abs_diff_sum;
+  s.log_ppl_diff_max = math::max(a.log_ppl_diff_max, b.log_ppl_diff_max);
+  s.log_ppl_diff_min = math::min(a.log_ppl_diff_min, b.log_ppl_diff_min);
+  s.ppl_ratio_sum += b.ppl_ratio_sum;
+  return s;
+}
+
+// verl's rollout_is_batch_normalize divisor: the mean truncated weight over covered tokens (token
+// level) or over the non-empty rows' mean weights (sequence level); 1 when that mean is <= 1e-8.
+// CGRPO_HD: the CUDA row pass divides the weights by it on the device.
+CGRPO_HD double rollout_batch_norm_factor(const RolloutBatchSums& s, const RolloutParams& p) {
+  const double mean = p.is_level == static_cast<int>(RolloutIsLevel::sequence)
+                          ? s.w_row_sum / (s.nonempty_rows > 1e-8 ? s.nonempty_rows : 1e-8)
+                          : s.w_sum / (s.tokens + 1e-8);
+  return mean > 1e-8 ? mean : 1.0;
+}
+
+// verl's means divide by the count + 1e-8 (masked_mean) over tokens, exactly by the count over rows.
+inline RolloutMetrics finalize_rollout_metrics(const RolloutBatchSums& s, const RolloutParams& p, bool batch_normalize) {
+  RolloutMetrics m;
+  if (s.tokens <= 0) return m;  // nothing covered (verl raises here)
+  const double n_eps = s.tokens + 1e-8;
+  const double rows = s.rows > 0 ? s.rows : 1.0;
+  if (p.is_level != static_cast<int>(RolloutIsLevel::none)) {
+    const bool seq = p.is_level == static_cast<int>(RolloutIsLevel::sequence);
+    m.is_mean = s.u_sum / n_eps;
+    m.is_max = seq ? ::exp(s.s_max < kRolloutLogBound ? s.s_max : kRolloutLogBound) : s.u_max;
+    m.is_min = seq ? ::exp(s.s_min) : s.u_min;
+    const double mean_uc = s.uc_sum / n_eps;
+    if (s.tokens > 1) {
+      const double var = s.uc2_sum / n_eps - mean_uc * mean_uc;
+      m.is_std = ::sqrt(var > 0 ? var : 0.0);
+    }
+    const double norm = mean_uc + 1e-8;
+    m.is_eff_sample_size = 1.0 / (s.uc2_sum / (norm * norm) / n_eps);
+    m.is_ratio_fraction_high = seq ? s.rows_above / rows : s.u_above / n_eps;
+    m.is_ratio_fraction_low = seq ? s.rows_below / rows : s.u_below / n_eps;
+    m.is_seq_mean = s.row_u_sum / rows;
+    m.is_seq_max = s.row_u_max;
+    m.is_seq_min = s.row_u_min;
+    if (batch_normalize) m.is_batch_norm_factor = rollout_batch_norm_factor(s, p);
+  }
+  if (p.num_options > 0) {
+    for (int k = 0; k < p.num_options; ++k) {
+      RolloutMetrics::Option& o = m.rs_option[k];
+      o.mean = s.opt_stat_sum[k] / n_eps;
+      o.max = s.opt_max[k] == -INFINITY ? 0.0 : s.opt_max[k];
+      o.min = s.opt_min[k] == INFINITY ? 0.0 : s.opt_min[k];
+      o.masked_fraction = s.opt_rejected[k] / n_eps;
+      o.seq_masked_fraction = s.nonempty_rows > 0 ? s.opt_rejected_rows[k] / s.nonempty_rows : 0.0;
+    }
+    m.rs_masked_fraction = s.rejected / n_eps;
+    m.rs_seq_masked_fraction = s.rejected_rows / rows;
+  }
+  m.kl = s.neg_d_sum / n_eps;
+  m.k3_kl = s.k3_sum / n_eps;
+  m.chi2_token = s.rho2_sum / n_eps - 1.0;
+  m.chi2_seq = s.rho2_seq_sum / rows - 1.0;
+  m.training_ppl = s.train_ppl_sum / rows;
+  m.training_log_ppl = s.train_log_ppl_sum / rows;
+  m.rollout_ppl = s.rollout_ppl_sum / rows;
+  m.rollout_log_ppl = s.rollout_log_ppl_sum / rows;
+  m.log_ppl_diff = s.log_ppl_diff_sum / rows;
+  m.log_ppl_abs_diff = s.log_ppl_abs_diff_sum / rows;
+  m.log_ppl_diff_max = s.log_ppl_diff_max;
+  m.log_ppl_diff_min = s.log_ppl_diff_min;
+  m.ppl_ratio = s.ppl_ratio_sum / rows;
+  return m;
+}
+
+// ---------------------------------------------------------------------------
+// The host pre-pass (the CPU path calls it once per batch, after the log-prob pass).
+//
+// rows.count() == num_rows rows; row i owns token rows [rows.begin(i), rows.end(i)). `mask` marks
+// the tokens the correction covers (the valid initial tokens). For every row, d_t = train_logp_t -
+// rollout_logp_t at its covered tokens (train_logp: old_logp in decoupled mode, the current log p in
+// bypass mode; arrays [T], read only where mask is 1). Writes, where mask is 1 (elsewhere both are
+// left as they are):
+//   is_weight[t]: the truncated IS weight min(u, T) (divided by the batch mean with
+//                 cfg.is_batch_normalize); left as is when cfg.is_level = none;
+//   keep[t]:      1 if every rejection option keeps the token (its row, for row options), else 0;
+// and *metrics, over the covered tokens and all num_rows rows. A null array is invalid_argument when
+// a row holds a token (rows without tokens read none), a non-finite d non_finite naming the token;
+// nothing is written then. The config is not validated here (LossConfig::validate does it).
+template <typename RowBounds>
+Status rollout_correction(const RolloutCorrectionConfig& cfg, int64_t num_rows, const RowBounds& rows,
+                          const uint8_t* mask, const double* train_logp, const double* rollout_logp, double* is_weight,
+                          uint8_t* keep, RolloutMetrics* metrics) {
+  // Rows without tokens read no array: the arrays may be null then (an empty batch).
+  bool any_tokens = false;
+  for (int64_t i = 0; i < num_rows && !any_tokens; ++i) any_tokens = rows.end(i) > rows.begin(i);
+  if (!metrics || (any_tokens && (!mask || !train_logp || !rollout_logp || !keep ||
+                                  (cfg.is_level != RolloutIsLevel::none && !is_weight))))
+    return make_error(StatusCode::invalid_argument,
+                      "rollout_correction: mask, train_logp, rollout_logp, keep, metrics (and is_weight when "
+                      "is_level != none) must not be null");
+  for (int64_t i = 0; i < num_rows; ++i)
+    for (int64_t t = rows.begin(i); t < rows.end(i); ++t)
+      if (mask[t] && !isfinite(train_logp[t] - rollout_logp[t]))
+        return make_error(StatusCode::non_finite,
+                          "rollout correction: token %lld has a non-finite log ratio (training %g, rollout_logp %g)",
+                          static_cast<long long>(t), train_logp[t], rollout_logp[t]);
+  const RolloutParams p = rollout_params(cfg);
+  const bool weighted = cfg.is_level != RolloutIsLevel::none;
+  RolloutBatchSums sums = rollout_batch_sums_zero();
+  for (int64_t i = 0; i < num_rows; ++i) {
+    const int64_t begin = rows.begin(i), end = rows.end(i);
+    RolloutRowSums r = rollout_row_sums_zero();
+    for (int64_t t = begin; t < end; ++t)
+      if (mask[t]) rollout_row_add(r, train_logp[t], rollout_logp[t]);
+    const RolloutRowValues v = rollout_row_values(p, r);
+    RolloutRowTally tally{};
+    for (int64_t t = begin; t < end; ++t) {
+      if (!mask[t]) continue;
+      const RolloutTokenValues tok = rollout_token(p, v, train_logp[t], rollout_logp[t]);
+      if (weighted) is_weight[t] = tok.weight;
+      keep[t] = tok.rejected_by ? 0 : 1;
+      rollout_batch_add_token(sums, p, tok, tally);
+    }
+    rollout_batch_add_row(sums, p, r, v, tally);
+  }
+  if (weighted && cfg.is_batch_normalize) {
+    const double factor = rollout_batch_norm_factor(sums, p);
+    for (int64_t i = 0; i < num_rows; ++i)
+      for (int64_t t = rows.begin(i); t < rows.end(i); ++t)
+        if (mask[t]) is_weight[t] /= factor;
+  }
+  *metrics = finalize_rollout_metrics(sums, p, weighted && cfg.is_batch_normalize);
+  return Status::success();
+}
+
+}  // namespace cgrpo
