@@ -6,7 +6,7 @@
 
 int main() {
   // An empty batch: validation passes, then the status word is cleared on the device.
-  cgrpo::LossConfig config = cgrpo::paper_critique_grpo();
+  cgrpo::LossConfig config = cgrpo::paper_critique_grpo().loss;
   cgrpo::PolicyLossBatch<float, float> batch;
   batch.vocab_size = 8;
   cgrpo::LossMetrics metrics;

@@ -7,12 +7,41 @@
 #include <vector>
 
 #include "cgrpo/base/buffer_overlap.hpp"
-#include "cgrpo/loss/config.hpp"
 #include "cgrpo/base/layout.hpp"
 #include "cgrpo/base/no_throw.hpp"
 #include "cgrpo/base/status.hpp"
 
 namespace cgrpo {
+
+// How one scalar advantage per response is computed from the rewards of its group.
+enum class AdvantageEstimator : int {
+  grpo = 0,                   // (R - mean_g) / (std_g + eps), std unbiased
+  grpo_no_std = 1,            // R - mean_g (Dr. GRPO, the paper's released runs, TRL scale_rewards=none)
+  rloo = 2,                   // n/(n-1) * (R - mean_g)
+  reinforce_pp_baseline = 3,  // R - mean_g, then whitened over the batch's valid tokens
+  grpo_batch_std = 4,         // (R - mean_g) / (std_batch + eps): TRL scale_rewards=batch
+};
+inline constexpr int kNumAdvantageEstimators = 5;
+
+inline const char* to_string(AdvantageEstimator e) {
+  switch (e) {
+    case AdvantageEstimator::grpo: return "grpo";
+    case AdvantageEstimator::grpo_no_std: return "grpo_no_std";
+    case AdvantageEstimator::rloo: return "rloo";
+    case AdvantageEstimator::reinforce_pp_baseline: return "reinforce_pp_baseline";
+    case AdvantageEstimator::grpo_batch_std: return "grpo_batch_std";
+  }
+  return "unknown";
+}
+
+// The advantage settings of a recipe (presets give them beside the loss config).
+struct AdvantageConfig {
+  AdvantageEstimator estimator = AdvantageEstimator::grpo_no_std;  // the paper's released runs
+  double eps = 1e-6;               // grpo / grpo_batch_std: (std + eps) (verl 1e-6, TRL 1e-4)
+  double whiten_eps = 1e-8;        // reinforce_pp_baseline: rsqrt(var + whiten_eps)
+  double whiten_count_eps = 0.0;   // reinforce_pp_baseline: the whitening's mean and variance divide
+                                   // by N + this (verl's masked_whiten: 1e-8; exact: 0)
+};
 
 // Threads: the functions here keep no state; calls may run at the same time (inputs may be
 // shared, an output may not).
@@ -56,18 +85,22 @@ inline Status group_ids_from_offsets(int64_t num_groups, const int64_t* group_of
 namespace detail {
 template <typename Real>
 Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& groups, const Real* rewards,
-                        const int64_t* token_counts, double eps, Real* advantages, double whiten_eps) {
+                        const int64_t* token_counts, double eps, Real* advantages, double whiten_eps,
+                        double whiten_count_eps) {
   const int64_t n = groups.num_responses;
   if (n < 0 || groups.num_groups < 0)
     return make_error(StatusCode::invalid_argument, "group_advantages: negative sizes");
   // The arguments are checked even for an empty batch, as group_advantages_from_stats does.
-  if (static_cast<unsigned>(estimator) > 4u)
+  if (static_cast<unsigned>(estimator) >= static_cast<unsigned>(kNumAdvantageEstimators))
     return make_error(StatusCode::invalid_argument, "group_advantages: unknown estimator %d", static_cast<int>(estimator));
   if (!std::isfinite(eps) || eps < 0)
     return make_error(StatusCode::invalid_argument, "group_advantages: eps must be finite and >= 0, got %g", eps);
   if (!std::isfinite(whiten_eps) || whiten_eps < 0)
     return make_error(StatusCode::invalid_argument, "group_advantages: whiten_eps must be finite and >= 0, got %g",
                       whiten_eps);
+  if (!std::isfinite(whiten_count_eps) || whiten_count_eps < 0)
+    return make_error(StatusCode::invalid_argument,
+                      "group_advantages: whiten_count_eps must be finite and >= 0, got %g", whiten_count_eps);
   if (n == 0) return Status::success();
   if (!rewards || !groups.group_ids || !advantages)
     return make_error(StatusCode::invalid_argument, "group_advantages: rewards, group_ids and advantages must not be null");
@@ -176,13 +209,14 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
     if (tokens < 2)
       return make_error(StatusCode::invalid_argument,
                         "reinforce_pp_baseline whitening needs at least 2 valid tokens in the batch, got %g", tokens);
-    const double mu = sum / tokens;
+    // verl's masked_whiten: masked means divide by N + 1e-8 (whiten_count_eps), then Bessel's N / (N - 1).
+    const double mu = sum / (tokens + whiten_count_eps);
     double var = 0;
     for (int64_t i = 0; i < n; ++i) {
       const double d = result[i] - mu;
       var += static_cast<double>(token_counts[i]) * d * d;
     }
-    var = var / tokens * (tokens / (tokens - 1));
+    var = var / (tokens + whiten_count_eps) * (tokens / (tokens - 1));
     const double inv_std = 1.0 / std::sqrt(var + whiten_eps);
     for (int64_t i = 0; i < n; ++i) result[i] = (result[i] - mu) * inv_std;
   }
@@ -205,7 +239,8 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
 //   rloo:        n/(n-1) (R - mean_g) for n > 1, else R
 //   reinforce_pp_baseline: R - mean_g, then whitened over the valid tokens of the
 //                batch (token_counts[i] valid tokens per response; masked mean and
-//                unbiased masked variance, rsqrt(var + whiten_eps) as verl's masked_whiten)
+//                unbiased masked variance, rsqrt(var + whiten_eps) as verl's masked_whiten;
+//                whiten_count_eps is verl's 1e-8 in the masked means' counts)
 //   grpo_batch_std: (R - mean_g) / (std_batch + eps), std_batch the unbiased std of all the
 //                batch's rewards (TRL scale_rewards="batch"; a one-member group gets 0)
 // A group whose rewards are all equal gets A = 0 under grpo and grpo_no_std.
@@ -213,10 +248,20 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
 // not share memory with the inputs. O(num_groups) scratch: a failed allocation is out_of_memory.
 template <typename Real>
 Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& groups, const Real* rewards,
-                        const int64_t* token_counts, double eps, Real* advantages, double whiten_eps = 1e-8) {
+                        const int64_t* token_counts, double eps, Real* advantages, double whiten_eps = 1e-8,
+                        double whiten_count_eps = 0.0) {
   return no_throw("group_advantages", [&] {
-    return detail::group_advantages(estimator, groups, rewards, token_counts, eps, advantages, whiten_eps);
+    return detail::group_advantages(estimator, groups, rewards, token_counts, eps, advantages, whiten_eps,
+                                    whiten_count_eps);
   });
+}
+
+// The same, with a recipe's advantage settings (presets: Recipe::advantage).
+template <typename Real>
+Status group_advantages(const AdvantageConfig& config, const GroupAssignment& groups, const Real* rewards,
+                        const int64_t* token_counts, Real* advantages) {
+  return group_advantages(config.estimator, groups, rewards, token_counts, config.eps, advantages, config.whiten_eps,
+                          config.whiten_count_eps);
 }
 
 // Copies one advantage per response onto each of its token rows. Errors (nothing written): a

@@ -13,6 +13,24 @@
 
 namespace cgrpo {
 
+// The entropy mask concern of the loss config (TRL's top_entropy_quantile).
+struct EntropyMaskConfig {
+  double top_quantile = 1.0;      // < 1 trains the policy term only on tokens whose H is at or above the
+                                  // (1 - this) quantile of the batch's valid H (1: off)
+  bool count_all_tokens = false;  // TRL dapo / cispo / vespo: the entropy term still divides by every
+                                  // valid token
+};
+
+inline bool entropy_mask_on(const EntropyMaskConfig& c) { return c.top_quantile < 1; }
+
+inline Status check_entropy_mask(const EntropyMaskConfig& c) {
+  if (!(c.top_quantile >= 0 && c.top_quantile <= 1))
+    return make_error(StatusCode::invalid_argument,
+                      "config.entropy_mask.top_quantile must be in [0, 1] (1: off; 0 keeps the highest H only), got %g",
+                      c.top_quantile);
+  return Status::success();
+}
+
 // Threads: no state; calls may run at the same time (inputs may be shared, an output may not).
 
 // torch.quantile(values, q) (linear interpolation between the two order statistics around
@@ -44,7 +62,7 @@ bool top_entropy_threshold(int64_t num_tokens, const uint8_t* mask, const Real* 
 }
 
 // keep[t] = 1 where mask[t] is 1 and H_t >= Q (top_entropy_threshold), else 0: the mask the fused
-// loss applies to the policy term when config.top_entropy_quantile < 1. top_quantile in [0, 1]
+// loss applies to the policy term when config.entropy_mask.top_quantile < 1. top_quantile in [0, 1]
 // (0 keeps the tokens at the maximum H; 1 keeps every valid token). Errors (nothing written):
 // null arrays, a mask value other than 0 / 1, a non-finite H at a valid token, keep sharing
 // memory with an input.

@@ -5,12 +5,192 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "cgrpo/loss/config.hpp"
+#include <cmath>
+
 #include "cgrpo/base/macros.hpp"
 #include "cgrpo/base/status.hpp"
+#include "cgrpo/base/variant_table.hpp"
 #include "cgrpo/math/token_math.hpp"
 
 namespace cgrpo {
+
+// ---------------------------------------------------------------------------
+// The modes, one struct each with its traits, and their tables.
+
+struct RolloutModeTraits {
+  const char* name;
+  bool reads_current_logp;  // d is taken against the current log p (the pass needs every token's first)
+  bool rejection_all_terms; // a rejected token leaves every term (policy, entropy, KL) and their
+                            // denominators; false: the policy term only
+};
+
+struct NoRolloutCorrection {
+  static constexpr RolloutModeTraits traits() { return RolloutModeTraits{"none", false, false}; }
+};
+// Decoupled (compute_rollout_correction_and_add_to_batch): d = old - rollout; the policy loss is
+// multiplied by the IS weight and every term aggregates over the kept mask.
+struct DecoupledRolloutCorrection {
+  static constexpr RolloutModeTraits traits() { return RolloutModeTraits{"decoupled", false, true}; }
+};
+// Bypass (compute_policy_loss_bypass_mode): old = rollout; d = sg(logp) - rollout; the policy term
+// (ppo_clip without IS factor, or reinforce with it) aggregates over the kept mask.
+struct BypassRolloutCorrection {
+  static constexpr RolloutModeTraits traits() { return RolloutModeTraits{"bypass", true, false}; }
+};
+
+#define CGRPO_ROLLOUT_MODES(X)             \
+  X(none, NoRolloutCorrection)             \
+  X(decoupled, DecoupledRolloutCorrection) \
+  X(bypass, BypassRolloutCorrection)
+
+enum class RolloutCorrectionMode : int { CGRPO_ROLLOUT_MODES(CGRPO_VARIANT_ENUM_ENTRY) };
+inline constexpr int kNumRolloutModes = 0 CGRPO_ROLLOUT_MODES(CGRPO_VARIANT_COUNT_ENTRY);
+
+inline constexpr RolloutModeTraits traits_of(RolloutCorrectionMode m) {
+  switch (m) {
+#define CGRPO_TRAITS_CASE(name, Type) \
+  case RolloutCorrectionMode::name: return Type::traits();
+    CGRPO_ROLLOUT_MODES(CGRPO_TRAITS_CASE)
+#undef CGRPO_TRAITS_CASE
+  }
+  return RolloutModeTraits{"unknown", false, false};
+}
+inline const char* to_string(RolloutCorrectionMode m) { return traits_of(m).name; }
+
+// The IS weight's level.
+struct NoRolloutIs {
+  static constexpr const char* name() { return "none"; }
+};
+// w_t = min(exp(clamp(d_t, -20, 20)), threshold).
+struct TokenRolloutIs {
+  static constexpr const char* name() { return "token"; }
+};
+// w_t = min(exp(clamp(sum_i d, -20, 20)), threshold) at every token of row i.
+struct SequenceRolloutIs {
+  static constexpr const char* name() { return "sequence"; }
+};
+
+#define CGRPO_ROLLOUT_IS_LEVELS(X) \
+  X(none, NoRolloutIs)             \
+  X(token, TokenRolloutIs)         \
+  X(sequence, SequenceRolloutIs)
+
+enum class RolloutIsLevel : int { CGRPO_ROLLOUT_IS_LEVELS(CGRPO_VARIANT_ENUM_ENTRY) };
+inline constexpr int kNumRolloutIsLevels = 0 CGRPO_ROLLOUT_IS_LEVELS(CGRPO_VARIANT_COUNT_ENTRY);
+
+inline const char* to_string(RolloutIsLevel l) {
+  switch (l) {
+#define CGRPO_NAME_CASE(id, Type) \
+  case RolloutIsLevel::id: return Type::name();
+    CGRPO_ROLLOUT_IS_LEVELS(CGRPO_NAME_CASE)
+#undef CGRPO_NAME_CASE
+  }
+  return "unknown";
+}
+
+// One rejection statistic: k1 = -d, k2 = d^2 / 2 or k3 = e^d - 1 - d (d clamped to +-20), per
+// token or per row (sum, mean or max over the row's valid tokens). X(name, scope, order):
+// scope 0 token, 1 row sum, 2 row mean, 3 row max.
+#define CGRPO_REJECTION_STATISTICS(X) \
+  X(token_k1, 0, 1)                   \
+  X(token_k2, 0, 2)                   \
+  X(token_k3, 0, 3)                   \
+  X(seq_sum_k1, 1, 1)                 \
+  X(seq_sum_k2, 1, 2)                 \
+  X(seq_sum_k3, 1, 3)                 \
+  X(seq_mean_k1, 2, 1)                \
+  X(seq_mean_k2, 2, 2)                \
+  X(seq_mean_k3, 2, 3)                \
+  X(seq_max_k2, 3, 2)                 \
+  X(seq_max_k3, 3, 3)
+
+#define CGRPO_STATISTIC_ENUM_ENTRY(name, scope, order) name,
+enum class RejectionStatistic : int { CGRPO_REJECTION_STATISTICS(CGRPO_STATISTIC_ENUM_ENTRY) };
+#undef CGRPO_STATISTIC_ENUM_ENTRY
+#define CGRPO_STATISTIC_COUNT_ENTRY(name, scope, order) +1
+inline constexpr int kNumRejectionStatistics = 0 CGRPO_REJECTION_STATISTICS(CGRPO_STATISTIC_COUNT_ENTRY);
+#undef CGRPO_STATISTIC_COUNT_ENTRY
+
+struct RejectionStatisticTraits {
+  const char* name;  // verl's rollout_rs name
+  int scope;         // 0 token, 1 row sum, 2 row mean, 3 row max
+  int order;         // 1, 2 or 3: k1 tests a two-sided band, k2 / k3 an upper bound
+};
+
+inline constexpr RejectionStatisticTraits traits_of(RejectionStatistic s) {
+  switch (s) {
+#define CGRPO_TRAITS_CASE(name, scope, order) \
+  case RejectionStatistic::name: return RejectionStatisticTraits{#name, scope, order};
+    CGRPO_REJECTION_STATISTICS(CGRPO_TRAITS_CASE)
+#undef CGRPO_TRAITS_CASE
+  }
+  return RejectionStatisticTraits{"unknown", 0, 0};
+}
+inline const char* to_string(RejectionStatistic s) { return traits_of(s).name; }
+
+// k1 rejection statistics test a two-sided band; k2 / k3 an upper bound.
+inline bool rejection_is_k1(RejectionStatistic s) { return traits_of(s).order == 1; }
+
+struct RejectionOption {
+  RejectionStatistic statistic = RejectionStatistic::token_k1;
+  double lower = 0.0;  // k1 statistics: keep log(lower) <= stat <= log(upper); 0 means 1 / upper
+  double upper = 2.0;  // k2 / k3 statistics: keep stat <= upper
+};
+
+// verl's rollout correction config (algorithm.rollout_correction). Needs batch.rollout_logp.
+struct RolloutCorrectionConfig {
+  static constexpr int kMaxRejectionOptions = 4;
+
+  RolloutCorrectionMode mode = RolloutCorrectionMode::none;
+  RolloutIsLevel is_level = RolloutIsLevel::none;
+  double is_threshold = 2.0;                            // upper truncation of the IS weight
+  bool is_batch_normalize = false;                      // verl rollout_is_batch_normalize: divide the
+                                                        // truncated weights by their mean over the batch
+  int num_rejection_options = 0;                        // a token is kept only if every option keeps it
+  RejectionOption rejection[kMaxRejectionOptions] = {};
+};
+
+// Every check of the config; messages name the field as it sits in LossConfig (config.off_policy.rollout).
+inline Status check_rollout_correction(const RolloutCorrectionConfig& r) {
+  if (static_cast<unsigned>(r.mode) >= static_cast<unsigned>(kNumRolloutModes))
+    return make_error(StatusCode::invalid_argument, "config.off_policy.rollout.mode: unknown mode %d", static_cast<int>(r.mode));
+  if (static_cast<unsigned>(r.is_level) >= static_cast<unsigned>(kNumRolloutIsLevels))
+    return make_error(StatusCode::invalid_argument, "config.off_policy.rollout.is_level: unknown level %d",
+                      static_cast<int>(r.is_level));
+  if (r.num_rejection_options < 0 || r.num_rejection_options > RolloutCorrectionConfig::kMaxRejectionOptions)
+    return make_error(StatusCode::invalid_argument, "config.off_policy.rollout.num_rejection_options must be in [0, %d], got %d",
+                      RolloutCorrectionConfig::kMaxRejectionOptions, r.num_rejection_options);
+  if (r.mode == RolloutCorrectionMode::none && (r.is_level != RolloutIsLevel::none || r.num_rejection_options != 0))
+    return make_error(StatusCode::invalid_argument,
+                      "config.off_policy.rollout: is_level and rejection options need rollout.mode = decoupled or bypass");
+  if (r.is_level != RolloutIsLevel::none && (!(r.is_threshold > 0) || std::isnan(r.is_threshold)))
+    return make_error(StatusCode::invalid_argument, "config.off_policy.rollout.is_threshold must be > 0 (inf: no truncation), got %g",
+                      r.is_threshold);
+  if (r.is_batch_normalize && r.is_level == RolloutIsLevel::none)
+    return make_error(StatusCode::invalid_argument,
+                      "config.off_policy.rollout.is_batch_normalize needs rollout.is_level = token or sequence");
+  for (int i = 0; i < r.num_rejection_options; ++i) {
+    const RejectionOption& o = r.rejection[i];
+    if (static_cast<unsigned>(o.statistic) >= static_cast<unsigned>(kNumRejectionStatistics))
+      return make_error(StatusCode::invalid_argument, "config.off_policy.rollout.rejection[%d].statistic: unknown statistic %d", i,
+                        static_cast<int>(o.statistic));
+    if (!std::isfinite(o.upper) || o.upper <= 0)
+      return make_error(StatusCode::invalid_argument, "config.off_policy.rollout.rejection[%d].upper must be finite and > 0, got %g", i,
+                        o.upper);
+    if (rejection_is_k1(o.statistic)) {
+      const double lo = o.lower == 0 ? 1.0 / o.upper : o.lower;
+      if (!std::isfinite(o.lower) || o.lower < 0 || lo > o.upper)
+        return make_error(StatusCode::invalid_argument,
+                          "config.off_policy.rollout.rejection[%d] (%s): needs 0 < lower <= upper (lower 0: 1 / upper), got %g and %g", i,
+                          to_string(o.statistic), o.lower, o.upper);
+    } else if (o.lower != 0) {
+      return make_error(StatusCode::invalid_argument,
+                        "config.off_policy.rollout.rejection[%d] (%s) takes an upper threshold only; lower must be 0, got %g", i,
+                        to_string(o.statistic), o.lower);
+    }
+  }
+  return Status::success();
+}
 
 // verl's rollout_corr metrics (names as verl logs them, without the "rollout_corr/" prefix), over
 // the tokens the correction covers and from the weights before truncation (docs/MATH.md, "Rollout
@@ -77,11 +257,10 @@ inline RolloutParams rollout_params(const RolloutCorrectionConfig& c) {
   p.log_threshold_lower = ::log(p.threshold_lower);
   p.num_options = c.num_rejection_options;
   for (int k = 0; k < c.num_rejection_options; ++k) {
-    const int s = static_cast<int>(c.rejection[k].statistic);
+    const RejectionStatisticTraits s = traits_of(c.rejection[k].statistic);
     RejectionParams& o = p.option[k];
-    // RejectionStatistic: token_k1..k3 = 0..2, seq_sum 3..5, seq_mean 6..8, seq_max_k2/k3 = 9, 10.
-    o.scope = s < 9 ? s / 3 : 3;
-    o.order = s < 9 ? s % 3 + 1 : s - 7;
+    o.scope = s.scope;
+    o.order = s.order;
     if (o.order == 1) {
       const double upper = c.rejection[k].upper;
       const double lower = c.rejection[k].lower == 0 ? 1.0 / upper : c.rejection[k].lower;  // verl: lo = 1 / hi

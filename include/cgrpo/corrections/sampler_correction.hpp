@@ -5,14 +5,105 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "cgrpo/loss/config.hpp"
+#include <cmath>
+#include <limits>
+
 #include "cgrpo/base/macros.hpp"
 #include "cgrpo/base/status.hpp"
+#include "cgrpo/base/variant_table.hpp"
 #include "cgrpo/math/token_math.hpp"
 
 namespace cgrpo {
 
-// TRL's sampling/* metrics (GRPOTrainer). Filled when config.sampler.mode != none.
+// ---------------------------------------------------------------------------
+// The vLLM weight's modes (GRPOConfig.vllm_importance_sampling_mode), one struct each.
+
+struct SamplerModeTraits {
+  const char* name;  // TRL's mode string
+  bool on;           // a weight is applied (needs batch.rollout_logp)
+  bool sequence;     // one weight per row from the row's summed log ratio (a product of token ratios)
+  bool mask;         // outside [min, max] the weight is 0; false: clamped into [min, max]
+};
+
+// The weight from a log ratio d (old - rollout of a token, or their sum over a row). min = 0 and
+// max = +inf are "no bound", as TRL's None.
+struct NoSamplerWeight {
+  CGRPO_HD static constexpr SamplerModeTraits traits() { return SamplerModeTraits{"none", false, false, false}; }
+};
+// clamp(e^d, min, max) per token.
+struct TokenTruncateWeight {
+  CGRPO_HD static constexpr SamplerModeTraits traits() { return SamplerModeTraits{"token_truncate", true, false, false}; }
+};
+// e^d inside [min, max], else 0, per token.
+struct TokenMaskWeight {
+  CGRPO_HD static constexpr SamplerModeTraits traits() { return SamplerModeTraits{"token_mask", true, false, true}; }
+};
+struct SequenceTruncateWeight {
+  CGRPO_HD static constexpr SamplerModeTraits traits() { return SamplerModeTraits{"sequence_truncate", true, true, false}; }
+};
+struct SequenceMaskWeight {
+  CGRPO_HD static constexpr SamplerModeTraits traits() { return SamplerModeTraits{"sequence_mask", true, true, true}; }
+};
+
+#define CGRPO_SAMPLER_MODES(X)                  \
+  X(none, NoSamplerWeight)                      \
+  X(token_truncate, TokenTruncateWeight)        \
+  X(token_mask, TokenMaskWeight)                \
+  X(sequence_truncate, SequenceTruncateWeight)  \
+  X(sequence_mask, SequenceMaskWeight)
+
+enum class SamplerCorrectionMode : int { CGRPO_SAMPLER_MODES(CGRPO_VARIANT_ENUM_ENTRY) };
+inline constexpr int kNumSamplerModes = 0 CGRPO_SAMPLER_MODES(CGRPO_VARIANT_COUNT_ENTRY);
+
+CGRPO_HD constexpr SamplerModeTraits traits_of(SamplerCorrectionMode m) {
+  switch (m) {
+#define CGRPO_TRAITS_CASE(name, Type) \
+  case SamplerCorrectionMode::name: return Type::traits();
+    CGRPO_SAMPLER_MODES(CGRPO_TRAITS_CASE)
+#undef CGRPO_TRAITS_CASE
+  }
+  return SamplerModeTraits{"unknown", false, false, false};
+}
+inline const char* to_string(SamplerCorrectionMode m) { return traits_of(m).name; }
+
+// TRL's vLLM importance-sampling correction (GRPOTrainer): a weight from old / rollout, computed
+// without gradient, that multiplies the policy loss; a masked token keeps its place in every
+// denominator. Needs batch.rollout_logp.
+struct SamplerCorrectionConfig {
+  SamplerCorrectionMode mode = SamplerCorrectionMode::none;
+  double min = 0.0;                                       // 0: no lower bound
+  double max = std::numeric_limits<double>::infinity();   // inf: no upper bound
+};
+
+// VESPO's gamma weights (k, lambda) by the sign of A (A >= 0: _pos): TRL vespo_k_pos, ...
+struct VespoWeights {
+  double k_pos = 2.0;
+  double lambda_pos = 3.0;
+  double k_neg = 3.0;
+  double lambda_neg = 2.0;
+};
+
+// What one row of TRL's corrections needs to know of the config (host-built, passed by value to kernels).
+struct SamplerRowParams {
+  int mode;                 // SamplerCorrectionMode
+  double min, max;          // the weight's bounds
+  double opsm_threshold;    // OPSM's delta; +inf: off
+  bool vespo;               // the policy term is vespo: phi_i from the row (and the vLLM weight goes into it)
+  VespoWeights vespo_weights;
+};
+
+// Checks of the sampler config; messages name the field as it sits in LossConfig (config.off_policy.sampler).
+inline Status check_sampler_correction(const SamplerCorrectionConfig& s) {
+  if (static_cast<unsigned>(s.mode) >= static_cast<unsigned>(kNumSamplerModes))
+    return make_error(StatusCode::invalid_argument, "config.off_policy.sampler.mode: unknown mode %d", static_cast<int>(s.mode));
+  if (s.mode != SamplerCorrectionMode::none &&
+      (std::isnan(s.min) || std::isnan(s.max) || s.min < 0 || s.min > s.max || std::isinf(s.min)))
+    return make_error(StatusCode::invalid_argument,
+                      "config.off_policy.sampler: needs 0 <= min <= max (max may be inf), got [%g, %g]", s.min, s.max);
+  return Status::success();
+}
+
+// TRL's sampling/* metrics (GRPOTrainer). Filled when config.off_policy.sampler.mode != none.
 struct SamplerMetrics {
   double logp_difference_mean = 0, logp_difference_max = 0;
   double is_ratio_min = 0, is_ratio_mean = 0, is_ratio_max = 0;
@@ -27,18 +118,13 @@ struct SamplerMetrics {
 template <typename Real>
 CGRPO_HD Real sampler_weight(int mode, Real d, Real min, Real max) {
   const Real u = math::exp(d);
-  if (mode == static_cast<int>(SamplerCorrectionMode::token_truncate) ||
-      mode == static_cast<int>(SamplerCorrectionMode::sequence_truncate))
-    return math::clamp(u, min, max);
-  if (mode == static_cast<int>(SamplerCorrectionMode::token_mask) ||
-      mode == static_cast<int>(SamplerCorrectionMode::sequence_mask))
-    return (u < min || u > max) ? Real(0) : u;
-  return Real(1);
+  const SamplerModeTraits t = traits_of(static_cast<SamplerCorrectionMode>(mode));
+  if (!t.on) return Real(1);
+  if (!t.mask) return math::clamp(u, min, max);
+  return (u < min || u > max) ? Real(0) : u;
 }
 
-CGRPO_HD bool sampler_is_sequence(SamplerCorrectionMode m) {
-  return m == SamplerCorrectionMode::sequence_truncate || m == SamplerCorrectionMode::sequence_mask;
-}
+CGRPO_HD bool sampler_is_sequence(SamplerCorrectionMode m) { return traits_of(m).sequence; }
 
 // OPSM (DeepSeek-V3.2): keep unless the advantage is negative and the row's mean
 // (rollout - sg(logp)) exceeds the threshold.
@@ -52,12 +138,12 @@ CGRPO_HD bool opsm_keep(Real advantage, Real row_mean_kl, Real threshold) {
 // TRL builds k and lam with torch.where over Python floats, that is as float32 tensors: they are
 // rounded to float here too, so the double path gives TRL's number for any k, lam.
 template <typename Real>
-CGRPO_HD Real vespo_phi(Real log_w, Real advantage, double k_pos, double lambda_pos, double k_neg, double lambda_neg) {
+CGRPO_HD Real vespo_phi(Real log_w, Real advantage, const VespoWeights& w) {
   const Real lower = Real(-18.420680743952367);  // log(1e-8)
   const Real lw = math::clamp(log_w, lower, Real(20));
   const bool pos = advantage >= Real(0);
-  const Real k = static_cast<Real>(static_cast<float>(pos ? k_pos : k_neg));
-  const float lam_f = static_cast<float>(pos ? lambda_pos : lambda_neg);
+  const Real k = static_cast<Real>(static_cast<float>(pos ? w.k_pos : w.k_neg));
+  const float lam_f = static_cast<float>(pos ? w.lambda_pos : w.lambda_neg);
   const Real lam = static_cast<Real>(lam_f > 1e-4f ? lam_f : 1e-4f);
   const Real phi = math::exp(lam + k * lw - lam * math::exp(lw));
   return isfinite(phi) ? phi : Real(0);
@@ -149,14 +235,15 @@ struct SamplerArrays {
 // row to the metric partial. Positions of the row outside the mask count for vespo as TRL's padding:
 // their vLLM weight is that of d = 0 (exp(0) truncated or masked).
 template <typename Acc>
-CGRPO_HD double sampler_row(const LossConfig& config, const SamplerRowInputs& in, double* factor,
+CGRPO_HD double sampler_row(const SamplerRowParams& params, const SamplerRowInputs& in, double* factor,
                             SamplerArrays arrays, int64_t row, SamplerPartial<Acc>& partial) {
-  const int mode = static_cast<int>(config.sampler.mode);
-  const bool weight_on = config.sampler.mode != SamplerCorrectionMode::none;
-  const bool sequence = sampler_is_sequence(config.sampler.mode);
-  const bool vespo = config.policy_loss == PolicyLoss::vespo;
-  const bool opsm = isfinite(config.off_policy_mask_threshold);
-  const double lo = config.sampler.min, hi = config.sampler.max;
+  const int mode = params.mode;
+  const SamplerModeTraits traits = traits_of(static_cast<SamplerCorrectionMode>(mode));
+  const bool weight_on = traits.on;
+  const bool sequence = traits.sequence;
+  const bool vespo = params.vespo;
+  const bool opsm = isfinite(params.opsm_threshold);
+  const double lo = params.min, hi = params.max;
 
   double n = 0, sum_d = 0, sum_kl = 0, sum_x = 0, sum_log_u = 0;
   bool have_a = false;
@@ -195,14 +282,13 @@ CGRPO_HD double sampler_row(const LossConfig& config, const SamplerRowInputs& in
       else factor[t] *= u;
     }
     if (arrays.is_ratio) arrays.is_ratio[t] = u;
-    const bool keep = !opsm || opsm_keep(in.advantages[t], mean_kl, config.off_policy_mask_threshold);
+    const bool keep = !opsm || opsm_keep(in.advantages[t], mean_kl, params.opsm_threshold);
     if (!keep) factor[t] = 0;
     if (arrays.opsm_keep) arrays.opsm_keep[t] = keep ? 1 : 0;
   }
   if (!vespo) return 0.0;
   // An empty row has no advantage to read: it takes the _pos pair (A = 0).
-  return vespo_phi(sum_x + sum_log_u, row_a, config.vespo_k_pos, config.vespo_lambda_pos, config.vespo_k_neg,
-                   config.vespo_lambda_neg);
+  return vespo_phi(sum_x + sum_log_u, row_a, params.vespo_weights);
 }
 
 // rows.count() rows; row i owns token rows [rows.begin(i), rows.end(i)); `mask` marks the tokens the
@@ -212,20 +298,21 @@ CGRPO_HD double sampler_row(const LossConfig& config, const SamplerRowInputs& in
 //   factor[t]: multiplied by the sampler weight u (token or sequence, truncated or masked; not for
 //              vespo, whose phi takes it instead) and set to 0 where OPSM drops the row (factor is 1
 //              on entry; left as is where mask is 0);
-//   phi[i]:    vespo's per-row weight (config.policy_loss = vespo; untouched otherwise);
+//   phi[i]:    vespo's per-row weight (params.vespo; untouched otherwise);
 //   *arrays:   the optional per-token / per-row values above (nullptr: none);
 // and the sampler metrics. Callable on its own (after validation of the config): the fused loss
 // calls it between the sweeps.
 template <typename RowBounds>
-Status sampler_correction(const LossConfig& config, int64_t num_rows, const RowBounds& rows, const uint8_t* mask,
+Status sampler_correction(const SamplerRowParams& params, int64_t num_rows, const RowBounds& rows, const uint8_t* mask,
                           const double* logp, const double* old_logp, const double* rollout_logp,
                           const double* advantages, double* factor, double* phi, SamplerMetrics* metrics,
                           const SamplerArrays* arrays = nullptr) {
   // Rows without tokens read no array: rollout_logp may be null then (an empty batch).
   bool any_tokens = false;
   for (int64_t i = 0; i < num_rows && !any_tokens; ++i) any_tokens = rows.end(i) > rows.begin(i);
-  if (config.sampler.mode != SamplerCorrectionMode::none && !rollout_logp && any_tokens)
-    return make_error(StatusCode::invalid_argument, "config.sampler needs rollout_logp (the sampler's log-probs)");
+  const bool weight_on = traits_of(static_cast<SamplerCorrectionMode>(params.mode)).on;
+  if (weight_on && !rollout_logp && any_tokens)
+    return make_error(StatusCode::invalid_argument, "config.off_policy.sampler needs rollout_logp (the sampler's log-probs)");
   const SamplerArrays out = arrays ? *arrays : SamplerArrays{};
   SamplerPartial<double> partial = sampler_partial_zero<double>();
   for (int64_t i = 0; i < num_rows; ++i) {
@@ -235,10 +322,10 @@ Status sampler_correction(const LossConfig& config, int64_t num_rows, const RowB
         if (out.opsm_keep) out.opsm_keep[t] = 1;
       }
     const SamplerRowInputs in{rows.begin(i), rows.end(i), mask, logp, old_logp, rollout_logp, advantages};
-    const double p = sampler_row(config, in, factor, out, i, partial);
-    if (config.policy_loss == PolicyLoss::vespo) phi[i] = p;
+    const double p = sampler_row(params, in, factor, out, i, partial);
+    if (params.vespo) phi[i] = p;
   }
-  *metrics = config.sampler.mode != SamplerCorrectionMode::none ? sampler_metrics_finalize(partial) : SamplerMetrics{};
+  *metrics = weight_on ? sampler_metrics_finalize(partial) : SamplerMetrics{};
   return Status::success();
 }
 

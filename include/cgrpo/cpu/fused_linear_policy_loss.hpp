@@ -191,7 +191,7 @@ bool single_pass_bounded(const LossConfig& config, const PolicyLossBatch<Real>& 
   const TokenLossParams<double> params = token_params<double>(config);
   const double max_entropy = std::log(static_cast<double>(V)) + 1.0;
   const Real* reference = ratio_reference(config, batch);
-  const bool computed_weights = batch.computed_weights(), kl_on = config.kl != KlEstimator::none;
+  const bool computed_weights = batch.computed_weights(), kl_on = config.kl_on();
   double loss = 0;
   HeadGradientBound head;
   for (int64_t t = 0; t < T; ++t) {
@@ -199,7 +199,7 @@ bool single_pass_bounded(const LossConfig& config, const PolicyLossBatch<Real>& 
     in.valid = batch.mask[t] != 0;
     double b = 0;
     if (in.valid) {
-      in.in_pg = (ws.terms[t] & kInPg) != 0;
+      in.in_pg = (ws.terms[t] & kTermPolicy) != 0;
       in.refinement = batch.kinds && batch.kinds[t] == kRefinement;
       in.old_logp = in.refinement ? 0.0 : static_cast<double>(reference[t]);
       in.ref_logp = kl_on ? static_cast<double>(batch.ref_logp[t]) : 0.0;
@@ -286,7 +286,7 @@ Status fused_linear_policy_loss(const LossConfig& config, const PolicyLossBatch<
 //   grads:  dJ/dhidden, dJ/dweight, dJ/dbias (each optional; all null: forward only).
 //
 // Two paths, the same results (equal to the logits-level loss on z to rounding):
-//   single pass (a gradient is wanted, !needs_all_logp_first(config), and a bound on every token's
+//   single pass (a gradient is wanted, !plan.all_logp_first, and a bound on every token's
 //     loss and dJ/dlogp shows nothing can overflow): per chunk, GEMM, sweep 1, the per-token pass
 //     of the chunk's tokens (token_pass_range, with the pre-passes' weights known upfront), sweep
 //     2, backward GEMMs. 3 GEMMs in all, as with materialised logits.
@@ -301,7 +301,7 @@ Status fused_linear_policy_loss(const LossConfig& config, const PolicyLossBatch<
 // bounds each row's logits (|z_t| <= ||h_t|| max_j ||W_j|| + max|b|: a row that could overflow
 // Real is refused; z / tau beyond Real is fine, the sweeps shift by a pivot first) and the head's
 // gradients, before anything is written.
-// Threads: config.num_threads on the workspace's pool; the GEMMs run in fixed blocks and the rows
+// Threads: ws.num_threads on the workspace's pool; the GEMMs run in fixed blocks and the rows
 // in fixed parts, so every thread count gives the same bits. A workspace that another call holds
 // gives invalid_argument; one that cannot grow, out_of_memory.
 template <typename Real>
@@ -312,6 +312,7 @@ Status fused_linear_policy_loss(const LossConfig& config, const PolicyLossBatch<
   static_assert(std::is_same<Real, float>::value || std::is_same<Real, double>::value,
                 "the CPU path takes float or double hidden states and weights");
   CGRPO_RETURN_IF_ERROR(validate_linear_loss_shape(config, batch, head, out, grads, chunking, sizeof(Real)));
+  CGRPO_RETURN_IF_ERROR(check_workspace(ws));
   ExclusiveUse use(ws.in_use);
   if (!use.acquired()) return workspace_busy_error("fused_linear_policy_loss");
   return no_throw("fused_linear_policy_loss", [&] {
@@ -353,7 +354,7 @@ Status fused_linear_policy_loss(const LossConfig& config, const PolicyLossBatch<
                                 Workspace& ws) {
   const int64_t T = batch.num_tokens, V = batch.vocab_size, H = head.hidden_size;
   const int64_t ldz = chunk_row_stride(V, sizeof(Real)), ldh = head.hidden_stride(), ldw = head.weight_stride();
-  const int threads = config.num_threads;
+  const int threads = ws.num_threads;
   int64_t c = 0;
   CGRPO_RETURN_IF_ERROR(chunk_rows(chunking, T, V, sizeof(Real), &c));
   Real* z = nullptr;
@@ -361,13 +362,13 @@ Status fused_linear_policy_loss(const LossConfig& config, const PolicyLossBatch<
   CGRPO_RETURN_IF_ERROR(prepare_linear(
       head, T, V, c, ldz, config.temperature, threads, ws, [&] { return validate_batch_values(config, batch); }, &z,
       &scan));
-  const double inv_temperature = 1.0 / config.temperature;
+  const double inv_temperature = inverse_temperature(config.temperature);
   auto logits = [&](int64_t t0, int64_t n) {
     head_logits(ws.pool, threads, head.hidden + t0 * ldh, ldh, n, H, head.weight, ldw, head.bias, V, z, ldz);
   };
 
   LossMetrics metrics;
-  bool single = grads.any() && T > 0 && !needs_all_logp_first(config, batch.selection != nullptr);
+  bool single = grads.any() && T > 0 && !plan_passes(config, batch).all_logp_first;
   if (single) {
     for (int64_t t = 0; t < T; ++t) ws.rows[t].logp = ws.rows[t].entropy = NAN;  // read by no pre-pass here
     CGRPO_RETURN_IF_ERROR(prepare_token_pass(config, batch, ws, &metrics));

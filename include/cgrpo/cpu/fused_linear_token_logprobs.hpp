@@ -68,7 +68,7 @@ Status fused_linear_token_logprobs(const LinearHead<Real>& head, int64_t T, int6
   Real* z = nullptr;
   HeadScan scan;
   CGRPO_RETURN_IF_ERROR(prepare_linear(head, T, V, c, ldz, temperature, threads, ws, check_targets, &z, &scan));
-  const double inv_temperature = 1.0 / temperature;
+  const double inv_temperature = inverse_temperature(temperature);
   for (int64_t t0 = 0; t0 < T; t0 += c) {
     const int64_t n = std::min(c, T - t0);
     head_logits(ws.pool, threads, head.hidden + t0 * ldh, ldh, n, head.hidden_size, head.weight, head.weight_stride(),

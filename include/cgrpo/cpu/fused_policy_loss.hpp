@@ -119,7 +119,7 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& 
 // The fused forward and backward pass. Steps:
 //   1. validate everything readable without touching the logits (nothing is written on error),
 //      including that no output shares memory with an input or another output;
-//   2. sweep 1 over every row: lse, H, log p (rows split across config.num_threads, at most
+//   2. sweep 1 over every row: lse, H, log p (rows split across ws.num_threads, at most
 //      hardware_threads(), on the workspace's pool); a row with NaN / +inf logits is an error,
 //      reported before any output is written;
 //   3. per_token_pass (loss_passes.hpp): the pre-passes, token_loss() per token in token order
@@ -136,6 +136,7 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& 
   static_assert(std::is_same<Real, float>::value || std::is_same<Real, double>::value,
                 "the CPU path takes float or double logits");
   CGRPO_RETURN_IF_ERROR(validate_batch_shape(config, batch, out));
+  CGRPO_RETURN_IF_ERROR(check_workspace(ws));
   ExclusiveUse use(ws.in_use);
   if (!use.acquired()) return workspace_busy_error("fused_policy_loss");
   return no_throw("fused_policy_loss", [&] { return detail::fused_policy_loss(config, batch, out, ws); });
@@ -149,9 +150,9 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& 
   ws.rows.resize(static_cast<size_t>(batch.num_tokens));  // first: a batch too large for memory fails before any read
   CGRPO_RETURN_IF_ERROR(validate_batch_values(config, batch));
   const int64_t T = batch.num_tokens, V = batch.vocab_size, stride = batch.stride();
-  const double inv_temperature = 1.0 / config.temperature;
+  const double inv_temperature = inverse_temperature(config.temperature);
 
-  parallel_for_rows(ws.pool, T, config.num_threads, [&](int64_t begin, int64_t end) {
+  parallel_for_rows(ws.pool, T, ws.num_threads, [&](int64_t begin, int64_t end) {
     compute_row_stats(batch.logits, stride, V, batch.target_ids, inv_temperature, begin, end, ws.rows.data());
   });
   const int64_t bad = first_non_finite_row(ws, T);
@@ -175,7 +176,7 @@ Status fused_policy_loss(const LossConfig& config, const PolicyLossBatch<Real>& 
     // read-for-ownership of its lines (4 bytes moved per entry instead of 8).
     const bool stream = static_cast<const void*>(out.grad_logits) != static_cast<const void*>(batch.logits) &&
                         static_cast<double>(T) * static_cast<double>(V) * sizeof(Real) >= kStreamBytes;
-    parallel_for_rows(ws.pool, T, config.num_threads, [&](int64_t begin, int64_t end) {
+    parallel_for_rows(ws.pool, T, ws.num_threads, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const Workspace::Row& r = ws.rows[t];
         row_logit_gradient(batch.logits + t * stride, V, inv_temperature, batch.target_ids[t],

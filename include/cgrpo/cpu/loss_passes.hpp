@@ -7,19 +7,21 @@
 #include <cstdint>
 #include <vector>
 
-#include "cgrpo/loss/config.hpp"
-#include "cgrpo/cpu/thread_pool.hpp"
-#include "cgrpo/cpu/workspace_guard.hpp"
-#include "cgrpo/corrections/entropy_mask.hpp"
 #include "cgrpo/base/layout.hpp"
-#include "cgrpo/loss/loss_weights.hpp"
-#include "cgrpo/loss/metrics.hpp"
-#include "cgrpo/loss/policy_loss_batch.hpp"
+#include "cgrpo/base/status.hpp"
+#include "cgrpo/corrections/entropy_mask.hpp"
 #include "cgrpo/corrections/rollout_correction.hpp"
 #include "cgrpo/corrections/sampler_correction.hpp"
-#include "cgrpo/base/status.hpp"
-#include "cgrpo/math/token_hash.hpp"
+#include "cgrpo/cpu/thread_pool.hpp"
+#include "cgrpo/cpu/workspace_guard.hpp"
+#include "cgrpo/loss/aggregation.hpp"
+#include "cgrpo/loss/config.hpp"
+#include "cgrpo/loss/metrics.hpp"
+#include "cgrpo/loss/pass_plan.hpp"
+#include "cgrpo/loss/policy_loss_batch.hpp"
+#include "cgrpo/loss/row_pass.hpp"
 #include "cgrpo/loss/token_loss.hpp"
+#include "cgrpo/math/token_hash.hpp"
 
 namespace cgrpo::cpu {
 
@@ -27,7 +29,12 @@ namespace cgrpo::cpu {
 // every call: it grows to the largest batch seen and then never allocates again, and its
 // threads are started once. One call at a time per workspace: a call that finds its workspace
 // in use by another returns an error (and writes nothing); concurrent calls need one each.
+// num_threads: the rows of each call are split across this many threads (>= 1; capped at
+// hardware_threads()); the results are bit for bit the same for every count.
 struct Workspace {
+  explicit Workspace(int threads = 1) : num_threads(threads) {}
+  int num_threads;
+
   struct Row {
     double pivot;                  // from sweep 1: the row's max logit (RowSoftmaxStats::pivot)
     double lse, entropy, logp;     // from sweep 1; lse relative to pivot / tau
@@ -63,21 +70,19 @@ struct Workspace {
   std::vector<double> chunk_double;
   std::vector<double> logit_bound, hidden_max;
 
-  ThreadPool pool;   // config.num_threads' threads, capped at hardware_threads()
+  ThreadPool pool;   // num_threads' threads, capped at hardware_threads()
   InUseFlag in_use;  // held by the call using the workspace
 };
 
-// Which terms a valid token takes part in (a mask per term: rejection and the entropy mask change them).
-enum TermBits : uint8_t {
-  kInPg = 1,       // policy term (verl's rejected tokens leave it)
-  kInEntropy = 2,  // entropy term (numerator)
-  kInKl = 4,       // KL term
-  kSelected = 8,   // kl_cov / clip_cov selection
-  kCountEntropy = 16,  // counts in the entropy term's denominator
-};
-static_assert(int(kInPg) == int(kTermPolicy) && int(kInEntropy) == int(kTermEntropy) && int(kInKl) == int(kTermKl) &&
-                  int(kSelected) == int(kTermSelected) && int(kCountEntropy) == int(kTermEntropyCount),
-              "outputs.token_terms copies the TermBits");
+// ws.terms holds each token's TermBit bits (loss/pass_plan.hpp): the terms a valid token takes part
+// in after the loss's own masks (rejection and the entropy mask change them).
+
+// A workspace's thread count is checked by every entry point that takes one.
+inline Status check_workspace(const Workspace& ws) {
+  if (ws.num_threads < 1)
+    return make_error(StatusCode::invalid_argument, "workspace.num_threads must be >= 1, got %d", ws.num_threads);
+  return Status::success();
+}
 
 // The rows of a batch, or one row holding every token when the batch has no layout.
 struct RowBounds {
@@ -132,14 +137,14 @@ inline void top_k_by_key(const std::vector<double>& key, const std::vector<int64
 // clip_cov's reproducible choice among candidates (token_hash.hpp, shared with the CUDA select kernel).
 using cgrpo::token_hash;
 
-// The rows the per-token pass sees: the layout when the config needs it (validated) or the caller
+// The rows the per-token pass sees: the layout when the plan needs it (validated) or the caller
 // gave a valid one (TRL's per-row clip metrics use it); one row of every token otherwise. An empty
 // batch skipped the shape check's layout validation, so its layout is validated here.
 template <typename Real>
-RowBounds token_pass_rows(const LossConfig& config, const PolicyLossBatch<Real>& batch) {
+RowBounds token_pass_rows(const PassPlan& plan, const PolicyLossBatch<Real>& batch) {
   const int64_t T = batch.num_tokens;
-  const bool have_layout = batch.layout.num_sequences > 0 &&
-                           ((T > 0 && needs_layout(config, batch.computed_weights())) || batch.layout.validate(T).ok());
+  const bool have_layout =
+      batch.layout.num_sequences > 0 && ((T > 0 && plan.needs_layout) || batch.layout.validate(T).ok());
   return RowBounds{have_layout ? &batch.layout : nullptr, T};
 }
 
@@ -155,19 +160,6 @@ inline int64_t first_row_ending_after(const RowBounds& rows, int64_t t) {
 }
 
 }  // namespace detail
-
-// True when a pre-pass reads the log p or H of tokens other than the one it scores: sequence
-// ratios (GSPO, TRL's sequence level), GMPO's row sums, verl's bypass correction (its training
-// log p is the current one), TRL's sampler weight, OPSM and VESPO (they take the current log p),
-// the entropy quantile, and kl_cov / clip_cov choosing their tokens by covariance. Such a config
-// needs every row's statistics before any token's a_t is known; any other config can score tokens
-// as their rows come (prepare_token_pass, then token_pass_range over consecutive ranges).
-inline bool needs_all_logp_first(const LossConfig& c, bool caller_selection) {
-  return c.sequence_ratio() || c.policy_loss == PolicyLoss::geo_mean || c.policy_loss == PolicyLoss::vespo ||
-         c.rollout.mode == RolloutCorrectionMode::bypass || c.sampler.mode != SamplerCorrectionMode::none ||
-         std::isfinite(c.off_policy_mask_threshold) || c.top_entropy_quantile < 1 ||
-         ((c.policy_loss == PolicyLoss::kl_cov || c.policy_loss == PolicyLoss::clip_cov) && !caller_selection);
-}
 
 // log p of every token in [begin, end) is finite (a -inf target logit would turn the sums into NaN).
 template <typename Real>
@@ -191,10 +183,12 @@ inline Status check_token_gradients(const Workspace& ws, int64_t begin, int64_t 
   return Status::success();
 }
 
-// Everything between the sweeps, once ws.rows[t] holds lse, H and log p of every row:
-//   1. off-policy corrections (verl rollout correction or TRL sampler weight / OPSM / vespo);
-//   2. row context: sequence log ratios (GSPO / TRL sequence level), GMPO's row sums;
-//   3. batch pass: TRL's entropy mask, kl_cov / clip_cov selection;
+// Everything between the sweeps, once ws.rows[t] holds lse, H and log p of every row, in the order
+// of the pass plan (plan_passes: loss/pass_plan.hpp):
+//   1. off-policy corrections: verl's rollout correction, TRL's sampler row pass (vLLM weight, OPSM,
+//      vespo's phi);
+//   2. the row pass: sequence log ratios (GSPO / TRL sequence level), a row term's q_i (GMPO);
+//   3. the batch pass: TRL's entropy mask, a term's covariance selection (kl_cov / clip_cov);
 //   4. the weights, when the caller passed none;
 //   5. token_loss() per token in token order (deterministic sums), metric sums;
 //   6. the row post-pass for row-coupled gradients (a_t += dq_i/dlogp_t G_i);
@@ -206,253 +200,249 @@ inline Status check_token_gradients(const Workspace& ws, int64_t begin, int64_t 
 //   token_pass_range:    step 5 over tokens [begin, end) (consecutive ranges, in token order, add
 //                        to the sums exactly as one pass over [0, T) does), and step 7's check of them;
 //   finish_token_pass:   step 6, step 7 over every token, the metrics.
-// Without needs_all_logp_first(config), prepare_token_pass reads no log p or H (ws.rows may hold
-// anything) and token_pass_range needs ws.rows[t] for its own tokens only.
+// Without plan.all_logp_first, prepare_token_pass reads no log p or H (ws.rows may hold anything)
+// and token_pass_range needs ws.rows[t] for its own tokens only.
 template <typename Real>
 Status per_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& batch, Workspace& ws,
                       LossMetrics* metrics);
 
-// Steps 1-4 of per_token_pass; then the sums of token_pass_range set to zero.
+namespace detail {
+
+// What every step reads: the config, its plan for this batch, the rows, the ratio's reference.
 template <typename Real>
-Status prepare_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& batch, Workspace& ws,
-                          LossMetrics* metrics) {
-  const int64_t T = batch.num_tokens;
-  const TokenLossParams<double> params = token_params<double>(config);
-  const bool computed_weights = batch.computed_weights();
-  const RowBounds rows = detail::token_pass_rows(config, batch);
-  const bool have_layout = rows.layout != nullptr;
-  const int64_t B = rows.count();
-  const Real* reference = ratio_reference(config, batch);
-  const bool kl_on = config.kl != KlEstimator::none;
+struct PassContext {
+  const LossConfig& config;
+  const PolicyLossBatch<Real>& batch;
+  PassPlan plan;
+  RowBounds rows;
+  const Real* reference;
+  int64_t T, B;
+};
 
-  // Terms each valid token takes part in, and the policy factor: everything by default.
-  ws.terms.assign(static_cast<size_t>(T), 0);
-  ws.pg_factor.assign(static_cast<size_t>(T), 1.0);
-  for (int64_t t = 0; t < T; ++t)
-    if (batch.mask[t]) ws.terms[t] = kInPg | kInEntropy | kInKl | kCountEntropy;
-    else ws.pg_factor[t] = 0.0;  // outputs.policy_factor is 0 at padding
+template <typename Real>
+PassContext<Real> pass_context(const LossConfig& config, const PolicyLossBatch<Real>& batch) {
+  const PassPlan plan = plan_passes(config, batch);
+  const RowBounds rows = token_pass_rows(plan, batch);
+  return PassContext<Real>{config, batch, plan, rows, ratio_reference(config, batch), batch.num_tokens, rows.count()};
+}
 
-  auto copy_initial = [&](const Real* src, std::vector<double>& dst) {
-    dst.assign(static_cast<size_t>(T), 0.0);
-    for (int64_t t = 0; t < T; ++t)
-      if (batch.mask[t] && detail::is_initial(batch, t)) dst[t] = static_cast<double>(src[t]);
-  };
+// Every valid token in every term with factor 1; padding in none, with factor 0 (outputs.policy_factor).
+template <typename Real>
+void reset_token_terms(const PassContext<Real>& x, Workspace& ws) {
+  ws.terms.assign(static_cast<size_t>(x.T), 0);
+  ws.pg_factor.assign(static_cast<size_t>(x.T), 1.0);
+  for (int64_t t = 0; t < x.T; ++t)
+    if (x.batch.mask[t]) ws.terms[t] = kAllTerms;
+    else ws.pg_factor[t] = 0.0;
+}
 
-  // 1. Off-policy corrections. They cover the valid initial tokens (refinement tokens are not
-  // ratio-trained: weight 1, never rejected).
-  metrics->rollout = RolloutMetrics{};
-  metrics->sampler = SamplerMetrics{};
-  std::vector<uint8_t>& initial_mask = ws.initial_mask;
-  initial_mask.clear();
-  if (config.needs_rollout_logp() || std::isfinite(config.off_policy_mask_threshold) ||
-      config.policy_loss == PolicyLoss::vespo) {
-    initial_mask.assign(static_cast<size_t>(T), 0);
-    for (int64_t t = 0; t < T; ++t) initial_mask[t] = batch.mask[t] && detail::is_initial(batch, t);
-    ws.log_values.assign(static_cast<size_t>(T), 0.0);
-    for (int64_t t = 0; t < T; ++t) ws.log_values[t] = ws.rows[t].logp;
+// The corrections cover the valid initial tokens (refinement tokens are not ratio-trained: weight 1,
+// never rejected): their mask, and the current log p of every token.
+template <typename Real>
+void copy_covered_tokens(const PassContext<Real>& x, Workspace& ws) {
+  ws.initial_mask.clear();
+  if (!x.plan.covered_copies) return;
+  ws.initial_mask.assign(static_cast<size_t>(x.T), 0);
+  for (int64_t t = 0; t < x.T; ++t) ws.initial_mask[t] = x.batch.mask[t] && is_initial(x.batch, t);
+  ws.log_values.assign(static_cast<size_t>(x.T), 0.0);
+  for (int64_t t = 0; t < x.T; ++t) ws.log_values[t] = ws.rows[t].logp;
+}
+
+// src at the covered tokens in double, 0 elsewhere.
+template <typename Real>
+void copy_initial(const PassContext<Real>& x, const Real* src, std::vector<double>& dst) {
+  dst.assign(static_cast<size_t>(x.T), 0.0);
+  for (int64_t t = 0; t < x.T; ++t)
+    if (x.batch.mask[t] && is_initial(x.batch, t)) dst[t] = static_cast<double>(src[t]);
+}
+
+// Step 1a. verl's rollout correction: each covered token's IS weight (the policy factor, or its
+// row's geometric mean for a row term) and its rejection (it leaves plan.rollout_scope's terms).
+template <typename Real>
+Status apply_rollout_correction(const PassContext<Real>& x, Workspace& ws, LossMetrics* metrics) {
+  const PassPlan& plan = x.plan;
+  const std::vector<uint8_t>& covered = ws.initial_mask;
+  copy_initial(x, x.batch.rollout_logp, ws.rollout_logp);
+  if (plan.rollout_bypass) {
+    ws.train_logp.assign(static_cast<size_t>(x.T), 0.0);
+    for (int64_t t = 0; t < x.T; ++t) ws.train_logp[t] = covered[t] ? ws.rows[t].logp : 0.0;
+  } else {
+    copy_initial(x, x.batch.old_logp, ws.train_logp);
   }
-  if (config.rollout.mode != RolloutCorrectionMode::none) {
-    const bool bypass = config.rollout.mode == RolloutCorrectionMode::bypass;
-    copy_initial(batch.rollout_logp, ws.rollout_logp);
-    if (bypass) {
-      ws.train_logp.assign(static_cast<size_t>(T), 0.0);
-      for (int64_t t = 0; t < T; ++t) ws.train_logp[t] = initial_mask[t] ? ws.rows[t].logp : 0.0;
-    } else {
-      copy_initial(batch.old_logp, ws.train_logp);
-    }
-    ws.is_weight.assign(static_cast<size_t>(T), 1.0);
-    ws.keep.assign(static_cast<size_t>(T), 1);
-    CGRPO_RETURN_IF_ERROR(rollout_correction(config.rollout, B, rows, initial_mask.data(), ws.train_logp.data(),
-                                             ws.rollout_logp.data(), ws.is_weight.data(), ws.keep.data(),
-                                             &metrics->rollout));
-    // The IS weight multiplies the policy loss (bypass ppo_clip: the ratio is the correction).
-    const bool weighted = config.rollout.is_level != RolloutIsLevel::none &&
-                          !(bypass && config.policy_loss == PolicyLoss::ppo_clip);
-    const uint8_t scope = bypass ? uint8_t(kInPg) : uint8_t(kInPg | kInEntropy | kInKl | kCountEntropy);
-    for (int64_t t = 0; t < T; ++t) {
-      if (!initial_mask[t]) continue;
-      if (!ws.keep[t]) ws.terms[t] &= static_cast<uint8_t>(~scope);
-      if (weighted && config.policy_loss != PolicyLoss::geo_mean) ws.pg_factor[t] = ws.is_weight[t];
-    }
-    if (weighted && config.policy_loss == PolicyLoss::geo_mean) {
-      // GMPO takes the row's geometric mean of the weights: exp(sum_t m log(w + 1e-10) / (n_i + 1e-8)).
-      for (int64_t i = 0; i < B; ++i) {
-        double sum = 0, n = 0;
-        for (int64_t t = rows.begin(i); t < rows.end(i); ++t)
-          if (initial_mask[t] && (ws.terms[t] & kInPg)) {
-            sum += std::log(ws.is_weight[t] + 1e-10);
-            n += 1;
-          }
-        const double g = std::exp(sum / (n + 1e-8));
-        for (int64_t t = rows.begin(i); t < rows.end(i); ++t)
-          if (initial_mask[t]) ws.pg_factor[t] = g;
-      }
-    }
+  ws.is_weight.assign(static_cast<size_t>(x.T), 1.0);
+  ws.keep.assign(static_cast<size_t>(x.T), 1);
+  CGRPO_RETURN_IF_ERROR(rollout_correction(x.config.off_policy.rollout, x.B, x.rows, covered.data(),
+                                           ws.train_logp.data(), ws.rollout_logp.data(), ws.is_weight.data(),
+                                           ws.keep.data(), &metrics->rollout));
+  for (int64_t t = 0; t < x.T; ++t) {
+    if (!covered[t]) continue;
+    if (!ws.keep[t]) ws.terms[t] &= static_cast<uint8_t>(~plan.rollout_scope);
+    if (plan.rollout_weight && !plan.rollout_row_mean) ws.pg_factor[t] = ws.is_weight[t];
   }
-  if (config.sampler.mode != SamplerCorrectionMode::none || std::isfinite(config.off_policy_mask_threshold) ||
-      config.policy_loss == PolicyLoss::vespo) {
-    copy_initial(reference, ws.train_logp);
-    if (batch.rollout_logp) copy_initial(batch.rollout_logp, ws.rollout_logp);
-    else ws.rollout_logp.assign(static_cast<size_t>(T), 0.0);
-    copy_initial(batch.advantages, ws.advantages);
-    ws.phi.assign(static_cast<size_t>(B), 0.0);
-    CGRPO_RETURN_IF_ERROR(sampler_correction(config, B, rows, initial_mask.data(), ws.log_values.data(),
-                                             ws.train_logp.data(), batch.rollout_logp ? ws.rollout_logp.data() : nullptr,
-                                             ws.advantages.data(), ws.pg_factor.data(), ws.phi.data(),
-                                             &metrics->sampler));
-  }
-
-  // 2. Row context.
-  const bool geo_mean = config.policy_loss == PolicyLoss::geo_mean;
-  const bool seq_ratio = config.sequence_ratio();
-  ws.seq.assign(static_cast<size_t>(B), RowContext<double>{0, 0, 0, 0});
-  if (seq_ratio || geo_mean || config.policy_loss == PolicyLoss::vespo) {
-    for (int64_t i = 0; i < B; ++i) {
-      RowContext<double>& c = ws.seq[i];
-      double n = 0, sum_x = 0, sum_y = 0, sum_a = 0;
-      for (int64_t t = rows.begin(i); t < rows.end(i); ++t) {
-        if (!batch.mask[t] || !detail::is_initial(batch, t) || !(ws.terms[t] & kInPg)) continue;
-        const double x = ws.rows[t].logp - static_cast<double>(reference[t]);
-        const double A = static_cast<double>(batch.advantages[t]);
-        n += 1;
-        sum_x += x;
-        sum_a += A;
-        if (geo_mean) sum_y += GeoMeanTerm::clipped_log_ratio(x, A, params);
-      }
-      if (geo_mean) {
-        c.log_ratio = sum_y / (n + 1e-8);
-        c.advantage = sum_a / (n + 1e-8);
-        c.coupling = 1.0 / (n + 1e-8);
-      } else if (seq_ratio) {
-        c.log_ratio = sum_x / std::max(n, 1.0);
-        c.coupling = config.ratio_level == RatioLevel::sequence ? 1.0 / std::max(n, 1.0) : 0.0;
-      }
-      if (config.policy_loss == PolicyLoss::vespo) c.weight = ws.phi[i];
+  if (plan.rollout_row_mean) {
+    // A row term takes the row's geometric mean of the weights: exp(sum_t m log(w + 1e-10) / (n_i + 1e-8)).
+    for (int64_t i = 0; i < x.B; ++i) {
+      RowPassSums sums = row_pass_sums_zero();
+      for (int64_t t = x.rows.begin(i); t < x.rows.end(i); ++t)
+        if (covered[t] && (ws.terms[t] & kTermPolicy)) row_pass_add_is_weight(sums, ws.is_weight[t]);
+      const double g = row_is_weight_mean(sums);
+      for (int64_t t = x.rows.begin(i); t < x.rows.end(i); ++t)
+        if (covered[t]) ws.pg_factor[t] = g;
     }
   }
+  return Status::success();
+}
 
-  // 3. Batch pass.
-  if (config.top_entropy_quantile < 1) {
-    // TRL: the policy term keeps the tokens whose H is at or above the (1 - rho) quantile of the
-    // valid tokens' H; the entropy term then averages over the kept tokens.
-    ws.scratch.clear();
-    for (int64_t t = 0; t < T; ++t)
-      if (batch.mask[t]) ws.scratch.push_back(ws.rows[t].entropy);
-    if (!ws.scratch.empty()) {
-      const double q = quantile_linear(ws.scratch, 1.0 - config.top_entropy_quantile);  // as top_entropy_mask()
-      for (int64_t t = 0; t < T; ++t) {
-        if (!batch.mask[t] || ws.rows[t].entropy >= q) continue;
-        ws.pg_factor[t] = 0.0;
-        ws.terms[t] &= static_cast<uint8_t>(~kInEntropy);
-        if (!config.entropy_count_all_tokens) ws.terms[t] &= static_cast<uint8_t>(~kCountEntropy);
-      }
-    }
-  }
-  if (config.policy_loss == PolicyLoss::kl_cov || config.policy_loss == PolicyLoss::clip_cov) {
-    if (batch.selection) {
-      for (int64_t t = 0; t < T; ++t)
-        if (batch.mask[t] && batch.selection[t]) ws.terms[t] |= kSelected;
-    } else {
-      // cov_t = (A_t - mean A)(logp_t - mean logp) over the policy term's valid initial tokens.
-      std::vector<int64_t>& valid = ws.cov_valid;
-      valid.clear();
-      double sum_a = 0, sum_l = 0;
-      for (int64_t t = 0; t < T; ++t)
-        if (batch.mask[t] && detail::is_initial(batch, t) && (ws.terms[t] & kInPg)) {
-          valid.push_back(t);
-          sum_a += static_cast<double>(batch.advantages[t]);
-          sum_l += ws.rows[t].logp;
-        }
-      const double n = static_cast<double>(valid.size());
-      const bool kl_cov = config.policy_loss == PolicyLoss::kl_cov;
-      // kl_cov: plain means (torch .mean()); clip_cov: verl's masked_mean (count + 1e-8).
-      const double mean_a = sum_a / (kl_cov ? n : n + 1e-8), mean_l = sum_l / (kl_cov ? n : n + 1e-8);
-      ws.scratch.assign(static_cast<size_t>(T), 0.0);
-      for (int64_t t : valid)
-        ws.scratch[t] = (static_cast<double>(batch.advantages[t]) - mean_a) * (ws.rows[t].logp - mean_l);
-      const int64_t k = std::max<int64_t>(1, static_cast<int64_t>(n * config.cov_ratio));
-      if (!valid.empty()) {
-        if (kl_cov) {
-          detail::top_k_by_key(ws.scratch, valid, k, ws.order);
-        } else {
-          // Candidates: not clipped by the PPO clip, cov in (lower, upper); k of them chosen by a
-          // counter-based hash of (seed, token) (verl draws them with torch.randperm).
-          std::vector<int64_t>& candidates = ws.cov_candidates;
-          candidates.clear();
-          for (int64_t t : valid) {
-            const double x = ws.rows[t].logp - static_cast<double>(reference[t]);
-            const double r = clamped_ratio(x, params.log_ratio_min, params.log_ratio_max).r;
-            const double A = static_cast<double>(batch.advantages[t]);
-            const bool clipped = -A * math::clamp(r, params.clip_low, params.clip_high) > -A * r;
-            const double cov = ws.scratch[t];
-            if (!clipped && cov > config.clip_cov_lower && cov < config.clip_cov_upper) candidates.push_back(t);
-          }
-          std::vector<double>& key = ws.cov_key;
-          key.assign(static_cast<size_t>(T), 0.0);
-          for (int64_t t : candidates)
-            key[t] = -static_cast<double>(detail::token_hash(config.clip_cov_seed, static_cast<uint64_t>(t)) >> 11);
-          detail::top_k_by_key(key, candidates, k, ws.order);
-        }
-        for (int64_t t : ws.order) ws.terms[t] |= kSelected;
-      }
-    }
-  }
+// Step 1b. TRL's sampler row pass: the vLLM weight and OPSM on the policy factor, vespo's phi.
+template <typename Real>
+Status apply_sampler_correction(const PassContext<Real>& x, Workspace& ws, LossMetrics* metrics) {
+  copy_initial(x, x.reference, ws.train_logp);
+  if (x.batch.rollout_logp) copy_initial(x, x.batch.rollout_logp, ws.rollout_logp);
+  else ws.rollout_logp.assign(static_cast<size_t>(x.T), 0.0);
+  copy_initial(x, x.batch.advantages, ws.advantages);
+  ws.phi.assign(static_cast<size_t>(x.B), 0.0);
+  return sampler_correction(sampler_row_params(x.config), x.B, x.rows, ws.initial_mask.data(), ws.log_values.data(),
+                            ws.train_logp.data(), x.batch.rollout_logp ? ws.rollout_logp.data() : nullptr,
+                            ws.advantages.data(), ws.pg_factor.data(), ws.phi.data(), &metrics->sampler);
+}
 
-  // 4. Weights computed by the loss: each term over its own mask (verl's rejection and TRL's
-  // entropy mask change them), with the caller's global counts where given.
-  if (computed_weights) {
-    ws.w_pg.assign(static_cast<size_t>(T), 0.0);
-    ws.w_entropy.assign(static_cast<size_t>(T), 0.0);
-    ws.w_kl.assign(static_cast<size_t>(T), 0.0);
-    const double layout_length = have_layout ? static_cast<double>(batch.layout.max_length()) : static_cast<double>(T);
-    auto term_weights = [&](Aggregation mode, const AggregationConvention& conv, uint8_t num_bit, uint8_t count_bit,
-                            std::vector<double>& w) -> Status {
-      AggregationCounts counts;
-      double nonempty = 0;
-      for (int64_t i = 0; i < B; ++i) {
-        double n = 0;
-        for (int64_t t = rows.begin(i); t < rows.end(i); ++t) n += (ws.terms[t] & count_bit) ? 1.0 : 0.0;
-        counts.tokens += n;
-        nonempty += n > 0 ? 1.0 : 0.0;
-      }
-      counts.rows = conv.count_empty_rows ? static_cast<double>(B) : nonempty;
-      counts.length = layout_length;
-      if (batch.scale.token_count > 0) counts.tokens = batch.scale.token_count;
-      if (batch.scale.sequence_count > 0) counts.rows = batch.scale.sequence_count;
-      if (batch.scale.length > 0) counts.length = batch.scale.length;
-      if (mode != Aggregation::token_mean && mode != Aggregation::seq_mean_token_sum_norm && counts.rows <= 0 &&
-          counts.tokens > 0)
-        return make_error(StatusCode::invalid_argument, "%s: the number of sequences is zero", to_string(mode));
-      for (int64_t i = 0; i < B; ++i) {
-        double n = 0;
-        for (int64_t t = rows.begin(i); t < rows.end(i); ++t) n += (ws.terms[t] & count_bit) ? 1.0 : 0.0;
-        const double wi = aggregation_weight(static_cast<int>(mode), conv, counts, n);
-        for (int64_t t = rows.begin(i); t < rows.end(i); ++t) w[t] = (ws.terms[t] & num_bit) ? wi : 0.0;
-      }
-      return Status::success();
+// Step 2. The row pass (loss/row_pass.hpp) over each row's valid initial policy tokens.
+template <typename Real>
+void form_row_context(const PassContext<Real>& x, Workspace& ws) {
+  ws.seq.assign(static_cast<size_t>(x.B), RowContext<double>{0, 0, 0, 0});
+  if (!x.plan.row_context) return;
+  const RowPassParams params = row_pass_params(x.config);
+  const bool row_weight = x.config.term().row_weight;
+  for (int64_t i = 0; i < x.B; ++i) {
+    RowPassSums sums = row_pass_sums_zero();
+    for (int64_t t = x.rows.begin(i); t < x.rows.end(i); ++t) {
+      if (!x.batch.mask[t] || !is_initial(x.batch, t) || !(ws.terms[t] & kTermPolicy)) continue;
+      row_pass_add_token(sums, ws.rows[t].logp - static_cast<double>(x.reference[t]),
+                         static_cast<double>(x.batch.advantages[t]), params);
+    }
+    ws.seq[i] = row_pass_context(sums, params, row_weight ? ws.phi[i] : 0.0);
+  }
+}
+
+// Step 3a. TRL's entropy mask: the policy term keeps the tokens whose H is at or above the
+// (1 - rho) quantile of the valid tokens' H; the entropy term then averages over the kept tokens.
+template <typename Real>
+void apply_entropy_mask(const PassContext<Real>& x, Workspace& ws) {
+  ws.scratch.clear();
+  for (int64_t t = 0; t < x.T; ++t)
+    if (x.batch.mask[t]) ws.scratch.push_back(ws.rows[t].entropy);
+  if (ws.scratch.empty()) return;
+  const EntropyMaskConfig& m = x.config.entropy_mask;
+  const double q = quantile_linear(ws.scratch, 1.0 - m.top_quantile);  // as top_entropy_mask()
+  for (int64_t t = 0; t < x.T; ++t) {
+    if (!x.batch.mask[t] || ws.rows[t].entropy >= q) continue;
+    ws.pg_factor[t] = 0.0;
+    ws.terms[t] &= static_cast<uint8_t>(~kTermEntropy);
+    if (!m.count_all_tokens) ws.terms[t] &= static_cast<uint8_t>(~kTermEntropyCount);
+  }
+}
+
+// Step 3b. A term's batch selection: the caller's batch.selection, or from the covariances
+// cov_t = (A_t - mean A)(logp_t - mean logp) over the policy term's valid initial tokens
+// (top_covariance: the k largest; covariance_window: k of the candidates by a counter-based hash
+// of (seed, token), where verl draws them with torch.randperm).
+template <typename Real>
+void select_tokens(const PassContext<Real>& x, Workspace& ws) {
+  if (x.plan.selection_bits) {
+    for (int64_t t = 0; t < x.T; ++t)
+      if (x.batch.mask[t] && x.batch.selection[t]) ws.terms[t] |= kTermSelected;
+    return;
+  }
+  const SelectionParams sel = selection_params(x.config);
+  std::vector<int64_t>& valid = ws.cov_valid;
+  valid.clear();
+  CovarianceSums sums{0.0, 0.0, 0.0};
+  for (int64_t t = 0; t < x.T; ++t)
+    if (x.batch.mask[t] && is_initial(x.batch, t) && (ws.terms[t] & kTermPolicy)) {
+      valid.push_back(t);
+      covariance_add(sums, static_cast<double>(x.batch.advantages[t]), ws.rows[t].logp);
+    }
+  const CovarianceMeans means = covariance_means(sums, sel.selection);
+  ws.scratch.assign(static_cast<size_t>(x.T), 0.0);
+  for (int64_t t : valid) ws.scratch[t] = token_covariance(static_cast<double>(x.batch.advantages[t]), ws.rows[t].logp, means);
+  const int64_t k = covariance_select_count(sums.n, sel.ratio);
+  if (valid.empty()) return;
+  if (sel.selection == static_cast<int>(BatchSelection::top_covariance)) {
+    top_k_by_key(ws.scratch, valid, k, ws.order);
+  } else {
+    std::vector<int64_t>& candidates = ws.cov_candidates;
+    candidates.clear();
+    for (int64_t t : valid)
+      if (covariance_candidate(ws.rows[t].logp - static_cast<double>(x.reference[t]),
+                               static_cast<double>(x.batch.advantages[t]), ws.scratch[t], sel))
+        candidates.push_back(t);
+    std::vector<double>& key = ws.cov_key;
+    key.assign(static_cast<size_t>(x.T), 0.0);
+    for (int64_t t : candidates) key[t] = -static_cast<double>(token_hash(sel.seed, static_cast<uint64_t>(t)) >> 11);
+    top_k_by_key(key, candidates, k, ws.order);
+  }
+  for (int64_t t : ws.order) ws.terms[t] |= kTermSelected;
+}
+
+// Step 4. The weights the loss computes: each term over its own mask (verl's rejection and TRL's
+// entropy mask change them), by its rule (plan.weights) and the caller's global counts.
+template <typename Real>
+Status form_weights(const PassContext<Real>& x, Workspace& ws) {
+  ws.w_pg.assign(static_cast<size_t>(x.T), 0.0);
+  ws.w_entropy.assign(static_cast<size_t>(x.T), 0.0);
+  ws.w_kl.assign(static_cast<size_t>(x.T), 0.0);
+  const double layout_length =
+      x.rows.layout ? static_cast<double>(x.batch.layout.max_length()) : static_cast<double>(x.T);
+  auto term_weights = [&](const WeightRule& rule, uint8_t num_bit, uint8_t count_bit, std::vector<double>& w) -> Status {
+    auto row_count = [&](int64_t i) {
+      double n = 0;
+      for (int64_t t = x.rows.begin(i); t < x.rows.end(i); ++t) n += (ws.terms[t] & count_bit) ? 1.0 : 0.0;
+      return n;
     };
-    if (geo_mean) {
-      // GMPO ignores the aggregation mode: J_pg = (1/B) sum_i l_i over every row (verl torch.mean).
-      AggregationConvention c = config.aggregation;
-      c.row_count_eps = 0;
-      c.count_empty_rows = true;
-      CGRPO_RETURN_IF_ERROR(term_weights(Aggregation::seq_mean_token_mean, c, kInPg, kInPg, ws.w_pg));
-    } else {
-      CGRPO_RETURN_IF_ERROR(term_weights(config.pg_aggregation, config.aggregation, kInPg, kInPg, ws.w_pg));
+    AggregationCounts counts;
+    CGRPO_RETURN_IF_ERROR(aggregation_counts(rule, x.B, row_count, layout_length, x.batch.scale, &counts));
+    for (int64_t i = 0; i < x.B; ++i) {
+      const double wi = aggregation_weight(static_cast<int>(rule.mode), rule.convention, counts, row_count(i));
+      for (int64_t t = x.rows.begin(i); t < x.rows.end(i); ++t) w[t] = (ws.terms[t] & num_bit) ? wi : 0.0;
     }
-    // The entropy term's weights even when entropy_coef = 0: metrics.entropy_loss reports agg_H(H) (verl).
-    CGRPO_RETURN_IF_ERROR(
-        term_weights(config.entropy_aggregation, config.aggregation, kInEntropy, kCountEntropy, ws.w_entropy));
-    if (kl_on) CGRPO_RETURN_IF_ERROR(term_weights(config.kl_aggregation, config.aggregation, kInKl, kInKl, ws.w_kl));
-  }
+    return Status::success();
+  };
+  CGRPO_RETURN_IF_ERROR(term_weights(x.plan.weights[0], kTermPolicy, kTermPolicy, ws.w_pg));
+  // The entropy term's weights even when its coefficient is 0: metrics.entropy_loss reports agg_H(H) (verl).
+  CGRPO_RETURN_IF_ERROR(term_weights(x.plan.weights[1], kTermEntropy, kTermEntropyCount, ws.w_entropy));
+  if (x.config.kl_on()) CGRPO_RETURN_IF_ERROR(term_weights(x.plan.weights[2], kTermKl, kTermKl, ws.w_kl));
+  return Status::success();
+}
 
-  // The sums of step 5.
+// The sums of step 5, zero.
+inline void reset_pass_sums(int64_t T, int64_t B, Workspace& ws) {
   ws.range_sums = metric_sums_zero<double>();
   ws.seq_grad.assign(static_cast<size_t>(B), 0.0);
   ws.row_coupling.assign(static_cast<size_t>(T), 0.0);
   ws.row_below.assign(static_cast<size_t>(B), 0.0);
   ws.row_above.assign(static_cast<size_t>(B), 0.0);
   ws.row_count.assign(static_cast<size_t>(B), 0.0);
+}
+
+}  // namespace detail
+
+// Steps 1-4 of per_token_pass, as the plan says; then the sums of token_pass_range set to zero.
+template <typename Real>
+Status prepare_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& batch, Workspace& ws,
+                          LossMetrics* metrics) {
+  const detail::PassContext<Real> x = detail::pass_context(config, batch);
+  const PassPlan& plan = x.plan;
+  metrics->rollout = RolloutMetrics{};
+  metrics->sampler = SamplerMetrics{};
+  detail::reset_token_terms(x, ws);
+  detail::copy_covered_tokens(x, ws);
+  if (plan.rollout) CGRPO_RETURN_IF_ERROR(detail::apply_rollout_correction(x, ws, metrics));
+  if (plan.sampler) CGRPO_RETURN_IF_ERROR(detail::apply_sampler_correction(x, ws, metrics));
+  detail::form_row_context(x, ws);
+  if (plan.entropy_select) detail::apply_entropy_mask(x, ws);
+  if (plan.selection_bits || plan.cov_select) detail::select_tokens(x, ws);
+  if (plan.computed_weights) CGRPO_RETURN_IF_ERROR(detail::form_weights(x, ws));
+  detail::reset_pass_sums(x.T, x.B, ws);
   return Status::success();
 }
 
@@ -463,35 +453,29 @@ template <typename Real>
 Status token_pass_range(const LossConfig& config, const PolicyLossBatch<Real>& batch, Workspace& ws, int64_t begin,
                         int64_t end) {
   const TokenLossParams<double> params = token_params<double>(config);
-  const bool computed_weights = batch.computed_weights();
-  const RowBounds rows = detail::token_pass_rows(config, batch);
-  const int64_t B = rows.count();
-  const Real* reference = ratio_reference(config, batch);
-  const bool kl_on = config.kl != KlEstimator::none;
+  const detail::PassContext<Real> x = detail::pass_context(config, batch);
+  const bool kl_on = config.kl_on();
   CGRPO_RETURN_IF_ERROR(check_target_logp(batch, ws, begin, end));
 
   // 5. The per-token pass, in token order.
   MetricSums<double>& sums = ws.range_sums;
-  std::vector<double>& row_below = ws.row_below;
-  std::vector<double>& row_above = ws.row_above;
-  std::vector<double>& row_count = ws.row_count;
-  const bool row_metrics = B > 0;
-  for (int64_t i = detail::first_row_ending_after(rows, begin); i < B && rows.begin(i) < end; ++i) {
-    for (int64_t t = std::max(begin, rows.begin(i)); t < std::min(end, rows.end(i)); ++t) {
+  const bool row_metrics = x.B > 0;
+  for (int64_t i = detail::first_row_ending_after(x.rows, begin); i < x.B && x.rows.begin(i) < end; ++i) {
+    for (int64_t t = std::max(begin, x.rows.begin(i)); t < std::min(end, x.rows.end(i)); ++t) {
       Workspace::Row& r = ws.rows[t];
       TokenInputs<double> in{};
       in.valid = batch.mask[t] != 0;
       if (in.valid) {
         const uint8_t bits = ws.terms[t];
-        in.in_pg = (bits & kInPg) != 0;
+        in.in_pg = (bits & kTermPolicy) != 0;
         in.refinement = batch.kinds && batch.kinds[t] == kRefinement;
-        in.selected = (bits & kSelected) != 0;
+        in.selected = (bits & kTermSelected) != 0;
         in.logp = r.logp;
         in.entropy = r.entropy;
-        in.old_logp = in.refinement ? 0.0 : static_cast<double>(reference[t]);
+        in.old_logp = in.refinement ? 0.0 : static_cast<double>(x.reference[t]);
         in.ref_logp = kl_on ? static_cast<double>(batch.ref_logp[t]) : 0.0;
         in.advantage = static_cast<double>(batch.advantages[t]);
-        if (computed_weights) {
+        if (x.plan.computed_weights) {
           in.w_pg = ws.w_pg[t];
           in.w_entropy = ws.w_entropy[t];
           in.w_kl = kl_on ? ws.w_kl[t] : 0.0;
@@ -510,9 +494,9 @@ Status token_pass_range(const LossConfig& config, const PolicyLossBatch<Real>& b
       ws.seq_grad[i] += res.row_grad;
       ws.row_coupling[t] = res.row_coupling;
       if (row_metrics && in.valid && !in.refinement && in.in_pg) {
-        row_count[i] += 1;
-        row_below[i] += (res.policy.flags & kRatioBelow) ? 1.0 : 0.0;
-        row_above[i] += (res.policy.flags & kRatioAbove) ? 1.0 : 0.0;
+        ws.row_count[i] += 1;
+        ws.row_below[i] += (res.policy.flags & kRatioBelow) ? 1.0 : 0.0;
+        ws.row_above[i] += (res.policy.flags & kRatioAbove) ? 1.0 : 0.0;
       }
     }
   }
@@ -524,7 +508,7 @@ template <typename Real>
 Status finish_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& batch, Workspace& ws,
                          LossMetrics* metrics) {
   const int64_t T = batch.num_tokens;
-  const RowBounds rows = detail::token_pass_rows(config, batch);
+  const RowBounds rows = detail::token_pass_rows(plan_passes(config, batch), batch);
   const int64_t B = rows.count();
   const MetricSums<double>& sums = ws.range_sums;
   const std::vector<double>& row_below = ws.row_below;
@@ -547,7 +531,7 @@ Status finish_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& 
 
   const RolloutMetrics rollout_metrics = metrics->rollout;
   const SamplerMetrics sampler_metrics = metrics->sampler;
-  *metrics = finalize_metrics(sums, config.metric_mean_eps);
+  *metrics = finalize_metrics(sums, config.metrics.mean_eps);
   metrics->rollout = rollout_metrics;
   metrics->sampler = sampler_metrics;
   if (row_metrics) {
@@ -562,9 +546,11 @@ Status finish_token_pass(const LossConfig& config, const PolicyLossBatch<Real>& 
     }
     metrics->clip_ratio_low_min = low_min;
     metrics->clip_ratio_high_max = high_max;
-    if (config.ratio_level == RatioLevel::sequence) detail::trl_sequence_clip_metrics(B, row_count, row_below, row_above, *metrics);
+    // TRL's sequence level: one clip value per row.
+    if (config.ratio.level == RatioLevel::sequence)
+      detail::trl_sequence_clip_metrics(B, row_count, row_below, row_above, *metrics);
   }
-  if (config.policy_loss == PolicyLoss::vespo && B > 0) {
+  if (config.term().row_weight && B > 0) {
     double s = 0;
     for (int64_t i = 0; i < B; ++i) s += ws.phi[i];
     metrics->vespo_phi_mean = s / static_cast<double>(B);

@@ -64,7 +64,7 @@ Status token_logprobs(const Real* logits, int64_t num_tokens, int64_t vocab_size
                         static_cast<long long>(t), target_ids[t], static_cast<long long>(vocab_size));
 
   // Results go to the caller's buffers only once every row is known to be finite.
-  const double inv_temperature = 1.0 / temperature;
+  const double inv_temperature = inverse_temperature(temperature);
   parallel_for_rows(ws.pool, num_tokens, num_threads, [&](int64_t begin, int64_t end) {
     compute_row_stats(logits, stride, vocab_size, target_ids, inv_temperature, begin, end, ws.rows.data());
   });

@@ -7,14 +7,15 @@
 #include <vector>
 
 #include "cgrpo/advantages/group_advantages.hpp"
-#include "cgrpo/loss/aggregation.hpp"
 #include "cgrpo/base/checked_size.hpp"
-#include "cgrpo/loss/config.hpp"
-#include "cgrpo/critique/refinement_selection.hpp"
 #include "cgrpo/base/layout.hpp"
 #include "cgrpo/base/no_throw.hpp"
-#include "cgrpo/loss/policy_loss_batch.hpp"
 #include "cgrpo/base/status.hpp"
+#include "cgrpo/critique/refinement_selection.hpp"
+#include "cgrpo/loss/aggregation.hpp"
+#include "cgrpo/loss/config.hpp"
+#include "cgrpo/loss/policy_loss_batch.hpp"
+#include "cgrpo/presets/recipe.hpp"
 
 namespace cgrpo::critique {
 
@@ -81,13 +82,15 @@ struct AssembledBatch {
   std::vector<int64_t> token_counts;      // valid tokens
   std::vector<int64_t> offsets;           // num_responses + 1 row offsets (padded layouts too)
   int64_t padded_length = 0;              // 0 for a packed batch
+  AggregationScale scale;                 // options.scale: the global counts of weights the loss forms
 
   // Per token row.
   std::vector<int32_t> target_ids;
   std::vector<uint8_t> mask;
   std::vector<uint8_t> kinds;
   std::vector<Real> advantages;
-  std::vector<Real> pg_weights, entropy_weights, kl_weights;
+  std::vector<Real> pg_weights, entropy_weights, kl_weights;  // empty when the loss forms its own
+                                                              // (a config that changes a mask inside it)
 
   int64_t num_responses() const { return static_cast<int64_t>(sources.size()); }
   int64_t num_tokens() const { return static_cast<int64_t>(target_ids.size()); }
@@ -136,10 +139,12 @@ struct AssembledBatch {
     b.advantages = advantages.data();
     b.old_logp = old_logp;
     b.ref_logp = ref_logp;
-    b.pg_weights = pg_weights.data();
-    b.entropy_weights = entropy_weights.data();
-    b.kl_weights = kl_weights.data();
+    const bool weights = !pg_weights.empty() || num_tokens() == 0;
+    b.pg_weights = weights ? pg_weights.data() : nullptr;
+    b.entropy_weights = weights ? entropy_weights.data() : nullptr;
+    b.kl_weights = weights ? kl_weights.data() : nullptr;
     b.layout = layout();
+    b.scale = scale;
     return b;
   }
 };
@@ -147,10 +152,12 @@ struct AssembledBatch {
 // Builds the batch the loss consumes from the rollouts of every question:
 //   1. per question, select_refinements() picks k refinements (first correct, else best);
 //   2. they replace the last k initial responses, or are appended (options.placement);
-//   3. advantages over each mixed group with config.advantage (cgrpo::group_advantages),
+//   3. advantages over each mixed group with recipe.advantage (cgrpo::group_advantages),
 //      broadcast to tokens;
-//   4. per-token weights of the pg, entropy and KL terms (cgrpo::aggregation_weights)
-//      with the config's aggregation modes and options.scale.
+//   4. per-token weights of the pg, entropy and KL terms (cgrpo::aggregation_weights: the
+//      modes, conventions and rules of recipe.loss) with options.scale; none when the loss must
+//      form them itself (verl's rejection, TRL's entropy mask, geo_mean), whose view then
+//      passes null weights.
 // Errors (out untouched): k < 0; k larger than a question's choosable refinements; k > n
 // when replacing; an empty group; an empty response unless allowed; a token id outside
 // [0, options.vocab_size) (>= 0 when it is 0); a non-finite reward or success_reward; an
@@ -159,7 +166,7 @@ struct AssembledBatch {
 // than 2^31 questions or responses per question (int32 ids); a failed allocation
 // (out_of_memory).
 template <typename Real>
-Status assemble_groups(const LossConfig& config, const std::vector<QuestionRollouts>& questions,
+Status assemble_groups(const Recipe& recipe, const std::vector<QuestionRollouts>& questions,
                        const GroupAssemblyOptions& options, AssembledBatch<Real>& out);
 
 namespace detail {
@@ -196,7 +203,7 @@ inline Status check_assembly_options(const GroupAssemblyOptions& options, size_t
 }
 
 template <typename Real>
-Status assemble_groups(const LossConfig& config, const std::vector<QuestionRollouts>& questions,
+Status assemble_groups(const Recipe& recipe, const std::vector<QuestionRollouts>& questions,
                        const GroupAssemblyOptions& options, AssembledBatch<Real>& out) {
   const int64_t k = options.refinements_per_group;
 
@@ -260,6 +267,7 @@ Status assemble_groups(const LossConfig& config, const std::vector<QuestionRollo
   }
 
   // Rows: packed back to back, or padded to L.
+  b.scale = options.scale;
   const int64_t B = b.num_responses();
   int64_t longest = 0;
   for (int64_t c : b.token_counts) longest = c > longest ? c : longest;
@@ -290,29 +298,34 @@ Status assemble_groups(const LossConfig& config, const std::vector<QuestionRollo
   // Advantages over the mixed groups, then the aggregation weights.
   b.response_advantages.assign(static_cast<size_t>(B), Real(0));
   const GroupAssignment groups{B, b.group_ids.data(), static_cast<int64_t>(questions.size())};
-  CGRPO_RETURN_IF_ERROR(group_advantages(config.advantage, groups, b.rewards.data(), b.token_counts.data(),
-                                         config.advantage_eps, b.response_advantages.data()));
+  CGRPO_RETURN_IF_ERROR(
+      group_advantages(recipe.advantage, groups, b.rewards.data(), b.token_counts.data(), b.response_advantages.data()));
   const SequenceLayout layout = b.layout();
   b.advantages.assign(static_cast<size_t>(T), Real(0));
   CGRPO_RETURN_IF_ERROR(broadcast_to_tokens(layout, b.response_advantages.data(), b.advantages.data()));
-  b.pg_weights.assign(static_cast<size_t>(T), Real(0));
-  b.entropy_weights.assign(static_cast<size_t>(T), Real(0));
-  b.kl_weights.assign(static_cast<size_t>(T), Real(0));
-  CGRPO_RETURN_IF_ERROR(aggregation_weights(config.pg_aggregation, layout, b.mask.data(), options.scale, b.pg_weights.data()));
-  CGRPO_RETURN_IF_ERROR(
-      aggregation_weights(config.entropy_aggregation, layout, b.mask.data(), options.scale, b.entropy_weights.data()));
-  CGRPO_RETURN_IF_ERROR(aggregation_weights(config.kl_aggregation, layout, b.mask.data(), options.scale, b.kl_weights.data()));
+  if (!plan_passes(recipe.loss, PassInputs{}).requires_computed_weights && T > 0) {
+    const LossConfig& config = recipe.loss;
+    b.pg_weights.assign(static_cast<size_t>(T), Real(0));
+    b.entropy_weights.assign(static_cast<size_t>(T), Real(0));
+    b.kl_weights.assign(static_cast<size_t>(T), Real(0));
+    CGRPO_RETURN_IF_ERROR(
+        aggregation_weights(config, LossTerm::policy, layout, b.mask.data(), options.scale, b.pg_weights.data()));
+    CGRPO_RETURN_IF_ERROR(
+        aggregation_weights(config, LossTerm::entropy, layout, b.mask.data(), options.scale, b.entropy_weights.data()));
+    CGRPO_RETURN_IF_ERROR(
+        aggregation_weights(config, LossTerm::kl, layout, b.mask.data(), options.scale, b.kl_weights.data()));
+  }
   out = std::move(b);
   return Status::success();
 }
 }  // namespace detail
 
 template <typename Real>
-Status assemble_groups(const LossConfig& config, const std::vector<QuestionRollouts>& questions,
+Status assemble_groups(const Recipe& recipe, const std::vector<QuestionRollouts>& questions,
                        const GroupAssemblyOptions& options, AssembledBatch<Real>& out) {
-  CGRPO_RETURN_IF_ERROR(config.validate());
+  CGRPO_RETURN_IF_ERROR(recipe.loss.validate());
   CGRPO_RETURN_IF_ERROR(detail::check_assembly_options(options, questions.size()));
-  return no_throw("assemble_groups", [&] { return detail::assemble_groups(config, questions, options, out); });
+  return no_throw("assemble_groups", [&] { return detail::assemble_groups(recipe, questions, options, out); });
 }
 
 }  // namespace cgrpo::critique

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "cgrpo/loss/policy_terms.hpp"
+#include "cgrpo/loss/row_pass.hpp"
 #include "cgrpo/math/token_hash.hpp"
 #include "cgrpo/cuda/loss_passes.cuh"
 
@@ -194,80 +195,66 @@ struct EntropyKeys {
   CGRPO_ROW_HD uint64_t key(int64_t t) const { return float_order_key(stored[t].entropy); }
 };
 
-// kl_cov: the policy term's valid initial tokens, by cov_t = (A_t - mean A)(log p_t - mean log p),
-// largest first.
+// A top_covariance term (kl_cov): the policy term's valid initial tokens, by
+// cov_t = (A_t - mean A)(log p_t - mean log p) (token_covariance, loss/row_pass.hpp), largest first.
 struct CovKeys {
   const uint8_t* terms;
   const StoredRow* stored;
   const float* advantages;
-  double mean_a, mean_l;
+  CovarianceMeans means;
   CGRPO_ROW_HD bool in(int64_t t) const {
     return covered_token(terms[t]) && (terms[t] & kTermPolicy);
   }
   CGRPO_ROW_HD double cov(int64_t t) const {
-    return (static_cast<double>(advantages[t]) - mean_a) * (static_cast<double>(stored[t].logp) - mean_l);
+    return token_covariance(static_cast<double>(advantages[t]), static_cast<double>(stored[t].logp), means);
   }
   CGRPO_ROW_HD uint64_t key(int64_t t) const { return ~double_order_key(cov(t)); }
 };
 
-// clip_cov: verl's candidates (not clipped by the PPO clip, cov in (lower, upper)), by the
-// counter-based hash of (seed, t), smallest first.
+// A covariance_window term (clip_cov): its candidates (covariance_candidate: not clipped by the PPO
+// clip, cov in (lower, upper)), by the counter-based hash of (seed, t), smallest first.
 struct CandidateKeys {
   CovKeys cov;
   const float* reference;
-  SelectParams p;
+  SelectionParams p;
   CGRPO_ROW_HD bool in(int64_t t) const {
     if (!cov.in(t)) return false;
     const double x = static_cast<double>(cov.stored[t].logp) - static_cast<double>(reference[t]);
-    const double r = clamped_ratio(x, p.log_ratio_min, p.log_ratio_max).r;
-    const double A = static_cast<double>(cov.advantages[t]);
-    const bool clipped = -A * math::clamp(r, p.clip_low, p.clip_high) > -A * r;
-    const double c = cov.cov(t);
-    return !clipped && c > p.clip_cov_lower && c < p.clip_cov_upper;
+    return covariance_candidate(x, static_cast<double>(cov.advantages[t]), cov.cov(t), p);
   }
-  CGRPO_ROW_HD uint64_t key(int64_t t) const { return token_hash(p.clip_cov_seed, static_cast<uint64_t>(t)) >> 11; }
+  CGRPO_ROW_HD uint64_t key(int64_t t) const { return token_hash(p.seed, static_cast<uint64_t>(t)) >> 11; }
 };
 
-// Block sums of the pass (counts, and kl_cov's sums of A and log p), in a fixed order.
-struct SelectSums {
-  double n, sum_a, sum_l;
-};
-struct SelectSumsMerge {
-  CGRPO_ROW_HD SelectSums operator()(const SelectSums& x, const SelectSums& y) const {
-    return SelectSums{x.n + y.n, x.sum_a + y.sum_a, x.sum_l + y.sum_l};
+// Block sums of the pass (counts, and the covariance sums of A and log p), in a fixed order.
+struct CovarianceSumsMerge {
+  CGRPO_ROW_HD CovarianceSums operator()(const CovarianceSums& x, const CovarianceSums& y) const {
+    return covariance_merge(x, y);
   }
 };
 
 template <int THREADS, typename Keys>
-CGRPO_ROW_HD SelectSums select_thread_count(const Keys& keys, int64_t num_tokens, int tid) {
-  SelectSums s{0.0, 0.0, 0.0};
+CGRPO_ROW_HD CovarianceSums select_thread_count(const Keys& keys, int64_t num_tokens, int tid) {
+  CovarianceSums s{0.0, 0.0, 0.0};
   for (int64_t t = tid; t < num_tokens; t += THREADS) s.n += keys.in(t) ? 1.0 : 0.0;
   return s;
 }
 
 template <int THREADS>
-CGRPO_ROW_HD SelectSums cov_thread_sums(const CovKeys& keys, int64_t num_tokens, int tid) {
-  SelectSums s{0.0, 0.0, 0.0};
+CGRPO_ROW_HD CovarianceSums cov_thread_sums(const CovKeys& keys, int64_t num_tokens, int tid) {
+  CovarianceSums s{0.0, 0.0, 0.0};
   for (int64_t t = tid; t < num_tokens; t += THREADS)
-    if (keys.in(t)) {
-      s.n += 1;
-      s.sum_a += static_cast<double>(keys.advantages[t]);
-      s.sum_l += static_cast<double>(keys.stored[t].logp);
-    }
+    if (keys.in(t)) covariance_add(s, static_cast<double>(keys.advantages[t]), static_cast<double>(keys.stored[t].logp));
   return s;
 }
 
-// kl_cov's plain means (torch .mean()); clip_cov's verl masked_mean (count + 1e-8).
-CGRPO_ROW_HD CovKeys cov_keys(const PassArgs& a, const SelectSums& s) {
-  const bool kl_cov = a.params.policy_loss == static_cast<int>(PolicyLoss::kl_cov);
-  const double n = kl_cov ? s.n : s.n + 1e-8;
-  return CovKeys{a.terms, a.stored, a.values.advantages, s.sum_a / n, s.sum_l / n};
+// The term's means (covariance_means: plain for top_covariance, count + 1e-8 for covariance_window).
+CGRPO_ROW_HD CovKeys cov_keys(const PassArgs& a, const CovarianceSums& s) {
+  return CovKeys{a.terms, a.stored, a.values.advantages, covariance_means(s, a.selection.selection)};
 }
 
-// k = max(1, floor(n cov_ratio)) tokens, at most the set's size.
+// k = max(1, floor(n ratio)) tokens, at most the set's size.
 CGRPO_ROW_HD long long cov_select_count(const PassArgs& a, double n, double set_size) {
-  long long k = static_cast<long long>(n * a.select.cov_ratio);
-  if (k < 1) k = 1;
+  const long long k = covariance_select_count(n, a.selection.ratio);
   return static_cast<double>(k) < set_size ? k : static_cast<long long>(set_size);
 }
 
@@ -291,7 +278,7 @@ CGRPO_ROW_HD double quantile_value(const QuantilePosition& p, float v_lo, float 
 // entropy term's numerator, and its denominator unless entropy_count_all_tokens.
 template <int THREADS>
 CGRPO_ROW_HD void entropy_mark_thread(const PassArgs& a, double q, int tid) {
-  const uint8_t clear = a.select.entropy_count_all ? uint8_t(kTermEntropy) : uint8_t(kTermEntropy | kTermEntropyCount);
+  const uint8_t clear = a.entropy_mask.count_all ? uint8_t(kTermEntropy) : uint8_t(kTermEntropy | kTermEntropyCount);
   for (int64_t t = tid; t < a.num_tokens; t += THREADS) {
     const uint8_t bits = a.terms[t];
     if ((bits & kTokenValid) && static_cast<double>(a.stored[t].entropy) < q)
@@ -306,45 +293,46 @@ CGRPO_ROW_HD void mark_selected_thread(const PassArgs& a, const Keys& keys, cons
 }
 
 template <int THREADS>
-__device__ SelectSums block_select_sums(SelectSums mine, typename cub::BlockReduce<SelectSums, THREADS>::TempStorage& temp,
-                                        SelectSums& totals) {
-  const SelectSums s = cub::BlockReduce<SelectSums, THREADS>(temp).Reduce(mine, SelectSumsMerge{});
+__device__ CovarianceSums block_select_sums(CovarianceSums mine,
+                                            typename cub::BlockReduce<CovarianceSums, THREADS>::TempStorage& temp,
+                                            CovarianceSums& totals) {
+  const CovarianceSums s = cub::BlockReduce<CovarianceSums, THREADS>(temp).Reduce(mine, CovarianceSumsMerge{});
   if (threadIdx.x == 0) totals = s;
   __syncthreads();
-  const SelectSums r = totals;
+  const CovarianceSums r = totals;
   __syncthreads();  // totals and temp are reused
   return r;
 }
 
-// The batch pass: the entropy mask (config.top_entropy_quantile < 1), then kl_cov / clip_cov's
-// selection (without batch.selection), in the CPU path's order. One block.
+// The batch pass: the entropy mask (PassPlan::entropy_select), then the term's covariance selection
+// (PassPlan::cov_select), in the CPU path's order. One block.
 template <int THREADS>
 __global__ void __launch_bounds__(THREADS) batch_select_kernel(PassArgs a, bool entropy_on, bool cov_on) {
   __shared__ SelectState st;
-  __shared__ typename cub::BlockReduce<SelectSums, THREADS>::TempStorage temp;
-  __shared__ SelectSums totals;
+  __shared__ typename cub::BlockReduce<CovarianceSums, THREADS>::TempStorage temp;
+  __shared__ CovarianceSums totals;
   const int64_t T = a.num_tokens;
   const int tid = threadIdx.x;
   if (entropy_on) {
     const EntropyKeys keys{a.terms, a.stored};
     const double n = block_select_sums<THREADS>(select_thread_count<THREADS>(keys, T, tid), temp, totals).n;
     if (n > 0) {
-      const QuantilePosition p = quantile_position(n, a.select.entropy_q);
+      const QuantilePosition p = quantile_position(n, a.entropy_mask.q);
       const float v_lo = float_of_order_key(block_select<THREADS>(keys, T, p.lo + 1, 32, true, st).key);
       const float v_hi = float_of_order_key(block_select<THREADS>(keys, T, p.hi + 1, 32, true, st).key);
       entropy_mark_thread<THREADS>(a, quantile_value(p, v_lo, v_hi), tid);
     }
   }
   if (cov_on) {
-    const CovKeys base{a.terms, a.stored, a.values.advantages, 0.0, 0.0};
-    const SelectSums s = block_select_sums<THREADS>(cov_thread_sums<THREADS>(base, T, tid), temp, totals);
+    const CovKeys base{a.terms, a.stored, a.values.advantages, CovarianceMeans{0.0, 0.0}};
+    const CovarianceSums s = block_select_sums<THREADS>(cov_thread_sums<THREADS>(base, T, tid), temp, totals);
     if (s.n > 0) {
       const CovKeys keys = cov_keys(a, s);
-      if (a.params.policy_loss == static_cast<int>(PolicyLoss::kl_cov)) {
+      if (a.selection.selection == static_cast<int>(BatchSelection::top_covariance)) {
         const long long m = cov_select_count(a, s.n, s.n);
         mark_selected_thread<THREADS>(a, keys, block_select<THREADS>(keys, T, m, 64, false, st), tid);
       } else {
-        const CandidateKeys cand{keys, a.values.reference, a.select};
+        const CandidateKeys cand{keys, a.values.reference, a.selection};
         const double nc = block_select_sums<THREADS>(select_thread_count<THREADS>(cand, T, tid), temp, totals).n;
         const long long m = cov_select_count(a, s.n, nc);
         if (m > 0) mark_selected_thread<THREADS>(a, cand, block_select<THREADS>(cand, T, m, 64, false, st), tid);

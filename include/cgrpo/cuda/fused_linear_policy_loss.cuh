@@ -392,7 +392,7 @@ Status fused_linear_token_logprobs(cublasHandle_t cublas, const LinearHead<Logit
       args.vocab_size = V;
       args.row_stride = ldz;
       args.target_ids = target_ids;
-      args.inv_temperature = static_cast<float>(1.0 / temperature);
+      args.inv_temperature = static_cast<float>(inverse_temperature(temperature));
       args.logp_out = logp;
       args.entropy_out = entropy;
       args.status = status;

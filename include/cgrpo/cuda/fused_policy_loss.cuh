@@ -37,22 +37,12 @@ constexpr int kReduceThreads = 256;  // threads of each metric reduction block
 // Tokens per block of the first reduction stage (at most kReduceBlocks blocks); depends on T only.
 inline int64_t metric_reduce_chunk(int64_t num_tokens) { return (num_tokens + kReduceBlocks - 1) / kReduceBlocks; }
 
-// True when the loss couples tokens (rows or the batch) or computes its own weights: it then
-// needs every token's log p and H before any token's a_t, hence two reads of the logits.
-inline bool needs_two_passes(const LossConfig& c, bool computed_weights) {
-  return computed_weights || c.ratio_level != RatioLevel::token || c.policy_loss == PolicyLoss::geo_mean ||
-         c.policy_loss == PolicyLoss::kl_cov || c.policy_loss == PolicyLoss::clip_cov ||
-         c.policy_loss == PolicyLoss::vespo || c.policy_loss == PolicyLoss::reinforce ||
-         c.rollout.mode != RolloutCorrectionMode::none || c.sampler.mode != SamplerCorrectionMode::none ||
-         std::isfinite(c.off_policy_mask_threshold) || c.top_entropy_quantile < 1;
-}
-
 // The passes of the two-pass loss over per-token values only (no logits): the prepare pass, the
 // rollout / sampler row passes, the batch pass, the row pass, the counts, the token pass and the row
 // post-pass. Written for the fused loss, and for a caller that computes each token's softmax
 // statistics itself (a chunked LM-head loss): it writes every token's StoredRow into args.stored,
-// launches these, and finds a_t, b_t in args.grads.
-struct PassPlan {
+// launches these, and finds a_t, b_t in args.grads. Filled from the loss's PassPlan (plan_passes).
+struct PassLaunches {
   PassArgs args{};
   int64_t num_tokens = 0, num_rows = 0;
   bool rollout = false, sampler = false;            // row pre-passes
@@ -85,7 +75,7 @@ struct LossPlan {
   PolicyLossArgs<Logit> fused{};
   TokenLogprobArgs<Logit> stats{};
   StoredGradientArgs<Logit> gradient{};
-  PassPlan passes;
+  PassLaunches passes;
   ReductionPlan reductions;
   UncoupledOutputs outputs{};
 
@@ -93,31 +83,24 @@ struct LossPlan {
   MetricSums<double>* token_sums() const { return reinterpret_cast<MetricSums<double>*>(ws + layout.token_sums); }
 };
 
-// plan_policy_loss after validate_batch_shape: the GPU's own rules, then the launches. A chunked
-// caller (the fused linear loss) validates its own call and plans with batch.logits = its chunk
-// buffer and row_stride = the buffer's: the row kernels then run on rows [first_row, first_row + n)
-// of it (launch_first_pass_rows, launch_gradient_rows).
+namespace detail {
+
+// The rows the row kernels see, as cpu::per_token_pass takes them: the layout when the plan needs
+// it or the caller gave a valid one (TRL's per-row clip metrics read it), else one row of every token.
 template <typename Logit>
-Status plan_validated_policy_loss(const LossConfig& config, const PolicyLossBatch<Logit, float>& batch,
-                                  const PolicyLossOutputs<Logit, float>& out, const int64_t* device_sequence_offsets,
-                                  void* workspace, size_t workspace_bytes, LossPlan<Logit>* plan) {
+bool has_layout(const PassPlan& plan, const PolicyLossBatch<Logit, float>& batch) {
   const int64_t T = batch.num_tokens;
-  if (T >= (int64_t{1} << 31))
-    return make_error(StatusCode::invalid_argument, "num_tokens must be < 2^31 on the GPU, got %lld",
-                      static_cast<long long>(T));
-  const bool computed = batch.computed_weights();
-  const WorkspaceLayout layout(T, batch.layout.num_sequences, workspace_needs(config));
-  if (!workspace || workspace_bytes < layout.total)
-    return make_error(StatusCode::invalid_argument, "workspace needs %zu bytes (fused_policy_loss_workspace_size), got %zu%s",
-                      layout.total, workspace_bytes, workspace ? "" : " (null)");
-  if (reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
-    return make_error(StatusCode::invalid_argument, "workspace must be 16-byte aligned");
-  // The rows, as cpu::per_token_pass takes them: the layout when the config needs it or the caller
-  // gave a valid one (TRL's per-row clip metrics read it), else one row of every token.
-  const bool needs = needs_layout(config, computed);
   const SequenceLayout& L = batch.layout;
-  const bool have_layout = L.num_sequences > 0 && ((T > 0 && needs) || L.validate(T).ok());
-  if (have_layout && needs && L.offsets && !device_sequence_offsets && T > 0)
+  return L.num_sequences > 0 && ((T > 0 && plan.needs_layout) || L.validate(T).ok());
+}
+
+template <typename Logit>
+Status plan_rows(const PassPlan& plan, const PolicyLossBatch<Logit, float>& batch, const int64_t* device_offsets,
+                 DeviceSequences* out) {
+  const int64_t T = batch.num_tokens;
+  const SequenceLayout& L = batch.layout;
+  const bool have_layout = has_layout(plan, batch);
+  if (have_layout && plan.needs_layout && L.offsets && !device_offsets && T > 0)
     return make_error(StatusCode::invalid_argument,
                       "this config reads batch.layout (row-level features or computed weights): a packed layout needs "
                       "device_sequence_offsets (layout.offsets on the device)");
@@ -126,38 +109,36 @@ Status plan_validated_policy_loss(const LossConfig& config, const PolicyLossBatc
     rows = DeviceSequences{L.num_sequences, nullptr, L.padded_length};
   } else if (have_layout && T == 0) {
     rows = DeviceSequences{L.num_sequences, nullptr, 0};  // every row empty
-  } else if (have_layout && device_sequence_offsets) {
-    rows = DeviceSequences{L.num_sequences, device_sequence_offsets, 0};
+  } else if (have_layout && device_offsets) {
+    rows = DeviceSequences{L.num_sequences, device_offsets, 0};
   } else if (T > 0) {
     // No layout, or a packed one the kernels cannot see (offsets on the host only) in a config that
     // does not need it: one row of every token (the per-row clip metrics are then the batch's).
     rows = DeviceSequences{1, nullptr, T};
   }
+  *out = rows;
+  return Status::success();
+}
 
-  LossPlan<Logit> p;
-  p.num_tokens = T;
-  p.ws = static_cast<char*>(workspace);
-  p.layout = layout;
-  p.rows = rows;
-  p.write_grad = out.grad_logits != nullptr;
-  p.two_pass = needs_two_passes(config, computed);
-  char* ws = p.ws;
-  const TokenLossParams<float> params = token_params<float>(config);
-  const bool bypass = config.rollout.mode == RolloutCorrectionMode::bypass;
-  const bool kl_on = config.kl != KlEstimator::none;
-  const RolloutParams rollout = rollout_params(config.rollout);
-  const bool weighted = config.rollout.is_level != RolloutIsLevel::none;
+// What the finalize step needs to know of the config (the metric families that are on).
+inline MetricsInfo metrics_info(const LossConfig& config, const PassPlan& plan, int64_t num_rows) {
+  MetricsInfo info{};
+  info.metric_mean_eps = config.metrics.mean_eps;
+  info.num_rows = num_rows;
+  info.rollout_on = plan.rollout;
+  info.batch_normalize = config.off_policy.rollout.is_level != RolloutIsLevel::none &&
+                         config.off_policy.rollout.is_batch_normalize;
+  info.sampler_on = traits_of(config.off_policy.sampler.mode).on;
+  info.vespo = config.term().row_weight;
+  info.sequence_level = config.ratio.level == RatioLevel::sequence;  // TRL's per-row clip metrics
+  info.rollout = rollout_params(config.off_policy.rollout);
+  return info;
+}
 
-  MetricsInfo& info = p.info;
-  info.metric_mean_eps = config.metric_mean_eps;
-  info.num_rows = rows.num_sequences;
-  info.rollout_on = config.rollout.mode != RolloutCorrectionMode::none;
-  info.batch_normalize = weighted && config.rollout.is_batch_normalize;
-  info.sampler_on = config.sampler.mode != SamplerCorrectionMode::none;
-  info.vespo = config.policy_loss == PolicyLoss::vespo;
-  info.sequence_level = config.ratio_level == RatioLevel::sequence;
-  info.rollout = rollout;
-
+// The per-token arrays every kernel reads.
+template <typename Logit>
+TokenValueArrays token_value_arrays(const LossConfig& config, const PassPlan& plan,
+                                    const PolicyLossBatch<Logit, float>& batch) {
   TokenValueArrays values{};
   values.mask = batch.mask;
   values.kinds = batch.kinds;
@@ -169,11 +150,18 @@ Status plan_validated_policy_loss(const LossConfig& config, const PolicyLossBatc
   values.reference = ratio_reference(config, batch);
   values.rollout_logp = batch.rollout_logp;
   values.ref_logp = batch.ref_logp;
-  values.reference_field = bypass ? kFieldRolloutLogp : kFieldOldLogp;
-  values.kl_on = kl_on;
-  values.check_rollout = config.needs_rollout_logp() ||
-                         (batch.rollout_logp && std::isfinite(config.off_policy_mask_threshold));
+  values.reference_field = plan.ratio_vs_rollout ? kFieldRolloutLogp : kFieldOldLogp;
+  values.kl_on = config.kl_on();
+  values.check_rollout = plan.checks_rollout_logp;
+  return values;
+}
 
+// The row kernels' arguments: the fused kernel, the statistics kernel and the gradient kernel.
+template <typename Logit>
+void fill_row_kernel_args(const PolicyLossBatch<Logit, float>& batch, const PolicyLossOutputs<Logit, float>& out,
+                          const TokenValueArrays& values, const TokenLossParams<float>& params, LossPlan<Logit>& p) {
+  const WorkspaceLayout& layout = p.layout;
+  char* ws = p.ws;
   DeviceStatus* status = &p.header()->status;
   auto* token_sums = p.token_sums();
   auto* stored = reinterpret_cast<StoredRow*>(ws + layout.rows);
@@ -192,9 +180,6 @@ Status plan_validated_policy_loss(const LossConfig& config, const PolicyLossBatc
   f.params = params;
   f.token_sums = token_sums;
   f.status = status;
-
-  p.outputs = UncoupledOutputs{T, batch.mask, out.policy_factor, out.token_terms};
-  p.uncoupled_outputs = !p.two_pass && (out.policy_factor || out.token_terms);
 
   TokenLogprobArgs<Logit>& s = p.stats;
   s.logits = batch.logits;
@@ -217,10 +202,19 @@ Status plan_validated_policy_loss(const LossConfig& config, const PolicyLossBatc
   g.grads = grads;
   g.token_sums = token_sums;
   g.status = status;
+}
 
+// The passes over per-token values: where each reads and writes in the workspace, what runs.
+template <typename Logit>
+void fill_pass_args(const LossConfig& config, const PassPlan& plan, const PolicyLossBatch<Logit, float>& batch,
+                    const PolicyLossOutputs<Logit, float>& out, const TokenValueArrays& values,
+                    const TokenLossParams<float>& params, LossPlan<Logit>& p) {
+  const WorkspaceLayout& layout = p.layout;
+  char* ws = p.ws;
+  const int64_t T = batch.num_tokens;
   PassArgs& a = p.passes.args;
   a.num_tokens = T;
-  a.rows = rows;
+  a.rows = p.rows;
   a.target_ids = batch.target_ids;
   a.values = values;
   a.logp_out = out.logp;
@@ -228,12 +222,12 @@ Status plan_validated_policy_loss(const LossConfig& config, const PolicyLossBatc
   a.policy_factor_out = out.policy_factor;
   a.terms_out = out.token_terms;
   a.header = p.header();
-  a.stored = stored;
+  a.stored = reinterpret_cast<StoredRow*>(ws + layout.rows);
   a.terms = reinterpret_cast<uint8_t*>(ws + layout.terms);
   a.factor = reinterpret_cast<double*>(ws + layout.factor);
-  a.grads = grads;
+  a.grads = reinterpret_cast<TokenGrad*>(ws + layout.grads);
   a.coupling = reinterpret_cast<float*>(ws + layout.coupling);
-  a.token_sums = token_sums;
+  a.token_sums = p.token_sums();
   a.context = reinterpret_cast<RowContext<float>*>(ws + layout.context);
   a.row_counts = reinterpret_cast<RowCounts*>(ws + layout.row_counts);
   a.batch_counts = reinterpret_cast<BatchCounts*>(ws + layout.batch_counts);
@@ -248,68 +242,94 @@ Status plan_validated_policy_loss(const LossConfig& config, const PolicyLossBatc
     a.rollout_d = values_d + 2 * n;
     a.advantages_d = values_d + 3 * n;
   }
-  a.rollout_on = info.rollout_on != 0;
-  a.rollout_weight = weighted && !(bypass && config.policy_loss == PolicyLoss::ppo_clip);
-  a.rollout_bypass = bypass;
-  a.rollout_normalize = a.rollout_weight && config.rollout.is_batch_normalize;
-  a.rollout_scope = bypass ? uint8_t(kTermPolicy) : kAllTerms;
+  a.rollout_on = plan.rollout;
+  a.rollout_weight = plan.rollout_weight;
+  a.rollout_bypass = plan.rollout_bypass;
+  a.rollout_normalize = plan.rollout_normalize;
+  a.rollout_scope = plan.rollout_scope;
+  a.rollout_row_mean = plan.rollout_row_mean;
   a.sampler_pass = layout.sampler_rows != 0;
-  a.selection_bits =
-      batch.selection && (config.policy_loss == PolicyLoss::kl_cov || config.policy_loss == PolicyLoss::clip_cov);
-  a.geo_mean = config.policy_loss == PolicyLoss::geo_mean;
-  a.vespo = info.vespo != 0;
-  a.sequence_ratio = config.sequence_ratio();
-  a.row_context = a.sequence_ratio || a.geo_mean || a.vespo;
-  a.computed_weights = computed;
-  a.rollout = rollout;
-  const double layout_length = have_layout ? static_cast<double>(L.max_length()) : static_cast<double>(T);
-  auto term = [&](Aggregation mode, AggregationConvention conv) {
-    return TermWeightParams{static_cast<int>(mode), conv, batch.scale.token_count, batch.scale.sequence_count,
-                            batch.scale.length > 0 ? batch.scale.length : layout_length};
-  };
-  if (a.geo_mean) {  // GMPO ignores the aggregation mode: J_pg = (1/B) sum_i l_i over every row
-    AggregationConvention c = config.aggregation;
-    c.row_count_eps = 0;
-    c.count_empty_rows = true;
-    a.weights[0] = term(Aggregation::seq_mean_token_mean, c);
-  } else {
-    a.weights[0] = term(config.pg_aggregation, config.aggregation);
+  a.selection_bits = plan.selection_bits;
+  a.row_weight = config.term().row_weight;
+  a.row_context = plan.row_context;
+  a.computed_weights = plan.computed_weights;
+  a.rollout = rollout_params(config.off_policy.rollout);
+  const double layout_length =
+      has_layout(plan, batch) ? static_cast<double>(batch.layout.max_length()) : static_cast<double>(T);
+  for (int k = 0; k < 3; ++k) {
+    const WeightRule& rule = plan.weights[k];
+    a.weights[k] = TermWeightParams{static_cast<int>(rule.mode), rule.convention, batch.scale.token_count,
+                                    batch.scale.sequence_count, batch.scale.length > 0 ? batch.scale.length : layout_length};
   }
-  a.weights[1] = term(config.entropy_aggregation, config.aggregation);
-  a.weights[2] = term(config.kl_aggregation, config.aggregation);
-  a.select.entropy_q = 1.0 - config.top_entropy_quantile;
-  a.select.entropy_count_all = config.entropy_count_all_tokens;
-  a.select.cov_ratio = config.cov_ratio;
-  a.select.clip_cov_lower = config.clip_cov_lower;
-  a.select.clip_cov_upper = config.clip_cov_upper;
-  a.select.clip_cov_seed = config.clip_cov_seed;
-  a.select.log_ratio_min = config.log_ratio_min;
-  a.select.log_ratio_max = config.log_ratio_max;
-  a.select.clip_low = 1.0 - config.clip_eps_low;
-  a.select.clip_high = 1.0 + config.clip_eps_high;
-  a.geo_clip_eps_low = config.clip_eps_low;
-  a.geo_clip_eps_high = config.clip_eps_high;
+  a.entropy_mask = EntropyMaskParams{1.0 - config.entropy_mask.top_quantile, config.entropy_mask.count_all_tokens};
+  a.selection = selection_params(config);
+  a.row = row_pass_params(config);
+  a.sampler = sampler_row_params(config);
   a.params = params;
-  a.config = config;
 
-  PassPlan& pp = p.passes;
+  PassLaunches& pp = p.passes;
   pp.num_tokens = T;
-  pp.num_rows = rows.num_sequences;
-  pp.rollout = a.rollout_on;
+  pp.num_rows = p.rows.num_sequences;
+  pp.rollout = plan.rollout;
   pp.sampler = a.sampler_pass;
-  pp.entropy_select = config.top_entropy_quantile < 1;
-  pp.cov_select = !batch.selection &&
-                  (config.policy_loss == PolicyLoss::kl_cov || config.policy_loss == PolicyLoss::clip_cov);
-  pp.row_pass = a.rollout_normalize || (a.geo_mean && a.rollout_weight) || a.row_context || computed;
-  pp.counts = computed;
+  pp.entropy_select = plan.entropy_select;
+  pp.cov_select = plan.cov_select;
+  pp.row_pass = plan.rollout_normalize || plan.rollout_row_mean || plan.row_context || plan.computed_weights;
+  pp.counts = plan.computed_weights;
+}
 
+template <typename Logit>
+void fill_reductions(LossPlan<Logit>& p) {
   ReductionPlan& r = p.reductions;
-  r.num_tokens = T;
-  r.rows = rows;
-  r.token_sums = token_sums;
-  r.partial_sums = reinterpret_cast<MetricSums<double>*>(ws + layout.partial_sums);
-  r.row_clip = reinterpret_cast<RowClipSums*>(ws + layout.row_clip);
+  r.num_tokens = p.num_tokens;
+  r.rows = p.rows;
+  r.token_sums = p.token_sums();
+  r.partial_sums = reinterpret_cast<MetricSums<double>*>(p.ws + p.layout.partial_sums);
+  r.row_clip = reinterpret_cast<RowClipSums*>(p.ws + p.layout.row_clip);
   r.header = p.header();
+}
+
+}  // namespace detail
+
+// plan_policy_loss after validate_batch_shape: the GPU's own rules, then the launches. A chunked
+// caller (the fused linear loss) validates its own call and plans with batch.logits = its chunk
+// buffer and row_stride = the buffer's: the row kernels then run on rows [first_row, first_row + n)
+// of it (launch_first_pass_rows, launch_gradient_rows). The steps: the loss's pass plan
+// (plan_passes, shared with the CPU path), the rows, the workspace's parts, the row kernels'
+// arguments, the passes' arguments, the reductions.
+template <typename Logit>
+Status plan_validated_policy_loss(const LossConfig& config, const PolicyLossBatch<Logit, float>& batch,
+                                  const PolicyLossOutputs<Logit, float>& out, const int64_t* device_sequence_offsets,
+                                  void* workspace, size_t workspace_bytes, LossPlan<Logit>* plan) {
+  const int64_t T = batch.num_tokens;
+  if (T >= (int64_t{1} << 31))
+    return make_error(StatusCode::invalid_argument, "num_tokens must be < 2^31 on the GPU, got %lld",
+                      static_cast<long long>(T));
+  const WorkspaceLayout layout(T, batch.layout.num_sequences, workspace_needs(config));
+  if (!workspace || workspace_bytes < layout.total)
+    return make_error(StatusCode::invalid_argument, "workspace needs %zu bytes (fused_policy_loss_workspace_size), got %zu%s",
+                      layout.total, workspace_bytes, workspace ? "" : " (null)");
+  if (reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
+    return make_error(StatusCode::invalid_argument, "workspace must be 16-byte aligned");
+  const PassPlan passes = plan_passes(config, batch);
+  DeviceSequences rows;
+  CGRPO_RETURN_IF_ERROR(detail::plan_rows(passes, batch, device_sequence_offsets, &rows));
+
+  LossPlan<Logit> p;
+  p.num_tokens = T;
+  p.ws = static_cast<char*>(workspace);
+  p.layout = layout;
+  p.rows = rows;
+  p.write_grad = out.grad_logits != nullptr;
+  p.two_pass = passes.any_prepass;
+  p.info = detail::metrics_info(config, passes, rows.num_sequences);
+  const TokenLossParams<float> params = token_params<float>(config);
+  const TokenValueArrays values = detail::token_value_arrays(config, passes, batch);
+  detail::fill_row_kernel_args(batch, out, values, params, p);
+  p.outputs = UncoupledOutputs{T, batch.mask, out.policy_factor, out.token_terms};
+  p.uncoupled_outputs = !p.two_pass && (out.policy_factor || out.token_terms);
+  detail::fill_pass_args(config, passes, batch, out, values, params, p);
+  detail::fill_reductions(p);
   *plan = p;
   return Status::success();
 }
@@ -342,7 +362,7 @@ Status launch_reduce_items(const In* in, int64_t n, Out identity, Convert conver
 // Enqueues the passes over per-token values, in the CPU path's order: prepare_tokens_kernel,
 // [rollout_row_kernel, sampler_rows_kernel + their metric reductions], [batch_select_kernel],
 // [row_pass_kernel, the counts' reduction], token_pass_kernel (with the row post-pass).
-inline Status launch_token_passes(const PassPlan& p, cudaStream_t stream) {
+inline Status launch_token_passes(const PassLaunches& p, cudaStream_t stream) {
   const int64_t T = p.num_tokens, R = p.num_rows;
   const unsigned row_grid = static_cast<unsigned>(R);
   const PassArgs& a = p.args;

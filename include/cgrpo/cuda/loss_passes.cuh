@@ -8,12 +8,14 @@
 #include <cmath>
 #include <cstdint>
 
-#include "cgrpo/loss/config.hpp"
-#include "cgrpo/loss/loss_weights.hpp"
-#include "cgrpo/loss/metrics.hpp"
-#include "cgrpo/loss/policy_loss_batch.hpp"
 #include "cgrpo/corrections/rollout_correction.hpp"
 #include "cgrpo/corrections/sampler_correction.hpp"
+#include "cgrpo/loss/aggregation_modes.hpp"
+#include "cgrpo/loss/config.hpp"
+#include "cgrpo/loss/metrics.hpp"
+#include "cgrpo/loss/pass_plan.hpp"
+#include "cgrpo/loss/policy_loss_batch.hpp"
+#include "cgrpo/loss/row_pass.hpp"
 #include "cgrpo/loss/token_loss.hpp"
 #include "cgrpo/cuda/block_row_ops.cuh"
 #include "cgrpo/cuda/device_status.cuh"
@@ -35,7 +37,7 @@ constexpr int kTokenThreads = 256;  // per-token kernels
 constexpr int kRowThreads = 128;    // row kernels (rows hold ~1e2-1e4 tokens)
 constexpr int kItemThreads = 256;   // the one-block reductions over the rows' partials
 
-// Bits of the workspace's per-token `terms` beside the TokenTerms the caller sees (outputs.token_terms
+// Bits of the workspace's per-token `terms` beside the TermBit bits the caller sees (outputs.token_terms
 // gets the low five).
 enum TokenState : uint8_t {
   kTokenLowEntropy = 32,  // TRL's entropy mask drops the token from the policy term (its factor is 0)
@@ -43,7 +45,6 @@ enum TokenState : uint8_t {
   kTokenValid = 128,      // mask 1 and every value checked (a flagged token counts as padding)
 };
 constexpr uint8_t kCallerTermBits = kTermPolicy | kTermEntropy | kTermKl | kTermSelected | kTermEntropyCount;
-constexpr uint8_t kAllTerms = kTermPolicy | kTermEntropy | kTermKl | kTermEntropyCount;
 
 // How one term's weights are formed when the loss computes them (aggregation_weight's inputs
 // known on the host: the mode, the convention and the caller's global counts).
@@ -53,13 +54,10 @@ struct TermWeightParams {
   double scale_tokens, scale_rows, length;  // batch.scale (0: from this batch); length: L of the layout
 };
 
-// The selection passes' parameters (kl_cov / clip_cov and TRL's entropy mask), in double as on the CPU.
-struct SelectParams {
-  double entropy_q;          // 1 - top_entropy_quantile
-  bool entropy_count_all;
-  double cov_ratio, clip_cov_lower, clip_cov_upper;
-  uint64_t clip_cov_seed;
-  double log_ratio_min, log_ratio_max, clip_low, clip_high;  // clip_cov's candidates (not PPO-clipped)
+// TRL's entropy mask in the batch pass.
+struct EntropyMaskParams {
+  double q;            // 1 - top_quantile
+  bool count_all;      // the entropy term still divides by every valid token
 };
 
 // Everything the pre-pass, token-pass and post-pass kernels read and write (about 1.3 KB of kernel
@@ -95,17 +93,19 @@ struct PassArgs {
   bool rollout_bypass;      // d = log p - rollout (else old - rollout)
   bool rollout_normalize;   // divide the weights by their batch mean (is_batch_normalize)
   uint8_t rollout_scope;    // the terms a rejected token leaves
+  bool rollout_row_mean;    // a row term takes its row's geometric mean of the IS weights (geo_mean)
   bool sampler_pass;        // TRL's sampler weight, OPSM or vespo
-  bool selection_bits;      // kl_cov / clip_cov with batch.selection: its tokens get kTermSelected
-  bool geo_mean, vespo, sequence_ratio;
-  bool row_context;         // sequence ratios, geo_mean or vespo: RowContext per row
+  bool selection_bits;      // a batch-selecting term with batch.selection: its tokens get kTermSelected
+  bool row_weight;          // a row-weighted term (vespo): phi_i from the sampler pass
+  bool row_context;         // the row pass forms a RowContext per row (PassPlan::row_context)
   bool computed_weights;
   RolloutParams rollout;
   TermWeightParams weights[3];  // policy, entropy, KL
-  SelectParams select;
-  double geo_clip_eps_low, geo_clip_eps_high;  // geo_mean's one-sided clip of the log ratio, in double
+  EntropyMaskParams entropy_mask;
+  SelectionParams selection;    // the term's covariance selection (loss/row_pass.hpp)
+  RowPassParams row;            // the row pass (loss/row_pass.hpp)
+  SamplerRowParams sampler;     // sampler_row, as the CPU path calls it
   TokenLossParams<float> params;
-  LossConfig config;        // sampler_row reads it as the CPU path does
 };
 
 CGRPO_ROW_HD bool is_initial_token(const PassArgs& a, int64_t t) { return !a.values.kinds || a.values.kinds[t] == kInitial; }
@@ -241,8 +241,8 @@ CGRPO_ROW_HD void sampler_row_thread(const PassArgs& a, int64_t i) {
   const SamplerRowInputs in{a.rows.begin(i), a.rows.end(i), a.covered,   a.logp_d,
                             a.old_d,         a.values.rollout_logp ? a.rollout_d : nullptr, a.advantages_d};
   SamplerRowPartial p = sampler_row_partial_zero();
-  const double phi = sampler_row(a.config, in, a.factor, SamplerArrays{}, i, p.partial);
-  p.phi = a.vespo ? phi : 0.0;
+  const double phi = sampler_row(a.sampler, in, a.factor, SamplerArrays{}, i, p.partial);
+  p.phi = a.row_weight ? phi : 0.0;
   a.sampler_rows[i] = p;
 }
 
@@ -253,27 +253,12 @@ __global__ void __launch_bounds__(kRowThreads) sampler_rows_kernel(PassArgs a) {
 
 // ---------------------------------------------------------------------------
 // 4. The row pass, block = one row, after the batch pass (batch_select.cuh): the batch-normalised IS
-// weights, GMPO's geometric mean of them, the row context (sequence log ratios, GMPO's row sums,
-// vespo's phi) and each term's count for the computed weights. ~20 bytes per token.
-
-struct RowPassSums {
-  double geo_log_w, geo_n;         // GMPO: sum of log(w + 1e-10) over the row's covered policy tokens
-  double n, sum_x, sum_a, sum_y;   // valid initial policy tokens: count, log ratios, advantages, clipped
-  double count[3];                 // tokens each term's denominator counts
-};
+// weights, a row term's geometric mean of them, the row context (loss/row_pass.hpp: sequence log
+// ratios, a row term's q_i, vespo's phi) and each term's count for the computed weights. ~20 bytes
+// per token.
 
 struct RowPassSumsMerge {
-  CGRPO_ROW_HD RowPassSums operator()(const RowPassSums& x, const RowPassSums& y) const {
-    RowPassSums s;
-    s.geo_log_w = x.geo_log_w + y.geo_log_w;
-    s.geo_n = x.geo_n + y.geo_n;
-    s.n = x.n + y.n;
-    s.sum_x = x.sum_x + y.sum_x;
-    s.sum_a = x.sum_a + y.sum_a;
-    s.sum_y = x.sum_y + y.sum_y;
-    for (int k = 0; k < 3; ++k) s.count[k] = x.count[k] + y.count[k];
-    return s;
-  }
+  CGRPO_ROW_HD RowPassSums operator()(const RowPassSums& x, const RowPassSums& y) const { return row_pass_merge(x, y); }
 };
 
 // Which bit each term's denominator counts (k: 0 policy, 1 entropy, 2 KL), and which bit puts a
@@ -283,7 +268,7 @@ CGRPO_ROW_HD uint8_t numerator_bit(int k) { return k == 0 ? kTermPolicy : (k == 
 
 template <int THREADS>
 CGRPO_ROW_HD RowPassSums row_pass_thread(const PassArgs& a, int64_t i, int tid, double norm) {
-  RowPassSums s{};
+  RowPassSums s = row_pass_sums_zero();
   for (int64_t t = a.rows.begin(i) + tid; t < a.rows.end(i); t += THREADS) {
     const uint8_t bits = a.terms[t];
     if (!(bits & kTokenValid)) continue;
@@ -291,24 +276,14 @@ CGRPO_ROW_HD RowPassSums row_pass_thread(const PassArgs& a, int64_t i, int tid, 
     if (cov && a.rollout_normalize) a.factor[t] /= norm;
     for (int k = 0; k < 3; ++k) s.count[k] += (bits & count_bit(k)) ? 1.0 : 0.0;
     if (!cov || !(bits & kTermPolicy)) continue;
-    if (a.geo_mean && a.rollout_weight) {
-      s.geo_log_w += ::log(a.factor[t] + 1e-10);
-      s.geo_n += 1;
-    }
+    if (a.rollout_row_mean) row_pass_add_is_weight(s, a.factor[t]);
     const double x = static_cast<double>(a.stored[t].logp) - static_cast<double>(a.values.reference[t]);
-    const double A = static_cast<double>(a.values.advantages[t]);
-    s.n += 1;
-    s.sum_x += x;
-    s.sum_a += A;
-    if (a.geo_mean) {
-      // GeoMeanTerm::clipped_log_ratio in double
-      s.sum_y += A > 0 ? math::min(x, a.geo_clip_eps_high) : (A < 0 ? math::max(x, -a.geo_clip_eps_low) : 0.0);
-    }
+    row_pass_add_token(s, x, static_cast<double>(a.values.advantages[t]), a.row);
   }
   return s;
 }
 
-// GMPO: every covered token of the row takes the row's geometric mean of its kept tokens' weights.
+// A row term: every covered token of the row takes the row's geometric mean of its kept tokens' weights.
 template <int THREADS>
 CGRPO_ROW_HD void row_pass_geo_factor(const PassArgs& a, int64_t i, int tid, double g) {
   for (int64_t t = a.rows.begin(i) + tid; t < a.rows.end(i); t += THREADS)
@@ -317,17 +292,7 @@ CGRPO_ROW_HD void row_pass_geo_factor(const PassArgs& a, int64_t i, int tid, dou
 
 // Thread 0: the row's context and counts, as cpu::per_token_pass's row pass forms them.
 CGRPO_ROW_HD void row_pass_end(const PassArgs& a, int64_t i, const RowPassSums& s) {
-  RowContext<double> c{0, 0, 0, 0};
-  if (a.geo_mean) {
-    c.log_ratio = s.sum_y / (s.n + 1e-8);
-    c.advantage = s.sum_a / (s.n + 1e-8);
-    c.coupling = 1.0 / (s.n + 1e-8);
-  } else if (a.sequence_ratio) {
-    const double n = s.n > 1.0 ? s.n : 1.0;
-    c.log_ratio = s.sum_x / n;
-    c.coupling = a.params.ratio_level == static_cast<int>(RatioLevel::sequence) ? 1.0 / n : 0.0;
-  }
-  if (a.vespo) c.weight = a.sampler_rows[i].phi;
+  const RowContext<double> c = row_pass_context(s, a.row, a.row_weight ? a.sampler_rows[i].phi : 0.0);
   a.context[i] = RowContext<float>{static_cast<float>(c.log_ratio), static_cast<float>(c.coupling),
                                    static_cast<float>(c.advantage), static_cast<float>(c.weight)};
   a.row_counts[i] = RowCounts{{s.count[0], s.count[1], s.count[2]}};
@@ -337,8 +302,6 @@ CGRPO_ROW_HD void row_pass_end(const PassArgs& a, int64_t i, const RowPassSums& 
 CGRPO_ROW_HD double rollout_norm(const PassArgs& a) {
   return a.rollout_normalize ? rollout_batch_norm_factor(a.header->rollout, a.rollout) : 1.0;
 }
-
-CGRPO_ROW_HD double geo_mean_weight(const RowPassSums& s) { return ::exp(s.geo_log_w / (s.geo_n + 1e-8)); }
 
 template <int THREADS>
 __global__ void __launch_bounds__(THREADS) row_pass_kernel(PassArgs a) {
@@ -351,9 +314,9 @@ __global__ void __launch_bounds__(THREADS) row_pass_kernel(PassArgs a) {
     row_sums = total;
     row_pass_end(a, i, total);
   }
-  if (!(a.geo_mean && a.rollout_weight)) return;
+  if (!a.rollout_row_mean) return;
   __syncthreads();
-  row_pass_geo_factor<THREADS>(a, i, threadIdx.x, geo_mean_weight(row_sums));
+  row_pass_geo_factor<THREADS>(a, i, threadIdx.x, row_is_weight_mean(row_sums));
 }
 
 // ---------------------------------------------------------------------------

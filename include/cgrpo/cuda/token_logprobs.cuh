@@ -47,7 +47,7 @@ Status token_logprobs(const Logit* logits, int64_t num_tokens, int64_t vocab_siz
   args.vocab_size = vocab_size;
   args.row_stride = stride;
   args.target_ids = target_ids;
-  args.inv_temperature = static_cast<float>(1.0 / temperature);
+  args.inv_temperature = static_cast<float>(inverse_temperature(temperature));
   args.logp_out = logp;
   args.entropy_out = entropy;
   args.status = status;

@@ -7,6 +7,7 @@
 
 #include "cgrpo/loss/config.hpp"
 #include "cgrpo/loss/metrics.hpp"
+#include "cgrpo/loss/pass_plan.hpp"
 #include "cgrpo/loss/token_loss.hpp"
 #include "cgrpo/cuda/device_status.cuh"
 #include "cgrpo/cuda/loss_metrics.cuh"
@@ -45,11 +46,12 @@ struct WorkspaceNeeds {
   bool sampler = false;  // TRL's sampler weight / OPSM / vespo: per-row partials and double copies
 };
 
+// From the config's pass plan (whatever the batch: the workspace is sized once per config).
 inline WorkspaceNeeds workspace_needs(const LossConfig& c) {
+  const PassPlan p = plan_passes(c, PassInputs{});
   WorkspaceNeeds n;
-  n.rollout = c.rollout.mode != RolloutCorrectionMode::none;
-  n.sampler = c.sampler.mode != SamplerCorrectionMode::none || std::isfinite(c.off_policy_mask_threshold) ||
-              c.policy_loss == PolicyLoss::vespo;
+  n.rollout = p.rollout;
+  n.sampler = p.sampler;
   return n;
 }
 
@@ -62,7 +64,7 @@ struct WorkspaceLayout {
   size_t token_sums = 0;                           // T x MetricSums<double> (136 bytes)
   size_t row_clip = 0;                             // R x RowClipSums
   size_t rows = 0;                                 // T x StoredRow
-  size_t terms = 0;                                // T bytes: TokenTerms bits and kToken* state
+  size_t terms = 0;                                // T bytes: TermBit bits and kToken* state
   size_t factor = 0;                               // T x double: the policy factor
   size_t grads = 0;                                // T x TokenGrad
   size_t coupling = 0;                             // T x float: dq_i/dlogp_t

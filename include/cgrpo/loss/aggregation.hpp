@@ -1,36 +1,78 @@
-// cgrpo/loss/aggregation.hpp: loss aggregation modes turned into per-token weights.
-// agg(x) = sum_t w_t x_t; the host computes w once, kernels never branch on a mode.
+// cgrpo/loss/aggregation.hpp: a config's aggregation turned into per-token weights, by the rule the
+// loss uses for its own weights, so that weights a caller builds and weights the loss builds agree.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
 #include "cgrpo/base/buffer_overlap.hpp"
-#include "cgrpo/loss/config.hpp"
 #include "cgrpo/base/layout.hpp"
 #include "cgrpo/base/status.hpp"
+#include "cgrpo/loss/aggregation_modes.hpp"
+#include "cgrpo/loss/config.hpp"
+#include "cgrpo/loss/pass_plan.hpp"
 
 namespace cgrpo {
 
 // Threads: the functions here keep no state; calls may run at the same time (inputs may be
 // shared, an output may not).
 
-// Global quantities for data-parallel training and gradient accumulation. Each
-// is used only by the modes that need it; a value of 0 means "take it from this
-// batch"; a negative or non-finite value is an error. Supply the all-reduced value so that the summed gradient of the shards
+// Global quantities for data-parallel training and gradient accumulation. Each is used only by
+// the modes that need it; a value of 0 means "take it from this batch"; a negative or non-finite
+// value is an error. Supply the all-reduced value so that the summed gradient of the shards
 // equals the gradient of the whole batch.
 struct AggregationScale {
   double token_count = 0;     // token-mean: sum of the mask over the global batch
-  double sequence_count = 0;  // seq-mean-*: B, the number of responses in the global batch
+  double sequence_count = 0;  // seq-mean-*: B, the number of responses in the global batch (every
+                              // row, or only rows with a valid token, as the convention counts them)
   double length = 0;          // seq-mean-token-sum-norm: L (max response length)
 };
 
-// Writes w_t for every token row of `layout`. mask[t] is 0 or 1. weights may not share memory
-// with mask or the layout's offsets.
-// token-mean adds 1e-8 to its divisor, exactly as verl's masked_mean.
+// The three terms a weight belongs to.
+enum class LossTerm : int { policy = 0, entropy = 1, kl = 2 };
+
+inline Status check_aggregation_scale(const AggregationScale& scale) {
+  for (double v : {scale.token_count, scale.sequence_count, scale.length})
+    if (!std::isfinite(v) || v < 0)
+      return make_error(StatusCode::invalid_argument,
+                        "batch.scale values must be finite and >= 0 (0: from this batch), got %g", v);
+  return Status::success();
+}
+
+// The batch-level counts of one term from its rows' counts n_i (row_count(i)), its rule's
+// convention and the caller's global counts: the one rule of every weight the library forms.
+template <typename RowCount>
+Status aggregation_counts(const WeightRule& rule, int64_t num_rows, RowCount&& row_count, double layout_length,
+                          const AggregationScale& scale, AggregationCounts* out) {
+  AggregationCounts counts;
+  double nonempty = 0;
+  for (int64_t i = 0; i < num_rows; ++i) {
+    const double n = row_count(i);
+    counts.tokens += n;
+    nonempty += n > 0 ? 1.0 : 0.0;
+  }
+  counts.rows = rule.convention.count_empty_rows ? static_cast<double>(num_rows) : nonempty;
+  counts.length = layout_length;
+  if (scale.token_count > 0) counts.tokens = scale.token_count;
+  if (scale.sequence_count > 0) counts.rows = scale.sequence_count;
+  if (scale.length > 0) counts.length = scale.length;
+  const AggregationTraits mode = traits_of(rule.mode);
+  if (mode.uses_rows && counts.rows <= 0 && counts.tokens > 0)
+    return make_error(StatusCode::invalid_argument, "%s: the number of sequences is zero", mode.name);
+  *out = counts;
+  return Status::success();
+}
+
+// Writes w_t of `term` for every token row of `layout`, exactly as the fused loss forms its own
+// weights for `config` (its mode, its convention, a term's fixed rule) when nothing inside the loss
+// changes a mask. mask[t] is 0 or 1. weights may not share memory with mask or the layout's offsets.
+// The modes that need L take layout.max_length() unless scale.length is given.
 template <typename Real>
-Status aggregation_weights(Aggregation mode, const SequenceLayout& layout, const uint8_t* mask,
+Status aggregation_weights(const LossConfig& config, LossTerm term, const SequenceLayout& layout, const uint8_t* mask,
                            const AggregationScale& scale, Real* weights) {
+  CGRPO_RETURN_IF_ERROR(config.validate());
+  if (static_cast<unsigned>(term) > 2u)
+    return make_error(StatusCode::invalid_argument, "aggregation_weights: unknown term %d", static_cast<int>(term));
   int64_t num_tokens = 0;
   CGRPO_RETURN_IF_ERROR(layout.count_tokens(&num_tokens));
   if (num_tokens > 0 && (!mask || !weights))
@@ -40,55 +82,34 @@ Status aggregation_weights(Aggregation mode, const SequenceLayout& layout, const
   table.input(layout.offsets_span());
   table.output(array_span("weights", weights, num_tokens));
   CGRPO_RETURN_IF_ERROR(check_buffers(table));
-  for (double v : {scale.token_count, scale.sequence_count, scale.length})
-    if (!std::isfinite(v) || v < 0)
-      return make_error(StatusCode::invalid_argument,
-                        "aggregation scale values must be finite and >= 0 (0: from this batch), got %g", v);
+  CGRPO_RETURN_IF_ERROR(check_aggregation_scale(scale));
+  for (int64_t t = 0; t < num_tokens; ++t)
+    if (mask[t] > 1)
+      return make_error(StatusCode::invalid_argument, "mask[%lld] = %d must be 0 or 1", static_cast<long long>(t),
+                        mask[t]);
 
-  switch (mode) {
-    case Aggregation::token_mean: {
-      double count = scale.token_count;
-      if (count <= 0) {
-        count = 0;
-        for (int64_t t = 0; t < num_tokens; ++t) count += mask[t] ? 1.0 : 0.0;
-      }
-      const double w = 1.0 / (count + 1e-8);
-      for (int64_t t = 0; t < num_tokens; ++t) weights[t] = mask[t] ? static_cast<Real>(w) : Real(0);
-      return Status::success();
-    }
-    case Aggregation::seq_mean_token_sum:
-    case Aggregation::seq_mean_token_mean: {
-      const double b = scale.sequence_count > 0 ? scale.sequence_count : static_cast<double>(layout.num_sequences);
-      if (b <= 0 && num_tokens > 0)
-        return make_error(StatusCode::invalid_argument, "%s: the number of sequences is zero", to_string(mode));
-      // The largest weight is 1 / B (a row of one token): a tiny scale.sequence_count overflows it.
-      if (num_tokens > 0 && !std::isfinite(static_cast<double>(static_cast<Real>(1.0 / b))))
-        return make_error(StatusCode::invalid_argument,
-                          "%s: scale.sequence_count = %g is too small: the weights 1 / B overflow", to_string(mode), b);
-      for (int64_t i = 0; i < layout.num_sequences; ++i) {
-        double n = 1.0;
-        if (mode == Aggregation::seq_mean_token_mean) {
-          n = 0;
-          for (int64_t t = layout.begin(i); t < layout.end(i); ++t) n += mask[t] ? 1.0 : 0.0;
-        }
-        const double w = n > 0 ? 1.0 / (b * n) : 0.0;
-        for (int64_t t = layout.begin(i); t < layout.end(i); ++t) weights[t] = mask[t] ? static_cast<Real>(w) : Real(0);
-      }
-      return Status::success();
-    }
-    case Aggregation::seq_mean_token_sum_norm: {
-      const double l = scale.length > 0 ? scale.length : static_cast<double>(layout.max_length());
-      if (l <= 0 && num_tokens > 0)
-        return make_error(StatusCode::invalid_argument, "seq-mean-token-sum-norm: the length normalizer L is zero");
-      if (num_tokens > 0 && !std::isfinite(static_cast<double>(static_cast<Real>(1.0 / l))))
-        return make_error(StatusCode::invalid_argument,
-                          "seq-mean-token-sum-norm: scale.length = %g is too small: the weights 1 / L overflow", l);
-      const double w = 1.0 / l;
-      for (int64_t t = 0; t < num_tokens; ++t) weights[t] = mask[t] ? static_cast<Real>(w) : Real(0);
-      return Status::success();
-    }
+  const WeightRule rule = plan_passes(config, PassInputs{}).weights[static_cast<int>(term)];
+  auto row_count = [&](int64_t i) {
+    double n = 0;
+    for (int64_t t = layout.begin(i); t < layout.end(i); ++t) n += mask[t] ? 1.0 : 0.0;
+    return n;
+  };
+  AggregationCounts counts;
+  CGRPO_RETURN_IF_ERROR(aggregation_counts(rule, layout.num_sequences, row_count,
+                                           static_cast<double>(layout.max_length()), scale, &counts));
+  const AggregationTraits mode = traits_of(rule.mode);
+  if (num_tokens > 0 && mode.uses_length && counts.length <= 0)
+    return make_error(StatusCode::invalid_argument, "%s: the length normalizer L is zero", mode.name);
+  // The largest weight is 1 / B (or 1 / L): a tiny scale overflows it.
+  const double smallest = mode.uses_rows ? counts.rows : mode.uses_length ? counts.length : counts.tokens;
+  if (num_tokens > 0 && smallest > 0 && !std::isfinite(static_cast<double>(static_cast<Real>(1.0 / smallest))))
+    return make_error(StatusCode::invalid_argument, "%s: the scale %g is too small: the weights overflow", mode.name,
+                      smallest);
+  for (int64_t i = 0; i < layout.num_sequences; ++i) {
+    const double w = aggregation_weight(static_cast<int>(rule.mode), rule.convention, counts, row_count(i));
+    for (int64_t t = layout.begin(i); t < layout.end(i); ++t) weights[t] = mask[t] ? static_cast<Real>(w) : Real(0);
   }
-  return make_error(StatusCode::invalid_argument, "aggregation_weights: unknown mode %d", static_cast<int>(mode));
+  return Status::success();
 }
 
 }  // namespace cgrpo

@@ -184,8 +184,7 @@ Status validate_linear_logprobs_shape(int64_t num_tokens, int64_t vocab_size, co
     return make_error(StatusCode::invalid_argument,
                       "fused_linear_token_logprobs: num_tokens (%lld) must be >= 0 and vocab_size (%lld) > 0",
                       static_cast<long long>(num_tokens), static_cast<long long>(vocab_size));
-  if (!temperature_in_range(temperature))
-    return make_error(StatusCode::invalid_argument, "temperature must be in (0, 1e300], got %g", temperature);
+  CGRPO_RETURN_IF_ERROR(check_temperature(temperature, "temperature"));
   CGRPO_RETURN_IF_ERROR(validate_linear_head(num_tokens, head, LinearHeadGrads<Input, Input>{}));
   if (num_tokens > 0 && (!target_ids || !logp))
     return make_error(StatusCode::invalid_argument, "fused_linear_token_logprobs: target_ids and logp must not be null");

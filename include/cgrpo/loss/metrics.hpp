@@ -9,6 +9,7 @@
 #include "cgrpo/base/macros.hpp"
 #include "cgrpo/corrections/rollout_correction.hpp"
 #include "cgrpo/corrections/sampler_correction.hpp"
+#include "cgrpo/loss/config.hpp"
 #include "cgrpo/loss/token_loss.hpp"
 
 namespace cgrpo {
@@ -21,7 +22,7 @@ struct LossMetrics {
   double entropy_loss = 0;        // agg_H(H)
   double kl_loss = 0;             // agg_KL(KL) (0 when KL is off)
   // Means over the valid initial tokens of the policy term (verl's metrics; verl divides by the count
-  // + 1e-8: config.metric_mean_eps).
+  // + 1e-8: config.metrics.mean_eps).
   double pg_clipfrac = 0;         // ppo_clip: [pg2 > pg1]; cispo: r outside the band; geo_mean: clipped
                                   // where A > 0; kl_cov / clip_cov: selected tokens
   double pg_clipfrac_lower = 0;   // dual clip: [A < 0 and l > -A c]; geo_mean: clipped where A < 0
@@ -41,8 +42,8 @@ struct LossMetrics {
   int64_t num_valid_tokens = 0;
   int64_t num_initial_tokens = 0;     // valid initial tokens in the policy term
   int64_t num_refinement_tokens = 0;  // valid refinement tokens
-  RolloutMetrics rollout;         // config.rollout (verl)
-  SamplerMetrics sampler;         // config.sampler (TRL)
+  RolloutMetrics rollout;         // config.off_policy.rollout (verl)
+  SamplerMetrics sampler;         // config.off_policy.sampler (TRL)
 };
 
 // The name of the first metric that is not finite, or nullptr: the loss returns OK only with every
@@ -110,15 +111,14 @@ CGRPO_HD MetricSums<Acc> metric_sums_zero() {
   return s;
 }
 
-// The log ratio a token's ppo_kl metric averages, as verl's loss functions log it: -clamp(x) at
-// token level (the clamp of the ratio), -x at sequence levels and for geo_mean and reinforce, |x| for kl_cov.
+// The log ratio a token's ppo_kl metric averages, as verl's loss functions log it (the term's
+// PpoKl): -clamp(x) at token level (the clamp of the ratio), -x at sequence levels and for the
+// terms without a clamp (geo_mean, reinforce), |x| for kl_cov.
 template <typename Real>
 CGRPO_HD Real ppo_kl_term(Real x, const TokenLossParams<Real>& p) {
-  if (p.policy_loss == static_cast<int>(PolicyLoss::kl_cov)) return math::abs(x);
-  if (p.policy_loss == static_cast<int>(PolicyLoss::reinforce)) return -x;  // verl bypass: rollout - logp, unclamped
-  if (p.ratio_level != static_cast<int>(RatioLevel::token) || p.policy_loss == static_cast<int>(PolicyLoss::geo_mean))
-    return -x;
-  return -math::clamp(x, p.log_ratio_min, p.log_ratio_max);
+  if (p.ppo_kl == static_cast<int>(PpoKl::absolute)) return math::abs(x);
+  if (p.ppo_kl == static_cast<int>(PpoKl::raw)) return -x;
+  return -math::clamp(x, p.ratio.log_ratio_min, p.ratio.log_ratio_max);
 }
 
 // Adds one token. A token that is not valid adds nothing (none of its values are read).
@@ -172,7 +172,7 @@ CGRPO_HD MetricSums<Acc> metric_sums_merge(const MetricSums<Acc>& a, const Metri
   return s;
 }
 
-// mean_eps: added to every count (verl's masked_mean adds 1e-8; config.metric_mean_eps).
+// mean_eps: added to every count (verl's masked_mean adds 1e-8; config.metrics.mean_eps).
 template <typename Acc>
 inline LossMetrics finalize_metrics(const MetricSums<Acc>& s, double mean_eps = 0.0) {
   auto mean = [mean_eps](Acc sum, Acc n) {

@@ -5,12 +5,13 @@
 #include <cmath>
 #include <cstdint>
 
-#include "cgrpo/loss/aggregation.hpp"
 #include "cgrpo/base/buffer_overlap.hpp"
-#include "cgrpo/loss/config.hpp"
 #include "cgrpo/base/layout.hpp"
-#include "cgrpo/loss/metrics.hpp"
 #include "cgrpo/base/status.hpp"
+#include "cgrpo/loss/aggregation.hpp"
+#include "cgrpo/loss/config.hpp"
+#include "cgrpo/loss/metrics.hpp"
+#include "cgrpo/loss/pass_plan.hpp"
 
 namespace cgrpo {
 
@@ -37,9 +38,9 @@ struct PolicyLossBatch {
   const Real* advantages = nullptr;      // the response's advantage on each of its tokens
   const Real* old_logp = nullptr;        // log-prob under the sampling policy (not read in bypass
                                          // mode, where rollout_logp is the ratio's reference)
-  const Real* ref_logp = nullptr;        // reference policy; needed when config.kl != none
+  const Real* ref_logp = nullptr;        // reference policy; needed when config.kl.estimator != none
   const Real* rollout_logp = nullptr;    // log-prob under the engine that sampled the token (e.g.
-                                         // vLLM); needed by config.rollout (verl) or config.sampler (TRL)
+                                         // vLLM); needed by config.off_policy.rollout (verl) or .sampler (TRL)
   const uint8_t* selection = nullptr;    // kl_cov / clip_cov: the tokens the caller selects
                                          // (nullptr: the loss selects them, see docs/MATH.md)
 
@@ -53,28 +54,22 @@ struct PolicyLossBatch {
   AggregationScale scale;                // global counts for the computed weights (0: this batch)
 
   SequenceLayout layout;                 // rows of each response; needed by the row-level features
-                                         // (see needs_layout) and by computed weights
+                                         // (PassPlan::needs_layout) and by computed weights
 
   int64_t stride() const { return row_stride == 0 ? vocab_size : row_stride; }
   bool computed_weights() const { return pg_weights == nullptr; }
 };
 
-// True when the loss needs batch.layout: row-level ratios or losses, sequence-level corrections,
-// or weights it computes itself for a mode that needs the rows.
-inline bool needs_layout(const LossConfig& c, bool computed_weights) {
-  if (c.sequence_ratio() || c.policy_loss == PolicyLoss::geo_mean || c.policy_loss == PolicyLoss::vespo) return true;
-  if (c.rollout.mode != RolloutCorrectionMode::none || c.sampler.mode != SamplerCorrectionMode::none) return true;
-  if (std::isfinite(c.off_policy_mask_threshold)) return true;
-  if (!computed_weights) return false;
-  auto rows = [](Aggregation a) { return a != Aggregation::token_mean; };
-  return rows(c.pg_aggregation) || (c.entropy_coef != 0 && rows(c.entropy_aggregation)) ||
-         (c.kl != KlEstimator::none && rows(c.kl_aggregation));
+// The pass plan of a config for this batch (loss/pass_plan.hpp).
+template <typename Logit, typename Real>
+PassPlan plan_passes(const LossConfig& c, const PolicyLossBatch<Logit, Real>& b) {
+  return plan_passes(c, PassInputs{b.computed_weights(), b.selection != nullptr, b.rollout_logp != nullptr});
 }
 
 // The array the ratio's log ratio is taken against: rollout_logp in verl's bypass mode, old_logp otherwise.
 template <typename Logit, typename Real>
 const Real* ratio_reference(const LossConfig& c, const PolicyLossBatch<Logit, Real>& b) {
-  return c.rollout.mode == RolloutCorrectionMode::bypass ? b.rollout_logp : b.old_logp;
+  return c.bypass() ? b.rollout_logp : b.old_logp;
 }
 
 template <typename Logit, typename Real = Logit>
@@ -94,14 +89,8 @@ struct PolicyLossOutputs {
                                    // rejection removes from a term loses that term's bit)
 };
 
-// The bits of outputs.token_terms: the terms a valid token takes part in after the loss's own masks.
-enum TokenTerms : uint8_t {
-  kTermPolicy = 1,        // the policy term (verl's rejection: m'_t)
-  kTermEntropy = 2,       // the entropy term's numerator
-  kTermKl = 4,            // the KL term
-  kTermSelected = 8,      // kl_cov / clip_cov: selected by the batch pass (or batch.selection)
-  kTermEntropyCount = 16, // the entropy term's denominator
-};
+// outputs.token_terms holds the TermBit bits of loss/pass_plan.hpp (kTermPolicy, kTermEntropy,
+// kTermKl, kTermSelected, kTermEntropyCount).
 
 // The arrays of a batch that a loss call reads, one line each: the inputs of the overlap check.
 template <typename Logit, typename Real>
@@ -119,7 +108,7 @@ void add_batch_inputs(const LossConfig& config, const PolicyLossBatch<Logit, Rea
   table.input(array_span("pg_weights", b.pg_weights, T));
   table.input(array_span("entropy_weights", b.entropy_weights, T));
   table.input(array_span("kl_weights", b.kl_weights, T));
-  if (needs_layout(config, b.pg_weights == nullptr)) table.input(b.layout.offsets_span());
+  if (plan_passes(config, b).needs_layout) table.input(b.layout.offsets_span());
 }
 
 // The arrays a loss call writes (grad_logits may be the logits themselves: in place).
@@ -161,46 +150,45 @@ Status validate_batch_shape(const LossConfig& config, const PolicyLossBatch<Logi
     if (!b.target_ids) return make_error(StatusCode::invalid_argument, "target_ids must not be null");
     if (!b.mask) return make_error(StatusCode::invalid_argument, "mask must not be null");
     if (!b.advantages) return make_error(StatusCode::invalid_argument, "advantages must not be null");
-    const bool bypass = config.rollout.mode == RolloutCorrectionMode::bypass;
+    const bool bypass = config.bypass();
     if (!b.old_logp && !bypass) return make_error(StatusCode::invalid_argument, "old_logp must not be null");
-    if (config.kl != KlEstimator::none && !b.ref_logp)
-      return make_error(StatusCode::invalid_argument, "config.kl = %s needs ref_logp", to_string(config.kl));
+    if (config.kl_on() && !b.ref_logp)
+      return make_error(StatusCode::invalid_argument, "config.kl.estimator = %s needs ref_logp",
+                        to_string(config.kl.estimator));
     if (config.needs_rollout_logp() && !b.rollout_logp)
-      return make_error(StatusCode::invalid_argument, "config.%s needs rollout_logp (the sampler's log-probs)",
-                        config.rollout.mode != RolloutCorrectionMode::none ? "rollout" : "sampler");
+      return make_error(StatusCode::invalid_argument, "config.off_policy.%s needs rollout_logp (the sampler's log-probs)",
+                        config.off_policy.rollout.mode != RolloutCorrectionMode::none ? "rollout" : "sampler");
     if (b.pg_weights) {
-      if (config.entropy_coef != 0 && !b.entropy_weights)
+      if (config.entropy.coef != 0 && !b.entropy_weights)
         return make_error(StatusCode::invalid_argument,
-                          "entropy_weights must not be null when pg_weights is given and config.entropy_coef != 0 "
+                          "entropy_weights must not be null when pg_weights is given and config.entropy.coef != 0 "
                           "(pass every weight the config uses, or none to let the loss compute them)");
-      if (config.kl != KlEstimator::none && !b.kl_weights)
+      if (config.kl_on() && !b.kl_weights)
         return make_error(StatusCode::invalid_argument,
-                          "kl_weights must not be null when pg_weights is given and config.kl = %s (pass every "
-                          "weight the config uses, or none to let the loss compute them)",
-                          to_string(config.kl));
-      if (config.rollout.num_rejection_options > 0 || config.top_entropy_quantile < 1 ||
-          config.policy_loss == PolicyLoss::geo_mean)
+                          "kl_weights must not be null when pg_weights is given and config.kl.estimator = %s (pass "
+                          "every weight the config uses, or none to let the loss compute them)",
+                          to_string(config.kl.estimator));
+      const PassPlan plan = plan_passes(config, b);
+      if (plan.requires_computed_weights) {
+        if (config.term().computed_weights_only)
+          return make_error(StatusCode::invalid_argument,
+                            "config.policy.loss = %s sets the weights' denominators inside the loss: pass pg_weights = "
+                            "entropy_weights = kl_weights = nullptr",
+                            config.term().name);
         return make_error(StatusCode::invalid_argument,
                           "config.%s sets the weights' denominators inside the loss: pass pg_weights = "
                           "entropy_weights = kl_weights = nullptr",
-                          config.rollout.num_rejection_options > 0 ? "rollout rejection"
-                          : config.top_entropy_quantile < 1        ? "top_entropy_quantile"
-                                                                   : "policy_loss = geo_mean");
+                          plan.computed_weights_reason);
+      }
     } else if (b.entropy_weights || b.kl_weights) {
       return make_error(StatusCode::invalid_argument,
                         "pg_weights is null but entropy_weights or kl_weights is not: pass every weight or none");
     }
   }
-  if (needs_layout(config, b.pg_weights == nullptr)) {
+  if (plan_passes(config, b).needs_layout) {
     CGRPO_RETURN_IF_ERROR(b.layout.validate(b.num_tokens));
   }
-  if (b.pg_weights == nullptr) {
-    const double scale_values[3] = {b.scale.token_count, b.scale.sequence_count, b.scale.length};
-    for (double v : scale_values)
-      if (!std::isfinite(v) || v < 0)
-        return make_error(StatusCode::invalid_argument,
-                          "batch.scale values must be finite and >= 0 (0: from this batch), got %g", v);
-  }
+  if (b.pg_weights == nullptr) CGRPO_RETURN_IF_ERROR(check_aggregation_scale(b.scale));
   if (out.grad_logits) {
     const int64_t gs = out.grad_row_stride == 0 ? b.stride() : out.grad_row_stride;
     if (gs < b.vocab_size)
@@ -225,7 +213,11 @@ template <typename Logit, typename Real>
 Status validate_batch_values(const LossConfig& config, const PolicyLossBatch<Logit, Real>& b) {
   auto finite = [](Real v) { return std::isfinite(static_cast<double>(v)); };
   const Real* reference = ratio_reference(config, b);
-  const bool kl_on = config.kl != KlEstimator::none;
+  const bool kl_on = config.kl_on();
+  // The off-policy corrections read rollout_logp at valid initial tokens (refinement tokens are
+  // outside them: weight 1, never rejected); OPSM reads it too when given (TRL: the sampler's
+  // log-probs when there are some, else old).
+  const bool reads_rollout = plan_passes(config, b).checks_rollout_logp;
   for (int64_t t = 0; t < b.num_tokens; ++t) {
     if (b.target_ids[t] < 0 || b.target_ids[t] >= b.vocab_size)
       return make_error(StatusCode::out_of_range, "target_ids[%lld] = %d is outside [0, %lld)",
@@ -249,10 +241,6 @@ Status validate_batch_values(const LossConfig& config, const PolicyLossBatch<Log
     if (initial && !finite(reference[t]))
       return make_error(StatusCode::non_finite, "%s[%lld] is not finite",
                         reference == b.old_logp ? "old_logp" : "rollout_logp", static_cast<long long>(t));
-    // The off-policy corrections read rollout_logp at valid initial tokens (refinement tokens are
-    // outside them: weight 1, never rejected).
-    // OPSM reads it too when given (TRL: the sampler's log-probs when there are some, else old).
-    const bool reads_rollout = config.needs_rollout_logp() || (b.rollout_logp && std::isfinite(config.off_policy_mask_threshold));
     if (initial && reads_rollout && !finite(b.rollout_logp[t]))
       return make_error(StatusCode::non_finite, "rollout_logp[%lld] is not finite", static_cast<long long>(t));
     if (kl_on && !finite(b.ref_logp[t]))
@@ -276,8 +264,7 @@ inline Status validate_token_logprobs_args(int64_t num_tokens, int64_t vocab_siz
   if (stride < vocab_size)
     return make_error(StatusCode::invalid_argument, "row_stride (%lld) must be 0 or >= vocab_size (%lld)",
                       static_cast<long long>(row_stride), static_cast<long long>(vocab_size));
-  if (!temperature_in_range(temperature))
-    return make_error(StatusCode::invalid_argument, "temperature must be in (0, 1e300], got %g", temperature);
+  CGRPO_RETURN_IF_ERROR(check_temperature(temperature, "temperature"));
   if (num_tokens > 0 && (!logits || !target_ids || !logp))
     return make_error(StatusCode::invalid_argument, "token_logprobs: logits, target_ids and logp must not be null");
   return Status::success();

@@ -5,13 +5,13 @@
 #include <stdint.h>
 
 #include "cgrpo/loss/config.hpp"
-#include "cgrpo/loss/kl_terms.hpp"
+#include "cgrpo/loss/kl_estimators.hpp"
 #include "cgrpo/loss/policy_terms.hpp"
 #include "cgrpo/math/token_math.hpp"
 
 namespace cgrpo {
 
-// Per-row values from the row pass (row_pass.hpp), the same at every token of the row.
+// Per-row values from the row pass (loss/row_pass.hpp), the same at every token of the row.
 template <typename Real>
 struct RowContext {
   Real log_ratio;   // sequence levels: mean of logp - old over the row's valid initial tokens;
@@ -59,22 +59,23 @@ CGRPO_HD TokenResult<Real> token_loss(const TokenInputs<Real>& in, const TokenLo
   // A token outside the policy term, or whose factor is 0 (a mask), gets no policy loss: selected
   // away, not multiplied, so that an infinite ratio there cannot become NaN.
   const bool pg_on = in.in_pg && in.pg_factor != Real(0);
-  const bool row_coupled_ratio = p.ratio_level == static_cast<int>(RatioLevel::sequence);
+  const bool row_coupled_ratio = p.ratio_through_row;
   Real ratio_for_kl = Real(1), dratio_for_kl = Real(0);  // kl_times_ratio: r and dr/dq
   if (in.refinement) {
     res.policy = refinement_term(in.logp, in.advantage, p.gamma);
   } else {
     PolicyInputs<Real> pin{};
     pin.logp = in.logp;
+    pin.old_logp = in.old_logp;
     pin.log_ratio = in.logp - in.old_logp;
     pin.advantage = in.advantage;
     pin.selected = in.selected;
     pin.row_advantage = in.row.advantage;
     pin.row_log_ratio = in.row.log_ratio;
     pin.row_weight = in.row.weight;
-    const Real q = p.ratio_level == static_cast<int>(RatioLevel::token) ? pin.log_ratio : in.row.log_ratio;
-    pin.ratio = clamped_ratio(q, p.log_ratio_min, p.log_ratio_max);
-    res.policy = policy_term(pin, p);
+    const Real q = p.ratio_from_row ? in.row.log_ratio : pin.log_ratio;
+    pin.ratio = clamped_ratio(q, p.ratio.log_ratio_min, p.ratio.log_ratio_max);
+    res.policy = policy_term(p.policy_loss, pin, p.ratio, p.policy);
     ratio_for_kl = pin.ratio.r;
     dratio_for_kl = pin.ratio.dr;
   }
@@ -85,7 +86,7 @@ CGRPO_HD TokenResult<Real> token_loss(const TokenInputs<Real>& in, const TokenLo
   res.dJ_dlogp = wf * res.policy.dlogp;
   // The q path: local (dq/dlogp_t = 1) at token level and in verl's GSPO form; through the row
   // (G_i) at TRL's sequence level and for geo_mean.
-  const bool row_q = !in.refinement && (row_coupled_ratio || p.policy_loss == static_cast<int>(PolicyLoss::geo_mean));
+  const bool row_q = !in.refinement && (row_coupled_ratio || p.row_term);
   if (row_q) {
     res.row_grad = wf * res.policy.dq;
     // A token outside the policy term (verl's rejection) is outside its row's q_i as well.

@@ -7,7 +7,7 @@
 
 #include "cgrpo/advantages/group_advantages.hpp"
 #include "cgrpo/base/buffer_overlap.hpp"
-#include "cgrpo/loss/config.hpp"
+#include "cgrpo/advantages/group_advantages.hpp"
 #include "cgrpo/base/status.hpp"
 
 namespace cgrpo::parallel {

@@ -98,7 +98,7 @@ inline Status check_vocab_shard(const VocabShard& shard) {
 // Phase 1. Reads the shard once; writes stats[T] and target_logit[T]. Validates the batch
 // exactly as the fused loss does (target ids against the global vocabulary); stats and
 // target_logit may not share memory with the batch or each other. Rows are split across
-// config.num_threads threads of ws's pool; ws is held for the call (a call on a workspace that
+// ws.num_threads threads of ws's pool; ws is held for the call (a call on a workspace that
 // another call holds returns invalid_argument).
 template <typename Real>
 Status vocab_shard_row_stats(const LossConfig& config, const PolicyLossBatch<Real>& local, const VocabShard& shard,
@@ -123,12 +123,13 @@ Status vocab_shard_row_stats(const LossConfig& config, const PolicyLossBatch<Rea
   PolicyLossBatch<Real> global_ids = local;  // target ids are checked against the global vocabulary
   global_ids.vocab_size = shard.global_size;
   CGRPO_RETURN_IF_ERROR(validate_batch_values(config, global_ids));
+  CGRPO_RETURN_IF_ERROR(cpu::check_workspace(ws));
   cpu::ExclusiveUse use(ws.in_use);
   if (!use.acquired()) return cpu::workspace_busy_error("vocab_shard_row_stats");
 
   const int64_t stride = local.stride();
-  const double inv_temperature = 1.0 / config.temperature;
-  cpu::parallel_for_rows(ws.pool, local.num_tokens, config.num_threads, [&](int64_t begin, int64_t end) {
+  const double inv_temperature = inverse_temperature(config.temperature);
+  cpu::parallel_for_rows(ws.pool, local.num_tokens, ws.num_threads, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const Real* z = local.logits + t * stride;
       stats[t] = cpu::row_softmax_stats(z, shard.size, inv_temperature);
@@ -179,6 +180,7 @@ Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatc
   table.input(array_span("target_logit", target_logit, local.num_tokens));
   add_loss_outputs(local, out, table);
   CGRPO_RETURN_IF_ERROR(check_buffers(table));
+  CGRPO_RETURN_IF_ERROR(cpu::check_workspace(ws));
   cpu::ExclusiveUse use(ws.in_use);
   if (!use.acquired()) return cpu::workspace_busy_error("vocab_parallel_policy_loss");
   return no_throw("vocab_parallel_policy_loss", [&] {
@@ -198,7 +200,7 @@ Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatc
   PolicyLossBatch<Real> global_ids = local;
   global_ids.vocab_size = shard.global_size;
   CGRPO_RETURN_IF_ERROR(validate_batch_values(config, global_ids));
-  const double inv_temperature = 1.0 / config.temperature;
+  const double inv_temperature = inverse_temperature(config.temperature);
   for (int64_t t = 0; t < T; ++t)
     CGRPO_RETURN_IF_ERROR(set_exchanged_row<Real>(stats[t], target_logit[t], inv_temperature, t, ws.rows[t]));
 
@@ -214,7 +216,7 @@ Status vocab_parallel_policy_loss(const LossConfig& config, const PolicyLossBatc
     // dJ/dz_j over the local columns (the vectorised sweep of the CPU path); the one-hot
     // term lands only on the rank holding y_t (target -1 elsewhere).
     const int64_t gstride = out.grad_row_stride == 0 ? stride : out.grad_row_stride;
-    cpu::parallel_for_rows(ws.pool, T, config.num_threads, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for_rows(ws.pool, T, ws.num_threads, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const cpu::Workspace::Row& r = ws.rows[t];
         const int32_t y = shard.holds(local.target_ids[t]) ? static_cast<int32_t>(local.target_ids[t] - shard.begin) : -1;

@@ -68,11 +68,12 @@ Status vocab_shard_linear_row_stats(const LossConfig& config, const PolicyLossBa
   table.output(array_span("stats", stats, T));
   table.output(array_span("target_logit", target_logit, T));
   CGRPO_RETURN_IF_ERROR(check_buffers(table));
+  CGRPO_RETURN_IF_ERROR(cpu::check_workspace(ws));
   cpu::ExclusiveUse use(ws.in_use);
   if (!use.acquired()) return cpu::workspace_busy_error("vocab_shard_linear_row_stats");
   return no_throw("vocab_shard_linear_row_stats", [&]() -> Status {
     const int64_t V = shard.size, ldz = chunk_row_stride(V, sizeof(Real)), ldh = head.hidden_stride();
-    const int threads = config.num_threads;
+    const int threads = ws.num_threads;
     int64_t c = 0;
     CGRPO_RETURN_IF_ERROR(chunk_rows(chunking, T, V, sizeof(Real), &c));
     PolicyLossBatch<Real> global_ids = local;
@@ -82,7 +83,7 @@ Status vocab_shard_linear_row_stats(const LossConfig& config, const PolicyLossBa
     CGRPO_RETURN_IF_ERROR(cpu::detail::prepare_linear(
         head, T, V, c, ldz, config.temperature, threads, ws, [&] { return validate_batch_values(config, global_ids); },
         &z, &scan));
-    const double inv_temperature = 1.0 / config.temperature;
+    const double inv_temperature = inverse_temperature(config.temperature);
     for (int64_t t0 = 0; t0 < T; t0 += c) {
       const int64_t n = std::min(c, T - t0);
       cpu::head_logits(ws.pool, threads, head.hidden + t0 * ldh, ldh, n, head.hidden_size, head.weight,
@@ -125,11 +126,12 @@ Status vocab_parallel_linear_policy_loss(const LossConfig& config, const PolicyL
   add_loss_outputs(local, out, table);
   add_head_outputs(T, V, H, grads, table);
   CGRPO_RETURN_IF_ERROR(check_buffers(table));
+  CGRPO_RETURN_IF_ERROR(cpu::check_workspace(ws));
   cpu::ExclusiveUse use(ws.in_use);
   if (!use.acquired()) return cpu::workspace_busy_error("vocab_parallel_linear_policy_loss");
   return no_throw("vocab_parallel_linear_policy_loss", [&]() -> Status {
     const int64_t ldz = chunk_row_stride(V, sizeof(Real)), ldh = head.hidden_stride();
-    const int threads = config.num_threads;
+    const int threads = ws.num_threads;
     int64_t c = 0;
     CGRPO_RETURN_IF_ERROR(chunk_rows(chunking, T, V, sizeof(Real), &c));
     PolicyLossBatch<Real> global_ids = local;
@@ -139,7 +141,7 @@ Status vocab_parallel_linear_policy_loss(const LossConfig& config, const PolicyL
     CGRPO_RETURN_IF_ERROR(cpu::detail::prepare_linear(
         head, T, V, c, ldz, config.temperature, threads, ws, [&] { return validate_batch_values(config, global_ids); },
         &z, &scan));
-    const double inv_temperature = 1.0 / config.temperature;
+    const double inv_temperature = inverse_temperature(config.temperature);
     for (int64_t t = 0; t < T; ++t)
       CGRPO_RETURN_IF_ERROR(set_exchanged_row<Real>(stats[t], target_logit[t], inv_temperature, t, ws.rows[t]));
     LossMetrics metrics;

@@ -1,10 +1,10 @@
-// cgrpo/presets/trl_presets.hpp: LossConfig presets for TRL's GRPOTrainer, one per loss_type, with
-// GRPOConfig's defaults (README: "TRL's GRPOConfig as presets" maps every field).
+// cgrpo/presets/trl_presets.hpp: TRL's GRPOTrainer recipes (huggingface/trl f2cd577), one per loss_type,
+// with GRPOConfig's defaults; docs/peers.md maps every GRPOConfig field to a config field.
 #pragma once
 
 #include <limits>
 
-#include "cgrpo/loss/config.hpp"
+#include "cgrpo/presets/recipe.hpp"
 
 namespace cgrpo {
 
@@ -24,83 +24,79 @@ namespace detail {
 // no clamp, entropy_coef 0, top_entropy_quantile 1, temperature 1, no vLLM correction (it needs
 // use_vllm: trl_vllm_importance_sampling()), no OPSM. The KL is added to the per-token loss, so it
 // is aggregated with the policy term's weights; the entropy bonus is a token mean.
-inline LossConfig trl_defaults(PolicyLoss loss, Aggregation pg) {
-  LossConfig c;
-  c.advantage = AdvantageEstimator::grpo;
-  c.advantage_eps = 1e-4;
-  c.policy_loss = loss;
-  c.ratio_level = RatioLevel::token;
-  c.clip_eps_low = c.clip_eps_high = 0.2;
-  c.log_ratio_min = -std::numeric_limits<double>::infinity();
-  c.log_ratio_max = std::numeric_limits<double>::infinity();
-  c.entropy_coef = 0.0;
-  c.kl_k3_clamp = false;
-  c.pg_aggregation = c.kl_aggregation = pg;
-  c.entropy_aggregation = Aggregation::token_mean;
-  c.aggregation = trl_aggregation();
-  c.metric_mean_eps = 0.0;
-  return c;
+inline Recipe trl_defaults(PolicyLoss loss, Aggregation pg) {
+  Recipe r;
+  r.advantage.estimator = AdvantageEstimator::grpo;
+  r.advantage.eps = 1e-4;
+  LossConfig& c = r.loss;
+  c.policy.loss = loss;
+  c.ratio.level = RatioLevel::token;
+  c.ratio.clip_eps_low = c.ratio.clip_eps_high = 0.2;
+  c.ratio.log_ratio_min = -std::numeric_limits<double>::infinity();
+  c.ratio.log_ratio_max = std::numeric_limits<double>::infinity();
+  c.entropy.coef = 0.0;
+  c.kl.k3_clamp = false;
+  c.aggregation.policy = c.aggregation.kl = pg;
+  c.aggregation.entropy = Aggregation::token_mean;
+  c.aggregation.convention = trl_aggregation();
+  c.metrics.mean_eps = 0.0;
+  return r;
 }
 }  // namespace detail
 
 // TRL loss_type "grpo": PPO clip, (1/B) sum_i sum_t l / max(n_i, 1).
-inline LossConfig trl_grpo() { return detail::trl_defaults(PolicyLoss::ppo_clip, Aggregation::seq_mean_token_mean); }
+inline Recipe trl_grpo() { return detail::trl_defaults(PolicyLoss::ppo_clip, Aggregation::seq_mean_token_mean); }
 
 // TRL loss_type "bnpo": PPO clip, sum l / N over the micro-batch.
-inline LossConfig trl_bnpo() { return detail::trl_defaults(PolicyLoss::ppo_clip, Aggregation::token_mean); }
+inline Recipe trl_bnpo() { return detail::trl_defaults(PolicyLoss::ppo_clip, Aggregation::token_mean); }
 
 // TRL loss_type "dr_grpo": PPO clip, sum l / (B * max_completion_length): pass
 // batch.scale.length = B * max_completion_length (TRL's default max_completion_length is 512).
 // Advantages stay TRL's default scale_rewards "group"; the Dr. GRPO paper uses "none" (grpo_no_std).
-inline LossConfig trl_dr_grpo() {
-  return detail::trl_defaults(PolicyLoss::ppo_clip, Aggregation::seq_mean_token_sum_norm);
-}
+inline Recipe trl_dr_grpo() { return detail::trl_defaults(PolicyLoss::ppo_clip, Aggregation::seq_mean_token_sum_norm); }
 
 // TRL loss_type "dapo" (GRPOConfig's default): PPO clip, sum l / N with N the generation batch's
 // token count per process (batch.scale.token_count across processes); the entropy bonus divides by
 // the same N even under the entropy mask.
-inline LossConfig trl_dapo() {
-  LossConfig c = detail::trl_defaults(PolicyLoss::ppo_clip, Aggregation::token_mean);
-  c.entropy_count_all_tokens = true;
-  return c;
+inline Recipe trl_dapo() {
+  Recipe r = detail::trl_defaults(PolicyLoss::ppo_clip, Aggregation::token_mean);
+  r.loss.entropy_mask.count_all_tokens = true;
+  return r;
 }
 
 // TRL loss_type "cispo": -sg(min(r, epsilon_high)) A logp, aggregated as dapo. epsilon_high defaults
-// to epsilon (0.2) in GRPOConfig, so that is the cap here; TRL recommends 5.0 (cispo_ratio_cap).
-inline LossConfig trl_cispo() {
-  LossConfig c = detail::trl_defaults(PolicyLoss::cispo_cap, Aggregation::token_mean);
-  c.cispo_ratio_cap = 0.2;
-  c.entropy_count_all_tokens = true;
-  return c;
+// to epsilon (0.2) in GRPOConfig, so that is the cap here; TRL recommends 5.0 (policy.cispo_cap.ratio_cap).
+inline Recipe trl_cispo() {
+  Recipe r = detail::trl_defaults(PolicyLoss::cispo_cap, Aggregation::token_mean);
+  r.loss.policy.cispo_cap.ratio_cap = 0.2;
+  r.loss.entropy_mask.count_all_tokens = true;
+  return r;
 }
 
 // TRL loss_type "sapo": the soft gate with sapo_temperature_pos 1.0 / _neg 1.05, aggregated as grpo.
-inline LossConfig trl_sapo() {
-  LossConfig c = detail::trl_defaults(PolicyLoss::sapo, Aggregation::seq_mean_token_mean);
-  c.sapo_tau_pos = 1.0;
-  c.sapo_tau_neg = 1.05;
-  return c;
+inline Recipe trl_sapo() {
+  Recipe r = detail::trl_defaults(PolicyLoss::sapo, Aggregation::seq_mean_token_mean);
+  r.loss.policy.sapo.tau_pos = 1.0;
+  r.loss.policy.sapo.tau_neg = 1.05;
+  return r;
 }
 
 // TRL loss_type "luspo": PPO clip on the sequence ratio, (1/B) sum_i n_i l_i. The preset sets
 // importance_sampling_level "sequence", which TRL asks for (it warns otherwise): at token level TRL's
 // luspo averages over padding positions too, which no batch without padding values can reproduce.
-inline LossConfig trl_luspo() {
-  LossConfig c = detail::trl_defaults(PolicyLoss::ppo_clip, Aggregation::seq_mean_token_sum);
-  c.ratio_level = RatioLevel::sequence;
-  return c;
+inline Recipe trl_luspo() {
+  Recipe r = detail::trl_defaults(PolicyLoss::ppo_clip, Aggregation::seq_mean_token_sum);
+  r.loss.ratio.level = RatioLevel::sequence;
+  return r;
 }
 
 // TRL loss_type "vespo": -phi_i A logp with the gamma weights (k, lambda) = (2, 3) for A >= 0 and
 // (3, 2) otherwise, aggregated as dapo.
-inline LossConfig trl_vespo() {
-  LossConfig c = detail::trl_defaults(PolicyLoss::vespo, Aggregation::token_mean);
-  c.vespo_k_pos = 2.0;
-  c.vespo_lambda_pos = 3.0;
-  c.vespo_k_neg = 3.0;
-  c.vespo_lambda_neg = 2.0;
-  c.entropy_count_all_tokens = true;
-  return c;
+inline Recipe trl_vespo() {
+  Recipe r = detail::trl_defaults(PolicyLoss::vespo, Aggregation::token_mean);
+  r.loss.policy.vespo = VespoWeights{2.0, 3.0, 3.0, 2.0};
+  r.loss.entropy_mask.count_all_tokens = true;
+  return r;
 }
 
 // GRPOConfig's vLLM importance sampling with use_vllm: vllm_importance_sampling_mode "sequence_mask",
@@ -112,5 +108,16 @@ inline SamplerCorrectionConfig trl_vllm_importance_sampling() {
   s.max = 3.0;
   return s;
 }
+
+inline constexpr PresetEntry kTrlPresets[] = {
+    {"trl/grpo", "TRL loss_type grpo: PPO clip, seq-mean-token-mean with max(n_i, 1)", trl_grpo},
+    {"trl/bnpo", "TRL loss_type bnpo: PPO clip, token-mean over the micro-batch", trl_bnpo},
+    {"trl/dr_grpo", "TRL loss_type dr_grpo: PPO clip, sum / (B max_completion_length)", trl_dr_grpo},
+    {"trl/dapo", "TRL loss_type dapo (GRPOConfig's default): PPO clip, token-mean over the generation batch", trl_dapo},
+    {"trl/cispo", "TRL loss_type cispo: -sg(min(r, epsilon_high)) A logp", trl_cispo},
+    {"trl/sapo", "TRL loss_type sapo: soft gate, tau 1 / 1.05", trl_sapo},
+    {"trl/luspo", "TRL loss_type luspo: PPO clip on the sequence ratio, seq-mean-token-sum", trl_luspo},
+    {"trl/vespo", "TRL loss_type vespo: gamma-weighted -phi A logp", trl_vespo},
+};
 
 }  // namespace cgrpo

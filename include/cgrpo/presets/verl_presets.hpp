@@ -1,126 +1,240 @@
-// cgrpo/presets/verl_presets.hpp: LossConfig presets for verl's other policy losses and its rollout correction,
-// each set as verl's config defaults and example recipe set it (presets.hpp holds vanilla, GRPO, DAPO, ...).
+// cgrpo/presets/verl_presets.hpp: verl's recipes (volcengine/verl b178a3c), each set as verl's config
+// defaults and example recipe set it; docs/peers.md maps each verl option to a field.
 #pragma once
 
 #include <limits>
 
-#include "cgrpo/loss/config.hpp"
-#include "cgrpo/presets/presets.hpp"
+#include "cgrpo/presets/recipe.hpp"
 
 namespace cgrpo {
 
+// The denominators of verl's agg_loss: token-mean divides by N exactly, seq-mean-token-mean by
+// n_i + 1e-8 per row, and seq-mean-* average over the rows that hold a valid token.
+inline AggregationConvention verl_aggregation() {
+  AggregationConvention a;
+  a.token_mean_eps = 0.0;
+  a.row_count_eps = 1e-8;
+  a.count_empty_rows = false;
+  return a;
+}
+
+// verl's advantage defaults: grpo with eps 1e-6 (norm_adv_by_std_in_grpo), masked_whiten's N + 1e-8.
+inline AdvantageConfig verl_advantages(AdvantageEstimator estimator = AdvantageEstimator::grpo) {
+  AdvantageConfig a;
+  a.estimator = estimator;
+  a.eps = 1e-6;
+  a.whiten_eps = 1e-8;
+  a.whiten_count_eps = 1e-8;
+  return a;
+}
+
 // verl's losses that clamp no log ratio (geo_mean, kl_cov, clip_cov): x = logp - old unclamped.
 inline void verl_no_log_ratio_clamp(LossConfig& c) {
-  c.log_ratio_min = -std::numeric_limits<double>::infinity();
-  c.log_ratio_max = std::numeric_limits<double>::infinity();
+  c.ratio.log_ratio_min = -std::numeric_limits<double>::infinity();
+  c.ratio.log_ratio_max = std::numeric_limits<double>::infinity();
+}
+
+// verl's vanilla policy loss with its defaults: PPO clip 0.2, dual clip c = 3 where A < 0 (verl
+// always applies it), log ratio clamped to +-20, token-mean, no entropy bonus, no KL.
+inline Recipe verl_vanilla() {
+  Recipe r;
+  r.advantage = verl_advantages();
+  LossConfig& c = r.loss;
+  c.policy.loss = PolicyLoss::ppo_clip;
+  c.ratio.clip_eps_low = c.ratio.clip_eps_high = 0.2;
+  c.ratio.dual_clip = true;
+  c.ratio.dual_clip_c = 3.0;
+  c.ratio.log_ratio_min = -20.0;
+  c.ratio.log_ratio_max = 20.0;
+  c.aggregation.policy = c.aggregation.entropy = c.aggregation.kl = Aggregation::token_mean;
+  c.aggregation.convention = verl_aggregation();
+  c.metrics.mean_eps = 1e-8;  // verl's masked_mean
+  c.entropy.coef = 0.0;
+  return r;
+}
+
+// verl's GRPO recipe: the vanilla loss with a low_var_kl (k3) KL loss, coefficient 0.001.
+inline Recipe verl_grpo() {
+  Recipe r = verl_vanilla();
+  r.loss.kl.estimator = KlEstimator::k3;
+  r.loss.kl.coef = 0.001;
+  return r;
+}
+
+// DAPO in verl (verl-recipe dapo/run_dapo_*.sh): clip-higher (0.2 / 0.28), dual clip c = 10
+// (clip_ratio_c=10.0), token-mean, no KL, no entropy bonus.
+inline Recipe verl_dapo() {
+  Recipe r = verl_vanilla();
+  r.loss.ratio.clip_eps_high = 0.28;
+  r.loss.ratio.dual_clip_c = 10.0;
+  return r;
+}
+
+// Dr. GRPO in verl: no std normalisation, seq-mean-token-sum-norm (sum / L, L the padded length or
+// loss_scale_factor: AggregationScale::length), no KL.
+inline Recipe verl_dr_grpo() {
+  Recipe r = verl_vanilla();
+  r.advantage.estimator = AdvantageEstimator::grpo_no_std;
+  LossConfig& c = r.loss;
+  c.aggregation.policy = c.aggregation.entropy = c.aggregation.kl = Aggregation::seq_mean_token_sum_norm;
+  return r;
+}
+
+// verl's GSPO (loss_mode "gspo"): the sequence ratio sg(s_i) exp(logp - sg(logp)), its log clamped
+// only from above at 10, PPO clip 3e-4 / 4e-4 and no dual clip, policy term always
+// seq-mean-token-mean.
+inline Recipe verl_gspo() {
+  Recipe r = verl_vanilla();
+  LossConfig& c = r.loss;
+  c.ratio.level = RatioLevel::sequence_detached;
+  c.ratio.clip_eps_low = 3e-4;
+  c.ratio.clip_eps_high = 4e-4;
+  c.ratio.dual_clip = false;
+  c.ratio.log_ratio_min = -std::numeric_limits<double>::infinity();
+  c.ratio.log_ratio_max = 10.0;
+  c.aggregation.policy = c.aggregation.entropy = c.aggregation.kl = Aggregation::seq_mean_token_mean;
+  return r;
 }
 
 // CISPO (loss_mode "cispo", examples/cispo_trainer): -sg(clamp(r, 1 - 10, 1 + 0.2)) A logp, i.e. only
 // the upper bound binds; low_var_kl KL loss 0.001; token-mean; no dual clip (vanilla only).
-inline LossConfig verl_cispo() {
-  LossConfig c = verl_vanilla();
-  c.policy_loss = PolicyLoss::cispo;
-  c.clip_eps_low = 10.0;
-  c.clip_eps_high = 0.2;
-  c.dual_clip = false;
-  c.kl = KlEstimator::k3;
-  c.kl_coef = 0.001;
-  return c;
+inline Recipe verl_cispo() {
+  Recipe r = verl_vanilla();
+  LossConfig& c = r.loss;
+  c.policy.loss = PolicyLoss::cispo;
+  c.ratio.clip_eps_low = 10.0;
+  c.ratio.clip_eps_high = 0.2;
+  c.ratio.dual_clip = false;
+  c.kl.estimator = KlEstimator::k3;
+  c.kl.coef = 0.001;
+  return r;
 }
 
 // SAPO (loss_mode "sapo", examples/sapo_trainer): tau_pos 1, tau_neg 1.05; the policy term is always
 // seq-mean-token-mean (verl ignores loss_agg_mode there), entropy and KL keep loss_agg_mode
 // (token-mean); no KL.
-inline LossConfig verl_sapo() {
-  LossConfig c = verl_vanilla();
-  c.policy_loss = PolicyLoss::sapo;
-  c.sapo_tau_pos = 1.0;
-  c.sapo_tau_neg = 1.05;
-  c.dual_clip = false;
-  c.pg_aggregation = Aggregation::seq_mean_token_mean;
-  return c;
+inline Recipe verl_sapo() {
+  Recipe r = verl_vanilla();
+  LossConfig& c = r.loss;
+  c.policy.loss = PolicyLoss::sapo;
+  c.policy.sapo.tau_pos = 1.0;
+  c.policy.sapo.tau_neg = 1.05;
+  c.ratio.dual_clip = false;
+  c.aggregation.policy = Aggregation::seq_mean_token_mean;
+  return r;
 }
 
 // GPG (loss_mode "gpg", examples/gpg_trainer): -A logp, token-mean, no KL. verl pairs it with its
 // "gpg" advantage estimator, alpha (R - mean_g) with alpha = B / #(non-zero rewards), which
 // group_advantages does not offer: this preset takes R - mean_g; scale the rewards or the
 // advantages by alpha to reproduce it.
-inline LossConfig verl_gpg() {
-  LossConfig c = verl_vanilla();
-  c.advantage = AdvantageEstimator::grpo_no_std;
-  c.policy_loss = PolicyLoss::gpg;
-  c.dual_clip = false;
-  return c;
+inline Recipe verl_gpg() {
+  Recipe r = verl_vanilla();
+  r.advantage.estimator = AdvantageEstimator::grpo_no_std;
+  r.loss.policy.loss = PolicyLoss::gpg;
+  r.loss.ratio.dual_clip = false;
+  return r;
 }
 
 // GMPO (loss_mode "geo_mean", examples/gmpo_trainer): the log ratio clipped to [-0.4, 0.4] on the side
-// of A's sign, per-row geometric mean, J_pg = (1/B) sum_i l_i whatever loss_agg_mode says; no KL.
-inline LossConfig verl_gmpo() {
-  LossConfig c = verl_vanilla();
-  c.policy_loss = PolicyLoss::geo_mean;
-  c.clip_eps_low = c.clip_eps_high = 0.4;
-  c.dual_clip = false;
+// of A's sign, per-row geometric mean, J_pg = (1/B) sum_i l_i whatever loss_agg_mode says (the
+// policy aggregation is seq-mean-token-mean with exact n_i over every row); no KL.
+inline Recipe verl_gmpo() {
+  Recipe r = verl_vanilla();
+  LossConfig& c = r.loss;
+  c.policy.loss = PolicyLoss::geo_mean;
+  c.ratio.clip_eps_low = c.ratio.clip_eps_high = 0.4;
+  c.ratio.dual_clip = false;
+  c.aggregation.policy = Aggregation::seq_mean_token_mean;
   verl_no_log_ratio_clamp(c);
-  return c;
+  return r;
 }
 
 // KL-Cov (loss_mode "kl_cov") with verl's config defaults: kl_cov_ratio 2e-4, ppo_kl_coef 0.1
 // (the function's fallback is 1; the entropy-mechanism runs set 1 and ratios of 2e-4 to 2e-3).
-inline LossConfig verl_kl_cov() {
-  LossConfig c = verl_vanilla();
-  c.policy_loss = PolicyLoss::kl_cov;
-  c.cov_ratio = 2e-4;
-  c.kl_cov_coef = 0.1;
-  c.dual_clip = false;
+inline Recipe verl_kl_cov() {
+  Recipe r = verl_vanilla();
+  LossConfig& c = r.loss;
+  c.policy.loss = PolicyLoss::kl_cov;
+  c.policy.kl_cov.ratio = 2e-4;
+  c.policy.kl_cov.coef = 0.1;
+  c.ratio.dual_clip = false;
   verl_no_log_ratio_clamp(c);
-  return c;
+  return r;
 }
 
 // Clip-Cov (loss_mode "clip_cov") with verl's config defaults: clip_cov_ratio 2e-4, candidates with
 // cov in (1, 5), PPO clip 0.2, no dual clip. verl draws the zeroed tokens with torch.randperm; the
-// library chooses them by a counter-based hash of (config.clip_cov_seed, token index), or takes the
-// caller's batch.selection (docs/MATH.md, "Clip-Cov").
-inline LossConfig verl_clip_cov() {
-  LossConfig c = verl_vanilla();
-  c.policy_loss = PolicyLoss::clip_cov;
-  c.cov_ratio = 2e-4;
-  c.clip_cov_lower = 1.0;
-  c.clip_cov_upper = 5.0;
-  c.dual_clip = false;
+// library chooses them by a counter-based hash of (config.policy.clip_cov.seed, token index), or
+// takes the caller's batch.selection (docs/MATH.md, "Clip-Cov").
+inline Recipe verl_clip_cov() {
+  Recipe r = verl_vanilla();
+  LossConfig& c = r.loss;
+  c.policy.loss = PolicyLoss::clip_cov;
+  c.policy.clip_cov.ratio = 2e-4;
+  c.policy.clip_cov.lower = 1.0;
+  c.policy.clip_cov.upper = 5.0;
+  c.ratio.dual_clip = false;
   verl_no_log_ratio_clamp(c);
-  return c;
+  return r;
 }
 
 // Decoupled rollout correction (verl's RolloutCorrectionConfig.decoupled_token_is / decoupled_seq_is)
 // on top of any verl preset: IS weights at `level`, truncated at `threshold`, multiply the policy
-// loss; d = old_logp - rollout_logp. Add rejection options to c.rollout.rejection (or parse verl's
-// strings with verl_rollout_rs, verl_options.hpp).
-inline LossConfig verl_decoupled(LossConfig c, RolloutIsLevel level = RolloutIsLevel::sequence,
-                                 double threshold = 2.0) {
-  c.rollout.mode = RolloutCorrectionMode::decoupled;
-  c.rollout.is_level = level;
-  c.rollout.is_threshold = threshold;
-  return c;
+// loss; d = old_logp - rollout_logp. Add rejection options to off_policy.rollout.rejection (or parse
+// verl's strings with verl_rollout_rs, presets/verl_options.hpp).
+inline Recipe verl_decoupled(Recipe r, RolloutIsLevel level = RolloutIsLevel::sequence, double threshold = 2.0) {
+  RolloutCorrectionConfig& c = r.loss.off_policy.rollout;
+  c.mode = RolloutCorrectionMode::decoupled;
+  c.is_level = level;
+  c.is_threshold = threshold;
+  return r;
 }
 
 // Bypass mode with loss_type "ppo_clip" (RolloutCorrectionConfig.bypass_ppo_clip): old = rollout,
 // verl's vanilla loss (dual clip 3) with the ratio against rollout_logp; no IS weight, no rejection.
-inline LossConfig verl_bypass_ppo_clip() {
-  LossConfig c = verl_vanilla();
-  c.rollout.mode = RolloutCorrectionMode::bypass;
-  return c;
+inline Recipe verl_bypass_ppo_clip() {
+  Recipe r = verl_vanilla();
+  r.loss.off_policy.rollout.mode = RolloutCorrectionMode::bypass;
+  return r;
 }
 
 // Bypass mode with loss_type "reinforce" (RolloutCorrectionConfig.bypass_pg_is): -A logp times the
 // sequence-level IS weight exp(sum_t (logp - rollout)) truncated at 2; no rejection.
-inline LossConfig verl_bypass_reinforce() {
-  LossConfig c = verl_vanilla();
-  c.policy_loss = PolicyLoss::reinforce;
-  c.dual_clip = false;
-  c.rollout.mode = RolloutCorrectionMode::bypass;
-  c.rollout.is_level = RolloutIsLevel::sequence;
-  c.rollout.is_threshold = 2.0;
-  return c;
+inline Recipe verl_bypass_reinforce() {
+  Recipe r = verl_vanilla();
+  LossConfig& c = r.loss;
+  c.policy.loss = PolicyLoss::reinforce;
+  c.ratio.dual_clip = false;
+  c.off_policy.rollout.mode = RolloutCorrectionMode::bypass;
+  c.off_policy.rollout.is_level = RolloutIsLevel::sequence;
+  c.off_policy.rollout.is_threshold = 2.0;
+  return r;
 }
+
+namespace detail {
+inline Recipe verl_decoupled_token_is() { return verl_decoupled(verl_grpo(), RolloutIsLevel::token); }
+inline Recipe verl_decoupled_seq_is() { return verl_decoupled(verl_grpo(), RolloutIsLevel::sequence); }
+}  // namespace detail
+
+inline constexpr PresetEntry kVerlPresets[] = {
+    {"verl/vanilla", "verl's vanilla PPO loss with its defaults (dual clip 3, token-mean)", verl_vanilla},
+    {"verl/grpo", "verl's GRPO recipe: vanilla + low_var_kl KL 0.001", verl_grpo},
+    {"verl/dapo", "DAPO in verl: clip-higher 0.2 / 0.28, dual clip 10", verl_dapo},
+    {"verl/dr_grpo", "Dr. GRPO in verl: no std, seq-mean-token-sum-norm", verl_dr_grpo},
+    {"verl/gspo", "verl's GSPO: sequence ratio, clip 3e-4 / 4e-4, seq-mean-token-mean", verl_gspo},
+    {"verl/cispo", "verl's CISPO recipe: clamp(r, -9, 1.2) as a stop-gradient weight, k3 KL", verl_cispo},
+    {"verl/sapo", "verl's SAPO recipe: soft gate, tau 1 / 1.05", verl_sapo},
+    {"verl/gpg", "verl's GPG recipe: -A logp", verl_gpg},
+    {"verl/gmpo", "verl's GMPO recipe (loss_mode geo_mean): clip 0.4 on the log ratio", verl_gmpo},
+    {"verl/kl_cov", "verl's KL-Cov with its config defaults (ratio 2e-4, coef 0.1)", verl_kl_cov},
+    {"verl/clip_cov", "verl's Clip-Cov with its config defaults (ratio 2e-4, cov in (1, 5))", verl_clip_cov},
+    {"verl/decoupled_token_is", "verl/grpo + RolloutCorrectionConfig.decoupled_token_is (threshold 2)",
+     detail::verl_decoupled_token_is},
+    {"verl/decoupled_seq_is", "verl/grpo + RolloutCorrectionConfig.decoupled_seq_is (threshold 2)",
+     detail::verl_decoupled_seq_is},
+    {"verl/bypass_ppo_clip", "RolloutCorrectionConfig.bypass_ppo_clip: ratio against rollout_logp", verl_bypass_ppo_clip},
+    {"verl/bypass_pg_is", "RolloutCorrectionConfig.bypass_pg_is: reinforce with sequence IS 2", verl_bypass_reinforce},
+};
 
 }  // namespace cgrpo

@@ -21,8 +21,8 @@ struct PolicyLossInputs {
   torch::Tensor kinds;            // Byte or Bool, cgrpo::TokenKind (1: refinement); undefined: every token initial
   torch::Tensor advantages;       // Real
   torch::Tensor old_logp;         // Real
-  torch::Tensor ref_logp;         // Real; required when config.kl != none, else may be undefined
-  torch::Tensor rollout_logp;     // Real; the sampler's log-probs, required by config.rollout / config.sampler
+  torch::Tensor ref_logp;         // Real; required when config.kl.estimator != none, else may be undefined
+  torch::Tensor rollout_logp;     // Real; the sampler's log-probs, required by config.off_policy.rollout / .sampler
   // Aggregation weights (Real): all undefined, and the library computes them from config over the
   // layout and mask; or every one the config uses (cgrpo::aggregation_weights of each term).
   torch::Tensor pg_weights;
@@ -45,7 +45,7 @@ inline cgrpo::SequenceLayout packed_layout(const torch::Tensor& offsets) {
 
 namespace detail {
 
-enum class Need { required, optional, with_kl };  // with_kl: required when config.kl != none
+enum class Need { required, optional, with_kl };  // with_kl: required when config.kl.estimator != none
 
 // Every per-token input: its name, when it is needed, and the batch field it feeds (whose
 // element type fixes the dtype). A new per-token input is one line here (and its field above).
@@ -78,10 +78,10 @@ void run(const cgrpo::LossConfig& config, const torch::Tensor& logits, const Pol
   for_each_token_input(in, batch, [&](const char* name, const torch::Tensor& t, Need need, auto& field) {
     using Elem = std::remove_const_t<std::remove_pointer_t<std::remove_reference_t<decltype(field)>>>;
     if (!t.defined()) {
-      TORCH_CHECK(need == Need::optional || (need == Need::with_kl && config.kl == cgrpo::KlEstimator::none),
+      TORCH_CHECK(need == Need::optional || (need == Need::with_kl && !config.kl_on()),
                   "cgrpo_torch: ", name, " must be a defined tensor [", T, "]",
-                  need == Need::with_kl ? " when config.kl != none (config.kl = " : "",
-                  need == Need::with_kl ? cgrpo::to_string(config.kl) : "", need == Need::with_kl ? ")" : "",
+                  need == Need::with_kl ? " when config.kl.estimator != none (config.kl.estimator = " : "",
+                  need == Need::with_kl ? cgrpo::to_string(config.kl.estimator) : "", need == Need::with_kl ? ")" : "",
                   ", got an undefined tensor");
       field = nullptr;
       return;
@@ -91,7 +91,7 @@ void run(const cgrpo::LossConfig& config, const torch::Tensor& logits, const Pol
   });
   batch.layout = in.layout;
   const bool layout_given = in.layout.num_sequences != 0 || in.layout.offsets != nullptr;
-  if (layout_given || cgrpo::needs_layout(config, batch.pg_weights == nullptr)) {
+  if (layout_given || cgrpo::plan_passes(config, batch).needs_layout) {
     const cgrpo::Status s = in.layout.validate(T);
     TORCH_CHECK(s.ok(), "cgrpo_torch: layout must cover the T = ", T, " rows of logits",
                 layout_given ? "" : " (the config needs it)", ": ", s.message);
