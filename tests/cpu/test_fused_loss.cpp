@@ -1,4 +1,4 @@
-// The fused CPU loss against the plain double reference (tests/cpu/reference.hpp):
+// The fused CPU loss against the plain double reference (tests/support/reference.hpp):
 // loss, metrics, log p, H, and the gradient against central finite differences.
 #include <catch2/catch.hpp>
 

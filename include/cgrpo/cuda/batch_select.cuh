@@ -23,7 +23,7 @@
 // composite with the index is what makes ties go to the lower index, as the CPU path's
 // partial_sort on (key descending, index ascending) does. No sort buffer, no device-wide temp
 // storage: a CUB DeviceRadixSort would need its temp size from a device query, and the workspace
-// size must be known without a GPU (tests/gpu/test_cuda_host_api runs on machines without one).
+// size must be known without a GPU (tests/cuda/test_cuda_host_api runs on machines without one).
 
 namespace cgrpo::cuda {
 

@@ -13,7 +13,7 @@
 #include "cgrpo/cuda/vector_io.cuh"
 
 // Per-thread parts are __host__ __device__ and take the thread index, so that the host tests
-// (tests/gpu/test_cuda_row_ops_host.cu) can run every thread's share of a row without a GPU.
+// (tests/cuda/test_cuda_row_ops_host.cu) can run every thread's share of a row without a GPU.
 #define CGRPO_ROW_HD __host__ __device__ __forceinline__
 
 // Unrolling hints for the device pass only (the host compiler would warn about an unknown pragma).

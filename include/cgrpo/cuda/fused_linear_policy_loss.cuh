@@ -187,7 +187,7 @@ inline Status check_linear_workspace(const void* workspace, size_t workspace_byt
 //     known now), then per chunk (gradient wanted only): its logits again, the stored gradient
 //     pass, the backward GEMMs;
 //   the metric reductions.
-// Ops enqueues each step: LinearDeviceOps on the device; tests/gpu's host emulation runs the same
+// Ops enqueues each step: LinearDeviceOps on the device; tests/cuda's host emulation runs the same
 // order on the host (test_cuda_fused_linear_host).
 template <typename Logit, typename Ops>
 Status run_chunked_loss(const LossPlan<Logit>& plan, int64_t chunk, Ops& ops) {

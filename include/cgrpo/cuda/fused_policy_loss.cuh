@@ -61,7 +61,7 @@ struct ReductionPlan {
 };
 
 // Every launch of one call, decided and filled on the host (no CUDA call): launch_policy_loss runs
-// it on a stream, tests/gpu/host_emulation.cuh runs the same kernels' code on the host.
+// it on a stream, tests/cuda/host_emulation.cuh runs the same kernels' code on the host.
 template <typename Logit>
 struct LossPlan {
   int64_t num_tokens = 0;

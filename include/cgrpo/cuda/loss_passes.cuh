@@ -29,7 +29,7 @@
 // no barrier but the reductions'; sums are per thread in token order, then cub::BlockReduce (a
 // fixed tree): the same inputs give the same bits. The sampler pass runs TRL's per-row function
 // (sampler_row) unchanged, one thread per row. Every per-thread piece is __host__ __device__ and
-// takes the thread's index, so that tests/gpu/host_emulation.cuh runs them on the host.
+// takes the thread's index, so that tests/cuda/host_emulation.cuh runs them on the host.
 
 namespace cgrpo::cuda {
 

@@ -1,0 +1,220 @@
+// tests/support/golden_runner.hpp: one runner for every golden case (paper, verl, TRL): advantages,
+// the fused loss (double and float, in place and not, 1 and 2 threads) and the metrics a peer logs.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <cgrpo/cgrpo.hpp>
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "golden_case.hpp"
+
+namespace golden {
+
+// A metric the peer logs, the LossMetrics field that holds it, and the relative tolerance it is
+// compared at (golden/README.md: 1e-10, or 1e-6 for metrics the peer computes in float32).
+struct MetricCheck {
+  std::string key;  // "metric_..." in the case file
+  std::function<double(const cgrpo::LossMetrics&)> get;
+  double tol = 1e-10;
+};
+
+// What the loss applied at one token (outputs.policy_factor, outputs.token_terms).
+struct TokenView {
+  bool valid;            // mask
+  double policy_factor;  // 0 at padding
+  uint8_t terms;         // cgrpo::TokenTerms bits (0 at padding)
+};
+
+// A per-token array the case holds (shape B, L), the value the library's outputs give for it, and
+// the relative tolerance (max error over the array / max |want|) in double; float runs use 1e-5.
+struct ArrayCheck {
+  std::string key;
+  std::function<double(const TokenView&)> get;
+  double tol = 1e-10;
+};
+
+// What a case's params mean for the library. Filled by one setup function per peer.
+struct Setup {
+  cgrpo::LossConfig config;
+  std::vector<int32_t> group_ids;     // per row
+  int64_t num_groups = 0;
+  std::vector<uint8_t> row_kinds;     // per row: kInitial / kRefinement
+  bool caller_weights = false;        // true: weights from aggregation_weights (with `scale`);
+                                      // false: the loss computes them
+  cgrpo::AggregationScale scale;      // global counts (length L of seq-mean-token-sum-norm, ...)
+  std::vector<MetricCheck> metrics;   // every metric_* key of the case must be listed
+  std::vector<ArrayCheck> arrays;     // the case's per-token arrays that are outputs (not inputs)
+  std::vector<std::string> checked_by_setup;  // arrays the setup function compared itself (through
+                                              // the library's standalone functions)
+};
+
+// A case's params -> Setup. Returns false (with a Catch failure) for params it does not know.
+using SetupFn = std::function<void(const GoldenCase&, Setup&)>;
+
+inline double param_double(const GoldenCase& g, const std::string& key) {
+  const std::string v = g.param(key);
+  INFO("param " << key);
+  REQUIRE(!v.empty());
+  return std::stod(v);
+}
+
+// The number inside "mode(...L=K...)" style aggregation keys, or 0.
+inline double agg_number(const std::string& agg, const std::string& key) {
+  const auto at = agg.find(key + "=");
+  if (at == std::string::npos) return 0.0;
+  return std::stod(agg.substr(at + key.size() + 1));
+}
+
+// Max |got - want| over the array divided by max(max |want|, floor): a relative error that does
+// not blow up on individual near-zero entries.
+template <typename Real>
+double max_rel_err(const std::vector<Real>& got, const std::vector<double>& want, double floor = 1e-300) {
+  double num = 0, den = floor;
+  for (size_t i = 0; i < want.size(); ++i) {
+    num = std::max(num, std::fabs(static_cast<double>(got[i]) - want[i]));
+    den = std::max(den, std::fabs(want[i]));
+  }
+  return got.size() == want.size() ? num / den : INFINITY;
+}
+
+inline double rel_err(double got, double want, double floor = 1e-12) {
+  return std::fabs(got - want) / std::max(std::fabs(want), floor);
+}
+
+// Everything a case checks, for one precision.
+template <typename Real>
+void run_case(const std::string& file, const GoldenCase& g, const Setup& s, double tol) {
+  const auto& logits_arr = g.at("logits");
+  const int64_t B = logits_arr.shape[0], L = logits_arr.shape[1], V = logits_arr.shape[2], T = B * L;
+  const auto layout = cgrpo::SequenceLayout::padded(B, L);
+  const auto& mask_d = g.at("mask").values;
+  // Every array of the case is an input, an expected value checked below, a metric or a listed ArrayCheck.
+  for (const auto& kv : g.arrays) {
+    static const char* const kChecked[] = {"logits",  "tokens",   "mask",       "old_logp",  "ref_logp",
+                                           "rollout_logp", "rewards", "refine", "group_ids", "advantages",
+                                           "log_prob", "entropy", "loss",       "grad_logits"};
+    const bool known = std::find(std::begin(kChecked), std::end(kChecked), kv.first) != std::end(kChecked) ||
+                       kv.first.rfind("metric_", 0) == 0 ||
+                       std::any_of(s.arrays.begin(), s.arrays.end(), [&](const ArrayCheck& a) { return a.key == kv.first; }) ||
+                       std::find(s.checked_by_setup.begin(), s.checked_by_setup.end(), kv.first) != s.checked_by_setup.end();
+    INFO(file << ": array " << kv.first << " is not checked (add an ArrayCheck)");
+    CHECK(known);
+  }
+
+  // Advantages over each group, with the config's estimator.
+  const auto& rewards = g.at("rewards").values;
+  std::vector<Real> rewards_r(rewards.begin(), rewards.end()), adv(B);
+  REQUIRE(static_cast<int64_t>(s.group_ids.size()) == B);
+  cgrpo::GroupAssignment groups{B, s.group_ids.data(), s.num_groups};
+  std::vector<int64_t> token_counts(B, 0);
+  for (int64_t i = 0; i < B; ++i)
+    for (int64_t j = 0; j < L; ++j) token_counts[i] += mask_d[i * L + j] != 0 ? 1 : 0;
+  const cgrpo::Status sa = cgrpo::group_advantages(s.config.advantage, groups, rewards_r.data(), token_counts.data(),
+                                                   s.config.advantage_eps, adv.data(), s.config.whiten_eps);
+  INFO(file << ": " << sa.message);
+  REQUIRE(sa.ok());
+  const auto& want_adv = g.at("advantages").values;
+  for (int64_t i = 0; i < B; ++i)
+    if (token_counts[i] > 0) {  // the README: compare advantages on non-empty rows only
+      INFO(file << " advantage of row " << i);
+      CHECK(std::fabs(adv[i] - want_adv[i]) <= tol * std::max(1.0, std::fabs(want_adv[i])));
+    }
+
+  std::vector<Real> logits(logits_arr.values.begin(), logits_arr.values.end());
+  std::vector<int32_t> targets(T);
+  std::vector<uint8_t> mask(T), kinds(T);
+  std::vector<Real> old_logp(T), ref_logp(T), rollout_logp(T), adv_tok(T), w_pg(T), w_h(T), w_kl(T);
+  const bool has_ref = g.arrays.count("ref_logp") != 0, has_rollout = g.arrays.count("rollout_logp") != 0;
+  for (int64_t t = 0; t < T; ++t) {
+    targets[t] = static_cast<int32_t>(g.at("tokens").values[t]);
+    mask[t] = static_cast<uint8_t>(mask_d[t]);
+    kinds[t] = s.row_kinds.empty() ? uint8_t(cgrpo::kInitial) : s.row_kinds[t / L];
+    old_logp[t] = static_cast<Real>(g.at("old_logp").values[t]);
+    if (has_ref) ref_logp[t] = static_cast<Real>(g.at("ref_logp").values[t]);
+    if (has_rollout) rollout_logp[t] = static_cast<Real>(g.at("rollout_logp").values[t]);
+  }
+  cgrpo::broadcast_to_tokens(layout, adv.data(), adv_tok.data());
+
+  cgrpo::PolicyLossBatch<Real> batch;
+  batch.num_tokens = T;
+  batch.vocab_size = V;
+  batch.target_ids = targets.data();
+  batch.mask = mask.data();
+  batch.kinds = kinds.data();
+  batch.advantages = adv_tok.data();
+  batch.old_logp = old_logp.data();
+  batch.ref_logp = has_ref ? ref_logp.data() : nullptr;
+  batch.rollout_logp = has_rollout ? rollout_logp.data() : nullptr;
+  batch.layout = layout;
+  batch.scale = s.scale;
+  if (s.caller_weights) {
+    const cgrpo::LossConfig& c = s.config;
+    REQUIRE(cgrpo::aggregation_weights(c.pg_aggregation, layout, mask.data(), s.scale, w_pg.data()).ok());
+    REQUIRE(cgrpo::aggregation_weights(c.entropy_aggregation, layout, mask.data(), s.scale, w_h.data()).ok());
+    REQUIRE(cgrpo::aggregation_weights(c.kl_aggregation, layout, mask.data(), s.scale, w_kl.data()).ok());
+    batch.pg_weights = w_pg.data();
+    batch.entropy_weights = w_h.data();
+    batch.kl_weights = c.kl != cgrpo::KlEstimator::none ? w_kl.data() : nullptr;
+  }
+
+  for (bool in_place : {false, true}) {
+    for (int threads : {1, 2}) {
+      CAPTURE(file, in_place, threads);
+      cgrpo::LossConfig config = s.config;
+      config.num_threads = threads;
+      std::vector<Real> work = logits;  // in place overwrites its own copy
+      batch.logits = work.data();
+      std::vector<Real> grad(in_place ? 0 : T * V, Real(-777)), logp(T), entropy(T), factor(T, Real(-777));
+      std::vector<uint8_t> terms(T, 255);
+      cgrpo::LossMetrics metrics;
+      cgrpo::PolicyLossOutputs<Real> out;
+      out.grad_logits = in_place ? work.data() : grad.data();
+      out.logp = logp.data();
+      out.entropy = entropy.data();
+      out.metrics = &metrics;
+      out.policy_factor = factor.data();
+      out.token_terms = terms.data();
+      const cgrpo::Status st = cgrpo::cpu::fused_policy_loss(config, batch, out);
+      INFO(st.message);
+      REQUIRE(st.ok());
+      const std::vector<Real>& got_grad = in_place ? work : grad;
+
+      CHECK(rel_err(metrics.loss, g.at("loss").values[0]) <= tol);
+      CHECK(max_rel_err(got_grad, g.at("grad_logits").values) <= tol);
+      CHECK(max_rel_err(logp, g.at("log_prob").values) <= tol);
+      CHECK(max_rel_err(entropy, g.at("entropy").values) <= tol);
+      for (const ArrayCheck& a : s.arrays) {
+        INFO(file << ": array " << a.key);
+        REQUIRE(g.arrays.count(a.key) == 1);
+        std::vector<double> got_arr(T);
+        for (int64_t t = 0; t < T; ++t)
+          got_arr[t] = a.get(TokenView{mask[t] != 0, static_cast<double>(factor[t]), terms[t]});
+        CHECK(max_rel_err(got_arr, g.at(a.key).values, 1e-12) <= (std::is_same<Real, double>::value ? a.tol : 1e-5));
+      }
+      // Masked rows of the gradient are exactly zero, as autograd gives.
+      for (int64_t t = 0; t < T; ++t)
+        if (!mask[t])
+          for (int64_t v = 0; v < V; ++v) REQUIRE(got_grad[t * V + v] == Real(0));
+      // The metrics the peer logs, in double (a float run may flip a token at a threshold).
+      if (std::is_same<Real, double>::value && threads == 1 && !in_place) {
+        for (const auto& kv : g.arrays) {
+          if (kv.first.rfind("metric_", 0) != 0) continue;
+          const auto it = std::find_if(s.metrics.begin(), s.metrics.end(),
+                                       [&](const MetricCheck& m) { return m.key == kv.first; });
+          INFO(file << ": " << kv.first);
+          REQUIRE(it != s.metrics.end());  // every logged metric has a LossMetrics field
+          const double want = kv.second.values[0], got = it->get(metrics);
+          INFO("got " << got << ", want " << want);
+          CHECK(std::fabs(got - want) <= it->tol * std::max(std::fabs(want), 1e-8));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace golden
