@@ -153,9 +153,8 @@ void BM_fused_policy_loss(benchmark::State& state) {
   const std::vector<float> pristine = random_logits(n, 2);
   std::vector<float> logits = pristine, grad(in_place ? 0 : static_cast<size_t>(n), 0.0f);
   TokenArrays tok(T, V);
-  cgrpo::LossConfig config;  // the paper's released configuration
-  config.num_threads = threads;
-  cgrpo::cpu::Workspace ws;
+  const cgrpo::LossConfig config{};  // the paper's released configuration
+  cgrpo::cpu::Workspace ws(threads);
   cgrpo::LossMetrics metrics;
   cgrpo::PolicyLossOutputs<float> out;
   out.grad_logits = in_place ? logits.data() : grad.data();

@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <tuple>
 #include <vector>
 
@@ -164,13 +165,12 @@ void BM_gemm_eigen(benchmark::State& state) {
 void BM_composed(benchmark::State& state) {
   Problem p(state.range(0), state.range(1), state.range(2));
   const int threads = static_cast<int>(state.range(3));
-  cgrpo::LossConfig config;
-  config.num_threads = threads;
+  const cgrpo::LossConfig config{};  // the paper's released configuration
   std::unique_ptr<cgrpo::cpu::Workspace> ws;
   std::vector<float> z;
   cgrpo::LossMetrics metrics;
   measure(state, p, threads, 4.0 * p.T * p.V, [&] {
-    if (!ws) ws = std::make_unique<cgrpo::cpu::Workspace>();
+    if (!ws) ws = std::make_unique<cgrpo::cpu::Workspace>(threads);
     z.resize(static_cast<size_t>(p.T * p.V));
     cgrpo::cpu::head_logits(ws->pool, threads, p.h.data(), p.H, p.T, p.H, p.W.data(), p.H,
                             static_cast<const float*>(nullptr), p.V, z.data(), p.V);
@@ -198,8 +198,7 @@ void BM_fused_linear(benchmark::State& state) {
   chunking.tokens = state.range(4);
   int64_t chunk = 0;
   if (!cgrpo::chunk_rows(chunking, p.T, p.V, 4, &chunk).ok()) return state.SkipWithError("chunking");
-  cgrpo::LossConfig config;
-  config.num_threads = threads;
+  const cgrpo::LossConfig config{};  // the paper's released configuration
   std::unique_ptr<cgrpo::cpu::Workspace> ws;
   cgrpo::LossMetrics metrics;
   cgrpo::LinearHead<float> head{p.h.data(), p.H, 0, p.W.data(), 0, nullptr};
@@ -210,7 +209,7 @@ void BM_fused_linear(benchmark::State& state) {
   out.logp = p.logp.data(), out.entropy = p.entropy.data(), out.metrics = &metrics;
   const double bound = 4.0 * static_cast<double>(chunk) * static_cast<double>(p.V) + 4.0 * p.T * p.H;
   measure(state, p, threads, bound, [&] {
-    if (!ws) ws = std::make_unique<cgrpo::cpu::Workspace>();
+    if (!ws) ws = std::make_unique<cgrpo::cpu::Workspace>(threads);
     const cgrpo::Status s = cgrpo::cpu::fused_linear_policy_loss(config, p.batch(nullptr), head, out, grads, *ws, chunking);
     if (!s.ok()) {
       state.SkipWithError(s.message);

@@ -273,11 +273,13 @@ bool train(const Options& opt, bool critique_grpo, const std::vector<Rule>& rule
   std::mt19937 init_rng(opt.seed), order_rng(opt.seed + 1000), sample_rng(opt.seed + 2000);
   Policy pi = base_policy(rules, init_rng);
   Adam adam;
-  cgrpo::LossConfig config = cgrpo::paper_critique_grpo();  // the same loss for both runs
-  config.temperature = opt.temperature;
+  // The same recipe for both runs: the paper's loss and its advantages (grpo_no_std over each group).
+  cgrpo::Recipe recipe = cgrpo::paper_critique_grpo();
+  recipe.loss.temperature = opt.temperature;
+  const cgrpo::LossConfig& config = recipe.loss;
   cgrpo::critique::GroupAssemblyOptions assembly;
   assembly.refinements_per_group = critique_grpo ? opt.refinements : 0;
-  cgrpo::cpu::Workspace workspace;
+  cgrpo::cpu::Workspace workspace(/*num_threads=*/1);  // one per run, reused by every step
   std::vector<char> solved(train_set.size(), 0);
   std::vector<size_t> order(train_set.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -350,7 +352,7 @@ bool train(const Options& opt, bool critique_grpo, const std::vector<Rule>& rule
 
     // 2. The loss batch: groups, kinds, advantages over the mixed group, weights.
     cgrpo::critique::AssembledBatch<double> batch;
-    cgrpo::Status s = cgrpo::critique::assemble_groups(config, rollouts, assembly, batch);
+    cgrpo::Status s = cgrpo::critique::assemble_groups(recipe, rollouts, assembly, batch);
     if (!s.ok()) return fail("assemble_groups", s);
 
     // 3. Features of every row as a response to the ORIGINAL question (refinements included:
@@ -379,8 +381,8 @@ bool train(const Options& opt, bool critique_grpo, const std::vector<Rule>& rule
     //    whole either). No other implementation of the loss exists here.
     std::vector<double> old_logp(static_cast<size_t>(T));
     s = cgrpo::cpu::fused_linear_token_logprobs(head, T, kVocab, batch.target_ids.data(), config.temperature,
-                                                old_logp.data(), static_cast<double*>(nullptr), 1, &workspace,
-                                                chunking);
+                                                old_logp.data(), static_cast<double*>(nullptr),
+                                                workspace.num_threads, &workspace, chunking);
     if (!s.ok()) return fail("fused_linear_token_logprobs", s);
     RowMajor grad_W(kVocab, F);
     cgrpo::LossMetrics metrics;

@@ -18,7 +18,10 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--steps") == 0) steps = std::atoi(argv[i + 1]);
   torch::manual_seed(7);
   const int64_t D = 32, V = 64, B = 16, group_size = 8, max_len = 12;
-  const cgrpo::LossConfig config = cgrpo::paper_critique_grpo();  // grpo_no_std, no clip, gamma 0.1
+  // The paper's recipe (or any preset: cgrpo::verl_grpo(), cgrpo::trl_dapo(), or by name with
+  // cgrpo::preset): advantages grpo_no_std; the loss without clip, gamma 0.1.
+  const cgrpo::Recipe recipe = cgrpo::paper_critique_grpo();
+  const cgrpo::LossConfig& config = recipe.loss;
 
   torch::nn::Sequential policy(torch::nn::Linear(D, 64), torch::nn::Tanh(), torch::nn::Linear(64, V));
   torch::optim::Adam optimizer(policy->parameters(), torch::optim::AdamOptions(1e-2));
@@ -34,7 +37,7 @@ int main(int argc, char** argv) {
     // Rollout: the batch's tokens and rewards, then old log-probs from the policy before the
     // update (one update per rollout: on-policy, r = 1; no KL term, so no reference log-probs).
     cgrpo_torch::ExampleBatch batch;
-    cgrpo_torch::fill_example_batch(batch, config, B, group_size, max_len, V, torch::kFloat);
+    cgrpo_torch::fill_example_batch(batch, recipe, B, group_size, max_len, V, torch::kFloat);
     const torch::Tensor hidden = torch::randn({batch.num_tokens, D});
     batch.inputs.old_logp =
         cgrpo_torch::target_logp(policy->forward(hidden), batch.inputs.target_ids, config.temperature);

@@ -20,8 +20,10 @@ struct ExampleBatch {
 // B responses in groups of `group_size` (the first of each group a refinement), lengths in
 // [1, max_len], random target tokens, about one token in seven masked. Reward 1 when most of
 // a response's tokens lie in the lower half of the vocabulary (the "good" half), else 0: a
-// task a policy can learn. set_old_and_ref() fills the log-probs afterwards.
-inline void fill_example_batch(ExampleBatch& b, const cgrpo::LossConfig& c, int64_t B, int64_t group_size,
+// task a policy can learn. Advantages by the recipe's estimator (recipe.advantage), weights by
+// its loss's aggregation modes and conventions (recipe.loss). set_old_and_ref() fills the
+// log-probs afterwards.
+inline void fill_example_batch(ExampleBatch& b, const cgrpo::Recipe& recipe, int64_t B, int64_t group_size,
                                int64_t max_len, int64_t V, torch::ScalarType real) {
   b.offsets.assign(1, 0);
   for (int64_t i = 0; i < B; ++i) b.offsets.push_back(b.offsets.back() + 1 + torch::randint(max_len, {1}).item<int64_t>());
@@ -30,6 +32,15 @@ inline void fill_example_batch(ExampleBatch& b, const cgrpo::LossConfig& c, int6
   const cgrpo::SequenceLayout layout = cgrpo::SequenceLayout::packed(B, b.offsets.data());
 
   const torch::Tensor targets = torch::randint(V, {T}, torch::kInt32);
+  std::vector<uint8_t> mask(T), kinds(T);
+  std::vector<int64_t> token_counts(B, 0);  // valid tokens of each response
+  for (int64_t i = 0; i < B; ++i)
+    for (int64_t t = b.offsets[i]; t < b.offsets[i + 1]; ++t) {
+      mask[t] = torch::rand({1}).item<double>() < 0.85 ? 1 : 0;
+      kinds[t] = (i % group_size == 0) ? cgrpo::kRefinement : cgrpo::kInitial;
+      token_counts[i] += mask[t];
+    }
+
   std::vector<int32_t> group_ids(B);
   std::vector<double> rewards(B), adv(B);
   for (int64_t i = 0; i < B; ++i) {
@@ -38,20 +49,15 @@ inline void fill_example_batch(ExampleBatch& b, const cgrpo::LossConfig& c, int6
     rewards[i] = (resp < V / 2).to(torch::kDouble).mean().item<double>() > 0.5 ? 1.0 : 0.0;
   }
   const cgrpo::GroupAssignment groups{B, group_ids.data(), (B + group_size - 1) / group_size};
-  TORCH_CHECK(cgrpo::group_advantages(c.advantage, groups, rewards.data(), nullptr, c.advantage_eps, adv.data()).ok());
+  TORCH_CHECK(cgrpo::group_advantages(recipe.advantage, groups, rewards.data(), token_counts.data(), adv.data()).ok());
 
   std::vector<double> adv_tok(T), w_pg(T), w_h(T), w_kl(T);
-  std::vector<uint8_t> mask(T), kinds(T);
-  cgrpo::broadcast_to_tokens(layout, adv.data(), adv_tok.data());
-  for (int64_t i = 0; i < B; ++i)
-    for (int64_t t = b.offsets[i]; t < b.offsets[i + 1]; ++t) {
-      mask[t] = torch::rand({1}).item<double>() < 0.85 ? 1 : 0;
-      kinds[t] = (i % group_size == 0) ? cgrpo::kRefinement : cgrpo::kInitial;
-    }
-  cgrpo::AggregationScale scale;
-  TORCH_CHECK(cgrpo::aggregation_weights(c.pg_aggregation, layout, mask.data(), scale, w_pg.data()).ok());
-  TORCH_CHECK(cgrpo::aggregation_weights(c.entropy_aggregation, layout, mask.data(), scale, w_h.data()).ok());
-  TORCH_CHECK(cgrpo::aggregation_weights(c.kl_aggregation, layout, mask.data(), scale, w_kl.data()).ok());
+  TORCH_CHECK(cgrpo::broadcast_to_tokens(layout, adv.data(), adv_tok.data()).ok());
+  const cgrpo::LossConfig& c = recipe.loss;
+  const cgrpo::AggregationScale scale;  // this batch's counts (global ones under data parallelism)
+  TORCH_CHECK(cgrpo::aggregation_weights(c, cgrpo::LossTerm::policy, layout, mask.data(), scale, w_pg.data()).ok());
+  TORCH_CHECK(cgrpo::aggregation_weights(c, cgrpo::LossTerm::entropy, layout, mask.data(), scale, w_h.data()).ok());
+  TORCH_CHECK(cgrpo::aggregation_weights(c, cgrpo::LossTerm::kl, layout, mask.data(), scale, w_kl.data()).ok());
 
   auto real_tensor = [&](const std::vector<double>& v) {
     return torch::from_blob(const_cast<double*>(v.data()), {T}, torch::kDouble).to(real).clone();

@@ -26,29 +26,33 @@ void expect_close(const char* what, const torch::Tensor& got, const torch::Tenso
   }
 }
 
-cgrpo::LossConfig config_for(int i) {
-  cgrpo::LossConfig c = cgrpo::paper_critique_grpo();
+// Case i: the paper's recipe with one variant of each concern.
+cgrpo::Recipe recipe_for(int i) {
+  cgrpo::Recipe r = cgrpo::paper_critique_grpo();
+  r.advantage.estimator = i % 2 ? cgrpo::AdvantageEstimator::grpo : cgrpo::AdvantageEstimator::grpo_no_std;
+  cgrpo::LossConfig& c = r.loss;
   const cgrpo::KlEstimator kls[] = {cgrpo::KlEstimator::none, cgrpo::KlEstimator::k1, cgrpo::KlEstimator::abs,
                                     cgrpo::KlEstimator::k2, cgrpo::KlEstimator::k3};
-  c.advantage = i % 2 ? cgrpo::AdvantageEstimator::grpo : cgrpo::AdvantageEstimator::grpo_no_std;
   // i % 3: no clip (the paper), PPO clip, PPO clip on verl's GSPO sequence ratio.
-  c.policy_loss = i % 3 == 0 ? cgrpo::PolicyLoss::ratio : cgrpo::PolicyLoss::ppo_clip;
-  c.ratio_level = i % 3 == 2 ? cgrpo::RatioLevel::sequence_detached : cgrpo::RatioLevel::token;
-  c.dual_clip = i % 3 == 1 && i % 2 == 1;
-  c.kl = kls[i % 5];
-  c.kl_coef = c.kl == cgrpo::KlEstimator::none ? 0.0 : 0.05;
-  c.entropy_coef = 0.01;
-  c.pg_aggregation = static_cast<cgrpo::Aggregation>(i % 4);
+  c.policy.loss = i % 3 == 0 ? cgrpo::PolicyLoss::ratio : cgrpo::PolicyLoss::ppo_clip;
+  c.ratio.level = i % 3 == 2 ? cgrpo::RatioLevel::sequence_detached : cgrpo::RatioLevel::token;
+  c.ratio.dual_clip = i % 3 == 1 && i % 2 == 1;
+  c.kl.estimator = kls[i % 5];
+  c.kl.coef = c.kl.estimator == cgrpo::KlEstimator::none ? 0.0 : 0.05;
+  c.entropy.coef = 0.01;
+  // verl's GSPO form aggregates its policy term seq-mean-token-mean (the config refuses any other).
+  c.aggregation.policy = i % 3 == 2 ? cgrpo::Aggregation::seq_mean_token_mean : static_cast<cgrpo::Aggregation>(i % 4);
   c.temperature = i % 4 == 3 ? 0.7 : 1.0;
-  return c;
+  return r;
 }
 
 // One model, one batch: J and its gradients both ways.
 void compare(int i, torch::ScalarType real, double rel_tol) {
-  const cgrpo::LossConfig c = config_for(i);
+  const cgrpo::Recipe recipe = recipe_for(i);
+  const cgrpo::LossConfig& c = recipe.loss;
   const int64_t D = 16, V = 40 + i;
   cgrpo_torch::ExampleBatch batch;
-  cgrpo_torch::fill_example_batch(batch, c, 8, 4, 7, V, real);
+  cgrpo_torch::fill_example_batch(batch, recipe, 8, 4, 7, V, real);
   const int64_t T = batch.num_tokens;
   const torch::Tensor hidden = torch::randn({T, D}, torch::dtype(real));
   torch::nn::Linear head_a(D, V), head_b(D, V);
@@ -76,8 +80,9 @@ void compare(int i, torch::ScalarType real, double rel_tol) {
 
   char label[160];
   std::snprintf(label, sizeof(label), "[%s case %d: loss %s, ratio %s, kl %s, agg %s, tau %g]",
-                real == torch::kDouble ? "double" : "float", i, cgrpo::to_string(c.policy_loss), cgrpo::to_string(c.ratio_level), cgrpo::to_string(c.kl),
-                cgrpo::to_string(c.pg_aggregation), c.temperature);
+                real == torch::kDouble ? "double" : "float", i, cgrpo::to_string(c.policy.loss),
+                cgrpo::to_string(c.ratio.level), cgrpo::to_string(c.kl.estimator), cgrpo::to_string(c.aggregation.policy),
+                c.temperature);
   const double la = loss_a.item<double>(), lb = loss_b.item<double>();
   if (!(std::fabs(la - lb) <= rel_tol * std::max(1.0, std::fabs(lb)))) {
     ++failures;
@@ -102,9 +107,10 @@ int main() {
 
   // A library error surfaces as a c10::Error with the library's message.
   {
-    cgrpo::LossConfig c;
+    const cgrpo::Recipe recipe{};  // the defaults: the paper's loss
+    const cgrpo::LossConfig& c = recipe.loss;
     cgrpo_torch::ExampleBatch batch;
-    cgrpo_torch::fill_example_batch(batch, c, 4, 4, 3, 10, torch::kDouble);
+    cgrpo_torch::fill_example_batch(batch, recipe, 4, 4, 3, 10, torch::kDouble);
     batch.inputs.old_logp = torch::zeros({batch.num_tokens}, torch::kDouble);
     batch.inputs.target_ids = batch.inputs.target_ids.clone();
     batch.inputs.target_ids[0] = 10;  // outside [0, V)

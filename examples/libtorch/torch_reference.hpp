@@ -23,7 +23,7 @@ inline torch::Tensor reference_policy_loss(const torch::Tensor& logits, const Po
 
   // On-policy branch: token ratio, or GSPO's sequence ratio in verl's stop-gradient form.
   torch::Tensor log_ratio = logp - old;
-  if (c.ratio_level == cgrpo::RatioLevel::sequence_detached) {
+  if (c.ratio.level == cgrpo::RatioLevel::sequence_detached) {
     const torch::Tensor m = as_real(in.mask);
     torch::Tensor seq_mean = torch::zeros_like(logp);
     for (int64_t i = 0; i < in.layout.num_sequences; ++i) {
@@ -36,27 +36,27 @@ inline torch::Tensor reference_policy_loss(const torch::Tensor& logits, const Po
     }
     log_ratio = logp - logp.detach() + seq_mean;
   }
-  const torch::Tensor ratio = torch::exp(torch::clamp(log_ratio, c.log_ratio_min, c.log_ratio_max));
+  const torch::Tensor ratio = torch::exp(torch::clamp(log_ratio, c.ratio.log_ratio_min, c.ratio.log_ratio_max));
   const torch::Tensor pg1 = -A * ratio;
   torch::Tensor on_policy = pg1;
-  if (c.policy_loss == cgrpo::PolicyLoss::ppo_clip) {
-    const torch::Tensor pg2 = -A * torch::clamp(ratio, 1.0 - c.clip_eps_low, 1.0 + c.clip_eps_high);
+  if (c.policy.loss == cgrpo::PolicyLoss::ppo_clip) {
+    const torch::Tensor pg2 = -A * torch::clamp(ratio, 1.0 - c.ratio.clip_eps_low, 1.0 + c.ratio.clip_eps_high);
     on_policy = torch::maximum(pg1, pg2);
-    if (c.dual_clip) on_policy = torch::where(A < 0, torch::minimum(on_policy, -A * c.dual_clip_c), on_policy);
+    if (c.ratio.dual_clip) on_policy = torch::where(A < 0, torch::minimum(on_policy, -A * c.ratio.dual_clip_c), on_policy);
   }
   // Refinement branch: -A f(p), f(p) = p / (p + gamma).
   const torch::Tensor prob = logp.exp();
-  const torch::Tensor refinement = -A * prob / (prob + c.refinement_gamma);
+  const torch::Tensor refinement = -A * prob / (prob + c.policy.refinement_gamma);
   const torch::Tensor is_refinement =
       in.kinds.defined() ? in.kinds.to(torch::kLong) == cgrpo::kRefinement : torch::zeros_like(logp, torch::kBool);
   const torch::Tensor l = torch::where(is_refinement, refinement, on_policy);
 
   torch::Tensor J = (as_real(in.pg_weights) * l).sum();
-  if (in.entropy_weights.defined()) J = J - c.entropy_coef * (as_real(in.entropy_weights) * entropy).sum();
-  if (c.kl != cgrpo::KlEstimator::none) {
+  if (in.entropy_weights.defined()) J = J - c.entropy.coef * (as_real(in.entropy_weights) * entropy).sum();
+  if (c.kl.estimator != cgrpo::KlEstimator::none) {
     const torch::Tensor diff = logp - as_real(in.ref_logp);
     torch::Tensor kl;
-    switch (c.kl) {
+    switch (c.kl.estimator) {
       case cgrpo::KlEstimator::k1: kl = diff; break;
       case cgrpo::KlEstimator::abs: kl = diff.abs(); break;
       case cgrpo::KlEstimator::k2: kl = 0.5 * diff * diff; break;
@@ -65,7 +65,7 @@ inline torch::Tensor reference_policy_loss(const torch::Tensor& logits, const Po
         kl = torch::clamp(torch::exp(d) - d - 1, -10, 10);
       }
     }
-    J = J + c.kl_coef * (as_real(in.kl_weights) * kl).sum();
+    J = J + c.kl.coef * (as_real(in.kl_weights) * kl).sum();
   }
   return J;
 }

@@ -19,8 +19,8 @@ int main() {
   in.advantages = torch::ones({1}, torch::kDouble);
   in.old_logp = torch::full({1}, std::log(0.5), torch::kDouble);
   in.pg_weights = torch::ones({1}, torch::kDouble);
-  cgrpo::LossConfig config = cgrpo::paper_critique_grpo();
-  config.entropy_coef = 0.0;
+  cgrpo::LossConfig config = cgrpo::paper_critique_grpo().loss;
+  config.entropy.coef = 0.0;
   const torch::Tensor loss = cgrpo_torch::PolicyLoss::apply(logits, in, config, nullptr);
   loss.backward();
   const double J = loss.item<double>(), g0 = logits.grad()[0][0].item<double>(), g1 = logits.grad()[0][1].item<double>();

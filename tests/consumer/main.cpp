@@ -24,8 +24,8 @@ int main() {
   batch.advantages = &advantage;
   batch.old_logp = &old_logp;
   batch.pg_weights = &weight;
-  cgrpo::LossConfig config = cgrpo::paper_critique_grpo();
-  config.entropy_coef = 0.0;
+  cgrpo::LossConfig config = cgrpo::paper_critique_grpo().loss;
+  config.entropy.coef = 0.0;
   double grad[2] = {0, 0};
   cgrpo::LossMetrics metrics;
   cgrpo::PolicyLossOutputs<double> out;

@@ -14,57 +14,67 @@
 #include <string>
 #include <vector>
 
+#include "batch.hpp"
+#include "expect_error.hpp"
 #include "reference.hpp"
 
 namespace {
 
-constexpr double kPoison = -12345.5;
+using support::kPoison;
 
 struct Fixture {
   ref::Batch b;
-  cgrpo::LossConfig config = cgrpo::verl_grpo();
+  cgrpo::LossConfig config = cgrpo::verl_grpo().loss;
   Fixture() {
     std::mt19937_64 rng = test_seed::fresh_rng();
     b = ref::random_batch(rng, 5, 6, 40, 2);
-    config.entropy_coef = 0.01;
+    config.entropy.coef = 0.01;
     ref::set_weights(b, config);
   }
 };
-
-// Runs the fused loss after `mutate` and checks that it fails with `code` and a message
-// containing `needle`, and that no output (gradient, logp, entropy, metrics, the logits
-// themselves when in place) changed.
-void expect_error(const std::function<void(cgrpo::LossConfig&, cgrpo::PolicyLossBatch<double>&,
-                                           cgrpo::PolicyLossOutputs<double>&)>& mutate,
-                  cgrpo::StatusCode code, const std::string& needle, bool in_place = false) {
-  Fixture f;
-  ref::LibraryBatch<double> lb(f.b);
-  std::vector<double> grad(f.b.logits.size(), kPoison), logp(f.b.T, kPoison), ent(f.b.T, kPoison);
-  const std::vector<double> logits_before = lb.logits;
-  cgrpo::LossMetrics metrics;
-  metrics.loss = kPoison;
-  cgrpo::PolicyLossOutputs<double> out;
-  out.grad_logits = in_place ? lb.logits.data() : grad.data();
-  out.logp = logp.data();
-  out.entropy = ent.data();
-  out.metrics = &metrics;
-  mutate(f.config, lb.view, out);
-  const std::vector<double> logits_mutated = lb.logits;
-  const cgrpo::Status st = cgrpo::cpu::fused_policy_loss(f.config, lb.view, out);
-  INFO("message: " << st.message);
-  CHECK(st.code == code);
-  CHECK(std::string(st.message).find(needle) != std::string::npos);
-  for (double g : grad) REQUIRE(g == kPoison);
-  for (int64_t t = 0; t < f.b.T; ++t) REQUIRE((logp[t] == kPoison && ent[t] == kPoison));
-  CHECK(metrics.loss == kPoison);
-  CHECK(std::memcmp(lb.logits.data(), logits_mutated.data(), lb.logits.size() * sizeof(double)) == 0);
-  (void)logits_before;
-}
 
 using Cfg = cgrpo::LossConfig;
 using Batch = cgrpo::PolicyLossBatch<double>;
 using Out = cgrpo::PolicyLossOutputs<double>;
 using Code = cgrpo::StatusCode;
+using Workspace = cgrpo::cpu::Workspace;
+
+// Runs the fused loss on the fixture after `mutate` (config, batch view, outputs, workspace) and
+// checks that it fails with `code` and a message containing `needle`, and that no output
+// (gradient, logp, entropy, policy factor, token terms, metrics: support::PoisonedOutputs; the
+// logits themselves when in place) changed.
+void expect_error_ws(const std::function<void(Cfg&, Batch&, Out&, Workspace&)>& mutate, Code code,
+                     const std::string& needle, bool in_place = false) {
+  Fixture f;
+  ref::LibraryBatch<double> lb(f.b);
+  Workspace ws;
+  std::vector<double> logits_mutated;
+  support::expect_error<double>(
+      f.b.T, in_place ? 0 : static_cast<int64_t>(f.b.logits.size()),
+      [&](support::PoisonedOutputs<double>& o) {
+        if (in_place) o.out.grad_logits = lb.logits.data();
+        mutate(f.config, lb.view, o.out, ws);
+        logits_mutated = lb.logits;
+        return cgrpo::cpu::fused_policy_loss(f.config, lb.view, o.out, ws);
+      },
+      code, {needle.c_str()});
+  CHECK(std::memcmp(lb.logits.data(), logits_mutated.data(), lb.logits.size() * sizeof(double)) == 0);
+}
+void expect_error(const std::function<void(Cfg&, Batch&, Out&)>& mutate, Code code, const std::string& needle,
+                  bool in_place = false) {
+  expect_error_ws([&](Cfg& c, Batch& b, Out& o, Workspace&) { mutate(c, b, o); }, code, needle, in_place);
+}
+
+// The old mode-only aggregation_weights: one mode at the paper's conventions
+// (AggregationConvention{}), as the policy term of a config that sets nothing else.
+template <typename Real>
+cgrpo::Status mode_weights(cgrpo::Aggregation mode, const cgrpo::SequenceLayout& layout, const uint8_t* mask,
+                           const cgrpo::AggregationScale& scale, Real* w) {
+  cgrpo::LossConfig c;
+  c.aggregation.policy = mode;
+  c.aggregation.convention = cgrpo::AggregationConvention{};
+  return cgrpo::aggregation_weights(c, cgrpo::LossTerm::policy, layout, mask, scale, w);
+}
 
 }  // namespace
 
@@ -129,30 +139,31 @@ TEST_CASE("bad input: an empty batch still checks its layout and its overlaps", 
 }
 
 // Found by fuzz_fused_loss (CI seed 1): an empty batch (its arrays null, as validation allows) with
-// rows that hold no tokens was refused by every off-policy correction ("config.sampler needs
+// rows that hold no tokens was refused by every off-policy correction ("config.off_policy.sampler needs
 // rollout_logp", rollout_correction's null arrays), although nothing is read. Every correction
 // mode, rows of zero tokens packed and padded, a fresh workspace each time: an empty loss.
 TEST_CASE("bad input: an empty batch of empty rows is an empty loss under every correction", "[errors]") {
   std::vector<std::pair<std::string, cgrpo::LossConfig>> configs;
   for (auto mode : {cgrpo::SamplerCorrectionMode::token_truncate, cgrpo::SamplerCorrectionMode::token_mask,
                     cgrpo::SamplerCorrectionMode::sequence_truncate, cgrpo::SamplerCorrectionMode::sequence_mask}) {
-    cgrpo::LossConfig c = cgrpo::trl_grpo();
-    c.sampler = cgrpo::trl_vllm_importance_sampling();
-    c.sampler.mode = mode;
+    cgrpo::LossConfig c = cgrpo::trl_grpo().loss;
+    c.off_policy.sampler = cgrpo::trl_vllm_importance_sampling();
+    c.off_policy.sampler.mode = mode;
     configs.emplace_back(std::string("trl_grpo + sampler ") + cgrpo::to_string(mode), c);
   }
-  cgrpo::LossConfig opsm = cgrpo::trl_grpo();
-  opsm.off_policy_mask_threshold = 0.5;
+  cgrpo::LossConfig opsm = cgrpo::trl_grpo().loss;
+  opsm.off_policy.opsm_threshold = 0.5;
   configs.emplace_back("trl_grpo + off-policy mask", opsm);
-  configs.emplace_back("trl_vespo", cgrpo::trl_vespo());
-  configs.emplace_back("verl_decoupled token", cgrpo::verl_decoupled(cgrpo::verl_grpo(), cgrpo::RolloutIsLevel::token));
-  configs.emplace_back("verl_decoupled sequence", cgrpo::verl_decoupled(cgrpo::verl_grpo()));
-  cgrpo::LossConfig rejection = cgrpo::verl_decoupled(cgrpo::verl_grpo());
-  REQUIRE(cgrpo::verl_rollout_rs("token_k1,seq_sum_k2", "0.5_2.0,1.0", &rejection.rollout).ok());
+  configs.emplace_back("trl_vespo", cgrpo::trl_vespo().loss);
+  configs.emplace_back("verl_decoupled token",
+                       cgrpo::verl_decoupled(cgrpo::verl_grpo(), cgrpo::RolloutIsLevel::token).loss);
+  configs.emplace_back("verl_decoupled sequence", cgrpo::verl_decoupled(cgrpo::verl_grpo()).loss);
+  cgrpo::LossConfig rejection = cgrpo::verl_decoupled(cgrpo::verl_grpo()).loss;
+  REQUIRE(cgrpo::verl_rollout_rs("token_k1,seq_sum_k2", "0.5_2.0,1.0", &rejection.off_policy.rollout).ok());
   configs.emplace_back("verl_decoupled + rejection", rejection);
-  configs.emplace_back("verl_bypass_reinforce", cgrpo::verl_bypass_reinforce());
-  configs.emplace_back("verl_kl_cov", cgrpo::verl_kl_cov());
-  configs.emplace_back("verl_clip_cov", cgrpo::verl_clip_cov());
+  configs.emplace_back("verl_bypass_reinforce", cgrpo::verl_bypass_reinforce().loss);
+  configs.emplace_back("verl_kl_cov", cgrpo::verl_kl_cov().loss);
+  configs.emplace_back("verl_clip_cov", cgrpo::verl_clip_cov().loss);
   const int64_t one_empty_row[2] = {0, 0}, three_empty_rows[4] = {0, 0, 0, 0};
   for (const auto& named : configs) {
     for (const auto& layout : {cgrpo::SequenceLayout::packed(1, one_empty_row),
@@ -219,19 +230,44 @@ TEST_CASE("bad input: values", "[errors]") {
 }
 
 TEST_CASE("bad input: config", "[errors]") {
-  expect_error([](Cfg& c, Batch&, Out&) { c.refinement_gamma = 0; }, Code::invalid_argument, "refinement_gamma");
-  expect_error([](Cfg& c, Batch&, Out&) { c.refinement_gamma = -0.1; }, Code::invalid_argument, "refinement_gamma");
-  expect_error([](Cfg& c, Batch&, Out&) { c.clip_eps_low = 1.0; }, Code::invalid_argument, "clip_eps_low");
-  expect_error([](Cfg& c, Batch&, Out&) { c.clip_eps_low = -0.1; }, Code::invalid_argument, "clip_eps_low");
-  expect_error([](Cfg& c, Batch&, Out&) { c.clip_eps_high = NAN; }, Code::invalid_argument, "clip_eps_high");
-  expect_error([](Cfg& c, Batch&, Out&) { c.dual_clip = true; c.dual_clip_c = 1.0; }, Code::invalid_argument,
-               "dual_clip_c");
-  expect_error([](Cfg& c, Batch&, Out&) { c.temperature = 0; }, Code::invalid_argument, "temperature");
-  expect_error([](Cfg& c, Batch&, Out&) { c.kl = cgrpo::KlEstimator::none; c.kl_coef = 0.1; }, Code::invalid_argument,
-               "kl_coef");
-  expect_error([](Cfg& c, Batch&, Out&) { c.num_threads = 0; }, Code::invalid_argument, "num_threads");
-  expect_error([](Cfg& c, Batch&, Out&) { c.entropy_coef = INFINITY; }, Code::invalid_argument, "entropy_coef");
-  expect_error([](Cfg& c, Batch&, Out&) { c.advantage_eps = -1; }, Code::invalid_argument, "advantage_eps");
+  expect_error([](Cfg& c, Batch&, Out&) { c.policy.refinement_gamma = 0; }, Code::invalid_argument,
+               "config.policy.refinement_gamma");
+  expect_error([](Cfg& c, Batch&, Out&) { c.policy.refinement_gamma = -0.1; }, Code::invalid_argument,
+               "config.policy.refinement_gamma");
+  expect_error([](Cfg& c, Batch&, Out&) { c.ratio.clip_eps_low = 1.0; }, Code::invalid_argument,
+               "config.ratio.clip_eps_low");
+  expect_error([](Cfg& c, Batch&, Out&) { c.ratio.clip_eps_low = -0.1; }, Code::invalid_argument,
+               "config.ratio.clip_eps_low");
+  expect_error([](Cfg& c, Batch&, Out&) { c.ratio.clip_eps_high = NAN; }, Code::invalid_argument,
+               "config.ratio.clip_eps_high");
+  expect_error([](Cfg& c, Batch&, Out&) { c.ratio.dual_clip = true; c.ratio.dual_clip_c = 1.0; },
+               Code::invalid_argument, "config.ratio.dual_clip_c");
+  expect_error([](Cfg& c, Batch&, Out&) { c.temperature = 0; }, Code::invalid_argument, "config.temperature");
+  expect_error([](Cfg& c, Batch&, Out&) { c.kl.estimator = cgrpo::KlEstimator::none; c.kl.coef = 0.1; },
+               Code::invalid_argument, "config.kl.coef");
+  // The thread count is the workspace's: the config no longer has one.
+  expect_error_ws([](Cfg&, Batch&, Out&, Workspace& ws) { ws.num_threads = 0; }, Code::invalid_argument,
+                  "workspace.num_threads");
+  expect_error_ws([](Cfg&, Batch&, Out&, Workspace& ws) { ws.num_threads = -3; }, Code::invalid_argument,
+                  "workspace.num_threads");
+  expect_error([](Cfg& c, Batch&, Out&) { c.entropy.coef = INFINITY; }, Code::invalid_argument, "config.entropy.coef");
+}
+
+TEST_CASE("bad input: advantage config", "[errors]") {
+  // The advantage settings left LossConfig for AdvantageConfig (a recipe's .advantage): a negative
+  // eps is refused where it is read, by group_advantages, with the advantages untouched.
+  const std::vector<int32_t> ids = {0, 0, 1, 1};
+  const std::vector<double> rewards = {1, 0, 1, 1};
+  for (auto est : {cgrpo::AdvantageEstimator::grpo, cgrpo::AdvantageEstimator::grpo_no_std}) {
+    cgrpo::AdvantageConfig a;
+    a.estimator = est;
+    a.eps = -1;
+    std::vector<double> adv(4, kPoison);
+    const cgrpo::Status st = cgrpo::group_advantages(a, {4, ids.data(), 2}, rewards.data(), nullptr, adv.data());
+    CAPTURE(cgrpo::to_string(est));
+    support::check_error(st, Code::invalid_argument, {"eps"});
+    for (double x : adv) CHECK(x == kPoison);
+  }
 }
 
 TEST_CASE("bad input: advantages, aggregation and log-prob entry points leave outputs untouched", "[errors]") {
@@ -256,17 +292,17 @@ TEST_CASE("bad input: advantages, aggregation and log-prob entry points leave ou
   const std::vector<uint8_t> mask = {1, 1, 0, 1};
   std::vector<double> w(4, kPoison);
   const auto layout = cgrpo::SequenceLayout::padded(2, 2);
-  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::token_mean, layout, mask.data(), {-1, 0, 0}, w.data()).code ==
+  CHECK(mode_weights(cgrpo::Aggregation::token_mean, layout, mask.data(), {-1, 0, 0}, w.data()).code ==
         Code::invalid_argument);
-  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::seq_mean_token_sum_norm, cgrpo::SequenceLayout::padded(2, 0),
+  CHECK(mode_weights(cgrpo::Aggregation::seq_mean_token_sum_norm, cgrpo::SequenceLayout::padded(2, 0),
                                    mask.data(), {}, w.data())
             .ok());  // zero tokens: nothing to weigh
   const int64_t empty_offsets[] = {0, 0, 0};
   const auto empty = cgrpo::SequenceLayout::packed(2, empty_offsets);
-  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::seq_mean_token_sum, empty, mask.data(), {0, NAN, 0}, w.data())
+  CHECK(mode_weights(cgrpo::Aggregation::seq_mean_token_sum, empty, mask.data(), {0, NAN, 0}, w.data())
             .code == Code::invalid_argument);
   const int64_t bad_offsets[] = {0, 3, 2};
-  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::token_mean, cgrpo::SequenceLayout::packed(2, bad_offsets),
+  CHECK(mode_weights(cgrpo::Aggregation::token_mean, cgrpo::SequenceLayout::packed(2, bad_offsets),
                                    mask.data(), {}, w.data())
             .code == Code::invalid_argument);
   for (double x : w) CHECK(x == kPoison);
@@ -333,18 +369,18 @@ TEST_CASE("bad input: advantages and weights that would not be finite are errors
   const auto layout = cgrpo::SequenceLayout::padded(2, 2);
   std::vector<double> w(4, kPoison);
   std::vector<float> wf(4, -7.5f);
-  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::seq_mean_token_sum, layout, mask.data(), {0, 1e-320, 0}, w.data())
+  CHECK(mode_weights(cgrpo::Aggregation::seq_mean_token_sum, layout, mask.data(), {0, 1e-320, 0}, w.data())
             .code == Code::invalid_argument);
-  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::seq_mean_token_mean, layout, mask.data(), {0, 1e-320, 0}, w.data())
+  CHECK(mode_weights(cgrpo::Aggregation::seq_mean_token_mean, layout, mask.data(), {0, 1e-320, 0}, w.data())
             .code == Code::invalid_argument);
-  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::seq_mean_token_sum_norm, layout, mask.data(), {0, 0, 1e-320},
+  CHECK(mode_weights(cgrpo::Aggregation::seq_mean_token_sum_norm, layout, mask.data(), {0, 0, 1e-320},
                                    w.data())
             .code == Code::invalid_argument);
-  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::seq_mean_token_sum, layout, mask.data(), {0, 1e-39, 0}, wf.data())
+  CHECK(mode_weights(cgrpo::Aggregation::seq_mean_token_sum, layout, mask.data(), {0, 1e-39, 0}, wf.data())
             .code == Code::invalid_argument);
   for (double x : w) CHECK(x == kPoison);
   for (float x : wf) CHECK(x == -7.5f);
-  CHECK(cgrpo::aggregation_weights(cgrpo::Aggregation::seq_mean_token_sum, layout, mask.data(), {0, 1e-39, 0}, w.data())
+  CHECK(mode_weights(cgrpo::Aggregation::seq_mean_token_sum, layout, mask.data(), {0, 1e-39, 0}, w.data())
             .ok());  // 1e39 fits a double
 }
 
@@ -437,20 +473,21 @@ TEST_CASE("bad input: NaN, +inf and all -inf rows are found by every float and d
         std::vector<int32_t> targets(T, static_cast<int32_t>(V / 3));
         std::vector<uint8_t> mask(T, 1);
         std::vector<float> adv(T, 1.f), old_logp(T, -1.f), w(T, 1.f / T), logp(T, 9.f), ent(T, 9.f);
-        cgrpo::PolicyLossBatch<float> b;
-        b.logits = logits.data();
-        b.num_tokens = T;
-        b.vocab_size = V;
-        b.target_ids = targets.data();
-        b.mask = mask.data();
-        b.advantages = adv.data();
-        b.old_logp = old_logp.data();
-        b.pg_weights = w.data();
+        cgrpo::LossConfig config;
+        config.entropy.coef = 0;  // no entropy weights in this batch
+        // One response of T tokens, every value exact in float; caller weights 1 / T.
+        support::Batch batch = support::padded_batch(1, T, V);
+        batch.logits.assign(logits.begin(), logits.end());
+        batch.targets = targets;
+        batch.mask = mask;
+        batch.adv.assign(adv.begin(), adv.end());
+        batch.old_logp.assign(old_logp.begin(), old_logp.end());
+        batch.w_pg.assign(w.begin(), w.end());
+        support::LibraryBatch<float> lib(batch, config, support::Weights::caller);
+        const cgrpo::PolicyLossBatch<float>& b = lib.view;
         std::vector<float> grad(T * V, 9.f);
         cgrpo::LossMetrics m;
         CAPTURE(V, kind, pos, bad_row);
-        cgrpo::LossConfig config;
-        config.entropy_coef = 0;  // no entropy weights in this batch
         const auto st = cgrpo::cpu::fused_policy_loss(config, b,
                                                       cgrpo::PolicyLossOutputs<float>{grad.data(), 0, nullptr, nullptr, &m});
         CHECK(st.code == Code::non_finite);
@@ -557,18 +594,18 @@ TEST_CASE("bad input: non-finite kl_weights or entropy_weights are errors at val
         }
 }
 
-TEST_CASE("bad input: entropy_weights with entropy_coef = 0 are still checked at valid tokens", "[errors]") {
+TEST_CASE("bad input: entropy_weights with config.entropy.coef = 0 are still checked at valid tokens", "[errors]") {
   // An entropy_weights array that is given is read even when c_H = 0: metrics.entropy_loss reports
   // agg_H(H), as verl logs it. So a NaN at a valid token is an error; at a masked one it is not read.
   expect_error(
       [](Cfg& c, Batch& b, Out&) {
-        c.entropy_coef = 0;
+        c.entropy.coef = 0;
         const_cast<uint8_t*>(b.mask)[2] = 1;
         const_cast<double*>(b.entropy_weights)[2] = NAN;
       },
       Code::non_finite, "entropy_weights[2]");
   Fixture f;
-  f.config.entropy_coef = 0;
+  f.config.entropy.coef = 0;
   const WeightRun got = run_with_weight(f, /*kl=*/false, 2, /*valid=*/false, NAN);
   INFO(got.status.message);
   CHECK(got.status.ok());
@@ -584,8 +621,8 @@ TEST_CASE("bad input: kl = none with a non-finite kl_weights entry: OK with fini
   for (const double bad : {double(NAN), double(INFINITY), -double(INFINITY)})
     for (const bool masked : {false, true}) {
       Fixture f;
-      f.config.kl = cgrpo::KlEstimator::none;
-      f.config.kl_coef = 0;
+      f.config.kl.estimator = cgrpo::KlEstimator::none;
+      f.config.kl.coef = 0;
       ref::LibraryBatch<double> lb(f.b);
       std::vector<uint8_t> mask = f.b.mask;
       mask[2] = masked ? 0 : 1;

@@ -249,10 +249,10 @@ LossData loss_data() {
   std::mt19937_64 rng = test_seed::fresh_rng();
   LossData d;
   d.b = ref::random_batch(rng, 3, 4, 7, 0);
-  d.config = cgrpo::verl_gspo();
-  d.config.kl = cgrpo::KlEstimator::k3;
-  d.config.kl_coef = 0.01;
-  d.config.entropy_coef = 0.01;
+  d.config = cgrpo::verl_gspo().loss;
+  d.config.kl.estimator = cgrpo::KlEstimator::k3;
+  d.config.kl.coef = 0.01;
+  d.config.entropy.coef = 0.01;
   ref::set_weights(d.b, d.config);
   return d;
 }
@@ -464,8 +464,10 @@ TEST_CASE("overlap: aggregation, advantages and broadcast", "[overlap]") {
   EntryPoint agg;
   agg.name = "aggregation_weights";
   agg.arrays = {in("mask", b.mask), in("layout.offsets", b.offsets), out<double>("weights", b.T)};
+  cgrpo::LossConfig agg_config;  // seq-mean-token-mean policy weights at the paper's conventions
+  agg_config.aggregation.policy = cgrpo::Aggregation::seq_mean_token_mean;
   agg.call = [&](const std::vector<unsigned char*>& p) {
-    return cgrpo::aggregation_weights(cgrpo::Aggregation::seq_mean_token_mean,
+    return cgrpo::aggregation_weights(agg_config, cgrpo::LossTerm::policy,
                                       cgrpo::SequenceLayout::packed(b.B, reinterpret_cast<const int64_t*>(p[1])), p[0],
                                       {}, reinterpret_cast<double*>(p[2]));
   };

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "batch.hpp"
 #include "reference.hpp"
 
 namespace {
@@ -56,9 +57,9 @@ TEST_CASE("extreme values: p near 0 and 1, log-ratios of +-100, huge and zero ad
         for (int64_t t = b.offsets[i]; t < b.offsets[i + 1]; ++t) b.adv[t] = (i % 3 == 0 ? 0.0 : (i % 3 == 1 ? 1.0 : -1.0)) * (huge ? 1e6 : 1.0);
       cgrpo::LossConfig c;
       ref::set_clip(c, clip);
-      c.kl = kl;
-      c.kl_coef = 0.1;
-      c.entropy_coef = 0.01;
+      c.kl.estimator = kl;
+      c.kl.coef = 0.1;
+      c.entropy.coef = 0.01;
       ref::set_weights(b, c);
       CAPTURE(to_string(kl), to_string(clip), huge);
       const ref::Result want = ref::loss(b, b.logits, c);
@@ -97,7 +98,7 @@ TEST_CASE("extreme but valid logits give finite results equal to the reference",
   for (int64_t v = 0; v < b.V; ++v) b.logits[v] = 3.0;                                // a row of equal logits
   for (int64_t t = 0; t < b.T; ++t)
     if (b.logits[t * b.stride + b.targets[t]] == -INFINITY) b.targets[t] = static_cast<int32_t>((t + 1) % b.V);
-  cgrpo::LossConfig c = cgrpo::paper_critique_grpo();
+  cgrpo::LossConfig c = cgrpo::paper_critique_grpo().loss;
   ref::set_clip(c, ref::Clip::token);
   ref::set_weights(b, c);
   ref::LibraryBatch<double> lb(b);
@@ -126,7 +127,7 @@ TEST_CASE("float rows whose scaled logits are large (u = z / tau ~ 2.5e5): log p
   std::normal_distribution<double> normal(0.0, 1.0);
   for (int64_t V : {1, 7, 3000}) {  // 3000 crosses the vectorised sweeps' chunk boundaries
     ref::Batch b = ref::random_batch(rng, 3, 3, V, 0);
-    cgrpo::LossConfig c = cgrpo::paper_critique_grpo();
+    cgrpo::LossConfig c = cgrpo::paper_critique_grpo().loss;
     c.temperature = 0.02;  // 1 / tau = 50 exactly, z * 50 rounds in float
     ref::set_clip(c, ref::Clip::token);
     for (int64_t t = 0; t < b.T; ++t) {
@@ -186,22 +187,19 @@ TEST_CASE("float rows whose scaled logits are large (u = z / tau ~ 2.5e5): log p
 
 namespace {
 
+// One response of one token (V = z.size() logits), the loss forming its own weights.
 struct OneRow {
   int32_t target = 0;
   uint8_t mask = 1;
-  double advantage = 1, old_logp = -1, weight = 1;
-  int64_t offsets[2] = {0, 1};
+  double advantage = 1, old_logp = -1;
   template <typename Real>
-  cgrpo::PolicyLossBatch<Real> batch(const std::vector<Real>& z, const std::vector<Real>& per_token) const {
-    cgrpo::PolicyLossBatch<Real> b;
-    b.logits = z.data();
-    b.num_tokens = 1;
-    b.vocab_size = static_cast<int64_t>(z.size());
-    b.target_ids = &target;
-    b.mask = &mask;
-    b.advantages = &per_token[0];
-    b.old_logp = &per_token[1];
-    b.layout = cgrpo::SequenceLayout::packed(1, offsets);
+  support::Batch batch(const std::vector<Real>& z) const {
+    support::Batch b = support::padded_batch(1, 1, static_cast<int64_t>(z.size()));
+    b.logits.assign(z.begin(), z.end());
+    b.targets[0] = target;
+    b.mask[0] = mask;
+    b.adv[0] = advantage;
+    b.old_logp[0] = old_logp;
     return b;
   }
 };
@@ -220,10 +218,12 @@ TEST_CASE("fuzz findings: a huge entropy coefficient does not overflow the gradi
   // b_t = -c_H w = -DBL_MAX / 4 passed the bound (|a| + |b| (1/e + H)) / tau, but the sweep forms
   // b (log p + H) first: x 700 at the entry with log p = -700, -inf with OK.
   cgrpo::LossConfig c;
-  c.entropy_coef = DBL_MAX / 4;
-  const std::vector<double> z = {0.0, -700.0, -3.0, -1.0}, per_token = {1.0, -1.0};
+  c.entropy.coef = DBL_MAX / 4;
+  const std::vector<double> z = {0.0, -700.0, -3.0, -1.0};
   OneRow row;
-  cgrpo::PolicyLossBatch<double> b = row.batch(z, per_token);
+  const support::Batch batch = row.batch(z);
+  support::LibraryBatch<double> lib(batch, c);
+  const cgrpo::PolicyLossBatch<double>& b = lib.view;
   std::vector<double> g(4);
   double lp = 0, h = 0;
   cgrpo::LossMetrics m;
@@ -237,9 +237,11 @@ TEST_CASE("fuzz findings: a temperature near DBL_MAX gives a finite gradient or 
   // The sweep's centre lse / (1 / tau) overflowed to inf: (z - inf) t - (lse - inf t) = NaN with OK.
   cgrpo::LossConfig c;
   c.temperature = DBL_MAX;
-  const std::vector<double> z = {1.0, 2.0, 3.0, 4.0}, per_token = {1.0, -1.0};
+  const std::vector<double> z = {1.0, 2.0, 3.0, 4.0};
   OneRow row;
-  cgrpo::PolicyLossBatch<double> b = row.batch(z, per_token);
+  const support::Batch batch = row.batch(z);
+  support::LibraryBatch<double> lib(batch, c);
+  const cgrpo::PolicyLossBatch<double>& b = lib.view;
   std::vector<double> g(4);
   cgrpo::LossMetrics m;
   const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(c, b, cgrpo::PolicyLossOutputs<double>{g.data(), 0, nullptr, nullptr, &m});
@@ -260,8 +262,9 @@ TEST_CASE("fuzz findings: a float log p below -FLT_MAX is not written as -inf wi
   OneRow row;
   row.target = 1;
   row.mask = 0;  // a padding row: its log p is still an output
-  const std::vector<float> per_token = {1.0f, -1.0f};
-  cgrpo::PolicyLossBatch<float> b = row.batch(z, per_token);
+  const support::Batch batch = row.batch(z);
+  support::LibraryBatch<float> lib(batch, c);
+  const cgrpo::PolicyLossBatch<float>& b = lib.view;
   float lp2 = 0, h2 = 0;
   cgrpo::LossMetrics m;
   const cgrpo::Status s2 = cgrpo::cpu::fused_policy_loss(c, b, cgrpo::PolicyLossOutputs<float>{nullptr, 0, &lp2, &h2, &m});
@@ -291,12 +294,15 @@ TEST_CASE("fuzz findings: metrics are finite when the loss is (no log-ratio clam
   // loss (-A (1 + eps)) and the gradient (0) are finite, but ratio_mean = inf with OK. The
   // per-token pass checks J, a_t and b_t only; the metric sums need the same rule.
   cgrpo::LossConfig c;
-  c.policy_loss = cgrpo::PolicyLoss::ppo_clip;
-  c.log_ratio_max = INFINITY;
-  const std::vector<double> z = {1.0, 2.0, 3.0, 4.0}, per_token = {1.0, -1000.0};
+  c.policy.loss = cgrpo::PolicyLoss::ppo_clip;
+  c.ratio.log_ratio_max = INFINITY;
+  const std::vector<double> z = {1.0, 2.0, 3.0, 4.0};
   OneRow row;
   row.target = 3;
-  cgrpo::PolicyLossBatch<double> b = row.batch(z, per_token);
+  row.old_logp = -1000.0;
+  const support::Batch batch = row.batch(z);
+  support::LibraryBatch<double> lib(batch, c);
+  const cgrpo::PolicyLossBatch<double>& b = lib.view;
   std::vector<double> g(4);
   cgrpo::LossMetrics m;
   const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(c, b, cgrpo::PolicyLossOutputs<double>{g.data(), 0, nullptr, nullptr, &m});

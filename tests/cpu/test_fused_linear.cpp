@@ -167,7 +167,7 @@ struct Layout {
 };
 
 template <typename Real>
-Result run_linear(const Problem& p, cgrpo::LossConfig c, const Inputs& in, const Layout& lay,
+Result run_linear(const Problem& p, const cgrpo::LossConfig& c, const Inputs& in, const Layout& lay,
                   cgrpo::cpu::Workspace* workspace = nullptr) {
   const int64_t T = p.b.T, V = p.b.V, H = p.H;
   const int64_t lh = H + lay.hidden_pad, lw = H + lay.weight_pad, lg = H + lay.grad_pad;
@@ -202,10 +202,10 @@ Result run_linear(const Problem& p, cgrpo::LossConfig c, const Inputs& in, const
   out.metrics = &r.metrics;
   cgrpo::LinearChunking chunking;
   chunking.tokens = lay.chunk;
-  c.num_threads = lay.threads;
   cgrpo::cpu::Workspace local;
-  r.status = cgrpo::cpu::fused_linear_policy_loss(c, view.lib.view, head, out, grads, workspace ? *workspace : local,
-                                                  chunking);
+  cgrpo::cpu::Workspace& ws = workspace ? *workspace : local;
+  ws.num_threads = lay.threads;
+  r.status = cgrpo::cpu::fused_linear_policy_loss(c, view.lib.view, head, out, grads, ws, chunking);
   const std::vector<Real>& ghs = lay.in_place ? h : gh;
   const int64_t lgh = lay.in_place ? lh : lg;
   for (int64_t t = 0; t < T; ++t)
@@ -268,116 +268,119 @@ std::vector<NamedConfig> all_modes() {
   using namespace cgrpo;
   std::vector<NamedConfig> v;
   auto add = [&](const char* name, LossConfig c, Inputs in = {}) { v.push_back({name, c, in}); };
-  add("paper", paper_critique_grpo());
-  add("verl_grpo", verl_grpo());
-  add("verl_dr_grpo", verl_dr_grpo());
-  add("verl_dapo", verl_dapo());
-  add("verl_gspo (sequence_detached: two passes)", verl_gspo());
+  add("paper", paper_critique_grpo().loss);
+  add("verl_grpo", verl_grpo().loss);
+  add("verl_dr_grpo", verl_dr_grpo().loss);
+  add("verl_dapo", verl_dapo().loss);
+  add("verl_gspo (sequence_detached: two passes)", verl_gspo().loss);
   {
-    LossConfig c = verl_vanilla();
-    c.dual_clip_c = 1.5;
-    c.kl = KlEstimator::k1;
-    c.kl_coef = 0.2;
-    c.kl_straight_through = true;
-    c.entropy_coef = 0.01;
+    LossConfig c = verl_vanilla().loss;
+    c.ratio.dual_clip_c = 1.5;
+    c.kl.estimator = KlEstimator::k1;
+    c.kl.coef = 0.2;
+    c.kl.straight_through = true;
+    c.entropy.coef = 0.01;
     c.temperature = 0.7;
     add("ppo dual clip, k1+ KL, tau 0.7", c);
   }
   {
     LossConfig c;
-    c.policy_loss = PolicyLoss::cispo;
-    c.kl = KlEstimator::k2;
-    c.kl_coef = 0.1;
+    c.policy.loss = PolicyLoss::cispo;
+    c.kl.estimator = KlEstimator::k2;
+    c.kl.coef = 0.1;
     add("cispo, k2", c);
   }
   {
     LossConfig c;
-    c.policy_loss = PolicyLoss::cispo_cap;
-    c.cispo_ratio_cap = 1.1;
-    c.kl = KlEstimator::abs;
-    c.kl_coef = 0.1;
+    c.policy.loss = PolicyLoss::cispo_cap;
+    c.policy.cispo_cap.ratio_cap = 1.1;
+    c.kl.estimator = KlEstimator::abs;
+    c.kl.coef = 0.1;
     add("cispo_cap, abs KL", c);
   }
   {
     LossConfig c;
-    c.policy_loss = PolicyLoss::sapo;
-    c.kl = KlEstimator::k3;
-    c.kl_k3_clamp = false;
-    c.kl_coef = 0.05;
-    c.log_ratio_min = -INFINITY;
-    c.log_ratio_max = INFINITY;
+    c.policy.loss = PolicyLoss::sapo;
+    c.aggregation.policy = Aggregation::seq_mean_token_mean;  // sapo's own (the config refuses any other)
+    c.kl.estimator = KlEstimator::k3;
+    c.kl.k3_clamp = false;
+    c.kl.coef = 0.05;
+    c.ratio.log_ratio_min = -INFINITY;
+    c.ratio.log_ratio_max = INFINITY;
     add("sapo, unclamped k3, no ratio clamp", c);
   }
   {
     LossConfig c;
-    c.policy_loss = PolicyLoss::gpg;
-    c.entropy_coef = 0.02;
+    c.policy.loss = PolicyLoss::gpg;
+    c.entropy.coef = 0.02;
     add("gpg", c);
   }
   {
-    LossConfig c = verl_vanilla();
-    c.policy_loss = PolicyLoss::geo_mean;
-    c.dual_clip = false;
+    LossConfig c = verl_vanilla().loss;
+    c.policy.loss = PolicyLoss::geo_mean;
+    c.aggregation.policy = Aggregation::seq_mean_token_mean;  // geo_mean's own (the config refuses any other)
+    c.ratio.dual_clip = false;
     add("geo_mean (two passes)", c, Inputs{true, false});
   }
   {
-    LossConfig c = verl_vanilla();
-    c.dual_clip = false;
-    c.policy_loss = PolicyLoss::kl_cov;
-    c.cov_ratio = 0.2;
+    LossConfig c = verl_vanilla().loss;
+    c.ratio.dual_clip = false;
+    c.policy.loss = PolicyLoss::kl_cov;
+    c.policy.kl_cov.ratio = 0.2;
     add("kl_cov, selected by covariance (two passes)", c);
     add("kl_cov, caller's selection (single pass)", c, Inputs{false, true});
-    c.policy_loss = PolicyLoss::clip_cov;
-    c.clip_cov_lower = -1.0;
-    c.clip_cov_upper = 1.0;
+    c.policy.loss = PolicyLoss::clip_cov;
+    c.policy.clip_cov.ratio = 0.2;
+    c.policy.clip_cov.lower = -1.0;
+    c.policy.clip_cov.upper = 1.0;
     add("clip_cov (two passes)", c);
     add("clip_cov, caller's selection", c, Inputs{false, true});
   }
   {
     LossConfig c;
-    c.policy_loss = PolicyLoss::ppo_clip;
-    c.ratio_level = RatioLevel::sequence;
-    c.kl = KlEstimator::k3;
-    c.kl_coef = 0.1;
-    c.kl_times_ratio = true;
+    c.policy.loss = PolicyLoss::ppo_clip;
+    c.ratio.level = RatioLevel::sequence;
+    c.kl.estimator = KlEstimator::k3;
+    c.kl.coef = 0.1;
+    c.kl.times_ratio = true;
     add("TRL sequence level, k3 times ratio (two passes)", c);
   }
   {
     LossConfig c;
-    c.policy_loss = PolicyLoss::vespo;
+    c.policy.loss = PolicyLoss::vespo;
     add("vespo (two passes)", c);
   }
   {
-    LossConfig c = verl_dapo();
-    c.top_entropy_quantile = 0.5;
-    c.entropy_coef = 0.01;
+    LossConfig c = verl_dapo().loss;
+    c.entropy_mask.top_quantile = 0.5;
+    c.entropy.coef = 0.01;
     add("entropy quantile (two passes)", c, Inputs{true, false});
   }
   {
-    LossConfig c = verl_grpo();
-    c.rollout.mode = RolloutCorrectionMode::decoupled;
-    c.rollout.is_level = RolloutIsLevel::token;
+    LossConfig c = verl_grpo().loss;
+    c.off_policy.rollout.mode = RolloutCorrectionMode::decoupled;
+    c.off_policy.rollout.is_level = RolloutIsLevel::token;
     add("verl rollout correction, decoupled (single pass)", c, Inputs{true, false});
-    c.rollout.mode = RolloutCorrectionMode::bypass;
+    c.off_policy.rollout.mode = RolloutCorrectionMode::bypass;
     add("verl rollout correction, bypass (two passes)", c, Inputs{true, false});
   }
   {
-    LossConfig c = verl_dapo();
-    c.sampler.mode = SamplerCorrectionMode::token_truncate;
-    c.sampler.max = 2.0;
+    LossConfig c = verl_dapo().loss;
+    c.off_policy.sampler.mode = SamplerCorrectionMode::token_truncate;
+    c.off_policy.sampler.max = 2.0;
     add("TRL sampler correction (two passes)", c);
-    c.sampler.mode = SamplerCorrectionMode::none;
-    c.off_policy_mask_threshold = 0.5;
+    c.off_policy.sampler.mode = SamplerCorrectionMode::none;
+    c.off_policy.opsm_threshold = 0.5;
     add("TRL OPSM (two passes)", c);
   }
   const Aggregation aggs[] = {Aggregation::token_mean, Aggregation::seq_mean_token_sum,
                               Aggregation::seq_mean_token_mean, Aggregation::seq_mean_token_sum_norm};
   for (int a = 0; a < 4; ++a) {
-    LossConfig c = verl_grpo();
-    c.entropy_coef = 0.01;
-    c.pg_aggregation = aggs[a];
-    c.entropy_aggregation = aggs[(a + 1) % 4];
-    c.kl_aggregation = aggs[(a + 2) % 4];
+    LossConfig c = verl_grpo().loss;
+    c.entropy.coef = 0.01;
+    c.aggregation.policy = aggs[a];
+    c.aggregation.entropy = aggs[(a + 1) % 4];
+    c.aggregation.kl = aggs[(a + 2) % 4];
     add((std::string("weights computed by the loss, pg ") + to_string(aggs[a])).c_str(), c, Inputs{true, false});
   }
   return v;
@@ -399,7 +402,7 @@ TEST_CASE("fused linear: equals the composed path for every mode, chunk size, st
     Problem p = make_problem(rng, 5, 9, 37, 6, bias);
     // kl_cov's top-k over two valid initial tokens is an exact tie (both covariances are
     // (A_0 - A_1)(l_0 - l_1) / 4), which rounding breaks either way: draw three or more.
-    while (nc.config.policy_loss == cgrpo::PolicyLoss::kl_cov && !nc.inputs.selection && initial_tokens(p) < 3)
+    while (nc.config.policy.loss == cgrpo::PolicyLoss::kl_cov && !nc.inputs.selection && initial_tokens(p) < 3)
       p = make_problem(rng, 5, 9, 37, 6, bias);
     ref::set_weights(p.b, nc.config);
     CAPTURE(nc.name, bias, p.b.T);
@@ -417,8 +420,8 @@ TEST_CASE("fused linear: equals the composed path for every mode, chunk size, st
 
 TEST_CASE("fused linear: float equals the composed float path to 1e-5", "[linear][float]") {
   auto rng = test_seed::fresh_rng();
-  for (cgrpo::LossConfig c : {cgrpo::paper_critique_grpo(), cgrpo::verl_grpo(), cgrpo::verl_gspo()}) {
-    c.entropy_coef = 0.01;
+  for (cgrpo::LossConfig c : {cgrpo::paper_critique_grpo().loss, cgrpo::verl_grpo().loss, cgrpo::verl_gspo().loss}) {
+    c.entropy.coef = 0.01;
     Problem p = make_problem(rng, 6, 20, 3000, 40, true);  // V > one 2048-entry sweep chunk and one GEMM block
     ref::set_weights(p.b, c);
     const Result want = composed<float>(p, c, {});
@@ -435,11 +438,13 @@ TEST_CASE("fused linear: uncoupled configs take the single pass, coupled ones tw
   for (const NamedConfig& nc : all_modes()) {
     CAPTURE(nc.name);
     const bool two = nc.name.find("two passes") != std::string::npos;
-    CHECK(cgrpo::cpu::needs_all_logp_first(nc.config, nc.inputs.selection) == two);
+    // The batch of View: rollout_logp always given, the caller's selection and weights as Inputs says.
+    const cgrpo::PassInputs inputs{nc.inputs.computed_weights, nc.inputs.selection, true};
+    CHECK(cgrpo::plan_passes(nc.config, inputs).all_logp_first == two);
   }
   // And the bound lets the single pass run on ordinary inputs (else it would fall back silently).
   Problem p = make_problem(rng, 4, 8, 50, 8, true);
-  const cgrpo::LossConfig c = cgrpo::verl_grpo();
+  const cgrpo::LossConfig c = cgrpo::verl_grpo().loss;
   ref::set_weights(p.b, c);
   View<double> view(p, {});
   view.lib.view.logits = nullptr;
@@ -461,13 +466,13 @@ TEST_CASE("fused linear: uncoupled configs take the single pass, coupled ones tw
 
 TEST_CASE("fused linear: gradients equal central finite differences on h, W and b", "[linear][gradient]") {
   auto rng = test_seed::fresh_rng();
-  cgrpo::LossConfig single = cgrpo::verl_grpo();
-  single.kl = cgrpo::KlEstimator::k2;
-  single.kl_coef = 0.3;
-  single.entropy_coef = 0.05;
+  cgrpo::LossConfig single = cgrpo::verl_grpo().loss;
+  single.kl.estimator = cgrpo::KlEstimator::k2;
+  single.kl.coef = 0.3;
+  single.entropy.coef = 0.05;
   single.temperature = 0.8;
-  cgrpo::LossConfig two = cgrpo::verl_gspo();
-  two.entropy_coef = 0.05;
+  cgrpo::LossConfig two = cgrpo::verl_gspo().loss;
+  two.entropy.coef = 0.05;
   for (const cgrpo::LossConfig& c : {single, two}) {
     Problem p = make_problem(rng, 3, 4, 7, 5, true);
     ref::set_weights(p.b, c);
@@ -500,8 +505,8 @@ TEST_CASE("fused linear: gradients equal central finite differences on h, W and 
 
 TEST_CASE("fused linear: the thread count never changes a bit, and the workspace does not regrow", "[linear][determinism]") {
   auto rng = test_seed::fresh_rng();
-  cgrpo::LossConfig c = cgrpo::verl_grpo();
-  c.entropy_coef = 0.01;
+  cgrpo::LossConfig c = cgrpo::verl_grpo().loss;
+  c.entropy.coef = 0.01;
   // V over two GEMM blocks of 1024 rows, H over two blocks of 256 columns.
   Problem p = make_problem(rng, 4, 12, 2100, 300, true);
   ref::set_weights(p.b, c);
@@ -572,7 +577,7 @@ TEST_CASE("fused linear: every error names its cause and leaves every output unt
           "[linear][errors]") {
   auto rng = test_seed::fresh_rng();
   Problem p = make_problem(rng, 4, 6, 20, 5, true);
-  cgrpo::LossConfig c = cgrpo::verl_grpo();
+  cgrpo::LossConfig c = cgrpo::verl_grpo().loss;
   ref::set_weights(p.b, c);
   using B = cgrpo::PolicyLossBatch<double>;
   using Hd = cgrpo::LinearHead<double>;
@@ -651,9 +656,9 @@ TEST_CASE("fused linear: when the bound cannot rule out an overflow, the two-pas
   auto rng = test_seed::fresh_rng();
   // No ratio clamp and old log-probs of -87: the bound's largest ratio is e^87 (any log p <= 0),
   // the true ratios are near e^83; the float gradients stay finite, the bound on them does not.
-  cgrpo::LossConfig c = cgrpo::paper_critique_grpo();
-  c.log_ratio_min = -INFINITY;
-  c.log_ratio_max = INFINITY;
+  cgrpo::LossConfig c = cgrpo::paper_critique_grpo().loss;
+  c.ratio.log_ratio_min = -INFINITY;
+  c.ratio.log_ratio_max = INFINITY;
   // Redrawn while the two-pass path's own bound on dJ/dhidden (from the real dJ/dlogits) cannot
   // rule out an overflow either: a draw whose target logits are near the row's top gives real
   // ratios near e^87 (12 of 500 seeds), which that path refuses, rightly, by name.
@@ -734,8 +739,8 @@ TEST_CASE("fused linear token_logprobs: equals token_logprobs on the composed lo
 TEST_CASE("fused linear, vocabulary parallel: k row shards of W give the unsharded loss and gradients",
           "[linear][vocab_parallel]") {
   auto rng = test_seed::fresh_rng();
-  for (cgrpo::LossConfig c : {cgrpo::paper_critique_grpo(), cgrpo::verl_grpo(), cgrpo::verl_gspo()}) {
-    c.entropy_coef = 0.02;
+  for (cgrpo::LossConfig c : {cgrpo::paper_critique_grpo().loss, cgrpo::verl_grpo().loss, cgrpo::verl_gspo().loss}) {
+    c.entropy.coef = 0.02;
     c.temperature = 0.9;
     Problem p = make_problem(rng, 4, 8, 29, 6, true);
     ref::set_weights(p.b, c);

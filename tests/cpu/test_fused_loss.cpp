@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "batch.hpp"
 #include "reference.hpp"
 
 namespace {
@@ -26,7 +27,7 @@ struct RunOutput {
 };
 
 template <typename Real>
-RunOutput run_library(const ref::Batch& b, const cgrpo::LossConfig& c, bool in_place = false) {
+RunOutput run_library(const ref::Batch& b, const cgrpo::LossConfig& c, bool in_place = false, int threads = 1) {
   ref::LibraryBatch<Real> lb(b);
   std::vector<Real> grad(in_place ? 0 : b.logits.size(), Real(0)), logp(b.T), ent(b.T);
   RunOutput r;
@@ -35,7 +36,8 @@ RunOutput run_library(const ref::Batch& b, const cgrpo::LossConfig& c, bool in_p
   out.logp = logp.data();
   out.entropy = ent.data();
   out.metrics = &r.metrics;
-  r.status = cgrpo::cpu::fused_policy_loss(c, lb.view, out);
+  cgrpo::cpu::Workspace ws(threads);
+  r.status = cgrpo::cpu::fused_policy_loss(c, lb.view, out, ws);
   const std::vector<Real>& g = in_place ? lb.logits : grad;
   r.grad.assign(g.begin(), g.end());
   if (in_place)  // the padding between V and the stride is not gradient: zero it for comparisons
@@ -93,23 +95,27 @@ TEST_CASE("fused loss: gradient equals finite differences for every clip, KL and
     for (cgrpo::KlEstimator kl : kls)
       for (int a = 0; a < 4; ++a) {
         cgrpo::LossConfig c;
-        c.policy_loss = clip.loss;
-        c.ratio_level = clip.level;
-        c.dual_clip = clip.dual;
-        c.clip_eps_low = 0.2;
-        c.clip_eps_high = 0.28;
-        c.dual_clip_c = 1.5;  // small, so that dual clipping happens on random data
-        c.kl = kl;
-        c.kl_coef = kl == cgrpo::KlEstimator::none ? 0.0 : 0.3;
-        c.entropy_coef = 0.05;
-        c.pg_aggregation = aggs[a];
-        c.entropy_aggregation = aggs[(a + 1) % 4];
-        c.kl_aggregation = aggs[(a + 2) % 4];
+        c.policy.loss = clip.loss;
+        c.ratio.level = clip.level;
+        c.ratio.dual_clip = clip.dual;
+        c.ratio.clip_eps_low = 0.2;
+        c.ratio.clip_eps_high = 0.28;
+        c.ratio.dual_clip_c = 1.5;  // small, so that dual clipping happens on random data
+        c.kl.estimator = kl;
+        c.kl.coef = kl == cgrpo::KlEstimator::none ? 0.0 : 0.3;
+        c.entropy.coef = 0.05;
+        // verl's GSPO form (sequence_detached) always aggregates its policy term seq-mean-token-mean
+        // (the config refuses any other); the entropy and KL modes still vary.
+        c.aggregation.policy =
+            clip.level == cgrpo::RatioLevel::sequence_detached ? cgrpo::Aggregation::seq_mean_token_mean : aggs[a];
+        c.aggregation.entropy = aggs[(a + 1) % 4];
+        c.aggregation.kl = aggs[(a + 2) % 4];
         c.temperature = (combos % 3 == 0) ? 0.7 : 1.0;
         ref::Batch b = ref::random_batch(rng, 4, 4, 7, combos % 2 ? 3 : 0);
         ref::avoid_kinks(b, c, rng);
         ref::set_weights(b, c);
-        CAPTURE(to_string(clip.loss), to_string(clip.level), clip.dual, to_string(kl), to_string(aggs[a]), c.temperature);
+        CAPTURE(to_string(clip.loss), to_string(clip.level), clip.dual, to_string(kl), to_string(c.aggregation.policy),
+                to_string(c.aggregation.entropy), to_string(c.aggregation.kl), c.temperature);
 
         const RunOutput got = run_library<double>(b, c);
         INFO(got.status.message);
@@ -131,8 +137,8 @@ TEST_CASE("fused loss: gradient equals finite differences for every clip, KL and
 
 TEST_CASE("fused loss: refinement shaping and initial ratio loss in one batch match the reference", "[fused]") {
   auto rng = fresh_rng();
-  for (cgrpo::LossConfig c : {cgrpo::paper_critique_grpo(), cgrpo::verl_grpo(), cgrpo::verl_dr_grpo(),
-                              cgrpo::verl_dapo(), cgrpo::verl_gspo()}) {
+  for (cgrpo::LossConfig c : {cgrpo::paper_critique_grpo().loss, cgrpo::verl_grpo().loss, cgrpo::verl_dr_grpo().loss,
+                              cgrpo::verl_dapo().loss, cgrpo::verl_gspo().loss}) {
     ref::Batch b = ref::random_batch(rng, 12, 20, 50, 5);
     ref::avoid_kinks(b, c, rng);
     ref::set_weights(b, c);
@@ -157,8 +163,8 @@ TEST_CASE("fused loss: refinement shaping and initial ratio loss in one batch ma
 
 TEST_CASE("fused loss: in place equals a separate buffer, bit for bit", "[fused]") {
   auto rng = fresh_rng();
-  cgrpo::LossConfig c = cgrpo::verl_grpo();
-  c.entropy_coef = 0.01;
+  cgrpo::LossConfig c = cgrpo::verl_grpo().loss;
+  c.entropy.coef = 0.01;
   ref::Batch b = ref::random_batch(rng, 6, 30, 300, 17);
   ref::set_weights(b, c);
   for (int pass = 0; pass < 2; ++pass) {
@@ -173,31 +179,29 @@ TEST_CASE("fused loss: in place equals a separate buffer, bit for bit", "[fused]
 
 TEST_CASE("fused loss: the thread count never changes a bit", "[fused][determinism]") {
   auto rng = fresh_rng();
-  cgrpo::LossConfig c = cgrpo::verl_dapo();
-  c.kl = cgrpo::KlEstimator::k3;
-  c.kl_coef = 0.01;
-  c.entropy_coef = 0.001;
+  cgrpo::LossConfig c = cgrpo::verl_dapo().loss;
+  c.kl.estimator = cgrpo::KlEstimator::k3;
+  c.kl.coef = 0.01;
+  c.entropy.coef = 0.001;
   ref::Batch b = ref::random_batch(rng, 9, 40, 1000, 0);
   ref::set_weights(b, c);
-  c.num_threads = 1;
-  const RunOutput one = run_library<float>(b, c);
+  const RunOutput one = run_library<float>(b, c, false, 1);
   REQUIRE(one.status.ok());
-  for (int threads : {2, 3, 8}) {
-    c.num_threads = threads;
-    const RunOutput many = run_library<float>(b, c);
+  for (int threads : {2, 3, 8}) {  // the workspace's thread count
+    const RunOutput many = run_library<float>(b, c, false, threads);
     REQUIRE(many.status.ok());
     CHECK(std::memcmp(&many.metrics, &one.metrics, sizeof(one.metrics)) == 0);
     CHECK(many.grad == one.grad);
     CHECK(many.logp == one.logp);
   }
-  const RunOutput again = run_library<float>(b, c);
+  const RunOutput again = run_library<float>(b, c, false, 8);
   CHECK(again.grad == one.grad);
   CHECK(again.metrics.loss == one.metrics.loss);
 }
 
 TEST_CASE("fused loss: forward only gives the same loss and writes no gradient", "[fused]") {
   auto rng = fresh_rng();
-  cgrpo::LossConfig c = cgrpo::paper_critique_grpo();
+  cgrpo::LossConfig c = cgrpo::paper_critique_grpo().loss;
   ref::Batch b = ref::random_batch(rng, 5, 10, 64, 0);
   ref::set_weights(b, c);
   ref::LibraryBatch<double> lb(b);
@@ -247,42 +251,35 @@ TEST_CASE("fused loss: a separate gradient larger than the caches (streaming sto
   const int64_t T = 150, V = 151936, stride = V + 3;
   std::normal_distribution<float> normal(0.f, 3.f);
   std::uniform_int_distribution<int32_t> tok(0, V - 1);
-  std::vector<float> logits(T * stride), adv(T), old_logp(T), w(T), wh(T);
-  std::vector<int32_t> targets(T);
-  std::vector<uint8_t> mask(T, 1), kinds(T);
-  for (auto& z : logits) z = normal(rng);
+  // One response of T rows; every value drawn in float (the library view's precision).
+  support::Batch batch = support::padded_batch(1, T, V);
+  batch.stride = stride;
+  batch.logits.assign(static_cast<size_t>(T * stride), 0.0);
+  for (auto& z : batch.logits) z = normal(rng);
   for (int64_t t = 0; t < T; ++t) {
-    targets[t] = tok(rng);
-    kinds[t] = t % 7 == 0 ? cgrpo::kRefinement : cgrpo::kInitial;
-    adv[t] = normal(rng);
-    old_logp[t] = -12.f + normal(rng) * 0.1f;
-    w[t] = 1.f / T;
-    wh[t] = 1.f / T;
+    batch.targets[t] = tok(rng);
+    batch.kinds[t] = t % 7 == 0 ? cgrpo::kRefinement : cgrpo::kInitial;
+    batch.adv[t] = normal(rng);
+    batch.old_logp[t] = -12.f + normal(rng) * 0.1f;
+    batch.w_pg[t] = 1.f / T;
+    batch.w_h[t] = 1.f / T;
   }
-  cgrpo::LossConfig c = cgrpo::verl_dapo();
-  c.entropy_coef = 0.01;
-  cgrpo::PolicyLossBatch<float> b;
-  b.logits = logits.data();
-  b.num_tokens = T;
-  b.vocab_size = V;
-  b.row_stride = stride;
-  b.target_ids = targets.data();
-  b.mask = mask.data();
-  b.kinds = kinds.data();
-  b.advantages = adv.data();
-  b.old_logp = old_logp.data();
-  b.pg_weights = w.data();
-  b.entropy_weights = wh.data();
+  cgrpo::LossConfig c = cgrpo::verl_dapo().loss;
+  c.entropy.coef = 0.01;
+  support::LibraryBatch<float> lib(batch, c, support::Weights::caller);
+  const cgrpo::PolicyLossBatch<float>& b = lib.view;
+  const std::vector<float>& logits = lib.logits;
   for (int threads : {1, 2}) {
-    c.num_threads = threads;
+    cgrpo::cpu::Workspace ws(threads);
     std::vector<float> grad_storage(T * stride + 1, -7.f);
     float* grad = grad_storage.data() + 1;  // not 16-byte aligned
     cgrpo::LossMetrics m_sep, m_inp;
-    REQUIRE(cgrpo::cpu::fused_policy_loss(c, b, cgrpo::PolicyLossOutputs<float>{grad, 0, nullptr, nullptr, &m_sep}).ok());
+    REQUIRE(cgrpo::cpu::fused_policy_loss(c, b, cgrpo::PolicyLossOutputs<float>{grad, 0, nullptr, nullptr, &m_sep}, ws).ok());
     std::vector<float> work = logits;
     cgrpo::PolicyLossBatch<float> bi = b;
     bi.logits = work.data();
-    REQUIRE(cgrpo::cpu::fused_policy_loss(c, bi, cgrpo::PolicyLossOutputs<float>{work.data(), 0, nullptr, nullptr, &m_inp}).ok());
+    REQUIRE(cgrpo::cpu::fused_policy_loss(c, bi, cgrpo::PolicyLossOutputs<float>{work.data(), 0, nullptr, nullptr, &m_inp}, ws)
+                .ok());
     CHECK(m_sep.loss == m_inp.loss);
     int64_t mismatches = 0, padding_touched = 0;
     for (int64_t t = 0; t < T; ++t) {
@@ -315,14 +312,14 @@ void check_float_against_double_at(double tau, std::mt19937_64& rng) {
     for (double logit_scale : {2.0, 2.0 * tau}) {
       cgrpo::LossConfig c;
       ref::set_clip(c, clip.mode);
-      c.dual_clip = clip.dual;
-      c.clip_eps_low = 0.2;
-      c.clip_eps_high = 0.28;
-      c.dual_clip_c = 1.5;
-      c.kl = cgrpo::KlEstimator::k3;
-      c.kl_coef = 0.1;
-      c.entropy_coef = 0.01;
-      c.pg_aggregation = cgrpo::Aggregation::seq_mean_token_mean;
+      c.ratio.dual_clip = clip.dual;
+      c.ratio.clip_eps_low = 0.2;
+      c.ratio.clip_eps_high = 0.28;
+      c.ratio.dual_clip_c = 1.5;
+      c.kl.estimator = cgrpo::KlEstimator::k3;
+      c.kl.coef = 0.1;
+      c.entropy.coef = 0.01;
+      c.aggregation.policy = cgrpo::Aggregation::seq_mean_token_mean;
       c.temperature = tau;
       // V = 37: the sweeps' scalar tails only; V >= 1000: their vector and chunk paths.
       const int64_t V = k++ % 2 ? 37 : 1000 + static_cast<int64_t>(rng() % 3000);

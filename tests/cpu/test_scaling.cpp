@@ -26,9 +26,12 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
+
+#include "batch.hpp"
 
 namespace {
 
@@ -366,13 +369,15 @@ struct BatchRef {
   std::vector<std::string> what;
 };
 
+// The batch (every value exact in Real: the library's view rounds nothing) and its view in Real.
 template <typename Real>
 struct ScalingBatch {
-  std::vector<Real> logits, adv, old_logp, w;
   BatchRef ref;
-  std::vector<int64_t> offsets;
-  cgrpo::PolicyLossBatch<Real> view;
   cgrpo::LossConfig config;
+  support::Batch batch;
+  std::unique_ptr<support::LibraryBatch<Real>> lib;
+  const std::vector<Real>& logits() const { return lib->logits; }
+  const cgrpo::PolicyLossBatch<Real>& view() const { return lib->view; }
 };
 
 // Rows of scaling_rows at temperature tau; `keep` selects which (the vocabulary-parallel loss
@@ -382,42 +387,44 @@ void make_batch(std::mt19937_64& rng, int64_t V, double tau, const std::function
                 ScalingBatch<Real>& sb) {
   std::normal_distribution<double> normal(0.0, 1.0);
   cgrpo::LossConfig& c = sb.config;
-  c = cgrpo::paper_critique_grpo();
-  c.policy_loss = cgrpo::PolicyLoss::ratio;
-  c.entropy_coef = 0.01;
-  c.pg_aggregation = c.entropy_aggregation = cgrpo::Aggregation::token_mean;
+  c = cgrpo::paper_critique_grpo().loss;
+  c.policy.loss = cgrpo::PolicyLoss::ratio;
+  c.entropy.coef = 0.01;
+  c.aggregation.policy = c.aggregation.entropy = cgrpo::Aggregation::token_mean;
   c.temperature = tau;
   BatchRef& r = sb.ref;
   r = BatchRef{};
   r.V = V;
-  sb.logits.clear();
+  support::Batch& b = sb.batch;
+  b = support::Batch{};
+  b.V = b.stride = V;
   for (Row<Real>& row : scaling_rows<Real>(rng, V, tau)) {
     RowRef rr = row_reference(row.z.data(), V, static_cast<LD>(tau));
     // The float64 log p must be finite (else the call's answer is an error, tested elsewhere).
     if (!std::isfinite(static_cast<double>(rr.logp[row.y])) || !keep(row, rr)) continue;
-    sb.logits.insert(sb.logits.end(), row.z.begin(), row.z.end());
+    b.logits.insert(b.logits.end(), row.z.begin(), row.z.end());
     r.targets.push_back(row.y);
     r.rows.push_back(std::move(rr));
     r.what.push_back(row.what);
   }
   const int64_t T = r.T = static_cast<int64_t>(r.targets.size());
   const Real w = static_cast<Real>(1.0 / static_cast<double>(T));
-  sb.w.assign(T, w);
+  b.w_pg.assign(T, static_cast<double>(w));
+  b.w_h.assign(T, static_cast<double>(w));
   r.mask.assign(T, 1);
   r.kinds.resize(T);
-  sb.adv.resize(T);
-  sb.old_logp.resize(T);
+  std::vector<Real> adv(T), old_logp(T);
   r.a.resize(T);
   r.b.resize(T);
   r.loss_terms.resize(T);
   r.loss = 0;
-  const LD gamma = c.refinement_gamma, cH = c.entropy_coef, lw = static_cast<LD>(w);
+  const LD gamma = c.policy.refinement_gamma, cH = c.entropy.coef, lw = static_cast<LD>(w);
   for (int64_t t = 0; t < T; ++t) {
     r.kinds[t] = t % 3 == 2 ? cgrpo::kRefinement : cgrpo::kInitial;
-    sb.adv[t] = static_cast<Real>(normal(rng));
-    const LD logp = r.rows[t].logp[r.targets[t]], A = static_cast<LD>(sb.adv[t]);
+    adv[t] = static_cast<Real>(normal(rng));
+    const LD logp = r.rows[t].logp[r.targets[t]], A = static_cast<LD>(adv[t]);
     // old near log p (a ratio inside the clamp, sensitive to log p's absolute error), or far below it.
-    sb.old_logp[t] = std::fabs(static_cast<double>(logp)) < 1e7 ? static_cast<Real>(static_cast<double>(logp) + 0.5 * normal(rng))
+    old_logp[t] = std::fabs(static_cast<double>(logp)) < 1e7 ? static_cast<Real>(static_cast<double>(logp) + 0.5 * normal(rng))
                                                                 : static_cast<Real>(-1.0);
     LD l, dl;
     if (r.kinds[t] == cgrpo::kRefinement) {
@@ -425,7 +432,7 @@ void make_batch(std::mt19937_64& rng, int64_t V, double tau, const std::function
       l = -A * p / (p + gamma);
       dl = -A * gamma * p / ((p + gamma) * (p + gamma));
     } else {
-      const LD lr = logp - static_cast<LD>(sb.old_logp[t]);
+      const LD lr = logp - static_cast<LD>(old_logp[t]);
       const LD clamped = std::min<LD>(std::max<LD>(lr, -20), 20);
       l = -A * std::exp(clamped);
       dl = clamped == lr ? l : 0;
@@ -435,20 +442,16 @@ void make_batch(std::mt19937_64& rng, int64_t V, double tau, const std::function
     r.loss_terms[t] = std::fabs(lw * l) + std::fabs(cH * lw * r.rows[t].entropy);
     r.loss += lw * l - cH * lw * r.rows[t].entropy;
   }
-  sb.offsets = {0, T};
-  cgrpo::PolicyLossBatch<Real>& v = sb.view;
-  v = cgrpo::PolicyLossBatch<Real>{};
-  v.logits = sb.logits.data();
-  v.num_tokens = T;
-  v.vocab_size = V;
-  v.target_ids = r.targets.data();
-  v.mask = r.mask.data();
-  v.kinds = r.kinds.data();
-  v.advantages = sb.adv.data();
-  v.old_logp = sb.old_logp.data();
-  v.pg_weights = sb.w.data();
-  v.entropy_weights = sb.w.data();
-  v.layout = cgrpo::SequenceLayout::packed(1, sb.offsets.data());
+  // One response of T rows.
+  b.T = T;
+  b.B = 1;
+  b.offsets = {0, T};
+  b.targets = r.targets;
+  b.mask = r.mask;
+  b.kinds = r.kinds;
+  b.adv.assign(adv.begin(), adv.end());
+  b.old_logp.assign(old_logp.begin(), old_logp.end());
+  sb.lib.reset(new support::LibraryBatch<Real>(b, c, support::Weights::caller));
 }
 
 template <typename Real>
@@ -512,8 +515,8 @@ void check_entry_points() {
       char ctx[200];
       std::snprintf(ctx, sizeof(ctx), "tau %g, V %lld", tau, static_cast<long long>(V));
       for (bool in_place : {false, true}) {
-        std::vector<Real> logits = sb.logits, grad(in_place ? 0 : logits.size()), lp(T), h(T);
-        cgrpo::PolicyLossBatch<Real> view = sb.view;
+        std::vector<Real> logits = sb.logits(), grad(in_place ? 0 : logits.size()), lp(T), h(T);
+        cgrpo::PolicyLossBatch<Real> view = sb.view();
         view.logits = logits.data();
         cgrpo::LossMetrics m;
         cgrpo::PolicyLossOutputs<Real> out{in_place ? logits.data() : grad.data(), 0, lp.data(), h.data(), &m};
@@ -531,7 +534,7 @@ void check_entry_points() {
       {
         std::vector<Real> lp(T), h(T);
         const cgrpo::Status st =
-            cgrpo::cpu::token_logprobs(sb.logits.data(), T, V, 0, r.targets.data(), tau, lp.data(), h.data());
+            cgrpo::cpu::token_logprobs(sb.logits().data(), T, V, 0, r.targets.data(), tau, lp.data(), h.data());
         status.add(st.ok() ? 0.0 : INFINITY, 1.0, std::string("token_logprobs, ") + ctx + ": " + st.message);
         if (st.ok()) check_token_outputs(r, lp.data(), h.data(), tau, "token_logprobs", logp, entropy);
       }
@@ -574,17 +577,18 @@ void check_vocab_parallel() {
       std::vector<double> floor(T);
       double floor_max = 0;
       for (int64_t t = 0; t < T; ++t) {
-        const Real* z = &sb.logits[t * V];
+        const Real* z = &sb.logits()[t * V];
         floor[t] = 1e-15 * std::fabs(static_cast<double>(*std::max_element(z, z + V)) / tau);
         floor_max = std::max(floor_max, floor[t]);
       }
       bool ok = true;
       for (int k = 0; k < 2; ++k) {
         for (int64_t t = 0; t < T; ++t)
-          for (int64_t j = 0; j < size[k]; ++j) shard_logits[k].push_back(sb.logits[t * V + begin[k] + j]);
-        cgrpo::PolicyLossBatch<Real> local = sb.view;
+          for (int64_t j = 0; j < size[k]; ++j) shard_logits[k].push_back(sb.logits()[t * V + begin[k] + j]);
+        cgrpo::PolicyLossBatch<Real> local = sb.view();
         local.logits = shard_logits[k].data();
         local.vocab_size = size[k];
+        local.row_stride = 0;  // the shard's rows are back to back
         const cgrpo::parallel::VocabShard shard{begin[k], size[k], V};
         const cgrpo::Status st = cgrpo::parallel::vocab_shard_row_stats(sb.config, local, shard, stats[k].data(), target[k].data());
         status.add(st.ok() ? 0.0 : INFINITY, 1.0, std::string(ctx) + ", phase 1: " + st.message);
@@ -604,9 +608,10 @@ void check_vocab_parallel() {
         target_sum[t] = target[0][t] + target[1][t];
       }
       for (int k = 0; k < 2; ++k) {
-        cgrpo::PolicyLossBatch<Real> local = sb.view;
+        cgrpo::PolicyLossBatch<Real> local = sb.view();
         local.logits = shard_logits[k].data();
         local.vocab_size = size[k];
+        local.row_stride = 0;  // the shard's rows are back to back
         const cgrpo::parallel::VocabShard shard{begin[k], size[k], V};
         std::vector<Real> g(T * size[k]), lp(T), h(T);
         cgrpo::LossMetrics m;
@@ -639,34 +644,28 @@ void check_gradient_overflow() {
   for (double scale : {4.0, 1e-2}) {  // |a| / tau about 4x the dtype's max, or 1% of it
     for (bool in_place : {false, true}) {
       const int64_t T = 4, V = 9;
-      std::vector<Real> logits(T * V);
-      for (int64_t k = 0; k < T * V; ++k) logits[k] = static_cast<Real>(0.25 * static_cast<double>(k % 7));
-      std::vector<int32_t> targets = {1, 2, 3, 4};
-      std::vector<uint8_t> mask(T, 1), kinds(T, cgrpo::kInitial);
       const double tau = 1e-4;
-      // log p of each target in double, so that old = log p gives a ratio of 1.
-      std::vector<Real> old_logp(T), w(T, Real(1)), adv(T, Real(1));
-      for (int64_t t = 0; t < T; ++t) {
-        const RowRef rr = row_reference(&logits[t * V], V, static_cast<LD>(tau));
-        old_logp[t] = static_cast<Real>(rr.logp[targets[t]]);
-      }
-      adv[2] = static_cast<Real>(scale * (static_cast<double>(big) * tau));  // row 2: |a| / tau = scale * max
-      std::vector<int64_t> offsets = {0, T};
-      cgrpo::PolicyLossBatch<Real> v;
-      v.logits = logits.data();
-      v.num_tokens = T;
-      v.vocab_size = V;
-      v.target_ids = targets.data();
-      v.mask = mask.data();
-      v.kinds = kinds.data();
-      v.advantages = adv.data();
-      v.old_logp = old_logp.data();
-      v.pg_weights = w.data();
-      v.layout = cgrpo::SequenceLayout::packed(1, offsets.data());
-      cgrpo::LossConfig c = cgrpo::paper_critique_grpo();
-      c.policy_loss = cgrpo::PolicyLoss::ratio;
-      c.entropy_coef = 0.0;
+      cgrpo::LossConfig c = cgrpo::paper_critique_grpo().loss;
+      c.policy.loss = cgrpo::PolicyLoss::ratio;
+      c.entropy.coef = 0.0;
       c.temperature = tau;
+      // One response of T rows; every value exact in Real.
+      support::Batch batch = support::padded_batch(1, T, V);
+      for (int64_t k = 0; k < T * V; ++k) batch.logits[k] = static_cast<Real>(0.25 * static_cast<double>(k % 7));
+      batch.targets = {1, 2, 3, 4};
+      const std::vector<Real> z(batch.logits.begin(), batch.logits.end());
+      // log p of each target in double, so that old = log p gives a ratio of 1.
+      for (int64_t t = 0; t < T; ++t) {
+        const RowRef rr = row_reference(&z[t * V], V, static_cast<LD>(tau));
+        batch.old_logp[t] = static_cast<Real>(rr.logp[batch.targets[t]]);
+      }
+      batch.adv.assign(T, 1.0);
+      batch.adv[2] = static_cast<Real>(scale * (static_cast<double>(big) * tau));  // row 2: |a| / tau = scale * max
+      batch.w_pg.assign(T, 1.0);
+      support::LibraryBatch<Real> lib(batch, c, support::Weights::caller);
+      std::vector<Real> logits = lib.logits;
+      cgrpo::PolicyLossBatch<Real> v = lib.view;
+      v.logits = logits.data();
       const Real poison = static_cast<Real>(-12345.5);
       std::vector<Real> grad(T * V, poison), lp(T, poison), h(T, poison);
       const std::vector<Real> logits_before = logits;

@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "batch.hpp"
+
 #if defined(__SANITIZE_ADDRESS__)
 #define CGRPO_TEST_ASAN 1
 #elif defined(__has_feature)
@@ -53,6 +55,17 @@ cgrpo::PolicyLossBatch<float> batch_nowhere(int64_t T, int64_t V, int64_t stride
   b.pg_weights = nowhere<const float>(6);
   b.entropy_weights = nowhere<const float>(10);  // LossConfig{} has an entropy term
   return b;
+}
+
+// The old mode-only aggregation_weights: one mode at the paper's conventions, as the policy term
+// of a config that sets nothing else.
+template <typename Real>
+cgrpo::Status mode_weights(cgrpo::Aggregation mode, const cgrpo::SequenceLayout& layout, const uint8_t* mask,
+                           const cgrpo::AggregationScale& scale, Real* w) {
+  cgrpo::LossConfig c;
+  c.aggregation.policy = mode;
+  c.aggregation.convention = cgrpo::AggregationConvention{};
+  return cgrpo::aggregation_weights(c, cgrpo::LossTerm::policy, layout, mask, scale, w);
 }
 
 struct Outputs {
@@ -139,7 +152,7 @@ TEST_CASE("sizes: layouts whose row count overflows int64", "[sizes]") {
   std::vector<double> w(4, 7.0);
   const std::vector<uint8_t> mask(4, 1);
   for (const auto& layout : {huge, cgrpo::SequenceLayout::padded(kMax, 2), cgrpo::SequenceLayout::padded(3, kMax)}) {
-    const cgrpo::Status s = cgrpo::aggregation_weights(cgrpo::Aggregation::token_mean, layout, nowhere<const uint8_t>(1), {},
+    const cgrpo::Status s = mode_weights(cgrpo::Aggregation::token_mean, layout, nowhere<const uint8_t>(1), {},
                                                        nowhere<double>(2));
     INFO(s.message);
     CHECK(s.code == Code::invalid_argument);
@@ -154,12 +167,12 @@ TEST_CASE("sizes: layouts whose row count overflows int64", "[sizes]") {
     cgrpo::PolicyLossBatch<float> b = batch_nowhere(12, 8);
     b.layout = layout;
     Outputs o;
-    CHECK(says(cgrpo::cpu::fused_policy_loss(cgrpo::verl_gspo(), b, o.out), "padded_length", "overflow"));
+    CHECK(says(cgrpo::cpu::fused_policy_loss(cgrpo::verl_gspo().loss, b, o.out), "padded_length", "overflow"));
   }
   // A negative count is an error, not a read before the offsets (packed) or a negative row count.
   const int64_t offsets[] = {0, 2, 4};
   for (const auto& layout : {negative_count, cgrpo::SequenceLayout::packed(-2, offsets + 2)}) {
-    const cgrpo::Status s = cgrpo::aggregation_weights(cgrpo::Aggregation::token_mean, layout, mask.data(), {}, w.data());
+    const cgrpo::Status s = mode_weights(cgrpo::Aggregation::token_mean, layout, mask.data(), {}, w.data());
     CHECK(s.code == Code::invalid_argument);
     CHECK(says(s, "num_sequences"));
   }
@@ -168,18 +181,16 @@ TEST_CASE("sizes: layouts whose row count overflows int64", "[sizes]") {
 
 TEST_CASE("sizes: vocabulary shards, group statistics and advantages near the limits", "[sizes]") {
   // A shard whose begin + size overflows: refused (it used to wrap and pass).
-  std::vector<float> logits(6, 0.5f), adv(2, 1.f), old_logp(2, -1.f), w(2, 0.5f);
-  std::vector<int32_t> targets = {1, 2};
-  std::vector<uint8_t> mask = {1, 1};
-  cgrpo::PolicyLossBatch<float> b;
-  b.logits = logits.data();
-  b.num_tokens = 2;
-  b.vocab_size = 3;
-  b.target_ids = targets.data();
-  b.mask = mask.data();
-  b.advantages = adv.data();
-  b.old_logp = old_logp.data();
-  b.pg_weights = w.data();
+  // Two one-token responses, V = 3, every logit 0.5; the caller's weights 0.5.
+  support::Batch batch = support::padded_batch(2, 1, 3);
+  batch.logits.assign(6, 0.5);
+  batch.targets = {1, 2};
+  batch.adv.assign(2, 1.0);
+  batch.old_logp.assign(2, -1.0);
+  batch.w_pg.assign(2, 0.5);
+  batch.w_h.assign(2, 0.5);
+  support::LibraryBatch<float> lib(batch, cgrpo::LossConfig{}, support::Weights::caller);
+  const cgrpo::PolicyLossBatch<float>& b = lib.view;
   std::vector<cgrpo::RowStats<double>> stats(2);
   std::vector<double> target(2, -9.0);
   for (const cgrpo::parallel::VocabShard shard : {cgrpo::parallel::VocabShard{kMax - 1, 3, kMax},
@@ -233,7 +244,7 @@ TEST_CASE("sizes: group assembly whose padded rows overflow int64", "[sizes]") {
   o.padded_length = kMax / 3;
   cgrpo::critique::AssembledBatch<double> out;
   out.padded_length = -42;
-  const cgrpo::Status s = cgrpo::critique::assemble_groups(cgrpo::LossConfig{}, qs, o, out);
+  const cgrpo::Status s = cgrpo::critique::assemble_groups(cgrpo::Recipe{}, qs, o, out);
   INFO(s.message);
   CHECK(s.code == Code::invalid_argument);
   CHECK(says(s, "padded_length", "overflow"));
@@ -272,7 +283,7 @@ TEST_CASE("sizes: a failed allocation becomes out_of_memory", "[sizes]") {
   opt.layout = cgrpo::critique::BatchLayout::padded;
   opt.padded_length = int64_t{1} << 56;
   cgrpo::critique::AssembledBatch<float> out;
-  const cgrpo::Status g = cgrpo::critique::assemble_groups(cgrpo::LossConfig{}, qs, opt, out);
+  const cgrpo::Status g = cgrpo::critique::assemble_groups(cgrpo::Recipe{}, qs, opt, out);
   INFO(g.message);
   CHECK(g.code == Code::out_of_memory);
   // Group advantages over 2^59 groups (2^62 bytes of statistics).

@@ -1,4 +1,4 @@
-// Threads on the CPU path. config.num_threads far above the core count is capped and starts no
+// Threads on the CPU path. workspace.num_threads far above the core count is capped and starts no
 // thread per call once a workspace's pool has grown; a system that refuses threads is not an
 // error; every thread count gives the same bits. Concurrency: calls on their own workspaces run
 // at once and agree bit for bit; a call on a workspace that another call holds returns an error
@@ -21,6 +21,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "batch.hpp"
 
 // Every thread the program starts goes through here (std::thread calls pthread_create): the
 // tests count them, and can make the system refuse them.
@@ -47,39 +49,50 @@ struct Refuse {  // the system refuses every thread after `allowed` more, while 
   ~Refuse() { g_threads_allowed = LONG_MAX; }
 };
 
+cgrpo::LossConfig loss_config() {
+  cgrpo::LossConfig c = cgrpo::verl_dapo().loss;
+  c.entropy.coef = 0.01;
+  return c;
+}
+
+// T tokens of one response, V logits each, every value drawn in float; the caller's weights
+// 1 / T (policy) and 0.5 / T (entropy).
+support::Batch random_float_batch(int64_t T, int64_t V) {
+  std::mt19937_64 rng = test_seed::fresh_rng();
+  std::normal_distribution<float> normal(0.f, 2.f);
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(V - 1));
+  support::Batch b = support::padded_batch(1, T, V);
+  b.rollout_logp.clear();  // not an input of these calls
+  for (auto& z : b.logits) z = normal(rng);
+  for (int64_t t = 0; t < T; ++t) {
+    b.targets[t] = tok(rng);
+    b.mask[t] = t % 5 != 4;
+    b.kinds[t] = t % 7 == 3 ? cgrpo::kRefinement : cgrpo::kInitial;
+    b.adv[t] = normal(rng);
+    b.old_logp[t] = -std::log(static_cast<float>(V)) + 0.3f * normal(rng);
+    b.w_pg[t] = 1.f / T;
+    b.w_h[t] = 0.5f / T;
+  }
+  return b;
+}
+
 struct Batch {
   int64_t T = 0, V = 0;
-  std::vector<float> logits, adv, old_logp, w, wh;
-  std::vector<int32_t> targets;
-  std::vector<uint8_t> mask, kinds;
-  cgrpo::PolicyLossBatch<float> view;
+  support::Batch data;
+  support::LibraryBatch<float> lib;
+  const std::vector<float>& logits;
+  const std::vector<int32_t>& targets;
+  const cgrpo::PolicyLossBatch<float>& view;
 
-  Batch(int64_t T_, int64_t V_) : T(T_), V(V_) {
-    std::mt19937_64 rng = test_seed::fresh_rng();
-    std::normal_distribution<float> normal(0.f, 2.f);
-    std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(V - 1));
-    logits.resize(T * V);
-    for (auto& z : logits) z = normal(rng);
-    for (int64_t t = 0; t < T; ++t) {
-      targets.push_back(tok(rng));
-      mask.push_back(t % 5 != 4);
-      kinds.push_back(t % 7 == 3 ? cgrpo::kRefinement : cgrpo::kInitial);
-      adv.push_back(normal(rng));
-      old_logp.push_back(-std::log(static_cast<float>(V)) + 0.3f * normal(rng));
-      w.push_back(1.f / T);
-      wh.push_back(0.5f / T);
-    }
-    view.logits = logits.data();
-    view.num_tokens = T;
-    view.vocab_size = V;
-    view.target_ids = targets.data();
-    view.mask = mask.data();
-    view.kinds = kinds.data();
-    view.advantages = adv.data();
-    view.old_logp = old_logp.data();
-    view.pg_weights = w.data();
-    view.entropy_weights = wh.data();
-  }
+  Batch(int64_t T_, int64_t V_)
+      : T(T_),
+        V(V_),
+        data(random_float_batch(T_, V_)),
+        lib(data, loss_config(), support::Weights::caller),
+        logits(lib.logits),
+        targets(data.targets),
+        view(lib.view) {}
+  Batch(const Batch&) = delete;
 };
 
 constexpr float kPoison = -777.25f;
@@ -109,22 +122,18 @@ struct Result {
   }
 };
 
-cgrpo::LossConfig config_with(int threads) {
-  cgrpo::LossConfig c = cgrpo::verl_dapo();
-  c.entropy_coef = 0.01;
-  c.num_threads = threads;
-  return c;
-}
-
+// The loss on `ws` with `threads` threads (the workspace's count; written only when it changes, so
+// that callers sharing a workspace at one count only read it).
 Result loss(const Batch& b, int threads, cgrpo::cpu::Workspace& ws) {
   Result r(b);
-  r.status = cgrpo::cpu::fused_policy_loss(config_with(threads), b.view, r.outputs(), ws);
+  if (ws.num_threads != threads) ws.num_threads = threads;
+  r.status = cgrpo::cpu::fused_policy_loss(loss_config(), b.view, r.outputs(), ws);
   return r;
 }
 
 }  // namespace
 
-TEST_CASE("threads: num_threads far above the cores is capped and starts no thread per call", "[threading]") {
+TEST_CASE("threads: workspace.num_threads far above the cores is capped and starts no thread per call", "[threading]") {
   const Batch b(256, 64);
   cgrpo::cpu::Workspace ws;
   const Result one = loss(b, 1, ws);
@@ -150,13 +159,13 @@ TEST_CASE("threads: num_threads far above the cores is capped and starts no thre
               .ok());
   CHECK(g_threads_started - started == 0);
   CHECK(logp == one.logp);
-  // Without a workspace a call makes its own threads, still capped.
+  // Without a workspace a call makes its own, of one thread: it starts none.
   Result convenience(b);
   started = g_threads_started;
-  convenience.status = cgrpo::cpu::fused_policy_loss(config_with(1000), b.view, convenience.outputs());
+  convenience.status = cgrpo::cpu::fused_policy_loss(loss_config(), b.view, convenience.outputs());
   REQUIRE(convenience.status.ok());
   CHECK(convenience.same_bits(one));
-  CHECK(g_threads_started - started <= cores - 1);
+  CHECK(g_threads_started - started == 0);
 }
 
 TEST_CASE("threads: 2^20 threads on 2^17 rows neither terminates nor changes a bit", "[threading]") {
@@ -183,8 +192,8 @@ TEST_CASE("threads: a system that refuses threads is not an error", "[threading]
     REQUIRE(r.status.ok());
     CHECK(r.same_bits(one));
     CHECK(ws.pool.num_workers() == allowed);
-    Result c(b);  // the convenience overload too (its own pool, capped at the cores)
-    c.status = cgrpo::cpu::fused_policy_loss(config_with(1000), b.view, c.outputs());
+    Result c(b);  // the convenience overload too (its own workspace, one thread)
+    c.status = cgrpo::cpu::fused_policy_loss(loss_config(), b.view, c.outputs());
     REQUIRE(c.status.ok());
     CHECK(c.same_bits(one));
   }
@@ -267,7 +276,7 @@ TEST_CASE("concurrency: a workspace that another call holds gives an error and w
     const cgrpo::parallel::VocabShard shard{0, b.V, b.V};
     std::vector<cgrpo::RowStats<double>> stats(b.T);
     std::vector<double> target(b.T, -5.0);
-    CHECK(cgrpo::parallel::vocab_shard_row_stats(config_with(2), b.view, shard, stats.data(), target.data(), ws).code ==
+    CHECK(cgrpo::parallel::vocab_shard_row_stats(loss_config(), b.view, shard, stats.data(), target.data(), ws).code ==
           cgrpo::StatusCode::invalid_argument);
     CHECK(target == std::vector<double>(b.T, -5.0));
   }
@@ -283,6 +292,7 @@ TEST_CASE("concurrency: calls racing for one workspace: each succeeds exactly or
   cgrpo::cpu::Workspace shared;
   const Result refs[] = {loss(batches[0], 1, shared), loss(batches[1], 1, shared)};
   REQUIRE((refs[0].status.ok() && refs[1].status.ok()));
+  shared.num_threads = 2;  // the callers' count, set before they share the workspace
   constexpr int kCallers = 4, kCalls = 40;
   std::atomic<int> ok{0}, busy{0}, wrong{0};
   std::vector<std::thread> callers;

@@ -132,7 +132,10 @@ inline double draw(FuzzedDataProvider& in, const Range& r, bool* nominal) {
 
 struct ConfigDraw {
   cgrpo::LossConfig config;
+  cgrpo::AdvantageConfig advantage;  // the recipe's advantage settings (assemble_groups reads them)
+  int num_threads = 1;               // the workspace's thread count (cpu::Workspace::num_threads)
   bool nominal = true;  // every field inside its nominal range (a call on nominal data must succeed)
+  cgrpo::Recipe recipe() const { return cgrpo::Recipe{config, advantage}; }
 };
 
 class FieldBreaker {
@@ -148,6 +151,8 @@ class FieldBreaker {
   int broken_[2] = {-1, -1};
 };
 
+// A value of an enum with `count` entries (the library's table: cgrpo::kNumPolicyLosses, ...), or
+// one outside it when broken.
 template <typename E>
 E draw_enum(FuzzedDataProvider& in, int count, bool broken) {
   if (broken) {
@@ -155,6 +160,21 @@ E draw_enum(FuzzedDataProvider& in, int count, bool broken) {
     return static_cast<E>(bad[in.ConsumeIntegralInRange<int>(0, 5)]);
   }
   return static_cast<E>(in.ConsumeIntegralInRange<int>(0, count - 1));
+}
+
+// The policy terms whose traits say `bypass` (allowed in verl's bypass mode), in enum order.
+inline std::vector<cgrpo::PolicyLoss> bypass_terms() {
+  std::vector<cgrpo::PolicyLoss> terms;
+  for (int i = 0; i < cgrpo::kNumPolicyLosses; ++i)
+    if (cgrpo::traits_of(static_cast<cgrpo::PolicyLoss>(i)).bypass) terms.push_back(static_cast<cgrpo::PolicyLoss>(i));
+  return terms;
+}
+
+// Whether the layout is read for some choice of weights (computed by the loss or given).
+inline bool may_need_layout(const cgrpo::LossConfig& c) {
+  cgrpo::PassInputs computed, caller;
+  caller.computed_weights = false;
+  return cgrpo::plan_passes(c, computed).needs_layout || cgrpo::plan_passes(c, caller).needs_layout;
 }
 
 inline ConfigDraw draw_config(FuzzedDataProvider& in) {
@@ -179,63 +199,71 @@ inline ConfigDraw draw_config(FuzzedDataProvider& in) {
     return b;
   };
 
-  c.advantage = draw_enum<AdvantageEstimator>(in, 5, brk.broken(id++));
-  c.policy_loss = draw_enum<PolicyLoss>(in, 11, brk.broken(id++));
-  c.ratio_level = in.ConsumeIntegralInRange<int>(0, 2) ? RatioLevel::token
-                                                       : draw_enum<RatioLevel>(in, 3, brk.broken(id));
+  d.advantage.estimator = draw_enum<AdvantageEstimator>(in, kNumAdvantageEstimators, brk.broken(id++));
+  c.policy.loss = draw_enum<PolicyLoss>(in, kNumPolicyLosses, brk.broken(id++));
+  c.ratio.level = in.ConsumeIntegralInRange<int>(0, 2) ? RatioLevel::token
+                                                       : draw_enum<RatioLevel>(in, kNumRatioLevels, brk.broken(id));
   ++id;
-  const bool geo = c.policy_loss == PolicyLoss::geo_mean;
-  c.clip_eps_low = field(geo ? Range{0, DBL_MAX, 0, 2} : Range{0, std::nextafter(1.0, 0.0), 0, 0.9});
-  c.clip_eps_high = field({0, DBL_MAX, 0, 10});
-  c.dual_clip = c.policy_loss == PolicyLoss::ppo_clip ? flag() : (brk.broken(id++) && in.ConsumeBool());
-  c.dual_clip_c = field({std::nextafter(1.0, 2.0), DBL_MAX, 1.01, 100});
-  c.log_ratio_min = field({-kInf, 0, -20, 0});
-  c.log_ratio_max = field({0, kInf, 0, 20});
-  c.cispo_ratio_cap = field({5e-324, DBL_MAX, 0.01, 100});
-  c.sapo_tau_pos = field({5e-324, DBL_MAX, 0.01, 100});
-  c.sapo_tau_neg = field({5e-324, DBL_MAX, 0.01, 100});
-  c.cov_ratio = field({5e-324, 1, 1e-4, 1});
-  c.kl_cov_coef = field({-DBL_MAX, DBL_MAX, -10, 10});
-  c.clip_cov_lower = field({-kInf, kInf, -1e3, 1e3});
-  c.clip_cov_upper = field({-kInf, kInf, -1e3, 1e3});
-  if (!(c.clip_cov_lower < c.clip_cov_upper) && !brk.broken(id++)) std::swap(c.clip_cov_lower, c.clip_cov_upper);
-  if (c.clip_cov_lower == c.clip_cov_upper) c.clip_cov_upper = kInf;
-  c.clip_cov_seed = in.ConsumeIntegral<uint64_t>();
-  c.vespo_k_pos = field({-DBL_MAX, DBL_MAX, -1, 1});
-  c.vespo_lambda_pos = field({-DBL_MAX, DBL_MAX, 0, 5});
-  c.vespo_k_neg = field({-DBL_MAX, DBL_MAX, -1, 1});
-  c.vespo_lambda_neg = field({-DBL_MAX, DBL_MAX, 0, 5});
-  c.refinement_gamma = field({5e-324, DBL_MAX, 1e-3, 10});
-  c.entropy_coef = in.ConsumeIntegralInRange<int>(0, 3) ? field({-DBL_MAX, DBL_MAX, -10, 10}) : 0.0;
-  c.kl = draw_enum<KlEstimator>(in, 5, brk.broken(id++));
-  c.kl_coef = c.kl == KlEstimator::none && !brk.broken(id++) ? 0.0 : field({-DBL_MAX, DBL_MAX, -10, 10});
-  if (c.kl != KlEstimator::none || brk.broken(id++)) {
-    c.kl_straight_through = in.ConsumeBool();
-    c.kl_k3_clamp = in.ConsumeBool();
-    c.kl_times_ratio = (c.uses_ratio() || brk.broken(id++)) && in.ConsumeBool();
+  // geo_mean's band bounds the log ratio and cispo's may open below: clip_eps_low any finite >= 0.
+  const bool low_unbounded = c.term().clip_low_unbounded;
+  c.ratio.clip_eps_low = field(low_unbounded ? Range{0, DBL_MAX, 0, 2} : Range{0, std::nextafter(1.0, 0.0), 0, 0.9});
+  c.ratio.clip_eps_high = field({0, DBL_MAX, 0, 10});
+  c.ratio.dual_clip = c.term().dual_clip ? flag() : (brk.broken(id++) && in.ConsumeBool());
+  c.ratio.dual_clip_c = field({std::nextafter(1.0, 2.0), DBL_MAX, 1.01, 100});
+  c.ratio.log_ratio_min = field({-kInf, 0, -20, 0});
+  c.ratio.log_ratio_max = field({0, kInf, 0, 20});
+  PolicyConfig& p = c.policy;
+  p.cispo_cap.ratio_cap = field({5e-324, DBL_MAX, 0.01, 100});
+  p.sapo.tau_pos = field({5e-324, DBL_MAX, 0.01, 100});
+  p.sapo.tau_neg = field({5e-324, DBL_MAX, 0.01, 100});
+  // One draw for both terms' selected fraction: only the term in use reads (and checks) its own.
+  p.kl_cov.ratio = p.clip_cov.ratio = field({5e-324, 1, 1e-4, 1});
+  p.kl_cov.coef = field({-DBL_MAX, DBL_MAX, -10, 10});
+  p.clip_cov.lower = field({-kInf, kInf, -1e3, 1e3});
+  p.clip_cov.upper = field({-kInf, kInf, -1e3, 1e3});
+  if (!(p.clip_cov.lower < p.clip_cov.upper) && !brk.broken(id++)) std::swap(p.clip_cov.lower, p.clip_cov.upper);
+  if (p.clip_cov.lower == p.clip_cov.upper) p.clip_cov.upper = kInf;
+  p.clip_cov.seed = in.ConsumeIntegral<uint64_t>();
+  p.vespo.k_pos = field({-DBL_MAX, DBL_MAX, -1, 1});
+  p.vespo.lambda_pos = field({-DBL_MAX, DBL_MAX, 0, 5});
+  p.vespo.k_neg = field({-DBL_MAX, DBL_MAX, -1, 1});
+  p.vespo.lambda_neg = field({-DBL_MAX, DBL_MAX, 0, 5});
+  p.refinement_gamma = field({5e-324, DBL_MAX, 1e-3, 10});
+  c.entropy.coef = in.ConsumeIntegralInRange<int>(0, 3) ? field({-DBL_MAX, DBL_MAX, -10, 10}) : 0.0;
+  c.kl.estimator = draw_enum<KlEstimator>(in, kNumKlEstimators, brk.broken(id++));
+  c.kl.coef = !c.kl_on() && !brk.broken(id++) ? 0.0 : field({-DBL_MAX, DBL_MAX, -10, 10});
+  if (c.kl_on() || brk.broken(id++)) {
+    c.kl.straight_through = in.ConsumeBool();
+    c.kl.k3_clamp = in.ConsumeBool();
+    c.kl.times_ratio = (c.defines_ratio() || brk.broken(id++)) && in.ConsumeBool();
   }
-  c.pg_aggregation = draw_enum<Aggregation>(in, 4, brk.broken(id++));
-  c.entropy_aggregation = draw_enum<Aggregation>(in, 4, brk.broken(id++));
-  c.kl_aggregation = draw_enum<Aggregation>(in, 4, brk.broken(id++));
-  c.aggregation.token_mean_eps = in.ConsumeBool() ? 0.0 : field({0, DBL_MAX, 0, 1});
-  c.aggregation.row_count_eps = in.ConsumeBool() ? 0.0 : field({0, DBL_MAX, 0, 1});
-  c.aggregation.count_empty_rows = in.ConsumeBool();
+  c.aggregation.policy = draw_enum<Aggregation>(in, kNumAggregations, brk.broken(id++));
+  c.aggregation.entropy = draw_enum<Aggregation>(in, kNumAggregations, brk.broken(id++));
+  c.aggregation.kl = draw_enum<Aggregation>(in, kNumAggregations, brk.broken(id++));
+  AggregationConvention& conv = c.aggregation.convention;
+  conv.token_mean_eps = in.ConsumeBool() ? 0.0 : field({0, DBL_MAX, 0, 1});
+  conv.row_count_eps = in.ConsumeBool() ? 0.0 : field({0, DBL_MAX, 0, 1});
+  conv.count_empty_rows = in.ConsumeBool();
 
   // verl's rollout correction (needs rollout_logp) or TRL's sampler correction, OPSM, the entropy mask.
   switch (in.ConsumeIntegralInRange<int>(0, 5)) {
     case 0:
     case 1: {
-      RolloutCorrectionConfig& r = c.rollout;
-      r.mode = static_cast<RolloutCorrectionMode>(in.ConsumeIntegralInRange<int>(1, 2));
-      if (brk.broken(id++)) r.mode = draw_enum<RolloutCorrectionMode>(in, 3, true);
-      if (r.mode == RolloutCorrectionMode::bypass && !brk.broken(id++))
-        c.policy_loss = in.ConsumeBool() ? PolicyLoss::ppo_clip : PolicyLoss::reinforce;
-      r.is_level = draw_enum<RolloutIsLevel>(in, 3, brk.broken(id++));
+      RolloutCorrectionConfig& r = c.off_policy.rollout;
+      r.mode = static_cast<RolloutCorrectionMode>(in.ConsumeIntegralInRange<int>(1, kNumRolloutModes - 1));  // not none
+      if (brk.broken(id++)) r.mode = draw_enum<RolloutCorrectionMode>(in, kNumRolloutModes, true);
+      if (r.mode == RolloutCorrectionMode::bypass && !brk.broken(id++)) {
+        // A term verl's bypass mode runs (ppo_clip or reinforce), picked from the last: the corpus's byte order.
+        const std::vector<PolicyLoss> terms = bypass_terms();
+        c.policy.loss = terms[terms.size() - 1 - in.ConsumeIntegralInRange<size_t>(0, terms.size() - 1)];
+      }
+      r.is_level = draw_enum<RolloutIsLevel>(in, kNumRolloutIsLevels, brk.broken(id++));
       r.is_threshold = field({5e-324, kInf, 0.1, 100});
-      r.num_rejection_options = brk.broken(id++) ? in.ConsumeIntegralInRange<int>(-2, 8)
-                                                 : in.ConsumeIntegralInRange<int>(0, 4);
+      constexpr int kMax = RolloutCorrectionConfig::kMaxRejectionOptions;
+      r.num_rejection_options = brk.broken(id++) ? in.ConsumeIntegralInRange<int>(-2, 2 * kMax)
+                                                 : in.ConsumeIntegralInRange<int>(0, kMax);
       for (auto& o : r.rejection) {
-        o.statistic = draw_enum<RejectionStatistic>(in, 11, brk.broken(id++));
+        o.statistic = draw_enum<RejectionStatistic>(in, kNumRejectionStatistics, brk.broken(id++));
         o.upper = field({5e-324, DBL_MAX, 1e-3, 1e3});
         o.lower = cgrpo::rejection_is_k1(o.statistic) && in.ConsumeBool()
                       ? field({5e-324, o.upper, std::min(1e-3, o.upper), o.upper})
@@ -244,8 +272,8 @@ inline ConfigDraw draw_config(FuzzedDataProvider& in) {
       break;
     }
     case 2: {
-      SamplerCorrectionConfig& s = c.sampler;
-      s.mode = draw_enum<SamplerCorrectionMode>(in, 5, brk.broken(id++));
+      SamplerCorrectionConfig& s = c.off_policy.sampler;
+      s.mode = draw_enum<SamplerCorrectionMode>(in, kNumSamplerModes, brk.broken(id++));
       if (s.mode == SamplerCorrectionMode::none) s.mode = SamplerCorrectionMode::token_truncate;
       s.min = in.ConsumeBool() ? 0.0 : field({0, DBL_MAX, 0, 1});
       s.max = in.ConsumeBool() ? kInf : field({s.min, kInf, std::min(s.min + 1, DBL_MAX), 100});
@@ -254,18 +282,23 @@ inline ConfigDraw draw_config(FuzzedDataProvider& in) {
     }
     default: break;
   }
-  if (c.policy_loss == PolicyLoss::reinforce && c.rollout.mode != RolloutCorrectionMode::bypass && !brk.broken(id++))
-    c.policy_loss = PolicyLoss::gpg;
-  if (in.ConsumeIntegralInRange<int>(0, 3) == 0) c.off_policy_mask_threshold = field({-kInf, kInf, 0, 100});
-  if (in.ConsumeIntegralInRange<int>(0, 3) == 0) c.top_entropy_quantile = field({5e-324, 1, 0.01, 1});
-  c.entropy_count_all_tokens = in.ConsumeBool();
-  c.metric_mean_eps = in.ConsumeBool() ? 0.0 : field({0, DBL_MAX, 0, 1});
+  // A bypass-only term (reinforce) outside bypass mode: its bypass-free twin (gpg), unless broken.
+  if (c.term().bypass_only && !c.bypass() && !brk.broken(id++)) c.policy.loss = PolicyLoss::gpg;
+  if (in.ConsumeIntegralInRange<int>(0, 3) == 0) c.off_policy.opsm_threshold = field({-kInf, kInf, 0, 100});
+  if (in.ConsumeIntegralInRange<int>(0, 3) == 0) c.entropy_mask.top_quantile = field({5e-324, 1, 0.01, 1});
+  c.entropy_mask.count_all_tokens = in.ConsumeBool();
+  c.metrics.mean_eps = in.ConsumeBool() ? 0.0 : field({0, DBL_MAX, 0, 1});
   c.temperature = in.ConsumeBool() ? 1.0 : field({5e-324, DBL_MAX, 0.5, 2});
   {
     const int pick = in.ConsumeIntegralInRange<int>(0, 15);
-    c.num_threads = pick < 12 ? 1 + pick % 4 : pick == 12 ? 64 : pick == 13 ? (1 << 20) : pick == 14 ? 0 : -3;
-    if (c.num_threads < 1) d.nominal = false;
+    d.num_threads = pick < 12 ? 1 + pick % 4 : pick == 12 ? 64 : pick == 13 ? (1 << 20) : pick == 14 ? 0 : -3;
+    if (d.num_threads < 1) d.nominal = false;
   }
+  // A term or ratio level that fixes its policy aggregation (sapo, geo_mean, verl's GSPO level:
+  // traits) refuses any other mode: it gets seq-mean-token-mean unless broken, so that the corpus's
+  // inputs of those terms still reach the loss. Last, so that no other field's id moves.
+  if ((c.term().fixed_aggregation || c.level().fixes_aggregation) && !brk.broken(id++))
+    c.aggregation.policy = Aggregation::seq_mean_token_mean;
   return d;
 }
 

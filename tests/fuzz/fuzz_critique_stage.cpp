@@ -5,7 +5,7 @@
 //                        refinement_prompt (against the same reference grammar)
 //   assemble_groups      any rollouts, token ids, rewards (finite ones of any size), options
 //                        (sizes near the int64 limits, unknown enums, any pad token and V) and
-//                        config (every estimator, aggregation and eps, some fields broken)
+//                        recipe (every estimator, aggregation and eps, some fields broken)
 // Invariants: never crashes; outputs untouched on error, with a message; results obey the
 // documented rules; an accepted batch has finite advantages and weights and target ids in
 // [0, V), and the loss accepts it (rewards of ordinary size), with finite results.
@@ -113,13 +113,15 @@ void fuzz_selection(FuzzedDataProvider& in) {
 
 void fuzz_assembly(FuzzedDataProvider& in) {
   const bool wide = in.ConsumeIntegralInRange<int>(0, 3) == 0;
-  cgrpo::LossConfig config = cgrpo::paper_critique_grpo();
+  cgrpo::Recipe recipe = cgrpo::paper_critique_grpo();
   if (wide) {
-    config = fuzz::draw_config(in).config;  // every field, some broken
+    recipe = fuzz::draw_config(in).recipe();  // every field, some broken
   } else {
-    config.advantage = static_cast<cgrpo::AdvantageEstimator>(in.ConsumeIntegralInRange<int>(0, 4));
-    config.pg_aggregation = static_cast<cgrpo::Aggregation>(in.ConsumeIntegralInRange<int>(0, 3));
+    recipe.advantage.estimator =
+        static_cast<cgrpo::AdvantageEstimator>(in.ConsumeIntegralInRange<int>(0, cgrpo::kNumAdvantageEstimators - 1));
+    recipe.loss.aggregation.policy = static_cast<cgrpo::Aggregation>(in.ConsumeIntegralInRange<int>(0, cgrpo::kNumAggregations - 1));
   }
+  const cgrpo::LossConfig& config = recipe.loss;
   GroupAssemblyOptions opt;
   opt.refinements_per_group = in.ConsumeIntegralInRange<int>(0, 20) ? in.ConsumeIntegralInRange<int64_t>(-1, 3)
                                                                     : in.PickValueInArray<int64_t>({INT64_MIN, INT64_MAX, 1LL << 40});
@@ -164,7 +166,7 @@ void fuzz_assembly(FuzzedDataProvider& in) {
   if (huge_padding && initial >= 2) opt.padded_length = in.PickValueInArray<int64_t>({INT64_MAX, INT64_MAX / 2 + 1});
   AssembledBatch<double> out;
   out.rewards = {-7.0};
-  const cgrpo::Status s = assemble_groups(config, questions, opt, out);
+  const cgrpo::Status s = assemble_groups(recipe, questions, opt, out);
   if (!s.ok()) {
     FUZZ_CHECK(!(out.rewards.size() != 1 || out.rewards[0] != -7.0 || !out.sources.empty() || s.message[0] == 0), "critique-stage rule");
     const cgrpo::Status cs = config.validate();
@@ -175,15 +177,25 @@ void fuzz_assembly(FuzzedDataProvider& in) {
   FUZZ_CHECK(config.validate().ok(), "assemble_groups accepted a config that validate() refuses");
   const int64_t B = out.num_responses(), T = out.num_tokens();
   FUZZ_CHECK(!(static_cast<int64_t>(out.offsets.size()) != B + 1 || out.offsets[B] != T), "critique-stage rule");
+  // The weights: none when the loss must form them itself (rejection, the entropy mask, geo_mean).
+  const bool own_weights = cgrpo::plan_passes(config, cgrpo::PassInputs{}).requires_computed_weights;
+  const int64_t weights_size = own_weights ? 0 : T;
   FUZZ_CHECK(static_cast<int64_t>(out.mask.size()) == T && static_cast<int64_t>(out.kinds.size()) == T &&
-                 static_cast<int64_t>(out.advantages.size()) == T && static_cast<int64_t>(out.pg_weights.size()) == T,
-             "per-token arrays of the wrong length");
+                 static_cast<int64_t>(out.advantages.size()) == T &&
+                 static_cast<int64_t>(out.pg_weights.size()) == weights_size &&
+                 static_cast<int64_t>(out.entropy_weights.size()) == weights_size &&
+                 static_cast<int64_t>(out.kl_weights.size()) == weights_size,
+             "per-token arrays of the wrong length (weights %zu, T %lld, the loss forms its own: %d)",
+             out.pg_weights.size(), (long long)T, (int)own_weights);
   const int64_t known_v = opt.vocab_size > 0 ? opt.vocab_size : INT64_MAX;
   for (int64_t t = 0; t < T; ++t) {
-    FUZZ_CHECK(std::isfinite(out.advantages[t]) && std::isfinite(out.pg_weights[t]) && out.pg_weights[t] >= 0 &&
-                   std::isfinite(out.entropy_weights[t]) && std::isfinite(out.kl_weights[t]),
-               "assemble_groups returned OK with token %lld: A %g, weights %g %g %g", (long long)t, out.advantages[t],
-               out.pg_weights[t], out.entropy_weights[t], out.kl_weights[t]);
+    FUZZ_CHECK(std::isfinite(out.advantages[t]), "assemble_groups returned OK with token %lld: A %g", (long long)t,
+               out.advantages[t]);
+    if (weights_size > 0)
+      FUZZ_CHECK(std::isfinite(out.pg_weights[t]) && out.pg_weights[t] >= 0 && std::isfinite(out.entropy_weights[t]) &&
+                     std::isfinite(out.kl_weights[t]),
+                 "assemble_groups returned OK with token %lld: weights %g %g %g", (long long)t, out.pg_weights[t],
+                 out.entropy_weights[t], out.kl_weights[t]);
     FUZZ_CHECK(out.target_ids[t] >= 0 && out.target_ids[t] < known_v, "target id %d", out.target_ids[t]);
   }
   for (int64_t i = 0; i < B; ++i)

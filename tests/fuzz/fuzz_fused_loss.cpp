@@ -12,8 +12,9 @@
 //     metric), masked rows' gradient zero, the metric counts match the batch, token_logprobs
 //     gives the same log p and H;
 //   - an overlap-free call whose config and data lie in their nominal ranges succeeds;
-//   - a second run with other values at the masked tokens, another thread count, a reused
-//     workspace and (when allowed) the gradient in place gives the same status and the same bits.
+//   - a second run with other values at the masked tokens, another thread count (the workspace's
+//     num_threads), a reused workspace and (when allowed) the gradient in place gives the same
+//     status and the same bits.
 #include "fuzz_loss_case.hpp"
 
 #include <algorithm>
@@ -44,23 +45,23 @@ void run_case(FuzzedDataProvider& in) {
   Run<Real> a;
   build(k, arrays, sizing.bytes, seed, in_place, a);
   const std::vector<unsigned char> before = snapshot(a.arena);
-  const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(c, a.batch, a.out, workspace(0));
+  const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(c, a.batch, a.out, workspace(0, k.cfg.num_threads));
   if (std::getenv("FUZZ_DEBUG")) debug_print(k, arrays, moved, s);
   if (std::getenv("FUZZ_CENSUS")) {  // which modes a corpus reaches: one line per input that got past validation
     const bool past = s.ok() || s.code == cgrpo::StatusCode::non_finite;
     std::printf("census %s %s %s %s st%d k3c%d xr%d pg:%s conv:%g/%g/%d rollout:%s/%s/%d sampler:%s opsm:%d quantile:%d "
                 "selection:%d weights:%s T:%lld %s\n",
-                past ? "past" : "refused", cgrpo::to_string(c.policy_loss), cgrpo::to_string(c.ratio_level),
-                cgrpo::to_string(c.kl), (int)c.kl_straight_through, (int)c.kl_k3_clamp, (int)c.kl_times_ratio,
-                cgrpo::to_string(c.pg_aggregation), c.aggregation.token_mean_eps, c.aggregation.row_count_eps,
-                (int)c.aggregation.count_empty_rows, cgrpo::to_string(c.rollout.mode), cgrpo::to_string(c.rollout.is_level),
-                c.rollout.num_rejection_options, cgrpo::to_string(c.sampler.mode), (int)std::isfinite(c.off_policy_mask_threshold),
-                (int)(c.top_entropy_quantile < 1), (int)k.has[kSelection], k.has[kWpg] ? "caller" : "computed",
+                past ? "past" : "refused", cgrpo::to_string(c.policy.loss), cgrpo::to_string(c.ratio.level),
+                cgrpo::to_string(c.kl.estimator), (int)c.kl.straight_through, (int)c.kl.k3_clamp, (int)c.kl.times_ratio,
+                cgrpo::to_string(c.aggregation.policy), c.aggregation.convention.token_mean_eps,
+                c.aggregation.convention.row_count_eps, (int)c.aggregation.convention.count_empty_rows,
+                cgrpo::to_string(c.off_policy.rollout.mode), cgrpo::to_string(c.off_policy.rollout.is_level),
+                c.off_policy.rollout.num_rejection_options, cgrpo::to_string(c.off_policy.sampler.mode), (int)c.opsm_on(),
+                (int)cgrpo::entropy_mask_on(c.entropy_mask), (int)k.has[kSelection], k.has[kWpg] ? "caller" : "computed",
                 (long long)k.T, sizeof(Real) == 4 ? "float" : "double");
   }
 
   // The oracle: which outputs share bytes with a checked input or another output.
-  const bool computed = !a.batch.pg_weights;
   bool certain = false, maybe = false;
   const Slot outs[] = {kGrad, kLogp, kEntropy, kMetrics};
   for (Slot o : outs) {
@@ -69,7 +70,7 @@ void run_case(FuzzedDataProvider& in) {
     for (int i = kLogits; i <= kOffsets; ++i) {
       if (i == kLogits && o == kGrad && same_array(od, arrays[kLogits]) && k.grad_stride() == k.stride()) continue;
       if (!share_bytes(od, arrays[i])) continue;
-      if (i == kOffsets && !cgrpo::needs_layout(c, computed)) maybe = true;
+      if (i == kOffsets && !cgrpo::plan_passes(c, a.batch).needs_layout) maybe = true;
       else certain = true;
     }
     for (Slot p : outs)
@@ -101,7 +102,8 @@ void run_case(FuzzedDataProvider& in) {
       if (a.batch.kinds && a.batch.kinds[t] == cgrpo::kRefinement) ++e.valid_refinement;
       else ++e.valid_initial;
     }
-    e.initial_exact = c.rollout.mode == cgrpo::RolloutCorrectionMode::none || c.rollout.num_rejection_options == 0;
+    e.initial_exact = c.off_policy.rollout.mode == cgrpo::RolloutCorrectionMode::none ||
+                      c.off_policy.rollout.num_rejection_options == 0;
     check_metrics(m, e, "fused_policy_loss");
     for (int64_t t = 0; t < T; ++t) {
       if (a.out.logp) FUZZ_CHECK(std::isfinite(a.out.logp[t]) && a.out.logp[t] <= 0, "logp[%lld] = %g", (long long)t, (double)a.out.logp[t]);
@@ -131,8 +133,7 @@ void run_case(FuzzedDataProvider& in) {
   // The second run: other masked values, another thread count, the other workspace, maybe in
   // place. Only for overlap-free placements (an overlap makes masked bytes someone's valid bytes).
   if (moved != 0 || in.remaining_bytes() == 0) return;
-  cgrpo::LossConfig c2 = c;
-  c2.num_threads = c.num_threads >= 1 ? threads_b : c.num_threads;
+  const int threads2 = k.cfg.num_threads >= 1 ? threads_b : k.cfg.num_threads;
   const bool can_toggle = k.grad_mode != 0 && k.grad_stride() == k.stride() && k.stride() >= k.V && arrays[kLogits].present;
   const bool in_place_b = can_toggle && toggle_in_place ? !in_place : in_place;
   std::vector<ArrayDesc> arrays_b = arrays;
@@ -149,7 +150,7 @@ void run_case(FuzzedDataProvider& in) {
   for (const auto& d : arrays_b) bytes_b = std::max(bytes_b, d.pos + d.extent() + 64);
   Run<Real> b;
   build(k, arrays_b, bytes_b, seed ^ 0x5DEECE66Dull, in_place_b, b);
-  const cgrpo::Status s2 = cgrpo::cpu::fused_policy_loss(c2, b.batch, b.out, workspace(1));
+  const cgrpo::Status s2 = cgrpo::cpu::fused_policy_loss(c, b.batch, b.out, workspace(1, threads2));
   FUZZ_CHECK(s2.code == s.code && std::strcmp(s.message, s2.message) == 0,
              "masked values / threads / in place changed the status: \"%s\" vs \"%s\"", s.message, s2.message);
   if (!s.ok()) return;
@@ -168,7 +169,8 @@ void run_case(FuzzedDataProvider& in) {
 // it reads or writes anything (a read faults), with a message; the metrics stay untouched.
 template <typename Real>
 void run_huge(FuzzedDataProvider& in) {
-  const cgrpo::LossConfig c = draw_config(in).config;
+  const ConfigDraw d = draw_config(in);
+  const cgrpo::LossConfig& c = d.config;
   cgrpo::PolicyLossBatch<Real> b;
   b.num_tokens = huge_size(in);
   b.vocab_size = huge_size(in);
@@ -219,12 +221,12 @@ void run_huge(FuzzedDataProvider& in) {
                            b.kl_weights, o.logp, o.entropy};
     for (const void* p : reals) ov(p, 1, T, T, sizeof(Real));
   }
-  if (!c.validate().ok()) refuse = true;
+  if (!c.validate().ok() || d.num_threads < 1) refuse = true;
   if (!refuse && T != 0) return;  // a valid shape may be read: not at these addresses
   int64_t covered = 0;
   if (!refuse && b.layout.num_sequences > (1 << 20) && b.layout.count_tokens(&covered).ok() && covered == T)
     return;  // millions of empty rows: valid, and the loss may allocate O(rows) (out_of_memory, never a crash)
-  const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(c, b, o, workspace(0));
+  const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(c, b, o, workspace(0, d.num_threads));
   FUZZ_CHECK(!refuse || !s.ok(), "fused_policy_loss accepted T=%lld V=%lld stride=%lld grad stride=%lld",
              (long long)T, (long long)V, (long long)b.row_stride, (long long)o.grad_row_stride);
   if (s.ok()) return;

@@ -1,7 +1,8 @@
 // libFuzzer target: the batch-level helpers (float and double) over each input's whole domain:
 //   group_advantages        every estimator (and unknown ones), any finite reward from the
 //                           denormals to DBL_MAX, any eps / whiten_eps, token counts
-//   group_ids_from_offsets, broadcast_to_tokens, aggregation_weights (every mode, any scale),
+//   group_ids_from_offsets, broadcast_to_tokens, aggregation_weights (every mode, term and
+//                           convention, any scale),
 //   parallel::aggregation_partials
 // with every output placed over an input (same start, one element at either end, touching,
 // any offset), and layouts whose row counts overflow int64 (arrays at unmapped addresses).
@@ -10,7 +11,7 @@
 //   - advantages: each group of grpo_no_std / rloo sums to 0 (to rounding), grpo_batch_std and
 //     grpo too where their scale is finite;
 //   - weights: >= 0, 0 at masked tokens, summing to at most 1 for token-mean and
-//     seq-mean-token-mean (scale from the batch);
+//     seq-mean-token-mean (scale from the batch, any convention);
 //   - partials: the mask's count, the layout's rows and longest row.
 #include "fuzz_common.hpp"
 
@@ -64,7 +65,7 @@ template <typename Real>
 void fuzz_advantages(FuzzedDataProvider& in) {
   const int64_t n = in.ConsumeIntegralInRange<int64_t>(0, 24);
   const int64_t groups = in.ConsumeIntegralInRange<int64_t>(0, 6);
-  const auto est = draw_enum<cgrpo::AdvantageEstimator>(in, 5, in.ConsumeIntegralInRange<int>(0, 15) == 0);
+  const auto est = draw_enum<cgrpo::AdvantageEstimator>(in, cgrpo::kNumAdvantageEstimators, in.ConsumeIntegralInRange<int>(0, 15) == 0);
   const double eps = in.ConsumeIntegralInRange<int>(0, 3) ? 1e-6 : (in.ConsumeBool() ? draw(in, {0, DBL_MAX, 0, 1}, nullptr) : anything(in));
   const double whiten_eps = in.ConsumeIntegralInRange<int>(0, 3) ? 1e-8 : (in.ConsumeBool() ? draw(in, {0, DBL_MAX, 0, 1}, nullptr) : anything(in));
   std::vector<double> rewards(n);
@@ -84,6 +85,9 @@ void fuzz_advantages(FuzzedDataProvider& in) {
                                    array_desc<Real>("advantages", true, true, n)};
   Arena arena;
   place(in, arrays, arena, true);
+  // Drawn last (inputs that end before it keep the default 0): the whitening's count eps.
+  const double whiten_count_eps = in.ConsumeIntegralInRange<int>(0, 3) ? 0.0
+                                  : (in.ConsumeBool() ? draw(in, {0, DBL_MAX, 0, 1}, nullptr) : anything(in));
   std::fill(arena.words.begin(), arena.words.end(), ~uint64_t{0});
   for (int64_t i = 0; i < n; ++i) {
     arena.at<Real>(arrays[kRewards])[i] = to_real<Real>(rewards[i]);
@@ -95,7 +99,8 @@ void fuzz_advantages(FuzzedDataProvider& in) {
   const int32_t* g = arena.at<int32_t>(arrays[kIds]);
   Real* adv = arena.at<Real>(arrays[kAdv]);
   const cgrpo::Status s = cgrpo::group_advantages(est, cgrpo::GroupAssignment{n, g, groups}, r,
-                                                  arena.at<int64_t>(arrays[kCounts]), eps, adv, whiten_eps);
+                                                  arena.at<int64_t>(arrays[kCounts]), eps, adv, whiten_eps,
+                                                  whiten_count_eps);
   // token_counts is an input only for reinforce_pp_baseline: drop it from the oracle otherwise.
   std::vector<ArrayDesc> checked = arrays;
   if (est != cgrpo::AdvantageEstimator::reinforce_pp_baseline) checked[kCounts].present = false;
@@ -124,6 +129,20 @@ void fuzz_advantages(FuzzedDataProvider& in) {
   }
 }
 
+// The config of aggregation_weights: `mode` for every term, the paper's convention (the default) or
+// one drawn from its whole domain.
+cgrpo::LossConfig weights_config(FuzzedDataProvider& in, cgrpo::Aggregation mode) {
+  cgrpo::LossConfig c;
+  c.aggregation.policy = c.aggregation.entropy = c.aggregation.kl = mode;
+  if (in.ConsumeBool()) {
+    cgrpo::AggregationConvention& conv = c.aggregation.convention;
+    conv.token_mean_eps = in.ConsumeBool() ? 0.0 : draw(in, {0, DBL_MAX, 0, 1}, nullptr);
+    conv.row_count_eps = in.ConsumeBool() ? 0.0 : draw(in, {0, DBL_MAX, 0, 1}, nullptr);
+    conv.count_empty_rows = in.ConsumeBool();
+  }
+  return c;
+}
+
 // A packed or padded layout drawn with the number of rows it covers; offsets go into `offsets`.
 cgrpo::SequenceLayout draw_layout(FuzzedDataProvider& in, std::vector<int64_t>& offsets, int64_t* rows) {
   const int64_t B = in.ConsumeIntegralInRange<int64_t>(0, 8);
@@ -145,7 +164,7 @@ void fuzz_weights(FuzzedDataProvider& in) {
   std::vector<int64_t> offsets;
   int64_t T = 0;
   cgrpo::SequenceLayout layout = draw_layout(in, offsets, &T);
-  const auto mode = draw_enum<cgrpo::Aggregation>(in, 4, in.ConsumeIntegralInRange<int>(0, 15) == 0);
+  const auto mode = draw_enum<cgrpo::Aggregation>(in, cgrpo::kNumAggregations, in.ConsumeIntegralInRange<int>(0, 15) == 0);
   cgrpo::AggregationScale scale;
   double* sv[3] = {&scale.token_count, &scale.sequence_count, &scale.length};
   for (double* v : sv)
@@ -171,12 +190,17 @@ void fuzz_weights(FuzzedDataProvider& in) {
     if (arrays[kPerResponse].present) arena.at<Real>(arrays[kPerResponse])[i] = to_real<Real>(per_response[i]);
   }
   if (arrays[kOffsets].present) layout.offsets = arena.at<int64_t>(arrays[kOffsets]);
+  // Drawn last (inputs that end before it get the paper's convention and the policy term): the
+  // term whose weights are formed (rarely an unknown one) and the config's convention.
+  const int term_pick = in.ConsumeIntegralInRange<int>(0, 15);
+  const auto term = static_cast<cgrpo::LossTerm>(term_pick < 13 ? term_pick % 3 : term_pick == 13 ? 3 : term_pick == 14 ? -1 : 0);
+  const cgrpo::LossConfig config = weights_config(in, mode);
   const std::vector<unsigned char> before = snapshot(arena);
   const uint8_t* m = arena.at<uint8_t>(arrays[kMask]);
 
   if (which == 0) {
     Real* w = arena.at<Real>(arrays[kOut]);
-    const cgrpo::Status s = cgrpo::aggregation_weights(mode, layout, m, scale, w);
+    const cgrpo::Status s = cgrpo::aggregation_weights(config, term, layout, m, scale, w);
     check_call(s, arena, before, arrays, "aggregation_weights");
     if (!s.ok()) return;
     double sum = 0;
@@ -255,8 +279,10 @@ void fuzz_huge(FuzzedDataProvider& in) {
   const bool bad_mask = overflow || size_overflows(at1, 1, rows, rows, 1);
   const bool bad_doubles = overflow || size_overflows(at1 * 2, 1, rows, rows, 8);
   if (bad_mask || bad_doubles) {
-    const cgrpo::Status a = cgrpo::aggregation_weights(cgrpo::Aggregation::seq_mean_token_mean, layout,
-                                                       nowhere<const uint8_t>(1), cgrpo::AggregationScale{}, nowhere<double>(2));
+    cgrpo::LossConfig config;
+    config.aggregation.policy = cgrpo::Aggregation::seq_mean_token_mean;
+    const cgrpo::Status a = cgrpo::aggregation_weights(config, cgrpo::LossTerm::policy, layout, nowhere<const uint8_t>(1),
+                                                       cgrpo::AggregationScale{}, nowhere<double>(2));
     FUZZ_CHECK(!a.ok() && a.message[0], "aggregation_weights accepted %lld x %lld rows", (long long)layout.num_sequences,
                (long long)layout.padded_length);
   }

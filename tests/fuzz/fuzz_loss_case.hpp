@@ -153,7 +153,7 @@ Case<Real> draw_case(FuzzedDataProvider& in) {
     k.T = B * L;
   } else if (layout_kind < 11) {  // none
     k.T = in.ConsumeIntegralInRange<int64_t>(0, 12);
-    if (cgrpo::needs_layout(c, true) || cgrpo::needs_layout(c, false)) *nom = false;
+    if (may_need_layout(c)) *nom = false;
   } else {  // malformed: offsets that do not start at 0, decrease, or cover another T
     k.offsets.push_back(0);
     for (int64_t i = 0; i < B; ++i) k.offsets.push_back(k.offsets.back() + in.ConsumeIntegralInRange<int64_t>(0, 6));
@@ -198,7 +198,7 @@ Case<Real> draw_case(FuzzedDataProvider& in) {
   k.has[kMetrics] = true;
 
   // Which inputs are given.
-  const bool bypass = c.rollout.mode == cgrpo::RolloutCorrectionMode::bypass;
+  const bool bypass = c.bypass();
   auto given = [&](bool needed) {
     const bool g = in.ConsumeIntegralInRange<int>(0, 15) ? needed || in.ConsumeBool() : !needed;
     if (needed && !g) *nom = false;
@@ -214,18 +214,17 @@ Case<Real> draw_case(FuzzedDataProvider& in) {
   }
   k.has[kKinds] = in.ConsumeBool();
   k.has[kOld] = given(!bypass);
-  k.has[kRef] = given(c.kl != cgrpo::KlEstimator::none);
+  k.has[kRef] = given(c.kl_on());
   k.has[kRollout] = given(c.needs_rollout_logp());
-  k.has[kSelection] = (c.policy_loss == cgrpo::PolicyLoss::kl_cov || c.policy_loss == cgrpo::PolicyLoss::clip_cov ||
-                       in.ConsumeIntegralInRange<int>(0, 7) == 0) &&
+  k.has[kSelection] = (c.term().selection != cgrpo::BatchSelection::none || in.ConsumeIntegralInRange<int>(0, 7) == 0) &&
                       in.ConsumeBool();
   switch (in.ConsumeIntegralInRange<int>(0, 7)) {
     case 0: case 1: case 2: {  // every weight the config uses, and maybe the others
       k.has[kWpg] = true;
-      k.has[kWent] = c.entropy_coef != 0 || in.ConsumeBool();
-      k.has[kWkl] = c.kl != cgrpo::KlEstimator::none || in.ConsumeBool();
-      if (c.rollout.num_rejection_options > 0 || c.top_entropy_quantile < 1 || c.policy_loss == cgrpo::PolicyLoss::geo_mean)
-        *nom = false;
+      k.has[kWent] = c.entropy.coef != 0 || in.ConsumeBool();
+      k.has[kWkl] = c.kl_on() || in.ConsumeBool();
+      // Rejection, the entropy mask or a term's own rule (geo_mean): the loss forms the weights.
+      if (cgrpo::plan_passes(c, cgrpo::PassInputs{}).requires_computed_weights) *nom = false;
       break;
     }
     case 3: {  // some but not all: an error
@@ -237,7 +236,7 @@ Case<Real> draw_case(FuzzedDataProvider& in) {
     }
     default: break;  // none: the loss computes them
   }
-  if (k.has[kWpg] && ((c.entropy_coef != 0 && !k.has[kWent]) || (c.kl != cgrpo::KlEstimator::none && !k.has[kWkl])))
+  if (k.has[kWpg] && ((c.entropy.coef != 0 && !k.has[kWent]) || (c.kl_on() && !k.has[kWkl])))
     *nom = false;
   if (!k.has[kWpg] && (k.has[kWent] || k.has[kWkl])) *nom = false;
   if (!k.has[kWpg] && in.ConsumeIntegralInRange<int>(0, 5) == 0) {
@@ -387,14 +386,22 @@ void build(const Case<Real>& k, const std::vector<ArrayDesc>& arrays, size_t are
   o.metrics = A.at<cgrpo::LossMetrics>(d[kMetrics]);
 }
 
+// The two workspaces of the loss targets (the second splits rows finer than the cores: the bits
+// must not change). A call sets the thread count it drew (ConfigDraw::num_threads) first.
 inline cgrpo::cpu::Workspace& workspace(int which) {
   static cgrpo::cpu::Workspace ws[2];
   static bool init = false;
   if (!init) {
-    ws[1].pool.set_max_threads(4);  // split rows finer than the cores (the bits must not change)
+    ws[1].pool.set_max_threads(4);
     init = true;
   }
   return ws[which];
+}
+
+inline cgrpo::cpu::Workspace& workspace(int which, int num_threads) {
+  cgrpo::cpu::Workspace& ws = workspace(which);
+  ws.num_threads = num_threads;
+  return ws;
 }
 
 // FUZZ_DEBUG=1 (replaying one input): what the input drew.
@@ -404,19 +411,26 @@ void debug_print(const Case<Real>& k, const std::vector<ArrayDesc>& arrays, int 
   std::fprintf(stderr, "%s T=%lld V=%lld row_stride=%lld grad_mode=%d grad_row_stride=%lld moved=%d nominal=%d/%d\n",
                sizeof(Real) == 4 ? "float" : "double", (long long)k.T, (long long)k.V, (long long)k.row_stride,
                k.grad_mode, (long long)k.grad_row_stride, moved, (int)k.nominal, (int)k.cfg.nominal);
+  const cgrpo::PolicyConfig& p = c.policy;
+  const cgrpo::RatioConfig& r = c.ratio;
+  const cgrpo::AggregationConfig& g = c.aggregation;
+  const cgrpo::OffPolicyConfig& off = c.off_policy;
   std::fprintf(stderr,
-               "config: policy %s level %s clip [%g, %g] dual %d c %g log ratio [%g, %g] cap %g sapo %g/%g cov %g coef %g "
-               "cc [%g, %g] gamma %g c_H %g kl %s beta %g st %d k3clamp %d times_r %d agg %s/%s/%s eps %g/%g/%d "
-               "rollout %s/%s thr %g rej %d sampler %s [%g, %g] opsm %g quantile %g tau %g threads %d\n",
-               cgrpo::to_string(c.policy_loss), cgrpo::to_string(c.ratio_level), c.clip_eps_low, c.clip_eps_high,
-               (int)c.dual_clip, c.dual_clip_c, c.log_ratio_min, c.log_ratio_max, c.cispo_ratio_cap, c.sapo_tau_pos,
-               c.sapo_tau_neg, c.cov_ratio, c.kl_cov_coef, c.clip_cov_lower, c.clip_cov_upper, c.refinement_gamma,
-               c.entropy_coef, cgrpo::to_string(c.kl), c.kl_coef, (int)c.kl_straight_through, (int)c.kl_k3_clamp,
-               (int)c.kl_times_ratio, cgrpo::to_string(c.pg_aggregation), cgrpo::to_string(c.entropy_aggregation),
-               cgrpo::to_string(c.kl_aggregation), c.aggregation.token_mean_eps, c.aggregation.row_count_eps,
-               (int)c.aggregation.count_empty_rows, cgrpo::to_string(c.rollout.mode), cgrpo::to_string(c.rollout.is_level),
-               c.rollout.is_threshold, c.rollout.num_rejection_options, cgrpo::to_string(c.sampler.mode), c.sampler.min,
-               c.sampler.max, c.off_policy_mask_threshold, c.top_entropy_quantile, c.temperature, c.num_threads);
+               "config: policy.loss %s ratio.level %s clip [%g, %g] dual %d c %g log ratio [%g, %g] cispo_cap %g "
+               "sapo %g/%g kl_cov %g/%g clip_cov %g [%g, %g] vespo %g/%g/%g/%g gamma %g entropy.coef %g kl %s coef %g "
+               "st %d k3clamp %d times_r %d aggregation %s/%s/%s eps %g/%g/%d rollout %s/%s thr %g rej %d sampler %s "
+               "[%g, %g] opsm %g quantile %g/%d metrics eps %g tau %g workspace.num_threads %d advantage %s\n",
+               cgrpo::to_string(p.loss), cgrpo::to_string(r.level), r.clip_eps_low, r.clip_eps_high, (int)r.dual_clip,
+               r.dual_clip_c, r.log_ratio_min, r.log_ratio_max, p.cispo_cap.ratio_cap, p.sapo.tau_pos, p.sapo.tau_neg,
+               p.kl_cov.ratio, p.kl_cov.coef, p.clip_cov.ratio, p.clip_cov.lower, p.clip_cov.upper, p.vespo.k_pos,
+               p.vespo.lambda_pos, p.vespo.k_neg, p.vespo.lambda_neg, p.refinement_gamma, c.entropy.coef,
+               cgrpo::to_string(c.kl.estimator), c.kl.coef, (int)c.kl.straight_through, (int)c.kl.k3_clamp,
+               (int)c.kl.times_ratio, cgrpo::to_string(g.policy), cgrpo::to_string(g.entropy), cgrpo::to_string(g.kl),
+               g.convention.token_mean_eps, g.convention.row_count_eps, (int)g.convention.count_empty_rows,
+               cgrpo::to_string(off.rollout.mode), cgrpo::to_string(off.rollout.is_level), off.rollout.is_threshold,
+               off.rollout.num_rejection_options, cgrpo::to_string(off.sampler.mode), off.sampler.min, off.sampler.max,
+               off.opsm_threshold, c.entropy_mask.top_quantile, (int)c.entropy_mask.count_all_tokens, c.metrics.mean_eps,
+               c.temperature, k.cfg.num_threads, cgrpo::to_string(k.cfg.advantage.estimator));
   for (const auto& a : arrays)
     if (a.present)
       std::fprintf(stderr, "  %-16s %s pos %6zu extent %6zu rows %lld stride %lld\n", a.name, a.output ? "out" : "in ",

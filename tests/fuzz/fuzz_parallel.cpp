@@ -75,7 +75,10 @@ struct Call {
 
 void fuzz_group_stats(FuzzedDataProvider& in) {
   const int64_t B = in.ConsumeIntegralInRange<int64_t>(0, 12), G = in.ConsumeIntegralInRange<int64_t>(1, 4);
-  const auto est = draw_enum<cgrpo::AdvantageEstimator>(in, 4, in.ConsumeIntegralInRange<int>(0, 15) == 0);
+  // The estimators of the parallel path: grpo ... reinforce_pp_baseline (group_advantages_from_stats);
+  // a broken draw may give grpo_batch_std, which it refuses.
+  constexpr int kParallelEstimators = static_cast<int>(cgrpo::AdvantageEstimator::reinforce_pp_baseline) + 1;
+  const auto est = draw_enum<cgrpo::AdvantageEstimator>(in, kParallelEstimators, in.ConsumeIntegralInRange<int>(0, 15) == 0);
   const double shift = in.ConsumeBool() ? 0.0 : (in.ConsumeBool() ? in.ConsumeFloatingPointInRange<double>(-10, 10) : anything(in));
   const double eps = in.ConsumeIntegralInRange<int>(0, 3) ? 1e-6 : (in.ConsumeBool() ? draw(in, {0, DBL_MAX, 0, 1}, nullptr) : anything(in));
   const bool overlap = in.ConsumeIntegralInRange<int>(0, 3) == 0;
@@ -187,7 +190,7 @@ void fuzz_group_stats(FuzzedDataProvider& in) {
   }
   if (any_overlap_error) return;
   const bool parallel_est = est != cgrpo::AdvantageEstimator::reinforce_pp_baseline &&
-                            static_cast<unsigned>(est) <= 3u;
+                            static_cast<unsigned>(est) < static_cast<unsigned>(kParallelEstimators);
   // One process may refuse (non_finite) sums that the ranks' shift keeps finite, and the ranks a
   // variance that their one-pass sums cancel to 0 (with eps = 0): nothing else may differ.
   if (parallel_est)
@@ -265,7 +268,8 @@ void fuzz_vocab_shards(FuzzedDataProvider& in) {
   place(in, arrays, sizing, false);
   Run<Real> full;
   build(k, arrays, sizing.bytes, in.ConsumeIntegral<uint64_t>(), false, full);
-  const cgrpo::Status s_full = cgrpo::cpu::fused_policy_loss(c, full.batch, full.out, workspace(0));
+  const cgrpo::Status s_full = cgrpo::cpu::fused_policy_loss(c, full.batch, full.out, workspace(0, k.cfg.num_threads));
+  workspace(1, k.cfg.num_threads);  // the shards' workspace: the same thread count
   if (std::getenv("FUZZ_DEBUG")) debug_print(k, arrays, 0, s_full);
   const cgrpo::LossMetrics m_full = *full.out.metrics;
 
@@ -374,7 +378,8 @@ void fuzz_vocab_shards(FuzzedDataProvider& in) {
       if (local.kinds && local.kinds[t] == cgrpo::kRefinement) ++e.valid_refinement;
       else ++e.valid_initial;
     }
-    e.initial_exact = c.rollout.mode == cgrpo::RolloutCorrectionMode::none || c.rollout.num_rejection_options == 0;
+    e.initial_exact = c.off_policy.rollout.mode == cgrpo::RolloutCorrectionMode::none ||
+                      c.off_policy.rollout.num_rejection_options == 0;
     check_metrics(m, e, "vocab_parallel_policy_loss");
     FUZZ_CHECK(m.num_initial_tokens == m_full.num_initial_tokens, "initial tokens differ");
     for (Real g : grad) FUZZ_CHECK(std::isfinite(static_cast<double>(g)), "sharded gradient %g with status OK", (double)g);

@@ -23,49 +23,54 @@ double pick(FuzzedDataProvider& in, double lo, double hi) {
   }
 }
 
-cgrpo::LossConfig trl_config(FuzzedDataProvider& in) {
-  cgrpo::LossConfig c;
-  switch (in.ConsumeIntegralInRange<int>(0, 7)) {
-    case 0: c = cgrpo::trl_grpo(); break;
-    case 1: c = cgrpo::trl_bnpo(); break;
-    case 2: c = cgrpo::trl_dr_grpo(); break;
-    case 3: c = cgrpo::trl_dapo(); break;
-    case 4: c = cgrpo::trl_cispo(); break;
-    case 5: c = cgrpo::trl_sapo(); break;
-    case 6: c = cgrpo::trl_luspo(); break;
-    default: c = cgrpo::trl_vespo(); break;
-  }
-  c.ratio_level = static_cast<cgrpo::RatioLevel>(in.ConsumeIntegralInRange<int>(0, 3));
-  c.clip_eps_low = pick(in, -0.1, 1.1);
-  c.clip_eps_high = pick(in, -0.1, 2);
-  if (in.ConsumeBool()) c.two_sided_delta = pick(in, -0.5, 4);
-  c.dual_clip = in.ConsumeIntegralInRange<int>(0, 7) == 0;
-  c.cispo_ratio_cap = pick(in, -1, 6);
-  c.sapo_tau_pos = pick(in, -0.5, 3);
-  c.sapo_tau_neg = pick(in, -0.5, 3);
-  c.vespo_k_pos = pick(in, -2, 5);
-  c.vespo_lambda_pos = pick(in, -2, 5);
-  c.vespo_k_neg = pick(in, -2, 5);
-  c.vespo_lambda_neg = pick(in, -2, 5);
+// TRL's presets from the registry ("trl/..."), in its order.
+std::vector<const cgrpo::PresetEntry*> trl_presets() {
+  std::vector<const cgrpo::PresetEntry*> out;
+  for (int i = 0; i < cgrpo::preset_count(); ++i)
+    if (std::strncmp(cgrpo::preset_at(i)->name, "trl/", 4) == 0) out.push_back(cgrpo::preset_at(i));
+  return out;
+}
+
+// A TRL preset with every TRL option drawn; *threads: the workspace's thread count.
+cgrpo::LossConfig trl_config(FuzzedDataProvider& in, int* threads) {
+  static const std::vector<const cgrpo::PresetEntry*> presets = trl_presets();
+  cgrpo::LossConfig c = presets[in.ConsumeIntegralInRange<size_t>(0, presets.size() - 1)]->make().loss;
+  c.ratio.level = static_cast<cgrpo::RatioLevel>(in.ConsumeIntegralInRange<int>(0, cgrpo::kNumRatioLevels));  // and one unknown
+  // verl's GSPO level refuses any policy aggregation but seq-mean-token-mean (traits): keep that
+  // level's inputs past validation.
+  if (c.level().fixes_aggregation) c.aggregation.policy = cgrpo::Aggregation::seq_mean_token_mean;
+  c.ratio.clip_eps_low = pick(in, -0.1, 1.1);
+  c.ratio.clip_eps_high = pick(in, -0.1, 2);
+  if (in.ConsumeBool()) c.ratio.two_sided_delta = pick(in, -0.5, 4);
+  c.ratio.dual_clip = in.ConsumeIntegralInRange<int>(0, 7) == 0;
+  c.policy.cispo_cap.ratio_cap = pick(in, -1, 6);
+  c.policy.sapo.tau_pos = pick(in, -0.5, 3);
+  c.policy.sapo.tau_neg = pick(in, -0.5, 3);
+  c.policy.vespo.k_pos = pick(in, -2, 5);
+  c.policy.vespo.lambda_pos = pick(in, -2, 5);
+  c.policy.vespo.k_neg = pick(in, -2, 5);
+  c.policy.vespo.lambda_neg = pick(in, -2, 5);
   if (in.ConsumeBool()) {
-    c.kl = cgrpo::KlEstimator::k3;
-    c.kl_coef = in.ConsumeFloatingPointInRange<double>(0, 1);
+    c.kl.estimator = cgrpo::KlEstimator::k3;
+    c.kl.coef = in.ConsumeFloatingPointInRange<double>(0, 1);
   }
-  c.kl_times_ratio = in.ConsumeBool();
-  c.sampler.mode = static_cast<cgrpo::SamplerCorrectionMode>(in.ConsumeIntegralInRange<int>(0, 5));
-  c.sampler.min = in.ConsumeBool() ? 0.0 : pick(in, -0.5, 2);
-  c.sampler.max = in.ConsumeBool() ? INFINITY : pick(in, -0.5, 4);
-  c.off_policy_mask_threshold = in.ConsumeBool() ? INFINITY : pick(in, -1, 1);
-  c.top_entropy_quantile = in.ConsumeBool() ? 1.0 : pick(in, -0.2, 1.2);
-  c.entropy_coef = in.ConsumeFloatingPointInRange<double>(-0.1, 0.1);
+  c.kl.times_ratio = in.ConsumeBool();
+  c.off_policy.sampler.mode = static_cast<cgrpo::SamplerCorrectionMode>(
+      in.ConsumeIntegralInRange<int>(0, cgrpo::kNumSamplerModes));  // and one unknown
+  c.off_policy.sampler.min = in.ConsumeBool() ? 0.0 : pick(in, -0.5, 2);
+  c.off_policy.sampler.max = in.ConsumeBool() ? INFINITY : pick(in, -0.5, 4);
+  c.off_policy.opsm_threshold = in.ConsumeBool() ? INFINITY : pick(in, -1, 1);
+  c.entropy_mask.top_quantile = in.ConsumeBool() ? 1.0 : pick(in, -0.2, 1.2);
+  c.entropy.coef = in.ConsumeFloatingPointInRange<double>(-0.1, 0.1);
   c.temperature = in.ConsumeFloatingPointInRange<double>(0.2, 2);
-  c.num_threads = in.ConsumeIntegralInRange<int>(1, 2);
+  *threads = in.ConsumeIntegralInRange<int>(1, 2);
   return c;
 }
 
 template <typename Real>
 void run_loss(FuzzedDataProvider& in) {
-  const cgrpo::LossConfig c = trl_config(in);
+  int threads = 1;
+  const cgrpo::LossConfig c = trl_config(in, &threads);
   const int64_t B = in.ConsumeIntegralInRange<int64_t>(0, 4), L = in.ConsumeIntegralInRange<int64_t>(1, 4);
   const int64_t V = in.ConsumeIntegralInRange<int64_t>(1, 12), T = B * L;
   std::vector<Real> logits(static_cast<size_t>(T * V)), adv(T), old_logp(T), ref_logp(T), roll(T);
@@ -108,7 +113,8 @@ void run_loss(FuzzedDataProvider& in) {
   m.loss = -4321.25;
   m.sampler.is_ratio_mean = -4321.25;
   cgrpo::PolicyLossOutputs<Real> out{grad.data(), 0, nullptr, nullptr, &m};
-  const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(c, b, out);
+  cgrpo::cpu::Workspace ws(threads);
+  const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(c, b, out, ws);
   if (!s.ok()) {
     if (s.message[0] == 0) std::abort();
     for (Real g : grad)
@@ -132,8 +138,10 @@ void run_advantages(FuzzedDataProvider& in) {
   std::vector<double> r(static_cast<size_t>(n * (K > 0 ? K : 1))), w(K > 0 ? K : 1), a(n, -7.5), R(n, -7.5);
   for (auto& v : r) v = in.ConsumeIntegralInRange<int>(0, 4) == 0 ? NAN : pick(in, -5, 5);
   for (auto& v : w) v = pick(in, -2, 2);
-  const auto scaling = static_cast<cgrpo::AdvantageEstimator>(in.ConsumeIntegralInRange<int>(0, 5));
-  const auto comb = static_cast<cgrpo::RewardCombination>(in.ConsumeIntegralInRange<int>(0, 2));
+  // Every estimator and combination, and one unknown of each.
+  const auto scaling = static_cast<cgrpo::AdvantageEstimator>(in.ConsumeIntegralInRange<int>(0, cgrpo::kNumAdvantageEstimators));
+  const auto comb = static_cast<cgrpo::RewardCombination>(
+      in.ConsumeIntegralInRange<int>(0, static_cast<int>(cgrpo::RewardCombination::normalize_then_sum) + 1));
   const cgrpo::Status s = cgrpo::trl_advantages(scaling, cgrpo::GroupAssignment{n, ids.data(), groups}, K, r.data(),
                                                 in.ConsumeBool() ? w.data() : nullptr, pick(in, -1e-3, 1e-3), a.data(),
                                                 R.data(), comb);

@@ -5,6 +5,7 @@
 #include "test_seed.hpp"
 
 #include <cgrpo/cgrpo.hpp>
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <random>
@@ -157,14 +158,19 @@ TEST_CASE("aggregation weights reproduce every mode's mean", "[aggregation]") {
   for (int64_t t = 0; t < T; ++t) mask[t] = uni(rng) < 0.8, x[t] = uni(rng) * 4 - 2;
   const auto layout = cgrpo::SequenceLayout::packed(B, offsets.data());
 
-  // token-mean: masked_mean with verl's 1e-8.
+  // The paper's convention (AggregationConvention{}, the default): token-mean divides by N + 1e-8,
+  // seq-mean-* by every row, each row by its own count.
+  cgrpo::LossConfig config;
+  config.aggregation.convention = cgrpo::AggregationConvention{};
+  // token-mean: the paper fork's masked_mean, N + 1e-8.
   double sum = 0, count = 0;
   for (int64_t t = 0; t < T; ++t) sum += mask[t] * x[t], count += mask[t];
   // sum_t w_t x_t cancels (x in [-2, 2]): its rounding is ~T eps sum_t |w_t x_t| (T <= 42), not
   // eps |result|; both sides sum T terms, so 4 T eps < 1e-13 of that sum bounds their difference.
   double abs_sum = 0;
   auto agg = [&](cgrpo::Aggregation m, cgrpo::AggregationScale s) {
-    REQUIRE(cgrpo::aggregation_weights(m, layout, mask.data(), s, w.data()).ok());
+    config.aggregation.policy = m;
+    REQUIRE(cgrpo::aggregation_weights(config, cgrpo::LossTerm::policy, layout, mask.data(), s, w.data()).ok());
     double r = 0;
     abs_sum = 0;
     for (int64_t t = 0; t < T; ++t) r += w[t] * x[t], abs_sum += std::fabs(w[t] * x[t]);
@@ -192,7 +198,8 @@ TEST_CASE("aggregation weights reproduce every mode's mean", "[aggregation]") {
   check(cgrpo::Aggregation::seq_mean_token_sum_norm, {0, 0, 4096}, sum / 4096);
 }
 
-TEST_CASE("aggregation weights equal the independent reference's, every mode, layout and scale", "[aggregation]") {
+TEST_CASE("aggregation weights equal the independent reference's, every mode, convention, term, layout and scale",
+          "[aggregation]") {
   // ref::aggregation_weights is written from MATH.md without the library's code; the loss
   // tests feed its weights to the library, so this is where the library's own are checked.
   auto rng = fresh_rng();
@@ -201,6 +208,12 @@ TEST_CASE("aggregation weights equal the independent reference's, every mode, la
   const cgrpo::Aggregation modes[] = {cgrpo::Aggregation::token_mean, cgrpo::Aggregation::seq_mean_token_sum,
                                       cgrpo::Aggregation::seq_mean_token_mean,
                                       cgrpo::Aggregation::seq_mean_token_sum_norm};
+  // The paper's denominators, verl's (token-mean N, row n_i + 1e-8, B+ of rows with a valid
+  // token) and TRL's.
+  const cgrpo::AggregationConvention conventions[] = {cgrpo::AggregationConvention{}, cgrpo::verl_aggregation(),
+                                                      cgrpo::trl_aggregation()};
+  const char* convention_names[] = {"paper", "verl", "trl"};
+  const cgrpo::LossTerm terms[] = {cgrpo::LossTerm::policy, cgrpo::LossTerm::entropy, cgrpo::LossTerm::kl};
   for (int trial = 0; trial < 40; ++trial) {
     const bool padded = trial % 2 == 1;
     const int64_t B = 1 + static_cast<int64_t>(rng() % 8), L = 1 + static_cast<int64_t>(rng() % 9);
@@ -211,25 +224,61 @@ TEST_CASE("aggregation weights equal the independent reference's, every mode, la
     for (auto& m : mask) m = uni(rng) < 0.7;  // responses with no valid token included
     const auto layout = padded ? cgrpo::SequenceLayout::padded(B, L) : cgrpo::SequenceLayout::packed(B, offsets.data());
     // Local normalizers, then global ones (data parallelism), some fields 0 = "from this batch".
-    const cgrpo::AggregationScale scales[] = {{}, {1000, 64, 4096}, {0, 3.0 * B, 0}, {17, 0, 2.5 * L}};
-    for (const cgrpo::AggregationScale& scale : scales)
-      for (cgrpo::Aggregation mode : modes) {
-        CAPTURE(trial, padded, B, T, cgrpo::to_string(mode), scale.token_count, scale.sequence_count, scale.length);
-        const std::vector<double> want = ref::aggregation_weights(mode, offsets, mask, scale);
-        std::vector<double> got(T, -1.0);
-        std::vector<float> got_f(T, -1.f);
-        REQUIRE(cgrpo::aggregation_weights(mode, layout, mask.data(), scale, got.data()).ok());
-        REQUIRE(cgrpo::aggregation_weights(mode, layout, mask.data(), scale, got_f.data()).ok());
-        for (int64_t t = 0; t < T; ++t) {
-          CAPTURE(t);
-          // Each weight is one or two roundings of 1 / (a product of counts): no cancellation,
-          // so a relative bound holds at any size; a masked token's weight is exactly 0.
-          CHECK(ref::close(got[t], want[t], 4 * DBL_EPSILON, 0.0));
-          CHECK(ref::close(got_f[t], want[t], 2 * FLT_EPSILON, 0.0));
-          if (!mask[t]) CHECK((got[t] == 0.0 && got_f[t] == 0.f));
-        }
-      }
+    const cgrpo::AggregationScale scales[] = {{}, {1000, 64, 4096, 50}, {0, 3.0 * B, 0, 0}, {17, 0, 2.5 * L, 0}, {0, 0, 0, 2.0 * B}};
+    for (int conv = 0; conv < 3; ++conv)
+      for (const cgrpo::AggregationScale& scale : scales)
+        for (cgrpo::Aggregation mode : modes)
+          for (cgrpo::LossTerm term : terms) {
+            CAPTURE(trial, padded, B, T, convention_names[conv], cgrpo::to_string(mode), static_cast<int>(term),
+                    scale.token_count, scale.sequence_count, scale.length);
+            // A config whose every term is aggregated by `mode` under the convention (KL on, so that
+            // its term is one the config uses).
+            cgrpo::LossConfig config;
+            config.aggregation.policy = config.aggregation.entropy = config.aggregation.kl = mode;
+            config.aggregation.convention = conventions[conv];
+            config.kl.estimator = cgrpo::KlEstimator::k3;
+            config.kl.coef = 0.04;
+            REQUIRE(config.validate().ok());
+            const std::vector<double> want = ref::aggregation_weights(mode, conventions[conv], offsets, mask, scale);
+            std::vector<double> got(T, -1.0);
+            std::vector<float> got_f(T, -1.f);
+            REQUIRE(cgrpo::aggregation_weights(config, term, layout, mask.data(), scale, got.data()).ok());
+            REQUIRE(cgrpo::aggregation_weights(config, term, layout, mask.data(), scale, got_f.data()).ok());
+            for (int64_t t = 0; t < T; ++t) {
+              CAPTURE(t);
+              // Each weight is one or two roundings of 1 / (a product of counts): no cancellation,
+              // so a relative bound holds at any size; a masked token's weight is exactly 0.
+              CHECK(ref::close(got[t], want[t], 4 * DBL_EPSILON, 0.0));
+              CHECK(ref::close(got_f[t], want[t], 2 * FLT_EPSILON, 0.0));
+              if (!mask[t]) CHECK((got[t] == 0.0 && got_f[t] == 0.f));
+            }
+          }
   }
+}
+
+// A shard whose rows all lack a valid token, under verl's convention (B+ counts only rows with a
+// valid token), given the global token count but not the global sequence count: none of its tokens
+// has a weight to form (every one is masked), so the weights are all zero. The library refused it
+// ("the number of sequences is zero": it compared B with the scale's token count, not this
+// batch's); under the paper's convention (every row counted) the same call succeeded.
+TEST_CASE("aggregation weights: verl's B+ of a shard without valid tokens, global token count only",
+          "[aggregation]") {
+  const std::vector<int64_t> offsets = {0, 2, 3};
+  const std::vector<uint8_t> mask = {0, 0, 0};
+  const auto layout = cgrpo::SequenceLayout::packed(2, offsets.data());
+  const cgrpo::AggregationScale scale{17, 0, 0, 0};
+  for (cgrpo::Aggregation mode : {cgrpo::Aggregation::seq_mean_token_sum, cgrpo::Aggregation::seq_mean_token_mean})
+    for (bool verl : {false, true}) {
+      CAPTURE(cgrpo::to_string(mode), verl);
+      cgrpo::LossConfig config;
+      config.aggregation.policy = mode;
+      if (verl) config.aggregation.convention = cgrpo::verl_aggregation();
+      std::vector<double> w(3, -1.0);
+      const cgrpo::Status s = cgrpo::aggregation_weights(config, cgrpo::LossTerm::policy, layout, mask.data(), scale, w.data());
+      INFO(s.message);
+      CHECK(s.ok());
+      CHECK(w == ref::aggregation_weights(mode, config.aggregation.convention, offsets, mask, scale));
+    }
 }
 
 TEST_CASE("refinement shaping f(p) = p/(p+gamma) and its log-derivative", "[token]") {
@@ -272,11 +321,11 @@ static OnPolicy on_policy(const cgrpo::TokenLossParams<double>& p, double log_ra
 
 TEST_CASE("on-policy term: clipping, dual clip and their gradients as autograd gives", "[token]") {
   cgrpo::LossConfig c;
-  c.policy_loss = cgrpo::PolicyLoss::ppo_clip;
-  c.clip_eps_low = 0.2;
-  c.clip_eps_high = 0.28;
-  c.dual_clip = true;
-  c.dual_clip_c = 3;
+  c.policy.loss = cgrpo::PolicyLoss::ppo_clip;
+  c.ratio.clip_eps_low = 0.2;
+  c.ratio.clip_eps_high = 0.28;
+  c.ratio.dual_clip = true;
+  c.ratio.dual_clip_c = 3;
   const auto p = cgrpo::token_params<double>(c);
   auto term = [&](double log_ratio, double adv) { return on_policy(p, log_ratio, adv); };
   // Inside the range: l = -A r, gradient -A r, not clipped.
@@ -307,8 +356,8 @@ TEST_CASE("on-policy term: clipping, dual clip and their gradients as autograd g
   // The log-ratio clamp (verl's 20): beyond it the loss is finite and the gradient zero.
   t = term(100.0, -1.0);
   CHECK(std::isfinite(t.loss));
-  c.policy_loss = cgrpo::PolicyLoss::ratio;
-  c.dual_clip = false;
+  c.policy.loss = cgrpo::PolicyLoss::ratio;
+  c.ratio.dual_clip = false;
   const auto q = cgrpo::token_params<double>(c);
   t = on_policy(q, 100.0, 1.0);
   CHECK(t.loss == Approx(-std::exp(20.0)));

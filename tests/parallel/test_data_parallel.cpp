@@ -14,7 +14,9 @@
 #include <cgrpo/parallel/group_stats.hpp>
 #include <cgrpo/parallel/metrics_reduce.hpp>
 
-#include "cpu/reference.hpp"
+#include "batch.hpp"
+#include "catalog.hpp"
+#include "reference.hpp"
 
 namespace {
 
@@ -53,6 +55,7 @@ ref::Batch slice(const ref::Batch& full, int64_t r0, int64_t r1) {
   s.adv = cut(full.adv);
   s.old_logp = cut(full.old_logp);
   s.ref_logp = cut(full.ref_logp);
+  s.rollout_logp = cut(full.rollout_logp);
   s.w_pg = cut(full.w_pg);
   s.w_h = cut(full.w_h);
   s.w_kl = cut(full.w_kl);
@@ -62,10 +65,38 @@ ref::Batch slice(const ref::Batch& full, int64_t r0, int64_t r1) {
 // The library's own weights (not the reference's): this test is of the library's data-parallel
 // pipeline, aggregation_partials -> to_scale -> aggregation_weights, end to end.
 void library_weights(ref::Batch& b, const cgrpo::LossConfig& c, const cgrpo::AggregationScale& scale = {}) {
-  const auto L = b.layout();
-  REQUIRE(cgrpo::aggregation_weights(c.pg_aggregation, L, b.mask.data(), scale, b.w_pg.data()).ok());
-  REQUIRE(cgrpo::aggregation_weights(c.entropy_aggregation, L, b.mask.data(), scale, b.w_h.data()).ok());
-  REQUIRE(cgrpo::aggregation_weights(c.kl_aggregation, L, b.mask.data(), scale, b.w_kl.data()).ok());
+  const cgrpo::Status s = support::set_library_weights(b, c, scale);
+  INFO(s.message);
+  REQUIRE(s.ok());
+}
+
+// One loss call on `b` (double): with the caller's weights (b.w_*, set by library_weights), or with
+// the weights the loss forms itself from the config and `scale` (batch.scale). grad may be null.
+cgrpo::LossMetrics run_loss(const ref::Batch& b, const cgrpo::LossConfig& c, support::Weights weights,
+                            const cgrpo::AggregationScale& scale, std::vector<double>* grad) {
+  support::LibraryBatch<double> lib(b, c, weights);
+  if (weights == support::Weights::computed) lib.view.scale = scale;
+  if (grad) grad->assign(static_cast<size_t>(b.T * b.stride), 0.0);
+  cgrpo::LossMetrics m;
+  cgrpo::PolicyLossOutputs<double> out;
+  out.grad_logits = grad ? grad->data() : nullptr;
+  out.metrics = &m;
+  const cgrpo::Status s = cgrpo::cpu::fused_policy_loss(c, lib.view, out);
+  INFO(s.message);
+  REQUIRE(s.ok());
+  return m;
+}
+
+// The rows the config's convention counts as sequences: every row, or only rows with a valid token
+// (verl's B+).
+double convention_rows(const ref::Batch& b, const cgrpo::AggregationConvention& conv) {
+  double rows = 0;
+  for (int64_t i = 0; i < b.B; ++i) {
+    bool any = false;
+    for (int64_t t = b.begin(i); t < b.end(i); ++t) any = any || b.mask[t] != 0;
+    rows += conv.count_empty_rows || any ? 1.0 : 0.0;
+  }
+  return rows;
 }
 
 // k contiguous response ranges of uneven sizes (some possibly empty).
@@ -181,7 +212,14 @@ TEST_CASE("group stats across ranks: errors", "[parallel][advantages]") {
   REQUIRE(adv[0] == 7);
 }
 
-TEST_CASE("sum of shard losses and shard gradients equals the full batch, every aggregation mode", "[parallel][data]") {
+namespace {
+
+// The data-parallel recipe under one convention of the denominators: the batch split into k shards,
+// the normalizers all-reduced (aggregation_partials -> merge -> to_scale), each shard's loss on its
+// own responses; the shards' losses, metrics and gradients against the full batch's, with the
+// caller's weights (aggregation_weights with the global scale) and with the loss's own (batch.scale).
+// Some responses have no valid token, so that the conventions' row counts differ.
+void check_sharded_losses(const cgrpo::AggregationConvention& convention) {
   std::mt19937_64 rng = test_seed::fresh_rng();
   const cgrpo::Aggregation modes[] = {cgrpo::Aggregation::token_mean, cgrpo::Aggregation::seq_mean_token_sum,
                                       cgrpo::Aggregation::seq_mean_token_mean,
@@ -194,19 +232,31 @@ TEST_CASE("sum of shard losses and shard gradients equals the full batch, every 
         for (int k : {1, 2, 3, 5}) {
           const int64_t B = 6 + static_cast<int64_t>(rng() % 10), G = 2 + static_cast<int64_t>(rng() % 3);
           ref::Batch full = ref::random_batch(rng, B, 9, 37, static_cast<int64_t>(rng() % 3));
+          // Responses without a valid token (every token masked): one always (not the first two,
+          // which random_batch makes one initial and one refinement), others at random.
+          std::vector<int64_t> empty_rows = {2 + static_cast<int64_t>(rng() % (B - 2))};
+          for (int64_t i = 2; i < B; ++i)
+            if (rng() % 6 == 0) empty_rows.push_back(i);
+          for (int64_t i : empty_rows)
+            for (int64_t t = full.begin(i); t < full.end(i); ++t) full.mask[t] = 0;
+          cgrpo::AdvantageConfig advantage;
+          advantage.estimator = (cases % 3 == 0)   ? cgrpo::AdvantageEstimator::grpo
+                                : (cases % 3 == 1) ? cgrpo::AdvantageEstimator::grpo_no_std
+                                                   : cgrpo::AdvantageEstimator::rloo;
           cgrpo::LossConfig c;
-          c.advantage = (cases % 3 == 0)   ? cgrpo::AdvantageEstimator::grpo
-                        : (cases % 3 == 1) ? cgrpo::AdvantageEstimator::grpo_no_std
-                                           : cgrpo::AdvantageEstimator::rloo;
+          c.aggregation.policy = pg_mode;
+          c.aggregation.entropy = other_mode;
+          c.aggregation.kl = other_mode;
+          c.aggregation.convention = convention;
+          // After the modes: verl's GSPO form (Clip::sequence) always aggregates its policy term
+          // seq-mean-token-mean, whatever pg_mode says (the config refuses any other).
           ref::set_clip(c, clip);
-          c.dual_clip = clip == ref::Clip::token && (cases % 2 == 0);
-          c.pg_aggregation = pg_mode;
-          c.entropy_aggregation = other_mode;
-          c.kl_aggregation = other_mode;
-          c.entropy_coef = 0.01;
-          c.kl = cgrpo::KlEstimator::k3;
-          c.kl_coef = 0.05;
-          CAPTURE(cases, cgrpo::to_string(pg_mode), cgrpo::to_string(other_mode), ref::to_string(clip), k, B);
+          c.ratio.dual_clip = clip == ref::Clip::token && (cases % 2 == 0);
+          c.entropy.coef = 0.01;
+          c.kl.estimator = cgrpo::KlEstimator::k3;
+          c.kl.coef = 0.05;
+          REQUIRE(c.validate().ok());
+          CAPTURE(cases, cgrpo::to_string(c.aggregation.policy), cgrpo::to_string(other_mode), ref::to_string(clip), k, B);
           ++cases;
 
           // Rewards and groups spread across the shards; full-batch advantages broadcast to tokens.
@@ -228,20 +278,19 @@ TEST_CASE("sum of shard losses and shard gradients equals the full batch, every 
             cgrpo::parallel::group_partial_stats_merge(G, s_k.data(), e_k.data(), gsums.data(), gext.data());
           }
           std::vector<double> adv(B);
-          REQUIRE(cgrpo::parallel::group_advantages_from_stats(c.advantage, cgrpo::GroupAssignment{B, group_ids.data(), G},
+          REQUIRE(cgrpo::parallel::group_advantages_from_stats(advantage.estimator,
+                                                               cgrpo::GroupAssignment{B, group_ids.data(), G},
                                                                rewards.data(), gsums.data(), gext.data(), 0.0,
-                                                               c.advantage_eps, adv.data()).ok());
+                                                               advantage.eps, adv.data()).ok());
           cgrpo::broadcast_to_tokens(full.layout(), adv.data(), full.adv.data());
 
-          // The full batch, normalizers taken from itself (AggregationScale{} = "this batch").
+          // The full batch, normalizers taken from itself (AggregationScale{} = "this batch"): the
+          // caller's weights, and the loss's own.
           library_weights(full, c);
-          ref::LibraryBatch<double> lib_full(full);
-          std::vector<double> grad_full(full.T * full.stride, 0.0);
-          cgrpo::LossMetrics m_full;
-          cgrpo::PolicyLossOutputs<double> out_full;
-          out_full.grad_logits = grad_full.data();
-          out_full.metrics = &m_full;
-          REQUIRE(cgrpo::cpu::fused_policy_loss(c, lib_full.view, out_full).ok());
+          std::vector<double> grad_full, grad_full_computed;
+          const cgrpo::LossMetrics m_full = run_loss(full, c, support::Weights::caller, {}, &grad_full);
+          const cgrpo::LossMetrics m_full_computed =
+              run_loss(full, c, support::Weights::computed, {}, &grad_full_computed);
 
           // Shards: each rank measures its normalizers; "all-reduce"; then each rank computes its
           // advantages (from the reduced group stats), weights and loss on its own responses only.
@@ -254,57 +303,143 @@ TEST_CASE("sum of shard losses and shard gradients equals the full batch, every 
             partials = cgrpo::parallel::aggregation_partials_merge(partials, p);
           }
           const cgrpo::AggregationScale scale = partials.to_scale();
-          REQUIRE(scale.sequence_count == double(B));
+          // The global B of both rules, as each convention counts it on the full batch (every row, and
+          // verl's B+ of the rows with a valid token): the loss takes the one its term's rule asks for.
+          CHECK(scale.sequence_count == convention_rows(full, cgrpo::trl_aggregation()));
+          CHECK(scale.nonempty_sequence_count == convention_rows(full, cgrpo::verl_aggregation()));
 
-          double metric_sums[cgrpo::parallel::kMetricSumFields] = {};  // the caller's all-reduce (SUM)
-          std::vector<double> grad_cat;
+          // The caller's all-reduce (SUM) of the metrics, for each way of forming the weights.
+          double metric_sums[cgrpo::parallel::kMetricSumFields] = {};
+          double metric_sums_computed[cgrpo::parallel::kMetricSumFields] = {};
+          std::vector<double> grad_cat, grad_cat_computed;
           for (int r = 0; r < k; ++r) {
             ref::Batch& s = shards[r];
             const cgrpo::GroupAssignment local{s.B, group_ids.data() + cuts[r], G};
             std::vector<double> adv_local(s.B);
-            REQUIRE(cgrpo::parallel::group_advantages_from_stats(c.advantage, local, rewards.data() + cuts[r],
-                                                                 gsums.data(), gext.data(), 0.0, c.advantage_eps,
+            REQUIRE(cgrpo::parallel::group_advantages_from_stats(advantage.estimator, local, rewards.data() + cuts[r],
+                                                                 gsums.data(), gext.data(), 0.0, advantage.eps,
                                                                  adv_local.data()).ok());
             cgrpo::broadcast_to_tokens(s.layout(), adv_local.data(), s.adv.data());
             library_weights(s, c, scale);
-            ref::LibraryBatch<double> lib(s);
-            std::vector<double> grad(s.T * s.stride, 0.0);
-            cgrpo::LossMetrics m;
-            cgrpo::PolicyLossOutputs<double> out;
-            out.grad_logits = grad.data();
-            out.metrics = &m;
-            REQUIRE(cgrpo::cpu::fused_policy_loss(c, lib.view, out).ok());
+            std::vector<double> grad, grad_computed;
+            const cgrpo::LossMetrics m = run_loss(s, c, support::Weights::caller, {}, &grad);
+            const cgrpo::LossMetrics m_computed = run_loss(s, c, support::Weights::computed, scale, &grad_computed);
             double part[cgrpo::parallel::kMetricSumFields];
             cgrpo::parallel::metrics_to_sums(m, part);
             for (int f = 0; f < cgrpo::parallel::kMetricSumFields; ++f) metric_sums[f] += part[f];
+            cgrpo::parallel::metrics_to_sums(m_computed, part);
+            for (int f = 0; f < cgrpo::parallel::kMetricSumFields; ++f) metric_sums_computed[f] += part[f];
             grad_cat.insert(grad_cat.end(), grad.begin(), grad.end());
+            grad_cat_computed.insert(grad_cat_computed.end(), grad_computed.begin(), grad_computed.end());
           }
           // Shards against the full batch, both double: each value within double_rel of the size of
           // what it is made of (ref::Magnitudes); the gradient row by row (ref::row_gradient_scales).
           const ref::Result want = ref::loss(full, full.logits, c);
           const ref::Magnitudes& mag = want.mag;
           const double rel = ref::double_rel(want, full);
-          const cgrpo::LossMetrics m = cgrpo::parallel::metrics_from_sums(metric_sums);
-          REQUIRE(ref::close(m.loss, m_full.loss, rel, mag.loss));
-          REQUIRE(ref::close(m.pg_loss, m_full.pg_loss, rel, mag.pg));
-          REQUIRE(ref::close(m.pg_loss_initial, m_full.pg_loss_initial, rel, mag.pg_initial));
-          REQUIRE(ref::close(m.pg_loss_refinement, m_full.pg_loss_refinement, rel, mag.pg_refinement));
-          REQUIRE(ref::close(m.entropy_loss, m_full.entropy_loss, rel, mag.entropy_agg));
-          REQUIRE(ref::close(m.kl_loss, m_full.kl_loss, rel, mag.kl_agg));
-          REQUIRE(ref::close(m.pg_clipfrac, m_full.pg_clipfrac, rel, 1.0));
-          REQUIRE(ref::close(m.pg_clipfrac_lower, m_full.pg_clipfrac_lower, rel, 1.0));
-          REQUIRE(ref::close(m.ppo_kl, m_full.ppo_kl, rel, mag.ppo_kl));
-          REQUIRE(ref::close(m.entropy_mean, m_full.entropy_mean, rel, mag.entropy_mean));
-          REQUIRE(ref::close(m.kl_mean, m_full.kl_mean, rel, mag.kl_mean));
-          REQUIRE(ref::close(m.refinement_prob_mean, m_full.refinement_prob_mean, rel, mag.prob_mean));
-          REQUIRE(ref::close(m.ratio_mean, m_full.ratio_mean, rel, mag.ratio_mean));
-          REQUIRE(m.num_valid_tokens == m_full.num_valid_tokens);
-          REQUIRE(m.num_initial_tokens == m_full.num_initial_tokens);
-          REQUIRE(m.num_refinement_tokens == m_full.num_refinement_tokens);
+          const std::vector<double> row_scales = ref::row_gradient_scales(full, want, c);
           REQUIRE(max_abs(grad_full) > 0);
-          REQUIRE(ref::close_rows(grad_cat, grad_full, full, rel, ref::row_gradient_scales(full, want, c)));
+          for (bool computed : {false, true}) {
+            CAPTURE(computed);
+            const cgrpo::LossMetrics m =
+                cgrpo::parallel::metrics_from_sums(computed ? metric_sums_computed : metric_sums);
+            const cgrpo::LossMetrics& mf = computed ? m_full_computed : m_full;
+            REQUIRE(ref::close(m.loss, mf.loss, rel, mag.loss));
+            REQUIRE(ref::close(m.pg_loss, mf.pg_loss, rel, mag.pg));
+            REQUIRE(ref::close(m.pg_loss_initial, mf.pg_loss_initial, rel, mag.pg_initial));
+            REQUIRE(ref::close(m.pg_loss_refinement, mf.pg_loss_refinement, rel, mag.pg_refinement));
+            REQUIRE(ref::close(m.entropy_loss, mf.entropy_loss, rel, mag.entropy_agg));
+            REQUIRE(ref::close(m.kl_loss, mf.kl_loss, rel, mag.kl_agg));
+            REQUIRE(ref::close(m.pg_clipfrac, mf.pg_clipfrac, rel, 1.0));
+            REQUIRE(ref::close(m.pg_clipfrac_lower, mf.pg_clipfrac_lower, rel, 1.0));
+            REQUIRE(ref::close(m.ppo_kl, mf.ppo_kl, rel, mag.ppo_kl));
+            REQUIRE(ref::close(m.entropy_mean, mf.entropy_mean, rel, mag.entropy_mean));
+            REQUIRE(ref::close(m.kl_mean, mf.kl_mean, rel, mag.kl_mean));
+            REQUIRE(ref::close(m.refinement_prob_mean, mf.refinement_prob_mean, rel, mag.prob_mean));
+            REQUIRE(ref::close(m.ratio_mean, mf.ratio_mean, rel, mag.ratio_mean));
+            REQUIRE(m.num_valid_tokens == mf.num_valid_tokens);
+            REQUIRE(m.num_initial_tokens == mf.num_initial_tokens);
+            REQUIRE(m.num_refinement_tokens == mf.num_refinement_tokens);
+            REQUIRE(ref::close_rows(computed ? grad_cat_computed : grad_cat, computed ? grad_full_computed : grad_full,
+                                    full, rel, row_scales));
+          }
+          // The loss's own weights are the caller's (aggregation_weights follows the same rule).
+          REQUIRE(ref::close(m_full_computed.loss, m_full.loss, rel, mag.loss));
+          REQUIRE(ref::close_rows(grad_full_computed, grad_full, full, rel, row_scales));
         }
   REQUIRE(cases == 4 * 4 * 3 * 4);
+}
+
+}  // namespace
+
+TEST_CASE("sum of shard losses and shard gradients equals the full batch, every aggregation mode, paper's denominators",
+          "[parallel][data]") {
+  check_sharded_losses(cgrpo::AggregationConvention{});
+}
+
+TEST_CASE("sum of shard losses and shard gradients equals the full batch, every aggregation mode, TRL's denominators",
+          "[parallel][data]") {
+  check_sharded_losses(cgrpo::trl_aggregation());
+}
+
+// verl's B+: seq-mean-* count only the rows with a valid token, so the all-reduced sequence count
+// must be that count's sum.
+TEST_CASE("sum of shard losses and shard gradients equals the full batch, every aggregation mode, verl's denominators",
+          "[parallel][data]") {
+  check_sharded_losses(cgrpo::verl_aggregation());
+}
+
+// Every catalog config whose loss is a sum over rows once the counts are global (no batch-level
+// selection, quantile, normalization or rejection: those need more than the all-reduced counts),
+// on a batch with responses that have no valid token, split into shards with the all-reduced
+// AggregationScale: the shards' losses and gradients sum to the full batch's. Each shard holds whole
+// responses, so every token's value is formed from the same numbers as in the full batch; with the
+// right counts the two differ only in the order of T <= 60 summed terms of size O(10), ~1e-13 of
+// 1 + |J|. 1e-10 of it leaves room; a wrong count (B for B+, or the reverse) is off by >= 1 / B.
+TEST_CASE("data parallel: the catalog's row-separable configs, shards with the all-reduced counts",
+          "[parallel][data]") {
+  std::mt19937_64 rng = test_seed::fresh_rng();
+  int tried = 0;
+  for (const support::CatalogEntry& entry : support::catalog()) {
+    const cgrpo::LossConfig& c = entry.config();
+    const cgrpo::PassPlan plan = cgrpo::plan_passes(c, cgrpo::PassInputs{});
+    if (plan.cov_select || plan.entropy_select || plan.rollout_normalize ||
+        c.off_policy.rollout.num_rejection_options > 0)
+      continue;
+    ++tried;
+    CAPTURE(entry.name);
+    ref::Batch full = ref::random_batch(rng, 12, 7, 23, 1);
+    for (int64_t i : {3, 7, 8})
+      for (int64_t t = full.begin(i); t < full.end(i); ++t) full.mask[t] = 0;
+    std::vector<double> grad_full;
+    const cgrpo::LossMetrics m_full = run_loss(full, c, support::Weights::computed, {}, &grad_full);
+    for (int k : {2, 3}) {
+      CAPTURE(k);
+      const std::vector<int64_t> cuts = k == 2 ? std::vector<int64_t>{0, 5, 12} : std::vector<int64_t>{0, 3, 9, 12};
+      cgrpo::parallel::AggregationPartials partials;
+      for (int r = 0; r < k; ++r) {
+        const ref::Batch s = slice(full, cuts[r], cuts[r + 1]);
+        cgrpo::parallel::AggregationPartials p;
+        REQUIRE(cgrpo::parallel::aggregation_partials(s.layout(), s.mask.data(), &p).ok());
+        partials = cgrpo::parallel::aggregation_partials_merge(partials, p);
+      }
+      const cgrpo::AggregationScale scale = partials.to_scale();
+      double loss = 0, pg = 0;
+      std::vector<double> grad_cat;
+      for (int r = 0; r < k; ++r) {
+        const ref::Batch s = slice(full, cuts[r], cuts[r + 1]);
+        std::vector<double> grad;
+        const cgrpo::LossMetrics m = run_loss(s, c, support::Weights::computed, scale, &grad);
+        loss += m.loss;
+        pg += m.pg_loss;
+        grad_cat.insert(grad_cat.end(), grad.begin(), grad.end());
+      }
+      CHECK(ref::close(loss, m_full.loss, 1e-10, 1 + std::fabs(m_full.loss)));
+      CHECK(ref::close(pg, m_full.pg_loss, 1e-10, 1 + std::fabs(m_full.pg_loss)));
+      CHECK(ref::close_all(grad_cat, grad_full, 1e-10, max_abs(grad_full)));
+    }
+  }
+  REQUIRE(tried > 40);
 }
 
 TEST_CASE("data parallel: shard normalizers taken from the shard itself do NOT give the full gradient",
@@ -314,25 +449,21 @@ TEST_CASE("data parallel: shard normalizers taken from the shard itself do NOT g
   std::mt19937_64 rng = test_seed::fresh_rng();
   ref::Batch full = ref::random_batch(rng, 8, 9, 17, 0);
   cgrpo::LossConfig c;
-  c.pg_aggregation = cgrpo::Aggregation::token_mean;
-  c.entropy_coef = 0.0;
+  c.aggregation.policy = cgrpo::Aggregation::token_mean;
+  c.entropy.coef = 0.0;
   library_weights(full, c);
-  ref::LibraryBatch<double> lib_full(full);
-  cgrpo::LossMetrics m_full;
-  cgrpo::PolicyLossOutputs<double> out_full;
-  out_full.metrics = &m_full;
-  REQUIRE(cgrpo::cpu::fused_policy_loss(c, lib_full.view, out_full).ok());
-  double sum_local = 0;
+  const cgrpo::LossMetrics m_full = run_loss(full, c, support::Weights::caller, {}, nullptr);
+  const ref::Result want = ref::loss(full, full.logits, c);
+  REQUIRE(ref::close(run_loss(full, c, support::Weights::computed, {}, nullptr).loss, m_full.loss,
+                     ref::double_rel(want, full), want.mag.loss));
+  double sum_local = 0, sum_local_computed = 0;
   for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, 3}, {3, 8}}) {
     ref::Batch s = slice(full, r0, r1);
     library_weights(s, c);  // local token count: wrong under data parallelism
-    ref::LibraryBatch<double> lib(s);
-    cgrpo::LossMetrics m;
-    cgrpo::PolicyLossOutputs<double> out;
-    out.metrics = &m;
-    REQUIRE(cgrpo::cpu::fused_policy_loss(c, lib.view, out).ok());
-    sum_local += m.loss;
+    sum_local += run_loss(s, c, support::Weights::caller, {}, nullptr).loss;
+    sum_local_computed += run_loss(s, c, support::Weights::computed, {}, nullptr).loss;  // batch.scale = {}: the same
   }
   // The negative control must not pass by rounding: a difference of 1e-6 of the loss's size.
-  REQUIRE(std::fabs(sum_local - m_full.loss) > 1e-6 * ref::loss(full, full.logits, c).mag.loss);
+  REQUIRE(std::fabs(sum_local - m_full.loss) > 1e-6 * want.mag.loss);
+  REQUIRE(std::fabs(sum_local_computed - m_full.loss) > 1e-6 * want.mag.loss);
 }

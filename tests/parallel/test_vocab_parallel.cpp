@@ -14,7 +14,9 @@
 #include <cgrpo/cgrpo.hpp>
 #include <cgrpo/parallel/vocab_parallel.hpp>
 
-#include "cpu/reference.hpp"
+#include "batch.hpp"
+#include "expect_error.hpp"
+#include "reference.hpp"
 
 namespace {
 
@@ -47,11 +49,14 @@ struct ShardedResult {
 };
 
 // Runs both phases on k ranks; `megatron` picks the reduction: MAX + rebase + SUM, or row_stats_merge.
+// Every rank runs its phases on a workspace of `threads` threads.
 template <typename Real>
 ShardedResult run_sharded(const ref::Batch& b, const cgrpo::LossConfig& c, const std::vector<int64_t>& cuts,
-                          bool megatron, bool in_place) {
+                          bool megatron, bool in_place, int threads) {
   const int k = static_cast<int>(cuts.size()) - 1;
-  ref::LibraryBatch<Real> lib(b);  // per-token arrays of the whole batch, same on every rank
+  // Per-token arrays of the whole batch, same on every rank, with the caller's weights (b.w_*).
+  support::LibraryBatch<Real> lib(b, c, support::Weights::caller);
+  cgrpo::cpu::Workspace ws(threads);
   std::vector<std::vector<Real>> logits(k);
   std::vector<std::vector<RowStats<double>>> stats(k, std::vector<RowStats<double>>(b.T));
   std::vector<std::vector<double>> target(k, std::vector<double>(b.T));
@@ -65,7 +70,8 @@ ShardedResult run_sharded(const ref::Batch& b, const cgrpo::LossConfig& c, const
     local.logits = logits[r].data();
     local.vocab_size = shard[r].size;
     local.row_stride = shard[r].size + pad[r];
-    const cgrpo::Status s = cgrpo::parallel::vocab_shard_row_stats(c, local, shard[r], stats[r].data(), target[r].data());
+    const cgrpo::Status s =
+        cgrpo::parallel::vocab_shard_row_stats(c, local, shard[r], stats[r].data(), target[r].data(), ws);
     INFO(s.message);
     REQUIRE(s.ok());
   }
@@ -109,7 +115,7 @@ ShardedResult run_sharded(const ref::Batch& b, const cgrpo::LossConfig& c, const
     out.entropy = entropy.data();
     out.metrics = &m;
     const cgrpo::Status s =
-        cgrpo::parallel::vocab_parallel_policy_loss(c, local, shard[r], reduced.data(), target_sum.data(), out);
+        cgrpo::parallel::vocab_parallel_policy_loss(c, local, shard[r], reduced.data(), target_sum.data(), out, ws);
     INFO(s.message);
     REQUIRE(s.ok());
     const Real* g = out.grad_logits;
@@ -134,8 +140,9 @@ ShardedResult run_sharded(const ref::Batch& b, const cgrpo::LossConfig& c, const
 // double) for log p and H; each gradient row's ref::row_gradient_scales): a row whose exact gradient is ~0
 // (large logits, near one-hot) holds rounding noise of that size, not of its own ~0 entries.
 template <typename Real>
-void check_against_unsharded(const ref::Batch& b, const cgrpo::LossConfig& c, const ShardedResult& got) {
-  ref::LibraryBatch<Real> lib(b);
+void check_against_unsharded(const ref::Batch& b, const cgrpo::LossConfig& c, const ShardedResult& got, int threads) {
+  support::LibraryBatch<Real> lib(b, c, support::Weights::caller);
+  cgrpo::cpu::Workspace ws(threads);
   std::vector<Real> grad(b.T * b.stride, Real(0)), logp(b.T), entropy(b.T);
   cgrpo::LossMetrics m;
   cgrpo::PolicyLossOutputs<Real> out;
@@ -143,7 +150,7 @@ void check_against_unsharded(const ref::Batch& b, const cgrpo::LossConfig& c, co
   out.logp = logp.data();
   out.entropy = entropy.data();
   out.metrics = &m;
-  REQUIRE(cgrpo::cpu::fused_policy_loss(c, lib.view, out).ok());
+  REQUIRE(cgrpo::cpu::fused_policy_loss(c, lib.view, out, ws).ok());
 
   const ref::Batch br = ref::rounded_to<Real>(b);  // what the library received
   const ref::Result want = ref::loss(br, br.logits, c);
@@ -177,7 +184,8 @@ void check_against_unsharded(const ref::Batch& b, const cgrpo::LossConfig& c, co
   CHECK(ref::close_rows(got_strided, want_grad, b, rel, ref::row_gradient_scales(br, want, c)));
 }
 
-cgrpo::LossConfig config_for(int i) {
+// Config i of the sweep, and (threads) the workspace's thread count its calls run on.
+cgrpo::LossConfig config_for(int i, int* threads) {
   cgrpo::LossConfig c;
   const ref::Clip clips[] = {ref::Clip::none, ref::Clip::token, ref::Clip::sequence};
   const cgrpo::KlEstimator kls[] = {cgrpo::KlEstimator::none, cgrpo::KlEstimator::k1, cgrpo::KlEstimator::abs,
@@ -185,16 +193,22 @@ cgrpo::LossConfig config_for(int i) {
   const cgrpo::Aggregation aggs[] = {cgrpo::Aggregation::token_mean, cgrpo::Aggregation::seq_mean_token_sum,
                                      cgrpo::Aggregation::seq_mean_token_mean,
                                      cgrpo::Aggregation::seq_mean_token_sum_norm};
+  // The denominators of the paper, verl and TRL in turn (every clip with each).
+  const cgrpo::AggregationConvention conventions[] = {cgrpo::AggregationConvention{}, cgrpo::verl_aggregation(),
+                                                      cgrpo::trl_aggregation()};
+  c.aggregation.policy = aggs[i % 4];
+  c.aggregation.entropy = aggs[(i / 4) % 4];
+  c.aggregation.kl = aggs[(i + 1) % 4];
+  c.aggregation.convention = conventions[(i / 3) % 3];
+  // After the modes: verl's GSPO form (Clip::sequence) always aggregates its policy term
+  // seq-mean-token-mean (the config refuses any other).
   ref::set_clip(c, clips[i % 3]);
-  c.dual_clip = ref::clip_of(c) == ref::Clip::token && (i / 3) % 2 == 1;
-  c.kl = kls[i % 5];
-  c.kl_coef = c.kl == cgrpo::KlEstimator::none ? 0.0 : 0.03;
-  c.pg_aggregation = aggs[i % 4];
-  c.entropy_aggregation = aggs[(i / 4) % 4];
-  c.kl_aggregation = aggs[(i + 1) % 4];
-  c.entropy_coef = (i % 7 == 3) ? 0.0 : 0.01;
+  c.ratio.dual_clip = ref::clip_of(c) == ref::Clip::token && (i / 3) % 2 == 1;
+  c.kl.estimator = kls[i % 5];
+  c.kl.coef = c.kl.estimator == cgrpo::KlEstimator::none ? 0.0 : 0.03;
+  c.entropy.coef = (i % 7 == 3) ? 0.0 : 0.01;
   c.temperature = (i % 2) ? 0.7 : 1.0;
-  c.num_threads = 1 + i % 2;
+  *threads = 1 + i % 2;
   return c;
 }
 
@@ -206,16 +220,19 @@ TEST_CASE("vocab parallel: k shards give the unsharded loss, metrics and gradien
     const int64_t V = 2 + static_cast<int64_t>(rng() % 60);
     ref::Batch b = ref::random_batch(rng, 3 + static_cast<int64_t>(rng() % 4), 6, V, static_cast<int64_t>(rng() % 3),
                                      i % 5 == 0 ? 20.0 : 2.0);
-    const cgrpo::LossConfig c = config_for(i);
+    int threads = 1;
+    const cgrpo::LossConfig c = config_for(i, &threads);
+    REQUIRE(c.validate().ok());
     ref::avoid_kinks(b, c, rng);
     ref::set_weights(b, c);
     for (int k : {1, 2, 3}) {
       if (k > V) continue;
       const auto cuts = vocab_cuts(rng, V, k);
       for (bool megatron : {false, true}) {
-        CAPTURE(i, V, k, megatron, ref::to_string(ref::clip_of(c)), cgrpo::to_string(c.kl), c.temperature);
-        const ShardedResult got = run_sharded<double>(b, c, cuts, megatron, /*in_place=*/i % 3 == 2);
-        check_against_unsharded<double>(b, c, got);
+        CAPTURE(i, V, k, megatron, ref::to_string(ref::clip_of(c)), cgrpo::to_string(c.kl.estimator), c.temperature,
+                threads);
+        const ShardedResult got = run_sharded<double>(b, c, cuts, megatron, /*in_place=*/i % 3 == 2, threads);
+        check_against_unsharded<double>(b, c, got, threads);
       }
     }
   }
@@ -226,13 +243,15 @@ TEST_CASE("vocab parallel: float logits agree with the unsharded float path", "[
   for (int i = 0; i < 8; ++i) {
     const int64_t V = 3000 + static_cast<int64_t>(rng() % 2000);  // several Eigen chunks per shard
     ref::Batch b = ref::random_batch(rng, 3, 5, V, 1);
-    const cgrpo::LossConfig c = config_for(i);
+    int threads = 1;
+    const cgrpo::LossConfig c = config_for(i, &threads);
+    REQUIRE(c.validate().ok());
     ref::avoid_kinks(b, c, rng);
     ref::set_weights(b, c);
     const auto cuts = vocab_cuts(rng, V, 1 + i % 3);
-    CAPTURE(i, V, cuts.size() - 1);
-    const ShardedResult got = run_sharded<float>(b, c, cuts, i % 2 == 0, i % 2 == 1);
-    check_against_unsharded<float>(b, c, got);
+    CAPTURE(i, V, cuts.size() - 1, threads);
+    const ShardedResult got = run_sharded<float>(b, c, cuts, i % 2 == 0, i % 2 == 1, threads);
+    check_against_unsharded<float>(b, c, got, threads);
   }
 }
 
@@ -241,39 +260,43 @@ TEST_CASE("vocab parallel: a target whose logit is -inf, or a NaN row, is an err
   ref::Batch b = ref::random_batch(rng, 2, 4, 10, 0);
   cgrpo::LossConfig c;
   ref::set_weights(b, c);
-  ref::LibraryBatch<double> lib(b);
+  support::LibraryBatch<double> lib(b, c, support::Weights::caller);
   const cgrpo::parallel::VocabShard shard{0, 10, 10};
   std::vector<RowStats<double>> stats(b.T);
   std::vector<double> target(b.T);
   REQUIRE(cgrpo::parallel::vocab_shard_row_stats(c, lib.view, shard, stats.data(), target.data()).ok());
-  std::vector<double> grad(b.T * 10, 42.0);
-  cgrpo::LossMetrics m;
-  m.loss = 42;
-  cgrpo::PolicyLossOutputs<double> out;
-  out.grad_logits = grad.data();
-  out.metrics = &m;
+  // Phase 2 refuses the row by number and writes nothing (gradient, log p, H, factor, terms, metrics).
   auto bad_target = target;
   bad_target[1] = -INFINITY;
-  REQUIRE(cgrpo::parallel::vocab_parallel_policy_loss(c, lib.view, shard, stats.data(), bad_target.data(), out).code ==
-          cgrpo::StatusCode::non_finite);
+  support::expect_error<double>(
+      b.T, b.T * 10,
+      [&](support::PoisonedOutputs<double>& o) {
+        return cgrpo::parallel::vocab_parallel_policy_loss(c, lib.view, shard, stats.data(), bad_target.data(), o.out);
+      },
+      cgrpo::StatusCode::non_finite, {"row 1:", "nothing was written"});
   auto bad_stats = stats;
   bad_stats[b.T - 1].sum_exp = NAN;  // T >= 2 (two sequences of at least one token)
-  REQUIRE(cgrpo::parallel::vocab_parallel_policy_loss(c, lib.view, shard, bad_stats.data(), target.data(), out).code ==
-          cgrpo::StatusCode::non_finite);
-  REQUIRE(m.loss == 42);
-  REQUIRE(grad[0] == 42.0);
+  const std::string last_row = "row " + std::to_string(b.T - 1) + ":";
+  support::expect_error<double>(
+      b.T, b.T * 10,
+      [&](support::PoisonedOutputs<double>& o) {
+        return cgrpo::parallel::vocab_parallel_policy_loss(c, lib.view, shard, bad_stats.data(), target.data(), o.out);
+      },
+      cgrpo::StatusCode::non_finite, {last_row.c_str(), "nothing was written"});
   // A shard that does not fit in the vocabulary, or a batch whose vocab_size is not the shard's.
-  REQUIRE(cgrpo::parallel::vocab_shard_row_stats(c, lib.view, cgrpo::parallel::VocabShard{5, 10, 10}, stats.data(),
-                                                 target.data()).code == cgrpo::StatusCode::invalid_argument);
-  REQUIRE(cgrpo::parallel::vocab_shard_row_stats(c, lib.view, cgrpo::parallel::VocabShard{0, 5, 10}, stats.data(),
-                                                 target.data()).code == cgrpo::StatusCode::invalid_argument);
+  support::check_error(cgrpo::parallel::vocab_shard_row_stats(c, lib.view, cgrpo::parallel::VocabShard{5, 10, 10},
+                                                              stats.data(), target.data()),
+                       cgrpo::StatusCode::invalid_argument, {"vocab shard (begin 5, size 10)", "[0, 10)"});
+  support::check_error(cgrpo::parallel::vocab_shard_row_stats(c, lib.view, cgrpo::parallel::VocabShard{0, 5, 10},
+                                                              stats.data(), target.data()),
+                       cgrpo::StatusCode::invalid_argument, {"batch.vocab_size (10)", "shard size (5)"});
   // A target id outside the GLOBAL vocabulary is out_of_range even if it is inside no shard.
   auto targets = b.targets;
   targets[0] = 10;
   cgrpo::PolicyLossBatch<double> v = lib.view;
   v.target_ids = targets.data();
-  REQUIRE(cgrpo::parallel::vocab_shard_row_stats(c, v, shard, stats.data(), target.data()).code ==
-          cgrpo::StatusCode::out_of_range);
+  support::check_error(cgrpo::parallel::vocab_shard_row_stats(c, v, shard, stats.data(), target.data()),
+                       cgrpo::StatusCode::out_of_range, {"target_ids[0] = 10", "[0, 10)"});
 }
 
 TEST_CASE("vocab parallel: a row whose |max z / tau| exceeds 2^40 is refused by name; 2^39 is taken", "[parallel][vocab]") {
@@ -288,7 +311,7 @@ TEST_CASE("vocab parallel: a row whose |max z / tau| exceeds 2^40 is refused by 
     CAPTURE(top, row);
     ref::Batch bb = b;
     for (int64_t j = 0; j < bb.V; ++j) bb.logits[row * bb.V + j] += top;  // the row shifted: same softmax
-    ref::LibraryBatch<double> lib(bb);
+    support::LibraryBatch<double> lib(bb, c, support::Weights::caller);
     const cgrpo::parallel::VocabShard shard{0, 10, 10};
     std::vector<RowStats<double>> stats(bb.T);
     std::vector<double> target(bb.T);

@@ -11,10 +11,11 @@ namespace golden {
 inline void setup_paper(const GoldenCase& g, Setup& s) {
   const auto& logits = g.at("logits");
   const int64_t B = logits.shape[0], L = logits.shape[1];
-  cgrpo::LossConfig& c = s.config;
-  c = cgrpo::paper_critique_grpo();
-  c.advantage = g.param("advantage") == "grpo" ? cgrpo::AdvantageEstimator::grpo : cgrpo::AdvantageEstimator::grpo_no_std;
-  if (!g.param("eps").empty()) c.advantage_eps = std::stod(g.param("eps"));
+  s.recipe = cgrpo::paper_critique_grpo();
+  cgrpo::AdvantageConfig& adv = s.recipe.advantage;
+  cgrpo::LossConfig& c = s.recipe.loss;
+  adv.estimator = g.param("advantage") == "grpo" ? cgrpo::AdvantageEstimator::grpo : cgrpo::AdvantageEstimator::grpo_no_std;
+  if (!g.param("eps").empty()) adv.eps = std::stod(g.param("eps"));
   // refinement_rows=first_K_of_each_group_of_N: group membership is row / N.
   long k = 0, n = 0;
   REQUIRE(std::sscanf(g.param("refinement_rows").c_str(), "first_%ld_of_each_group_of_%ld", &k, &n) == 2);
@@ -26,27 +27,31 @@ inline void setup_paper(const GoldenCase& g, Setup& s) {
     REQUIRE(g.at("refine").values[i] == (s.row_kinds[i] == cgrpo::kRefinement ? 1.0 : 0.0));
   }
   s.num_groups = (B + n - 1) / n;
-  c.refinement_gamma = param_double(g, "gamma");
+  c.policy.refinement_gamma = param_double(g, "gamma");
   if (g.param("clip") == "ppo") {
-    c.policy_loss = cgrpo::PolicyLoss::ppo_clip;
-    c.clip_eps_low = param_double(g, "eps_low");
-    c.clip_eps_high = param_double(g, "eps_high");
+    c.policy.loss = cgrpo::PolicyLoss::ppo_clip;
+    c.ratio.clip_eps_low = param_double(g, "eps_low");
+    c.ratio.clip_eps_high = param_double(g, "eps_high");
     REQUIRE(g.param("dual_clip") == "none");
   } else {
     REQUIRE(g.param("clip") == "none");
-    c.policy_loss = cgrpo::PolicyLoss::ratio;
+    c.policy.loss = cgrpo::PolicyLoss::ratio;
   }
   const std::string agg = g.param("pg_agg");
-  c.pg_aggregation = agg == "token-mean" ? cgrpo::Aggregation::token_mean : cgrpo::Aggregation::seq_mean_token_sum_norm;
+  c.aggregation.policy =
+      agg == "token-mean" ? cgrpo::Aggregation::token_mean : cgrpo::Aggregation::seq_mean_token_sum_norm;
   s.scale.length = agg_number(agg, "L");
-  if (c.pg_aggregation == cgrpo::Aggregation::seq_mean_token_sum_norm) REQUIRE(s.scale.length == double(L));
-  c.entropy_coef = param_double(g, "entropy_coef");
+  if (c.aggregation.policy == cgrpo::Aggregation::seq_mean_token_sum_norm) REQUIRE(s.scale.length == double(L));
+  c.entropy.coef = param_double(g, "entropy_coef");
   REQUIRE(g.param("entropy_agg") == "token-mean");
-  c.entropy_aggregation = cgrpo::Aggregation::token_mean;
+  c.aggregation.entropy = cgrpo::Aggregation::token_mean;
   REQUIRE(g.param("kl") == "none");
   c.temperature = param_double(g, "temperature");
   // The fork's token-mean divides by N + 1e-8 (verl's masked_mean of the time): the paper preset's
-  // convention, both through the caller's weights and the loss's own.
+  // convention (AggregationConvention{}), both through the caller's weights and the loss's own.
+  REQUIRE(c.aggregation.convention.token_mean_eps == 1e-8);
+  REQUIRE(c.aggregation.convention.count_empty_rows);
+  REQUIRE(c.validate().ok());
   s.caller_weights = true;
 }
 

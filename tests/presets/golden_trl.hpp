@@ -1,5 +1,6 @@
 // tests/presets/golden_trl.hpp: the params of TRL's cases (tests/data/trl, from GRPOTrainer's own code)
-// as a golden::Setup, starting from the preset of the case's loss_type; and the per-token arrays
+// as a golden::Setup: GRPOConfig's fields (cgrpo::TrlOptions -> cgrpo::trl_recipe, from the preset of
+// the case's loss_type), checked against the case's keys; and the per-token arrays
 // the cases hold (is_ratio, entropy_keep, opsm_keep, advantages) against the library's functions.
 #pragma once
 
@@ -17,19 +18,6 @@ inline double param_or_none(const GoldenCase& g, const std::string& key, double 
   INFO("param " << key);
   REQUIRE(!v.empty());
   return v == "none" ? none : std::stod(v);
-}
-
-inline cgrpo::LossConfig trl_preset(const std::string& loss_type) {
-  if (loss_type == "grpo") return cgrpo::trl_grpo();
-  if (loss_type == "bnpo") return cgrpo::trl_bnpo();
-  if (loss_type == "dr_grpo") return cgrpo::trl_dr_grpo();
-  if (loss_type == "dapo") return cgrpo::trl_dapo();
-  if (loss_type == "cispo") return cgrpo::trl_cispo();
-  if (loss_type == "sapo") return cgrpo::trl_sapo();
-  if (loss_type == "luspo") return cgrpo::trl_luspo();
-  if (loss_type == "vespo") return cgrpo::trl_vespo();
-  FAIL("unknown trl_loss_type " << loss_type);
-  return cgrpo::LossConfig();
 }
 
 // A case's pg_agg key -> the mode it names (the presets must already use it).
@@ -65,8 +53,8 @@ inline void check_trl_arrays(const GoldenCase& g, const Setup& s) {
   {
     std::vector<double> got(B), rewards(B);
     const cgrpo::GroupAssignment groups{B, s.group_ids.data(), s.num_groups};
-    const cgrpo::Status st = cgrpo::trl_advantages(s.config.advantage, groups, 1, g.at("rewards").values.data(),
-                                                   nullptr, s.config.advantage_eps, got.data(), rewards.data());
+    const cgrpo::Status st = cgrpo::trl_advantages(s.recipe.advantage.estimator, groups, 1, g.at("rewards").values.data(),
+                                                   nullptr, s.recipe.advantage.eps, got.data(), rewards.data());
     INFO(st.message);
     REQUIRE(st.ok());
     for (int64_t i = 0; i < B; ++i) {
@@ -87,7 +75,7 @@ inline void check_trl_arrays(const GoldenCase& g, const Setup& s) {
     arrays.opsm_keep = keep.data();
     cgrpo::SamplerMetrics sm;
     const cgrpo::Status st = cgrpo::sampler_correction(
-        s.config, B, rows, mask.data(), g.at("log_prob").values.data(), g.at("old_logp").values.data(),
+        cgrpo::sampler_row_params(s.config()), B, rows, mask.data(), g.at("log_prob").values.data(), g.at("old_logp").values.data(),
         has_rollout ? g.at("rollout_logp").values.data() : nullptr, adv_tok.data(), factor.data(), phi.data(), &sm,
         &arrays);
     INFO(st.message);
@@ -95,7 +83,7 @@ inline void check_trl_arrays(const GoldenCase& g, const Setup& s) {
     if (has_is) {
       const auto& want = g.at("is_ratio");
       if (want.shape[1] == 1) {  // sequence modes: one weight per row, every row
-        REQUIRE(cgrpo::sampler_is_sequence(s.config.sampler.mode));
+        REQUIRE(cgrpo::sampler_is_sequence(s.config().off_policy.sampler.mode));
         for (int64_t i = 0; i < B; ++i) {
           INFO("is_ratio of row " << i);
           CHECK(std::fabs(row_is[i] - want.values[i]) <= 1e-10 * std::max(1e-8, std::fabs(want.values[i])));
@@ -124,7 +112,8 @@ inline void check_trl_arrays(const GoldenCase& g, const Setup& s) {
   if (g.arrays.count("entropy_keep")) {
     std::vector<uint8_t> keep(T, 7);
     const cgrpo::Status st =
-        cgrpo::top_entropy_mask(T, mask.data(), g.at("entropy").values.data(), s.config.top_entropy_quantile, keep.data());
+        cgrpo::top_entropy_mask(T, mask.data(), g.at("entropy").values.data(),
+                                s.config().entropy_mask.top_quantile, keep.data());
     INFO(st.message);
     REQUIRE(st.ok());
     const auto& want = g.at("entropy_keep").values;
@@ -139,24 +128,27 @@ inline void check_trl_arrays(const GoldenCase& g, const Setup& s) {
   }
 }
 
+// A case's params as TRL's GRPOConfig fields (cgrpo::TrlOptions), turned into a recipe by
+// cgrpo::trl_recipe, as a user switching from TRL would; then what the loss_type's preset must
+// already do for the case's keys.
 inline void setup_trl(const GoldenCase& g, Setup& s) {
   const auto& logits = g.at("logits");
   const int64_t B = logits.shape[0];
   REQUIRE(g.param("source") == "trl");
   REQUIRE(g.param("refinement_rows") == "none");
-  cgrpo::LossConfig& c = s.config;
-  c = trl_preset(g.param("trl_loss_type"));
-  const double inf = std::numeric_limits<double>::infinity();
+  const double inf = std::numeric_limits<double>::infinity(), none = std::numeric_limits<double>::quiet_NaN();
+  cgrpo::TrlOptions o;
+  const std::string loss_type = g.param("trl_loss_type");
+  o.loss_type = loss_type.c_str();
 
   // Advantages: scale_rewards group / batch / none; TRL's groups are contiguous blocks.
   const std::string adv = g.param("advantage");
-  if (adv == "grpo") c.advantage = cgrpo::AdvantageEstimator::grpo;
-  else if (adv == "grpo_batch_std") c.advantage = cgrpo::AdvantageEstimator::grpo_batch_std;
+  if (adv == "grpo") o.scale_rewards = "group";
+  else if (adv == "grpo_batch_std") o.scale_rewards = "batch";
   else {
     REQUIRE(adv == "grpo_no_std");
-    c.advantage = cgrpo::AdvantageEstimator::grpo_no_std;
+    o.scale_rewards = "none";
   }
-  if (adv != "grpo_no_std") REQUIRE(param_double(g, "eps") == c.advantage_eps);  // the preset's 1e-4
   const int64_t G = static_cast<int64_t>(param_double(g, "group_size"));
   s.group_ids.resize(B);
   for (int64_t i = 0; i < B; ++i) {
@@ -165,92 +157,128 @@ inline void setup_trl(const GoldenCase& g, Setup& s) {
   }
   s.num_groups = (B + G - 1) / G;
 
-  // Ratio level and the policy loss.
+  // Ratio level and the policy loss's parameters.
   const std::string level = g.param("is_level");
-  if (level == "sequence") c.ratio_level = cgrpo::RatioLevel::sequence;
-  else REQUIRE(level == "token");
+  o.importance_sampling_level = level.c_str();
   REQUIRE(g.param("log_ratio_clamp") == "none");
-  REQUIRE(c.log_ratio_min == -inf);
-  REQUIRE(c.log_ratio_max == inf);
   const std::string clip = g.param("clip");
   if (clip == "ppo") {
-    REQUIRE(c.policy_loss == cgrpo::PolicyLoss::ppo_clip);
-    c.clip_eps_low = param_double(g, "eps_low");
-    c.clip_eps_high = param_double(g, "eps_high");
-    c.two_sided_delta = param_or_none(g, "dual_clip", inf);  // TRL's delta
+    o.epsilon = param_double(g, "eps_low");
+    o.epsilon_high = param_double(g, "eps_high");
+    o.delta = param_or_none(g, "dual_clip", none);  // TRL's delta
   } else if (clip == "cispo_max") {
-    REQUIRE(c.policy_loss == cgrpo::PolicyLoss::cispo_cap);
-    c.cispo_ratio_cap = param_double(g, "ratio_max");
+    o.epsilon_high = param_double(g, "ratio_max");  // TRL's cispo cap is epsilon_high
   } else if (clip == "sapo") {
-    REQUIRE(c.policy_loss == cgrpo::PolicyLoss::sapo);
-    c.sapo_tau_pos = param_double(g, "tau_pos");
-    c.sapo_tau_neg = param_double(g, "tau_neg");
+    o.sapo_temperature_pos = param_double(g, "tau_pos");
+    o.sapo_temperature_neg = param_double(g, "tau_neg");
   } else {
     REQUIRE(clip == "vespo");
-    REQUIRE(c.policy_loss == cgrpo::PolicyLoss::vespo);
-    c.vespo_k_pos = param_double(g, "k_pos");
-    c.vespo_lambda_pos = param_double(g, "lambda_pos");
-    c.vespo_k_neg = param_double(g, "k_neg");
-    c.vespo_lambda_neg = param_double(g, "lambda_neg");
-  }
-
-  // Aggregation: the preset's mode must be the one the case names (B = all, eps 0 are the preset's
-  // convention); dr_grpo's K = B * max_completion_length goes in as the length L.
-  const std::string agg = g.param("pg_agg");
-  REQUIRE(c.pg_aggregation == trl_aggregation_of(agg));
-  REQUIRE(c.aggregation.token_mean_eps == 0.0);
-  REQUIRE(c.aggregation.count_empty_rows);
-  if (c.pg_aggregation == cgrpo::Aggregation::seq_mean_token_sum_norm) {
-    s.scale.length = agg_number(agg, "L");
-    REQUIRE(s.scale.length == static_cast<double>(B) * param_double(g, "max_completion_length"));
+    o.vespo_k_pos = param_double(g, "k_pos");
+    o.vespo_lambda_pos = param_double(g, "lambda_pos");
+    o.vespo_k_neg = param_double(g, "k_neg");
+    o.vespo_lambda_neg = param_double(g, "lambda_neg");
   }
 
   // The masks and the vLLM weight.
-  c.top_entropy_quantile = param_double(g, "top_entropy_quantile");
+  o.top_entropy_quantile = param_double(g, "top_entropy_quantile");
   const std::string is = g.param("vllm_is");
-  if (is != "none") {
-    if (is == "token_truncate") c.sampler.mode = cgrpo::SamplerCorrectionMode::token_truncate;
-    else if (is == "token_mask") c.sampler.mode = cgrpo::SamplerCorrectionMode::token_mask;
-    else if (is == "sequence_truncate") c.sampler.mode = cgrpo::SamplerCorrectionMode::sequence_truncate;
-    else {
-      REQUIRE(is == "sequence_mask");
-      c.sampler.mode = cgrpo::SamplerCorrectionMode::sequence_mask;
-    }
-    c.sampler.min = param_or_none(g, "vllm_is_min", 0.0);
-    c.sampler.max = param_or_none(g, "vllm_is_max", inf);
+  o.use_vllm = is != "none";
+  if (o.use_vllm) {
+    o.vllm_importance_sampling_correction = true;
+    o.vllm_importance_sampling_mode = is.c_str();
+    o.vllm_importance_sampling_clip_min = param_or_none(g, "vllm_is_min", none);
+    o.vllm_importance_sampling_clip_max = param_or_none(g, "vllm_is_max", none);
   }
-  c.off_policy_mask_threshold = param_or_none(g, "opsm_threshold", inf);
-
-  // Entropy bonus: the key spells out the denominators the preset must already use.
-  c.entropy_coef = param_double(g, "entropy_coef");
-  const std::string eagg = g.param("entropy_agg");
-  REQUIRE(c.entropy_aggregation == cgrpo::Aggregation::token_mean);
-  if (eagg == "token-mean(eps=0,mask=kept,count=valid)") {
-    REQUIRE(c.entropy_count_all_tokens);
-  } else {
-    REQUIRE((eagg == "token-mean(eps=0)" || eagg == "token-mean(eps=0,mask=kept)"));
-    if (c.top_entropy_quantile < 1) REQUIRE(!c.entropy_count_all_tokens);
-  }
+  o.off_policy_mask_threshold = param_or_none(g, "opsm_threshold", none);
 
   // KL: TRL's k3 without clamps, added to the per-token loss (so aggregated as the policy term).
   const std::string kl = g.param("kl");
   if (kl != "none") {
     REQUIRE(kl == "k3_unclamped");
-    c.kl = cgrpo::KlEstimator::k3;
-    REQUIRE(!c.kl_k3_clamp);
-    c.kl_coef = param_double(g, "kl_coef");
-    REQUIRE(g.param("kl_agg") == agg);
-    REQUIRE(c.kl_aggregation == c.pg_aggregation);
+    o.beta = param_double(g, "kl_coef");
     const std::string weighted = g.param("kl_is_weighted");
     REQUIRE((weighted == "yes" || weighted == "no"));
-    c.kl_times_ratio = weighted == "yes";
+    o.use_bias_correction_kl = weighted == "yes";
   }
-  c.temperature = param_double(g, "temperature");
+  o.temperature = param_double(g, "temperature");
+  {
+    const cgrpo::Status st = cgrpo::trl_recipe(o, &s.recipe);
+    INFO(st.message);
+    REQUIRE(st.ok());
+  }
+  cgrpo::LossConfig& c = s.config();
+  // The entropy bonus is not among TrlOptions' fields: set on the config.
+  c.entropy.coef = param_double(g, "entropy_coef");
+
+  // What the preset of the loss_type sets for the case's keys.
+  if (adv != "grpo_no_std") REQUIRE(param_double(g, "eps") == s.recipe.advantage.eps);  // the preset's 1e-4
+  REQUIRE(c.ratio.level == (level == "sequence" ? cgrpo::RatioLevel::sequence : cgrpo::RatioLevel::token));
+  REQUIRE(c.ratio.log_ratio_min == -inf);
+  REQUIRE(c.ratio.log_ratio_max == inf);
+  if (clip == "ppo") REQUIRE(c.policy.loss == cgrpo::PolicyLoss::ppo_clip);
+  if (clip == "cispo_max") {
+    REQUIRE(c.policy.loss == cgrpo::PolicyLoss::cispo_cap);
+    REQUIRE(c.policy.cispo_cap.ratio_cap == param_double(g, "ratio_max"));
+  }
+  if (clip == "sapo") REQUIRE(c.policy.loss == cgrpo::PolicyLoss::sapo);
+  if (clip == "vespo") REQUIRE(c.policy.loss == cgrpo::PolicyLoss::vespo);
+  if (clip == "ppo") REQUIRE(c.ratio.two_sided_delta == param_or_none(g, "dual_clip", inf));
+  else REQUIRE(c.ratio.two_sided_delta == inf);
+  REQUIRE(!c.ratio.dual_clip);
+
+  // Aggregation: the preset's mode must be the one the case names (B = all, eps 0 are the preset's
+  // convention); dr_grpo's K = B * max_completion_length goes in as the length L.
+  const std::string agg = g.param("pg_agg");
+  REQUIRE(c.aggregation.policy == trl_aggregation_of(agg));
+  REQUIRE(c.aggregation.convention.token_mean_eps == 0.0);
+  REQUIRE(c.aggregation.convention.row_count_eps == 0.0);
+  REQUIRE(c.aggregation.convention.count_empty_rows);
+  if (c.aggregation.policy == cgrpo::Aggregation::seq_mean_token_sum_norm) {
+    s.scale.length = agg_number(agg, "L");
+    REQUIRE(s.scale.length == static_cast<double>(B) * param_double(g, "max_completion_length"));
+  }
+
+  // The masks and the vLLM weight as parsed.
+  REQUIRE(c.entropy_mask.top_quantile == param_double(g, "top_entropy_quantile"));
+  if (is == "none") {
+    REQUIRE(c.off_policy.sampler.mode == cgrpo::SamplerCorrectionMode::none);
+  } else {
+    cgrpo::SamplerCorrectionMode m = cgrpo::SamplerCorrectionMode::none;
+    REQUIRE(cgrpo::trl_vllm_importance_sampling_mode(is.c_str(), &m).ok());
+    REQUIRE(c.off_policy.sampler.mode == m);
+    REQUIRE(c.off_policy.sampler.min == param_or_none(g, "vllm_is_min", 0.0));
+    REQUIRE(c.off_policy.sampler.max == param_or_none(g, "vllm_is_max", inf));
+  }
+  REQUIRE(c.off_policy.opsm_threshold == param_or_none(g, "opsm_threshold", inf));
+
+  // Entropy bonus: the key spells out the denominators the preset must already use.
+  const std::string eagg = g.param("entropy_agg");
+  REQUIRE(c.aggregation.entropy == cgrpo::Aggregation::token_mean);
+  if (eagg == "token-mean(eps=0,mask=kept,count=valid)") {
+    REQUIRE(c.entropy_mask.count_all_tokens);
+  } else {
+    REQUIRE((eagg == "token-mean(eps=0)" || eagg == "token-mean(eps=0,mask=kept)"));
+    if (c.entropy_mask.top_quantile < 1) REQUIRE(!c.entropy_mask.count_all_tokens);
+  }
+
+  // KL as parsed: unclamped k3, aggregated as the policy term.
+  if (kl != "none") {
+    REQUIRE(c.kl.estimator == cgrpo::KlEstimator::k3);
+    REQUIRE(!c.kl.k3_clamp);
+    REQUIRE(c.kl.coef == param_double(g, "kl_coef"));
+    REQUIRE(g.param("kl_agg") == agg);
+    REQUIRE(c.aggregation.kl == c.aggregation.policy);
+    REQUIRE(c.kl.times_ratio == (g.param("kl_is_weighted") == "yes"));
+  } else {
+    REQUIRE(!c.kl_on());
+  }
+  REQUIRE(c.temperature == param_double(g, "temperature"));
+  REQUIRE(c.validate().ok());
   s.caller_weights = false;  // TRL's masks and conventions: the loss computes its weights
 
   // TRL's logged metrics (golden/README.md): f32 ones at 1e-6.
   const double f32 = 1e-6;
-  const double coef = c.entropy_coef;
+  const double coef = c.entropy.coef;
   s.metrics = {
       {"metric_entropy", [](const cgrpo::LossMetrics& m) { return m.entropy_mean; }},
       {"metric_kl", [](const cgrpo::LossMetrics& m) { return m.kl_mean; }},

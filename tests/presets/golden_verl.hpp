@@ -1,7 +1,10 @@
 // tests/presets/golden_verl.hpp: the params of the verl cases (tests/data/verl, computed by volcengine/verl's
-// own functions; tests/data/GOLDEN_README.md) as a golden::Setup: presets, verl's option strings, metrics.
+// own functions; tests/data/GOLDEN_README.md) as a golden::Setup: verl's options and option strings
+// (cgrpo::VerlOptions -> cgrpo::verl_recipe), checked against the loss mode's preset; metrics.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -29,6 +32,23 @@ inline cgrpo::Aggregation verl_agg(const std::string& spec) {
   return a;
 }
 
+// The preset of a case's policy loss (what a verl user starts from), and verl's loss_mode for it.
+inline cgrpo::Recipe verl_preset_of(const std::string& clip, bool bypass, const char** loss_mode) {
+  *loss_mode = clip == "ppo" || clip == "reinforce" ? "vanilla" : clip.c_str();
+  if (clip == "ppo") return bypass ? cgrpo::verl_bypass_ppo_clip() : cgrpo::verl_vanilla();
+  if (clip == "cispo") return cgrpo::verl_cispo();
+  if (clip == "sapo") return cgrpo::verl_sapo();
+  if (clip == "gpg") return cgrpo::verl_gpg();
+  if (clip == "geo_mean") return cgrpo::verl_gmpo();
+  if (clip == "kl_cov") return cgrpo::verl_kl_cov();
+  if (clip == "reinforce") return cgrpo::verl_bypass_reinforce();
+  FAIL("unknown clip " << clip);
+  return cgrpo::Recipe{};
+}
+
+// A case's params as verl's own options (cgrpo::VerlOptions), turned into a recipe by
+// cgrpo::verl_recipe, as a user switching from verl would; the loss mode's preset must agree on
+// what the mode fixes.
 inline void setup_verl(const GoldenCase& g, Setup& s) {
   using namespace cgrpo;
   const auto& logits = g.at("logits");
@@ -36,49 +56,76 @@ inline void setup_verl(const GoldenCase& g, Setup& s) {
   REQUIRE(g.param("source") == "verl");
   REQUIRE(g.param("refinement_rows") == "none");  // every row initial: s.row_kinds stays empty
 
-  // The policy loss picks the preset (verl's loss_mode, or the bypass loss_type).
-  const std::string clip = g.param("clip");
-  LossConfig& c = s.config;
-  if (clip == "ppo") {
-    c = g.param("rollout_correction") == "bypass" ? verl_bypass_ppo_clip() : verl_vanilla();
-    c.clip_eps_low = param_double(g, "eps_low");
-    c.clip_eps_high = param_double(g, "eps_high");
-    c.dual_clip_c = param_double(g, "dual_clip");
-  } else if (clip == "cispo") {
-    c = verl_cispo();
-    c.kl = KlEstimator::none;  // the case's own kl key decides
-    c.kl_coef = 0;
-    c.clip_eps_low = param_double(g, "eps_low");
-    c.clip_eps_high = param_double(g, "eps_high");
-  } else if (clip == "sapo") {
-    c = verl_sapo();
-    c.sapo_tau_pos = param_double(g, "tau_pos");
-    c.sapo_tau_neg = param_double(g, "tau_neg");
-  } else if (clip == "gpg") {
-    c = verl_gpg();
-  } else if (clip == "geo_mean") {
-    c = verl_gmpo();
-    c.clip_eps_low = param_double(g, "eps_low");
-    c.clip_eps_high = param_double(g, "eps_high");
-  } else if (clip == "kl_cov") {
-    c = verl_kl_cov();
-    c.cov_ratio = param_double(g, "kl_cov_ratio");
-    c.kl_cov_coef = param_double(g, "ppo_kl_coef");
-  } else if (clip == "reinforce") {
-    c = verl_bypass_reinforce();
-  } else {
-    FAIL("unknown clip " << clip);
+  const std::string clip = g.param("clip"), mode = g.param("rollout_correction");
+  REQUIRE((mode == "none" || mode == "decoupled" || mode == "bypass"));
+  VerlOptions o;
+  const Recipe preset = verl_preset_of(clip, mode == "bypass", &o.loss_mode);
+  if (!g.param("eps_low").empty()) o.clip_ratio_low = param_double(g, "eps_low");
+  if (!g.param("eps_high").empty()) o.clip_ratio_high = param_double(g, "eps_high");
+  if (!g.param("dual_clip").empty()) o.clip_ratio_c = param_double(g, "dual_clip");
+  if (clip == "sapo") {
+    o.tau_pos = param_double(g, "tau_pos");
+    o.tau_neg = param_double(g, "tau_neg");
   }
+  if (clip == "kl_cov") {
+    o.kl_cov_ratio = param_double(g, "kl_cov_ratio");
+    o.ppo_kl_coef = param_double(g, "ppo_kl_coef");
+  }
+
+  // verl has one loss_agg_mode (the entropy's and the KL's; the policy term's unless the mode
+  // fixes it): the entropy key names it.
+  std::string agg_mode, agg_args;
+  split_agg(g.param("entropy_agg"), agg_mode, agg_args);
+  o.loss_agg_mode = agg_mode.c_str();
+  o.entropy_coeff = param_double(g, "entropy_coef");
+  const std::string kl = g.param("kl");
+  o.use_kl_loss = kl != "none";
+  if (o.use_kl_loss) {
+    o.kl_loss_type = kl.c_str();
+    o.kl_loss_coef = param_double(g, "kl_coef");
+  }
+  o.temperature = param_double(g, "temperature");
 
   // Advantages: verl's grpo (eps 1e-6) or rloo, over the case's groups.
   const std::string adv = g.param("advantage");
-  if (adv == "grpo") {
-    c.advantage = AdvantageEstimator::grpo;
-    c.advantage_eps = param_double(g, "eps");
-  } else {
-    REQUIRE(adv == "rloo");
-    c.advantage = AdvantageEstimator::rloo;
+  REQUIRE((adv == "grpo" || adv == "rloo"));
+  o.adv_estimator = adv.c_str();
+
+  // Rollout correction.
+  const std::string is = g.param("rollout_is"), rs = g.param("rollout_rs"), rs_threshold = g.param("rollout_rs_threshold");
+  if (!is.empty() && is != "none") {
+    o.rollout_is = is.c_str();
+    o.rollout_is_threshold = param_double(g, "rollout_is_threshold");
   }
+  if (!rs.empty() && rs != "none") {
+    o.rollout_rs = rs.c_str();
+    o.rollout_rs_threshold = rs_threshold.c_str();
+    // Decoupled rejection leaves every term (verl rewrites the response mask); bypass only the policy term.
+    REQUIRE(g.param("rs_mask_scope") == (mode == "bypass" ? "pg" : "all"));
+  }
+  o.bypass_mode = mode == "bypass";
+  o.loss_type = clip == "reinforce" ? "reinforce" : "ppo_clip";
+
+  {
+    const Status st = verl_recipe(o, &s.recipe);
+    INFO(st.message);
+    REQUIRE(st.ok());
+  }
+  LossConfig& c = s.config();
+  if (adv == "grpo") REQUIRE(s.recipe.advantage.eps == param_double(g, "eps"));
+  REQUIRE(s.recipe.advantage.estimator == (adv == "grpo" ? AdvantageEstimator::grpo : AdvantageEstimator::rloo));
+  REQUIRE(to_string(c.off_policy.rollout.mode) == mode);
+
+  // What the loss mode fixes: the preset and the parsed options agree.
+  REQUIRE(c.policy.loss == preset.loss.policy.loss);
+  REQUIRE(c.ratio.level == preset.loss.ratio.level);
+  REQUIRE(c.ratio.dual_clip == preset.loss.ratio.dual_clip);
+  REQUIRE(c.ratio.log_ratio_min == preset.loss.ratio.log_ratio_min);
+  REQUIRE(c.ratio.log_ratio_max == preset.loss.ratio.log_ratio_max);
+  if (c.term().fixed_aggregation) REQUIRE(c.aggregation.policy == preset.loss.aggregation.policy);
+  if (mode == "bypass") REQUIRE(preset.loss.bypass());
+  REQUIRE(c.metrics.mean_eps == preset.loss.metrics.mean_eps);
+
   const auto& ids = g.at("group_ids").values;
   s.group_ids.resize(B);
   s.num_groups = 0;
@@ -87,56 +134,49 @@ inline void setup_verl(const GoldenCase& g, Setup& s) {
     s.num_groups = std::max<int64_t>(s.num_groups, s.group_ids[i] + 1);
   }
 
-  // The log-ratio clamp the preset sets must be the one the case names.
+  // The log-ratio clamp the loss mode sets must be the one the case names.
   const std::string clamp = g.param("log_ratio_clamp");
   if (clamp == "-20:20") {
-    REQUIRE(c.log_ratio_min == -20.0);
-    REQUIRE(c.log_ratio_max == 20.0);
+    REQUIRE(c.ratio.log_ratio_min == -20.0);
+    REQUIRE(c.ratio.log_ratio_max == 20.0);
   } else if (clamp == "none") {
-    REQUIRE(std::isinf(c.log_ratio_min));
-    REQUIRE(std::isinf(c.log_ratio_max));
+    REQUIRE(std::isinf(c.ratio.log_ratio_min));
+    REQUIRE(std::isinf(c.ratio.log_ratio_max));
   } else {
     REQUIRE(clamp.empty());  // gpg, reinforce: no ratio
   }
 
-  // Aggregations: sapo and geo_mean fix the policy term's (the preset does); the others follow the key.
+  // Aggregations: sapo and geo_mean fix the policy term's (seq-mean-token-mean, whatever
+  // loss_agg_mode says); the others follow loss_agg_mode, which must be the case's pg_agg.
   const std::string pg_agg = g.param("pg_agg");
-  if (clip == "geo_mean") REQUIRE(pg_agg == "seq-mean(B=all)");
-  else if (clip == "sapo") REQUIRE(verl_agg(pg_agg) == c.pg_aggregation);
-  else c.pg_aggregation = verl_agg(pg_agg);
-  c.entropy_coef = param_double(g, "entropy_coef");
-  c.entropy_aggregation = verl_agg(g.param("entropy_agg"));
-  const std::string kl = g.param("kl");
-  if (kl == "none") {
-    c.kl = KlEstimator::none;
-    c.kl_coef = 0;
-    c.kl_straight_through = false;
+  REQUIRE(verl_agg(g.param("entropy_agg")) == c.aggregation.entropy);
+  if (clip == "geo_mean") {
+    REQUIRE(pg_agg == "seq-mean(B=all)");
+    REQUIRE(c.aggregation.policy == Aggregation::seq_mean_token_mean);
   } else {
-    REQUIRE(verl_kl_loss_type(kl.c_str(), &c.kl, &c.kl_straight_through).ok());
-    c.kl_coef = param_double(g, "kl_coef");
-    c.kl_aggregation = verl_agg(g.param("kl_agg"));
+    REQUIRE(verl_agg(pg_agg) == c.aggregation.policy);
   }
-  c.temperature = param_double(g, "temperature");
+  if (clip == "sapo") REQUIRE(c.aggregation.policy == Aggregation::seq_mean_token_mean);
+  REQUIRE(c.aggregation.convention.token_mean_eps == verl_aggregation().token_mean_eps);
+  REQUIRE(c.aggregation.convention.row_count_eps == verl_aggregation().row_count_eps);
+  REQUIRE(c.aggregation.convention.count_empty_rows == verl_aggregation().count_empty_rows);
+  if (o.use_kl_loss) {
+    REQUIRE(verl_agg(g.param("kl_agg")) == c.aggregation.kl);
+    REQUIRE(c.kl.coef == param_double(g, "kl_coef"));
+  } else {
+    REQUIRE(!c.kl_on());
+  }
+  REQUIRE(c.entropy.coef == param_double(g, "entropy_coef"));
+  REQUIRE(c.temperature == param_double(g, "temperature"));
 
-  // Rollout correction.
-  const std::string mode = g.param("rollout_correction");
-  if (mode == "decoupled") c.rollout.mode = RolloutCorrectionMode::decoupled;
-  else if (mode == "bypass") REQUIRE(c.rollout.mode == RolloutCorrectionMode::bypass);
-  else REQUIRE(mode == "none");
-  const std::string is = g.param("rollout_is");
-  c.rollout.is_level = is == "token"      ? RolloutIsLevel::token
-                       : is == "sequence" ? RolloutIsLevel::sequence
-                                          : RolloutIsLevel::none;
-  if (!is.empty() && is != "none") c.rollout.is_threshold = param_double(g, "rollout_is_threshold");
-  const std::string rs = g.param("rollout_rs");
-  c.rollout.num_rejection_options = 0;
-  if (!rs.empty() && rs != "none") {
-    const Status st = verl_rollout_rs(rs.c_str(), g.param("rollout_rs_threshold").c_str(), &c.rollout);
-    INFO(st.message);
-    REQUIRE(st.ok());
-    // Decoupled rejection leaves every term (verl rewrites the response mask); bypass only the policy term.
-    REQUIRE(g.param("rs_mask_scope") == (mode == "bypass" ? "pg" : "all"));
-  }
+  // The rollout correction's parsed fields.
+  const RolloutCorrectionConfig& rc = c.off_policy.rollout;
+  REQUIRE(rc.is_level == (is == "token"      ? RolloutIsLevel::token
+                          : is == "sequence" ? RolloutIsLevel::sequence
+                                             : RolloutIsLevel::none));
+  if (rc.is_level != RolloutIsLevel::none) REQUIRE(rc.is_threshold == param_double(g, "rollout_is_threshold"));
+  if (rs.empty() || rs == "none") REQUIRE(rc.num_rejection_options == 0);
+  else REQUIRE(rc.num_rejection_options > 0);
   REQUIRE(c.validate().ok());
   s.caller_weights = false;
 
@@ -150,9 +190,9 @@ inline void setup_verl(const GoldenCase& g, Setup& s) {
   add("metric_pg_clipfrac", [](const LossMetrics& m) { return m.pg_clipfrac; });
   add("metric_pg_clipfrac_lower", [](const LossMetrics& m) { return m.pg_clipfrac_lower; });
   add("metric_ppo_kl", [](const LossMetrics& m) { return m.ppo_kl; });
-  if (c.rollout.mode != RolloutCorrectionMode::none) {
+  if (rc.mode != RolloutCorrectionMode::none) {
     // verl computes the sequence-level fractions and rs_seq_masked_fraction from a float32 cast.
-    const double seq_f32 = c.rollout.is_level == RolloutIsLevel::sequence ? 1e-6 : 1e-10;
+    const double seq_f32 = rc.is_level == RolloutIsLevel::sequence ? 1e-6 : 1e-10;
     const std::string p = "metric_rollout_";
     add(p + "is_mean", [](const LossMetrics& m) { return m.rollout.is_mean; });
     add(p + "is_max", [](const LossMetrics& m) { return m.rollout.is_max; });
@@ -164,8 +204,8 @@ inline void setup_verl(const GoldenCase& g, Setup& s) {
     add(p + "is_seq_mean", [](const LossMetrics& m) { return m.rollout.is_seq_mean; });
     add(p + "is_seq_max", [](const LossMetrics& m) { return m.rollout.is_seq_max; });
     add(p + "is_seq_min", [](const LossMetrics& m) { return m.rollout.is_seq_min; });
-    for (int k = 0; k < c.rollout.num_rejection_options; ++k) {
-      const std::string o = p + "rs_" + to_string(c.rollout.rejection[k].statistic) + "_";
+    for (int k = 0; k < rc.num_rejection_options; ++k) {
+      const std::string o = p + "rs_" + to_string(rc.rejection[k].statistic) + "_";
       add(o + "mean", [k](const LossMetrics& m) { return m.rollout.rs_option[k].mean; });
       add(o + "max", [k](const LossMetrics& m) { return m.rollout.rs_option[k].max; });
       add(o + "min", [k](const LossMetrics& m) { return m.rollout.rs_option[k].min; });

@@ -3,6 +3,7 @@
 // match, 1e-10 in double and 1e-5 in float (metrics in double, at the tolerance the case names).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <string>
 #include <vector>

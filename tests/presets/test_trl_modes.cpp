@@ -14,55 +14,49 @@
 #include <string>
 #include <vector>
 
+#include "batch.hpp"
 #include "reference_trl.hpp"
 
 namespace {
 
 const double kInf = std::numeric_limits<double>::infinity();
 
-// TRL's parameters -> the library's config, from the loss_type's preset (as a user would).
+// TRL's parameters as GRPOConfig's fields (cgrpo::TrlOptions) -> the library's recipe
+// (cgrpo::trl_recipe, from the loss_type's preset, as a user would); the entropy bonus, not among
+// TrlOptions' fields, is set on the config.
 cgrpo::LossConfig to_config(const trl_ref::Params& p, int64_t B, cgrpo::AggregationScale* scale) {
-  cgrpo::LossConfig c;
-  const std::string& lt = p.loss_type;
-  if (lt == "grpo") c = cgrpo::trl_grpo();
-  else if (lt == "bnpo") c = cgrpo::trl_bnpo();
-  else if (lt == "dr_grpo") c = cgrpo::trl_dr_grpo();
-  else if (lt == "dapo") c = cgrpo::trl_dapo();
-  else if (lt == "cispo") c = cgrpo::trl_cispo();
-  else if (lt == "sapo") c = cgrpo::trl_sapo();
-  else if (lt == "luspo") c = cgrpo::trl_luspo();
-  else c = cgrpo::trl_vespo();
-  c.ratio_level = p.sequence ? cgrpo::RatioLevel::sequence : cgrpo::RatioLevel::token;
-  c.clip_eps_low = p.epsilon;
-  c.clip_eps_high = p.epsilon_high;
-  if (c.policy_loss == cgrpo::PolicyLoss::ppo_clip) c.two_sided_delta = std::isnan(p.delta) ? kInf : p.delta;
-  if (c.policy_loss == cgrpo::PolicyLoss::cispo_cap) c.cispo_ratio_cap = p.epsilon_high;
-  c.sapo_tau_pos = p.sapo_pos;
-  c.sapo_tau_neg = p.sapo_neg;
-  c.vespo_k_pos = p.k_pos;
-  c.vespo_lambda_pos = p.lambda_pos;
-  c.vespo_k_neg = p.k_neg;
-  c.vespo_lambda_neg = p.lambda_neg;
-  if (p.beta != 0) {
-    c.kl = cgrpo::KlEstimator::k3;
-    c.kl_coef = p.beta;
-    c.kl_times_ratio = p.bias_correction_kl;
+  cgrpo::TrlOptions o;  // NaN: None, as in Params
+  o.loss_type = p.loss_type.c_str();
+  o.importance_sampling_level = p.sequence ? "sequence" : "token";
+  o.epsilon = p.epsilon;
+  o.epsilon_high = p.epsilon_high;  // cispo: the cap
+  o.delta = p.delta;
+  o.beta = p.beta;
+  o.use_bias_correction_kl = p.bias_correction_kl;
+  o.top_entropy_quantile = p.top_entropy_quantile;
+  o.use_vllm = p.vllm_mode != "none";
+  if (o.use_vllm) {
+    o.vllm_importance_sampling_correction = true;
+    o.vllm_importance_sampling_mode = p.vllm_mode.c_str();
+    o.vllm_importance_sampling_clip_min = p.vllm_min;
+    o.vllm_importance_sampling_clip_max = p.vllm_max;
   }
-  c.top_entropy_quantile = p.top_entropy_quantile;
-  if (p.vllm_mode != "none") {
-    using M = cgrpo::SamplerCorrectionMode;
-    c.sampler.mode = p.vllm_mode == "token_truncate"      ? M::token_truncate
-                     : p.vllm_mode == "token_mask"        ? M::token_mask
-                     : p.vllm_mode == "sequence_truncate" ? M::sequence_truncate
-                                                          : M::sequence_mask;
-    c.sampler.min = std::isnan(p.vllm_min) ? 0.0 : p.vllm_min;
-    c.sampler.max = std::isnan(p.vllm_max) ? kInf : p.vllm_max;
-  }
-  c.off_policy_mask_threshold = std::isnan(p.opsm_threshold) ? kInf : p.opsm_threshold;
-  c.entropy_coef = p.entropy_coef;
-  c.temperature = p.temperature;
+  o.off_policy_mask_threshold = p.opsm_threshold;
+  o.sapo_temperature_pos = p.sapo_pos;
+  o.sapo_temperature_neg = p.sapo_neg;
+  o.vespo_k_pos = p.k_pos;
+  o.vespo_lambda_pos = p.lambda_pos;
+  o.vespo_k_neg = p.k_neg;
+  o.vespo_lambda_neg = p.lambda_neg;
+  o.temperature = p.temperature;
+  cgrpo::Recipe r;
+  const cgrpo::Status st = cgrpo::trl_recipe(o, &r);
+  INFO(st.message);
+  REQUIRE(st.ok());
+  cgrpo::LossConfig c = r.loss;
+  c.entropy.coef = p.entropy_coef;
   *scale = cgrpo::AggregationScale{};
-  if (lt == "dr_grpo") scale->length = static_cast<double>(B) * p.max_completion_length;
+  if (p.loss_type == "dr_grpo") scale->length = static_cast<double>(B) * p.max_completion_length;
   return c;
 }
 
@@ -72,32 +66,27 @@ struct LibResult {
   std::vector<double> grad;
 };
 
-LibResult run_library(const trl_ref::Batch& b, const trl_ref::Params& p, int threads = 1) {
-  const int64_t T = b.B * b.L;
-  cgrpo::AggregationScale scale;
-  cgrpo::LossConfig c = to_config(p, b.B, &scale);
-  c.num_threads = threads;
-  std::vector<double> adv(T);
-  for (int64_t t = 0; t < T; ++t) adv[t] = b.adv[t / b.L];
-  cgrpo::PolicyLossBatch<double> batch;
-  batch.logits = b.logits.data();
-  batch.num_tokens = T;
-  batch.vocab_size = b.V;
-  batch.target_ids = b.tokens.data();
-  batch.mask = b.mask.data();
-  batch.advantages = adv.data();
-  batch.old_logp = b.old_logp.data();
-  batch.ref_logp = p.beta != 0 ? b.ref_logp.data() : nullptr;
-  batch.rollout_logp = b.has_rollout ? b.rollout_logp.data() : nullptr;
-  batch.layout = cgrpo::SequenceLayout::padded(b.B, b.L);
-  batch.scale = scale;
+// The fused loss for config on the batch (weights computed by the loss, ref_logp when the config
+// has a KL estimator).
+LibResult run_config(const trl_ref::Batch& b, const cgrpo::LossConfig& c, const cgrpo::AggregationScale& scale,
+                     int threads = 1) {
+  const support::Batch x = trl_ref::to_support_batch(b);
+  support::LibraryBatch<double> lb(x, c, support::Weights::computed);
+  lb.view.scale = scale;
+  cgrpo::cpu::Workspace ws(threads);
   LibResult r;
   r.grad.assign(b.logits.size(), 0.0);
   cgrpo::PolicyLossOutputs<double> out;
   out.grad_logits = r.grad.data();
   out.metrics = &r.metrics;
-  r.status = cgrpo::cpu::fused_policy_loss(c, batch, out);
+  r.status = cgrpo::cpu::fused_policy_loss(c, lb.view, out, ws);
   return r;
+}
+
+LibResult run_library(const trl_ref::Batch& b, const trl_ref::Params& p, int threads = 1) {
+  cgrpo::AggregationScale scale;
+  const cgrpo::LossConfig c = to_config(p, b.B, &scale);
+  return run_config(b, c, scale, threads);
 }
 
 double max_abs(const std::vector<double>& a) {
@@ -201,10 +190,12 @@ trl_ref::Params make_params(const std::string& lt, bool sequence, unsigned f, co
 const char* kLossTypes[] = {"grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"};
 const char* kVllm[] = {"none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"};
 
-// One combination: draws batches until finite differences see no kink, then compares.
-void run_combination(const trl_ref::Params& p, std::mt19937_64& rng, bool empty_row) {
+// One combination: draws batches until finite differences see no kink, then compares. Without
+// rollout log-probs (kOpsmNoRollout) the batch has none: OPSM takes old_logp, as TRL does.
+void run_combination(const trl_ref::Params& p, std::mt19937_64& rng, bool empty_row, bool has_rollout = true) {
   for (int attempt = 0; attempt < 20; ++attempt) {
-    const trl_ref::Batch b = trl_ref::random_batch(rng, 5, 4, 6, empty_row);
+    trl_ref::Batch b = trl_ref::random_batch(rng, 5, 4, 6, empty_row);
+    b.has_rollout = has_rollout;
     bool stable = false;
     const std::vector<double> fd = trl_ref::finite_difference_gradient(b, p, &stable);
     if (!stable || max_abs(fd) == 0) continue;  // a kink in the step, or every row masked
@@ -237,7 +228,7 @@ TEST_CASE("TRL modes: loss, metrics and finite-difference gradient of every loss
         if (allowed(lt, sequence, f, "none")) {
           const trl_ref::Params p = make_params(lt, sequence, f, "none", rng);
           CAPTURE(lt, sequence, f, combos);
-          run_combination(p, rng, combos % 3 == 0);
+          run_combination(p, rng, combos % 3 == 0, (f & kOpsmNoRollout) == 0);
           ++combos;
         }
       for (const char* vllm : kVllm)
@@ -260,7 +251,7 @@ TEST_CASE("TRL modes: loss, metrics and finite-difference gradient of every loss
     if (!allowed(lt, sequence, f, vllm)) continue;
     const trl_ref::Params p = make_params(lt, sequence, f, vllm, rng);
     CAPTURE(lt, sequence, f, vllm, p.vllm_min, p.vllm_max);
-    run_combination(p, rng, mixed % 2 == 0);
+    run_combination(p, rng, mixed % 2 == 0, (f & kOpsmNoRollout) == 0);
     ++mixed;
   }
   CHECK(combos >= 150);
@@ -283,25 +274,13 @@ TEST_CASE("TRL delta: equals the dual clip with c = delta for delta >= 1 + epsil
       // The same batch through verl's dual clip with c = delta.
       cgrpo::AggregationScale scale;
       cgrpo::LossConfig c = to_config(p, b.B, &scale);
-      c.two_sided_delta = kInf;
-      c.dual_clip = true;
-      c.dual_clip_c = delta;
-      std::vector<double> adv(T), grad(b.logits.size());
-      for (int64_t t = 0; t < T; ++t) adv[t] = b.adv[t / b.L];
-      cgrpo::PolicyLossBatch<double> batch;
-      batch.logits = b.logits.data();
-      batch.num_tokens = T;
-      batch.vocab_size = b.V;
-      batch.target_ids = b.tokens.data();
-      batch.mask = b.mask.data();
-      batch.advantages = adv.data();
-      batch.old_logp = b.old_logp.data();
-      batch.layout = cgrpo::SequenceLayout::padded(b.B, b.L);
-      cgrpo::LossMetrics m;
-      cgrpo::PolicyLossOutputs<double> out;
-      out.grad_logits = grad.data();
-      out.metrics = &m;
-      REQUIRE(cgrpo::cpu::fused_policy_loss(c, batch, out).ok());
+      c.ratio.two_sided_delta = kInf;
+      c.ratio.dual_clip = true;
+      c.ratio.dual_clip_c = delta;
+      const LibResult dual = run_config(b, c, scale);
+      REQUIRE(dual.status.ok());
+      const cgrpo::LossMetrics& m = dual.metrics;
+      const std::vector<double>& grad = dual.grad;
       const trl_ref::Result want = trl_ref::loss(b, b.logits, b.logits, p);
       CHECK(close(two_sided.metrics.loss, want.loss));
       if (delta >= 1 + p.epsilon_high) {
@@ -370,22 +349,24 @@ TEST_CASE("TRL vLLM weight: the four modes, None bounds, and metric partials tha
 }
 
 TEST_CASE("TRL vespo: phi at the golden parameters, the float32 k and lambda, lambda's floor, non-finite", "[trl]") {
+  using W = cgrpo::VespoWeights;  // (k_pos, lambda_pos, k_neg, lambda_neg)
+  const W golden{2, 3, 3, 2};
   // phi(w = 1) = 1 for any (k, lambda).
-  CHECK(cgrpo::vespo_phi(0.0, 1.0, 2, 3, 3, 2) == 1.0);
-  CHECK(close(cgrpo::vespo_phi(std::log(2.0), 1.0, 2, 3, 3, 2), std::exp(3 + 2 * std::log(2.0) - 6), 1e-15));
-  CHECK(close(cgrpo::vespo_phi(std::log(2.0), -1.0, 2, 3, 3, 2), std::exp(2 + 3 * std::log(2.0) - 4), 1e-15));
+  CHECK(cgrpo::vespo_phi(0.0, 1.0, golden) == 1.0);
+  CHECK(close(cgrpo::vespo_phi(std::log(2.0), 1.0, golden), std::exp(3 + 2 * std::log(2.0) - 6), 1e-15));
+  CHECK(close(cgrpo::vespo_phi(std::log(2.0), -1.0, golden), std::exp(2 + 3 * std::log(2.0) - 4), 1e-15));
   // A = 0 takes the _pos pair (TRL: advantages >= 0).
-  CHECK(cgrpo::vespo_phi(std::log(2.0), 0.0, 2, 3, 3, 2) == cgrpo::vespo_phi(std::log(2.0), 1.0, 2, 3, 3, 2));
+  CHECK(cgrpo::vespo_phi(std::log(2.0), 0.0, golden) == cgrpo::vespo_phi(std::log(2.0), 1.0, golden));
   // k and lambda are float32 in TRL (torch.where over Python floats).
   const double k = 1.05, lam = 0.3;
   const double kf = static_cast<float>(k), lf = static_cast<float>(lam), lw = std::log(1.7);
-  CHECK(cgrpo::vespo_phi(lw, 1.0, k, lam, 3, 2) == std::exp(lf + kf * lw - lf * std::exp(lw)));
-  CHECK(cgrpo::vespo_phi(lw, 1.0, k, lam, 3, 2) != std::exp(lam + k * lw - lam * std::exp(lw)));
+  CHECK(cgrpo::vespo_phi(lw, 1.0, W{k, lam, 3, 2}) == std::exp(lf + kf * lw - lf * std::exp(lw)));
+  CHECK(cgrpo::vespo_phi(lw, 1.0, W{k, lam, 3, 2}) != std::exp(lam + k * lw - lam * std::exp(lw)));
   // lambda floors at 1e-4 (float), log w clamps to [log 1e-8, 20].
-  CHECK(cgrpo::vespo_phi(lw, 1.0, 2, -5, 3, 2) == std::exp(double(1e-4f) + 2 * lw - double(1e-4f) * std::exp(lw)));
-  CHECK(cgrpo::vespo_phi(50.0, 1.0, 2, 0.0, 3, 2) == cgrpo::vespo_phi(20.0, 1.0, 2, 0.0, 3, 2));
+  CHECK(cgrpo::vespo_phi(lw, 1.0, W{2, -5, 3, 2}) == std::exp(double(1e-4f) + 2 * lw - double(1e-4f) * std::exp(lw)));
+  CHECK(cgrpo::vespo_phi(50.0, 1.0, W{2, 0.0, 3, 2}) == cgrpo::vespo_phi(20.0, 1.0, W{2, 0.0, 3, 2}));
   // exp overflow -> 0 (TRL's nan_to_num(posinf=0)).
-  CHECK(cgrpo::vespo_phi(20.0, 1.0, 2000, 0.0, 3, 2) == 0.0);
+  CHECK(cgrpo::vespo_phi(20.0, 1.0, W{2000, 0.0, 3, 2}) == 0.0);
 }
 
 TEST_CASE("TRL entropy mask: top_entropy_mask against a brute-force quantile; 0 and 1", "[trl]") {
@@ -430,46 +411,38 @@ TEST_CASE("TRL entropy mask: top_entropy_mask against a brute-force quantile; 0 
 TEST_CASE("TRL sequence level: clip metrics per row over all B rows, an empty row included", "[trl]") {
   // Row 0: A < 0, r below 1 - eps; row 1: A > 0, r above 1 + eps_high; row 2: inside; row 3: empty.
   const int64_t B = 4, L = 3, V = 4, T = B * L;
-  std::vector<double> logits(T * V, 0.0), adv(T), old(T), grad(T * V);
-  std::vector<int32_t> tokens(T, 0);
-  std::vector<uint8_t> mask(T, 1);
-  for (int64_t t = 0; t < T; ++t) logits[t * V + 1] = 0.3 * (t % 3);  // log p = log(1/4)-ish, not all equal
+  support::Batch b = support::padded_batch(B, L, V);  // targets 0, every token initial
+  b.rollout_logp.clear();
+  for (int64_t t = 0; t < T; ++t) b.logits[t * V + 1] = 0.3 * (t % 3);  // log p = log(1/4)-ish, not all equal
   const double A[] = {-1.0, 1.0, 0.5, 1.0};
   const double shift[] = {0.5, -0.5, 0.0, 0.0};  // old = logp + shift: x = -shift
   for (int64_t t = 0; t < T; ++t) {
-    adv[t] = A[t / L];
+    b.adv[t] = A[t / L];
     double z[V];
-    for (int64_t v = 0; v < V; ++v) z[v] = logits[t * V + v];
+    for (int64_t v = 0; v < V; ++v) z[v] = b.logits[t * V + v];
     double m = -INFINITY, s = 0;
     for (double x : z) m = std::max(m, x);
     for (double x : z) s += std::exp(x - m);
-    old[t] = z[0] - m - std::log(s) + shift[t / L];
-    if (t / L == 3) mask[t] = 0;
+    b.old_logp[t] = z[0] - m - std::log(s) + shift[t / L];
+    if (t / L == 3) b.mask[t] = 0;
   }
-  cgrpo::LossConfig c = cgrpo::trl_grpo();
-  c.ratio_level = cgrpo::RatioLevel::sequence;
-  cgrpo::PolicyLossBatch<double> batch;
-  batch.logits = logits.data();
-  batch.num_tokens = T;
-  batch.vocab_size = V;
-  batch.target_ids = tokens.data();
-  batch.mask = mask.data();
-  batch.advantages = adv.data();
-  batch.old_logp = old.data();
-  batch.layout = cgrpo::SequenceLayout::padded(B, L);
+  cgrpo::LossConfig c = cgrpo::trl_grpo().loss;
+  c.ratio.level = cgrpo::RatioLevel::sequence;
+  const support::LibraryBatch<double> lb(b, c, support::Weights::computed);
+  std::vector<double> grad(T * V);
   cgrpo::LossMetrics m;
   cgrpo::PolicyLossOutputs<double> out;
   out.grad_logits = grad.data();
   out.metrics = &m;
-  REQUIRE(cgrpo::cpu::fused_policy_loss(c, batch, out).ok());
+  REQUIRE(cgrpo::cpu::fused_policy_loss(c, lb.view, out).ok());
   CHECK(m.clip_ratio_low_mean == 0.25);   // 1 row of 4 (TRL: over all B rows)
   CHECK(m.clip_ratio_high_mean == 0.25);
   CHECK(m.clip_ratio_region_mean == 0.5);
   CHECK(m.clip_ratio_low_min == 0.0);     // rows 1, 2 and the empty row 3
   CHECK(m.clip_ratio_high_max == 1.0);
   // At token level the same batch averages over the 9 valid tokens and skips the empty row.
-  c.ratio_level = cgrpo::RatioLevel::token;
-  REQUIRE(cgrpo::cpu::fused_policy_loss(c, batch, out).ok());
+  c.ratio.level = cgrpo::RatioLevel::token;
+  REQUIRE(cgrpo::cpu::fused_policy_loss(c, lb.view, out).ok());
   CHECK(close(m.clip_ratio_low_mean, 3.0 / 9.0, 1e-15));
   CHECK(close(m.clip_ratio_region_mean, 6.0 / 9.0, 1e-15));
 }

@@ -14,11 +14,12 @@
 #include <string>
 #include <vector>
 
+#include "expect_error.hpp"
 #include "reference.hpp"
 
 namespace {
 
-constexpr double kPoison = -12345.5;
+constexpr double kPoison = support::kPoison;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -28,83 +29,71 @@ using Out = cgrpo::PolicyLossOutputs<double>;
 using Code = cgrpo::StatusCode;
 using Mutate = std::function<void(Cfg&, Batch&, Out&)>;
 
-// A verl batch (every token initial, rollout log-probs) with decoupled token IS and a token_k1
-// rejection, weights computed by the loss; `mutate` breaks one thing. Returns the status after
-// checking that no output changed when it is an error.
-cgrpo::Status run(const Mutate& mutate) {
-  std::mt19937_64 rng = test_seed::fresh_rng();
-  ref::Batch b = ref::random_batch(rng, 5, 6, 30, 2);
-  for (auto& k : b.kinds) k = cgrpo::kInitial;
-  std::normal_distribution<double> noise(0.0, 0.2);
-  std::vector<double> rollout(b.T);
-  for (int64_t t = 0; t < b.T; ++t) rollout[t] = b.old_logp[t] + noise(rng);
-  std::vector<uint8_t> selection(b.T, 0);
-  ref::LibraryBatch<double> lb(b);
-  lb.view.pg_weights = lb.view.entropy_weights = lb.view.kl_weights = nullptr;
-  lb.view.rollout_logp = rollout.data();
-  Cfg c = cgrpo::verl_decoupled(cgrpo::verl_grpo(), cgrpo::RolloutIsLevel::token);
-  c.entropy_coef = 0.01;
-  REQUIRE(cgrpo::verl_rollout_rs("token_k1", "0.8_1.25", &c.rollout).ok());
-  std::vector<double> grad(b.logits.size(), kPoison), logp(b.T, kPoison), ent(b.T, kPoison), factor(b.T, kPoison);
-  std::vector<uint8_t> terms(b.T, 77);
-  cgrpo::LossMetrics metrics;
-  metrics.loss = kPoison;
-  metrics.rollout.is_mean = kPoison;
-  Out out;
-  out.grad_logits = grad.data();
-  out.logp = logp.data();
-  out.entropy = ent.data();
-  out.metrics = &metrics;
-  out.policy_factor = factor.data();
-  out.token_terms = terms.data();
-  mutate(c, lb.view, out);
-  const cgrpo::Status st = cgrpo::cpu::fused_policy_loss(c, lb.view, out);
-  if (!st.ok()) {
-    for (double g : grad) REQUIRE(g == kPoison);
-    for (int64_t t = 0; t < b.T; ++t) {
-      REQUIRE((logp[t] == kPoison && ent[t] == kPoison && factor[t] == kPoison));
-      REQUIRE(terms[t] == 77);
-    }
-    CHECK(metrics.loss == kPoison);
-    CHECK(metrics.rollout.is_mean == kPoison);
+// A verl batch (every token initial, rollout log-probs near old_logp) with decoupled token IS and a
+// token_k1 rejection, weights computed by the loss. A test's `mutate` breaks one thing in the
+// config, the library's view of the batch or the (poisoned) outputs.
+struct Fixture {
+  ref::Batch b;
+  Cfg config;
+  Fixture() {
+    std::mt19937_64 rng = test_seed::fresh_rng();
+    b = ref::random_batch(rng, 5, 6, 30, 2);
+    for (auto& k : b.kinds) k = cgrpo::kInitial;
+    std::normal_distribution<double> noise(0.0, 0.2);
+    for (int64_t t = 0; t < b.T; ++t) b.rollout_logp[t] = b.old_logp[t] + noise(rng);
+    config = cgrpo::verl_decoupled(cgrpo::verl_grpo(), cgrpo::RolloutIsLevel::token).loss;
+    config.entropy.coef = 0.01;
+    REQUIRE(cgrpo::verl_rollout_rs("token_k1", "0.8_1.25", &config.off_policy.rollout).ok());
   }
-  return st;
-}
+  int64_t grad_entries() const { return static_cast<int64_t>(b.logits.size()); }
+};
 
-// The status is `code` and its message holds every needle.
+// The status is `code`, its message holds every needle, and no output was written
+// (support::expect_error: gradient, log p, H, policy factor, terms, metrics).
 void expect_error(const Mutate& mutate, Code code, std::initializer_list<const char*> needles) {
-  const cgrpo::Status st = run(mutate);
-  INFO("message: " << st.message);
-  CHECK(st.code == code);
-  for (const char* n : needles) CHECK(std::string(st.message).find(n) != std::string::npos);
+  Fixture f;
+  ref::LibraryBatch<double> lb(f.b, f.config, support::Weights::computed);
+  support::expect_error<double>(
+      f.b.T, f.grad_entries(),
+      [&](support::PoisonedOutputs<double>& o) {
+        mutate(f.config, lb.view, o.out);
+        return cgrpo::cpu::fused_policy_loss(f.config, lb.view, o.out);
+      },
+      code, needles);
 }
 
 void expect_ok(const Mutate& mutate) {
-  const cgrpo::Status st = run(mutate);
+  Fixture f;
+  ref::LibraryBatch<double> lb(f.b, f.config, support::Weights::computed);
+  support::PoisonedOutputs<double> o(f.b.T, f.grad_entries());
+  mutate(f.config, lb.view, o.out);
+  const cgrpo::Status st = cgrpo::cpu::fused_policy_loss(f.config, lb.view, o.out);
   INFO("message: " << st.message);
   CHECK(st.ok());
+  CHECK(std::isfinite(o.metrics.loss));
 }
 
 }  // namespace
 
 TEST_CASE("verl bad input: rollout_logp missing or not finite where a mode reads it", "[errors][verl]") {
   expect_ok([](Cfg&, Batch&, Out&) {});
-  expect_error([](Cfg&, Batch& b, Out&) { b.rollout_logp = nullptr; }, Code::invalid_argument, {"config.rollout", "rollout_logp"});
+  expect_error([](Cfg&, Batch& b, Out&) { b.rollout_logp = nullptr; }, Code::invalid_argument,
+               {"config.off_policy.rollout needs rollout_logp"});
   expect_error([](Cfg& c, Batch& b, Out&) {
-    c = cgrpo::verl_bypass_reinforce();
+    c = cgrpo::verl_bypass_reinforce().loss;
     b.rollout_logp = nullptr;
-  }, Code::invalid_argument, {"rollout_logp"});
+  }, Code::invalid_argument, {"config.off_policy.rollout needs rollout_logp"});
   expect_error([](Cfg& c, Batch& b, Out&) {
-    c = cgrpo::verl_bypass_ppo_clip();  // metrics only: still reads rollout_logp (the ratio's reference)
+    c = cgrpo::verl_bypass_ppo_clip().loss;  // metrics only: still reads rollout_logp (the ratio's reference)
     b.rollout_logp = nullptr;
-  }, Code::invalid_argument, {"rollout_logp"});
+  }, Code::invalid_argument, {"config.off_policy.rollout needs rollout_logp"});
   for (double bad : {kNaN, kInf, -kInf}) {
     expect_error([bad](Cfg&, Batch& b, Out&) {
       const_cast<uint8_t*>(b.mask)[3] = 1;  // a valid token: its rollout_logp is read
       const_cast<double*>(b.rollout_logp)[3] = bad;
     }, Code::non_finite, {"rollout_logp[3]"});
     expect_error([bad](Cfg& c, Batch& b, Out&) {
-      c = cgrpo::verl_bypass_reinforce();
+      c = cgrpo::verl_bypass_reinforce().loss;
       const_cast<uint8_t*>(b.mask)[2] = 1;
       const_cast<double*>(b.rollout_logp)[2] = bad;
     }, Code::non_finite, {"rollout_logp[2]"});
@@ -115,103 +104,129 @@ TEST_CASE("verl bad input: rollout_logp missing or not finite where a mode reads
       if (!b.mask[t]) const_cast<double*>(b.rollout_logp)[t] = kNaN;
   });
   expect_ok([](Cfg& c, Batch& b, Out&) {
-    c = cgrpo::verl_bypass_reinforce();
+    c = cgrpo::verl_bypass_reinforce().loss;
     b.old_logp = nullptr;
   });
 }
 
 TEST_CASE("verl bad input: IS and rejection thresholds out of range", "[errors][verl]") {
   for (double bad : {0.0, -1.0, kNaN})
-    expect_error([bad](Cfg& c, Batch&, Out&) { c.rollout.is_threshold = bad; }, Code::invalid_argument,
-                 {"config.rollout.is_threshold"});
-  expect_ok([](Cfg& c, Batch&, Out&) { c.rollout.is_threshold = kInf; });  // no truncation
+    expect_error([bad](Cfg& c, Batch&, Out&) { c.off_policy.rollout.is_threshold = bad; }, Code::invalid_argument,
+                 {"config.off_policy.rollout.is_threshold"});
+  expect_ok([](Cfg& c, Batch&, Out&) { c.off_policy.rollout.is_threshold = kInf; });  // no truncation
   for (double bad : {0.0, -0.5, kNaN, kInf})
-    expect_error([bad](Cfg& c, Batch&, Out&) { c.rollout.rejection[0].upper = bad; }, Code::invalid_argument,
-                 {"config.rollout.rejection[0].upper"});
-  expect_error([](Cfg& c, Batch&, Out&) { c.rollout.rejection[0].lower = 2.0; }, Code::invalid_argument,
-               {"config.rollout.rejection[0]", "token_k1", "lower <= upper"});
-  expect_error([](Cfg& c, Batch&, Out&) { c.rollout.rejection[0].lower = -0.1; }, Code::invalid_argument,
-               {"config.rollout.rejection[0]"});
-  expect_error([](Cfg& c, Batch&, Out&) { c.rollout.rejection[0].upper = 0.5; }, Code::invalid_argument,
-               {"config.rollout.rejection[0]", "token_k1"});  // lower 0.8 > upper
+    expect_error([bad](Cfg& c, Batch&, Out&) { c.off_policy.rollout.rejection[0].upper = bad; }, Code::invalid_argument,
+                 {"config.off_policy.rollout.rejection[0].upper"});
+  expect_error([](Cfg& c, Batch&, Out&) { c.off_policy.rollout.rejection[0].lower = 2.0; }, Code::invalid_argument,
+               {"config.off_policy.rollout.rejection[0]", "token_k1", "lower <= upper"});
+  expect_error([](Cfg& c, Batch&, Out&) { c.off_policy.rollout.rejection[0].lower = -0.1; }, Code::invalid_argument,
+               {"config.off_policy.rollout.rejection[0]"});
+  expect_error([](Cfg& c, Batch&, Out&) { c.off_policy.rollout.rejection[0].upper = 0.5; }, Code::invalid_argument,
+               {"config.off_policy.rollout.rejection[0]", "token_k1"});  // lower 0.8 > upper
   expect_error([](Cfg& c, Batch&, Out&) {
-    c.rollout.rejection[0].statistic = cgrpo::RejectionStatistic::seq_mean_k3;
-  }, Code::invalid_argument, {"config.rollout.rejection[0]", "seq_mean_k3", "upper threshold only"});
-  expect_error([](Cfg& c, Batch&, Out&) { c.rollout.rejection[0].statistic = static_cast<cgrpo::RejectionStatistic>(11); },
-               Code::invalid_argument, {"config.rollout.rejection[0].statistic"});
-  expect_error([](Cfg& c, Batch&, Out&) { c.rollout.num_rejection_options = 5; }, Code::invalid_argument,
-               {"config.rollout.num_rejection_options"});
-  expect_error([](Cfg& c, Batch&, Out&) { c.rollout.num_rejection_options = -1; }, Code::invalid_argument,
-               {"config.rollout.num_rejection_options"});
-  expect_error([](Cfg& c, Batch&, Out&) { c.rollout.mode = static_cast<cgrpo::RolloutCorrectionMode>(3); },
-               Code::invalid_argument, {"config.rollout.mode"});
-  expect_error([](Cfg& c, Batch&, Out&) { c.rollout.is_level = static_cast<cgrpo::RolloutIsLevel>(7); },
-               Code::invalid_argument, {"config.rollout.is_level"});
+    c.off_policy.rollout.rejection[0].statistic = cgrpo::RejectionStatistic::seq_mean_k3;
+  }, Code::invalid_argument, {"config.off_policy.rollout.rejection[0]", "seq_mean_k3", "upper threshold only"});
+  expect_error([](Cfg& c, Batch&, Out&) {
+    c.off_policy.rollout.rejection[0].statistic = static_cast<cgrpo::RejectionStatistic>(11);
+  }, Code::invalid_argument, {"config.off_policy.rollout.rejection[0].statistic"});
+  expect_error([](Cfg& c, Batch&, Out&) { c.off_policy.rollout.num_rejection_options = 5; }, Code::invalid_argument,
+               {"config.off_policy.rollout.num_rejection_options"});
+  expect_error([](Cfg& c, Batch&, Out&) { c.off_policy.rollout.num_rejection_options = -1; }, Code::invalid_argument,
+               {"config.off_policy.rollout.num_rejection_options"});
+  expect_error([](Cfg& c, Batch&, Out&) { c.off_policy.rollout.mode = static_cast<cgrpo::RolloutCorrectionMode>(3); },
+               Code::invalid_argument, {"config.off_policy.rollout.mode"});
+  expect_error([](Cfg& c, Batch&, Out&) { c.off_policy.rollout.is_level = static_cast<cgrpo::RolloutIsLevel>(7); },
+               Code::invalid_argument, {"config.off_policy.rollout.is_level"});
 }
 
 TEST_CASE("verl bad input: combinations verl does not define", "[errors][verl]") {
-  expect_error([](Cfg& c, Batch&, Out&) { c.rollout.mode = cgrpo::RolloutCorrectionMode::none; }, Code::invalid_argument,
-               {"config.rollout", "rollout.mode"});
+  expect_error([](Cfg& c, Batch&, Out&) { c.off_policy.rollout.mode = cgrpo::RolloutCorrectionMode::none; },
+               Code::invalid_argument, {"config.off_policy.rollout", "rollout.mode"});
   expect_error([](Cfg& c, Batch&, Out&) {
-    c.rollout.is_level = cgrpo::RolloutIsLevel::none;
-    c.rollout.is_batch_normalize = true;
-  }, Code::invalid_argument, {"config.rollout.is_batch_normalize"});
+    c.off_policy.rollout.is_level = cgrpo::RolloutIsLevel::none;
+    c.off_policy.rollout.is_batch_normalize = true;
+  }, Code::invalid_argument, {"config.off_policy.rollout.is_batch_normalize"});
   expect_error([](Cfg& c, Batch&, Out&) {
-    c.policy_loss = cgrpo::PolicyLoss::cispo;
-    c.dual_clip = false;
-    c.rollout.mode = cgrpo::RolloutCorrectionMode::bypass;
-  }, Code::invalid_argument, {"config.rollout.mode = bypass", "cispo"});
+    c.policy.loss = cgrpo::PolicyLoss::cispo;
+    c.ratio.dual_clip = false;
+    c.off_policy.rollout.mode = cgrpo::RolloutCorrectionMode::bypass;
+  }, Code::invalid_argument, {"config.off_policy.rollout.mode = bypass", "cispo"});
   expect_error([](Cfg& c, Batch&, Out&) {
-    c = cgrpo::verl_bypass_ppo_clip();
-    c.ratio_level = cgrpo::RatioLevel::sequence_detached;
-  }, Code::invalid_argument, {"bypass", "ratio_level"});
+    c = cgrpo::verl_bypass_ppo_clip().loss;
+    c.ratio.level = cgrpo::RatioLevel::sequence_detached;
+    c.aggregation.policy = cgrpo::Aggregation::seq_mean_token_mean;  // the level's own aggregation
+  }, Code::invalid_argument, {"config.off_policy.rollout.mode = bypass", "ratio.level must be token"});
   expect_error([](Cfg& c, Batch&, Out&) {
-    c.policy_loss = cgrpo::PolicyLoss::reinforce;
-    c.dual_clip = false;
-  }, Code::invalid_argument, {"config.policy_loss = reinforce", "bypass"});
-  expect_error([](Cfg& c, Batch&, Out&) { c.sampler.mode = cgrpo::SamplerCorrectionMode::token_truncate; },
-               Code::invalid_argument, {"config.sampler", "config.rollout"});
-  expect_error([](Cfg& c, Batch&, Out&) { c.dual_clip = true, c.policy_loss = cgrpo::PolicyLoss::cispo; },
-               Code::invalid_argument, {"config.dual_clip", "cispo"});
-  expect_error([](Cfg& c, Batch&, Out&) { c.kl = cgrpo::KlEstimator::none, c.kl_coef = 0, c.kl_straight_through = true; },
-               Code::invalid_argument, {"config.kl_straight_through"});
+    c.policy.loss = cgrpo::PolicyLoss::reinforce;
+    c.ratio.dual_clip = false;
+  }, Code::invalid_argument,
+               {"config.policy.loss = reinforce", "verl's bypass-mode loss", "off_policy.rollout.mode = bypass"});
+  expect_error([](Cfg& c, Batch&, Out&) { c.off_policy.sampler.mode = cgrpo::SamplerCorrectionMode::token_truncate; },
+               Code::invalid_argument, {"config.off_policy.sampler", "config.off_policy.rollout"});
+  expect_error([](Cfg& c, Batch&, Out&) { c.ratio.dual_clip = true, c.policy.loss = cgrpo::PolicyLoss::cispo; },
+               Code::invalid_argument, {"config.ratio.dual_clip", "cispo"});
+  expect_error([](Cfg& c, Batch&, Out&) {
+    c.kl.estimator = cgrpo::KlEstimator::none, c.kl.coef = 0, c.kl.straight_through = true;
+  }, Code::invalid_argument, {"config.kl.straight_through"});
   // Rejection changes the denominators: the caller's weights cannot know them.
   expect_error([](Cfg&, Batch& b, Out&) {
     static std::vector<double> w(1000, 0.01);
     b.pg_weights = b.entropy_weights = b.kl_weights = w.data();
-  }, Code::invalid_argument, {"rollout rejection", "pg_weights"});
+  }, Code::invalid_argument, {"config.off_policy.rollout rejection", "pg_weights"});
   // geo_mean computes its per-row weights itself.
   expect_error([](Cfg& c, Batch& b, Out&) {
-    c = cgrpo::verl_gmpo();
+    c = cgrpo::verl_gmpo().loss;
     static std::vector<double> w(1000, 0.01);
     b.pg_weights = b.entropy_weights = w.data();
-  }, Code::invalid_argument, {"geo_mean", "pg_weights"});
+  }, Code::invalid_argument, {"config.policy.loss = geo_mean", "pg_weights"});
+  // geo_mean, sapo and verl's GSPO aggregate their policy term seq-mean-token-mean whatever
+  // loss_agg_mode says: another mode is refused by name, never overridden.
+  expect_error([](Cfg& c, Batch&, Out&) {
+    c = cgrpo::verl_decoupled(cgrpo::verl_gmpo(), cgrpo::RolloutIsLevel::token).loss;
+    c.aggregation.policy = cgrpo::Aggregation::token_mean;
+  }, Code::invalid_argument, {"config.aggregation.policy = token-mean", "geo_mean", "seq_mean_token_mean"});
+  expect_error([](Cfg& c, Batch&, Out&) {
+    c = cgrpo::verl_sapo().loss;
+    c.aggregation.policy = cgrpo::Aggregation::seq_mean_token_sum;
+  }, Code::invalid_argument, {"config.aggregation.policy = seq-mean-token-sum", "sapo"});
+  expect_error([](Cfg& c, Batch&, Out&) {
+    c = cgrpo::verl_gspo().loss;
+    c.aggregation.policy = cgrpo::Aggregation::seq_mean_token_sum_norm;
+  }, Code::invalid_argument, {"config.aggregation.policy = seq-mean-token-sum-norm", "sequence_detached"});
 }
 
 TEST_CASE("verl bad input: policy-loss parameters out of range", "[errors][verl]") {
   // cispo's band may open below (verl's recipe: eps_low 10); ppo_clip's may not.
-  expect_ok([](Cfg& c, Batch&, Out&) { c = cgrpo::verl_decoupled(cgrpo::verl_cispo(), cgrpo::RolloutIsLevel::token); });
-  expect_error([](Cfg& c, Batch&, Out&) { c.clip_eps_low = 1.0; }, Code::invalid_argument, {"config.clip_eps_low"});
-  expect_error([](Cfg& c, Batch&, Out&) { c = cgrpo::verl_cispo(), c.clip_eps_low = -0.1; }, Code::invalid_argument,
-               {"config.clip_eps_low"});
-  expect_error([](Cfg& c, Batch&, Out&) { c = cgrpo::verl_cispo(), c.clip_eps_high = kNaN; }, Code::invalid_argument,
-               {"config.clip_eps_high"});
+  expect_ok([](Cfg& c, Batch&, Out&) {
+    c = cgrpo::verl_decoupled(cgrpo::verl_cispo(), cgrpo::RolloutIsLevel::token).loss;
+  });
+  expect_error([](Cfg& c, Batch&, Out&) { c.ratio.clip_eps_low = 1.0; }, Code::invalid_argument,
+               {"config.ratio.clip_eps_low"});
+  expect_error([](Cfg& c, Batch&, Out&) { c = cgrpo::verl_cispo().loss, c.ratio.clip_eps_low = -0.1; },
+               Code::invalid_argument, {"config.ratio.clip_eps_low"});
+  expect_error([](Cfg& c, Batch&, Out&) { c = cgrpo::verl_cispo().loss, c.ratio.clip_eps_high = kNaN; },
+               Code::invalid_argument, {"config.ratio.clip_eps_high"});
   for (double bad : {0.0, -1.0, kNaN, kInf})
-    expect_error([bad](Cfg& c, Batch&, Out&) { c = cgrpo::verl_sapo(), c.sapo_tau_neg = bad; }, Code::invalid_argument,
-                 {"config.sapo_tau_pos and sapo_tau_neg"});
+    expect_error([bad](Cfg& c, Batch&, Out&) { c = cgrpo::verl_sapo().loss, c.policy.sapo.tau_neg = bad; },
+                 Code::invalid_argument, {"config.policy.sapo.tau_pos and tau_neg"});
   for (double bad : {0.0, -0.1, 1.5, kNaN})
-    expect_error([bad](Cfg& c, Batch&, Out&) { c = cgrpo::verl_kl_cov(), c.cov_ratio = bad; }, Code::invalid_argument,
-                 {"config.cov_ratio"});
-  expect_error([](Cfg& c, Batch&, Out&) { c = cgrpo::verl_kl_cov(), c.kl_cov_coef = kInf; }, Code::invalid_argument,
-               {"config.kl_cov_coef"});
-  expect_error([](Cfg& c, Batch&, Out&) { c = cgrpo::verl_clip_cov(), c.clip_cov_lower = 5.0; }, Code::invalid_argument,
-               {"config.clip_cov_lower"});
-  expect_error([](Cfg& c, Batch&, Out&) { c = cgrpo::verl_gmpo(), c.clip_eps_high = kInf; }, Code::invalid_argument,
-               {"config.clip_eps_high"});
-  expect_error([](Cfg& c, Batch&, Out&) { c = cgrpo::verl_gmpo(), c.ratio_level = cgrpo::RatioLevel::sequence_detached; },
-               Code::invalid_argument, {"geo_mean"});
+    expect_error([bad](Cfg& c, Batch&, Out&) { c = cgrpo::verl_kl_cov().loss, c.policy.kl_cov.ratio = bad; },
+                 Code::invalid_argument, {"config.policy.kl_cov.ratio"});
+  for (double bad : {0.0, -0.1, 1.5, kNaN})
+    expect_error([bad](Cfg& c, Batch&, Out&) { c = cgrpo::verl_clip_cov().loss, c.policy.clip_cov.ratio = bad; },
+                 Code::invalid_argument, {"config.policy.clip_cov.ratio"});
+  expect_error([](Cfg& c, Batch&, Out&) { c = cgrpo::verl_kl_cov().loss, c.policy.kl_cov.coef = kInf; },
+               Code::invalid_argument, {"config.policy.kl_cov.coef"});
+  expect_error([](Cfg& c, Batch&, Out&) { c = cgrpo::verl_clip_cov().loss, c.policy.clip_cov.lower = 5.0; },
+               Code::invalid_argument, {"config.policy.clip_cov.lower"});
+  expect_error([](Cfg& c, Batch&, Out&) { c = cgrpo::verl_gmpo().loss, c.ratio.clip_eps_high = kInf; },
+               Code::invalid_argument, {"config.ratio.clip_eps_high"});
+  expect_error([](Cfg& c, Batch&, Out&) {
+    c = cgrpo::verl_gmpo().loss;
+    c.ratio.level = cgrpo::RatioLevel::sequence_detached;
+  }, Code::invalid_argument, {"geo_mean", "ratio.level"});
   expect_error([](Cfg& c, Batch& b, Out&) {
-    c = cgrpo::verl_clip_cov();
+    c = cgrpo::verl_clip_cov().loss;
     static std::vector<uint8_t> sel;
     sel.assign(static_cast<size_t>(b.num_tokens), 0);
     for (int64_t t = 0; t < b.num_tokens; ++t)

@@ -1,16 +1,21 @@
 // verl's policy losses, KL straight-through forms and rollout correction against the plain double
 // reference (tests/support/reference_verl.hpp): loss, metrics, weights, kept masks, and the gradient
-// against central finite differences (row-coupled modes included).
+// against central finite differences (row-coupled modes included); the verl presets' conventions,
+// and the policy aggregations sapo, geo_mean and verl's GSPO refuse.
 #include <catch2/catch.hpp>
 
 #include "test_seed.hpp"
 
 #include <cgrpo/cgrpo.hpp>
 #include <cmath>
+#include <iterator>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "catalog.hpp"
+#include "expect_error.hpp"
 #include "reference.hpp"
 #include "reference_verl.hpp"
 
@@ -20,17 +25,10 @@ using cgrpo::LossConfig;
 using cgrpo::RejectionStatistic;
 using cgrpo::RolloutIsLevel;
 
-// A random batch, every token initial, with rollout log-probs: near old_logp (decoupled) or near
-// log p (bypass), the ratio against them kept 1e-4 away from the clip kinks.
-struct VerlBatch {
-  ref::Batch b;
-  ref_verl::Extra x;
-};
-
-VerlBatch make_batch(std::mt19937_64& rng, bool bypass, int64_t B = 5, int64_t max_len = 5, int64_t V = 7) {
-  VerlBatch vb;
-  vb.b = ref::random_batch(rng, B, max_len, V, 2);
-  ref::Batch& b = vb.b;
+// A random batch, every token initial, with rollout log-probs (b.rollout_logp): near old_logp
+// (decoupled) or near log p (bypass), the ratio against them kept 1e-4 away from the clip kinks.
+ref::Batch make_batch(std::mt19937_64& rng, bool bypass, int64_t B = 5, int64_t max_len = 5, int64_t V = 7) {
+  ref::Batch b = ref::random_batch(rng, B, max_len, V, 2);
   for (auto& k : b.kinds) k = cgrpo::kInitial;
   std::normal_distribution<double> noise(0.0, 0.25);
   const double kinks[] = {0.0, std::log(0.8), std::log(1.2), std::log(1.28), std::log(3.0)};
@@ -44,26 +42,26 @@ VerlBatch make_batch(std::mt19937_64& rng, bool bypass, int64_t B = 5, int64_t m
       near = false;
       for (double k : kinks) near = near || std::fabs(base - roll - k) < 1e-4;
     } while (bypass && near);
-    vb.x.rollout_logp.push_back(roll);
+    b.rollout_logp[t] = roll;
   }
-  return vb;
+  return b;
 }
 
 // A batch on which config's rejection keeps some valid tokens and rejects others (when it has options).
-VerlBatch make_mixed_batch(std::mt19937_64& rng, const LossConfig& c, int64_t B = 6, int64_t max_len = 5) {
-  const bool bypass = c.rollout.mode == cgrpo::RolloutCorrectionMode::bypass;
+ref::Batch make_mixed_batch(std::mt19937_64& rng, const LossConfig& c, int64_t B = 6, int64_t max_len = 5) {
+  const cgrpo::RolloutCorrectionConfig& rc = c.off_policy.rollout;
   for (int attempt = 0; attempt < 100; ++attempt) {
-    VerlBatch vb = make_batch(rng, bypass, B, max_len);
-    if (c.rollout.num_rejection_options == 0) return vb;
-    const ref_verl::Result r = ref_verl::loss(vb.b, vb.x, vb.b.logits, vb.b.logits, c);
+    ref::Batch b = make_batch(rng, c.bypass(), B, max_len);
+    if (rc.num_rejection_options == 0) return b;
+    const ref_verl::Result r = ref_verl::loss(b, b.logits, b.logits, c);
     int64_t kept = 0, valid = 0;
-    for (int64_t t = 0; t < vb.b.T; ++t) kept += r.keep[t], valid += vb.b.mask[t];
+    for (int64_t t = 0; t < b.T; ++t) kept += r.keep[t], valid += b.mask[t];
     // The kept tokens must carry some gradient (all of them clipped would leave nothing to
     // compare with the finite differences: 16 of 500 seeds drew such a batch).
-    if (kept > 0 && kept < valid && ref::max_abs(ref_verl::finite_difference_gradient(vb.b, vb.x, c)) > 0) return vb;
+    if (kept > 0 && kept < valid && ref::max_abs(ref_verl::finite_difference_gradient(b, c)) > 0) return b;
   }
   FAIL("no batch with both kept and rejected tokens and a non-zero gradient: thresholds too tight or too loose");
-  return VerlBatch{};
+  return ref::Batch{};
 }
 
 struct Run {
@@ -73,12 +71,10 @@ struct Run {
   std::vector<uint8_t> terms;
 };
 
-Run run_library(const VerlBatch& vb, const LossConfig& c) {
-  const ref::Batch& b = vb.b;
-  ref::LibraryBatch<double> lb(b);
-  lb.view.pg_weights = lb.view.entropy_weights = lb.view.kl_weights = nullptr;  // the loss computes them
-  lb.view.rollout_logp = vb.x.rollout_logp.data();
-  lb.view.selection = vb.x.selection.empty() ? nullptr : vb.x.selection.data();
+// The fused loss on the batch, weights computed by the loss, with the batch's rollout log-probs and
+// (when it has one) clip_cov's selection.
+Run run_library(const ref::Batch& b, const LossConfig& c) {
+  const ref::LibraryBatch<double> lb(b, c, support::Weights::computed);
   Run r;
   r.grad.assign(b.logits.size(), 0.0);
   r.factor.assign(b.T, -1.0);
@@ -132,37 +128,37 @@ void check_rollout_metrics(const cgrpo::RolloutMetrics& g, const cgrpo::RolloutM
 }
 
 // Loss, metrics, weights and kept mask against the reference; the gradient against central differences.
-void check_against_reference(const VerlBatch& vb, const LossConfig& c, bool finite_differences = true) {
-  const Run got = run_library(vb, c);
+void check_against_reference(const ref::Batch& b, const LossConfig& c, bool finite_differences = true) {
+  const Run got = run_library(b, c);
   INFO(got.status.message);
   REQUIRE(got.status.ok());
-  const ref_verl::Result want = ref_verl::loss(vb.b, vb.x, vb.b.logits, vb.b.logits, c);
+  const ref_verl::Result want = ref_verl::loss(b, b.logits, b.logits, c);
   CHECK(close(got.metrics.loss, want.loss));
   CHECK(close(got.metrics.pg_loss, want.pg));
   CHECK(close(got.metrics.entropy_loss, want.entropy_agg));
   CHECK(close(got.metrics.kl_loss, want.kl_agg));
-  if (c.policy_loss != cgrpo::PolicyLoss::gpg && c.policy_loss != cgrpo::PolicyLoss::sapo &&
-      c.policy_loss != cgrpo::PolicyLoss::kl_cov && c.policy_loss != cgrpo::PolicyLoss::clip_cov) {
+  if (c.policy.loss != cgrpo::PolicyLoss::gpg && c.policy.loss != cgrpo::PolicyLoss::sapo &&
+      c.policy.loss != cgrpo::PolicyLoss::kl_cov && c.policy.loss != cgrpo::PolicyLoss::clip_cov) {
     CHECK(close(got.metrics.pg_clipfrac, want.clipfrac));
     CHECK(close(got.metrics.pg_clipfrac_lower, want.clipfrac_lower));
   }
-  if (c.policy_loss != cgrpo::PolicyLoss::gpg) CHECK(close(got.metrics.ppo_kl, want.ppo_kl));
-  if (c.rollout.mode != cgrpo::RolloutCorrectionMode::none)
-    check_rollout_metrics(got.metrics.rollout, want.rollout, c.rollout.num_rejection_options);
-  for (int64_t t = 0; t < vb.b.T; ++t) {
+  if (c.policy.loss != cgrpo::PolicyLoss::gpg) CHECK(close(got.metrics.ppo_kl, want.ppo_kl));
+  if (c.off_policy.rollout.mode != cgrpo::RolloutCorrectionMode::none)
+    check_rollout_metrics(got.metrics.rollout, want.rollout, c.off_policy.rollout.num_rejection_options);
+  for (int64_t t = 0; t < b.T; ++t) {
     CAPTURE(t);
     CHECK(((got.terms[t] & cgrpo::kTermPolicy) != 0) == (want.keep[t] != 0));
-    if (c.policy_loss != cgrpo::PolicyLoss::geo_mean) CHECK(close(got.factor[t], want.is_weight[t]));
-    if (c.policy_loss == cgrpo::PolicyLoss::kl_cov) CHECK(((got.terms[t] & cgrpo::kTermSelected) != 0) == (want.selected[t] != 0));
+    if (c.policy.loss != cgrpo::PolicyLoss::geo_mean) CHECK(close(got.factor[t], want.is_weight[t]));
+    if (c.policy.loss == cgrpo::PolicyLoss::kl_cov) CHECK(((got.terms[t] & cgrpo::kTermSelected) != 0) == (want.selected[t] != 0));
   }
   if (!finite_differences) return;
-  const std::vector<double> fd = ref_verl::finite_difference_gradient(vb.b, vb.x, c);
+  const std::vector<double> fd = ref_verl::finite_difference_gradient(b, c);
   REQUIRE(ref::max_abs(fd) > 0);
   CHECK(ref::max_abs_diff(got.grad, fd) <= 1e-7 * std::max(1.0, ref::max_abs(fd)));
 }
 
 void set_options(LossConfig& c, const char* options, const char* thresholds) {
-  const cgrpo::Status s = cgrpo::verl_rollout_rs(options, thresholds, &c.rollout);
+  const cgrpo::Status s = cgrpo::verl_rollout_rs(options, thresholds, &c.off_policy.rollout);
   INFO(s.message);
   REQUIRE(s.ok());
 }
@@ -174,51 +170,51 @@ TEST_CASE("verl policy losses: loss and metrics match the reference, gradient ma
   auto rng = test_seed::fresh_rng();
   std::vector<std::pair<std::string, LossConfig>> modes;
   {
-    LossConfig c = cgrpo::verl_cispo();
+    LossConfig c = cgrpo::verl_cispo().loss;
     modes.emplace_back("cispo (recipe: eps_low 10, KL k3)", c);
-    c.clip_eps_low = 0.2;
-    c.clip_eps_high = 0.28;
-    c.pg_aggregation = cgrpo::Aggregation::seq_mean_token_mean;
+    c.ratio.clip_eps_low = 0.2;
+    c.ratio.clip_eps_high = 0.28;
+    c.aggregation.policy = cgrpo::Aggregation::seq_mean_token_mean;
     modes.emplace_back("cispo band 0.2 / 0.28, seq-mean-token-mean", c);
   }
   {
-    LossConfig c = cgrpo::verl_sapo();
-    c.entropy_coef = 0.01;
+    LossConfig c = cgrpo::verl_sapo().loss;
+    c.entropy.coef = 0.01;
     modes.emplace_back("sapo", c);
   }
   {
-    LossConfig c = cgrpo::verl_gpg();
-    c.pg_aggregation = c.entropy_aggregation = cgrpo::Aggregation::seq_mean_token_sum;
-    c.entropy_coef = 0.01;
+    LossConfig c = cgrpo::verl_gpg().loss;
+    c.aggregation.policy = c.aggregation.entropy = cgrpo::Aggregation::seq_mean_token_sum;
+    c.entropy.coef = 0.01;
     modes.emplace_back("gpg, seq-mean-token-sum", c);
   }
   {
-    LossConfig c = cgrpo::verl_gmpo();
-    c.clip_eps_high = std::log(1.2);  // bounds on kinks random_batch avoids
-    c.clip_eps_low = -std::log(0.8);
-    c.entropy_coef = 0.01;
+    LossConfig c = cgrpo::verl_gmpo().loss;
+    c.ratio.clip_eps_high = std::log(1.2);  // bounds on kinks random_batch avoids
+    c.ratio.clip_eps_low = -std::log(0.8);
+    c.entropy.coef = 0.01;
     modes.emplace_back("geo_mean", c);
   }
   {
-    LossConfig c = cgrpo::verl_kl_cov();
-    c.cov_ratio = 0.2;
-    c.kl_cov_coef = 1.0;
+    LossConfig c = cgrpo::verl_kl_cov().loss;
+    c.policy.kl_cov.ratio = 0.2;
+    c.policy.kl_cov.coef = 1.0;
     modes.emplace_back("kl_cov", c);
   }
   {
-    LossConfig c = cgrpo::verl_gspo();
-    c.entropy_coef = 0.01;  // the recipe's band clips most random rows: the entropy keeps a gradient
+    LossConfig c = cgrpo::verl_gspo().loss;
+    c.entropy.coef = 0.01;  // the recipe's band clips most random rows: the entropy keeps a gradient
     modes.emplace_back("gspo (clip 3e-4 / 4e-4)", c);
-    c.clip_eps_low = 0.2;  // a band the random rows' ratios fall in, so gradients flow
-    c.clip_eps_high = 0.28;
-    c.entropy_coef = 0.01;
+    c.ratio.clip_eps_low = 0.2;  // a band the random rows' ratios fall in, so gradients flow
+    c.ratio.clip_eps_high = 0.28;
+    c.entropy.coef = 0.01;
     modes.emplace_back("gspo, clip 0.2 / 0.28", c);
   }
   for (const auto& mode : modes) {
     CAPTURE(mode.first);
     for (int rep = 0; rep < 3; ++rep) {
-      VerlBatch vb = make_batch(rng, false);
-      check_against_reference(vb, mode.second);
+      const ref::Batch b = make_batch(rng, false);
+      check_against_reference(b, mode.second);
     }
   }
 }
@@ -226,32 +222,31 @@ TEST_CASE("verl policy losses: loss and metrics match the reference, gradient ma
 TEST_CASE("clip_cov: the caller's selection zeroes exactly those tokens; gradient matches finite differences",
           "[verl][clip_cov][gradient]") {
   auto rng = test_seed::fresh_rng();
-  LossConfig c = cgrpo::verl_clip_cov();
-  c.entropy_coef = 0.01;
+  LossConfig c = cgrpo::verl_clip_cov().loss;
+  c.entropy.coef = 0.01;
   for (int rep = 0; rep < 3; ++rep) {
-    VerlBatch vb = make_batch(rng, false);
+    ref::Batch b = make_batch(rng, false);
     std::bernoulli_distribution pick(0.3);
-    vb.x.selection.resize(vb.b.T);
-    for (auto& s : vb.x.selection) s = pick(rng) ? 1 : 0;
-    check_against_reference(vb, c);
-    const Run got = run_library(vb, c);
-    for (int64_t t = 0; t < vb.b.T; ++t)
-      CHECK(((got.terms[t] & cgrpo::kTermSelected) != 0) == (vb.b.mask[t] && vb.x.selection[t]));
+    b.selection.resize(b.T);
+    for (auto& s : b.selection) s = pick(rng) ? 1 : 0;
+    check_against_reference(b, c);
+    const Run got = run_library(b, c);
+    for (int64_t t = 0; t < b.T; ++t)
+      CHECK(((got.terms[t] & cgrpo::kTermSelected) != 0) == (b.mask[t] && b.selection[t]));
   }
 }
 
 TEST_CASE("clip_cov: the seeded choice draws k of verl's candidates, reproducibly, without favouring any",
           "[verl][clip_cov]") {
   auto rng = test_seed::fresh_rng();
-  LossConfig c = cgrpo::verl_clip_cov();
-  c.cov_ratio = 0.25;
-  c.clip_cov_lower = -0.3;  // wide band: many candidates
-  c.clip_cov_upper = 5.0;
+  LossConfig c = cgrpo::verl_clip_cov().loss;
+  c.policy.clip_cov.ratio = 0.25;
+  c.policy.clip_cov.lower = -0.3;  // wide band: many candidates
+  c.policy.clip_cov.upper = 5.0;
   // Redrawn until there is a choice to make (more candidates than k; 7 of 500 seeds drew a
   // batch with exactly k).
   for (int attempt = 0; attempt < 100; ++attempt) {
-    VerlBatch vb = make_batch(rng, false, 8, 6, 7);
-    const ref::Batch& b = vb.b;
+    const ref::Batch b = make_batch(rng, false, 8, 6, 7);
 
     // verl's candidates: valid, not clipped by the PPO clip, cov (masked means, + 1e-8) in (lower, upper).
     std::vector<double> logp(b.T), m(b.T);
@@ -266,20 +261,20 @@ TEST_CASE("clip_cov: the seeded choice draws k of verl's candidates, reproducibl
       const double A = b.adv[t], r = std::exp(logp[t] - b.old_logp[t]);
       const double cov = (A - mean_a) * (logp[t] - mean_l);
       const bool clipped = -A * std::min(std::max(r, 0.8), 1.2) > -A * r;
-      candidate[t] = b.mask[t] && !clipped && cov > c.clip_cov_lower && cov < c.clip_cov_upper;
+      candidate[t] = b.mask[t] && !clipped && cov > c.policy.clip_cov.lower && cov < c.policy.clip_cov.upper;
       num_candidates += candidate[t];
     }
     const int64_t n_valid = static_cast<int64_t>(std::accumulate(m.begin(), m.end(), 0.0));
     const int64_t k =
-        std::min<int64_t>(std::max<int64_t>(1, static_cast<int64_t>(n_valid * c.cov_ratio)), num_candidates);
+        std::min<int64_t>(std::max<int64_t>(1, static_cast<int64_t>(n_valid * c.policy.clip_cov.ratio)), num_candidates);
     if (num_candidates <= k) continue;  // no choice to make: draw again
 
     std::vector<double> frequency(b.T, 0.0);
     const int draws = 200;
     std::vector<uint8_t> first;
     for (int seed = 0; seed < draws; ++seed) {
-      c.clip_cov_seed = 1000 + static_cast<uint64_t>(seed);
-      const Run got = run_library(vb, c);
+      c.policy.clip_cov.seed = 1000 + static_cast<uint64_t>(seed);
+      const Run got = run_library(b, c);
       REQUIRE(got.status.ok());
       std::vector<uint8_t> selected(b.T);
       int64_t count = 0;
@@ -292,11 +287,11 @@ TEST_CASE("clip_cov: the seeded choice draws k of verl's candidates, reproducibl
       CHECK(count == k);
       // The same seed gives the same choice; the choice, passed back as batch.selection, the same loss
       // and gradient; and the reference with that selection agrees (gradient by finite differences).
-      const Run again = run_library(vb, c);
+      const Run again = run_library(b, c);
       CHECK(again.terms == got.terms);
       if (seed < 2) {
-        VerlBatch with = vb;
-        with.x.selection = selected;
+        ref::Batch with = b;
+        with.selection = selected;
         const Run caller = run_library(with, c);
         CHECK(caller.metrics.loss == got.metrics.loss);
         CHECK(caller.grad == got.grad);
@@ -321,31 +316,31 @@ TEST_CASE("KL straight-through forms k1+, abs+, k3+: the estimator's value, k2's
   for (cgrpo::KlEstimator k : {cgrpo::KlEstimator::k1, cgrpo::KlEstimator::abs, cgrpo::KlEstimator::k3, cgrpo::KlEstimator::k2}) {
     for (bool st : {true, false}) {
       CAPTURE(to_string(k), st);
-      LossConfig c = cgrpo::verl_vanilla();
-      c.kl = k;
-      c.kl_coef = 0.3;
-      c.kl_straight_through = st;
-      c.kl_aggregation = cgrpo::Aggregation::seq_mean_token_mean;
-      VerlBatch vb = make_batch(rng, false);
-      check_against_reference(vb, c);
+      LossConfig c = cgrpo::verl_vanilla().loss;
+      c.kl.estimator = k;
+      c.kl.coef = 0.3;
+      c.kl.straight_through = st;
+      c.aggregation.kl = cgrpo::Aggregation::seq_mean_token_mean;
+      const ref::Batch b = make_batch(rng, false);
+      check_against_reference(b, c);
       if (st && k != cgrpo::KlEstimator::k2) {
         // The straight-through gradient differs from the estimator's own: the form is not a no-op.
         LossConfig plain = c;
-        plain.kl_straight_through = false;
-        const Run a = run_library(vb, c), b = run_library(vb, plain);
-        CHECK(a.metrics.loss == b.metrics.loss);
-        CHECK(ref::max_abs_diff(a.grad, b.grad) > 1e-6);
+        plain.kl.straight_through = false;
+        const Run with_st = run_library(b, c), without = run_library(b, plain);
+        CHECK(with_st.metrics.loss == without.metrics.loss);
+        CHECK(ref::max_abs_diff(with_st.grad, without.grad) > 1e-6);
       }
     }
   }
   // k3+ where the clamp holds the value at 10: the gradient is still logp - ref.
-  VerlBatch vb = make_batch(rng, false, 3, 3, 5);
-  for (int64_t t = 0; t < vb.b.T; ++t) vb.b.ref_logp[t] = 4.0;  // ref - logp > 4: e^d - d - 1 > 10
-  LossConfig c = cgrpo::verl_vanilla();
-  c.kl = cgrpo::KlEstimator::k3;
-  c.kl_coef = 0.3;
-  c.kl_straight_through = true;
-  check_against_reference(vb, c);
+  ref::Batch b = make_batch(rng, false, 3, 3, 5);
+  for (int64_t t = 0; t < b.T; ++t) b.ref_logp[t] = 4.0;  // ref - logp > 4: e^d - d - 1 > 10
+  LossConfig c = cgrpo::verl_vanilla().loss;
+  c.kl.estimator = cgrpo::KlEstimator::k3;
+  c.kl.coef = 0.3;
+  c.kl.straight_through = true;
+  check_against_reference(b, c);
 }
 
 TEST_CASE("verl rollout correction, decoupled: every rejection statistic, IS levels, batch normalisation",
@@ -358,56 +353,56 @@ TEST_CASE("verl rollout correction, decoupled: every rejection statistic, IS lev
     const auto stat = static_cast<RejectionStatistic>(s);
     for (RolloutIsLevel level : {RolloutIsLevel::none, RolloutIsLevel::token, RolloutIsLevel::sequence}) {
       CAPTURE(to_string(stat), to_string(level));
-      LossConfig c = cgrpo::verl_vanilla();
-      c.entropy_coef = 0.01;
-      c.kl = cgrpo::KlEstimator::k3;
-      c.kl_coef = 0.1;
-      c.pg_aggregation = cgrpo::Aggregation::seq_mean_token_mean;
-      c.rollout.mode = cgrpo::RolloutCorrectionMode::decoupled;
-      c.rollout.is_level = level;
-      c.rollout.is_threshold = 1.5;
+      LossConfig c = cgrpo::verl_vanilla().loss;
+      c.entropy.coef = 0.01;
+      c.kl.estimator = cgrpo::KlEstimator::k3;
+      c.kl.coef = 0.1;
+      c.aggregation.policy = cgrpo::Aggregation::seq_mean_token_mean;
+      c.off_policy.rollout.mode = cgrpo::RolloutCorrectionMode::decoupled;
+      c.off_policy.rollout.is_level = level;
+      c.off_policy.rollout.is_threshold = 1.5;
       set_options(c, to_string(stat), thresholds[s]);
-      VerlBatch vb = make_mixed_batch(rng, c);
-      check_against_reference(vb, c, level == RolloutIsLevel::token);
+      const ref::Batch b = make_mixed_batch(rng, c);
+      check_against_reference(b, c, level == RolloutIsLevel::token);
     }
   }
   // Several options together (a token is kept only if all keep it), and the batch-normalised weights.
   for (bool normalize : {false, true})
     for (RolloutIsLevel level : {RolloutIsLevel::token, RolloutIsLevel::sequence}) {
       CAPTURE(normalize, to_string(level));
-      LossConfig c = cgrpo::verl_decoupled(cgrpo::verl_vanilla(), level, 2.0);
-      c.rollout.is_batch_normalize = normalize;
+      LossConfig c = cgrpo::verl_decoupled(cgrpo::verl_vanilla(), level, 2.0).loss;
+      c.off_policy.rollout.is_batch_normalize = normalize;
       set_options(c, "token_k1,seq_mean_k3,seq_max_k2", "0.7_1.5,0.03,0.06");
-      VerlBatch vb = make_mixed_batch(rng, c);
-      check_against_reference(vb, c);
+      const ref::Batch b = make_mixed_batch(rng, c);
+      check_against_reference(b, c);
     }
   // GSPO and GMPO (the row's geometric mean of the weights) with decoupled IS and rejection.
   {
     INFO("gspo, decoupled token IS, seq_sum_k1 rejection");
-    LossConfig c = cgrpo::verl_decoupled(cgrpo::verl_gspo(), RolloutIsLevel::token);
-    c.clip_eps_low = 0.2;
-    c.clip_eps_high = 0.28;
-    c.entropy_coef = 0.01;
+    LossConfig c = cgrpo::verl_decoupled(cgrpo::verl_gspo(), RolloutIsLevel::token).loss;
+    c.ratio.clip_eps_low = 0.2;
+    c.ratio.clip_eps_high = 0.28;
+    c.entropy.coef = 0.01;
     set_options(c, "seq_sum_k1", "0.7_1.4");
     check_against_reference(make_mixed_batch(rng, c), c);
   }
   {
     INFO("gmpo, decoupled token IS, token_k1 rejection");
-    LossConfig c = cgrpo::verl_decoupled(cgrpo::verl_gmpo(), RolloutIsLevel::token);
-    c.clip_eps_high = std::log(1.2);
-    c.clip_eps_low = -std::log(0.8);
+    LossConfig c = cgrpo::verl_decoupled(cgrpo::verl_gmpo(), RolloutIsLevel::token).loss;
+    c.ratio.clip_eps_high = std::log(1.2);
+    c.ratio.clip_eps_low = -std::log(0.8);
     set_options(c, "token_k1", "0.8_1.25");
-    VerlBatch vb = make_mixed_batch(rng, c);
-    check_against_reference(vb, c);
+    const ref::Batch b = make_mixed_batch(rng, c);
+    check_against_reference(b, c);
     // The policy factor is the row's geometric mean of its kept tokens' weights.
-    const Run got = run_library(vb, c);
-    const ref_verl::Result want = ref_verl::loss(vb.b, vb.x, vb.b.logits, vb.b.logits, c);
-    for (int64_t i = 0; i < vb.b.B; ++i) {
+    const Run got = run_library(b, c);
+    const ref_verl::Result want = ref_verl::loss(b, b.logits, b.logits, c);
+    for (int64_t i = 0; i < b.B; ++i) {
       double s = 0, n = 0;
-      for (int64_t t = vb.b.offsets[i]; t < vb.b.offsets[i + 1]; ++t)
+      for (int64_t t = b.offsets[i]; t < b.offsets[i + 1]; ++t)
         if (want.keep[t]) s += std::log(want.is_weight[t] + 1e-10), n += 1;
-      for (int64_t t = vb.b.offsets[i]; t < vb.b.offsets[i + 1]; ++t)
-        if (vb.b.mask[t]) CHECK(close(got.factor[t], std::exp(s / (n + 1e-8))));
+      for (int64_t t = b.offsets[i]; t < b.offsets[i + 1]; ++t)
+        if (b.mask[t]) CHECK(close(got.factor[t], std::exp(s / (n + 1e-8))));
     }
   }
 }
@@ -416,21 +411,21 @@ TEST_CASE("verl bypass mode: ppo_clip (no IS factor) and reinforce (IS factor), 
           "[verl][rollout][gradient]") {
   auto rng = test_seed::fresh_rng();
   {
-    LossConfig c = cgrpo::verl_bypass_ppo_clip();
-    c.entropy_coef = 0.01;
-    c.kl = cgrpo::KlEstimator::k3;
-    c.kl_coef = 0.1;
+    LossConfig c = cgrpo::verl_bypass_ppo_clip().loss;
+    c.entropy.coef = 0.01;
+    c.kl.estimator = cgrpo::KlEstimator::k3;
+    c.kl.coef = 0.1;
     set_options(c, "seq_sum_k2", "0.08");
     check_against_reference(make_mixed_batch(rng, c), c);
-    c.rollout.is_level = RolloutIsLevel::token;  // logged, never applied to ppo_clip
+    c.off_policy.rollout.is_level = RolloutIsLevel::token;  // logged, never applied to ppo_clip
     check_against_reference(make_mixed_batch(rng, c), c);
   }
   for (RolloutIsLevel level : {RolloutIsLevel::none, RolloutIsLevel::token, RolloutIsLevel::sequence}) {
     CAPTURE(to_string(level));
-    LossConfig c = cgrpo::verl_bypass_reinforce();
-    c.rollout.is_level = level;
-    c.entropy_coef = 0.01;
-    c.pg_aggregation = cgrpo::Aggregation::seq_mean_token_sum;
+    LossConfig c = cgrpo::verl_bypass_reinforce().loss;
+    c.off_policy.rollout.is_level = level;
+    c.entropy.coef = 0.01;
+    c.aggregation.policy = cgrpo::Aggregation::seq_mean_token_sum;
     set_options(c, "token_k2,seq_max_k3", "0.03,0.05");
     check_against_reference(make_mixed_batch(rng, c), c);
   }
@@ -438,8 +433,7 @@ TEST_CASE("verl bypass mode: ppo_clip (no IS factor) and reinforce (IS factor), 
 
 TEST_CASE("rollout correction sums merge: a row split in parts, rows split across reducers", "[verl][rollout]") {
   auto rng = test_seed::fresh_rng();
-  VerlBatch vb = make_batch(rng, false, 9, 6);
-  const ref::Batch& b = vb.b;
+  const ref::Batch b = make_batch(rng, false, 9, 6);
   cgrpo::RolloutCorrectionConfig rc;
   rc.mode = cgrpo::RolloutCorrectionMode::decoupled;
   rc.is_level = RolloutIsLevel::token;
@@ -450,7 +444,7 @@ TEST_CASE("rollout correction sums merge: a row split in parts, rows split acros
   std::vector<double> w(b.T, 1.0);
   std::vector<uint8_t> keep(b.T, 1);
   cgrpo::RolloutMetrics whole;
-  REQUIRE(cgrpo::rollout_correction(rc, b.B, rows, b.mask.data(), b.old_logp.data(), vb.x.rollout_logp.data(),
+  REQUIRE(cgrpo::rollout_correction(rc, b.B, rows, b.mask.data(), b.old_logp.data(), b.rollout_logp.data(),
                                     w.data(), keep.data(), &whole)
               .ok());
   // Two reducers over alternate rows; each row's sums from two halves merged.
@@ -459,13 +453,13 @@ TEST_CASE("rollout correction sums merge: a row split in parts, rows split acros
     const int64_t begin = b.offsets[i], end = b.offsets[i + 1], mid = (begin + end) / 2;
     cgrpo::RolloutRowSums halves[2] = {cgrpo::rollout_row_sums_zero(), cgrpo::rollout_row_sums_zero()};
     for (int64_t t = begin; t < end; ++t)
-      if (b.mask[t]) cgrpo::rollout_row_add(halves[t < mid ? 0 : 1], b.old_logp[t], vb.x.rollout_logp[t]);
+      if (b.mask[t]) cgrpo::rollout_row_add(halves[t < mid ? 0 : 1], b.old_logp[t], b.rollout_logp[t]);
     const cgrpo::RolloutRowSums r = cgrpo::rollout_row_sums_merge(halves[1], halves[0]);
     const cgrpo::RolloutRowValues v = cgrpo::rollout_row_values(p, r);
     cgrpo::RolloutRowTally tally{};
     for (int64_t t = begin; t < end; ++t)
       if (b.mask[t]) {
-        const cgrpo::RolloutTokenValues tok = cgrpo::rollout_token(p, v, b.old_logp[t], vb.x.rollout_logp[t]);
+        const cgrpo::RolloutTokenValues tok = cgrpo::rollout_token(p, v, b.old_logp[t], b.rollout_logp[t]);
         CHECK(tok.weight == w[t]);
         CHECK((tok.rejected_by == 0) == (keep[t] == 1));
         cgrpo::rollout_batch_add_token(part[i % 2], p, tok, tally);
@@ -501,24 +495,67 @@ TEST_CASE("verl_rollout_rs parses verl's option and threshold strings", "[verl][
 }
 
 TEST_CASE("verl presets are valid and set verl's defaults", "[verl][presets]") {
-  for (const LossConfig& c : {cgrpo::verl_vanilla(), cgrpo::verl_grpo(), cgrpo::verl_dapo(), cgrpo::verl_dr_grpo(),
-                              cgrpo::verl_gspo(), cgrpo::verl_cispo(), cgrpo::verl_sapo(), cgrpo::verl_gpg(),
-                              cgrpo::verl_gmpo(), cgrpo::verl_kl_cov(), cgrpo::verl_clip_cov(),
-                              cgrpo::verl_bypass_ppo_clip(), cgrpo::verl_bypass_reinforce(),
-                              cgrpo::verl_decoupled(cgrpo::verl_grpo())}) {
-    INFO(to_string(c.policy_loss));
+  // Every verl recipe of the catalog (the registry's verl presets and their variants).
+  int presets = 0;
+  for (const support::CatalogEntry& e : support::catalog()) {
+    if (e.name.rfind("verl/", 0) != 0) continue;
+    INFO(e.name);
+    const LossConfig& c = e.config();
     CHECK(c.validate().ok());
-    CHECK(c.aggregation.token_mean_eps == 0.0);
-    CHECK(c.aggregation.row_count_eps == 1e-8);
-    CHECK(!c.aggregation.count_empty_rows);
-    CHECK(c.metric_mean_eps == 1e-8);
+    CHECK(c.aggregation.convention.token_mean_eps == 0.0);
+    CHECK(c.aggregation.convention.row_count_eps == 1e-8);
+    CHECK(!c.aggregation.convention.count_empty_rows);
+    CHECK(c.metrics.mean_eps == 1e-8);
+    CHECK(e.recipe.advantage.eps == 1e-6);  // verl's grpo eps and masked_whiten's N + 1e-8
+    CHECK(e.recipe.advantage.whiten_count_eps == 1e-8);
+    presets += e.name.find(" + ") == std::string::npos ? 1 : 0;
   }
-  CHECK(cgrpo::verl_vanilla().dual_clip);
-  CHECK(cgrpo::verl_vanilla().dual_clip_c == 3.0);
-  CHECK(cgrpo::verl_dapo().dual_clip_c == 10.0);
-  CHECK(cgrpo::verl_gspo().log_ratio_max == 10.0);
-  CHECK(std::isinf(cgrpo::verl_gspo().log_ratio_min));
-  CHECK(cgrpo::verl_gspo().pg_aggregation == cgrpo::Aggregation::seq_mean_token_mean);
-  CHECK(cgrpo::verl_sapo().pg_aggregation == cgrpo::Aggregation::seq_mean_token_mean);
-  CHECK(cgrpo::verl_sapo().entropy_aggregation == cgrpo::Aggregation::token_mean);
+  CHECK(presets == static_cast<int>(std::size(cgrpo::kVerlPresets)));
+  CHECK(cgrpo::verl_vanilla().loss.ratio.dual_clip);
+  CHECK(cgrpo::verl_vanilla().loss.ratio.dual_clip_c == 3.0);
+  CHECK(cgrpo::verl_dapo().loss.ratio.dual_clip_c == 10.0);
+  CHECK(cgrpo::verl_gspo().loss.ratio.log_ratio_max == 10.0);
+  CHECK(std::isinf(cgrpo::verl_gspo().loss.ratio.log_ratio_min));
+  CHECK(cgrpo::verl_gspo().loss.aggregation.policy == cgrpo::Aggregation::seq_mean_token_mean);
+  CHECK(cgrpo::verl_sapo().loss.aggregation.policy == cgrpo::Aggregation::seq_mean_token_mean);
+  CHECK(cgrpo::verl_sapo().loss.aggregation.entropy == cgrpo::Aggregation::token_mean);
+  CHECK(cgrpo::verl_gmpo().loss.aggregation.policy == cgrpo::Aggregation::seq_mean_token_mean);
+  CHECK(cgrpo::verl_gmpo().loss.aggregation.entropy == cgrpo::Aggregation::token_mean);
+  CHECK(cgrpo::verl_dr_grpo().advantage.estimator == cgrpo::AdvantageEstimator::grpo_no_std);
+  CHECK(cgrpo::verl_dr_grpo().loss.aggregation.policy == cgrpo::Aggregation::seq_mean_token_sum_norm);
+}
+
+TEST_CASE("sapo, geo_mean and verl's GSPO refuse a policy aggregation other than seq-mean-token-mean",
+          "[verl][presets][errors]") {
+  // verl ignores loss_agg_mode for these: the config refuses another mode by name, never overriding it silently.
+  for (const char* name : {"verl/sapo", "verl/gmpo", "verl/gspo"}) {
+    cgrpo::Recipe r;
+    REQUIRE(cgrpo::preset(name, &r).ok());
+    for (cgrpo::Aggregation mode : {cgrpo::Aggregation::token_mean, cgrpo::Aggregation::seq_mean_token_sum,
+                                    cgrpo::Aggregation::seq_mean_token_mean, cgrpo::Aggregation::seq_mean_token_sum_norm}) {
+      CAPTURE(name, to_string(mode));
+      LossConfig c = r.loss;
+      c.aggregation.policy = mode;
+      const cgrpo::Status st = c.validate();
+      if (mode == cgrpo::Aggregation::seq_mean_token_mean) {
+        CHECK(st.ok());
+        continue;
+      }
+      support::check_error(st, cgrpo::StatusCode::invalid_argument,
+                           {"config.aggregation.policy", to_string(mode), "seq_mean_token_mean"});
+      // The entropy and KL terms keep loss_agg_mode.
+      LossConfig other = r.loss;
+      other.aggregation.entropy = other.aggregation.kl = mode;
+      CHECK(other.validate().ok());
+    }
+  }
+  // verl_loss_mode sets the fixed aggregation, whatever it was.
+  for (const char* mode : {"sapo", "geo_mean", "gspo"}) {
+    CAPTURE(mode);
+    LossConfig c = cgrpo::verl_vanilla().loss;
+    c.aggregation.policy = cgrpo::Aggregation::token_mean;
+    REQUIRE(cgrpo::verl_loss_mode(mode, &c).ok());
+    CHECK(c.aggregation.policy == cgrpo::Aggregation::seq_mean_token_mean);
+    CHECK(c.validate().ok());
+  }
 }

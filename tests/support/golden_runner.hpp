@@ -1,5 +1,6 @@
 // tests/support/golden_runner.hpp: one runner for every golden case (paper, verl, TRL): advantages,
-// the fused loss (double and float, in place and not, 1 and 2 threads) and the metrics a peer logs.
+// the fused loss (double and float, in place and not, 1 and 2 threads, the caller's weights and the
+// loss's own where the case allows both) and the metrics a peer logs.
 #pragma once
 
 #include <catch2/catch.hpp>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "batch.hpp"
 #include "golden_case.hpp"
 
 namespace golden {
@@ -27,7 +29,7 @@ struct MetricCheck {
 struct TokenView {
   bool valid;            // mask
   double policy_factor;  // 0 at padding
-  uint8_t terms;         // cgrpo::TokenTerms bits (0 at padding)
+  uint8_t terms;         // cgrpo::TermBit bits (0 at padding)
 };
 
 // A per-token array the case holds (shape B, L), the value the library's outputs give for it, and
@@ -40,17 +42,21 @@ struct ArrayCheck {
 
 // What a case's params mean for the library. Filled by one setup function per peer.
 struct Setup {
-  cgrpo::LossConfig config;
+  cgrpo::Recipe recipe;               // the loss config and the advantage settings
   std::vector<int32_t> group_ids;     // per row
   int64_t num_groups = 0;
   std::vector<uint8_t> row_kinds;     // per row: kInitial / kRefinement
-  bool caller_weights = false;        // true: weights from aggregation_weights (with `scale`);
-                                      // false: the loss computes them
+  bool caller_weights = false;        // true: run with the caller's weights from cgrpo::aggregation_weights
+                                      // (the config's modes and conventions, with `scale`), and again with
+                                      // the loss computing them; false: the loss computes them
   cgrpo::AggregationScale scale;      // global counts (length L of seq-mean-token-sum-norm, ...)
   std::vector<MetricCheck> metrics;   // every metric_* key of the case must be listed
   std::vector<ArrayCheck> arrays;     // the case's per-token arrays that are outputs (not inputs)
   std::vector<std::string> checked_by_setup;  // arrays the setup function compared itself (through
                                               // the library's standalone functions)
+
+  cgrpo::LossConfig& config() { return recipe.loss; }
+  const cgrpo::LossConfig& config() const { return recipe.loss; }
 };
 
 // A case's params -> Setup. Returns false (with a Catch failure) for params it does not know.
@@ -91,7 +97,6 @@ template <typename Real>
 void run_case(const std::string& file, const GoldenCase& g, const Setup& s, double tol) {
   const auto& logits_arr = g.at("logits");
   const int64_t B = logits_arr.shape[0], L = logits_arr.shape[1], V = logits_arr.shape[2], T = B * L;
-  const auto layout = cgrpo::SequenceLayout::padded(B, L);
   const auto& mask_d = g.at("mask").values;
   // Every array of the case is an input, an expected value checked below, a metric or a listed ArrayCheck.
   for (const auto& kv : g.arrays) {
@@ -106,7 +111,7 @@ void run_case(const std::string& file, const GoldenCase& g, const Setup& s, doub
     CHECK(known);
   }
 
-  // Advantages over each group, with the config's estimator.
+  // Advantages over each group, with the recipe's advantage settings.
   const auto& rewards = g.at("rewards").values;
   std::vector<Real> rewards_r(rewards.begin(), rewards.end()), adv(B);
   REQUIRE(static_cast<int64_t>(s.group_ids.size()) == B);
@@ -114,8 +119,8 @@ void run_case(const std::string& file, const GoldenCase& g, const Setup& s, doub
   std::vector<int64_t> token_counts(B, 0);
   for (int64_t i = 0; i < B; ++i)
     for (int64_t j = 0; j < L; ++j) token_counts[i] += mask_d[i * L + j] != 0 ? 1 : 0;
-  const cgrpo::Status sa = cgrpo::group_advantages(s.config.advantage, groups, rewards_r.data(), token_counts.data(),
-                                                   s.config.advantage_eps, adv.data(), s.config.whiten_eps);
+  const cgrpo::Status sa =
+      cgrpo::group_advantages(s.recipe.advantage, groups, rewards_r.data(), token_counts.data(), adv.data());
   INFO(file << ": " << sa.message);
   REQUIRE(sa.ok());
   const auto& want_adv = g.at("advantages").values;
@@ -125,92 +130,87 @@ void run_case(const std::string& file, const GoldenCase& g, const Setup& s, doub
       CHECK(std::fabs(adv[i] - want_adv[i]) <= tol * std::max(1.0, std::fabs(want_adv[i])));
     }
 
-  std::vector<Real> logits(logits_arr.values.begin(), logits_arr.values.end());
-  std::vector<int32_t> targets(T);
-  std::vector<uint8_t> mask(T), kinds(T);
-  std::vector<Real> old_logp(T), ref_logp(T), rollout_logp(T), adv_tok(T), w_pg(T), w_h(T), w_kl(T);
+  // The case's arrays in the tests' batch (padded B x L); the library's view of it in Real. The
+  // advantages are the ones just computed in Real (exact in the double batch).
+  support::Batch batch = support::padded_batch(B, L, V);
+  batch.logits = logits_arr.values;
   const bool has_ref = g.arrays.count("ref_logp") != 0, has_rollout = g.arrays.count("rollout_logp") != 0;
+  if (!has_ref) batch.ref_logp.clear();
+  if (!has_rollout) batch.rollout_logp.clear();
   for (int64_t t = 0; t < T; ++t) {
-    targets[t] = static_cast<int32_t>(g.at("tokens").values[t]);
-    mask[t] = static_cast<uint8_t>(mask_d[t]);
-    kinds[t] = s.row_kinds.empty() ? uint8_t(cgrpo::kInitial) : s.row_kinds[t / L];
-    old_logp[t] = static_cast<Real>(g.at("old_logp").values[t]);
-    if (has_ref) ref_logp[t] = static_cast<Real>(g.at("ref_logp").values[t]);
-    if (has_rollout) rollout_logp[t] = static_cast<Real>(g.at("rollout_logp").values[t]);
+    batch.targets[t] = static_cast<int32_t>(g.at("tokens").values[t]);
+    batch.mask[t] = static_cast<uint8_t>(mask_d[t]);
+    batch.kinds[t] = s.row_kinds.empty() ? uint8_t(cgrpo::kInitial) : s.row_kinds[t / L];
+    batch.adv[t] = static_cast<double>(adv[t / L]);
+    batch.old_logp[t] = g.at("old_logp").values[t];
+    if (has_ref) batch.ref_logp[t] = g.at("ref_logp").values[t];
+    if (has_rollout) batch.rollout_logp[t] = g.at("rollout_logp").values[t];
   }
-  cgrpo::broadcast_to_tokens(layout, adv.data(), adv_tok.data());
-
-  cgrpo::PolicyLossBatch<Real> batch;
-  batch.num_tokens = T;
-  batch.vocab_size = V;
-  batch.target_ids = targets.data();
-  batch.mask = mask.data();
-  batch.kinds = kinds.data();
-  batch.advantages = adv_tok.data();
-  batch.old_logp = old_logp.data();
-  batch.ref_logp = has_ref ? ref_logp.data() : nullptr;
-  batch.rollout_logp = has_rollout ? rollout_logp.data() : nullptr;
-  batch.layout = layout;
-  batch.scale = s.scale;
+  const cgrpo::LossConfig& config = s.config();
   if (s.caller_weights) {
-    const cgrpo::LossConfig& c = s.config;
-    REQUIRE(cgrpo::aggregation_weights(c.pg_aggregation, layout, mask.data(), s.scale, w_pg.data()).ok());
-    REQUIRE(cgrpo::aggregation_weights(c.entropy_aggregation, layout, mask.data(), s.scale, w_h.data()).ok());
-    REQUIRE(cgrpo::aggregation_weights(c.kl_aggregation, layout, mask.data(), s.scale, w_kl.data()).ok());
-    batch.pg_weights = w_pg.data();
-    batch.entropy_weights = w_h.data();
-    batch.kl_weights = c.kl != cgrpo::KlEstimator::none ? w_kl.data() : nullptr;
+    // The caller's weights by the config's own rule (cgrpo::aggregation_weights per term).
+    const cgrpo::Status sw = support::set_library_weights(batch, config, s.scale);
+    INFO(file << ": " << sw.message);
+    REQUIRE(sw.ok());
   }
+  const std::vector<uint8_t>& mask = batch.mask;
+  std::vector<support::Weights> weight_modes = {support::Weights::computed};
+  if (s.caller_weights) weight_modes.insert(weight_modes.begin(), support::Weights::caller);
 
-  for (bool in_place : {false, true}) {
-    for (int threads : {1, 2}) {
-      CAPTURE(file, in_place, threads);
-      cgrpo::LossConfig config = s.config;
-      config.num_threads = threads;
-      std::vector<Real> work = logits;  // in place overwrites its own copy
-      batch.logits = work.data();
-      std::vector<Real> grad(in_place ? 0 : T * V, Real(-777)), logp(T), entropy(T), factor(T, Real(-777));
-      std::vector<uint8_t> terms(T, 255);
-      cgrpo::LossMetrics metrics;
-      cgrpo::PolicyLossOutputs<Real> out;
-      out.grad_logits = in_place ? work.data() : grad.data();
-      out.logp = logp.data();
-      out.entropy = entropy.data();
-      out.metrics = &metrics;
-      out.policy_factor = factor.data();
-      out.token_terms = terms.data();
-      const cgrpo::Status st = cgrpo::cpu::fused_policy_loss(config, batch, out);
-      INFO(st.message);
-      REQUIRE(st.ok());
-      const std::vector<Real>& got_grad = in_place ? work : grad;
+  for (const support::Weights weights : weight_modes) {
+    const support::LibraryBatch<Real> lib(batch, config, weights);
+    const bool caller = weights == support::Weights::caller;
+    for (bool in_place : {false, true}) {
+      for (int threads : {1, 2}) {
+        CAPTURE(file, caller, in_place, threads);
+        cgrpo::cpu::Workspace ws(threads);
+        std::vector<Real> work = lib.logits;  // in place overwrites its own copy
+        cgrpo::PolicyLossBatch<Real> view = lib.view;
+        view.logits = work.data();
+        view.scale = s.scale;
+        std::vector<Real> grad(in_place ? 0 : T * V, Real(-777)), logp(T), entropy(T), factor(T, Real(-777));
+        std::vector<uint8_t> terms(T, 255);
+        cgrpo::LossMetrics metrics;
+        cgrpo::PolicyLossOutputs<Real> out;
+        out.grad_logits = in_place ? work.data() : grad.data();
+        out.logp = logp.data();
+        out.entropy = entropy.data();
+        out.metrics = &metrics;
+        out.policy_factor = factor.data();
+        out.token_terms = terms.data();
+        const cgrpo::Status st = cgrpo::cpu::fused_policy_loss(config, view, out, ws);
+        INFO(st.message);
+        REQUIRE(st.ok());
+        const std::vector<Real>& got_grad = in_place ? work : grad;
 
-      CHECK(rel_err(metrics.loss, g.at("loss").values[0]) <= tol);
-      CHECK(max_rel_err(got_grad, g.at("grad_logits").values) <= tol);
-      CHECK(max_rel_err(logp, g.at("log_prob").values) <= tol);
-      CHECK(max_rel_err(entropy, g.at("entropy").values) <= tol);
-      for (const ArrayCheck& a : s.arrays) {
-        INFO(file << ": array " << a.key);
-        REQUIRE(g.arrays.count(a.key) == 1);
-        std::vector<double> got_arr(T);
+        CHECK(rel_err(metrics.loss, g.at("loss").values[0]) <= tol);
+        CHECK(max_rel_err(got_grad, g.at("grad_logits").values) <= tol);
+        CHECK(max_rel_err(logp, g.at("log_prob").values) <= tol);
+        CHECK(max_rel_err(entropy, g.at("entropy").values) <= tol);
+        for (const ArrayCheck& a : s.arrays) {
+          INFO(file << ": array " << a.key);
+          REQUIRE(g.arrays.count(a.key) == 1);
+          std::vector<double> got_arr(T);
+          for (int64_t t = 0; t < T; ++t)
+            got_arr[t] = a.get(TokenView{mask[t] != 0, static_cast<double>(factor[t]), terms[t]});
+          CHECK(max_rel_err(got_arr, g.at(a.key).values, 1e-12) <= (std::is_same<Real, double>::value ? a.tol : 1e-5));
+        }
+        // Masked rows of the gradient are exactly zero, as autograd gives.
         for (int64_t t = 0; t < T; ++t)
-          got_arr[t] = a.get(TokenView{mask[t] != 0, static_cast<double>(factor[t]), terms[t]});
-        CHECK(max_rel_err(got_arr, g.at(a.key).values, 1e-12) <= (std::is_same<Real, double>::value ? a.tol : 1e-5));
-      }
-      // Masked rows of the gradient are exactly zero, as autograd gives.
-      for (int64_t t = 0; t < T; ++t)
-        if (!mask[t])
-          for (int64_t v = 0; v < V; ++v) REQUIRE(got_grad[t * V + v] == Real(0));
-      // The metrics the peer logs, in double (a float run may flip a token at a threshold).
-      if (std::is_same<Real, double>::value && threads == 1 && !in_place) {
-        for (const auto& kv : g.arrays) {
-          if (kv.first.rfind("metric_", 0) != 0) continue;
-          const auto it = std::find_if(s.metrics.begin(), s.metrics.end(),
-                                       [&](const MetricCheck& m) { return m.key == kv.first; });
-          INFO(file << ": " << kv.first);
-          REQUIRE(it != s.metrics.end());  // every logged metric has a LossMetrics field
-          const double want = kv.second.values[0], got = it->get(metrics);
-          INFO("got " << got << ", want " << want);
-          CHECK(std::fabs(got - want) <= it->tol * std::max(std::fabs(want), 1e-8));
+          if (!mask[t])
+            for (int64_t v = 0; v < V; ++v) REQUIRE(got_grad[t * V + v] == Real(0));
+        // The metrics the peer logs, in double (a float run may flip a token at a threshold).
+        if (std::is_same<Real, double>::value && threads == 1 && !in_place) {
+          for (const auto& kv : g.arrays) {
+            if (kv.first.rfind("metric_", 0) != 0) continue;
+            const auto it = std::find_if(s.metrics.begin(), s.metrics.end(),
+                                         [&](const MetricCheck& m) { return m.key == kv.first; });
+            INFO(file << ": " << kv.first);
+            REQUIRE(it != s.metrics.end());  // every logged metric has a LossMetrics field
+            const double want = kv.second.values[0], got = it->get(metrics);
+            INFO("got " << got << ", want " << want);
+            CHECK(std::fabs(got - want) <= it->tol * std::max(std::fabs(want), 1e-8));
+          }
         }
       }
     }

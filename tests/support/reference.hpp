@@ -81,8 +81,9 @@ inline std::vector<double> aggregation_weights(cgrpo::Aggregation mode, const cg
   }
   const double sum_m = scale.token_count > 0 ? scale.token_count : valid;  // sum_all m
   // B: every row (paper, TRL) or the rows with a valid token (verl's B+).
-  const double rows = conv.count_empty_rows ? static_cast<double>(B) : nonempty;
-  const double num_responses = scale.sequence_count > 0 ? scale.sequence_count : rows;
+  const double num_responses = conv.count_empty_rows
+                                   ? (scale.sequence_count > 0 ? scale.sequence_count : static_cast<double>(B))
+                                   : (scale.nonempty_sequence_count > 0 ? scale.nonempty_sequence_count : nonempty);
   const double L = scale.length > 0 ? scale.length : longest;
   for (size_t i = 0; i < B; ++i) {
     double n_i = 0;  // valid tokens of response i

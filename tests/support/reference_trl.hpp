@@ -1,6 +1,7 @@
 // tests/support/reference_trl.hpp: TRL's GRPOTrainer._compute_loss written plainly in double over a
 // padded [B, L] batch, in TRL's own parameters (loss_type, delta, beta, ...), for the tests.
-// Independent of the library: no LossConfig, no presets, its own log-softmax, quantile and sums.
+// Independent of the library: no LossConfig, no presets, its own log-softmax, quantile and sums
+// (to_support_batch, at the end, only copies a batch into the tests' batch builder).
 #pragma once
 
 #include <algorithm>
@@ -10,6 +11,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include "batch.hpp"
 
 namespace trl_ref {
 
@@ -339,6 +342,22 @@ inline Batch random_batch(std::mt19937_64& rng, int64_t B, int64_t L, int64_t V,
   }
   b.has_rollout = true;
   return b;
+}
+
+// The batch as the tests' batch (support::Batch, padded B x L, every token initial), from which
+// support::LibraryBatch gives the library's view; rollout_logp only when the batch has it.
+inline support::Batch to_support_batch(const Batch& b) {
+  const int64_t T = b.B * b.L;
+  support::Batch x = support::padded_batch(b.B, b.L, b.V);
+  x.logits = b.logits;
+  x.targets = b.tokens;
+  x.mask = b.mask;
+  for (int64_t t = 0; t < T; ++t) x.adv[t] = b.adv[t / b.L];
+  x.old_logp = b.old_logp;
+  x.ref_logp = b.ref_logp;
+  if (b.has_rollout) x.rollout_logp = b.rollout_logp;
+  else x.rollout_logp.clear();
+  return x;
 }
 
 }  // namespace trl_ref

@@ -12,12 +12,6 @@
 
 namespace ref_verl {
 
-// What a verl batch has beyond ref::Batch (every token initial).
-struct Extra {
-  std::vector<double> rollout_logp;  // [T]
-  std::vector<uint8_t> selection;    // [T] clip_cov: the caller's selection (empty: none)
-};
-
 struct Result {
   double loss = 0, pg = 0, entropy_agg = 0, kl_agg = 0;
   double clipfrac = 0, clipfrac_lower = 0, ppo_kl = 0;
@@ -244,8 +238,10 @@ inline void rollout(const ref::Batch& b, const cgrpo::RolloutCorrectionConfig& r
 }
 
 // J of verl for the batch at `logits`, with every stop-gradient value taken at `base_logits` (so
-// that central differences in `logits` give verl's gradient, straight-through KL included).
-inline Result loss(const ref::Batch& b, const Extra& x, const std::vector<double>& logits,
+// that central differences in `logits` give verl's gradient, straight-through KL included). Every
+// token is initial; b.rollout_logp is read by the rollout correction, b.selection (empty: none) is
+// clip_cov's caller selection.
+inline Result loss(const ref::Batch& b, const std::vector<double>& logits,
                    const std::vector<double>& base_logits, const cgrpo::LossConfig& c) {
   using cgrpo::PolicyLoss;
   const int64_t T = b.T;
@@ -258,15 +254,15 @@ inline Result loss(const ref::Batch& b, const Extra& x, const std::vector<double
     logp0[t] = ref::log_softmax_entropy(&base_logits[t * b.stride], b.V, b.targets[t], c.temperature).logp;
     m[t] = b.mask[t];
   }
-  const bool bypass = c.rollout.mode == cgrpo::RolloutCorrectionMode::bypass;
-  const bool corrected = c.rollout.mode != cgrpo::RolloutCorrectionMode::none;
-  const std::vector<double>& old = bypass ? x.rollout_logp : b.old_logp;
+  const bool bypass = c.off_policy.rollout.mode == cgrpo::RolloutCorrectionMode::bypass;
+  const bool corrected = c.off_policy.rollout.mode != cgrpo::RolloutCorrectionMode::none;
+  const std::vector<double>& old = bypass ? b.rollout_logp : b.old_logp;
 
   // Rollout correction: constants from the detached values.
   std::vector<double> w(T, 1.0), m_pg = m, m_other = m;
   r.keep.assign(T, 0);
   if (corrected) {
-    rollout(b, c.rollout, bypass ? logp0 : b.old_logp, x.rollout_logp, m, w, r.keep, r.rollout);
+    rollout(b, c.off_policy.rollout, bypass ? logp0 : b.old_logp, b.rollout_logp, m, w, r.keep, r.rollout);
     for (int64_t t = 0; t < T; ++t) {
       m_pg[t] = r.keep[t];
       if (!bypass) m_other[t] = r.keep[t];
@@ -274,8 +270,8 @@ inline Result loss(const ref::Batch& b, const Extra& x, const std::vector<double
   } else {
     for (int64_t t = 0; t < T; ++t) r.keep[t] = b.mask[t];
   }
-  const bool weighted = corrected && c.rollout.is_level != cgrpo::RolloutIsLevel::none &&
-                        !(bypass && c.policy_loss == PolicyLoss::ppo_clip);
+  const bool weighted = corrected && c.off_policy.rollout.is_level != cgrpo::RolloutIsLevel::none &&
+                        !(bypass && c.policy.loss == PolicyLoss::ppo_clip);
 
   // Per-token policy loss.
   std::vector<double> l(T, 0.0), clipped(T, 0.0), lower(T, 0.0), kl_metric(T, 0.0);
@@ -288,7 +284,7 @@ inline Result loss(const ref::Batch& b, const Extra& x, const std::vector<double
   }
   auto clamp = [](double v, double lo, double hi) { return std::min(std::max(v, lo), hi); };
   r.selected.assign(T, 0);
-  if (c.policy_loss == PolicyLoss::kl_cov) {
+  if (c.policy.loss == PolicyLoss::kl_cov) {
     std::vector<int64_t> valid;
     double sa = 0, sl = 0;
     for (int64_t t = 0; t < T; ++t)
@@ -297,41 +293,41 @@ inline Result loss(const ref::Batch& b, const Extra& x, const std::vector<double
     std::vector<double> cov(T);
     for (int64_t t : valid) cov[t] = (b.adv[t] - ma) * (logp0[t] - ml);
     std::stable_sort(valid.begin(), valid.end(), [&](int64_t a, int64_t z) { return cov[a] > cov[z]; });
-    const size_t k = std::max<size_t>(1, static_cast<size_t>(valid.size() * c.cov_ratio));
+    const size_t k = std::max<size_t>(1, static_cast<size_t>(valid.size() * c.policy.kl_cov.ratio));
     for (size_t j = 0; j < k && j < valid.size(); ++j) r.selected[valid[j]] = 1;
   }
   for (int64_t i = 0; i < b.B; ++i)
     for (int64_t t = b.offsets[i]; t < b.offsets[i + 1]; ++t) {
       const double A = b.adv[t], xt = logp[t] - old[t], x0 = logp0[t] - old[t];
-      const bool seq = c.ratio_level == cgrpo::RatioLevel::sequence_detached;
+      const bool seq = c.ratio.level == cgrpo::RatioLevel::sequence_detached;
       const double q = seq ? row_mean0[i] + logp[t] - logp0[t] : xt;
-      const double ratio = std::exp(clamp(q, c.log_ratio_min, c.log_ratio_max));
-      const double lo = 1 - c.clip_eps_low, hi = 1 + c.clip_eps_high;
-      switch (c.policy_loss) {
+      const double ratio = std::exp(clamp(q, c.ratio.log_ratio_min, c.ratio.log_ratio_max));
+      const double lo = 1 - c.ratio.clip_eps_low, hi = 1 + c.ratio.clip_eps_high;
+      switch (c.policy.loss) {
         case PolicyLoss::ppo_clip:
         case PolicyLoss::clip_cov: {
           const double pg1 = -A * ratio, pg2 = -A * clamp(ratio, lo, hi);
           l[t] = std::max(pg1, pg2);
           clipped[t] = pg2 > pg1;
-          if (c.dual_clip && A < 0) {
-            lower[t] = l[t] > -A * c.dual_clip_c;
-            l[t] = std::min(l[t], -A * c.dual_clip_c);
+          if (c.ratio.dual_clip && A < 0) {
+            lower[t] = l[t] > -A * c.ratio.dual_clip_c;
+            l[t] = std::min(l[t], -A * c.ratio.dual_clip_c);
           }
-          if (c.policy_loss == PolicyLoss::clip_cov && !x.selection.empty() && x.selection[t]) l[t] = 0;
-          kl_metric[t] = seq ? -xt : -clamp(xt, c.log_ratio_min, c.log_ratio_max);
+          if (c.policy.loss == PolicyLoss::clip_cov && !b.selection.empty() && b.selection[t]) l[t] = 0;
+          kl_metric[t] = seq ? -xt : -clamp(xt, c.ratio.log_ratio_min, c.ratio.log_ratio_max);
           break;
         }
         case PolicyLoss::cispo: {
-          const double r0 = std::exp(clamp(x0, c.log_ratio_min, c.log_ratio_max));
+          const double r0 = std::exp(clamp(x0, c.ratio.log_ratio_min, c.ratio.log_ratio_max));
           l[t] = -clamp(r0, lo, hi) * A * logp[t];
           clipped[t] = clamp(r0, lo, hi) != r0;
-          kl_metric[t] = -clamp(xt, c.log_ratio_min, c.log_ratio_max);
+          kl_metric[t] = -clamp(xt, c.ratio.log_ratio_min, c.ratio.log_ratio_max);
           break;
         }
         case PolicyLoss::sapo: {
-          const double tau = A > 0 ? c.sapo_tau_pos : c.sapo_tau_neg;
+          const double tau = A > 0 ? c.policy.sapo.tau_pos : c.policy.sapo.tau_neg;
           l[t] = -A * 4.0 / tau / (1.0 + std::exp(-tau * (ratio - 1.0)));
-          kl_metric[t] = -clamp(xt, c.log_ratio_min, c.log_ratio_max);
+          kl_metric[t] = -clamp(xt, c.ratio.log_ratio_min, c.ratio.log_ratio_max);
           break;
         }
         case PolicyLoss::gpg:
@@ -340,7 +336,7 @@ inline Result loss(const ref::Batch& b, const Extra& x, const std::vector<double
           kl_metric[t] = -xt;
           break;
         case PolicyLoss::kl_cov:
-          l[t] = -A * std::exp(xt) + (r.selected[t] ? c.kl_cov_coef * std::fabs(xt) : 0.0);
+          l[t] = -A * std::exp(xt) + (r.selected[t] ? c.policy.kl_cov.coef * std::fabs(xt) : 0.0);
           kl_metric[t] = std::fabs(xt);
           break;
         default: break;
@@ -348,18 +344,18 @@ inline Result loss(const ref::Batch& b, const Extra& x, const std::vector<double
       if (weighted) l[t] *= w[t];
     }
 
-  if (c.policy_loss == PolicyLoss::geo_mean) {
+  if (c.policy.loss == PolicyLoss::geo_mean) {
     double J = 0;
     for (int64_t i = 0; i < b.B; ++i) {
       double sy = 0, sa = 0, n = 0, slw = 0;
       for (int64_t t = b.offsets[i]; t < b.offsets[i + 1]; ++t) {
         if (m_pg[t] == 0) continue;
         const double A = b.adv[t], xt = logp[t] - old[t];
-        sy += A > 0 ? std::min(xt, c.clip_eps_high) : A < 0 ? std::max(xt, -c.clip_eps_low) : 0.0;
+        sy += A > 0 ? std::min(xt, c.ratio.clip_eps_high) : A < 0 ? std::max(xt, -c.ratio.clip_eps_low) : 0.0;
         sa += A;
         n += 1;
         slw += std::log(w[t] + 1e-10);
-        const bool out_of_band = xt != clamp(xt, -c.clip_eps_low, c.clip_eps_high);
+        const bool out_of_band = xt != clamp(xt, -c.ratio.clip_eps_low, c.ratio.clip_eps_high);
         clipped[t] = out_of_band && A > 0;
         lower[t] = out_of_band && A < 0;
         kl_metric[t] = -xt;
@@ -370,21 +366,21 @@ inline Result loss(const ref::Batch& b, const Extra& x, const std::vector<double
     }
     r.pg = J / b.B;
   } else {
-    r.pg = agg(c.pg_aggregation, b, l, m_pg);
+    r.pg = agg(c.aggregation.policy, b, l, m_pg);
   }
   std::vector<double> kl(T, 0.0);
-  if (c.kl != cgrpo::KlEstimator::none)
+  if (c.kl.estimator != cgrpo::KlEstimator::none)
     for (int64_t t = 0; t < T; ++t) {
-      if (c.kl_straight_through) {
+      if (c.kl.straight_through) {
         const double k2 = 0.5 * std::pow(logp[t] - b.ref_logp[t], 2), k20 = 0.5 * std::pow(logp0[t] - b.ref_logp[t], 2);
-        kl[t] = k2 - k20 + kl_estimator(c.kl, logp0[t], b.ref_logp[t]);
+        kl[t] = k2 - k20 + kl_estimator(c.kl.estimator, logp0[t], b.ref_logp[t]);
       } else {
-        kl[t] = kl_estimator(c.kl, logp[t], b.ref_logp[t]);
+        kl[t] = kl_estimator(c.kl.estimator, logp[t], b.ref_logp[t]);
       }
     }
-  r.entropy_agg = agg(c.entropy_aggregation, b, H, m_other);
-  r.kl_agg = c.kl == cgrpo::KlEstimator::none ? 0.0 : agg(c.kl_aggregation, b, kl, m_other);
-  r.loss = r.pg - c.entropy_coef * r.entropy_agg + (c.kl == cgrpo::KlEstimator::none ? 0.0 : c.kl_coef * r.kl_agg);
+  r.entropy_agg = agg(c.aggregation.entropy, b, H, m_other);
+  r.kl_agg = c.kl.estimator == cgrpo::KlEstimator::none ? 0.0 : agg(c.aggregation.kl, b, kl, m_other);
+  r.loss = r.pg - c.entropy.coef * r.entropy_agg + (c.kl.estimator == cgrpo::KlEstimator::none ? 0.0 : c.kl.coef * r.kl_agg);
   r.clipfrac = mmean(clipped, m_pg);
   r.clipfrac_lower = mmean(lower, m_pg);
   r.ppo_kl = mmean(kl_metric, m_pg);
@@ -394,7 +390,7 @@ inline Result loss(const ref::Batch& b, const Extra& x, const std::vector<double
 }
 
 // Central differences of J in every logit, stop-gradients held at b.logits.
-inline std::vector<double> finite_difference_gradient(const ref::Batch& b, const Extra& x, const cgrpo::LossConfig& c,
+inline std::vector<double> finite_difference_gradient(const ref::Batch& b, const cgrpo::LossConfig& c,
                                                       double h = 1e-6) {
   std::vector<double> g(b.logits.size(), 0.0), z = b.logits;
   for (int64_t t = 0; t < b.T; ++t)
@@ -402,9 +398,9 @@ inline std::vector<double> finite_difference_gradient(const ref::Batch& b, const
       const size_t k = t * b.stride + v;
       const double z0 = z[k];
       z[k] = z0 + h;
-      const double jp = loss(b, x, z, b.logits, c).loss;
+      const double jp = loss(b, z, b.logits, c).loss;
       z[k] = z0 - h;
-      const double jm = loss(b, x, z, b.logits, c).loss;
+      const double jm = loss(b, z, b.logits, c).loss;
       z[k] = z0;
       g[k] = (jp - jm) / (2 * h);
     }

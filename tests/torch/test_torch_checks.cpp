@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "batch.hpp"
 #include "test_seed.hpp"
 
 namespace {
@@ -23,8 +24,11 @@ namespace {
 using cgrpo_torch::PolicyLoss;
 using cgrpo_torch::PolicyLossInputs;
 
-// A valid batch of random values (never zeros): B packed responses over T rows, V columns.
+// A valid batch of random values (never zeros): B packed responses over T rows, V columns. The
+// values come from the tests' batch builder (support::Batch, in double); the tensors hold them in
+// the logits' dtype, so that support::LibraryBatch gives the library the very same numbers.
 struct Batch {
+  support::Batch source;  // the values, in double, and the library's view of them (LibraryBatch)
   torch::Tensor logits;
   PolicyLossInputs in;
   torch::Tensor offsets;  // int64 [B + 1]; in.layout points into it
@@ -34,35 +38,37 @@ struct Batch {
 
 Batch make_batch(torch::ScalarType real = torch::kDouble) {
   std::mt19937_64 rng = test_seed::fresh_rng();
-  torch::manual_seed(static_cast<uint64_t>(rng() >> 1));
+  torch::manual_seed(static_cast<uint64_t>(rng() >> 1));  // the tests' own torch::randn
   Batch b;
-  const int64_t B = 2 + static_cast<int64_t>(rng() % 4);
-  std::vector<int64_t> offsets(1, 0);
-  for (int64_t i = 0; i < B; ++i) offsets.push_back(offsets.back() + 1 + static_cast<int64_t>(rng() % 5));
-  b.T = offsets.back();
-  b.V = 3 + static_cast<int64_t>(rng() % 10);
-  b.offsets = torch::tensor(offsets, torch::kLong);
-  b.logits = 2.0 * torch::randn({b.T, b.V}, torch::dtype(real));
-  b.config = cgrpo::paper_critique_grpo();
-  b.config.policy_loss = cgrpo::PolicyLoss::ppo_clip;
-  b.config.kl = cgrpo::KlEstimator::k3;
-  b.config.kl_coef = 0.05;
-  b.config.entropy_coef = 0.01;
+  const int64_t B = 2 + static_cast<int64_t>(rng() % 4), V = 3 + static_cast<int64_t>(rng() % 10);
+  support::Batch& src = b.source;
+  src = support::random_batch(rng, B, 5, V, 0);
+  // The caller's weights: positive, never zero at a valid token.
+  std::uniform_real_distribution<double> uni(0.5, 1.5);
+  for (auto* w : {&src.w_pg, &src.w_h, &src.w_kl})
+    for (double& x : *w) x = uni(rng) / static_cast<double>(src.T);
+  b.T = src.T;
+  b.V = V;
+  b.config = cgrpo::paper_critique_grpo().loss;
+  b.config.policy.loss = cgrpo::PolicyLoss::ppo_clip;
+  b.config.kl.estimator = cgrpo::KlEstimator::k3;
+  b.config.kl.coef = 0.05;
+  b.config.entropy.coef = 0.01;
 
+  auto real_tensor = [real](const std::vector<double>& v) { return torch::tensor(v, torch::kDouble).to(real); };
+  b.offsets = torch::tensor(src.offsets, torch::kLong);
+  b.logits = real_tensor(src.logits).reshape({b.T, b.V}).contiguous();
   PolicyLossInputs& in = b.in;
-  in.target_ids = torch::randint(b.V, {b.T}, torch::kInt32);
-  in.mask = (torch::rand({b.T}) < 0.8).to(torch::kUInt8);
-  in.mask[0] = 1;
-  in.kinds = (torch::rand({b.T}) < 0.3).to(torch::kUInt8);
-  in.advantages = torch::randn({b.T}, torch::dtype(real));
-  const torch::Tensor logp =
-      torch::log_softmax(b.logits, 1).gather(1, in.target_ids.to(torch::kLong).unsqueeze(1)).squeeze(1);
-  in.old_logp = (logp + 0.2 * torch::randn_like(logp)).contiguous();
-  in.ref_logp = (logp + 0.3 * torch::randn_like(logp)).contiguous();
-  in.rollout_logp = (in.old_logp + 0.05 * torch::randn_like(logp)).contiguous();  // checked even when unused
-  in.pg_weights = (0.5 + torch::rand({b.T}, torch::dtype(real))) / static_cast<double>(b.T);
-  in.entropy_weights = (0.5 + torch::rand({b.T}, torch::dtype(real))) / static_cast<double>(b.T);
-  in.kl_weights = (0.5 + torch::rand({b.T}, torch::dtype(real))) / static_cast<double>(b.T);
+  in.target_ids = torch::tensor(src.targets, torch::kInt32);
+  in.mask = torch::tensor(std::vector<int64_t>(src.mask.begin(), src.mask.end()), torch::kLong).to(torch::kUInt8);
+  in.kinds = torch::tensor(std::vector<int64_t>(src.kinds.begin(), src.kinds.end()), torch::kLong).to(torch::kUInt8);
+  in.advantages = real_tensor(src.adv);
+  in.old_logp = real_tensor(src.old_logp);
+  in.ref_logp = real_tensor(src.ref_logp);
+  in.rollout_logp = real_tensor(src.rollout_logp);  // checked even when unused
+  in.pg_weights = real_tensor(src.w_pg);
+  in.entropy_weights = real_tensor(src.w_h);
+  in.kl_weights = real_tensor(src.w_kl);
   in.layout = cgrpo_torch::packed_layout(b.offsets);
   return b;
 }
@@ -142,24 +148,11 @@ CATCH_TEST_CASE("a valid batch gives the library's own loss and gradient, with b
     torch::Tensor want_grad = torch::empty_like(b.logits);
     auto direct = [&](auto tag) {
       using Real = decltype(tag);
-      cgrpo::PolicyLossBatch<Real> batch;
-      batch.logits = b.logits.data_ptr<Real>();
-      batch.num_tokens = b.T;
-      batch.vocab_size = b.V;
-      batch.target_ids = b.in.target_ids.data_ptr<int32_t>();
-      batch.mask = b.in.mask.data_ptr<uint8_t>();
-      batch.kinds = b.in.kinds.data_ptr<uint8_t>();
-      batch.advantages = b.in.advantages.data_ptr<Real>();
-      batch.old_logp = b.in.old_logp.data_ptr<Real>();
-      batch.ref_logp = b.in.ref_logp.data_ptr<Real>();
-      batch.pg_weights = b.in.pg_weights.data_ptr<Real>();
-      batch.entropy_weights = b.in.entropy_weights.data_ptr<Real>();
-      batch.kl_weights = b.in.kl_weights.data_ptr<Real>();
-      batch.layout = b.in.layout;
+      support::LibraryBatch<Real> lib(b.source, b.config, support::Weights::caller);
       cgrpo::PolicyLossOutputs<Real> out;
       out.grad_logits = want_grad.data_ptr<Real>();
       out.metrics = &want;
-      return cgrpo::cpu::fused_policy_loss(b.config, batch, out);
+      return cgrpo::cpu::fused_policy_loss(b.config, lib.view, out);
     };
     const cgrpo::Status s = real == torch::kDouble ? direct(double()) : direct(float());
     CATCH_REQUIRE(s.ok());
@@ -185,13 +178,13 @@ CATCH_TEST_CASE("a valid batch gives the library's own loss and gradient, with b
     check(wide.slice(1, 0, b.V), b.in, "row stride > V");
     // Optional inputs left out, and KL off with its inputs left out.
     Batch c = b;
-    c.config.kl = cgrpo::KlEstimator::none;
-    c.config.kl_coef = 0.0;
+    c.config.kl.estimator = cgrpo::KlEstimator::none;
+    c.config.kl.coef = 0.0;
     c.in.ref_logp = torch::Tensor();
     c.in.kl_weights = torch::Tensor();
     c.in.kinds = torch::Tensor();
     c.in.entropy_weights = torch::Tensor();
-    c.config.entropy_coef = 0.0;  // with caller weights, entropy_weights is needed only for an entropy term
+    c.config.entropy.coef = 0.0;  // with caller weights, entropy_weights is needed only for an entropy term
     cgrpo::LossMetrics m;
     CATCH_CHECK_NOTHROW(PolicyLoss::apply(c.logits, c.in, c.config, &m));
     CATCH_CHECK(std::isfinite(m.loss));
@@ -295,9 +288,9 @@ CATCH_TEST_CASE("an undefined tensor is refused where it is required, naming it"
   }
   Batch b = make_batch();
   expect_refused(b, torch::Tensor(), {subject("logits"), "got an undefined tensor"});
-  // ref_logp and kl_weights are required because of config.kl; the message says so.
+  // ref_logp and kl_weights are required because of config.kl.estimator; the message says so.
   b.in.ref_logp = torch::Tensor();
-  expect_refused(b, {subject("ref_logp"), "config.kl = k3"});
+  expect_refused(b, {subject("ref_logp"), "config.kl.estimator = k3"});
 }
 
 CATCH_TEST_CASE("a layout that does not cover T rows is refused, whatever the clip mode") {
@@ -317,8 +310,10 @@ CATCH_TEST_CASE("a layout that does not cover T rows is refused, whatever the cl
   }
   {
     Batch b = make_batch();
-    b.config.policy_loss = cgrpo::PolicyLoss::ppo_clip;
-    b.config.ratio_level = cgrpo::RatioLevel::sequence_detached;
+    b.config.policy.loss = cgrpo::PolicyLoss::ppo_clip;
+    b.config.ratio.level = cgrpo::RatioLevel::sequence_detached;
+    b.config.aggregation.policy = cgrpo::Aggregation::seq_mean_token_mean;  // the only one GSPO takes
+    CATCH_REQUIRE(b.config.validate().ok());
     b.in.layout = cgrpo::SequenceLayout();  // none given, but sequence clipping needs one
     expect_refused(b, {"cgrpo_torch: layout must cover the T = " + std::to_string(b.T), "the config needs it"});
   }

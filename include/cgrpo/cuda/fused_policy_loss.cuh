@@ -259,7 +259,8 @@ void fill_pass_args(const LossConfig& config, const PassPlan& plan, const Policy
   for (int k = 0; k < 3; ++k) {
     const WeightRule& rule = plan.weights[k];
     a.weights[k] = TermWeightParams{static_cast<int>(rule.mode), rule.convention, batch.scale.token_count,
-                                    batch.scale.sequence_count, batch.scale.length > 0 ? batch.scale.length : layout_length};
+                                    batch.scale.sequence_count, batch.scale.nonempty_sequence_count,
+                                    batch.scale.length > 0 ? batch.scale.length : layout_length};
   }
   a.entropy_mask = EntropyMaskParams{1.0 - config.entropy_mask.top_quantile, config.entropy_mask.count_all_tokens};
   a.selection = selection_params(config);

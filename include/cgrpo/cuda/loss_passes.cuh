@@ -51,7 +51,8 @@ constexpr uint8_t kCallerTermBits = kTermPolicy | kTermEntropy | kTermKl | kTerm
 struct TermWeightParams {
   int mode;
   AggregationConvention conv;
-  double scale_tokens, scale_rows, length;  // batch.scale (0: from this batch); length: L of the layout
+  double scale_tokens, scale_rows, scale_nonempty_rows, length;  // batch.scale (0: from this batch);
+                                                                 // length: L of the layout
 };
 
 // TRL's entropy mask in the batch pass.
@@ -339,7 +340,8 @@ CGRPO_ROW_HD RowWeights row_weights(const PassArgs& a, int64_t i) {
     const TermWeightParams& p = a.weights[k];
     AggregationCounts c;
     c.tokens = p.scale_tokens > 0 ? p.scale_tokens : b.tokens[k];
-    c.rows = p.scale_rows > 0 ? p.scale_rows : (p.conv.count_empty_rows ? num_rows : b.nonempty[k]);
+    c.rows = p.conv.count_empty_rows ? (p.scale_rows > 0 ? p.scale_rows : num_rows)
+                                     : (p.scale_nonempty_rows > 0 ? p.scale_nonempty_rows : b.nonempty[k]);
     c.length = p.length;
     r.w[k] = static_cast<float>(aggregation_weight(p.mode, p.conv, c, a.row_counts[i].n[k]));
   }

@@ -22,17 +22,19 @@ namespace cgrpo {
 // value is an error. Supply the all-reduced value so that the summed gradient of the shards
 // equals the gradient of the whole batch.
 struct AggregationScale {
-  double token_count = 0;     // token-mean: sum of the mask over the global batch
-  double sequence_count = 0;  // seq-mean-*: B, the number of responses in the global batch (every
-                              // row, or only rows with a valid token, as the convention counts them)
-  double length = 0;          // seq-mean-token-sum-norm: L (max response length)
+  double token_count = 0;              // token-mean: sum of the mask over the global batch
+  double sequence_count = 0;           // seq-mean-*: B, every response of the global batch (the rule
+                                       // of the paper, TRL, GMPO's torch.mean)
+  double length = 0;                   // seq-mean-token-sum-norm: L (max response length)
+  double nonempty_sequence_count = 0;  // seq-mean-*: B+, the responses with a valid token (verl's
+                                       // rule, AggregationConvention::count_empty_rows = false)
 };
 
 // The three terms a weight belongs to.
 enum class LossTerm : int { policy = 0, entropy = 1, kl = 2 };
 
 inline Status check_aggregation_scale(const AggregationScale& scale) {
-  for (double v : {scale.token_count, scale.sequence_count, scale.length})
+  for (double v : {scale.token_count, scale.sequence_count, scale.nonempty_sequence_count, scale.length})
     if (!std::isfinite(v) || v < 0)
       return make_error(StatusCode::invalid_argument,
                         "batch.scale values must be finite and >= 0 (0: from this batch), got %g", v);
@@ -51,13 +53,17 @@ Status aggregation_counts(const WeightRule& rule, int64_t num_rows, RowCount&& r
     counts.tokens += n;
     nonempty += n > 0 ? 1.0 : 0.0;
   }
-  counts.rows = rule.convention.count_empty_rows ? static_cast<double>(num_rows) : nonempty;
+  const double local_tokens = counts.tokens;
+  if (rule.convention.count_empty_rows)
+    counts.rows = scale.sequence_count > 0 ? scale.sequence_count : static_cast<double>(num_rows);
+  else
+    counts.rows = scale.nonempty_sequence_count > 0 ? scale.nonempty_sequence_count : nonempty;
   counts.length = layout_length;
   if (scale.token_count > 0) counts.tokens = scale.token_count;
-  if (scale.sequence_count > 0) counts.rows = scale.sequence_count;
   if (scale.length > 0) counts.length = scale.length;
+  // Only a batch that has a token of the term needs B (a shard of empty rows forms no weight).
   const AggregationTraits mode = traits_of(rule.mode);
-  if (mode.uses_rows && counts.rows <= 0 && counts.tokens > 0)
+  if (mode.uses_rows && counts.rows <= 0 && local_tokens > 0)
     return make_error(StatusCode::invalid_argument, "%s: the number of sequences is zero", mode.name);
   *out = counts;
   return Status::success();

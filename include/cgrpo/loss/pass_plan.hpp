@@ -106,10 +106,11 @@ inline PassPlan plan_passes(const LossConfig& c, const PassInputs& in) {
   p.checks_rollout_logp = c.needs_rollout_logp() || (in.has_rollout_logp && c.opsm_on());
   const bool row_features = c.sequence_ratio() || term.row_log_ratio || term.row_weight || p.rollout || sampler.on ||
                             c.opsm_on();
+  // A mode that reads the rows (B, n_i) or L of the layout.
+  auto layout_mode = [](Aggregation a) { return traits_of(a).uses_rows || traits_of(a).uses_length; };
   const bool row_weights = in.computed_weights &&
-                           (traits_of(c.aggregation.policy).uses_rows ||
-                            (c.entropy.coef != 0 && traits_of(c.aggregation.entropy).uses_rows) ||
-                            (c.kl_on() && traits_of(c.aggregation.kl).uses_rows));
+                           (layout_mode(c.aggregation.policy) || (c.entropy.coef != 0 && layout_mode(c.aggregation.entropy)) ||
+                            (c.kl_on() && layout_mode(c.aggregation.kl)));
   p.needs_layout = row_features || row_weights;
   // The sampler row pass takes every covered token's current log p (OPSM and vespo read it).
   p.all_logp_first = c.sequence_ratio() || term.row_log_ratio || term.row_weight || p.rollout_bypass || p.sampler ||

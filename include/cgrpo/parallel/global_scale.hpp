@@ -15,12 +15,15 @@ namespace cgrpo::parallel {
 // shared, an output may not).
 
 // What one rank (or one micro-batch of gradient accumulation) contributes to the
-// global normalizers. All-reduce token_count and sequence_count with SUM and
-// max_length with MAX (or use aggregation_partials_merge), then call to_scale().
+// global normalizers. All-reduce the counts with SUM and max_length with MAX (or use
+// aggregation_partials_merge), then call to_scale(). Both row counts are kept: the loss takes
+// every row or only the rows with a valid token as each term's rule says (its convention,
+// GMPO's every-row mean), so one scale serves every config.
 struct AggregationPartials {
-  double token_count = 0;     // sum of the mask          -> SUM
-  double sequence_count = 0;  // responses on this rank   -> SUM
-  double max_length = 0;      // longest response in rows -> MAX
+  double token_count = 0;              // sum of the mask                        -> SUM
+  double sequence_count = 0;           // responses on this rank                 -> SUM
+  double nonempty_sequence_count = 0;  // responses with a valid token (verl B+) -> SUM
+  double max_length = 0;               // longest response in rows               -> MAX
 
   // The AggregationScale to pass to aggregation_weights() on every rank.
   // `length` overrides max_length when > 0 (e.g. the configured max response
@@ -29,6 +32,7 @@ struct AggregationPartials {
     AggregationScale s;
     s.token_count = token_count;
     s.sequence_count = sequence_count;
+    s.nonempty_sequence_count = nonempty_sequence_count;
     s.length = length > 0 ? length : max_length;
     return s;
   }
@@ -48,6 +52,11 @@ inline Status aggregation_partials(const SequenceLayout& layout, const uint8_t* 
   AggregationPartials p;
   for (int64_t t = 0; t < num_tokens; ++t) p.token_count += mask[t] ? 1.0 : 0.0;
   p.sequence_count = static_cast<double>(layout.num_sequences);
+  for (int64_t i = 0; i < layout.num_sequences; ++i) {
+    bool any = false;
+    for (int64_t t = layout.begin(i); t < layout.end(i) && !any; ++t) any = mask[t] != 0;
+    p.nonempty_sequence_count += any ? 1.0 : 0.0;
+  }
   p.max_length = static_cast<double>(layout.max_length());
   *out = p;
   return Status::success();
@@ -58,6 +67,7 @@ inline AggregationPartials aggregation_partials_merge(const AggregationPartials&
   AggregationPartials m;
   m.token_count = a.token_count + b.token_count;
   m.sequence_count = a.sequence_count + b.sequence_count;
+  m.nonempty_sequence_count = a.nonempty_sequence_count + b.nonempty_sequence_count;
   m.max_length = a.max_length > b.max_length ? a.max_length : b.max_length;
   return m;
 }

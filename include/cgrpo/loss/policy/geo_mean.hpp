@@ -17,6 +17,7 @@ struct GeoMeanTerm : PerTokenTerm {
     PolicyTraits t;
     t.name = "geo_mean";
     t.verl_name = "geo_mean";
+    t.ratio = RatioUse::none;  // a row's geometric mean, not a token ratio: kl.times_ratio has none to read
     t.clips = true;
     t.clip_low_unbounded = true;
     t.token_level_only = true;
