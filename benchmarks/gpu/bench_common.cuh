@@ -125,7 +125,8 @@ inline void report_bytes(benchmark::State& state, double bytes, double ms, doubl
 }
 
 // The paper's batch shape: padded responses of L tokens (the last 10% padding), 1 refinement per
-// group of 8, standard normal advantages, log-probs near -3. Host arrays, then device copies.
+// group of 8, standard normal advantages, log-probs near -3; the caller's weights are the config's own
+// (cgrpo::aggregation_weights). Host arrays, then device copies.
 struct PaperTokens {
   int64_t T = 0, L = 0;
   std::vector<int32_t> targets;
@@ -147,9 +148,9 @@ struct PaperTokens {
     }
     w_pg.resize(static_cast<size_t>(T));
     w_h.resize(static_cast<size_t>(T));
-    BENCH_OK(cgrpo::aggregation_weights(config.pg_aggregation, layout(), mask.data(), cgrpo::AggregationScale{},
+    BENCH_OK(cgrpo::aggregation_weights(config, cgrpo::LossTerm::policy, layout(), mask.data(), cgrpo::AggregationScale{},
                                         w_pg.data()));
-    BENCH_OK(cgrpo::aggregation_weights(config.entropy_aggregation, layout(), mask.data(), cgrpo::AggregationScale{},
+    BENCH_OK(cgrpo::aggregation_weights(config, cgrpo::LossTerm::entropy, layout(), mask.data(), cgrpo::AggregationScale{},
                                         w_h.data()));
   }
   cgrpo::SequenceLayout layout() const { return cgrpo::SequenceLayout::padded(T / L, L); }

@@ -49,7 +49,7 @@ void bm_linear(benchmark::State& state) {
   fill(h, static_cast<size_t>(T * H), 1u, 1.0f, stream);
   fill(W, static_cast<size_t>(V * H), 2u, 9.0f / std::sqrt(static_cast<float>(H)), stream);
 
-  const cgrpo::LossConfig config = cgrpo::paper_critique_grpo();
+  const cgrpo::LossConfig config = cgrpo::paper_critique_grpo().loss;
   const PaperTokens tokens(config, T, V, L);
   const DeviceTokens d(tokens);
   const cgrpo::PolicyLossBatch<Logit, float> batch = d.batch<Logit>(T, V, false);

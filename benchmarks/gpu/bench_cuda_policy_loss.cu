@@ -4,9 +4,9 @@
 // Timing: CUDA events around each call, median of kRepeats calls after kWarmup calls, per
 // benchmark iteration (manual time). Bytes moved count the logits only (the per-token arrays are
 // O(T)): forward+backward = logits read once + gradient written once (2 T V s; the kernel's second
-// read of a row hits L2 when it can), forward only and log-probs = T V s. The coupled configs
-// (cfg 1, 2) take two passes: forward+backward reads the logits twice from DRAM and writes the
-// gradient (3 T V s), forward only reads them once. The copy reference moves the same bytes:
+// read of a row hits L2 when it can), forward only and log-probs = T V s. A plan with a pre-pass
+// (cgrpo::plan_passes: the coupled configs, cfg 1, 2) takes two passes: forward+backward reads the
+// logits twice from DRAM and writes the gradient (3 T V s), forward only reads them once. The copy reference moves the same bytes:
 // cudaMemcpyAsync D2D of half of them (each copied byte is read and written).
 //   cfg 0: the paper's configuration (one fused kernel);
 //   cfg 1: verl bypass ppo_clip with seq_sum_k2 rejection and k3 KL (computed weights, rollout_logp);
@@ -34,15 +34,15 @@ enum class Pass { forward_backward = 0, forward = 1, logprobs = 2, forward_backw
 // tokens (padded), 10% padding, f(p) shaping, entropy token-mean.
 cgrpo::LossConfig bench_config(int cfg) {
   if (cfg == 1) {
-    cgrpo::LossConfig c = cgrpo::verl_bypass_ppo_clip();
-    c.kl = cgrpo::KlEstimator::k3;
-    c.kl_coef = 0.1;
-    c.entropy_coef = 0.01;
-    BENCH_OK(cgrpo::verl_rollout_rs("seq_sum_k2", "0.5", &c.rollout));
+    cgrpo::LossConfig c = cgrpo::verl_bypass_ppo_clip().loss;
+    c.kl.estimator = cgrpo::KlEstimator::k3;
+    c.kl.coef = 0.1;
+    c.entropy.coef = 0.01;
+    BENCH_OK(cgrpo::verl_rollout_rs("seq_sum_k2", "0.5", &c.off_policy.rollout));
     return c;
   }
-  if (cfg == 2) return cgrpo::trl_luspo();
-  return cgrpo::paper_critique_grpo();
+  if (cfg == 2) return cgrpo::trl_luspo().loss;
+  return cgrpo::paper_critique_grpo().loss;
 }
 
 template <typename Logit>
@@ -50,15 +50,17 @@ void bm_policy_loss(benchmark::State& state) {
   const int64_t T = state.range(0), V = state.range(1);
   const Pass pass = static_cast<Pass>(state.range(2));
   const int cfg = static_cast<int>(state.range(3));
-  const bool coupled = cfg != 0;
+  const bool computed_weights = cfg != 0;  // the coupled configs compute their weights (rejection changes the denominators)
   const int64_t L = 1024, B = T / L;
   const size_t n = static_cast<size_t>(T * V);
   cudaStream_t stream;
   BENCH_CUDA(cudaStreamCreate(&stream));
 
   const cgrpo::LossConfig config = bench_config(cfg);
+  // The batch's inputs (DeviceTokens::batch: rollout_logp given, no selection) and the pass plan they get.
+  const bool two_pass = cgrpo::plan_passes(config, cgrpo::PassInputs{computed_weights, false, true}).any_prepass;
   const double bytes = static_cast<double>(n * sizeof(Logit)) * (pass == Pass::forward || pass == Pass::logprobs ? 1.0
-                                                                  : coupled ? 3.0 : 2.0);
+                                                                  : two_pass ? 3.0 : 2.0);
   // The roofline first, on buffers of its own (freed before the loss's): a D2D copy of as many bytes.
   double roofline_gbps = 0;
   {
@@ -82,8 +84,7 @@ void bm_policy_loss(benchmark::State& state) {
                                                  : cgrpo::cuda::fused_policy_loss_workspace_size(config, T, B);
   void* ws = device_alloc<char>(ws_bytes);
 
-  // The coupled configs compute their weights (rejection changes the denominators).
-  cgrpo::PolicyLossBatch<Logit, float> batch = d.batch<Logit>(T, V, coupled);
+  cgrpo::PolicyLossBatch<Logit, float> batch = d.batch<Logit>(T, V, computed_weights);
   batch.logits = logits;
   cgrpo::LossMetrics metrics;
   cgrpo::PolicyLossOutputs<Logit, float> out;
@@ -109,6 +110,7 @@ void bm_policy_loss(benchmark::State& state) {
   }
   report_bytes(state, bytes, kernel_ms, roofline_gbps);
   state.counters["workspace_MB"] = static_cast<double>(ws_bytes) / 1e6;
+  state.counters["passes"] = two_pass ? 2 : 1;
   const char* pass_label[] = {" fwd+bwd", " fwd", " logprobs", " fwd+bwd in place"};
   const char* cfg_label[] = {"", " verl bypass + seq rejection (two passes)", " TRL luspo (two passes)"};
   state.SetLabel(std::string(cgrpo::cuda::LogitTraits<Logit>::name) + pass_label[static_cast<int>(pass)] + cfg_label[cfg]);

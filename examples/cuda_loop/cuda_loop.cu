@@ -61,8 +61,9 @@ struct Rollout {
   std::vector<float> advantages, pg_weights, entropy_weights;
 };
 
-cgrpo::Status make_rollout(std::mt19937_64& rng, const cgrpo::LossConfig& c, int64_t B, int64_t L, int64_t G,
+cgrpo::Status make_rollout(std::mt19937_64& rng, const cgrpo::Recipe& recipe, int64_t B, int64_t L, int64_t G,
                            int64_t D, int64_t V, Rollout& r) {
+  const cgrpo::LossConfig& c = recipe.loss;
   const int64_t T = B * L;
   std::normal_distribution<float> normal(0.f, 1.f);
   std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(V - 1));
@@ -87,17 +88,19 @@ cgrpo::Status make_rollout(std::mt19937_64& rng, const cgrpo::LossConfig& c, int
     group_ids[i] = static_cast<int32_t>(i / G);
   }
   const cgrpo::SequenceLayout layout = cgrpo::SequenceLayout::padded(B, L);
-  CGRPO_RETURN_IF_ERROR(cgrpo::group_advantages(c.advantage, cgrpo::GroupAssignment{B, group_ids.data(), (B + G - 1) / G},
-                                                rewards.data(), nullptr, c.advantage_eps, adv.data()));
+  CGRPO_RETURN_IF_ERROR(cgrpo::group_advantages(recipe.advantage,
+                                                cgrpo::GroupAssignment{B, group_ids.data(), (B + G - 1) / G},
+                                                rewards.data(), nullptr, adv.data()));
   r.advantages.resize(T);
   cgrpo::broadcast_to_tokens(layout, adv.data(), r.advantages.data());
   r.pg_weights.resize(T);
   r.entropy_weights.resize(T);
   cgrpo::AggregationScale scale;
   scale.length = static_cast<double>(L);  // seq-mean-token-sum-norm: the max response length
-  CGRPO_RETURN_IF_ERROR(cgrpo::aggregation_weights(c.pg_aggregation, layout, r.mask.data(), scale, r.pg_weights.data()));
   CGRPO_RETURN_IF_ERROR(
-      cgrpo::aggregation_weights(c.entropy_aggregation, layout, r.mask.data(), scale, r.entropy_weights.data()));
+      cgrpo::aggregation_weights(c, cgrpo::LossTerm::policy, layout, r.mask.data(), scale, r.pg_weights.data()));
+  CGRPO_RETURN_IF_ERROR(
+      cgrpo::aggregation_weights(c, cgrpo::LossTerm::entropy, layout, r.mask.data(), scale, r.entropy_weights.data()));
   return cgrpo::Status::success();
 }
 
@@ -134,9 +137,8 @@ int check_against_cpu(const cgrpo::LossConfig& c, const Rollout& r, const std::v
   cgrpo::PolicyLossOutputs<double> out;
   out.grad_logits = grad.data();
   out.metrics = &m;
-  cgrpo::LossConfig cpu_config = c;
-  cpu_config.num_threads = 4;
-  LOOP_CHECK(cgrpo::cpu::fused_policy_loss(cpu_config, batch, out));
+  cgrpo::cpu::Workspace ws(4);  // 4 threads (the same bits as 1)
+  LOOP_CHECK(cgrpo::cpu::fused_policy_loss(c, batch, out, ws));
   // dW[v, d] = sum_t G[t, v] H[t, d] at the target columns of the first tokens and at random
   // entries (all V x D entries would be V D T multiply-adds on the host).
   std::mt19937_64 rng(1);
@@ -173,7 +175,8 @@ int main(int argc, char** argv) {
     return 77;
   }
   const int64_t T = B * L;
-  const cgrpo::LossConfig config = cgrpo::paper_critique_grpo();
+  const cgrpo::Recipe recipe = cgrpo::paper_critique_grpo();  // the loss and the advantages
+  const cgrpo::LossConfig& config = recipe.loss;
 
   cudaStream_t stream;
   cublasHandle_t blas;
@@ -214,7 +217,7 @@ int main(int argc, char** argv) {
 
   for (int step = 0; step < steps; ++step) {
     Rollout r;
-    LOOP_CHECK(make_rollout(rng, config, B, L, G, D, V, r));
+    LOOP_CHECK(make_rollout(rng, recipe, B, L, G, D, V, r));
     if (upload(H, r.hidden, stream) || upload(targets, r.targets, stream) || upload(mask, r.mask, stream) ||
         upload(kinds, r.kinds, stream) || upload(adv, r.advantages, stream) || upload(w_pg, r.pg_weights, stream) ||
         upload(w_h, r.entropy_weights, stream))

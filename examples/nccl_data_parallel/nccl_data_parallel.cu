@@ -120,17 +120,18 @@ int upload(T* device, const T* host, size_t n, cudaStream_t stream) {
 }
 
 // The whole batch on the CPU in double: full-batch advantages and normalizers, J and sampled dW.
-int check_against_cpu(const cgrpo::LossConfig& c, const Batch& b, int64_t G, int64_t D, int64_t V,
+int check_against_cpu(const cgrpo::Recipe& recipe, const Batch& b, int64_t G, int64_t D, int64_t V,
                       const std::vector<float>& logits, const std::vector<float>& old_logp, double loss,
                       const std::vector<float>& dW) {
+  const cgrpo::LossConfig& c = recipe.loss;
   const int64_t B = static_cast<int64_t>(b.rewards.size()), T = b.offsets.back();
   const cgrpo::SequenceLayout layout = cgrpo::SequenceLayout::packed(B, b.offsets.data());
   std::vector<double> adv(B), adv_tok(T), w_pg(T), w_h(T), grad(T * V);
-  DP_CHECK(cgrpo::group_advantages(c.advantage, cgrpo::GroupAssignment{B, b.group_ids.data(), G}, b.rewards.data(),
-                                   nullptr, c.advantage_eps, adv.data()));
+  DP_CHECK(cgrpo::group_advantages(recipe.advantage, cgrpo::GroupAssignment{B, b.group_ids.data(), G}, b.rewards.data(),
+                                   nullptr, adv.data()));
   cgrpo::broadcast_to_tokens(layout, adv.data(), adv_tok.data());
-  DP_CHECK(cgrpo::aggregation_weights(c.pg_aggregation, layout, b.mask.data(), {}, w_pg.data()));
-  DP_CHECK(cgrpo::aggregation_weights(c.entropy_aggregation, layout, b.mask.data(), {}, w_h.data()));
+  DP_CHECK(cgrpo::aggregation_weights(c, cgrpo::LossTerm::policy, layout, b.mask.data(), {}, w_pg.data()));
+  DP_CHECK(cgrpo::aggregation_weights(c, cgrpo::LossTerm::entropy, layout, b.mask.data(), {}, w_h.data()));
   const std::vector<double> z(logits.begin(), logits.end()), old(old_logp.begin(), old_logp.end());
   cgrpo::PolicyLossBatch<double> batch;
   batch.logits = z.data();
@@ -181,7 +182,8 @@ int main(int argc, char** argv) {
     return 77;
   }
   const int k = ranks > 0 ? std::min(ranks, devices) : devices;
-  const cgrpo::LossConfig config = cgrpo::paper_critique_grpo();
+  const cgrpo::Recipe recipe = cgrpo::paper_critique_grpo();  // the loss and the advantages
+  const cgrpo::LossConfig& config = recipe.loss;
   const int64_t kSum = G * cgrpo::parallel::kGroupSumFields + 2;      // + token_count, sequence_count
   const int64_t kMax = G * cgrpo::parallel::kGroupExtremaFields + 1;  // + max_length
 
@@ -272,8 +274,9 @@ int main(int argc, char** argv) {
       const cgrpo::GroupAssignment local{Br, b.group_ids.data() + R.r0, G};
       std::vector<float> adv(Br), adv_tok(Tr), w_pg(Tr), w_h(Tr);
       std::vector<float> rewards(b.rewards.begin() + R.r0, b.rewards.begin() + R.r1);
-      DP_CHECK(cgrpo::parallel::group_advantages_from_stats(config.advantage, local, rewards.data(), sums[r].data(),
-                                                            maxes[r].data(), 0.0, config.advantage_eps, adv.data()));
+      DP_CHECK(cgrpo::parallel::group_advantages_from_stats(recipe.advantage.estimator, local, rewards.data(),
+                                                            sums[r].data(), maxes[r].data(), 0.0, recipe.advantage.eps,
+                                                            adv.data()));
       cgrpo::parallel::AggregationPartials global;
       global.token_count = sums[r][kSum - 2];
       global.sequence_count = sums[r][kSum - 1];
@@ -282,10 +285,10 @@ int main(int argc, char** argv) {
       for (int64_t& o : local_offsets) o -= R.t0;
       const cgrpo::SequenceLayout layout = cgrpo::SequenceLayout::packed(Br, local_offsets.data());
       cgrpo::broadcast_to_tokens(layout, adv.data(), adv_tok.data());
-      DP_CHECK(cgrpo::aggregation_weights(config.pg_aggregation, layout, b.mask.data() + R.t0, global.to_scale(),
-                                          w_pg.data()));
-      DP_CHECK(cgrpo::aggregation_weights(config.entropy_aggregation, layout, b.mask.data() + R.t0, global.to_scale(),
-                                          w_h.data()));
+      DP_CHECK(cgrpo::aggregation_weights(config, cgrpo::LossTerm::policy, layout, b.mask.data() + R.t0,
+                                          global.to_scale(), w_pg.data()));
+      DP_CHECK(cgrpo::aggregation_weights(config, cgrpo::LossTerm::entropy, layout, b.mask.data() + R.t0,
+                                          global.to_scale(), w_h.data()));
       if (upload(R.H, b.hidden.data() + R.t0 * D, Tr * D, R.stream) ||
           upload(R.targets, b.targets.data() + R.t0, Tr, R.stream) ||
           upload(R.mask, b.mask.data() + R.t0, Tr, R.stream) || upload(R.kinds, b.kinds.data() + R.t0, Tr, R.stream) ||
@@ -342,7 +345,7 @@ int main(int argc, char** argv) {
       DP_CHECK_CUDA(cudaMemcpyAsync(dW.data(), rank[0].dW, V * D * sizeof(float), cudaMemcpyDeviceToHost,
                                     rank[0].stream));
       DP_CHECK_CUDA(cudaStreamSynchronize(rank[0].stream));
-      if (check_against_cpu(config, b, G, D, V, z_all, old_all, loss, dW)) {
+      if (check_against_cpu(recipe, b, G, D, V, z_all, old_all, loss, dW)) {
         std::fprintf(stderr, "nccl_data_parallel: step 0 does not match the whole batch on the CPU\n");
         return 1;
       }

@@ -10,26 +10,7 @@ cgrpo::Status cpu_fused_policy_loss(const cgrpo::LossConfig& config, const HostB
                                     std::vector<double>& grad, std::vector<double>& logp,
                                     std::vector<double>& entropy, cgrpo::LossMetrics& metrics,
                                     std::vector<double>* policy_factor, std::vector<uint8_t>* terms) {
-  cgrpo::PolicyLossBatch<double> batch;
-  batch.logits = b.logits.data();
-  batch.num_tokens = b.T;
-  batch.vocab_size = b.V;
-  batch.row_stride = b.stride;
-  batch.target_ids = b.targets.data();
-  batch.mask = b.mask.data();
-  batch.kinds = b.kinds.data();
-  batch.advantages = b.adv.data();
-  batch.old_logp = b.old_logp.data();
-  batch.ref_logp = b.ref_logp.data();
-  if (!b.computed_weights) {
-    batch.pg_weights = b.w_pg.data();
-    batch.entropy_weights = b.w_h.data();
-    batch.kl_weights = b.w_kl.data();
-  }
-  batch.scale = b.scale;
-  if (!b.rollout_logp.empty()) batch.rollout_logp = b.rollout_logp.data();
-  if (!b.selection.empty()) batch.selection = b.selection.data();
-  batch.layout = b.layout();
+  const HostLibraryBatch<double> batch(b, config);
   grad.assign(want_grad ? static_cast<size_t>(b.T * b.stride) : 0, 0.0);
   logp.assign(static_cast<size_t>(b.T), 0.0);
   entropy.assign(static_cast<size_t>(b.T), 0.0);
@@ -46,7 +27,7 @@ cgrpo::Status cpu_fused_policy_loss(const cgrpo::LossConfig& config, const HostB
     terms->assign(static_cast<size_t>(b.T), 0);
     out.token_terms = terms->data();
   }
-  return cgrpo::cpu::fused_policy_loss(config, batch, out);
+  return cgrpo::cpu::fused_policy_loss(config, batch.view, out);
 }
 
 cgrpo::Status cpu_token_logprobs(const double* logits, int64_t T, int64_t V, int64_t row_stride, const int32_t* targets,

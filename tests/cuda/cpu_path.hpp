@@ -1,38 +1,50 @@
-// tests/cuda/cpu_path.hpp: the CPU path in double behind a plain interface, for the GPU tests.
-// Compiled by the host compiler (cpu_path.cpp), so that no .cu file has to include Eigen.
+// tests/cuda/cpu_path.hpp: the CPU path in double behind a plain interface, for the GPU tests
+// (cpu_path.cpp), and the tests' host batch: tests/support's batch plus what a call adds to it.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include <cgrpo/base/layout.hpp>
+#include <cgrpo/base/status.hpp>
 #include <cgrpo/loss/aggregation.hpp>
 #include <cgrpo/loss/config.hpp>
-#include <cgrpo/base/layout.hpp>
 #include <cgrpo/loss/metrics.hpp>
-#include <cgrpo/base/status.hpp>
+
+#include "support_headers.hpp"  // support::Batch, support::LibraryBatch
 
 namespace gpu_test {
 
-// One batch in double on the host: logits [T, stride] (the padding columns may hold NaN),
-// per-token arrays [T], and the layout (offsets in `offsets` when packed).
-struct HostBatch {
-  int64_t T = 0, V = 0, stride = 0;
-  std::vector<double> logits;
-  std::vector<int32_t> targets;
-  std::vector<uint8_t> mask, kinds;
-  std::vector<double> adv, old_logp, ref_logp, w_pg, w_h, w_kl;
-  std::vector<double> rollout_logp;  // empty: the batch has none
-  std::vector<uint8_t> selection;    // empty: none (kl_cov / clip_cov select their own tokens)
-  bool computed_weights = false;     // pass no weights: the loss computes them (w_pg etc. stay a scale)
-  cgrpo::AggregationScale scale;     // the caller's global counts (computed weights)
-  int64_t num_sequences = 0;
-  bool padded = false;
-  int64_t padded_length = 0;
-  std::vector<int64_t> offsets;
+// One batch in double on the host (support::Batch: logits [T, stride] whose padding columns may
+// hold NaN, per-token arrays [T], the layout; an empty rollout_logp or selection: none), and how a
+// call passes it: the caller's weights (w_pg, w_h, w_kl) or none (the loss computes them; w_* then
+// only give the weights' size), the caller's global counts.
+struct HostBatch : support::Batch {
+  bool computed_weights = false;
+  cgrpo::AggregationScale scale;
+  bool zero_length_padded = false;  // an empty batch laid out as B padded rows of length 0
 
-  cgrpo::SequenceLayout layout() const {
-    return padded ? cgrpo::SequenceLayout::padded(num_sequences, padded_length)
-                  : cgrpo::SequenceLayout::packed(num_sequences, offsets.data());
+  support::Weights weights() const { return computed_weights ? support::Weights::computed : support::Weights::caller; }
+  cgrpo::SequenceLayout view_layout() const {
+    return zero_length_padded ? cgrpo::SequenceLayout::padded(B, 0) : layout();
+  }
+};
+
+// The library's view of a host batch for `config` in precision Real (support::LibraryBatch: the
+// arrays the config reads), with the batch's weights rule, global counts and layout. The CPU path
+// and the CUDA path (host copies, then device copies) take the same view.
+template <typename Real>
+struct HostLibraryBatch : support::LibraryBatch<Real> {
+  HostLibraryBatch(const HostBatch& hb, const cgrpo::LossConfig& config)
+      : support::LibraryBatch<Real>(hb, config, hb.weights()) {
+    this->view.scale = hb.scale;
+    this->view.layout = hb.view_layout();
+    if (hb.T == 0 && !hb.computed_weights) {  // an empty batch with the caller's (empty, non-null) weights
+      static const Real none[1] = {Real(0)};
+      this->view.pg_weights = none;
+      this->view.entropy_weights = config.entropy.coef != 0 ? none : nullptr;
+      this->view.kl_weights = config.kl_on() ? none : nullptr;
+    }
   }
 };
 

@@ -1,5 +1,6 @@
 // tests/cuda/gpu_test_util.cuh: what the GPU test programs share: the skip rule (exit code 77),
-// a failure counter, device buffers, dtype conversions and the random batch generator.
+// a failure counter, device buffers and device copies of a batch, dtype conversions and the random
+// batch generator.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -18,6 +19,7 @@
 #include <cgrpo/loss/aggregation.hpp>
 #include <cgrpo/loss/config.hpp>
 #include <cgrpo/loss/policy_loss_batch.hpp>
+#include <cgrpo/loss/policy_terms.hpp>
 
 #include "cpu_path.hpp"
 
@@ -30,8 +32,15 @@ inline int& failures() {
   return n;
 }
 
+// Every check made (GPU_EXPECT), passed or failed: the count the mains print.
+inline long long& checks() {
+  static long long n = 0;
+  return n;
+}
+
 #define GPU_EXPECT(cond, ...)                                                  \
   do {                                                                         \
+    ++::gpu_test::checks();                                                    \
     if (!(cond)) {                                                             \
       ++::gpu_test::failures();                                                \
       std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);              \
@@ -91,19 +100,93 @@ struct DeviceBuffer {
   T* ptr = nullptr;
   size_t count = 0;
   DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t n) : count(n) { TEST_CUDA(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T))); }
+  explicit DeviceBuffer(size_t n) { allocate(n); }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
+  ~DeviceBuffer() { release(); }
+  void allocate(size_t n) {
+    release();
+    count = n;
+    TEST_CUDA(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)));
+  }
+  void release() {
     if (ptr) cudaFree(ptr);
+    ptr = nullptr;
+    count = 0;
   }
   void upload(const std::vector<T>& h) { TEST_CUDA(cudaMemcpy(ptr, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice)); }
+  // A device copy of the n values at h (nullptr stays nullptr: an array the call does not pass).
+  const T* mirror(const T* h, size_t n) {
+    if (!h) return nullptr;
+    allocate(n);
+    TEST_CUDA(cudaMemcpy(ptr, h, n * sizeof(T), cudaMemcpyHostToDevice));
+    return ptr;
+  }
   std::vector<T> download() const {
     std::vector<T> h(count);
     TEST_CUDA(cudaMemcpy(h.data(), ptr, count * sizeof(T), cudaMemcpyDeviceToHost));
     return h;
   }
   void poison() { TEST_CUDA(cudaMemset(ptr, 0xFF, count * sizeof(T))); }  // NaN in fp32, fp16 and bf16
+};
+
+// A host view (float per-token arrays) with Logit logits: the same arrays, `logits` in place of its own.
+template <typename Logit>
+cgrpo::PolicyLossBatch<Logit, float> with_logits(const cgrpo::PolicyLossBatch<float>& v, const Logit* logits) {
+  cgrpo::PolicyLossBatch<Logit, float> b;
+  b.logits = logits;
+  b.num_tokens = v.num_tokens;
+  b.vocab_size = v.vocab_size;
+  b.row_stride = v.row_stride;
+  b.target_ids = v.target_ids;
+  b.mask = v.mask;
+  b.kinds = v.kinds;
+  b.advantages = v.advantages;
+  b.old_logp = v.old_logp;
+  b.ref_logp = v.ref_logp;
+  b.rollout_logp = v.rollout_logp;
+  b.selection = v.selection;
+  b.pg_weights = v.pg_weights;
+  b.entropy_weights = v.entropy_weights;
+  b.kl_weights = v.kl_weights;
+  b.scale = v.scale;
+  b.layout = v.layout;
+  return b;
+}
+
+// A host view's arrays in device memory (logits in Logit, per-token values in float): every array
+// the host view passes, and no other. view.layout keeps the host offsets (validation reads them on
+// the host); `offsets` is their device copy (nullptr for a padded layout).
+template <typename Logit>
+struct DeviceBatch {
+  DeviceBuffer<Logit> logits;
+  DeviceBuffer<int32_t> targets;
+  DeviceBuffer<uint8_t> mask, kinds, selection;
+  DeviceBuffer<float> adv, old_logp, ref_logp, rollout_logp, w_pg, w_h, w_kl;
+  DeviceBuffer<int64_t> device_offsets;
+  const int64_t* offsets = nullptr;
+  cgrpo::PolicyLossBatch<Logit, float> view;
+
+  // host_logits empty: no logits (view.logits null; the fused linear loss forms them).
+  DeviceBatch(const cgrpo::PolicyLossBatch<float>& host, const std::vector<Logit>& host_logits) {
+    const size_t T = static_cast<size_t>(std::max<int64_t>(host.num_tokens, 0));
+    view = with_logits<Logit>(host, logits.mirror(host_logits.empty() ? nullptr : host_logits.data(), host_logits.size()));
+    view.target_ids = targets.mirror(host.target_ids, T);
+    view.mask = mask.mirror(host.mask, T);
+    view.kinds = kinds.mirror(host.kinds, T);
+    view.selection = selection.mirror(host.selection, T);
+    view.advantages = adv.mirror(host.advantages, T);
+    view.old_logp = old_logp.mirror(host.old_logp, T);
+    view.ref_logp = ref_logp.mirror(host.ref_logp, T);
+    view.rollout_logp = rollout_logp.mirror(host.rollout_logp, T);
+    view.pg_weights = w_pg.mirror(host.pg_weights, T);
+    view.entropy_weights = w_h.mirror(host.entropy_weights, T);
+    view.kl_weights = w_kl.mirror(host.kl_weights, T);
+    const cgrpo::SequenceLayout& L = host.layout;
+    offsets = device_offsets.mirror(L.offsets, static_cast<size_t>(std::max<int64_t>(L.num_sequences, 0) + 1));
+  }
+  DeviceBatch(const DeviceBatch&) = delete;
+  DeviceBatch& operator=(const DeviceBatch&) = delete;
 };
 
 // Host conversions to and from the logits dtype (round to nearest even, as the kernels store).
@@ -136,19 +219,21 @@ struct BatchSpec {
 // The log ratios where a config's loss has a kink (or a metric counts a flag): float and double log p
 // differ by ~1e-6, so random batches keep every token's log ratio 1e-3 away from them.
 inline std::vector<double> loss_kinks(const cgrpo::LossConfig& c) {
-  std::vector<double> k = {std::log1p(-std::min(c.clip_eps_low, 0.999)), std::log1p(c.clip_eps_high),
-                           std::log(c.dual_clip_c), 0.0};
-  if (c.policy_loss == cgrpo::PolicyLoss::geo_mean) {  // GMPO clips the log ratio itself
-    k.push_back(c.clip_eps_high);
-    k.push_back(-c.clip_eps_low);
+  const cgrpo::RatioConfig& r = c.ratio;
+  std::vector<double> k = {std::log1p(-std::min(r.clip_eps_low, 0.999)), std::log1p(r.clip_eps_high),
+                           std::log(r.dual_clip_c), 0.0};
+  if (c.policy.loss == cgrpo::PolicyLoss::geo_mean) {  // GMPO clips the log ratio itself
+    k.push_back(r.clip_eps_high);
+    k.push_back(-r.clip_eps_low);
   }
-  if (c.policy_loss == cgrpo::PolicyLoss::cispo_cap) k.push_back(std::log(c.cispo_ratio_cap));
-  if (std::isfinite(c.two_sided_delta)) k.push_back(std::log(c.two_sided_delta));
+  if (c.policy.loss == cgrpo::PolicyLoss::cispo_cap) k.push_back(std::log(c.policy.cispo_cap.ratio_cap));
+  if (std::isfinite(r.two_sided_delta)) k.push_back(std::log(r.two_sided_delta));
   return k;
 }
 
 // A random batch whose logits are exactly representable in Logit (`logits` holds them in Logit,
-// b.logits the same values in double) and whose per-token values are exactly floats.
+// b.logits the same values in double) and whose per-token values are exactly floats; the caller's
+// weights are the library's own for `config` (support::set_library_weights), rounded to float.
 // Sequence 0 is fully masked, sequence 1 is empty when packed, sequence 2 is a refinement.
 template <typename Logit>
 HostBatch random_batch(std::mt19937_64& rng, const BatchSpec& spec, const cgrpo::LossConfig& config,
@@ -158,9 +243,8 @@ HostBatch random_batch(std::mt19937_64& rng, const BatchSpec& spec, const cgrpo:
   HostBatch b;
   b.V = spec.V;
   b.stride = spec.V + spec.extra_stride;
-  b.num_sequences = spec.num_sequences;
-  b.padded = spec.padded;
-  b.padded_length = spec.max_len;
+  b.B = spec.num_sequences;
+  b.padded_length = spec.padded ? spec.max_len : 0;
   b.offsets.push_back(0);
   std::uniform_int_distribution<int64_t> len(1, spec.max_len);
   for (int64_t i = 0; i < spec.num_sequences; ++i) {
@@ -230,22 +314,14 @@ HostBatch random_batch(std::mt19937_64& rng, const BatchSpec& spec, const cgrpo:
       if (spec.selection) b.selection.push_back(uni(rng) < 0.3 ? 1 : 0);
     }
   }
-  const cgrpo::SequenceLayout layout = b.layout();
-  auto weights = [&](cgrpo::Aggregation mode, std::vector<double>& w) {
-    w.assign(static_cast<size_t>(T), 0.0);
-    const cgrpo::Status st = cgrpo::aggregation_weights(mode, layout, b.mask.data(), cgrpo::AggregationScale{}, w.data());
-    if (!st.ok()) {
-      std::printf("aggregation_weights: %s\n", st.message);
-      std::exit(1);
-    }
-    for (double& x : w) x = rounded_float(x);
-  };
-  weights(config.pg_aggregation, b.w_pg);
-  weights(config.entropy_aggregation, b.w_h);
-  weights(config.kl_aggregation, b.w_kl);
+  const cgrpo::Status st = support::set_library_weights(b, config);
+  if (!st.ok()) {
+    std::printf("set_library_weights: %s\n", st.message);
+    std::exit(1);
+  }
+  for (auto* w : {&b.w_pg, &b.w_h, &b.w_kl})
+    for (double& x : *w) x = rounded_float(x);
   return b;
 }
-
-inline std::vector<float> to_float_vector(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
 
 }  // namespace gpu_test

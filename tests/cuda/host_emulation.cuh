@@ -46,12 +46,14 @@ cgrpo::cuda::SelectThreshold emulate_block_select(const Keys& keys, int64_t T, l
   return SelectThreshold{st.key_prefix, st.index_prefix};
 }
 
+// block_select_sums: the block's CovarianceSums (counts, and the sums of A and log p).
 template <int THREADS>
-cgrpo::cuda::SelectSums emulate_select_sums(const std::function<cgrpo::cuda::SelectSums(int)>& fn) {
-  return emulate_block_reduce<THREADS, cgrpo::cuda::SelectSums>(fn, cgrpo::cuda::SelectSumsMerge{});
+cgrpo::CovarianceSums emulate_select_sums(const std::function<cgrpo::CovarianceSums(int)>& fn) {
+  return emulate_block_reduce<THREADS, cgrpo::CovarianceSums>(fn, cgrpo::cuda::CovarianceSumsMerge{});
 }
 
-// batch_select_kernel, phase by phase.
+// batch_select_kernel, phase by phase: the entropy mask (PassPlan::entropy_select), then the term's
+// covariance selection (PassPlan::cov_select).
 inline void emulate_batch_select(const cgrpo::cuda::PassArgs& a, bool entropy_on, bool cov_on) {
   using namespace cgrpo::cuda;
   constexpr int N = kSelectThreads;
@@ -60,7 +62,7 @@ inline void emulate_batch_select(const cgrpo::cuda::PassArgs& a, bool entropy_on
     const EntropyKeys keys{a.terms, a.stored};
     const double n = emulate_select_sums<N>([&](int tid) { return select_thread_count<N>(keys, T, tid); }).n;
     if (n > 0) {
-      const QuantilePosition p = quantile_position(n, a.select.entropy_q);
+      const QuantilePosition p = quantile_position(n, a.entropy_mask.q);
       const float v_lo = float_of_order_key(emulate_block_select<N>(keys, T, p.lo + 1, 32, true).key);
       const float v_hi = float_of_order_key(emulate_block_select<N>(keys, T, p.hi + 1, 32, true).key);
       const double q = quantile_value(p, v_lo, v_hi);
@@ -68,15 +70,15 @@ inline void emulate_batch_select(const cgrpo::cuda::PassArgs& a, bool entropy_on
     }
   }
   if (cov_on) {
-    const CovKeys base{a.terms, a.stored, a.values.advantages, 0.0, 0.0};
-    const SelectSums s = emulate_select_sums<N>([&](int tid) { return cov_thread_sums<N>(base, T, tid); });
+    const CovKeys base{a.terms, a.stored, a.values.advantages, cgrpo::CovarianceMeans{0.0, 0.0}};
+    const cgrpo::CovarianceSums s = emulate_select_sums<N>([&](int tid) { return cov_thread_sums<N>(base, T, tid); });
     if (s.n > 0) {
       const CovKeys keys = cov_keys(a, s);
-      if (a.params.policy_loss == static_cast<int>(cgrpo::PolicyLoss::kl_cov)) {
+      if (a.selection.selection == static_cast<int>(cgrpo::BatchSelection::top_covariance)) {
         const SelectThreshold th = emulate_block_select<N>(keys, T, cov_select_count(a, s.n, s.n), 64, false);
         for (int tid = 0; tid < N; ++tid) mark_selected_thread<N>(a, keys, th, tid);
       } else {
-        const CandidateKeys cand{keys, a.values.reference, a.select};
+        const CandidateKeys cand{keys, a.values.reference, a.selection};
         const double nc = emulate_select_sums<N>([&](int tid) { return select_thread_count<N>(cand, T, tid); }).n;
         const long long m = cov_select_count(a, s.n, nc);
         if (m > 0) {
@@ -166,31 +168,32 @@ void emulate_uncoupled_outputs(const cgrpo::cuda::LossPlan<Logit>& p) {
   for (int64_t t = 0; t < p.num_tokens; ++t) cgrpo::cuda::uncoupled_output_token(p.outputs, t);
 }
 
-// rollout_row_kernel, block by block.
+// rollout_row_kernel, block by block. (The thread count is spelled out inside the lambdas: nvcc's
+// front end substitutes a local constexpr there and the host compiler then reports it unused.)
 inline void emulate_rollout_rows(const cgrpo::cuda::PassArgs& a, int64_t R) {
   using namespace cgrpo::cuda;
-  constexpr int N = kRowThreads;
   for (int64_t i = 0; i < R; ++i) {
-    const cgrpo::RolloutRowSums s = emulate_block_reduce<N, cgrpo::RolloutRowSums>(
-        [&](int tid) { return rollout_thread_row_sums<N>(a, i, tid); }, RolloutRowSumsMerge{});
+    const cgrpo::RolloutRowSums s = emulate_block_reduce<kRowThreads, cgrpo::RolloutRowSums>(
+        [&](int tid) { return rollout_thread_row_sums<kRowThreads>(a, i, tid); }, RolloutRowSumsMerge{});
     const cgrpo::RolloutRowValues v = cgrpo::rollout_row_values(a.rollout, s);
-    const RolloutThreadPart part = emulate_block_reduce<N, RolloutThreadPart>(
-        [&](int tid) { return rollout_thread_tokens<N>(a, i, tid, v); }, RolloutThreadPartMerge{});
+    const RolloutThreadPart part = emulate_block_reduce<kRowThreads, RolloutThreadPart>(
+        [&](int tid) { return rollout_thread_tokens<kRowThreads>(a, i, tid, v); }, RolloutThreadPartMerge{});
     rollout_row_end(a, i, s, v, part);
   }
 }
 
-// row_pass_kernel, block by block.
+// row_pass_kernel, block by block: the row's sums, thread 0's context and counts, then (a row term
+// with verl's IS weights) every thread's tokens take the row's geometric mean of them.
 inline void emulate_row_pass(const cgrpo::cuda::PassArgs& a, int64_t R) {
   using namespace cgrpo::cuda;
   constexpr int N = kRowThreads;
   const double norm = rollout_norm(a);
   for (int64_t i = 0; i < R; ++i) {
-    const RowPassSums s = emulate_block_reduce<N, RowPassSums>([&](int tid) { return row_pass_thread<N>(a, i, tid, norm); },
-                                                               RowPassSumsMerge{});
+    const cgrpo::RowPassSums s = emulate_block_reduce<N, cgrpo::RowPassSums>(
+        [&](int tid) { return row_pass_thread<N>(a, i, tid, norm); }, RowPassSumsMerge{});
     row_pass_end(a, i, s);
-    if (a.geo_mean && a.rollout_weight)
-      for (int tid = 0; tid < N; ++tid) row_pass_geo_factor<N>(a, i, tid, geo_mean_weight(s));
+    if (!a.rollout_row_mean) continue;
+    for (int tid = 0; tid < N; ++tid) row_pass_geo_factor<N>(a, i, tid, cgrpo::row_is_weight_mean(s));
   }
 }
 
@@ -211,7 +214,7 @@ inline void emulate_token_pass(const cgrpo::cuda::PassArgs& a, int64_t R) {
 }
 
 // launch_token_passes on the host.
-inline void emulate_token_passes(const cgrpo::cuda::PassPlan& p) {
+inline void emulate_token_passes(const cgrpo::cuda::PassLaunches& p) {
   using namespace cgrpo::cuda;
   const int64_t T = p.num_tokens, R = p.num_rows;
   const PassArgs& a = p.args;
@@ -233,25 +236,27 @@ inline void emulate_token_passes(const cgrpo::cuda::PassPlan& p) {
   emulate_token_pass(a, R);
 }
 
+// One block of reduce_metric_sums_kernel: block `block` of chunk c over the n sums at in.
+inline cgrpo::MetricSums<double> emulate_metric_sums_block(const cgrpo::MetricSums<double>* in, int64_t n, int64_t c,
+                                                           int64_t block) {
+  using namespace cgrpo::cuda;
+  return emulate_block_reduce<kReduceThreads, cgrpo::MetricSums<double>>(
+      [&](int tid) { return thread_metric_sums<kReduceThreads>(in, n, c, block, tid); }, MetricSumsMerge{});
+}
+
 // launch_loss_reductions on the host: the metric sums' two stages, then the row clip metrics.
 inline void emulate_reductions(const cgrpo::cuda::ReductionPlan& r) {
   using namespace cgrpo::cuda;
   const int64_t T = r.num_tokens, R = r.rows.num_sequences;
   if (T > 0) {
-    constexpr int N = kReduceThreads;
-    auto reduce_block = [](const cgrpo::MetricSums<double>* in, int64_t n, int64_t c, int64_t block) {
-      return emulate_block_reduce<N, cgrpo::MetricSums<double>>(
-          [&](int tid) { return thread_metric_sums<N>(in, n, c, block, tid); }, MetricSumsMerge{});
-    };
     const int64_t chunk = metric_reduce_chunk(T), blocks = (T + chunk - 1) / chunk;
-    for (int64_t b = 0; b < blocks; ++b) r.partial_sums[b] = reduce_block(r.token_sums, T, chunk, b);
-    r.header->sums = reduce_block(r.partial_sums, blocks, blocks, 0);
+    for (int64_t b = 0; b < blocks; ++b) r.partial_sums[b] = emulate_metric_sums_block(r.token_sums, T, chunk, b);
+    r.header->sums = emulate_metric_sums_block(r.partial_sums, blocks, blocks, 0);
   }
   if (R > 0) {
-    constexpr int N = kRowThreads;
     for (int64_t i = 0; i < R; ++i) {
-      const RowClipCounts c = emulate_block_reduce<N, RowClipCounts>(
-          [&](int tid) { return row_clip_thread<N>(r.token_sums, r.rows, i, tid); }, RowClipCountsSum{});
+      const RowClipCounts c = emulate_block_reduce<kRowThreads, RowClipCounts>(
+          [&](int tid) { return row_clip_thread<kRowThreads>(r.token_sums, r.rows, i, tid); }, RowClipCountsSum{});
       r.row_clip[i] = row_clip_of_row(c.count, c.below, c.above);
     }
     emulate_reduce_items(r.row_clip, R, row_clip_zero(), Identity{}, RowClipSumsMerge{}, &r.header->row_clip);

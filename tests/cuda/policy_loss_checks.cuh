@@ -11,10 +11,10 @@
 #include <vector>
 
 #include <cgrpo/corrections/entropy_mask.hpp>
-#include <cgrpo/presets/trl_presets.hpp>
-#include <cgrpo/presets/verl_options.hpp>
-#include <cgrpo/presets/verl_presets.hpp>
+#include <cgrpo/loss/pass_plan.hpp>
+#include <cgrpo/loss/row_pass.hpp>
 
+#include "support_headers.hpp"  // support::catalog
 #include "gpu_test_util.cuh"
 #include "host_emulation.cuh"
 #include "test_seed.hpp"
@@ -26,60 +26,6 @@ namespace {
 using namespace gpu_test;
 using cgrpo::LossConfig;
 using cgrpo::LossMetrics;
-
-// The batch's arrays in device memory (logits in Logit, per-token values in float).
-template <typename Logit>
-struct DeviceBatch {
-  DeviceBuffer<Logit> logits;
-  DeviceBuffer<int32_t> targets;
-  DeviceBuffer<uint8_t> mask, kinds;
-  DeviceBuffer<float> adv, old_logp, ref_logp, w_pg, w_h, w_kl, rollout_logp;
-  DeviceBuffer<uint8_t> selection;
-  DeviceBuffer<int64_t> offsets;
-
-  DeviceBatch(const HostBatch& b, const std::vector<Logit>& host_logits)
-      : logits(host_logits.size()), targets(b.T), mask(b.T), kinds(b.T), adv(b.T), old_logp(b.T), ref_logp(b.T),
-        w_pg(b.T), w_h(b.T), w_kl(b.T), rollout_logp(b.rollout_logp.size()), selection(b.selection.size()),
-        offsets(b.offsets.size()) {
-    logits.upload(host_logits);
-    targets.upload(b.targets);
-    mask.upload(b.mask);
-    kinds.upload(b.kinds);
-    adv.upload(to_float_vector(b.adv));
-    old_logp.upload(to_float_vector(b.old_logp));
-    ref_logp.upload(to_float_vector(b.ref_logp));
-    w_pg.upload(to_float_vector(b.w_pg));
-    w_h.upload(to_float_vector(b.w_h));
-    w_kl.upload(to_float_vector(b.w_kl));
-    rollout_logp.upload(to_float_vector(b.rollout_logp));
-    selection.upload(b.selection);
-    offsets.upload(b.offsets);
-  }
-
-  cgrpo::PolicyLossBatch<Logit, float> view(const HostBatch& b) const {
-    cgrpo::PolicyLossBatch<Logit, float> v;
-    v.logits = logits.ptr;
-    v.num_tokens = b.T;
-    v.vocab_size = b.V;
-    v.row_stride = b.stride;
-    v.target_ids = targets.ptr;
-    v.mask = mask.ptr;
-    v.kinds = kinds.ptr;
-    v.advantages = adv.ptr;
-    v.old_logp = old_logp.ptr;
-    v.ref_logp = ref_logp.ptr;
-    if (!b.computed_weights) {
-      v.pg_weights = w_pg.ptr;
-      v.entropy_weights = w_h.ptr;
-      v.kl_weights = w_kl.ptr;
-    }
-    v.scale = b.scale;
-    if (!b.rollout_logp.empty()) v.rollout_logp = rollout_logp.ptr;
-    if (!b.selection.empty()) v.selection = selection.ptr;
-    v.layout = b.layout();  // host offsets: validation reads them on the host
-    return v;
-  }
-};
 
 enum class Mode { separate_grad, in_place, forward_only };
 const char* mode_name(Mode m) {
@@ -121,30 +67,8 @@ GpuResult<Logit> run_emulated(const LossConfig& config, const HostBatch& hb, std
                               int64_t grad_extra_stride) {
   GpuResult<Logit> r;
   r.grad_stride = mode == Mode::separate_grad ? hb.V + grad_extra_stride : hb.stride;
-  const std::vector<float> adv = to_float_vector(hb.adv), old_logp = to_float_vector(hb.old_logp),
-                           ref_logp = to_float_vector(hb.ref_logp), w_pg = to_float_vector(hb.w_pg),
-                           w_h = to_float_vector(hb.w_h), w_kl = to_float_vector(hb.w_kl),
-                           rollout_logp = to_float_vector(hb.rollout_logp);
-  cgrpo::PolicyLossBatch<Logit, float> batch;
-  batch.logits = logits.data();
-  batch.num_tokens = hb.T;
-  batch.vocab_size = hb.V;
-  batch.row_stride = hb.stride;
-  batch.target_ids = hb.targets.data();
-  batch.mask = hb.mask.data();
-  batch.kinds = hb.kinds.data();
-  batch.advantages = adv.data();
-  batch.old_logp = old_logp.data();
-  batch.ref_logp = ref_logp.data();
-  if (!hb.computed_weights) {
-    batch.pg_weights = w_pg.data();
-    batch.entropy_weights = w_h.data();
-    batch.kl_weights = w_kl.data();
-  }
-  batch.scale = hb.scale;
-  if (!hb.rollout_logp.empty()) batch.rollout_logp = rollout_logp.data();
-  if (!hb.selection.empty()) batch.selection = hb.selection.data();
-  batch.layout = hb.layout();
+  const HostLibraryBatch<float> host(hb, config);  // the arrays the config reads, as the CPU path gets them
+  const cgrpo::PolicyLossBatch<Logit, float> batch = with_logits<Logit>(host.view, logits.empty() ? nullptr : logits.data());
   Logit poison;
   std::memset(static_cast<void*>(&poison), 0xFF, sizeof(poison));
   std::vector<Logit> grad(mode == Mode::separate_grad ? static_cast<size_t>(hb.T * r.grad_stride) : 0, poison);
@@ -177,8 +101,9 @@ template <typename Logit>
 GpuResult<Logit> run_gpu(const LossConfig& config, const HostBatch& hb, const std::vector<Logit>& host_logits, Mode mode,
                          int64_t grad_extra_stride) {
   if (emulate_on_host()) return run_emulated(config, hb, host_logits, mode, grad_extra_stride);
-  DeviceBatch<Logit> d(hb, host_logits);
-  const cgrpo::PolicyLossBatch<Logit, float> batch = d.view(hb);
+  const HostLibraryBatch<float> host(hb, config);
+  const DeviceBatch<Logit> d(host.view, host_logits);
+  const cgrpo::PolicyLossBatch<Logit, float> batch = d.view;
   GpuResult<Logit> r;
   r.grad_stride = mode == Mode::separate_grad ? hb.V + grad_extra_stride : hb.stride;
   DeviceBuffer<Logit> grad(mode == Mode::separate_grad ? static_cast<size_t>(hb.T * r.grad_stride) : 0);
@@ -190,7 +115,7 @@ GpuResult<Logit> run_gpu(const LossConfig& config, const HostBatch& hb, const st
   policy_factor.poison();
   terms.poison();
   r.with_terms = asks_terms(mode);
-  const size_t ws_bytes = cgrpo::cuda::fused_policy_loss_workspace_size(config, hb.T, hb.num_sequences);
+  const size_t ws_bytes = cgrpo::cuda::fused_policy_loss_workspace_size(config, hb.T, batch.layout.num_sequences);
   DeviceBuffer<char> ws(ws_bytes);
   ws.poison();
   std::memset(static_cast<void*>(&r.metrics), 0xFF, sizeof(r.metrics));  // NaN everywhere until written
@@ -207,7 +132,7 @@ GpuResult<Logit> run_gpu(const LossConfig& config, const HostBatch& hb, const st
   }
   cudaStream_t stream;
   TEST_CUDA(cudaStreamCreate(&stream));
-  r.launch = cgrpo::cuda::fused_policy_loss(config, batch, out, d.offsets.ptr, ws.ptr, ws_bytes, stream);
+  r.launch = cgrpo::cuda::fused_policy_loss(config, batch, out, d.offsets, ws.ptr, ws_bytes, stream);
   r.finish = r.launch.ok() ? cgrpo::cuda::policy_loss_metrics(ws.ptr, stream, &r.metrics) : r.launch;
   TEST_CUDA(cudaStreamSynchronize(stream));
   TEST_CUDA(cudaStreamDestroy(stream));
@@ -252,20 +177,21 @@ struct MetricScales {
          entropy_mean = 0, kl_mean = 0, prob_mean = 0, ratio_mean = 0;
 };
 
+double mean_or_zero(double x, double n) { return n > 0 ? x / n : 0.0; }
+
 MetricScales metric_scales(const LossConfig& c, const HostBatch& hb, const std::vector<double>& logp,
                            const std::vector<double>& entropy) {
   MetricScales s;
-  const cgrpo::SequenceLayout layout = hb.layout();
+  const cgrpo::SequenceLayout layout = hb.view_layout();
   double valid = 0, initial = 0, refinement = 0;
-  const double beta = c.kl == cgrpo::KlEstimator::none ? 0.0 : c.kl_coef;
+  const double beta = c.kl_on() ? c.kl.coef : 0.0;
   // The policy factor (IS weights, sampler weights, vespo's phi) scales the policy term; kl_cov adds
   // coef |x|; the computed weights are of the size of the caller-style weights hb.w_* hold.
-  const bool factor = c.rollout.is_level != cgrpo::RolloutIsLevel::none || c.sampler.mode != cgrpo::SamplerCorrectionMode::none ||
-                      c.policy_loss == cgrpo::PolicyLoss::vespo;
+  const bool factor = c.off_policy.rollout.is_level != cgrpo::RolloutIsLevel::none ||
+                      cgrpo::traits_of(c.off_policy.sampler.mode).on || c.term().row_weight;
   const double f = factor ? 10.0 : 1.0;
-  const bool linear_in_logp = c.policy_loss == cgrpo::PolicyLoss::gpg || c.policy_loss == cgrpo::PolicyLoss::reinforce;
-  const std::vector<double>& reference =
-      c.rollout.mode == cgrpo::RolloutCorrectionMode::bypass ? hb.rollout_logp : hb.old_logp;
+  const bool linear_in_logp = c.policy.loss == cgrpo::PolicyLoss::gpg || c.policy.loss == cgrpo::PolicyLoss::reinforce;
+  const std::vector<double>& reference = c.bypass() ? hb.rollout_logp : hb.old_logp;
   for (int64_t i = 0; i < layout.num_sequences; ++i) {
     // The largest ratio of the response (the sequence ratio is the exp of a mean: at most this): from
     // the largest log ratio, clamped as the loss clamps it, and below e^50 (TRL clamps nothing, and a
@@ -275,18 +201,18 @@ MetricScales metric_scales(const LossConfig& c, const HostBatch& hb, const std::
       spread = std::max(spread, std::fabs(logp[t] - reference[t]));
       top = std::max(top, logp[t] - reference[t]);
     }
-    const double r = std::exp(std::min({std::max(top, 0.0), c.log_ratio_max, 50.0}));
-    const double kl_factor = c.kl_times_ratio ? 1 + r : 1.0;
+    const double r = std::exp(std::min({std::max(top, 0.0), c.ratio.log_ratio_max, 50.0}));
+    const double kl_factor = c.kl.times_ratio ? 1 + r : 1.0;
     for (int64_t t = layout.begin(i); t < layout.end(i); ++t) {
       const bool ref = hb.kinds[t] == cgrpo::kRefinement;
       const double d = logp[t] - hb.ref_logp[t];
-      const double cov_penalty = c.policy_loss == cgrpo::PolicyLoss::kl_cov ? std::fabs(c.kl_cov_coef) * (1 + spread) : 0.0;
+      const double cov_penalty = c.policy.loss == cgrpo::PolicyLoss::kl_cov ? std::fabs(c.policy.kl_cov.coef) * (1 + spread) : 0.0;
       // gpg and reinforce are -A log p (times the factor): |x_t| is |A| |log p|, not bounded by
       // |A| (1 + r) once log p is far below 0 (the extreme rows' 1e5 nats: seed 3 failed on verl gpg in fp16).
       // cispo is -sg(clip(r)) A log p: linear in log p too, times the clipped ratio (seed 50 failed
       // at 1.02x its bound on the extreme rows at tau 1e4).
       const double size = linear_in_logp ? 1 + std::fabs(logp[t])
-                          : c.policy_loss == cgrpo::PolicyLoss::cispo ? (1 + r) * (1 + std::fabs(logp[t]))
+                          : c.policy.loss == cgrpo::PolicyLoss::cispo ? (1 + r) * (1 + std::fabs(logp[t]))
                                                                        : 1 + r;
       const double m_pg = std::fabs(hb.w_pg[t]) * (f * std::fabs(hb.adv[t]) * size + cov_penalty);
       (ref ? s.pg_refinement : s.pg_initial) += m_pg;
@@ -306,14 +232,13 @@ MetricScales metric_scales(const LossConfig& c, const HostBatch& hb, const std::
       }
     }
   }
-  auto mean = [](double x, double n) { return n > 0 ? x / n : 0.0; };
   s.pg = s.pg_initial + s.pg_refinement;
-  s.loss = s.pg + std::fabs(c.entropy_coef) * s.entropy_loss + beta * s.kl_loss;
-  s.ppo_kl = mean(s.ppo_kl, initial);
-  s.ratio_mean = mean(s.ratio_mean, initial);
-  s.prob_mean = mean(s.prob_mean, refinement);
-  s.entropy_mean = mean(s.entropy_mean, valid);
-  s.kl_mean = mean(s.kl_mean, valid);
+  s.loss = s.pg + std::fabs(c.entropy.coef) * s.entropy_loss + beta * s.kl_loss;
+  s.ppo_kl = mean_or_zero(s.ppo_kl, initial);
+  s.ratio_mean = mean_or_zero(s.ratio_mean, initial);
+  s.prob_mean = mean_or_zero(s.prob_mean, refinement);
+  s.entropy_mean = mean_or_zero(s.entropy_mean, valid);
+  s.kl_mean = mean_or_zero(s.kl_mean, valid);
   return s;
 }
 
@@ -489,240 +414,122 @@ void compare_with_cpu(const std::string& label, const LossConfig& config, const 
   // phi, the sequence ratio, GMPO's mean) carries about L eps_f of relative error into the whole
   // row: 1e-4, as policy_factor is compared above (fp32 trl vespo + token_mask failed at 1e-5,
   // error 1.24e-9 against a largest entry of 1e-4).
-  const bool row_factor = config.rollout.is_level != cgrpo::RolloutIsLevel::none ||
-                          config.sampler.mode != cgrpo::SamplerCorrectionMode::none ||
-                          config.policy_loss == cgrpo::PolicyLoss::vespo || config.policy_loss == cgrpo::PolicyLoss::geo_mean ||
-                          config.ratio_level != cgrpo::RatioLevel::token;
+  // The terms with such a factor: verl's IS weights, TRL's sampler weights, and every term with a row
+  // pass (PassPlan::row_context: sequence ratios, a row term's q_i, vespo's phi).
+  const bool row_factor = config.off_policy.rollout.is_level != cgrpo::RolloutIsLevel::none ||
+                          cgrpo::traits_of(config.off_policy.sampler.mode).on ||
+                          cgrpo::plan_passes(config, cgrpo::PassInputs{}).row_context;
   const double global = row_factor ? std::max(tol.global, 1e-4) : tol.global;
   GPU_EXPECT(err <= global * den + floor, "%s: gradient max error %.3g vs max |grad| %.3g (tolerance %.1g)",
              label.c_str(), err, den, global);
 }
 
+// One config of the catalog (tests/support/catalog.hpp: every preset of the registry, then the
+// variants the presets leave out); `index` its place there, `large` whether it also runs on
+// V = 151936 with a row stride > V (the registry's presets: one- and two-pass plans of every term).
 struct NamedConfig {
-  const char* name;
+  std::string name;
   LossConfig config;
+  int index = 0;
+  bool large = false;
+};
+
+std::vector<NamedConfig> configs() {
+  std::vector<NamedConfig> v;
+  for (const support::CatalogEntry& e : support::catalog()) {
+    NamedConfig nc;
+    nc.name = e.name;
+    nc.config = e.config();
+    nc.index = static_cast<int>(v.size());
+    nc.large = e.name.find(" + ") == std::string::npos;
+    v.push_back(nc);
+  }
+  return v;
+}
+
+// The pass plan of a config whatever the batch (what it always runs, and requires of a batch).
+cgrpo::PassPlan config_plan(const LossConfig& c) { return cgrpo::plan_passes(c, cgrpo::PassInputs{}); }
+
+// What a batch of a config carries besides the values: derived from the config's plan, so that every
+// config of the catalog gets what it reads, and the variant (0, 1, ...) alternates what is optional.
+struct BatchInputs {
   bool computed = false;     // the loss computes its weights (batch.pg_weights = nullptr)
   bool rollout = false;      // the batch carries rollout_logp
   bool selection = false;    // the batch carries batch.selection
   bool spread = false;       // the rows' H spread out (entropy mask)
-  double scale_length = 0;   // batch.scale.length, in multiples of the number of sequences (TRL dr_grpo)
-  bool large = false;        // also run V = 151936 (a row stride > V)
+  double scale_length = 0;   // batch.scale.length, in multiples of the number of sequences (0: the layout's)
 };
 
-// verl's rollout rejection options, from verl's strings.
-LossConfig with_rejection(LossConfig c, const char* options, const char* thresholds) {
-  const cgrpo::Status s = cgrpo::verl_rollout_rs(options, thresholds, &c.rollout);
-  if (!s.ok()) {
-    std::printf("verl_rollout_rs: %s\n", s.message);
-    std::exit(1);
-  }
-  return c;
+// Variant v of a config's inputs:
+//   weights: computed when the plan requires them, else computed in every other variant (the parity
+//     of index + v, so that each layout of test_against_cpu sees both rules across the catalog);
+//   rollout_logp: when a correction reads it, and in variant 0 for OPSM (its other reference,
+//     old_logp, in the other variants);
+//   batch.selection: a batch-selecting term (kl_cov, clip_cov) gets the caller's in variant 1 and
+//     selects its own tokens (the batch pass) in the others;
+//   the entropy mask's batches spread the rows' H; computed weights of variant 0 take the caller's
+//     batch.scale.length (30 B: TRL's dr_grpo max_completion_length form).
+BatchInputs batch_inputs(const NamedConfig& nc, int v) {
+  const LossConfig& c = nc.config;
+  const cgrpo::PassPlan plan = config_plan(c);
+  BatchInputs in;
+  in.computed = plan.requires_computed_weights || (nc.index + v) % 2 == 1;
+  in.rollout = c.needs_rollout_logp() || (c.opsm_on() && v == 0);
+  in.selection = plan.selection != cgrpo::BatchSelection::none && v == 1;
+  in.spread = plan.entropy_select;
+  in.scale_length = in.computed && v == 0 ? 30.0 : 0.0;
+  return in;
 }
 
-// One config per mode of the CPU path: the paper's and verl's token-level losses (one fused kernel),
-// then every row- or batch-coupled mode (two passes): every verl and TRL preset, verl's rollout
-// correction (decoupled and bypass, IS levels, rejection options, batch normalisation), TRL's sampler
-// modes, OPSM, the entropy mask, kl_cov / clip_cov with and without batch.selection, computed
-// weights with the caller's global counts, TRL's sequence level with kl_times_ratio.
-std::vector<NamedConfig> configs() {
-  using cgrpo::Aggregation;
-  using cgrpo::KlEstimator;
-  using cgrpo::RolloutIsLevel;
-  using cgrpo::SamplerCorrectionMode;
-  std::vector<NamedConfig> v;
-  v.push_back({"paper (no clip, f(p), entropy token-mean, seq-mean-token-sum-norm)", cgrpo::paper_critique_grpo()});
-  v.back().large = true;
-  LossConfig verl = cgrpo::verl_grpo();
-  verl.entropy_coef = 0.01;
-  v.push_back({"verl grpo (token clip, k3 KL) + entropy", verl});
-  v.back().large = true;
-  LossConfig dual = cgrpo::verl_dr_grpo();
-  dual.dual_clip = true;
-  dual.kl = cgrpo::KlEstimator::k1;
-  dual.kl_coef = 0.05;
-  dual.pg_aggregation = cgrpo::Aggregation::seq_mean_token_mean;
-  dual.entropy_coef = 0.003;
-  dual.temperature = 0.7;
-  v.push_back({"dual clip, k1 KL, seq-mean-token-mean, tau 0.7", dual});
-  LossConfig dapo = cgrpo::verl_dapo();
-  dapo.kl = cgrpo::KlEstimator::abs;
-  dapo.kl_coef = 0.02;
-  dapo.kl_aggregation = cgrpo::Aggregation::seq_mean_token_sum;
-  v.push_back({"dapo clip-higher, abs KL seq-mean-token-sum", dapo});
-  LossConfig k2 = cgrpo::verl_grpo();
-  k2.kl = cgrpo::KlEstimator::k2;
-  k2.policy_loss = cgrpo::PolicyLoss::ratio;
-  k2.dual_clip = false;
-  k2.entropy_coef = 0.001;
-  v.push_back({"no clip, k2 KL", k2});
-  v.back().large = true;
-  LossConfig gspo = cgrpo::verl_gspo();
-  gspo.clip_eps_low = 0.05;  // wide enough that some sequences are inside the range and some outside
-  gspo.clip_eps_high = 0.05;
-  gspo.entropy_coef = 0.001;
-  gspo.temperature = 1.3;
-  v.push_back({"gspo (sequence ratio), tau 1.3", gspo});
-  v.back().large = true;
-
-  // verl's other losses.
-  v.push_back({"verl cispo (eps_low 10, k3 KL)", cgrpo::verl_cispo()});
-  LossConfig sapo = cgrpo::verl_sapo();
-  sapo.entropy_coef = 0.01;
-  v.push_back({"verl sapo", sapo});
-  LossConfig gpg = cgrpo::verl_gpg();
-  gpg.pg_aggregation = gpg.entropy_aggregation = Aggregation::seq_mean_token_sum;
-  gpg.entropy_coef = 0.01;
-  v.push_back({"verl gpg, seq-mean-token-sum", gpg});
-  LossConfig gmpo = cgrpo::verl_gmpo();
-  gmpo.clip_eps_high = std::log(1.2);
-  gmpo.clip_eps_low = -std::log(0.8);
-  gmpo.entropy_coef = 0.01;
-  v.push_back({"verl gmpo (geo_mean)", gmpo, true});
-  LossConfig kl_cov = cgrpo::verl_kl_cov();
-  kl_cov.cov_ratio = 0.2;
-  kl_cov.kl_cov_coef = 1.0;
-  v.push_back({"verl kl_cov (top 20% by covariance)", kl_cov});
-  v.push_back({"verl kl_cov, batch.selection", kl_cov, false, false, true});
-  LossConfig clip_cov = cgrpo::verl_clip_cov();
-  clip_cov.cov_ratio = 0.25;
-  clip_cov.clip_cov_lower = -0.3;  // wide band: many candidates
-  clip_cov.clip_cov_upper = 5.0;
-  clip_cov.clip_cov_seed = 12345;
-  clip_cov.entropy_coef = 0.01;
-  v.push_back({"verl clip_cov, seeded choice, computed weights", clip_cov, true});
-  v.push_back({"verl clip_cov, batch.selection", clip_cov, false, false, true});
-
-  // verl's rollout correction.
-  LossConfig dec = cgrpo::verl_decoupled(cgrpo::verl_vanilla(), RolloutIsLevel::token, 2.0);
-  dec.rollout.is_batch_normalize = true;
-  dec.entropy_coef = 0.01;
-  dec.kl = KlEstimator::k3;
-  dec.kl_coef = 0.1;
-  dec.pg_aggregation = Aggregation::seq_mean_token_mean;
-  v.push_back({"verl decoupled token IS (normalised), token_k1 + seq_mean_k3 + seq_max_k2 rejection",
-               with_rejection(dec, "token_k1,seq_mean_k3,seq_max_k2", "0.6_1.6,0.1,0.3"), true, true});
-  LossConfig dec_seq = cgrpo::verl_decoupled(cgrpo::verl_grpo(), RolloutIsLevel::sequence, 2.0);
-  v.push_back({"verl decoupled sequence IS, seq_sum_k2 rejection", with_rejection(dec_seq, "seq_sum_k2", "0.8"), true,
-               true});
-  v.back().large = true;
-  LossConfig dec_weights = cgrpo::verl_decoupled(cgrpo::verl_grpo(), RolloutIsLevel::token, 1.5);
-  dec_weights.entropy_coef = 0.01;
-  v.push_back({"verl decoupled token IS, caller weights, seq-mean-token-mean rows", dec_weights, false, true});
-  LossConfig bypass = cgrpo::verl_bypass_ppo_clip();
-  bypass.entropy_coef = 0.01;
-  bypass.kl = KlEstimator::k3;
-  bypass.kl_coef = 0.1;
-  v.push_back({"verl bypass ppo_clip, seq_sum_k2 rejection, k3 KL", with_rejection(bypass, "seq_sum_k2", "0.5"), true,
-               true});
-  v.back().large = true;
-  LossConfig reinforce = cgrpo::verl_bypass_reinforce();
-  reinforce.entropy_coef = 0.01;
-  reinforce.pg_aggregation = Aggregation::seq_mean_token_sum;
-  v.push_back({"verl bypass reinforce, sequence IS, token_k2 + seq_max_k3 rejection",
-               with_rejection(reinforce, "token_k2,seq_max_k3", "0.15,0.3"), true, true});
-  LossConfig gspo_dec = cgrpo::verl_decoupled(cgrpo::verl_gspo(), RolloutIsLevel::token);
-  gspo_dec.clip_eps_low = 0.2;
-  gspo_dec.clip_eps_high = 0.28;
-  gspo_dec.entropy_coef = 0.01;
-  v.push_back({"verl gspo, decoupled token IS, seq_sum_k1 rejection", with_rejection(gspo_dec, "seq_sum_k1", "0.3_3"),
-               true, true});
-  LossConfig gmpo_dec = cgrpo::verl_decoupled(gmpo, RolloutIsLevel::token);
-  v.push_back({"verl gmpo, decoupled token IS (row geometric mean), token_k1 rejection",
-               with_rejection(gmpo_dec, "token_k1", "0.6_1.6"), true, true});
-
-  // TRL.
-  v.push_back({"trl grpo", cgrpo::trl_grpo(), true});
-  LossConfig bnpo = cgrpo::trl_bnpo();
-  bnpo.sampler.mode = SamplerCorrectionMode::token_truncate;
-  bnpo.sampler.min = 0.5;
-  bnpo.sampler.max = 2.0;
-  v.push_back({"trl bnpo, token_truncate vLLM weight [0.5, 2]", bnpo, true, true});
-  v.push_back({"trl dr_grpo (batch.scale.length = 30 B)", cgrpo::trl_dr_grpo(), true, false, false, false, 30.0});
-  LossConfig trl_dapo = cgrpo::trl_dapo();
-  trl_dapo.top_entropy_quantile = 0.2;
-  trl_dapo.entropy_coef = 0.01;
-  v.push_back({"trl dapo, entropy mask (top 20%)", trl_dapo, true, false, false, true});
-  LossConfig trl_cispo = cgrpo::trl_cispo();
-  trl_cispo.sampler.mode = SamplerCorrectionMode::token_mask;
-  trl_cispo.sampler.min = 0.6;
-  trl_cispo.sampler.max = 1.8;
-  v.push_back({"trl cispo (cap 0.2), token_mask vLLM weight", trl_cispo, true, true});
-  LossConfig trl_sapo = cgrpo::trl_sapo();
-  trl_sapo.sampler.mode = SamplerCorrectionMode::sequence_truncate;
-  trl_sapo.sampler.max = 2.0;
-  v.push_back({"trl sapo, sequence_truncate vLLM weight", trl_sapo, true, true});
-  LossConfig luspo = cgrpo::trl_luspo();
-  luspo.kl = KlEstimator::k3;
-  luspo.kl_coef = 0.05;
-  luspo.kl_times_ratio = true;
-  v.push_back({"trl luspo (sequence level), k3 KL x ratio", luspo, true});
-  v.back().large = true;
-  LossConfig vespo = cgrpo::trl_vespo();
-  vespo.sampler.mode = SamplerCorrectionMode::token_mask;
-  vespo.sampler.min = 0.6;
-  vespo.sampler.max = 1.8;
-  v.push_back({"trl vespo, token_mask vLLM weight", vespo, true, true});
-  v.push_back({"trl vespo, no vLLM weight", cgrpo::trl_vespo(), true});
-  LossConfig opsm = cgrpo::trl_grpo();
-  opsm.sampler = cgrpo::trl_vllm_importance_sampling();
-  opsm.off_policy_mask_threshold = 0.05;
-  v.push_back({"trl grpo, sequence_mask vLLM weight, OPSM", opsm, true, true});
-  LossConfig opsm_old = cgrpo::trl_bnpo();
-  opsm_old.off_policy_mask_threshold = 0.02;
-  v.push_back({"trl bnpo, OPSM without rollout_logp (old_logp)", opsm_old, true});
-  LossConfig delta = cgrpo::trl_grpo();
-  delta.two_sided_delta = 1.5;
-  v.push_back({"trl grpo, two-sided delta 1.5", delta, true});
-  LossConfig seq = cgrpo::trl_grpo();
-  seq.ratio_level = cgrpo::RatioLevel::sequence;
-  seq.kl = KlEstimator::k3;
-  seq.kl_coef = 0.05;
-  seq.kl_times_ratio = true;
-  seq.top_entropy_quantile = 0.5;
-  v.push_back({"trl grpo sequence level, k3 KL x ratio, entropy mask (top 50%)", seq, true, false, false, true});
-
-  // Weights computed by the loss with the caller's global counts (data parallelism), nothing coupled.
-  LossConfig scaled = cgrpo::paper_critique_grpo();
-  scaled.pg_aggregation = Aggregation::token_mean;
-  scaled.entropy_aggregation = Aggregation::seq_mean_token_mean;
-  v.push_back({"paper, computed weights (token-mean, seq-mean-token-mean)", scaled, true});
-  return v;
+// The label of a config and its inputs.
+std::string config_label(const NamedConfig& nc, const BatchInputs& in) {
+  std::string s = nc.name + (in.computed ? ", computed weights" : ", caller weights");
+  if (in.rollout) s += ", rollout_logp";
+  if (in.selection) s += ", batch.selection";
+  if (in.scale_length > 0) s += ", batch.scale.length = 30 B";
+  return s;
 }
 
 // True when the configs' thresholds are far enough (1e-4) from every value the GPU forms from its
 // float log p (about 1e-6 off the CPU's double): verl bypass's d and its row statistics, OPSM's row
 // means, the entropy quantile, kl_cov's k-th covariance, clip_cov's band, the sequence ratios.
-bool float_stable(const NamedConfig& nc, const HostBatch& hb, std::string* why) {
-  const LossConfig& c = nc.config;
+// x is 1e-4 (relatively) away from a finite bound.
+bool far(double x, double bound) {
+  return !std::isfinite(bound) || std::fabs(x - bound) > 1e-4 * std::max(1.0, std::fabs(bound));
+}
+
+// A valid initial token (what the corrections and selections read).
+bool valid_initial(const HostBatch& hb, int64_t t) { return hb.mask[t] && hb.kinds[t] == cgrpo::kInitial; }
+
+bool float_stable(const LossConfig& c, const HostBatch& hb, std::string* why) {
   std::vector<double> lp(hb.T), H(hb.T);
   if (hb.T == 0) return true;
   if (!cpu_token_logprobs(hb.logits.data(), hb.T, hb.V, hb.stride, hb.targets.data(), c.temperature, lp.data(), H.data()).ok())
     return true;  // the test reports it
-  const cgrpo::SequenceLayout layout = hb.layout();
-  auto far = [](double x, double bound) { return !std::isfinite(bound) || std::fabs(x - bound) > 1e-4 * std::max(1.0, std::fabs(bound)); };
-  auto initial = [&](int64_t t) { return hb.mask[t] && hb.kinds[t] == cgrpo::kInitial; };
-  const bool bypass = c.rollout.mode == cgrpo::RolloutCorrectionMode::bypass;
+  const cgrpo::PassPlan plan = config_plan(c);
+  const cgrpo::SequenceLayout layout = hb.view_layout();
+  const bool bypass = c.bypass();
   const std::vector<double>& reference = bypass ? hb.rollout_logp : hb.old_logp;
   if (c.sequence_ratio()) {
     const std::vector<double> kinks = loss_kinks(c);
     for (int64_t i = 0; i < layout.num_sequences; ++i) {
       double n = 0, x = 0;
       for (int64_t t = layout.begin(i); t < layout.end(i); ++t)
-        if (initial(t)) n += 1, x += lp[t] - reference[t];
+        if (valid_initial(hb, t)) n += 1, x += lp[t] - reference[t];
       for (double k : kinks)
         if (n > 0 && !far(x / n, k)) return *why = "a sequence ratio at a clip bound", false;
     }
   }
   if (bypass) {
-    const cgrpo::RolloutParams p = cgrpo::rollout_params(c.rollout);
+    const cgrpo::RolloutParams p = cgrpo::rollout_params(c.off_policy.rollout);
     for (int64_t i = 0; i < layout.num_sequences; ++i) {
       cgrpo::RolloutRowSums r = cgrpo::rollout_row_sums_zero();
       for (int64_t t = layout.begin(i); t < layout.end(i); ++t)
-        if (initial(t)) cgrpo::rollout_row_add(r, lp[t], hb.rollout_logp[t]);
+        if (valid_initial(hb, t)) cgrpo::rollout_row_add(r, lp[t], hb.rollout_logp[t]);
       if (!far(r.sum_d, p.log_threshold) || !far(r.sum_d, p.log_threshold_lower)) return *why = "a row's IS sum at the threshold", false;
       const cgrpo::RolloutRowValues v = cgrpo::rollout_row_values(p, r);
       for (int64_t t = layout.begin(i); t < layout.end(i); ++t) {
-        if (!initial(t)) continue;
+        if (!valid_initial(hb, t)) continue;
         const cgrpo::RolloutTokenValues tok = cgrpo::rollout_token(p, v, lp[t], hb.rollout_logp[t]);
         if (!far(tok.u, p.threshold) || !far(tok.u, p.threshold_lower)) return *why = "an IS weight at the threshold", false;
         for (int k = 0; k < p.num_options; ++k)
@@ -731,41 +538,42 @@ bool float_stable(const NamedConfig& nc, const HostBatch& hb, std::string* why) 
       }
     }
   }
-  if (std::isfinite(c.off_policy_mask_threshold)) {
+  if (c.opsm_on()) {
     for (int64_t i = 0; i < layout.num_sequences; ++i) {
       double n = 0, kl = 0;
       for (int64_t t = layout.begin(i); t < layout.end(i); ++t)
-        if (initial(t)) n += 1, kl += (hb.rollout_logp.empty() ? hb.old_logp[t] : hb.rollout_logp[t]) - lp[t];
-      if (!far(kl / std::max(n, 1.0), c.off_policy_mask_threshold)) return *why = "an OPSM row mean at the threshold", false;
+        if (valid_initial(hb, t)) n += 1, kl += (hb.rollout_logp.empty() ? hb.old_logp[t] : hb.rollout_logp[t]) - lp[t];
+      if (!far(kl / std::max(n, 1.0), c.off_policy.opsm_threshold)) return *why = "an OPSM row mean at the threshold", false;
     }
   }
-  if (c.top_entropy_quantile < 1) {
+  if (plan.entropy_select) {
     std::vector<double> h;
     for (int64_t t = 0; t < hb.T; ++t)
       if (hb.mask[t]) h.push_back(H[t]);
     if (!h.empty()) {
       std::vector<double> sorted = h;
-      const double q = cgrpo::quantile_linear(sorted, 1.0 - c.top_entropy_quantile);
+      const double q = cgrpo::quantile_linear(sorted, 1.0 - c.entropy_mask.top_quantile);
       for (double x : h)
         if (x != q && std::fabs(x - q) < 1e-4) return *why = "an entropy at the quantile", false;
     }
   }
-  const bool cov = c.policy_loss == cgrpo::PolicyLoss::kl_cov || c.policy_loss == cgrpo::PolicyLoss::clip_cov;
-  if (cov && hb.selection.empty()) {
-    double n = 0, sa = 0, sl = 0;
+  if (plan.selection != cgrpo::BatchSelection::none && hb.selection.empty()) {
+    // The batch pass's covariances (loss/row_pass.hpp) from the double log p.
+    const cgrpo::SelectionParams sel = cgrpo::selection_params(c);
+    cgrpo::CovarianceSums sums{0.0, 0.0, 0.0};
     for (int64_t t = 0; t < hb.T; ++t)
-      if (initial(t)) n += 1, sa += hb.adv[t], sl += lp[t];
-    const bool kl = c.policy_loss == cgrpo::PolicyLoss::kl_cov;
-    const double ma = sa / (kl ? n : n + 1e-8), ml = sl / (kl ? n : n + 1e-8);
+      if (valid_initial(hb, t)) cgrpo::covariance_add(sums, hb.adv[t], lp[t]);
+    const cgrpo::CovarianceMeans means = cgrpo::covariance_means(sums, sel.selection);
     std::vector<double> covs;
     for (int64_t t = 0; t < hb.T; ++t)
-      if (initial(t)) covs.push_back((hb.adv[t] - ma) * (lp[t] - ml));
+      if (valid_initial(hb, t)) covs.push_back(cgrpo::token_covariance(hb.adv[t], lp[t], means));
     std::sort(covs.begin(), covs.end(), std::greater<double>());
-    const int64_t k = std::max<int64_t>(1, static_cast<int64_t>(n * c.cov_ratio));
-    if (kl && k < static_cast<int64_t>(covs.size()) && !far(covs[k - 1], covs[k])) return *why = "a tie at the k-th covariance", false;
-    if (!kl)
+    const int64_t k = cgrpo::covariance_select_count(sums.n, sel.ratio);
+    const bool top = plan.selection == cgrpo::BatchSelection::top_covariance;
+    if (top && k < static_cast<int64_t>(covs.size()) && !far(covs[k - 1], covs[k])) return *why = "a tie at the k-th covariance", false;
+    if (!top)
       for (double x : covs)
-        if (!far(x, c.clip_cov_lower) || !far(x, c.clip_cov_upper)) return *why = "a covariance at clip_cov's band", false;
+        if (!far(x, sel.lower) || !far(x, sel.upper)) return *why = "a covariance at the selection's window", false;
   }
   return true;
 }
@@ -773,32 +581,38 @@ bool float_stable(const NamedConfig& nc, const HostBatch& hb, std::string* why) 
 // random_batch with the config's inputs (rollout_logp, selection, computed weights, global counts),
 // drawn again until float_stable holds.
 template <typename Logit>
-HostBatch config_batch(std::mt19937_64& rng, BatchSpec spec, const NamedConfig& nc, std::vector<Logit>& logits) {
-  spec.rollout = nc.rollout;
-  spec.selection = nc.selection;
-  spec.entropy_spread = nc.spread;
+HostBatch config_batch(std::mt19937_64& rng, BatchSpec spec, const NamedConfig& nc, const BatchInputs& in,
+                       std::vector<Logit>& logits) {
+  spec.rollout = in.rollout;
+  spec.selection = in.selection;
+  spec.entropy_spread = in.spread;
   std::string why;
-  for (int attempt = 0; attempt < 200; ++attempt) {
+  auto draw = [&] {
     HostBatch hb = random_batch<Logit>(rng, spec, nc.config, logits);
-    hb.computed_weights = nc.computed;
-    hb.scale.length = nc.scale_length * static_cast<double>(hb.num_sequences);
-    if (float_stable(nc, hb, &why)) return hb;
+    hb.computed_weights = in.computed;
+    hb.scale.length = in.scale_length * static_cast<double>(hb.B);
+    return hb;
+  };
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    HostBatch hb = draw();
+    if (float_stable(nc.config, hb, &why)) return hb;
   }
-  std::printf("FAIL: %s: no batch keeps away from its thresholds in 200 draws (%s)\n", nc.name, why.c_str());
+  std::printf("FAIL: %s: no batch keeps away from its thresholds in 200 draws (%s)\n", nc.name.c_str(), why.c_str());
   ++failures();
-  return random_batch<Logit>(rng, spec, nc.config, logits);
+  return draw();
 }
 
 // Every config on small odd-V batches (in place, separate grad with a different row alignment,
-// forward only), and the `large` ones on V = 151936 with row stride > V.
+// forward only): shape 0 packed (inputs of variant 0), shape 1 padded (variant 1: the other weights
+// rule, the caller's selection), and the `large` ones on V = 151936 with row stride > V (variant 2).
 template <typename Logit>
 void test_against_cpu(std::mt19937_64& rng) {
   for (const NamedConfig& nc : configs()) {
     for (int shape = 0; shape < 3; ++shape) {
       const bool large = shape == 2;
-      const bool gspo = nc.config.ratio_level == cgrpo::RatioLevel::sequence_detached;
       if (large && !nc.large) continue;
       if (quick_matrix() && shape != 0) continue;
+      const BatchInputs in = batch_inputs(nc, shape);
       BatchSpec spec;
       if (large) {
         spec.V = 151936;
@@ -811,15 +625,16 @@ void test_against_cpu(std::mt19937_64& rng) {
         spec.max_len = 20;
         spec.extra_stride = shape == 0 ? 0 : 5;
       }
-      spec.padded = (gspo || nc.computed) && shape == 1;
+      spec.padded = shape == 1;
       std::vector<Logit> logits;
-      const HostBatch hb = config_batch<Logit>(rng, spec, nc, logits);
+      const HostBatch hb = config_batch<Logit>(rng, spec, nc, in, logits);
       const CpuResult cpu = run_cpu(nc.config, hb);
+      const std::string name = config_label(nc, in);
       for (Mode mode : {Mode::separate_grad, Mode::in_place, Mode::forward_only}) {
         if (large && mode == Mode::forward_only) continue;
         const int64_t grad_extra = shape == 0 ? 3 : 0;  // 3: grad rows misaligned against logits rows
-        char label[400];
-        std::snprintf(label, sizeof(label), "[%s] %s, V=%lld T=%lld stride=%lld%s, %s", dtype_name<Logit>(), nc.name,
+        char label[500];
+        std::snprintf(label, sizeof(label), "[%s] %s, V=%lld T=%lld stride=%lld%s, %s", dtype_name<Logit>(), name.c_str(),
                       (long long)hb.V, (long long)hb.T, (long long)hb.stride, spec.padded ? " padded" : " packed",
                       mode_name(mode));
         const GpuResult<Logit> g = run_gpu<Logit>(nc.config, hb, logits, mode, grad_extra);
@@ -829,27 +644,34 @@ void test_against_cpu(std::mt19937_64& rng) {
   }
 }
 
-// An empty batch (T = 0) with B rows of length 0: every metric as the CPU path gives it (vespo's
-// phi of an empty row is 1), nothing launched over tokens.
+// An empty batch (T = 0) with B rows of length 0 (packed, and padded of length 0), caller and computed
+// weights: every metric as the CPU path gives it (vespo's phi of an empty row is 1), nothing launched
+// over tokens.
 template <typename Logit>
 void test_empty_batch(std::mt19937_64& rng) {
   (void)rng;
   for (const NamedConfig& nc : configs()) {
-    HostBatch hb;
-    hb.V = 11;
-    hb.stride = 11;
-    hb.num_sequences = 3;
-    hb.padded = true;
-    hb.padded_length = 0;
-    hb.computed_weights = nc.computed;
-    const CpuResult cpu = run_cpu(nc.config, hb);
-    const GpuResult<Logit> g = run_gpu<Logit>(nc.config, hb, {}, Mode::separate_grad, 0);
-    char label[300];
-    std::snprintf(label, sizeof(label), "[%s] %s, empty batch", dtype_name<Logit>(), nc.name);
-    GPU_EXPECT(g.finish.ok(), "%s: GPU '%s'", label, g.finish.message);
-    // Both paths run it under every correction (rows without tokens read no array).
-    GPU_EXPECT(cpu.status.ok(), "%s: CPU '%s'", label, cpu.status.message);
-    if (cpu.status.ok() && g.finish.ok()) compare_metrics(label, g.metrics, cpu.metrics, MetricScales{}, 1e-12);
+    const bool required = config_plan(nc.config).requires_computed_weights;
+    for (const bool computed : {false, true})
+      for (const bool padded : {false, true}) {
+        if (!computed && required) continue;
+        HostBatch hb;
+        hb.V = 11;
+        hb.stride = 11;
+        hb.B = 3;
+        hb.offsets.assign(4, 0);
+        hb.zero_length_padded = padded;
+        hb.computed_weights = computed;
+        const CpuResult cpu = run_cpu(nc.config, hb);
+        const GpuResult<Logit> g = run_gpu<Logit>(nc.config, hb, {}, Mode::separate_grad, 0);
+        char label[300];
+        std::snprintf(label, sizeof(label), "[%s] %s, %s weights, empty batch (%s)", dtype_name<Logit>(), nc.name.c_str(),
+                      computed ? "computed" : "caller", padded ? "padded, length 0" : "packed");
+        GPU_EXPECT(g.finish.ok(), "%s: GPU '%s'", label, g.finish.message);
+        // Both paths run it under every correction (rows without tokens read no array).
+        GPU_EXPECT(cpu.status.ok(), "%s: CPU '%s'", label, cpu.status.message);
+        if (cpu.status.ok() && g.finish.ok()) compare_metrics(label, g.metrics, cpu.metrics, MetricScales{}, 1e-12);
+      }
   }
 }
 
@@ -863,24 +685,27 @@ void test_determinism(std::mt19937_64& rng) {
     spec.num_sequences = 40;
     spec.max_len = 8;
     std::vector<Logit> logits;
-    const HostBatch hb = config_batch<Logit>(rng, spec, nc, logits);
+    const BatchInputs in = batch_inputs(nc, 0);
+    const HostBatch hb = config_batch<Logit>(rng, spec, nc, in, logits);
+    const std::string name = config_label(nc, in);
+    const char* n = name.c_str();
     const GpuResult<Logit> a = run_gpu<Logit>(nc.config, hb, logits, Mode::separate_grad, 0);
     const GpuResult<Logit> b = run_gpu<Logit>(nc.config, hb, logits, Mode::separate_grad, 0);
     const GpuResult<Logit> f = run_gpu<Logit>(nc.config, hb, logits, Mode::forward_only, 0);
-    GPU_EXPECT(a.finish.ok() && b.finish.ok() && f.finish.ok(), "[%s] %s: %s / %s / %s", dtype_name<Logit>(), nc.name,
+    GPU_EXPECT(a.finish.ok() && b.finish.ok() && f.finish.ok(), "[%s] %s: %s / %s / %s", dtype_name<Logit>(), n,
                a.finish.message, b.finish.message, f.finish.message);
     GPU_EXPECT(std::memcmp(&a.metrics, &b.metrics, sizeof(LossMetrics)) == 0, "[%s] %s: metrics differ run to run (loss %.17g vs %.17g)",
-               dtype_name<Logit>(), nc.name, a.metrics.loss, b.metrics.loss);
+               dtype_name<Logit>(), n, a.metrics.loss, b.metrics.loss);
     GPU_EXPECT(std::memcmp(&a.metrics, &f.metrics, sizeof(LossMetrics)) == 0,
                "[%s] %s: forward-only metrics differ from forward+backward (loss %.17g vs %.17g)", dtype_name<Logit>(),
-               nc.name, f.metrics.loss, a.metrics.loss);
+               n, f.metrics.loss, a.metrics.loss);
     GPU_EXPECT(a.grad.size() == b.grad.size() && std::memcmp(a.grad.data(), b.grad.data(), a.grad.size() * sizeof(Logit)) == 0,
-               "[%s] %s: gradient bits differ run to run", dtype_name<Logit>(), nc.name);
+               "[%s] %s: gradient bits differ run to run", dtype_name<Logit>(), n);
     GPU_EXPECT(std::memcmp(a.logp.data(), b.logp.data(), a.logp.size() * sizeof(float)) == 0,
-               "[%s] %s: logp bits differ run to run", dtype_name<Logit>(), nc.name);
+               "[%s] %s: logp bits differ run to run", dtype_name<Logit>(), n);
     GPU_EXPECT(a.terms == b.terms && a.terms == f.terms &&
                    std::memcmp(a.policy_factor.data(), b.policy_factor.data(), a.policy_factor.size() * sizeof(float)) == 0,
-               "[%s] %s: policy_factor or token_terms differ run to run", dtype_name<Logit>(), nc.name);
+               "[%s] %s: policy_factor or token_terms differ run to run", dtype_name<Logit>(), n);
   }
 }
 
@@ -961,7 +786,7 @@ void test_flagged_rows(std::mt19937_64& rng) {
   struct Breakage {
     const char* name;
     int64_t row;
-    std::function<bool(const NamedConfig&)> applies;
+    std::function<bool(const LossConfig&, const BatchInputs&)> applies;
     std::function<void(HostBatch&, std::vector<Logit>&)> apply;
   };
   const Logit nan_logit = from_double<Logit>(std::numeric_limits<double>::quiet_NaN());
@@ -971,10 +796,10 @@ void test_flagged_rows(std::mt19937_64& rng) {
     z[t * b.stride + v] = x;
     b.logits[t * b.stride + v] = to_double(x);
   };
-  auto any = [](const NamedConfig&) { return true; };
-  auto caller_weights = [](const NamedConfig& nc) { return !nc.computed; };
-  auto reads_rollout = [](const NamedConfig& nc) { return nc.config.needs_rollout_logp(); };
-  auto has_selection = [](const NamedConfig& nc) { return nc.selection; };
+  auto any = [](const LossConfig&, const BatchInputs&) { return true; };
+  auto caller_weights = [](const LossConfig&, const BatchInputs& in) { return !in.computed; };
+  auto reads_rollout = [](const LossConfig& c, const BatchInputs&) { return c.needs_rollout_logp(); };
+  auto has_selection = [](const LossConfig&, const BatchInputs& in) { return in.selection; };
   const std::vector<Breakage> breakages = {
       {"target out of range", 5, any, [](HostBatch& b, std::vector<Logit>&) { b.targets[9] = -1; b.targets[5] = static_cast<int32_t>(b.V + 3); }},
       {"NaN logit", 4, any, [&](HostBatch& b, std::vector<Logit>& z) { set_logit(b, z, 8, 1, inf_logit); set_logit(b, z, 4, 17, nan_logit); }},
@@ -1000,17 +825,51 @@ void test_flagged_rows(std::mt19937_64& rng) {
        }},
       {"selection value 2", 34, has_selection, [](HostBatch& b, std::vector<Logit>&) { b.mask[34] = 1; b.selection[34] = 2; }},
   };
-  std::vector<NamedConfig> flagged_configs = {{"verl grpo", cgrpo::verl_grpo()}, {"verl gspo", cgrpo::verl_gspo()}};
-  for (const NamedConfig& nc : configs()) {
-    const std::string name = nc.name;
-    if (name.rfind("verl decoupled token IS (normalised)", 0) == 0 || name.rfind("verl bypass ppo_clip", 0) == 0 ||
-        name.rfind("verl clip_cov, batch.selection", 0) == 0 || name.rfind("trl vespo", 0) == 0 ||
-        name.rfind("trl dapo", 0) == 0)
-      flagged_configs.push_back(nc);
+  // One config of the catalog per kind of pass around the bad token, first found by its plan: the
+  // single kernel (verl/grpo), a sequence ratio (verl/gspo), verl's batch-normalised IS weights, its
+  // rejection, its bypass mode, each batch selection, a row weight (vespo), TRL's entropy mask; each
+  // with both weights rules (where the plan allows the caller's) and, for a selecting term, the
+  // caller's batch.selection (variant 1) and its own.
+  const std::vector<NamedConfig> all = configs();
+  std::vector<std::function<bool(const NamedConfig&)>> kinds = {
+      [](const NamedConfig& nc) { return nc.name == "verl/grpo"; },
+      [](const NamedConfig& nc) { return nc.name == "verl/gspo"; },
+      [](const NamedConfig& nc) { return config_plan(nc.config).rollout_normalize; },
+      [](const NamedConfig& nc) { return nc.config.off_policy.rollout.num_rejection_options > 0 && !nc.config.bypass(); },
+      [](const NamedConfig& nc) { return nc.config.bypass(); },
+      [](const NamedConfig& nc) { return config_plan(nc.config).selection == cgrpo::BatchSelection::top_covariance; },
+      [](const NamedConfig& nc) { return config_plan(nc.config).selection == cgrpo::BatchSelection::covariance_window; },
+      [](const NamedConfig& nc) { return nc.config.term().row_weight; },
+      [](const NamedConfig& nc) { return config_plan(nc.config).entropy_select; },
+  };
+  struct FlaggedCase {
+    NamedConfig nc;
+    BatchInputs in;
+  };
+  std::vector<FlaggedCase> cases;
+  for (const auto& kind : kinds) {
+    const auto it = std::find_if(all.begin(), all.end(), kind);
+    GPU_EXPECT(it != all.end(), "test_flagged_rows: the catalog has no config of one of the kinds (index %d)",
+               static_cast<int>(&kind - kinds.data()));
+    if (it == all.end()) continue;
+    const cgrpo::PassPlan plan = config_plan(it->config);
+    for (int v = 0; v < 2; ++v) {
+      // Variant 0: the caller's weights where allowed (and a selecting term's batch.selection);
+      // variant 1: computed weights (and the term's own selection).
+      BatchInputs in = batch_inputs(*it, v);
+      in.computed = plan.requires_computed_weights || v == 1;
+      in.selection = plan.selection != cgrpo::BatchSelection::none && v == 0;
+      in.scale_length = 0;
+      if (v == 1 && in.computed == cases.back().in.computed && in.selection == cases.back().in.selection) continue;
+      cases.push_back({*it, in});
+    }
   }
-  for (const NamedConfig& nc : flagged_configs)
+  for (const FlaggedCase& fc : cases)
     for (const Breakage& br : breakages) {
-      if (!br.applies(nc)) continue;
+      const NamedConfig& nc = fc.nc;
+      if (!br.applies(nc.config, fc.in)) continue;
+      const std::string label = config_label(nc, fc.in);
+      const char* name = label.c_str();
       BatchSpec spec;
       spec.V = 1003;
       spec.num_sequences = 6;
@@ -1018,15 +877,15 @@ void test_flagged_rows(std::mt19937_64& rng) {
       spec.padded = true;  // T = 60: every row the breakages name exists
       spec.extreme_fraction = spec.neg_inf_fraction = 0.0;
       std::vector<Logit> logits;
-      HostBatch hb = config_batch<Logit>(rng, spec, nc, logits);
+      HostBatch hb = config_batch<Logit>(rng, spec, nc, fc.in, logits);
       br.apply(hb, logits);
       const CpuResult cpu = run_cpu(nc.config, hb);
       const GpuResult<Logit> g = run_gpu<Logit>(nc.config, hb, logits, Mode::separate_grad, 0);
       GPU_EXPECT(g.launch.ok(), "[%s] %s, %s: launch should succeed (values are checked on the device): %s",
-                 dtype_name<Logit>(), br.name, nc.name, g.launch.message);
+                 dtype_name<Logit>(), br.name, name, g.launch.message);
       GPU_EXPECT(!cpu.status.ok() && g.finish.code == cpu.status.code &&
                      before_semicolon(g.finish.message) == before_semicolon(cpu.status.message),
-                 "[%s] %s, %s: GPU '%s' vs CPU '%s'", dtype_name<Logit>(), br.name, nc.name, g.finish.message,
+                 "[%s] %s, %s: GPU '%s' vs CPU '%s'", dtype_name<Logit>(), br.name, name, g.finish.message,
                  cpu.status.message);
       int non_zero = 0, non_finite = 0;
       for (int64_t t = 0; t < hb.T; ++t)
@@ -1039,11 +898,11 @@ void test_flagged_rows(std::mt19937_64& rng) {
       for (int64_t t = 0; t < hb.T; ++t)
         if (!std::isfinite(g.policy_factor[t]) || (g.terms[t] & ~31) != 0) ++bad_outputs;
       GPU_EXPECT(non_finite == 0, "[%s] %s, %s: %d gradient entries are garbage (not finite)", dtype_name<Logit>(),
-                 br.name, nc.name, non_finite);
+                 br.name, name, non_finite);
       GPU_EXPECT(non_zero == 0, "[%s] %s, %s: the flagged row %lld has %d non-zero gradient entries",
-                 dtype_name<Logit>(), br.name, nc.name, (long long)br.row, non_zero);
+                 dtype_name<Logit>(), br.name, name, (long long)br.row, non_zero);
       GPU_EXPECT(bad_outputs == 0, "[%s] %s, %s: %d policy_factor / token_terms entries are garbage",
-                 dtype_name<Logit>(), br.name, nc.name, bad_outputs);
+                 dtype_name<Logit>(), br.name, name, bad_outputs);
     }
 }
 
@@ -1080,7 +939,7 @@ void test_gradient_overflow(std::mt19937_64& rng) {
   const double big = static_cast<double>(std::is_same<Logit, __half>::value ? 65504.0f : FLT_MAX);
   for (bool overflow : {true, false})
     for (Mode mode : {Mode::separate_grad, Mode::in_place}) {
-      LossConfig config = cgrpo::paper_critique_grpo();  // no clipping: the ratio's gradient reaches every row
+      LossConfig config = cgrpo::paper_critique_grpo().loss;  // no clipping: the ratio's gradient reaches every row
       // tau = 0.01 lets a float advantage reach 4x FLT_MAX / tau; the control runs at tau = 1,
       // where float log p is exact enough for compare_with_cpu's 1e-5.
       config.temperature = overflow ? 0.01 : 1.0;
@@ -1151,16 +1010,22 @@ void test_extreme_rows(std::mt19937_64& rng) {
     for (int64_t V : {int64_t{1003}, int64_t{9000}})
       for (const NamedConfig& nc : configs()) {
         if (quick_matrix() && (tau != 1.0 || V != 1003)) continue;
-        if (nc.config.kl == cgrpo::KlEstimator::k1 || nc.config.kl == cgrpo::KlEstimator::k2 ||
-            nc.config.kl == cgrpo::KlEstimator::abs || nc.config.ratio_level != cgrpo::RatioLevel::token)
-          continue;  // KL terms of |log p| ~ 1e30 are not float numbers; GSPO's mean ratio is clamped anyway
-        // Token-level losses on both paths (computed weights take two passes); the corrections and
-        // selections read log p against thresholds that rows of |log p| ~ 1e30 make meaningless.
-        if (nc.rollout || nc.selection || nc.spread || std::isfinite(nc.config.off_policy_mask_threshold) ||
-            nc.config.policy_loss == cgrpo::PolicyLoss::kl_cov || nc.config.policy_loss == cgrpo::PolicyLoss::clip_cov ||
-            nc.config.policy_loss == cgrpo::PolicyLoss::geo_mean || nc.config.policy_loss == cgrpo::PolicyLoss::vespo)
+        const LossConfig& c = nc.config;
+        const cgrpo::PassPlan plan = config_plan(c);
+        // KL terms of |log p| ~ 1e30 are not float numbers: only verl's clamped k3 (its value and its
+        // own gradient, not the straight-through k2 one) stays bounded; GSPO's mean ratio is clamped anyway.
+        const bool bounded_kl = !c.kl_on() || (c.kl.estimator == cgrpo::KlEstimator::k3 && c.kl.k3_clamp &&
+                                               !c.kl.straight_through);
+        if (!bounded_kl || c.ratio.level != cgrpo::RatioLevel::token) continue;
+        // Token-level losses on both paths (computed weights take two passes: V = 9000 runs them); the
+        // corrections, selections and row terms read log p against thresholds (or form row means)
+        // that rows of |log p| ~ 1e30 make meaningless.
+        if (plan.rollout || plan.sampler || plan.entropy_select || plan.selection != cgrpo::BatchSelection::none ||
+            c.term().row_log_ratio || c.term().row_weight)
           continue;
-        LossConfig config = nc.config;
+        BatchInputs in;
+        in.computed = plan.requires_computed_weights || V == 9000;
+        LossConfig config = c;
         config.temperature = tau;
         BatchSpec spec;
         spec.V = V;
@@ -1170,8 +1035,7 @@ void test_extreme_rows(std::mt19937_64& rng) {
         spec.extreme_fraction = spec.neg_inf_fraction = 0.0;
         std::vector<Logit> logits;
         HostBatch hb = random_batch<Logit>(rng, spec, config, logits);
-        hb.computed_weights = nc.computed;
-        hb.scale.length = nc.scale_length * static_cast<double>(hb.num_sequences);
+        hb.computed_weights = in.computed;
         std::vector<int32_t> far_targets = hb.targets;  // for token_logprobs: the most negative entry where there is one
         auto set = [&](int64_t t, int64_t v, double x) {
           const Logit q = from_double<Logit>(x);
@@ -1229,10 +1093,10 @@ void test_extreme_rows(std::mt19937_64& rng) {
           hb.ref_logp[t] = ref_lp;
         }
         const CpuResult cpu = run_cpu(config, hb);
-        char label[300];
+        char label[500];
         for (Mode mode : {Mode::separate_grad, Mode::in_place}) {
           std::snprintf(label, sizeof(label), "[%s] extreme rows (+-max, max z / tau past FLT_MAX), %s, tau %g, V %lld, %s",
-                        dtype_name<Logit>(), nc.name, tau, (long long)V, mode_name(mode));
+                        dtype_name<Logit>(), config_label(nc, in).c_str(), tau, (long long)V, mode_name(mode));
           compare_with_cpu(label, config, hb, run_gpu<Logit>(config, hb, logits, mode, 0), cpu, mode);
         }
         // token_logprobs with the far targets: a log p below -FLT_MAX is -FLT_MAX.

@@ -1,10 +1,11 @@
 // tests/cuda/test_cuda_fused_linear.cu: the CUDA fused LM head + loss and the log-prob pass from hidden
 // states, against the CPU path in double (the logits-level loss on h W^T + b, backward GEMMs in double)
 // and against the composed GPU path (one cuBLAS GEMM into [T, V], cuda::fused_policy_loss, two GEMMs).
-// fp32 and bf16; chunks of 1 row, odd, and more than T; strides, bias, in place, accumulate; the
-// two-pass plans (verl's GSPO and GMPO, TRL's luspo, computed weights: each chunk's logits formed
-// twice). Exits 77 (CTest: skipped) when no CUDA device is present. CGRPO_GPU_TEST_QUICK=1 (gpu-check
-// under compute-sanitizer): the same configs and layouts at an eighth of the vocabulary.
+// fp32 and bf16; chunks of 1 row, odd, and more than T; strides, bias, in place, accumulate; every
+// config of the catalog (tests/support/catalog.hpp), one-pass and two-pass plans (row and batch
+// coupling, computed weights: each chunk's logits formed twice). Exits 77 (CTest: skipped) when no
+// CUDA device is present. CGRPO_GPU_TEST_QUICK=1 (gpu-check under compute-sanitizer): the same
+// configs and layouts at an eighth of the vocabulary.
 #include <cstring>
 #include <vector>
 
@@ -29,31 +30,54 @@ struct HeadProblem {
 // sizes are, so rows stay ragged against the kernels' vector width).
 int64_t vocab(int64_t full) { return quick_matrix() ? (full / 8) | 1 : full; }
 
+// x rounded to Logit, in double.
 template <typename Logit>
-HeadProblem make_problem(std::mt19937_64& rng, const LossConfig& config, int64_t V, int64_t H, bool with_bias,
-                         bool computed_weights = false) {
+double exact_in(double x) {
+  return to_double(from_double<Logit>(x));
+}
+
+// A float log-prob near lp (lp + sigma N(0, 1)), whose log ratio to lp is 1e-2 away from every kink.
+double near_log_prob(std::mt19937_64& rng, double lp, double sigma, const std::vector<double>& kinks) {
+  std::normal_distribution<double> normal(0.0, 1.0);
+  for (;;) {
+    const double x = rounded_float(lp + sigma * normal(rng));
+    bool near = false;
+    for (double k : kinks) near = near || std::fabs(lp - x - k) < 1e-2;
+    if (!near) return x;
+  }
+}
+
+// One draw of a problem: random_batch's tokens (its inputs from `in`), then h, W and b, the logits
+// h W^T + b in double, and old / ref / rollout log-probs near the new log p, away from the kinks (as
+// random_batch does).
+template <typename Logit>
+HeadProblem draw_problem(std::mt19937_64& rng, const LossConfig& config, const BatchInputs& in, int64_t V, int64_t H,
+                         bool with_bias) {
   BatchSpec spec;
   spec.V = V;
   spec.num_sequences = 6;
   spec.max_len = 11;
   spec.extreme_fraction = 0;
   spec.neg_inf_fraction = 0;
+  spec.rollout = in.rollout;
+  spec.selection = in.selection;
   std::vector<Logit> unused;
   HeadProblem p;
   p.b = random_batch<Logit>(rng, spec, config, unused);
-  p.b.computed_weights = computed_weights;
+  p.b.computed_weights = in.computed;
+  p.b.scale.length = in.scale_length * static_cast<double>(p.b.B);
   p.H = H;
   const int64_t T = p.b.T;
   std::normal_distribution<double> normal(0.0, 1.0);
-  auto exact = [](double x) { return to_double(from_double<Logit>(x)); };
   p.h.resize(T * H);
   p.W.resize(V * H);
-  for (double& x : p.h) x = exact(normal(rng));
-  for (double& x : p.W) x = exact(2.0 * normal(rng) / std::sqrt(static_cast<double>(H)));
+  for (double& x : p.h) x = exact_in<Logit>(normal(rng));
+  for (double& x : p.W) x = exact_in<Logit>(2.0 * normal(rng) / std::sqrt(static_cast<double>(H)));
   if (with_bias) {
     p.bias.resize(V);
-    for (double& x : p.bias) x = exact(0.5 * normal(rng));
+    for (double& x : p.bias) x = exact_in<Logit>(0.5 * normal(rng));
   }
+  const std::vector<double> kinks = loss_kinks(config);
   for (int64_t t = 0; t < T; ++t) {
     double* z = &p.b.logits[t * p.b.stride];
     for (int64_t v = 0; v < V; ++v) {
@@ -61,26 +85,57 @@ HeadProblem make_problem(std::mt19937_64& rng, const LossConfig& config, int64_t
       for (int64_t k = 0; k < H; ++k) s += p.h[t * H + k] * p.W[v * H + k];
       z[v] = s;
     }
-    // old / ref near the new log p, away from the kinks (as random_batch does).
     double m = -INFINITY, s = 0;
     for (int64_t v = 0; v < V; ++v) m = std::max(m, z[v] / config.temperature);
     for (int64_t v = 0; v < V; ++v) s += std::exp(z[v] / config.temperature - m);
     const double lp = z[p.b.targets[t]] / config.temperature - m - std::log(s);
-    const std::vector<double> kinks = loss_kinks(config);
-    auto near_kink = [&](double d) {
-      for (double k : kinks)
-        if (std::fabs(d - k) < 1e-2) return true;
-      return false;
-    };
-    double o, r;
-    do o = rounded_float(lp + 0.3 * normal(rng));
-    while (near_kink(lp - o));
-    do r = rounded_float(lp + 0.5 * normal(rng));
-    while (near_kink(lp - r));
-    p.b.old_logp[t] = o;
-    p.b.ref_logp[t] = r;
+    p.b.old_logp[t] = near_log_prob(rng, lp, 0.3, kinks);
+    p.b.ref_logp[t] = near_log_prob(rng, lp, 0.5, kinks);
+    if (!p.b.rollout_logp.empty()) p.b.rollout_logp[t] = near_log_prob(rng, lp, 0.3, kinks);  // bypass: the ratio's reference
   }
   return p;
+}
+
+// The discrete choices of the CPU path on a batch (token_terms: rejection, selection, the entropy mask;
+// where policy_factor is 0: the sampler's and OPSM's masks); empty when the call fails.
+struct Choices {
+  std::vector<uint8_t> terms, masked;
+  bool operator==(const Choices& o) const { return terms == o.terms && masked == o.masked; }
+};
+
+Choices cpu_choices(const LossConfig& config, const HostBatch& b) {
+  std::vector<double> grad, logp, entropy, factor;
+  LossMetrics metrics;
+  Choices c;
+  if (!cpu_fused_policy_loss(config, b, false, grad, logp, entropy, metrics, &factor, &c.terms).ok()) return Choices{};
+  for (double f : factor) c.masked.push_back(f == 0.0 ? 1 : 0);
+  return c;
+}
+
+// A problem whose thresholds keep away from the values the GPU forms from its float log p
+// (float_stable, on the double logits); with bf16_stable, also one whose discrete choices are the same
+// on the logits rounded to bf16 (the GPU's bf16 logits, up to the GEMM's float rounding), so that the
+// bf16 loss differs from the double one by rounding only. Drawn again until both hold.
+template <typename Logit>
+HeadProblem make_problem(std::mt19937_64& rng, const NamedConfig& nc, const BatchInputs& in, int64_t V, int64_t H,
+                         bool with_bias, bool bf16_stable = false) {
+  std::string why;
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    HeadProblem p = draw_problem<Logit>(rng, nc.config, in, V, H, with_bias);
+    if (!float_stable(nc.config, p.b, &why)) continue;
+    if (bf16_stable) {
+      HostBatch rounded = p.b;
+      for (double& z : rounded.logits) z = exact_in<__nv_bfloat16>(static_cast<float>(z));
+      if (!(cpu_choices(nc.config, p.b) == cpu_choices(nc.config, rounded))) {
+        why = "a discrete choice changes with the bf16 rounding of the logits";
+        continue;
+      }
+    }
+    return p;
+  }
+  std::printf("FAIL: %s: no problem keeps away from its thresholds in 200 draws (%s)\n", nc.name.c_str(), why.c_str());
+  ++failures();
+  return draw_problem<Logit>(rng, nc.config, in, V, H, with_bias);
 }
 
 struct Grads {
@@ -148,9 +203,9 @@ std::vector<double> unpad(const std::vector<T>& x, int64_t rows, int64_t H, int6
 template <typename Logit>
 Grads run_fused(const LossConfig& config, const HeadProblem& p, const Layout& lay) {
   const int64_t T = p.b.T, V = p.b.V, H = p.H, ld = H + lay.pad;
-  std::vector<Logit> no_logits;
-  DeviceBatch<Logit> d(p.b, no_logits);
-  cgrpo::PolicyLossBatch<Logit, float> batch = d.view(p.b);
+  const HostLibraryBatch<float> host(p.b, config);  // the arrays the config reads, as the CPU path gets them
+  const DeviceBatch<Logit> d(host.view, std::vector<Logit>{});
+  cgrpo::PolicyLossBatch<Logit, float> batch = d.view;
   batch.logits = nullptr;
   batch.row_stride = 0;
   DeviceHead<Logit> head_buf(p, lay.pad);
@@ -174,7 +229,7 @@ Grads run_fused(const LossConfig& config, const HeadProblem& p, const Layout& la
   out.metrics = &unused;
   cgrpo::LinearChunking chunking;
   chunking.tokens = lay.chunk;
-  const size_t bytes = cgrpo::cuda::fused_linear_policy_loss_workspace_size<Logit>(config, T, p.b.num_sequences, V, chunking);
+  const size_t bytes = cgrpo::cuda::fused_linear_policy_loss_workspace_size<Logit>(config, T, batch.layout.num_sequences, V, chunking);
   DeviceBuffer<char> ws(bytes);
   ws.poison();
   cublasHandle_t handle;
@@ -185,7 +240,7 @@ Grads run_fused(const LossConfig& config, const HeadProblem& p, const Layout& la
   cudaStream_t stream;
   TEST_CUDA(cudaStreamCreate(&stream));
   Grads r;
-  r.status = cgrpo::cuda::fused_linear_policy_loss(handle, config, batch, head, out, grads, d.offsets.ptr, ws.ptr, bytes,
+  r.status = cgrpo::cuda::fused_linear_policy_loss(handle, config, batch, head, out, grads, d.offsets, ws.ptr, bytes,
                                                    stream, chunking);
   if (r.status.ok()) r.status = cgrpo::cuda::policy_loss_metrics(ws.ptr, stream, &r.metrics);
   TEST_CUDA(cudaStreamSynchronize(stream));
@@ -204,8 +259,8 @@ Grads run_fused(const LossConfig& config, const HeadProblem& p, const Layout& la
 template <typename Logit>
 Grads run_composed(const LossConfig& config, const HeadProblem& p) {
   const int64_t T = p.b.T, V = p.b.V, H = p.H;
-  std::vector<Logit> no_logits;
-  DeviceBatch<Logit> d(p.b, no_logits);
+  const HostLibraryBatch<float> host(p.b, config);
+  const DeviceBatch<Logit> d(host.view, std::vector<Logit>{});
   DeviceHead<Logit> head(p, 0);
   DeviceBuffer<Logit> z(T * V), gh(T * H);
   DeviceBuffer<float> gw(V * H), gb(V), logp(T), entropy(T);
@@ -217,7 +272,7 @@ Grads run_composed(const LossConfig& config, const HeadProblem& p) {
     cgrpo::cuda::broadcast_bias_kernel<Logit><<<grid, 256>>>(head.bias.ptr, V, T, z.ptr, V);
   }
   r.status = cgrpo::cuda::gemm_logits(handle, head.h.ptr, H, T, H, head.W.ptr, H, V, z.ptr, V, p.bias.empty() ? 0.0f : 1.0f);
-  cgrpo::PolicyLossBatch<Logit, float> batch = d.view(p.b);
+  cgrpo::PolicyLossBatch<Logit, float> batch = d.view;
   batch.logits = z.ptr;
   batch.row_stride = V;
   LossMetrics unused;
@@ -226,9 +281,9 @@ Grads run_composed(const LossConfig& config, const HeadProblem& p) {
   out.logp = logp.ptr;
   out.entropy = entropy.ptr;
   out.metrics = &unused;
-  const size_t bytes = cgrpo::cuda::fused_policy_loss_workspace_size(config, T, p.b.num_sequences);
+  const size_t bytes = cgrpo::cuda::fused_policy_loss_workspace_size(config, T, batch.layout.num_sequences);
   DeviceBuffer<char> ws(bytes);
-  if (r.status.ok()) r.status = cgrpo::cuda::fused_policy_loss(config, batch, out, d.offsets.ptr, ws.ptr, bytes, nullptr);
+  if (r.status.ok()) r.status = cgrpo::cuda::fused_policy_loss(config, batch, out, d.offsets, ws.ptr, bytes, nullptr);
   if (r.status.ok()) r.status = cgrpo::cuda::gemm_weight_grad(handle, z.ptr, V, T, V, head.h.ptr, H, H, gw.ptr, H, false);
   if (!p.bias.empty()) cgrpo::cuda::bias_grad_kernel<Logit><<<static_cast<unsigned>((V + 255) / 256), 256>>>(z.ptr, V, T, V, gb.ptr, false);
   if (r.status.ok()) r.status = cgrpo::cuda::gemm_hidden_grad(handle, z.ptr, V, T, V, head.W.ptr, H, H, gh.ptr, H);
@@ -267,80 +322,65 @@ void expect_close(const char* what, const Grads& got, const Grads& want, double 
   GPU_EXPECT(rel_diff(got.gb, want.gb) <= tol, "%s: dJ/db off by %g", what, rel_diff(got.gb, want.gb));
 }
 
-LossConfig with_entropy(LossConfig c) {
-  c.entropy_coef = 0.01;
-  return c;
-}
-
-// A config and whether the loss computes its weights (batch.pg_weights null: two passes).
-struct LinearConfig {
-  LossConfig config;
-  bool computed;
-};
-
-LossConfig computed_token_mean() {
-  LossConfig c = with_entropy(cgrpo::paper_critique_grpo());
-  c.pg_aggregation = cgrpo::Aggregation::token_mean;
-  return c;
-}
-
+// Every config of the catalog (its inputs of variant 0: the one-pass plans with the caller's weights,
+// the two-pass ones, computed weights; each chunk's logits formed twice where the plan has a pre-pass)
+// on every layout of the head, and the composed GPU path, against the CPU path in double.
 void test_fp32_against_cpu(std::mt19937_64& rng) {
-  const LinearConfig configs[] = {{with_entropy(cgrpo::paper_critique_grpo()), false},
-                                  {cgrpo::verl_grpo(), false},
-                                  {with_entropy(cgrpo::verl_gspo()), false},
-                                  {cgrpo::verl_gmpo(), true},
-                                  {cgrpo::trl_luspo(), true},
-                                  {computed_token_mean(), true}};
   const Layout layouts[] = {{1, 0, false, false}, {7, 3, false, true}, {0, 0, true, false}, {5, 1, true, true}};
-  for (const LinearConfig& lc : configs) {
-    const LossConfig& c = lc.config;
-    const HeadProblem p = make_problem<float>(rng, c, vocab(3001), 96, true, lc.computed);
+  for (const NamedConfig& nc : configs()) {
+    const LossConfig& c = nc.config;
+    const BatchInputs in = batch_inputs(nc, 0);
+    const std::string name = config_label(nc, in);
+    const HeadProblem p = make_problem<float>(rng, nc, in, vocab(3001), 96, true);
     const Grads want = cpu_reference(c, p);
     for (const Layout& lay : layouts) {
-      char what[160];
-      std::snprintf(what, sizeof(what), "fp32 %s/%s chunk %lld pad %lld%s%s", to_string(c.policy_loss),
-                    to_string(c.ratio_level), static_cast<long long>(lay.chunk), static_cast<long long>(lay.pad),
-                    lay.in_place ? " in place" : "", lay.accumulate ? " accumulate" : "");
+      char what[400];
+      std::snprintf(what, sizeof(what), "fp32 %s, chunk %lld pad %lld%s%s", name.c_str(), static_cast<long long>(lay.chunk),
+                    static_cast<long long>(lay.pad), lay.in_place ? " in place" : "", lay.accumulate ? " accumulate" : "");
       expect_close(what, run_fused<float>(c, p, lay), want, 2e-4);
     }
-    char composed[160];
-    std::snprintf(composed, sizeof(composed), "fp32 %s/%s composed GPU path vs CPU", to_string(c.policy_loss),
-                  to_string(c.ratio_level));
+    char composed[400];
+    std::snprintf(composed, sizeof(composed), "fp32 %s, composed GPU path vs CPU", name.c_str());
     expect_close(composed, run_composed<float>(c, p), want, 2e-4);
   }
 }
 
 // bf16 logits are rounded after the fp32 GEMM: the fused path and the composed path round the same
-// values; against the CPU on the unrounded logits only to bf16 precision.
+// values; against the CPU on the unrounded logits only to bf16 precision (on problems whose discrete
+// choices do not change with that rounding). Every config of the catalog, its inputs of variant 1.
 void test_bf16_against_composed(std::mt19937_64& rng) {
-  const LinearConfig configs[] = {{with_entropy(cgrpo::paper_critique_grpo()), false},
-                                  {with_entropy(cgrpo::verl_gspo()), false},
-                                  {cgrpo::trl_luspo(), true}};
-  for (const LinearConfig& lc : configs) {
-    const LossConfig& c = lc.config;
-    const HeadProblem p = make_problem<__nv_bfloat16>(rng, c, vocab(4099), 128, false, lc.computed);
+  for (const NamedConfig& nc : configs()) {
+    const LossConfig& c = nc.config;
+    const BatchInputs in = batch_inputs(nc, 1);
+    const std::string name = config_label(nc, in);
+    const HeadProblem p = make_problem<__nv_bfloat16>(rng, nc, in, vocab(4099), 128, false, true);
     const Grads composed = run_composed<__nv_bfloat16>(c, p);
     for (int64_t chunk : {int64_t{1}, int64_t{9}, int64_t{0}}) {
-      char what[96];
-      std::snprintf(what, sizeof(what), "bf16 %s/%s chunk %lld vs composed", to_string(c.policy_loss),
-                    to_string(c.ratio_level), static_cast<long long>(chunk));
+      char what[400];
+      std::snprintf(what, sizeof(what), "bf16 %s, chunk %lld vs composed", name.c_str(), static_cast<long long>(chunk));
       expect_close(what, run_fused<__nv_bfloat16>(c, p, Layout{chunk, 0, false, false}), composed, 2e-2);
     }
-    expect_close("bf16 fused vs CPU (bf16 precision)", run_fused<__nv_bfloat16>(c, p, Layout{}), cpu_reference(c, p), 5e-2);
+    char what[400];
+    std::snprintf(what, sizeof(what), "bf16 %s, fused vs CPU (bf16 precision)", name.c_str());
+    expect_close(what, run_fused<__nv_bfloat16>(c, p, Layout{}), cpu_reference(c, p), 5e-2);
   }
 }
 
 void test_determinism(std::mt19937_64& rng) {
-  const LossConfig c = cgrpo::verl_grpo();
-  const HeadProblem p = make_problem<__nv_bfloat16>(rng, c, vocab(2000), 64, true);
+  NamedConfig nc;
+  nc.name = "verl/grpo";
+  nc.config = cgrpo::verl_grpo().loss;
+  const LossConfig& c = nc.config;
+  const HeadProblem p = make_problem<__nv_bfloat16>(rng, nc, BatchInputs{}, vocab(2000), 64, true);
   const Grads a = run_fused<__nv_bfloat16>(c, p, Layout{13, 0, false, false});
   const Grads b = run_fused<__nv_bfloat16>(c, p, Layout{13, 0, false, false});
   GPU_EXPECT(a.gw == b.gw && a.gh == b.gh && a.metrics.loss == b.metrics.loss, "two runs differ");
 }
 
 void test_logprobs(std::mt19937_64& rng) {
-  const LossConfig c;
-  const HeadProblem p = make_problem<float>(rng, c, vocab(5003), 64, true);
+  NamedConfig nc;
+  nc.name = "paper/critique_grpo";
+  const HeadProblem p = make_problem<float>(rng, nc, BatchInputs{}, vocab(5003), 64, true);
   const int64_t T = p.b.T, V = p.b.V;
   std::vector<double> want_lp(T), want_h(T);
   const cgrpo::Status cs = cpu_token_logprobs(p.b.logits.data(), T, V, p.b.stride, p.b.targets.data(), 0.8,
@@ -379,7 +419,7 @@ int main() {
   test_bf16_against_composed(rng);
   test_determinism(rng);
   test_logprobs(rng);
-  if (failures() == 0) std::printf("PASSED: the CUDA fused linear loss matches the CPU path and the composed GPU path\n");
-  else std::printf("FAILED: %d checks\n", failures());
+  if (failures() == 0) std::printf("PASSED (%lld checks): the CUDA fused linear loss matches the CPU path and the composed GPU path\n", checks());
+  else std::printf("FAILED: %d of %lld checks\n", failures(), checks());
   return failures() == 0 ? 0 : 1;
 }

@@ -5,6 +5,8 @@
 #include <vector>
 
 #include <cgrpo/presets/presets.hpp>
+#include <cgrpo/presets/trl_presets.hpp>
+#include <cgrpo/presets/verl_presets.hpp>
 
 #include "cgrpo/cuda/fused_linear_policy_loss.cuh"
 #include "policy_loss_checks.cuh"
@@ -109,7 +111,7 @@ void test_validation_matches_cpu() {
   }
   {
     FakeCall f;
-    expect_same_as_cpu("kl without ref_logp", cgrpo::verl_grpo(), f);
+    expect_same_as_cpu("kl without ref_logp", cgrpo::verl_grpo().loss, f);
   }
 }
 
@@ -134,14 +136,18 @@ void test_gpu_specific_checks() {
   GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "cuBLAS handle"), "null handle: %s",
              s.message);
   {
-    // A config that reads the layout (computed weights, GSPO) with a packed one and no device copy
-    // of its offsets: the fused loss's plan refuses it before anything is enqueued.
+    // A config that reads the layout (computed weights counted per row: TRL's seq-mean-token-mean;
+    // GSPO's sequence ratio) with a packed one and no device copy of its offsets: the fused loss's
+    // plan refuses it before anything is enqueued.
     const std::vector<int64_t> offsets = {0, 10, 30, 64};
     for (const bool computed : {true, false}) {
       FakeCall g;
       if (computed) g.batch.pg_weights = g.batch.entropy_weights = nullptr;
       g.batch.layout = cgrpo::SequenceLayout::packed(3, offsets.data());
-      const LossConfig k = computed ? c : cgrpo::verl_gspo();
+      const LossConfig k = computed ? cgrpo::trl_grpo().loss : cgrpo::verl_gspo().loss;
+      const bool reads_layout = cgrpo::plan_passes(k, g.batch).needs_layout;
+      GPU_EXPECT(reads_layout, "%s: the pass plan should read the layout", computed ? "computed weights" : "GSPO");
+      if (!reads_layout) continue;  // the call would reach the (fake) cuBLAS handle
       const size_t n = cgrpo::cuda::fused_linear_policy_loss_workspace_size<__nv_bfloat16>(k, 64, 3, 1000, g.chunking);
       std::vector<char> big(n + 256);
       char* al = big.data() + (256 - reinterpret_cast<uintptr_t>(big.data()) % 256) % 256;
@@ -239,36 +245,6 @@ struct EmulatedLinearOps {
   }
 };
 
-// The batch's host arrays as float views (what run_emulated passes).
-struct FloatArrays {
-  std::vector<float> adv, old_logp, ref_logp, w_pg, w_h, w_kl, rollout_logp;
-  explicit FloatArrays(const HostBatch& hb)
-      : adv(to_float_vector(hb.adv)), old_logp(to_float_vector(hb.old_logp)), ref_logp(to_float_vector(hb.ref_logp)),
-        w_pg(to_float_vector(hb.w_pg)), w_h(to_float_vector(hb.w_h)), w_kl(to_float_vector(hb.w_kl)),
-        rollout_logp(to_float_vector(hb.rollout_logp)) {}
-  cgrpo::PolicyLossBatch<float, float> batch(const HostBatch& hb) const {
-    cgrpo::PolicyLossBatch<float, float> b;
-    b.num_tokens = hb.T;
-    b.vocab_size = hb.V;
-    b.target_ids = hb.targets.data();
-    b.mask = hb.mask.data();
-    b.kinds = hb.kinds.data();
-    b.advantages = adv.data();
-    b.old_logp = old_logp.data();
-    b.ref_logp = ref_logp.data();
-    if (!hb.computed_weights) {
-      b.pg_weights = w_pg.data();
-      b.entropy_weights = w_h.data();
-      b.kl_weights = w_kl.data();
-    }
-    b.scale = hb.scale;
-    if (!hb.rollout_logp.empty()) b.rollout_logp = rollout_logp.data();
-    if (!hb.selection.empty()) b.selection = hb.selection.data();
-    b.layout = hb.layout();
-    return b;
-  }
-};
-
 struct LossRun {
   cgrpo::Status status;
   cgrpo::LossMetrics metrics;
@@ -296,8 +272,8 @@ void keep_token_sums(LossRun& r, const char* ws, const cgrpo::cuda::WorkspaceLay
 
 // cuda::fused_policy_loss emulated over the whole batch (in place, or forward only).
 LossRun whole_batch(const LossConfig& config, const HostBatch& hb, const std::vector<float>& logits, bool with_grad) {
-  const FloatArrays arrays(hb);
-  cgrpo::PolicyLossBatch<float, float> batch = arrays.batch(hb);
+  const HostLibraryBatch<float> host(hb, config);  // the arrays the config reads
+  cgrpo::PolicyLossBatch<float, float> batch = host.view;
   LossRun r = poisoned_run(hb.T);
   r.grad = logits;
   batch.logits = r.grad.data();
@@ -312,7 +288,7 @@ LossRun whole_batch(const LossConfig& config, const HostBatch& hb, const std::ve
   out.metrics = &unused;
   std::vector<char> ws;
   r.status = emulate_fused_policy_loss(config, batch, out, ws, &r.metrics);
-  const cgrpo::cuda::WorkspaceLayout layout(hb.T, hb.num_sequences, cgrpo::cuda::workspace_needs(config));
+  const cgrpo::cuda::WorkspaceLayout layout(hb.T, batch.layout.num_sequences, cgrpo::cuda::workspace_needs(config));
   const char* base = reinterpret_cast<const char*>(
       (reinterpret_cast<uintptr_t>(ws.data()) + cgrpo::cuda::kWorkspaceAlignment - 1) /
       cgrpo::cuda::kWorkspaceAlignment * cgrpo::cuda::kWorkspaceAlignment);
@@ -325,12 +301,12 @@ LossRun whole_batch(const LossConfig& config, const HostBatch& hb, const std::ve
 LossRun chunked(const LossConfig& config, const HostBatch& hb, const std::vector<float>& logits, bool with_grad,
                 int64_t c) {
   using namespace cgrpo::cuda;
-  const FloatArrays arrays(hb);
+  const HostLibraryBatch<float> host(hb, config);
   const int64_t T = hb.T, V = hb.V, S = hb.stride, ldz = S + 4;
   std::vector<float> z(static_cast<size_t>(c * ldz));
   LossRun r = poisoned_run(T);
   r.grad = logits;  // rows not written by "backward" keep the logits (none should)
-  cgrpo::PolicyLossBatch<float, float> batch = arrays.batch(hb);
+  cgrpo::PolicyLossBatch<float, float> batch = host.view;
   batch.logits = z.data();
   batch.row_stride = ldz;
   cgrpo::LossMetrics unused;
@@ -342,7 +318,7 @@ LossRun chunked(const LossConfig& config, const HostBatch& hb, const std::vector
   out.policy_factor = r.policy_factor.data();
   out.token_terms = r.terms.data();
   out.metrics = &unused;
-  const size_t bytes = fused_policy_loss_workspace_size(config, T, hb.num_sequences);
+  const size_t bytes = fused_policy_loss_workspace_size(config, T, batch.layout.num_sequences);
   std::vector<char> storage;
   char* ws = aligned_workspace(storage, bytes);
   LossPlan<float> plan;
@@ -378,54 +354,64 @@ bool same_metrics(const cgrpo::LossMetrics& a, const cgrpo::LossMetrics& b) {
   return a.num_valid_tokens == b.num_valid_tokens;
 }
 
-// Every mode of configs() (the one-kernel token-level configs, and the row- and batch-coupled ones
-// and computed weights, which take two passes): the chunked launch order on rows [t0, t0 + n) of
-// a chunk buffer gives the same bits as the fused loss over the whole batch at once: the loss and
-// metrics, every token's metric sums, log p, H, policy_factor, token_terms and dJ/dz; with and
-// without a gradient. Also the number of forward "GEMMs": one per chunk for a one-pass plan and for
-// forward only, two per chunk for a two-pass plan with a gradient (the recompute).
+// Every config of the catalog (the one-kernel token-level configs, and the row- and batch-coupled
+// ones and computed weights, which take two passes), packed with the inputs of variant 0 and padded
+// with those of variant 1 (policy_loss_checks.cuh: the other weights rule, the caller's selection):
+// the chunked launch order on rows [t0, t0 + n) of a chunk buffer gives the same bits as the fused
+// loss over the whole batch at once: the loss and metrics, every token's metric sums, log p, H,
+// policy_factor, token_terms and dJ/dz; with and without a gradient. The plan is the pass plan's
+// (cgrpo::plan_passes: two passes exactly when it has a pre-pass), and the number of forward "GEMMs"
+// follows: one per chunk for a one-pass plan and for forward only, two per chunk for a two-pass plan
+// with a gradient (the recompute).
 void test_chunked_emulated() {
   std::mt19937_64 rng = test_seed::fresh_rng();
   int coupled = 0;
-  for (const NamedConfig& nc : configs()) {
-    BatchSpec spec;
-    spec.V = 300;  // row stride 300 floats: chunk rows keep the batch rows' 16-byte phase
-    spec.num_sequences = 7;
-    spec.max_len = 9;
-    spec.padded = nc.computed;
-    std::vector<float> logits;
-    const HostBatch hb = config_batch<float>(rng, spec, nc, logits);
-    const int64_t T = hb.T, V = hb.V, S = hb.stride;
-    for (const bool with_grad : {true, false}) {
-      const LossRun want = whole_batch(nc.config, hb, logits, with_grad);
-      const int64_t c = 5;
-      const LossRun got = chunked(nc.config, hb, logits, with_grad, c);
-      const char* what = with_grad ? "with gradient" : "forward only";
-      GPU_EXPECT(want.status.ok(), "%s (%s): whole batch: %s", nc.name, what, want.status.message);
-      GPU_EXPECT(got.status.ok(), "%s (%s): chunked: %s", nc.name, what, got.status.message);
-      if (!want.status.ok() || !got.status.ok()) continue;
-      if (with_grad && got.two_pass) ++coupled;
-      const int64_t chunks = (T + c - 1) / c;
-      GPU_EXPECT(got.logits_calls == (with_grad && got.two_pass ? 2 : 1) * chunks, "%s (%s): %d chunk GEMMs for %lld chunks",
-                 nc.name, what, got.logits_calls, static_cast<long long>(chunks));
-      GPU_EXPECT(same_metrics(got.metrics, want.metrics), "%s (%s): metrics differ (loss %.17g vs %.17g)", nc.name, what,
-                 got.metrics.loss, want.metrics.loss);
-      GPU_EXPECT(std::memcmp(got.token_sums.data(), want.token_sums.data(), T * sizeof(cgrpo::MetricSums<double>)) == 0,
-                 "%s (%s): per-token metric sums differ", nc.name, what);
-      GPU_EXPECT(std::memcmp(got.logp.data(), want.logp.data(), T * sizeof(float)) == 0 &&
-                     std::memcmp(got.entropy.data(), want.entropy.data(), T * sizeof(float)) == 0,
-                 "%s (%s): log p or H differ", nc.name, what);
-      GPU_EXPECT(std::memcmp(got.policy_factor.data(), want.policy_factor.data(), T * sizeof(float)) == 0 &&
-                     got.terms == want.terms,
-                 "%s (%s): policy_factor or token_terms differ", nc.name, what);
-      if (!with_grad) continue;
-      bool same_grad = true;
-      for (int64_t t = 0; t < T; ++t)
-        same_grad = same_grad && std::memcmp(&got.grad[t * S], &want.grad[t * S], V * sizeof(float)) == 0;
-      GPU_EXPECT(same_grad, "%s: dJ/dz differs between chunked and whole-batch rows", nc.name);
+  for (const NamedConfig& nc : configs())
+    for (int variant = 0; variant < 2; ++variant) {
+      const BatchInputs in = batch_inputs(nc, variant);
+      BatchSpec spec;
+      spec.V = 300;  // row stride 300 floats: chunk rows keep the batch rows' 16-byte phase
+      spec.num_sequences = 7;
+      spec.max_len = 9;
+      spec.padded = variant == 1;
+      std::vector<float> logits;
+      const HostBatch hb = config_batch<float>(rng, spec, nc, in, logits);
+      const int64_t T = hb.T, V = hb.V, S = hb.stride;
+      const bool two_pass = cgrpo::plan_passes(nc.config, HostLibraryBatch<float>(hb, nc.config).view).any_prepass;
+      const std::string name = config_label(nc, in) + (spec.padded ? ", padded" : ", packed");
+      const char* n = name.c_str();
+      for (const bool with_grad : {true, false}) {
+        const LossRun want = whole_batch(nc.config, hb, logits, with_grad);
+        const int64_t c = 5;
+        const LossRun got = chunked(nc.config, hb, logits, with_grad, c);
+        const char* what = with_grad ? "with gradient" : "forward only";
+        GPU_EXPECT(want.status.ok(), "%s (%s): whole batch: %s", n, what, want.status.message);
+        GPU_EXPECT(got.status.ok(), "%s (%s): chunked: %s", n, what, got.status.message);
+        if (!want.status.ok() || !got.status.ok()) continue;
+        GPU_EXPECT(got.two_pass == two_pass, "%s (%s): the plan takes %d passes, the pass plan says %d", n, what,
+                   got.two_pass ? 2 : 1, two_pass ? 2 : 1);
+        if (with_grad && two_pass) ++coupled;
+        const int64_t chunks = (T + c - 1) / c;
+        GPU_EXPECT(got.logits_calls == (with_grad && two_pass ? 2 : 1) * chunks, "%s (%s): %d chunk GEMMs for %lld chunks",
+                   n, what, got.logits_calls, static_cast<long long>(chunks));
+        GPU_EXPECT(same_metrics(got.metrics, want.metrics), "%s (%s): metrics differ (loss %.17g vs %.17g)", n, what,
+                   got.metrics.loss, want.metrics.loss);
+        GPU_EXPECT(std::memcmp(got.token_sums.data(), want.token_sums.data(), T * sizeof(cgrpo::MetricSums<double>)) == 0,
+                   "%s (%s): per-token metric sums differ", n, what);
+        GPU_EXPECT(std::memcmp(got.logp.data(), want.logp.data(), T * sizeof(float)) == 0 &&
+                       std::memcmp(got.entropy.data(), want.entropy.data(), T * sizeof(float)) == 0,
+                   "%s (%s): log p or H differ", n, what);
+        GPU_EXPECT(std::memcmp(got.policy_factor.data(), want.policy_factor.data(), T * sizeof(float)) == 0 &&
+                       got.terms == want.terms,
+                   "%s (%s): policy_factor or token_terms differ", n, what);
+        if (!with_grad) continue;
+        bool same_grad = true;
+        for (int64_t t = 0; t < T; ++t)
+          same_grad = same_grad && std::memcmp(&got.grad[t * S], &want.grad[t * S], V * sizeof(float)) == 0;
+        GPU_EXPECT(same_grad, "%s: dJ/dz differs between chunked and whole-batch rows", n);
+      }
     }
-  }
-  GPU_EXPECT(coupled >= 20, "only %d configs took the two-pass (recompute) path", coupled);
+  GPU_EXPECT(coupled >= 20, "only %d runs took the two-pass (recompute) path", coupled);
 }
 
 }  // namespace
@@ -435,7 +421,7 @@ int main() {
   test_validation_matches_cpu();
   test_gpu_specific_checks();
   test_logprobs_checks();
-  if (failures() == 0) std::printf("PASSED: CUDA fused linear host API (validation, limits, workspace), no GPU needed\n");
-  else std::printf("FAILED: %d checks\n", failures());
+  if (failures() == 0) std::printf("PASSED (%lld checks): CUDA fused linear host API (validation, limits, workspace), no GPU needed\n", checks());
+  else std::printf("FAILED: %d of %lld checks\n", failures(), checks());
   return failures() == 0 ? 0 : 1;
 }

@@ -7,6 +7,7 @@
 #include <cgrpo/presets/trl_presets.hpp>
 #include <cgrpo/presets/verl_presets.hpp>
 
+#include "support_headers.hpp"  // support::catalog
 #include "gpu_test_util.cuh"
 #include "cgrpo/cuda/cgrpo_cuda.cuh"
 
@@ -69,7 +70,7 @@ void test_validation_matches_cpu() {
   }
   {
     FakeBatch f;
-    LossConfig k = cgrpo::verl_grpo();
+    LossConfig k = cgrpo::verl_grpo().loss;
     expect_same_as_cpu("kl without ref_logp", k, f);
   }
   {
@@ -91,7 +92,7 @@ void test_validation_matches_cpu() {
   }
   {
     FakeBatch f;
-    LossConfig g = cgrpo::verl_gspo();
+    LossConfig g = cgrpo::verl_gspo().loss;
     const std::vector<int64_t> offsets = {0, 10, 20};  // covers 20 rows, the batch has 64
     f.batch.layout = cgrpo::SequenceLayout::packed(2, offsets.data());
     expect_same_as_cpu("gspo layout does not cover the batch", g, f);
@@ -135,7 +136,7 @@ void test_gpu_specific_checks() {
     GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "16-byte aligned"),
                "token_logprobs misaligned workspace: %s", s.message);
   }
-  LossConfig g = cgrpo::verl_gspo();
+  LossConfig g = cgrpo::verl_gspo().loss;
   const std::vector<int64_t> offsets = {0, 30, 64};
   f.batch.layout = cgrpo::SequenceLayout::packed(2, offsets.data());
   std::vector<char> ws2(cgrpo::cuda::fused_policy_loss_workspace_size(g, 64, 2));
@@ -145,8 +146,8 @@ void test_gpu_specific_checks() {
 
   // Workspace: about 173 bytes per token (the two-pass parts are always reserved), more with verl's
   // rollout correction (per row) and TRL's sampler pass (per token), growing with T.
-  LossConfig r = cgrpo::verl_decoupled(cgrpo::verl_grpo());
-  LossConfig t = cgrpo::trl_vespo();
+  LossConfig r = cgrpo::verl_decoupled(cgrpo::verl_grpo()).loss;
+  LossConfig t = cgrpo::trl_vespo().loss;
   const size_t w1 = cgrpo::cuda::fused_policy_loss_workspace_size(c, 1000, 10);
   const size_t w2 = cgrpo::cuda::fused_policy_loss_workspace_size(c, 2000, 10);
   const size_t wg = cgrpo::cuda::fused_policy_loss_workspace_size(g, 1000, 10);
@@ -160,69 +161,60 @@ void test_gpu_specific_checks() {
              w1, wt);
 }
 
-// Which launches a call plans: one fused kernel without coupling and with the caller's weights,
-// two passes for every coupled mode or computed weights; the rows the row kernels see.
+// Which launches a call plans, for every config of the catalog with the caller's weights (where its
+// plan allows them) and computed weights: one fused kernel exactly when the pass plan has no pre-pass
+// (cgrpo::plan_passes: no coupling and the caller's weights), two passes otherwise (computed weights
+// always); the rows the row kernels see: a padded layout always, a packed one from device offsets,
+// refused without them where the plan needs the layout, one row of every token where it does not.
 void test_plans() {
   std::vector<char> ws(1 << 22);
-  struct Case {
-    const char* name;
-    LossConfig config;
-    bool computed;
-    bool two_pass;
-  };
-  LossConfig dec = cgrpo::verl_decoupled(cgrpo::verl_grpo());
-  LossConfig bypass = cgrpo::verl_bypass_ppo_clip();
-  LossConfig ent = cgrpo::trl_bnpo();
-  ent.top_entropy_quantile = 0.2;
-  LossConfig opsm = cgrpo::trl_bnpo();
-  opsm.off_policy_mask_threshold = 0.1;
-  const Case cases[] = {
-      {"paper, caller weights", cgrpo::paper_critique_grpo(), false, false},
-      {"verl grpo, caller weights", cgrpo::verl_grpo(), false, false},
-      {"verl cispo, caller weights", cgrpo::verl_cispo(), false, false},
-      {"paper, computed weights", cgrpo::paper_critique_grpo(), true, true},
-      {"gspo", cgrpo::verl_gspo(), false, true},
-      {"trl luspo (sequence level)", cgrpo::trl_luspo(), true, true},
-      {"gmpo", cgrpo::verl_gmpo(), true, true},
-      {"kl_cov", cgrpo::verl_kl_cov(), false, true},
-      {"clip_cov", cgrpo::verl_clip_cov(), false, true},
-      {"verl decoupled", dec, false, true},
-      {"verl bypass", bypass, true, true},
-      {"trl vespo", cgrpo::trl_vespo(), true, true},
-      {"trl entropy mask", ent, true, true},
-      {"trl opsm", opsm, true, true},
-  };
   const std::vector<int64_t> offsets = {0, 30, 64};
-  for (const Case& k : cases) {
-    FakeBatch f;
-    f.batch.layout = cgrpo::SequenceLayout::padded(4, 16);
-    f.batch.ref_logp = fake<const float>(0x20060000);
-    f.batch.rollout_logp = fake<const float>(0x20070000);
-    f.batch.kl_weights = fake<const float>(0x20080000);
-    if (k.computed) f.batch.pg_weights = f.batch.entropy_weights = f.batch.kl_weights = nullptr;
-    cgrpo::cuda::LossPlan<float> plan;
-    cgrpo::Status s = cgrpo::cuda::plan_policy_loss(k.config, f.batch, f.out, nullptr, ws.data(), ws.size(), &plan);
-    GPU_EXPECT(s.ok() && plan.two_pass == k.two_pass && plan.rows.num_sequences == 4 && plan.rows.padded_length == 16,
-               "%s: plan %s, two_pass %d (want %d), rows %lld", k.name, s.message, plan.two_pass, k.two_pass,
-               (long long)plan.rows.num_sequences);
-    // A packed layout in device memory: needed by every two-pass config that reads rows.
-    f.batch.layout = cgrpo::SequenceLayout::packed(2, offsets.data());
-    const bool needs = cgrpo::needs_layout(k.config, k.computed);
-    s = cgrpo::cuda::plan_policy_loss(k.config, f.batch, f.out, nullptr, ws.data(), ws.size(), &plan);
-    if (needs) {
-      GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "device_sequence_offsets"),
-                 "%s, packed without device offsets: %s", k.name, s.message);
-    } else {
-      // Not needed: one row of every token (the per-row clip metrics are then the batch's).
-      GPU_EXPECT(s.ok() && plan.rows.num_sequences == 1 && plan.rows.padded_length == 64,
-                 "%s, packed without device offsets, not needed: %s, rows %lld", k.name, s.message,
+  int one_pass = 0, two_pass = 0, needs_layout = 0, no_layout = 0;
+  for (const support::CatalogEntry& e : support::catalog()) {
+    const LossConfig& config = e.config();
+    for (const bool computed : {false, true}) {
+      FakeBatch f;
+      f.batch.layout = cgrpo::SequenceLayout::padded(4, 16);
+      f.batch.ref_logp = fake<const float>(0x20060000);
+      f.batch.rollout_logp = fake<const float>(0x20070000);
+      f.batch.kl_weights = fake<const float>(0x20080000);
+      if (computed) f.batch.pg_weights = f.batch.entropy_weights = f.batch.kl_weights = nullptr;
+      const cgrpo::PassPlan want = cgrpo::plan_passes(config, f.batch);
+      if (!computed && want.requires_computed_weights) continue;  // the config refuses the caller's weights
+      const std::string name = e.name + (computed ? ", computed weights" : ", caller weights");
+      const char* n = name.c_str();
+      GPU_EXPECT(!computed || want.any_prepass, "%s: computed weights plan no pre-pass", n);
+      (want.any_prepass ? two_pass : one_pass) += 1;
+      (want.needs_layout ? needs_layout : no_layout) += 1;
+      cgrpo::cuda::LossPlan<float> plan;
+      cgrpo::Status s = cgrpo::cuda::plan_policy_loss(config, f.batch, f.out, nullptr, ws.data(), ws.size(), &plan);
+      GPU_EXPECT(s.ok() && plan.two_pass == want.any_prepass && plan.rows.num_sequences == 4 &&
+                     plan.rows.padded_length == 16,
+                 "%s: plan %s, two_pass %d (want %d), rows %lld", n, s.message, plan.two_pass, want.any_prepass,
                  (long long)plan.rows.num_sequences);
+      // A packed layout in device memory: needed by every config whose plan reads the layout.
+      f.batch.layout = cgrpo::SequenceLayout::packed(2, offsets.data());
+      s = cgrpo::cuda::plan_policy_loss(config, f.batch, f.out, nullptr, ws.data(), ws.size(), &plan);
+      if (want.needs_layout) {
+        GPU_EXPECT(s.code == cgrpo::StatusCode::invalid_argument && std::strstr(s.message, "device_sequence_offsets"),
+                   "%s, packed without device offsets: %s", n, s.message);
+      } else {
+        // Not needed: one row of every token (the per-row clip metrics are then the batch's).
+        GPU_EXPECT(s.ok() && plan.rows.num_sequences == 1 && plan.rows.padded_length == 64,
+                   "%s, packed without device offsets, not needed: %s, rows %lld", n, s.message,
+                   (long long)plan.rows.num_sequences);
+      }
+      const int64_t* d_offsets = fake<const int64_t>(0x20090000);
+      s = cgrpo::cuda::plan_policy_loss(config, f.batch, f.out, d_offsets, ws.data(), ws.size(), &plan);
+      GPU_EXPECT(s.ok() && plan.rows.num_sequences == 2 && plan.rows.offsets == d_offsets &&
+                     plan.two_pass == want.any_prepass,
+                 "%s, packed: %s", n, s.message);
     }
-    const int64_t* d_offsets = fake<const int64_t>(0x20090000);
-    s = cgrpo::cuda::plan_policy_loss(k.config, f.batch, f.out, d_offsets, ws.data(), ws.size(), &plan);
-    GPU_EXPECT(s.ok() && plan.rows.num_sequences == 2 && plan.rows.offsets == d_offsets, "%s, packed: %s", k.name,
-               s.message);
   }
+  // The catalog reaches both launch plans and both layout rules.
+  GPU_EXPECT(one_pass >= 10 && two_pass >= 20 && needs_layout >= 10 && no_layout >= 10,
+             "catalog plans: %d one-pass, %d two-pass, %d read the layout, %d do not", one_pass, two_pass, needs_layout,
+             no_layout);
 }
 
 // What policy_loss_metrics() decodes from the workspace's header: the CPU path's finalize, a
@@ -365,7 +357,7 @@ int main() {
   test_metrics_header();
   test_token_logprobs_validation();
   test_status_word_decoding();
-  if (failures() == 0) std::printf("PASSED: CUDA host API (validation, workspace, status word), no GPU needed\n");
-  else std::printf("FAILED: %d checks\n", failures());
+  if (failures() == 0) std::printf("PASSED (%lld checks): CUDA host API (validation, workspace, status word), no GPU needed\n", checks());
+  else std::printf("FAILED: %d of %lld checks\n", failures(), checks());
   return failures() == 0 ? 0 : 1;
 }

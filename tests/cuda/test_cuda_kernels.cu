@@ -24,7 +24,7 @@ int main() {
   test_extreme_rows<float>(rng);  // issue 13, class 9 (b) and class 3
   test_extreme_rows<__half>(rng);
   test_extreme_rows<__nv_bfloat16>(rng);
-  if (failures() == 0) std::printf("PASSED: every CUDA kernel matches the CPU path\n");
-  else std::printf("FAILED: %d checks\n", failures());
+  if (failures() == 0) std::printf("PASSED (%lld checks): every CUDA kernel matches the CPU path\n", checks());
+  else std::printf("FAILED: %d of %lld checks\n", failures(), checks());
   return failures() == 0 ? 0 : 1;
 }

@@ -120,6 +120,44 @@ inline std::vector<CatalogEntry> catalog() {
     c.temperature = 0.7;
     c.entropy.coef = 0.002;
   });
+  // Combinations no preset reaches: each couples two of the passes.
+  variant("verl/gspo", "clip 0.2 / 0.28 (rows inside the band)", [](LossConfig& c) {
+    c.ratio.clip_eps_low = 0.2;
+    c.ratio.clip_eps_high = 0.28;
+  });
+  variant("verl/decoupled_seq_is", "batch-normalized + token_k1 rejection", [](LossConfig& c) {
+    c.off_policy.rollout.is_batch_normalize = true;
+    if (!cgrpo::verl_rollout_rs("token_k1", "0.7_1.4", &c.off_policy.rollout).ok()) std::abort();
+  });
+  variant("verl/bypass_ppo_clip", "k3 KL", [](LossConfig& c) {
+    c.kl.estimator = cgrpo::KlEstimator::k3;
+    c.kl.coef = 0.01;
+  });
+  variant("verl/gspo", "decoupled token IS + seq_mean_k1 rejection", [](LossConfig& c) {
+    c = cgrpo::verl_decoupled(cgrpo::Recipe{c, {}}, cgrpo::RolloutIsLevel::token, 1.5).loss;
+    if (!cgrpo::verl_rollout_rs("seq_mean_k1", "0.9_1.1", &c.off_policy.rollout).ok()) std::abort();
+  });
+  variant("verl/gmpo", "decoupled sequence IS + token_k2 rejection", [](LossConfig& c) {
+    c = cgrpo::verl_decoupled(cgrpo::Recipe{c, {}}, cgrpo::RolloutIsLevel::sequence, 1.5).loss;
+    if (!cgrpo::verl_rollout_rs("token_k2", "0.02", &c.off_policy.rollout).ok()) std::abort();
+  });
+  variant("trl/cispo", "vLLM IS token_mask", [](LossConfig& c) {
+    c.off_policy.sampler = cgrpo::trl_vllm_importance_sampling();
+    c.off_policy.sampler.mode = cgrpo::SamplerCorrectionMode::token_mask;
+  });
+  variant("trl/sapo", "vLLM IS sequence_truncate", [](LossConfig& c) {
+    c.off_policy.sampler = cgrpo::trl_vllm_importance_sampling();
+    c.off_policy.sampler.mode = cgrpo::SamplerCorrectionMode::sequence_truncate;
+  });
+  variant("trl/grpo", "vLLM IS token_truncate + OPSM 0.05", [](LossConfig& c) {
+    c.off_policy.sampler = cgrpo::trl_vllm_importance_sampling();
+    c.off_policy.sampler.mode = cgrpo::SamplerCorrectionMode::token_truncate;
+    c.off_policy.opsm_threshold = 0.05;
+  });
+  variant("trl/grpo", "sequence level + top_entropy_quantile 0.5", [](LossConfig& c) {
+    c.ratio.level = cgrpo::RatioLevel::sequence;
+    c.entropy_mask.top_quantile = 0.5;
+  });
   variant("paper/critique_grpo", "ppo_clip, gamma 0.3", [](LossConfig& c) {
     c.policy.loss = cgrpo::PolicyLoss::ppo_clip;
     c.policy.refinement_gamma = 0.3;
