@@ -119,6 +119,7 @@ TEST_CASE("registry: each name gives its typed preset, bit for bit", "[presets][
       {"verl/decoupled_seq_is", cgrpo::verl_decoupled(cgrpo::verl_grpo(), cgrpo::RolloutIsLevel::sequence)},
       {"verl/bypass_ppo_clip", cgrpo::verl_bypass_ppo_clip()},
       {"verl/bypass_pg_is", cgrpo::verl_bypass_reinforce()},
+      {"verl/dppo_tv", cgrpo::verl_dppo_tv()},
       {"trl/grpo", cgrpo::trl_grpo()},
       {"trl/bnpo", cgrpo::trl_bnpo()},
       {"trl/dr_grpo", cgrpo::trl_dr_grpo()},

@@ -212,6 +212,19 @@ inline Recipe verl_bypass_reinforce() {
   return r;
 }
 
+// DPPO-Binary-TV (loss_mode "dppo_tv", verl-project/verl 1dda039): -A sg(min(r, c)) logp on the
+// tokens whose probability moved by at most the threshold the way A pushes it; the DPPO recipe's
+// thresholds 0.15 / 0.15 (clip_ratio_low / _high) and c = clip_ratio_c = 10000; token-mean.
+inline Recipe verl_dppo_tv() {
+  Recipe r = verl_vanilla();
+  LossConfig& c = r.loss;
+  c.policy.loss = PolicyLoss::dppo_tv;
+  c.policy.dppo_tv.is_cap = 10000.0;
+  c.ratio.clip_eps_low = c.ratio.clip_eps_high = 0.15;
+  c.ratio.dual_clip = false;
+  return r;
+}
+
 namespace detail {
 inline Recipe verl_decoupled_token_is() { return verl_decoupled(verl_grpo(), RolloutIsLevel::token); }
 inline Recipe verl_decoupled_seq_is() { return verl_decoupled(verl_grpo(), RolloutIsLevel::sequence); }
@@ -235,6 +248,7 @@ inline constexpr PresetEntry kVerlPresets[] = {
      detail::verl_decoupled_seq_is},
     {"verl/bypass_ppo_clip", "RolloutCorrectionConfig.bypass_ppo_clip: ratio against rollout_logp", verl_bypass_ppo_clip},
     {"verl/bypass_pg_is", "RolloutCorrectionConfig.bypass_pg_is: reinforce with sequence IS 2", verl_bypass_reinforce},
+    {"verl/dppo_tv", "DPPO-Binary-TV: keep tokens whose probability moved <= 0.15, IS cap 10000", verl_dppo_tv},
 };
 
 }  // namespace cgrpo
