@@ -120,6 +120,7 @@ TEST_CASE("registry: each name gives its typed preset, bit for bit", "[presets][
       {"verl/bypass_ppo_clip", cgrpo::verl_bypass_ppo_clip()},
       {"verl/bypass_pg_is", cgrpo::verl_bypass_reinforce()},
       {"verl/dppo_tv", cgrpo::verl_dppo_tv()},
+      {"verl/dppo_kl", cgrpo::verl_dppo_kl()},
       {"trl/grpo", cgrpo::trl_grpo()},
       {"trl/bnpo", cgrpo::trl_bnpo()},
       {"trl/dr_grpo", cgrpo::trl_dr_grpo()},

@@ -63,7 +63,7 @@ PlainResult plain(const support::Batch& b, const std::vector<double>& logits, co
 // A batch of initial tokens only (the terms are on-policy losses), old log-probs close to the
 // current ones so that the thresholds split the tokens.
 support::Batch batch_for(std::mt19937_64& rng, double spread) {
-  support::Batch b = support::random_batch(rng, 8, 7, 13, 3, 1.0);
+  support::Batch b = support::random_batch(rng, 16, 9, 13, 3, 1.0);
   std::normal_distribution<double> normal(0.0, 1.0);
   for (int64_t t = 0; t < b.T; ++t) {
     b.kinds[t] = cgrpo::kInitial;
@@ -77,7 +77,7 @@ support::Batch batch_for(std::mt19937_64& rng, double spread) {
 // formula; `keep_away` redraws old log-probs of tokens within 1e-5 of a threshold (a finite
 // difference step must not cross one).
 void check_term(const LossConfig& c, const TermRef& term, bool raw_ppo_kl,
-                const std::function<bool(double logp, double old, double A)>& near_kink) {
+                const std::function<bool(double logp, double old, double A)>& near_kink, bool masks = true) {
   std::mt19937_64 rng = test_seed::fresh_rng();
   std::normal_distribution<double> normal(0.0, 1.0);
   support::Batch b = batch_for(rng, 0.4);
@@ -86,6 +86,10 @@ void check_term(const LossConfig& c, const TermRef& term, bool raw_ppo_kl,
     while (near_kink(lp, b.old_logp[t], b.adv[t])) b.old_logp[t] = lp + 0.4 * normal(rng);
   }
   const PlainResult want = plain(b, b.logits, c, term, raw_ppo_kl);
+  if (masks) {  // the thresholds split the batch: both branches of the mask are exercised
+    CHECK(want.clipfrac > 0.0);
+    CHECK(want.clipfrac < 1.0);
+  }
 
   support::LibraryBatch<double> lb(b, c);
   std::vector<double> grad(b.logits.size(), 0.0);
@@ -142,8 +146,8 @@ TEST_CASE("verl dppo_tv: -A sg(min(r, c)) logp on the tokens within the TV thres
   for (double cap : {10000.0, 1.05}) {  // the recipe's cap, and one that binds (pg_clipfrac_lower)
     LossConfig c = cgrpo::verl_dppo_tv().loss;
     c.policy.dppo_tv.is_cap = cap;
-    c.ratio.clip_eps_low = 0.05;
-    c.ratio.clip_eps_high = 0.08;
+    c.ratio.clip_eps_low = 0.01;  // |p - q| ~ 0.02 here (p ~ 1 / 13, x ~ N(0, 0.4^2)): both sides drop some
+    c.ratio.clip_eps_high = 0.015;
     CAPTURE(cap);
     auto term = [](double logp, double sg, double old, double A, const LossConfig& cfg) {
       const double p = std::exp(sg), q = std::exp(old);
@@ -169,4 +173,36 @@ TEST_CASE("verl dppo_tv: -A sg(min(r, c)) logp on the tokens within the TV thres
   CHECK(parsed.policy.loss == cgrpo::PolicyLoss::dppo_tv);
   CHECK(!parsed.ratio.dual_clip);
   CHECK(parsed.ratio.log_ratio_max == 20.0);
+}
+
+TEST_CASE("verl dppo_kl: dppo's loss on the tokens within the binary-KL threshold or moving against A", "[verl][dppo]") {
+  auto binary_kl = [](double logp, double old) {
+    const double p = std::exp(logp), q = std::exp(old);
+    return q * (old - logp) + (1 - q) * std::log((1 - q + 1e-8) / (1 - p + 1e-8));
+  };
+  for (double cap : {10000.0, 1.05}) {
+    LossConfig c = cgrpo::verl_dppo_kl().loss;
+    c.policy.dppo_kl.is_cap = cap;
+    c.ratio.clip_eps_low = 0.002;
+    c.ratio.clip_eps_high = 0.003;
+    CAPTURE(cap);
+    auto term = [binary_kl](double logp, double sg, double old, double A, const LossConfig& cfg) {
+      const double p = std::exp(sg), q = std::exp(old), d = binary_kl(sg, old);
+      const bool keep = A > 0 ? (d <= cfg.ratio.clip_eps_high || p <= q) : (d <= cfg.ratio.clip_eps_low || p >= q);
+      const double r = std::exp(std::min(std::max(sg - old, -20.0), 20.0)), w = std::min(r, cfg.policy.dppo_kl.is_cap);
+      return TokenRef{keep ? -A * w * logp : 0.0, !keep, keep && r > cfg.policy.dppo_kl.is_cap};
+    };
+    const LossConfig cc = c;
+    check_term(c, term, false, [cc, binary_kl](double logp, double old, double A) {
+      const double d = binary_kl(logp, old);
+      return std::fabs(d - (A > 0 ? cc.ratio.clip_eps_high : cc.ratio.clip_eps_low)) < 1e-6 ||
+             std::fabs(logp - old) < 1e-5 || std::fabs(std::exp(logp - old) - cc.policy.dppo_kl.is_cap) < 1e-5;
+    });
+  }
+  LossConfig c = cgrpo::verl_dppo_kl().loss;
+  c.policy.dppo_kl.is_cap = -2;
+  support::check_error(c.validate(), cgrpo::StatusCode::invalid_argument, {"config.policy.dppo_kl.is_cap"});
+  LossConfig parsed = cgrpo::verl_vanilla().loss;
+  REQUIRE(cgrpo::verl_loss_mode("dppo_kl", &parsed).ok());
+  CHECK(parsed.policy.loss == cgrpo::PolicyLoss::dppo_kl);
 }

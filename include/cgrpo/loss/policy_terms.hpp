@@ -9,6 +9,7 @@
 #include "cgrpo/loss/policy/cispo.hpp"
 #include "cgrpo/loss/policy/cispo_cap.hpp"
 #include "cgrpo/loss/policy/clip_cov.hpp"
+#include "cgrpo/loss/policy/dppo_kl.hpp"
 #include "cgrpo/loss/policy/dppo_tv.hpp"
 #include "cgrpo/loss/policy/geo_mean.hpp"
 #include "cgrpo/loss/policy/kl_cov.hpp"
@@ -35,7 +36,8 @@ namespace cgrpo {
   X(clip_cov, ClipCovTerm)    \
   X(reinforce, ReinforceTerm) \
   X(vespo, VespoTerm)         \
-  X(dppo_tv, DppoTvTerm)
+  X(dppo_tv, DppoTvTerm)      \
+  X(dppo_kl, DppoKlTerm)
 
 // The terms that have parameters of their own (Params other than NoParams): config.policy.<name>.
 #define CGRPO_POLICY_TERM_PARAMS(X) \
@@ -44,7 +46,8 @@ namespace cgrpo {
   X(kl_cov, KlCovTerm)              \
   X(clip_cov, ClipCovTerm)          \
   X(vespo, VespoTerm)               \
-  X(dppo_tv, DppoTvTerm)
+  X(dppo_tv, DppoTvTerm)            \
+  X(dppo_kl, DppoKlTerm)
 
 enum class PolicyLoss : int { CGRPO_POLICY_TERMS(CGRPO_VARIANT_ENUM_ENTRY) };
 inline constexpr int kNumPolicyLosses = 0 CGRPO_POLICY_TERMS(CGRPO_VARIANT_COUNT_ENTRY);

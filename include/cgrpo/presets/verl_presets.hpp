@@ -225,6 +225,18 @@ inline Recipe verl_dppo_tv() {
   return r;
 }
 
+// DPPO-Binary-KL (loss_mode "dppo_kl"): dppo_tv's loss on the tokens whose chosen / not-chosen
+// Bernoulli moved by at most the threshold in binary KL (a token moving against A's sign is always
+// kept); the recipe's thresholds 0.05 / 0.05 and c = 10000; token-mean.
+inline Recipe verl_dppo_kl() {
+  Recipe r = verl_dppo_tv();
+  LossConfig& c = r.loss;
+  c.policy.loss = PolicyLoss::dppo_kl;
+  c.policy.dppo_kl.is_cap = 10000.0;
+  c.ratio.clip_eps_low = c.ratio.clip_eps_high = 0.05;
+  return r;
+}
+
 namespace detail {
 inline Recipe verl_decoupled_token_is() { return verl_decoupled(verl_grpo(), RolloutIsLevel::token); }
 inline Recipe verl_decoupled_seq_is() { return verl_decoupled(verl_grpo(), RolloutIsLevel::sequence); }
@@ -249,6 +261,7 @@ inline constexpr PresetEntry kVerlPresets[] = {
     {"verl/bypass_ppo_clip", "RolloutCorrectionConfig.bypass_ppo_clip: ratio against rollout_logp", verl_bypass_ppo_clip},
     {"verl/bypass_pg_is", "RolloutCorrectionConfig.bypass_pg_is: reinforce with sequence IS 2", verl_bypass_reinforce},
     {"verl/dppo_tv", "DPPO-Binary-TV: keep tokens whose probability moved <= 0.15, IS cap 10000", verl_dppo_tv},
+    {"verl/dppo_kl", "DPPO-Binary-KL: keep tokens whose binary KL moved <= 0.05, IS cap 10000", verl_dppo_kl},
 };
 
 }  // namespace cgrpo
