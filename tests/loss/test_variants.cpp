@@ -19,9 +19,18 @@ using cgrpo::LossConfig;
 using cgrpo::PolicyLoss;
 using cgrpo::StatusCode;
 
-// A config in which `loss` validates on its own: its traits' requirements met.
+// A config in which `loss` validates on its own: its traits' requirements met, and its own
+// parameters those of the first preset of the registry that uses it (a term may have no valid
+// default, as verl's dro_beta).
 LossConfig config_for(PolicyLoss loss) {
   LossConfig c = cgrpo::verl_vanilla().loss;
+  for (int i = 0; i < cgrpo::preset_count(); ++i) {
+    const cgrpo::Recipe r = cgrpo::preset_at(i)->make();
+    if (r.loss.policy.loss == loss) {
+      c.policy = r.loss.policy;
+      break;
+    }
+  }
   c.policy.loss = loss;
   const cgrpo::PolicyTraits t = cgrpo::traits_of(loss);
   c.ratio.dual_clip = t.dual_clip;

@@ -121,6 +121,7 @@ TEST_CASE("registry: each name gives its typed preset, bit for bit", "[presets][
       {"verl/bypass_pg_is", cgrpo::verl_bypass_reinforce()},
       {"verl/dppo_tv", cgrpo::verl_dppo_tv()},
       {"verl/dppo_kl", cgrpo::verl_dppo_kl()},
+      {"verl/dro", cgrpo::verl_dro()},
       {"trl/grpo", cgrpo::trl_grpo()},
       {"trl/bnpo", cgrpo::trl_bnpo()},
       {"trl/dr_grpo", cgrpo::trl_dr_grpo()},

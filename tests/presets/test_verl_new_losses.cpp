@@ -206,3 +206,25 @@ TEST_CASE("verl dppo_kl: dppo's loss on the tokens within the binary-KL threshol
   REQUIRE(cgrpo::verl_loss_mode("dppo_kl", &parsed).ok());
   CHECK(parsed.policy.loss == cgrpo::PolicyLoss::dppo_kl);
 }
+
+TEST_CASE("verl dro: -(A logp - beta/2 (logp - old)^2), no ratio, no clamp", "[verl][dro]") {
+  for (double beta : {1.0, 0.05}) {
+    LossConfig c = cgrpo::verl_dro(beta).loss;
+    CAPTURE(beta);
+    auto term = [](double logp, double, double old, double A, const LossConfig& cfg) {
+      const double x = logp - old;
+      return TokenRef{-(A * logp - cfg.policy.dro.beta / 2 * x * x), false, false};
+    };
+    check_term(c, term, /*raw_ppo_kl=*/true, [](double, double, double) { return false; }, /*masks=*/false);
+  }
+  for (double bad : {0.0, -1.0, static_cast<double>(NAN), static_cast<double>(INFINITY)}) {
+    const LossConfig c = cgrpo::verl_dro(bad).loss;
+    support::check_error(c.validate(), cgrpo::StatusCode::invalid_argument, {"config.policy.dro.beta", "no default"});
+  }
+  LossConfig parsed = cgrpo::verl_vanilla().loss;  // verl's loss_mode: no ratio, no clamp, no dual clip
+  REQUIRE(cgrpo::verl_loss_mode("dro", &parsed).ok());
+  CHECK(parsed.policy.loss == cgrpo::PolicyLoss::dro);
+  CHECK((std::isinf(parsed.ratio.log_ratio_min) && !parsed.ratio.dual_clip));
+  parsed.ratio.level = cgrpo::RatioLevel::sequence;  // a term without a ratio has no sequence level
+  CHECK(!parsed.validate().ok());
+}

@@ -11,6 +11,7 @@
 #include "cgrpo/loss/policy/clip_cov.hpp"
 #include "cgrpo/loss/policy/dppo_kl.hpp"
 #include "cgrpo/loss/policy/dppo_tv.hpp"
+#include "cgrpo/loss/policy/dro.hpp"
 #include "cgrpo/loss/policy/geo_mean.hpp"
 #include "cgrpo/loss/policy/kl_cov.hpp"
 #include "cgrpo/loss/policy/log_prob.hpp"
@@ -37,7 +38,8 @@ namespace cgrpo {
   X(reinforce, ReinforceTerm) \
   X(vespo, VespoTerm)         \
   X(dppo_tv, DppoTvTerm)      \
-  X(dppo_kl, DppoKlTerm)
+  X(dppo_kl, DppoKlTerm)      \
+  X(dro, DroTerm)
 
 // The terms that have parameters of their own (Params other than NoParams): config.policy.<name>.
 #define CGRPO_POLICY_TERM_PARAMS(X) \
@@ -47,7 +49,8 @@ namespace cgrpo {
   X(clip_cov, ClipCovTerm)          \
   X(vespo, VespoTerm)               \
   X(dppo_tv, DppoTvTerm)            \
-  X(dppo_kl, DppoKlTerm)
+  X(dppo_kl, DppoKlTerm)            \
+  X(dro, DroTerm)
 
 enum class PolicyLoss : int { CGRPO_POLICY_TERMS(CGRPO_VARIANT_ENUM_ENTRY) };
 inline constexpr int kNumPolicyLosses = 0 CGRPO_POLICY_TERMS(CGRPO_VARIANT_COUNT_ENTRY);

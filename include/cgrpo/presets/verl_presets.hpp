@@ -237,7 +237,21 @@ inline Recipe verl_dppo_kl() {
   return r;
 }
 
+// DRO (loss_mode "dro"): -(A logp - beta/2 (logp - old)^2), no ratio, no clamp; token-mean.
+// verl's policy_loss.dro_beta has no default: the preset's beta is the argument (the registry's
+// verl/dro takes 1.0; set policy.dro.beta to your dro_beta).
+inline Recipe verl_dro(double beta = 1.0) {
+  Recipe r = verl_vanilla();
+  LossConfig& c = r.loss;
+  c.policy.loss = PolicyLoss::dro;
+  c.policy.dro.beta = beta;
+  c.ratio.dual_clip = false;
+  verl_no_log_ratio_clamp(c);
+  return r;
+}
+
 namespace detail {
+inline Recipe verl_dro_beta_1() { return verl_dro(1.0); }
 inline Recipe verl_decoupled_token_is() { return verl_decoupled(verl_grpo(), RolloutIsLevel::token); }
 inline Recipe verl_decoupled_seq_is() { return verl_decoupled(verl_grpo(), RolloutIsLevel::sequence); }
 }  // namespace detail
@@ -262,6 +276,7 @@ inline constexpr PresetEntry kVerlPresets[] = {
     {"verl/bypass_pg_is", "RolloutCorrectionConfig.bypass_pg_is: reinforce with sequence IS 2", verl_bypass_reinforce},
     {"verl/dppo_tv", "DPPO-Binary-TV: keep tokens whose probability moved <= 0.15, IS cap 10000", verl_dppo_tv},
     {"verl/dppo_kl", "DPPO-Binary-KL: keep tokens whose binary KL moved <= 0.05, IS cap 10000", verl_dppo_kl},
+    {"verl/dro", "DRO: -(A logp - beta/2 (logp - old)^2) with dro_beta 1 (verl has no default)", detail::verl_dro_beta_1},
 };
 
 }  // namespace cgrpo
