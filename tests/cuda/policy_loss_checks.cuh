@@ -1017,6 +1017,11 @@ void test_extreme_rows(std::mt19937_64& rng) {
         const bool bounded_kl = !c.kl_on() || (c.kl.estimator == cgrpo::KlEstimator::k3 && c.kl.k3_clamp &&
                                                !c.kl.straight_through);
         if (!bounded_kl || c.ratio.level != cgrpo::RatioLevel::token) continue;
+        // Likewise a policy term whose loss is not a float number at |log p| ~ 1e30 (its own bound:
+        // dro's (log p - old)^2 / 2 is ~1e60 there).
+        const cgrpo::TermBound far = cgrpo::policy_term_bound(c.policy.loss, cgrpo::BoundInputs{1.0, 1e31, 1.0},
+                                                              cgrpo::ratio_params<double>(c.ratio), c.policy);
+        if (!(far.loss < 1e37 && far.dlogp < 1e37)) continue;
         // Token-level losses on both paths (computed weights take two passes: V = 9000 runs them); the
         // corrections, selections and row terms read log p against thresholds (or form row means)
         // that rows of |log p| ~ 1e30 make meaningless.
