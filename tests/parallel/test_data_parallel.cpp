@@ -125,10 +125,12 @@ TEST_CASE("group advantages from all-reduced partial stats equal the single-proc
     token_counts[0] = std::max<int64_t>(token_counts[0], 2);             // whitening needs >= 2 in the batch
     for (auto est : {cgrpo::AdvantageEstimator::grpo, cgrpo::AdvantageEstimator::grpo_no_std,
                      cgrpo::AdvantageEstimator::rloo, cgrpo::AdvantageEstimator::reinforce_pp_baseline}) {
-      CAPTURE(trial, B, G, k, cgrpo::to_string(est));
+      // Whitening as MATH.md (exact counts) on odd trials, as verl's masked_whiten (N + 1e-8) on even ones.
+      const double count_eps = (trial % 2) ? 0.0 : 1e-8;
+      CAPTURE(trial, B, G, k, cgrpo::to_string(est), count_eps);
       std::vector<double> want(B);
       REQUIRE(cgrpo::group_advantages(est, cgrpo::GroupAssignment{B, group_ids.data(), G}, rewards.data(),
-                                      token_counts.data(), 1e-6, want.data()).ok());
+                                      token_counts.data(), 1e-6, want.data(), 1e-8, count_eps).ok());
 
       // Each rank's partials, then the all-reduce (SUM / MAX), simulated in both ways.
       std::vector<double> sums(G * cgrpo::parallel::kGroupSumFields), ext(G * cgrpo::parallel::kGroupExtremaFields);
@@ -160,7 +162,8 @@ TEST_CASE("group advantages from all-reduced partial stats equal the single-proc
           for (int f = 0; f < 3; ++f) wsum[f] += part[f];
         }
         for (int r = 0; r < k; ++r)
-          REQUIRE(cgrpo::parallel::whiten_from_stats(cuts[r + 1] - cuts[r], wsum, got.data() + cuts[r]).ok());
+          REQUIRE(cgrpo::parallel::whiten_from_stats(cuts[r + 1] - cuts[r], wsum, got.data() + cuts[r], 1e-8,
+                                                     count_eps).ok());
       }
       // The single all-reduce sums (R - shift)^2: the variance then carries a relative error of
       // about 1e-16 * kappa, kappa = sum (R - shift)^2 / sum (R - mean)^2 of the group (large
@@ -209,6 +212,12 @@ TEST_CASE("group stats across ranks: errors", "[parallel][advantages]") {
   // Whitening needs two valid tokens in the whole batch, as on one process.
   const double one_token[3] = {1.0, 0.5, 0.25};
   REQUIRE(cgrpo::parallel::whiten_from_stats(2, one_token, adv).code == cgrpo::StatusCode::invalid_argument);
+  REQUIRE(adv[0] == 7);
+  // Negative or non-finite epsilons are refused by name before anything is written.
+  const double three_tokens[3] = {3.0, 0.5, 0.25};
+  REQUIRE(cgrpo::parallel::whiten_from_stats(2, three_tokens, adv, -1e-8).code == cgrpo::StatusCode::invalid_argument);
+  REQUIRE(cgrpo::parallel::whiten_from_stats(2, three_tokens, adv, 1e-8, NAN).code ==
+          cgrpo::StatusCode::invalid_argument);
   REQUIRE(adv[0] == 7);
 }
 

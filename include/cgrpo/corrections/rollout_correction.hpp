@@ -194,7 +194,7 @@ inline Status check_rollout_correction(const RolloutCorrectionConfig& r) {
 
 // verl's rollout_corr metrics (names as verl logs them, without the "rollout_corr/" prefix), over
 // the tokens the correction covers and from the weights before truncation (docs/MATH.md, "Rollout
-// correction"). Filled when config.rollout.mode != none; zero otherwise (and when no token is covered).
+// correction"). Filled when config.off_policy.rollout.mode != none; zero otherwise (and when no token is covered).
 struct RolloutMetrics {
   // IS weights (is_level != none). Token level: over covered tokens; sequence level: max, min and
   // the fractions over all rows, from S_i.
@@ -203,7 +203,7 @@ struct RolloutMetrics {
   double is_seq_mean = 0, is_seq_max = 0, is_seq_min = 0;  // of the row means sum_t u / (n_i + 1e-8), all rows
   double is_batch_norm_factor = 0;  // is_batch_normalize: the divisor (1 when the mean is <= 1e-8); 0 when off
   // Rejection (num_rejection_options > 0): all options together, then each option (rs_option[k] is
-  // config.rollout.rejection[k], logged by verl as rollout_rs_<statistic>_*).
+  // config.off_policy.rollout.rejection[k], logged by verl as rollout_rs_<statistic>_*).
   double rs_masked_fraction = 0;      // rejected covered tokens / covered tokens
   double rs_seq_masked_fraction = 0;  // rows with a rejected token / all rows
   struct Option {
@@ -237,7 +237,7 @@ struct RejectionParams {
   double upper;  // k1: log(upper threshold); k2 / k3: the threshold
 };
 
-// config.rollout with its thresholds in the form the math compares against (host-built, passed by
+// config.off_policy.rollout with its thresholds in the form the math compares against (host-built, passed by
 // value to kernels).
 struct RolloutParams {
   int is_level;               // RolloutIsLevel

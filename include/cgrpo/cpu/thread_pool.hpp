@@ -15,7 +15,7 @@
 namespace cgrpo::cpu {
 
 // The most threads one call runs on, the caller's included: what the machine can run at once,
-// std::thread::hardware_concurrency() (1 when it does not say). A larger config.num_threads is
+// std::thread::hardware_concurrency() (1 when it does not say). A larger workspace.num_threads is
 // capped to it: more threads than cores would only queue, and each costs a stack.
 inline int hardware_threads() {
   static const int n = [] {  // asked once: glibc reads /sys on every call

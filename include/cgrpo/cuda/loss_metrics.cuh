@@ -75,9 +75,9 @@ __host__ __device__ __forceinline__ SamplerRowPartial sampler_row_partial_merge(
 struct MetricsInfo {
   double metric_mean_eps;
   int64_t num_rows;         // rows of the per-row metrics (0: none)
-  int32_t rollout_on;       // config.rollout.mode != none: verl's rollout metrics
+  int32_t rollout_on;       // config.off_policy.rollout.mode != none: verl's rollout metrics
   int32_t batch_normalize;  // is_level != none and is_batch_normalize: report the divisor
-  int32_t sampler_on;       // config.sampler.mode != none: TRL's sampling metrics
+  int32_t sampler_on;       // config.off_policy.sampler.mode != none: TRL's sampling metrics
   int32_t vespo;            // vespo_phi_mean
   int32_t sequence_level;   // ratio_level = sequence: TRL's clip means per row
   RolloutParams rollout;

@@ -47,7 +47,7 @@ struct PolicyLossBatch {
   // Aggregation weights of each term. Either none (the loss computes them from config's
   // aggregation modes over `layout`, the mask and `scale`: needed whenever a mask changes inside
   // the loss, e.g. rejection sampling) or every one the config uses: pg_weights always,
-  // entropy_weights when entropy_coef != 0, kl_weights when kl != none.
+  // entropy_weights when entropy.coef != 0, kl_weights when kl.estimator != none.
   const Real* pg_weights = nullptr;
   const Real* entropy_weights = nullptr;
   const Real* kl_weights = nullptr;

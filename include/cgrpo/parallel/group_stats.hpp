@@ -113,7 +113,7 @@ template <typename Real>
 Status group_advantages_from_stats(AdvantageEstimator estimator, const GroupAssignment& local,
                                    const Real* local_rewards, const double* sums, const double* extrema,
                                    double shift, double eps, Real* advantages) {
-  if (static_cast<unsigned>(estimator) > 3u)
+  if (static_cast<unsigned>(estimator) > static_cast<unsigned>(AdvantageEstimator::reinforce_pp_baseline))
     return make_error(StatusCode::invalid_argument, "group_advantages_from_stats: unknown estimator %d",
                       static_cast<int>(estimator));
   if (!std::isfinite(eps) || eps < 0)
@@ -231,9 +231,14 @@ Status whitening_partial_stats(int64_t num_responses, const int64_t* token_count
 }
 
 template <typename Real>
-Status whiten_from_stats(int64_t num_responses, const double* sums, Real* advantages) {
+Status whiten_from_stats(int64_t num_responses, const double* sums, Real* advantages, double whiten_eps = 1e-8,
+                         double whiten_count_eps = 0.0) {
   if (num_responses < 0 || !sums || (num_responses > 0 && !advantages))
     return make_error(StatusCode::invalid_argument, "whiten_from_stats: bad size or null pointer");
+  if (!std::isfinite(whiten_eps) || whiten_eps < 0 || !std::isfinite(whiten_count_eps) || whiten_count_eps < 0)
+    return make_error(StatusCode::invalid_argument,
+                      "whiten_from_stats: whiten_eps and whiten_count_eps must be finite and >= 0, got %g and %g",
+                      whiten_eps, whiten_count_eps);
   BufferTable table;  // advantages are whitened in place; the sums must be elsewhere
   table.input(array_span("sums", sums, kWhitenFields));
   table.output(array_span("advantages", advantages, num_responses));
@@ -245,11 +250,15 @@ Status whiten_from_stats(int64_t num_responses, const double* sums, Real* advant
   if (!std::isfinite(tokens) || !std::isfinite(sums[1]) || !std::isfinite(sums[2]))
     return make_error(StatusCode::non_finite, "whiten_from_stats: the reduced sums are not finite (%g, %g, %g)", tokens,
                       sums[1], sums[2]);
-  const double mu = sums[1] / tokens;
-  double m2 = sums[2] - sums[1] * mu;  // sum n (A - mu)^2
+  // As group_advantages: the masked means divide by N + whiten_count_eps (verl's masked_whiten:
+  // 1e-8), then Bessel's N / (N - 1). sum n (A - mu)^2 = s2 - 2 mu s1 + mu^2 N (= s2 - s1 mu when
+  // the count is exact).
+  const double count = tokens + whiten_count_eps;
+  const double mu = sums[1] / count;
+  double m2 = whiten_count_eps == 0 ? sums[2] - sums[1] * mu : sums[2] - 2.0 * mu * sums[1] + mu * mu * tokens;
   m2 = m2 > 0 ? m2 : 0.0;
-  const double var = m2 / (tokens - 1);
-  const double inv_std = 1.0 / std::sqrt(var + 1e-8);
+  const double var = whiten_count_eps == 0 ? m2 / (tokens - 1) : m2 / count * (tokens / (tokens - 1));
+  const double inv_std = 1.0 / std::sqrt(var + whiten_eps);
   for (int64_t i = 0; i < num_responses; ++i)
     advantages[i] = static_cast<Real>((static_cast<double>(advantages[i]) - mu) * inv_std);
   return Status::success();
