@@ -7,6 +7,7 @@
 #include "cgrpo/base/status.hpp"
 #include "cgrpo/math/token_math.hpp"
 #include "cgrpo/advantages/group_advantages.hpp"
+#include "cgrpo/advantages/gdpo_advantages.hpp"
 #include "cgrpo/advantages/trl_advantages.hpp"
 #include "cgrpo/corrections/entropy_mask.hpp"
 #include "cgrpo/corrections/rollout_correction.hpp"

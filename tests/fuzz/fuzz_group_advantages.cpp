@@ -1,6 +1,8 @@
 // libFuzzer target: the batch-level helpers (float and double) over each input's whole domain:
-//   group_advantages        every estimator (and unknown ones), any finite reward from the
-//                           denormals to DBL_MAX, any eps / whiten_eps, token counts
+//   group_advantages        every estimator (gdpo included, and unknown ones), any finite reward
+//                           from the denormals to DBL_MAX, any eps / whiten_eps, token counts
+//   gdpo_advantages         K reward components (and bad K), weights from their whole domain or
+//                           null, the optional weighted sum, any config
 //   group_ids_from_offsets, broadcast_to_tokens, aggregation_weights (every mode, term and
 //                           convention, any scale),
 //   parallel::aggregation_partials
@@ -10,6 +12,8 @@
 // memory with an input, no byte outside the outputs changed, every output finite, and
 //   - advantages: each group of grpo_no_std / rloo sums to 0 (to rounding), grpo_batch_std and
 //     grpo too where their scale is finite;
+//   - gdpo_advantages with one component of weight 1: group_advantages(gdpo), bit for bit, and
+//     the same outcome (OK or not) unless the arrays overlap;
 //   - weights: >= 0, 0 at masked tokens, summing to at most 1 for token-mean and
 //     seq-mean-token-mean (scale from the batch, any convention);
 //   - partials: the mask's count, the layout's rows and longest row.
@@ -101,9 +105,10 @@ void fuzz_advantages(FuzzedDataProvider& in) {
   const cgrpo::Status s = cgrpo::group_advantages(est, cgrpo::GroupAssignment{n, g, groups}, r,
                                                   arena.at<int64_t>(arrays[kCounts]), eps, adv, whiten_eps,
                                                   whiten_count_eps);
-  // token_counts is an input only for reinforce_pp_baseline: drop it from the oracle otherwise.
+  // token_counts is an input only for the whitened estimators: drop it from the oracle otherwise.
   std::vector<ArrayDesc> checked = arrays;
-  if (est != cgrpo::AdvantageEstimator::reinforce_pp_baseline) checked[kCounts].present = false;
+  if (est != cgrpo::AdvantageEstimator::reinforce_pp_baseline && est != cgrpo::AdvantageEstimator::gdpo)
+    checked[kCounts].present = false;
   check_call(s, arena, before, checked, "group_advantages");
   if (!s.ok()) return;
   const double eps_r = std::is_same<Real, float>::value ? 6e-8 : 1.2e-16;
@@ -127,6 +132,89 @@ void fuzz_advantages(FuzzedDataProvider& in) {
     FUZZ_CHECK(fabsl(sum) <= 8 * c * c * eps_r * scale + floor, "group %d of %s sums to %Lg (rewards up to %g)", m.first,
                cgrpo::to_string(est), sum, scale);
   }
+}
+
+// gdpo_advantages: K components per response (rarely K < 1), weights (null, 1, any finite or
+// rarely anything), the optional weighted_sum, verl's config or one drawn from its whole domain.
+template <typename Real>
+void fuzz_gdpo(FuzzedDataProvider& in) {
+  const int64_t n = in.ConsumeIntegralInRange<int64_t>(0, 16);
+  const int64_t groups = in.ConsumeIntegralInRange<int64_t>(0, 5);
+  const int64_t K = in.ConsumeIntegralInRange<int>(0, 20) ? in.ConsumeIntegralInRange<int64_t>(1, 4)
+                                                         : in.ConsumeIntegralInRange<int64_t>(-1, 0);
+  const int64_t Kp = std::max<int64_t>(K, 0);
+  cgrpo::AdvantageConfig config = cgrpo::verl_advantages(cgrpo::AdvantageEstimator::gdpo);
+  if (in.ConsumeIntegralInRange<int>(0, 15) == 0)
+    config.estimator = draw_enum<cgrpo::AdvantageEstimator>(in, cgrpo::kNumAdvantageEstimators, in.ConsumeBool());
+  double* eps_fields[3] = {&config.eps, &config.whiten_eps, &config.whiten_count_eps};
+  for (double* e : eps_fields)
+    if (in.ConsumeIntegralInRange<int>(0, 5) == 0) *e = in.ConsumeBool() ? draw(in, {0, DBL_MAX, 0, 1}, nullptr) : anything(in);
+  std::vector<double> comps(static_cast<size_t>(n * Kp)), weights(static_cast<size_t>(Kp));
+  std::vector<int32_t> ids(n);
+  std::vector<int64_t> counts(n);
+  for (int64_t i = 0; i < n; ++i) {
+    ids[i] = in.ConsumeIntegralInRange<int>(0, 30) ? in.ConsumeIntegralInRange<int32_t>(0, static_cast<int32_t>(std::max<int64_t>(groups - 1, 0)))
+                                                  : in.ConsumeIntegralInRange<int32_t>(-1, static_cast<int32_t>(groups));
+    for (int64_t k = 0; k < Kp; ++k) comps[i * Kp + k] = reward(in);
+    counts[i] = in.ConsumeIntegralInRange<int>(0, 30) ? in.ConsumeIntegralInRange<int64_t>(0, 50)
+                                                     : in.PickValueInArray<int64_t>({-1, INT64_MAX, INT64_MAX / 2, 1LL << 53});
+  }
+  for (double& w : weights)
+    switch (in.ConsumeIntegralInRange<int>(0, 7)) {
+      case 0: w = anything(in); break;
+      case 1: case 2: w = in.ConsumeFloatingPointInRange<double>(-2, 2); break;
+      default: w = 1.0; break;
+    }
+  const bool with_weights = in.ConsumeBool(), with_sum = in.ConsumeBool();
+  enum { kComps, kIds, kCounts, kWeights, kAdv, kSum };
+  std::vector<ArrayDesc> arrays = {array_desc<Real>("components", true, false, n * Kp),
+                                   array_desc<int32_t>("group_ids", true, false, n),
+                                   array_desc<int64_t>("token_counts", true, false, n),
+                                   array_desc<double>("weights", with_weights, false, Kp),
+                                   array_desc<Real>("advantages", true, true, n),
+                                   array_desc<Real>("weighted_sum", with_sum, true, n)};
+  Arena arena;
+  place(in, arrays, arena, true);
+  std::fill(arena.words.begin(), arena.words.end(), ~uint64_t{0});
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t k = 0; k < Kp; ++k) arena.at<Real>(arrays[kComps])[i * Kp + k] = to_real<Real>(comps[i * Kp + k]);
+    arena.at<int32_t>(arrays[kIds])[i] = ids[i];
+    arena.at<int64_t>(arrays[kCounts])[i] = counts[i];
+  }
+  if (arrays[kWeights].present) std::memcpy(arena.at<double>(arrays[kWeights]), weights.data(), weights.size() * 8);
+  const std::vector<unsigned char> before = snapshot(arena);
+  // What the call reads, copied out before it (an output may be placed over them).
+  std::vector<Real> column(n);
+  for (int64_t i = 0; i < n && Kp == 1; ++i) column[i] = to_real<Real>(comps[i]);
+  const Real* c = arena.at<Real>(arrays[kComps]);
+  const int32_t* g = arena.at<int32_t>(arrays[kIds]);
+  const int64_t* t = arena.at<int64_t>(arrays[kCounts]);
+  Real* adv = arena.at<Real>(arrays[kAdv]);
+  Real* sum = arena.at<Real>(arrays[kSum]);
+  const cgrpo::Status s = cgrpo::gdpo_advantages(config, cgrpo::GroupAssignment{n, g, groups}, c, K,
+                                                 arena.at<double>(arrays[kWeights]), t, adv, sum);
+  check_call(s, arena, before, arrays, "gdpo_advantages");
+  if (s.ok())
+    for (int64_t i = 0; i < n; ++i) {
+      FUZZ_CHECK(std::isfinite(static_cast<double>(adv[i])), "gdpo_advantages returned OK with A[%lld] = %g",
+                 (long long)i, (double)adv[i]);
+      FUZZ_CHECK(!sum || std::isfinite(static_cast<double>(sum[i])), "gdpo_advantages returned OK with S[%lld] = %g",
+                 (long long)i, (double)sum[i]);
+    }
+  // One component of weight 1 is the single-rewards estimator (same inputs, its own output).
+  if (Kp != 1 || (with_weights && weights[0] != 1.0) || config.estimator != cgrpo::AdvantageEstimator::gdpo) return;
+  if (!s.ok() && says_overlap(s)) return;
+  std::vector<Real> single(n, static_cast<Real>(-7.5));
+  std::vector<int64_t> counts_copy(counts);
+  const cgrpo::Status s1 = cgrpo::group_advantages(config, cgrpo::GroupAssignment{n, ids.data(), groups}, column.data(),
+                                                   counts_copy.data(), single.data());
+  FUZZ_CHECK(s1.ok() == s.ok(), "gdpo_advantages %s (%s), group_advantages(gdpo) %s (%s)", s.ok() ? "OK" : "failed",
+             s.message, s1.ok() ? "OK" : "failed", s1.message);
+  if (!s.ok()) return;
+  for (int64_t i = 0; i < n; ++i)
+    FUZZ_CHECK(same_bits(static_cast<double>(adv[i]), static_cast<double>(single[i])),
+               "A[%lld]: gdpo_advantages %.17g, group_advantages(gdpo) %.17g", (long long)i, (double)adv[i],
+               (double)single[i]);
 }
 
 // The config of aggregation_weights: `mode` for every term, the paper's convention (the default) or
@@ -300,6 +388,11 @@ void fuzz_huge(FuzzedDataProvider& in) {
     const cgrpo::Status d = cgrpo::group_advantages(cgrpo::AdvantageEstimator::grpo, cgrpo::GroupAssignment{n, nowhere<const int32_t>(6), groups},
                                                     nowhere<const double>(7), nowhere<const int64_t>(8), 1e-6, nowhere<double>(9));
     FUZZ_CHECK(!d.ok() && d.message[0], "group_advantages accepted %lld responses", (long long)n);
+    const cgrpo::Status e = cgrpo::gdpo_advantages(cgrpo::verl_advantages(cgrpo::AdvantageEstimator::gdpo),
+                                                   cgrpo::GroupAssignment{n, nowhere<const int32_t>(6), groups},
+                                                   nowhere<const double>(7), 1, nullptr, nowhere<const int64_t>(8),
+                                                   nowhere<double>(9));
+    FUZZ_CHECK(!e.ok() && e.message[0], "gdpo_advantages accepted %lld responses", (long long)n);
   }
 }
 
@@ -311,9 +404,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     const int which = in.ConsumeIntegralInRange<int>(0, 9);
     const bool dbl = in.ConsumeBool();
-    if (which < 5) {
+    if (which < 4) {
       if (dbl) fuzz_advantages<double>(in);
       else fuzz_advantages<float>(in);
+    } else if (which == 4) {
+      if (dbl) fuzz_gdpo<double>(in);
+      else fuzz_gdpo<float>(in);
     } else if (which < 8) {
       if (dbl) fuzz_weights<double>(in);
       else fuzz_weights<float>(in);

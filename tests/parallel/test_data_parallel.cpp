@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <cgrpo/cgrpo.hpp>
@@ -99,6 +100,32 @@ double convention_rows(const ref::Batch& b, const cgrpo::AggregationConvention& 
   return rows;
 }
 
+// How far the whitening lets rounding grow, for the tolerance of whitened advantages (v: the values
+// before it, n: token counts). scale: the size A is formed from, max(1, max |v| / sqrt(var + 1e-8))
+// (an error in v moves A by that much per unit of v's relative error). kappa: (sum n v^2 / N) /
+// (var + 1e-8): the ranks' one-pass variance, sum n v^2 - 2 mu sum n v + mu^2 N, carries a rounding
+// of ~1e-16 sum n v^2, relative to var + 1e-8 that is 1e-16 kappa (large when at most one response
+// has tokens: var ~ 0 and A = (v - mu) / 1e-4 for the empty rows).
+struct WhitenConditioning {
+  double scale = 1.0, kappa = 0.0;
+};
+WhitenConditioning whiten_conditioning(const std::vector<double>& v, const std::vector<int64_t>& n, double count_eps) {
+  double N = 0, s1 = 0, s2 = 0;
+  for (size_t i = 0; i < v.size(); ++i) {
+    N += static_cast<double>(n[i]);
+    s1 += static_cast<double>(n[i]) * v[i];
+    s2 += static_cast<double>(n[i]) * v[i] * v[i];
+  }
+  const double mu = s1 / (N + count_eps);
+  double m2 = 0;
+  for (size_t i = 0; i < v.size(); ++i) m2 += static_cast<double>(n[i]) * (v[i] - mu) * (v[i] - mu);
+  const double var = m2 / (N + count_eps) * (N / (N - 1)) + 1e-8;
+  WhitenConditioning c;
+  for (double x : v) c.scale = std::max(c.scale, std::fabs(x) / std::sqrt(var));
+  c.kappa = s2 / N / var;
+  return c;
+}
+
 // k contiguous response ranges of uneven sizes (some possibly empty).
 std::vector<int64_t> shard_bounds(std::mt19937_64& rng, int64_t B, int k) {
   std::vector<int64_t> cuts{0, B};
@@ -124,9 +151,13 @@ TEST_CASE("group advantages from all-reduced partial stats equal the single-proc
     for (auto& n : token_counts) n = static_cast<int64_t>(rng() % 11);  // valid tokens per response, 0 allowed
     token_counts[0] = std::max<int64_t>(token_counts[0], 2);             // whitening needs >= 2 in the batch
     for (auto est : {cgrpo::AdvantageEstimator::grpo, cgrpo::AdvantageEstimator::grpo_no_std,
-                     cgrpo::AdvantageEstimator::rloo, cgrpo::AdvantageEstimator::reinforce_pp_baseline}) {
-      // Whitening as MATH.md (exact counts) on odd trials, as verl's masked_whiten (N + 1e-8) on even ones.
-      const double count_eps = (trial % 2) ? 0.0 : 1e-8;
+                     cgrpo::AdvantageEstimator::rloo, cgrpo::AdvantageEstimator::reinforce_pp_baseline,
+                     cgrpo::AdvantageEstimator::gdpo}) {
+      // Whitening as MATH.md (exact counts) on odd trials, as verl's masked_whiten (N + 1e-8) on even ones;
+      // gdpo (one component) always as verl's (N + 1e-8), the count its trainer uses.
+      const bool whitened =
+          est == cgrpo::AdvantageEstimator::reinforce_pp_baseline || est == cgrpo::AdvantageEstimator::gdpo;
+      const double count_eps = est == cgrpo::AdvantageEstimator::gdpo ? 1e-8 : (trial % 2) ? 0.0 : 1e-8;
       CAPTURE(trial, B, G, k, cgrpo::to_string(est), count_eps);
       std::vector<double> want(B);
       REQUIRE(cgrpo::group_advantages(est, cgrpo::GroupAssignment{B, group_ids.data(), G}, rewards.data(),
@@ -147,13 +178,16 @@ TEST_CASE("group advantages from all-reduced partial stats equal the single-proc
         }
       }
       std::vector<double> got(B, -999.0);
+      WhitenConditioning conditioning;  // whitened estimators only
       for (int r = 0; r < k; ++r) {
         const cgrpo::GroupAssignment local{cuts[r + 1] - cuts[r], group_ids.data() + cuts[r], G};
         REQUIRE(cgrpo::parallel::group_advantages_from_stats(est, local, rewards.data() + cuts[r], sums.data(),
                                                              ext.data(), shift, 1e-6, got.data() + cuts[r]).ok());
       }
-      if (est == cgrpo::AdvantageEstimator::reinforce_pp_baseline) {
-        // The second reduction: token-weighted sums of R - mean, all-reduced (SUM), then whitened per rank.
+      if (whitened) {
+        conditioning = whiten_conditioning(got, token_counts, count_eps);
+        // The second reduction: token-weighted sums of R - mean (gdpo: of grpo's A), all-reduced (SUM),
+        // then whitened per rank.
         double wsum[3] = {0, 0, 0};
         for (int r = 0; r < k; ++r) {
           double part[3] = {0, 0, 0};
@@ -178,13 +212,101 @@ TEST_CASE("group advantages from all-reduced partial stats equal the single-proc
       for (int64_t i = 0; i < B; ++i) {
         const int32_t g = group_ids[i];
         const double kappa = spread[g] > 0 ? shifted[g] / spread[g] : 0.0;
-        const double tol = 1e-9 + 1e-15 * kappa;
-        CAPTURE(i, rewards[i], want[i], got[i], kappa);
-        // Advantages here are O(1) (rewards 0/1, 5 to 8 or equal; normalized or centred): floor 1.
-        REQUIRE(ref::close(got[i], want[i], tol, 1.0));
+        const double tol = 1e-9 + 1e-15 * kappa + 1e-14 * conditioning.kappa;
+        CAPTURE(i, rewards[i], want[i], got[i], kappa, conditioning.kappa, conditioning.scale);
+        // Advantages here are O(1) (rewards 0/1, 5 to 8 or equal; normalized or centred): floor 1
+        // (whitened: the whitening's scale, 1 unless at most one response has tokens).
+        REQUIRE(ref::close(got[i], want[i], tol, conditioning.scale));
         const bool all_equal_rule = est == cgrpo::AdvantageEstimator::grpo || est == cgrpo::AdvantageEstimator::grpo_no_std;
         if (want[i] == 0.0 && all_equal_rule) REQUIRE(got[i] == 0.0);  // all-equal rule, exact
       }
+    }
+  }
+}
+
+TEST_CASE("gdpo with K components across ranks: per-component stats, then the whitening of S",
+          "[parallel][advantages]") {
+  // The recipe of group_stats.hpp: group_partial_stats and group_advantages_from_stats(gdpo) per
+  // component, S_i = sum_k w_k A_ik on each rank, then whitening_partial_stats / whiten_from_stats
+  // over S with verl's 1e-8 and N + 1e-8; against cgrpo::gdpo_advantages on one process.
+  std::mt19937_64 rng = test_seed::fresh_rng();
+  std::uniform_real_distribution<double> uni(0.25, 2.0);
+  for (int trial = 0; trial < 40; ++trial) {
+    const int64_t B = 2 + static_cast<int64_t>(rng() % 40), G = 1 + static_cast<int64_t>(rng() % 8);
+    const int64_t K = 1 + trial % 4;
+    const int k_ranks = 1 + static_cast<int>(rng() % 4);
+    std::vector<int32_t> group_ids(B);
+    for (auto& g : group_ids) g = static_cast<int32_t>(rng() % G);
+    std::vector<std::vector<double>> columns(K);
+    for (auto& c : columns) c = random_rewards(rng, group_ids, G);
+    std::vector<double> flat(B * K), weights(K);
+    for (int64_t i = 0; i < B; ++i)
+      for (int64_t k = 0; k < K; ++k) flat[i * K + k] = columns[k][i];
+    for (auto& w : weights) w = (rng() % 3 == 0 ? -1.0 : 1.0) * uni(rng);  // |w| >= 0.25: S keeps a spread
+    std::vector<int64_t> token_counts(B);
+    for (auto& n : token_counts) n = static_cast<int64_t>(rng() % 11);
+    token_counts[0] = std::max<int64_t>(token_counts[0], 2);
+    const double shift = (trial % 2) ? 0.0 : 5.0;
+    const auto cuts = shard_bounds(rng, B, k_ranks);
+    CAPTURE(trial, B, G, K, k_ranks);
+    const cgrpo::AdvantageConfig config = cgrpo::verl_advantages(cgrpo::AdvantageEstimator::gdpo);
+    std::vector<double> want(B), want_S(B);
+    REQUIRE(cgrpo::gdpo_advantages(config, cgrpo::GroupAssignment{B, group_ids.data(), G}, flat.data(), K,
+                                   weights.data(), token_counts.data(), want.data(), want_S.data())
+                .ok());
+
+    std::vector<double> S(B, 0.0);
+    double kappa = 0;  // the worst conditioning of a group's one-pass variance (see the test above)
+    for (int64_t k = 0; k < K; ++k) {
+      std::vector<double> sums(G * cgrpo::parallel::kGroupSumFields), ext(G * cgrpo::parallel::kGroupExtremaFields);
+      std::vector<double> sums_r(sums.size()), ext_r(ext.size());
+      for (int r = 0; r < k_ranks; ++r) {
+        const cgrpo::GroupAssignment local{cuts[r + 1] - cuts[r], group_ids.data() + cuts[r], G};
+        REQUIRE(cgrpo::parallel::group_partial_stats(local, columns[k].data() + cuts[r], shift, sums_r.data(),
+                                                     ext_r.data()).ok());
+        if (r == 0) {
+          sums = sums_r;
+          ext = ext_r;
+        } else {
+          REQUIRE(cgrpo::parallel::group_partial_stats_merge(G, sums_r.data(), ext_r.data(), sums.data(), ext.data())
+                      .ok());
+        }
+      }
+      std::vector<double> a(B, -999.0);
+      for (int r = 0; r < k_ranks; ++r) {
+        const cgrpo::GroupAssignment local{cuts[r + 1] - cuts[r], group_ids.data() + cuts[r], G};
+        REQUIRE(cgrpo::parallel::group_advantages_from_stats(cgrpo::AdvantageEstimator::gdpo, local,
+                                                             columns[k].data() + cuts[r], sums.data(), ext.data(),
+                                                             shift, 1e-6, a.data() + cuts[r]).ok());
+      }
+      for (int64_t i = 0; i < B; ++i) S[i] += weights[k] * a[i];
+      std::vector<double> mean(G, 0.0), n(G, 0.0), spread(G, 0.0), shifted(G, 0.0);
+      for (int64_t i = 0; i < B; ++i) mean[group_ids[i]] += columns[k][i], n[group_ids[i]] += 1;
+      for (int64_t g = 0; g < G; ++g) mean[g] /= std::max(n[g], 1.0);
+      for (int64_t i = 0; i < B; ++i) {
+        const int32_t g = group_ids[i];
+        spread[g] += (columns[k][i] - mean[g]) * (columns[k][i] - mean[g]);
+        shifted[g] += (columns[k][i] - shift) * (columns[k][i] - shift);
+      }
+      for (int64_t g = 0; g < G; ++g)
+        if (spread[g] > 0) kappa = std::max(kappa, shifted[g] / spread[g]);
+    }
+    double wsum[3] = {0, 0, 0};
+    for (int r = 0; r < k_ranks; ++r) {
+      double part[3] = {0, 0, 0};
+      REQUIRE(cgrpo::parallel::whitening_partial_stats(cuts[r + 1] - cuts[r], token_counts.data() + cuts[r],
+                                                       S.data() + cuts[r], part).ok());
+      for (int f = 0; f < 3; ++f) wsum[f] += part[f];
+    }
+    std::vector<double> got = S;
+    for (int r = 0; r < k_ranks; ++r)
+      REQUIRE(cgrpo::parallel::whiten_from_stats(cuts[r + 1] - cuts[r], wsum, got.data() + cuts[r], 1e-8, 1e-8).ok());
+    const double tol = 1e-9 + 1e-15 * kappa;
+    const WhitenConditioning c = whiten_conditioning(S, token_counts, 1e-8);
+    for (int64_t i = 0; i < B; ++i) {
+      CAPTURE(i, want[i], got[i], want_S[i], S[i], kappa, c.kappa, c.scale);
+      REQUIRE(ref::close(S[i], want_S[i], tol, 1.0));  // |w| <= 2 times K values of O(1)
+      REQUIRE(ref::close(got[i], want[i], tol + 1e-14 * c.kappa, c.scale));
     }
   }
 }
@@ -209,6 +331,13 @@ TEST_CASE("group stats across ranks: errors", "[parallel][advantages]") {
   REQUIRE(cgrpo::parallel::group_advantages_from_stats(static_cast<cgrpo::AdvantageEstimator>(9),
                                                        cgrpo::GroupAssignment{2, ok_ids, 2}, rewards, sums, ext, 0.0,
                                                        1e-6, adv).code == cgrpo::StatusCode::invalid_argument);
+  // grpo_batch_std needs the batch's std, which these stats do not hold: refused by name (gdpo is offered).
+  const cgrpo::Status batch_std = cgrpo::parallel::group_advantages_from_stats(
+      cgrpo::AdvantageEstimator::grpo_batch_std, cgrpo::GroupAssignment{2, ok_ids, 2}, rewards, sums, ext, 0.0,
+      1e-6, adv);
+  REQUIRE(batch_std.code == cgrpo::StatusCode::invalid_argument);
+  REQUIRE(std::string(batch_std.message).find("grpo_batch_std") != std::string::npos);
+  REQUIRE(adv[0] == 7);
   // Whitening needs two valid tokens in the whole batch, as on one process.
   const double one_token[3] = {1.0, 0.5, 0.25};
   REQUIRE(cgrpo::parallel::whiten_from_stats(2, one_token, adv).code == cgrpo::StatusCode::invalid_argument);

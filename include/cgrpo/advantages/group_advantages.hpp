@@ -1,5 +1,6 @@
 // cgrpo/advantages/group_advantages.hpp: group advantage estimators (one scalar per response).
-// grpo, grpo_no_std, rloo and reinforce_pp_baseline, with verl's edge-case rules.
+// grpo, grpo_no_std, rloo, reinforce_pp_baseline, grpo_batch_std and gdpo (one reward component;
+// several: cgrpo/advantages/gdpo_advantages.hpp), with verl's edge-case rules.
 #pragma once
 
 #include <cmath>
@@ -20,8 +21,10 @@ enum class AdvantageEstimator : int {
   rloo = 2,                   // n/(n-1) * (R - mean_g)
   reinforce_pp_baseline = 3,  // R - mean_g, then whitened over the batch's valid tokens
   grpo_batch_std = 4,         // (R - mean_g) / (std_batch + eps): TRL scale_rewards=batch
+  gdpo = 5,                   // verl's GDPO: grpo per reward component, weighted sum, then whitened as
+                              // reinforce_pp_baseline (here: one component, weight 1; gdpo_advantages.hpp)
 };
-inline constexpr int kNumAdvantageEstimators = 5;
+inline constexpr int kNumAdvantageEstimators = 6;
 
 inline const char* to_string(AdvantageEstimator e) {
   switch (e) {
@@ -30,6 +33,7 @@ inline const char* to_string(AdvantageEstimator e) {
     case AdvantageEstimator::rloo: return "rloo";
     case AdvantageEstimator::reinforce_pp_baseline: return "reinforce_pp_baseline";
     case AdvantageEstimator::grpo_batch_std: return "grpo_batch_std";
+    case AdvantageEstimator::gdpo: return "gdpo";
   }
   return "unknown";
 }
@@ -37,10 +41,10 @@ inline const char* to_string(AdvantageEstimator e) {
 // The advantage settings of a recipe (presets give them beside the loss config).
 struct AdvantageConfig {
   AdvantageEstimator estimator = AdvantageEstimator::grpo_no_std;  // the paper's released runs
-  double eps = 1e-6;               // grpo / grpo_batch_std: (std + eps) (verl 1e-6, TRL 1e-4)
-  double whiten_eps = 1e-8;        // reinforce_pp_baseline: rsqrt(var + whiten_eps)
-  double whiten_count_eps = 0.0;   // reinforce_pp_baseline: the whitening's mean and variance divide
-                                   // by N + this (verl's masked_whiten: 1e-8; exact: 0)
+  double eps = 1e-6;               // grpo / grpo_batch_std / gdpo: (std + eps) (verl 1e-6, TRL 1e-4)
+  double whiten_eps = 1e-8;        // reinforce_pp_baseline / gdpo: rsqrt(var + whiten_eps)
+  double whiten_count_eps = 0.0;   // reinforce_pp_baseline / gdpo: the whitening's mean and variance
+                                   // divide by N + this (verl's masked_whiten: 1e-8; exact: 0)
 };
 
 // Threads: the functions here keep no state; calls may run at the same time (inputs may be
@@ -83,6 +87,40 @@ inline Status group_ids_from_offsets(int64_t num_groups, const int64_t* group_of
 }
 
 namespace detail {
+// verl's masked_whiten of one value per response, response i counted token_counts[i] times (its
+// valid tokens), in place on `values` (the caller's scratch): mu = sum n v / (N + count_eps),
+// var = [sum n (v - mu)^2 / (N + count_eps)] N / (N - 1), v <- (v - mu) / sqrt(var + whiten_eps).
+// Needs N >= 2 (invalid_argument); a mean or variance past double's range is non_finite (it
+// would give A = 0 or NaN). `who` names the estimator in the messages. token_counts are >= 0.
+inline Status masked_whiten(const char* who, int64_t n, const int64_t* token_counts, double* values,
+                            double whiten_eps, double whiten_count_eps) {
+  // Token-weighted mean and unbiased variance of the broadcast values.
+  double tokens = 0, sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    tokens += static_cast<double>(token_counts[i]);
+    sum += static_cast<double>(token_counts[i]) * values[i];
+  }
+  if (tokens < 2)
+    return make_error(StatusCode::invalid_argument,
+                      "%s whitening needs at least 2 valid tokens in the batch, got %g", who, tokens);
+  // verl's masked_whiten: masked means divide by N + 1e-8 (whiten_count_eps), then Bessel's N / (N - 1).
+  const double mu = sum / (tokens + whiten_count_eps);
+  double var = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = values[i] - mu;
+    var += static_cast<double>(token_counts[i]) * d * d;
+  }
+  var = var / (tokens + whiten_count_eps) * (tokens / (tokens - 1));
+  if (!std::isfinite(mu) || !std::isfinite(var))
+    return make_error(StatusCode::non_finite,
+                      "%s whitening: the values spread too far for their token-weighted mean and variance "
+                      "(mean %g, variance %g)",
+                      who, mu, var);
+  const double inv_std = 1.0 / std::sqrt(var + whiten_eps);
+  for (int64_t i = 0; i < n; ++i) values[i] = (values[i] - mu) * inv_std;
+  return Status::success();
+}
+
 template <typename Real>
 Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& groups, const Real* rewards,
                         const int64_t* token_counts, double eps, Real* advantages, double whiten_eps,
@@ -104,7 +142,7 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
   if (n == 0) return Status::success();
   if (!rewards || !groups.group_ids || !advantages)
     return make_error(StatusCode::invalid_argument, "group_advantages: rewards, group_ids and advantages must not be null");
-  const bool whiten = estimator == AdvantageEstimator::reinforce_pp_baseline;
+  const bool whiten = estimator == AdvantageEstimator::reinforce_pp_baseline || estimator == AdvantageEstimator::gdpo;
   BufferTable table;
   table.input(array_span("rewards", rewards, n));
   table.input(array_span("group_ids", groups.group_ids, n));
@@ -121,7 +159,8 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
   }
   if (whiten) {
     if (!token_counts)
-      return make_error(StatusCode::invalid_argument, "reinforce_pp_baseline needs token_counts (valid tokens per response)");
+      return make_error(StatusCode::invalid_argument, "%s needs token_counts (valid tokens per response)",
+                        to_string(estimator));
     for (int64_t i = 0; i < n; ++i)
       if (token_counts[i] < 0)
         return make_error(StatusCode::invalid_argument, "token_counts[%lld] is negative", static_cast<long long>(i));
@@ -166,13 +205,14 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
     double a = 0;
     switch (estimator) {
       case AdvantageEstimator::grpo:
+      case AdvantageEstimator::gdpo:  // one component: grpo's value, whitened below
         if (c < 2) a = r / (1.0 + eps);
         else if (all_equal[g]) a = 0.0;
         else if (!std::isfinite(m2[g]))  // the std would be inf and every A of the group 0: wrong, not OK
           return make_error(StatusCode::non_finite,
-                            "group_advantages (grpo): the rewards of group %d spread too far for their variance "
+                            "group_advantages (%s): the rewards of group %d spread too far for their variance "
                             "(|R - mean| near 1e154 or more)",
-                            g);
+                            to_string(estimator), g);
         else a = (r - mean[g]) / (std::sqrt(m2[g] / (c - 1)) + eps);
         break;
       case AdvantageEstimator::grpo_no_std:
@@ -199,27 +239,9 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
     result[i] = a;
   }
 
-  if (whiten) {
-    // Token-weighted mean and unbiased variance of the broadcast advantages.
-    double tokens = 0, sum = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      tokens += static_cast<double>(token_counts[i]);
-      sum += static_cast<double>(token_counts[i]) * result[i];
-    }
-    if (tokens < 2)
-      return make_error(StatusCode::invalid_argument,
-                        "reinforce_pp_baseline whitening needs at least 2 valid tokens in the batch, got %g", tokens);
-    // verl's masked_whiten: masked means divide by N + 1e-8 (whiten_count_eps), then Bessel's N / (N - 1).
-    const double mu = sum / (tokens + whiten_count_eps);
-    double var = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const double d = result[i] - mu;
-      var += static_cast<double>(token_counts[i]) * d * d;
-    }
-    var = var / (tokens + whiten_count_eps) * (tokens / (tokens - 1));
-    const double inv_std = 1.0 / std::sqrt(var + whiten_eps);
-    for (int64_t i = 0; i < n; ++i) result[i] = (result[i] - mu) * inv_std;
-  }
+  if (whiten)
+    CGRPO_RETURN_IF_ERROR(
+        masked_whiten(to_string(estimator), n, token_counts, result.data(), whiten_eps, whiten_count_eps));
   // Finite rewards can still give a non-finite advantage (group sums past DBL_MAX, a value past
   // Real's range, whitening with whiten_eps = 0 and no spread): an error, never an OK.
   for (int64_t i = 0; i < n; ++i)
@@ -243,8 +265,11 @@ Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& gro
 //                whiten_count_eps is verl's 1e-8 in the masked means' counts)
 //   grpo_batch_std: (R - mean_g) / (std_batch + eps), std_batch the unbiased std of all the
 //                batch's rewards (TRL scale_rewards="batch"; a one-member group gets 0)
-// A group whose rewards are all equal gets A = 0 under grpo and grpo_no_std.
-// token_counts is read only by reinforce_pp_baseline and may be null otherwise. advantages may
+//   gdpo:        verl's GDPO with one reward component (the rewards) of weight 1: grpo's value,
+//                then whitened as reinforce_pp_baseline (verl's compute_gdpo_outcome_advantage
+//                called without config; several components: gdpo_advantages.hpp)
+// A group whose rewards are all equal gets A = 0 under grpo, gdpo (before whitening) and grpo_no_std.
+// token_counts is read only by reinforce_pp_baseline and gdpo and may be null otherwise. advantages may
 // not share memory with the inputs. O(num_groups) scratch: a failed allocation is out_of_memory.
 template <typename Real>
 Status group_advantages(AdvantageEstimator estimator, const GroupAssignment& groups, const Real* rewards,

@@ -108,14 +108,23 @@ inline Status group_partial_stats_merge(int64_t num_groups, const double* other_
 // the value given to group_partial_stats. reinforce_pp_baseline writes R - mean_g
 // (one-member group: R), not yet whitened: its batch whitening is a second,
 // token-weighted reduction (whitening_partial_stats, all-reduce SUM, whiten_from_stats).
-// Nothing is written on error.
+// gdpo (one reward component) writes grpo's value, not yet whitened: the same second
+// reduction then gives cgrpo::group_advantages(gdpo), with verl's whiten_eps = 1e-8 and
+// whiten_count_eps = 1e-8 passed to whiten_from_stats. GDPO with K components
+// (cgrpo::gdpo_advantages): group_partial_stats and this function once per component
+// (its own sums and extrema, or K sets packed into one all-reduce), S_i = sum_k w_k A_ik
+// on each rank, then whitening_partial_stats / whiten_from_stats over S. grpo_batch_std
+// (a batch-wide std) is refused. Nothing is written on error.
 template <typename Real>
 Status group_advantages_from_stats(AdvantageEstimator estimator, const GroupAssignment& local,
                                    const Real* local_rewards, const double* sums, const double* extrema,
                                    double shift, double eps, Real* advantages) {
-  if (static_cast<unsigned>(estimator) > static_cast<unsigned>(AdvantageEstimator::reinforce_pp_baseline))
-    return make_error(StatusCode::invalid_argument, "group_advantages_from_stats: unknown estimator %d",
-                      static_cast<int>(estimator));
+  if (static_cast<unsigned>(estimator) > static_cast<unsigned>(AdvantageEstimator::reinforce_pp_baseline) &&
+      estimator != AdvantageEstimator::gdpo)
+    return make_error(StatusCode::invalid_argument,
+                      "group_advantages_from_stats: estimator %d (%s) is not offered (grpo, grpo_no_std, rloo, "
+                      "reinforce_pp_baseline, gdpo)",
+                      static_cast<int>(estimator), to_string(estimator));
   if (!std::isfinite(eps) || eps < 0)
     return make_error(StatusCode::invalid_argument, "group_advantages_from_stats: eps must be finite and >= 0, got %g",
                       eps);
@@ -158,6 +167,7 @@ Status group_advantages_from_stats(AdvantageEstimator estimator, const GroupAssi
     double a = 0;
     switch (estimator) {
       case AdvantageEstimator::grpo:
+      case AdvantageEstimator::gdpo:  // one component, before whitening
         if (c < 2) a = r / (1.0 + eps);
         else if (all_equal) a = 0.0;
         else {
@@ -191,7 +201,7 @@ Status group_advantages_from_stats(AdvantageEstimator estimator, const GroupAssi
   return Status::success();
 }
 
-// reinforce_pp_baseline's whitening over the valid tokens of the GLOBAL batch, as
+// reinforce_pp_baseline's and gdpo's whitening over the valid tokens of the GLOBAL batch, as
 // cgrpo::group_advantages does it on one process (masked mean, unbiased masked
 // variance, rsqrt(var + 1e-8)). Each rank writes sums[kWhitenFields] = (valid tokens,
 // sum n_i A_i, sum n_i A_i^2) over its responses; the caller all-reduces them with SUM;
@@ -246,7 +256,8 @@ Status whiten_from_stats(int64_t num_responses, const double* sums, Real* advant
   const double tokens = sums[0];
   if (!(tokens >= 2))
     return make_error(StatusCode::invalid_argument,
-                      "reinforce_pp_baseline whitening needs at least 2 valid tokens in the batch, got %g", tokens);
+                      "whitening (reinforce_pp_baseline, gdpo) needs at least 2 valid tokens in the batch, got %g",
+                      tokens);
   if (!std::isfinite(tokens) || !std::isfinite(sums[1]) || !std::isfinite(sums[2]))
     return make_error(StatusCode::non_finite, "whiten_from_stats: the reduced sums are not finite (%g, %g, %g)", tokens,
                       sums[1], sums[2]);
