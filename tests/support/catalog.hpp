@@ -116,6 +116,12 @@ inline std::vector<CatalogEntry> catalog() {
                 c.kl.coef = 0.02;
                 c.entropy.coef = 0.003;
               });
+  variant("paper/critique_grpo", "token-sum (verl's) + k2 KL + entropy", [](LossConfig& c) {
+    c.aggregation.policy = c.aggregation.entropy = c.aggregation.kl = cgrpo::Aggregation::token_sum;
+    c.kl.estimator = cgrpo::KlEstimator::k2;
+    c.kl.coef = 0.02;
+    c.entropy.coef = 0.003;
+  });
   variant("verl/dapo", "temperature 0.7 + entropy", [](LossConfig& c) {
     c.temperature = 0.7;
     c.entropy.coef = 0.002;

@@ -95,6 +95,7 @@ inline std::vector<double> aggregation_weights(cgrpo::Aggregation mode, const cg
         case cgrpo::Aggregation::seq_mean_token_sum: w[t] = 1.0 / num_responses; break;
         case cgrpo::Aggregation::seq_mean_token_mean: w[t] = 1.0 / (num_responses * (n_i + conv.row_count_eps)); break;
         case cgrpo::Aggregation::seq_mean_token_sum_norm: w[t] = 1.0 / L; break;
+        case cgrpo::Aggregation::token_sum: w[t] = 1.0; break;
       }
     }
   }

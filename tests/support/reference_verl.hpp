@@ -50,6 +50,7 @@ inline double agg(cgrpo::Aggregation mode, const ref::Batch& b, const std::vecto
     case cgrpo::Aggregation::seq_mean_token_sum:
     case cgrpo::Aggregation::seq_mean_token_mean: return rows > 0 ? seq_sum / rows : 0.0;
     case cgrpo::Aggregation::seq_mean_token_sum_norm: return total / static_cast<double>(L);
+    case cgrpo::Aggregation::token_sum: return total;
   }
   return 0.0;
 }

@@ -63,12 +63,20 @@ struct SeqMeanTokenSumNorm {
   }
 };
 
+// m: a plain sum (verl's token-sum; the loss grows with the batch). verl multiplies it, like every
+// mode, by dp_size to undo DDP's mean over ranks: with cgrpo the shards' gradients are summed.
+struct TokenSum {
+  static constexpr AggregationTraits traits() { return AggregationTraits{"token-sum", false, false}; }
+  CGRPO_HD static double denominator(const AggregationConvention&, const AggregationCounts&, double) { return 1.0; }
+};
+
 // X(enum name, struct). The order is the enum's values.
 #define CGRPO_AGGREGATION_MODES(X)            \
   X(token_mean, TokenMean)                    \
   X(seq_mean_token_sum, SeqMeanTokenSum)      \
   X(seq_mean_token_mean, SeqMeanTokenMean)    \
-  X(seq_mean_token_sum_norm, SeqMeanTokenSumNorm)
+  X(seq_mean_token_sum_norm, SeqMeanTokenSumNorm) \
+  X(token_sum, TokenSum)
 
 enum class Aggregation : int { CGRPO_AGGREGATION_MODES(CGRPO_VARIANT_ENUM_ENTRY) };
 inline constexpr int kNumAggregations = 0 CGRPO_AGGREGATION_MODES(CGRPO_VARIANT_COUNT_ENTRY);
