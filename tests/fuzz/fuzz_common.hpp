@@ -525,10 +525,10 @@ inline void check_metrics(const cgrpo::LossMetrics& m, const ExpectedCounts& e, 
   for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); ++i)
     FUZZ_CHECK(std::isfinite(fields[i]), "%s returned OK with metrics.%s = %g", entry, names[i], fields[i]);
   const cgrpo::RolloutMetrics& r = m.rollout;
-  const double rf[] = {r.is_mean, r.is_max, r.is_min, r.is_std, r.is_eff_sample_size, r.is_ratio_fraction_high,
-                       r.is_ratio_fraction_low, r.is_seq_mean, r.is_seq_max, r.is_seq_min, r.rs_masked_fraction,
-                       r.rs_seq_masked_fraction, r.kl, r.k3_kl, r.chi2_token, r.chi2_seq};
-  for (double v : rf) FUZZ_CHECK(std::isfinite(v), "%s returned OK with a non-finite rollout metric %g", entry, v);
+#define CGRPO_FUZZ_ROLLOUT_FIELD(field)                                                                  \
+  FUZZ_CHECK(std::isfinite(r.field), "%s returned OK with rollout metric %s = %g", entry, #field, r.field);
+  CGRPO_ROLLOUT_METRIC_FIELDS(CGRPO_FUZZ_ROLLOUT_FIELD)
+#undef CGRPO_FUZZ_ROLLOUT_FIELD
   for (const auto& o : r.rs_option) {
     const double of[] = {o.mean, o.max, o.min, o.masked_fraction, o.seq_masked_fraction};
     for (double v : of) FUZZ_CHECK(std::isfinite(v), "%s returned OK with a non-finite rejection metric %g", entry, v);

@@ -39,6 +39,7 @@ std::vector<double> reference_advantages(cgrpo::AdvantageEstimator e, const std:
         case cgrpo::AdvantageEstimator::rloo: out[i] = n > 1 ? n / (n - 1) * (r[i] - mean) : r[i]; break;
         case cgrpo::AdvantageEstimator::reinforce_pp_baseline: out[i] = r[i] - mean; break;
         case cgrpo::AdvantageEstimator::grpo_batch_std: break;  // tested against TRL's golden cases
+        case cgrpo::AdvantageEstimator::gdpo: break;            // tests/advantages/test_gdpo.cpp
       }
     }
   }

@@ -94,8 +94,24 @@ TEST_CASE("weights: verl's and TRL's conventions change the weights where they s
   CHECK(w[0] == 1.0 / 6.0);  // verl: N exactly (the old function gave 1 / (6 + 1e-8))
   c.aggregation.policy = cgrpo::Aggregation::seq_mean_token_mean;
   REQUIRE(cgrpo::aggregation_weights(c, cgrpo::LossTerm::policy, layout, mask, {}, w).ok());
-  CHECK(w[0] == 1.0 / (2.0 * (2.0 + 1e-8)));  // verl: B+ = 2 rows, n_i + 1e-8
+  CHECK(w[0] == 1.0 / (3.0 * (2.0 + 1e-8)));  // verl's engine: B = 3 rows (the empty one too), n_i + 1e-8
+  CHECK(w[3] == 1.0 / (3.0 * (4.0 + 1e-8)));
+  c.aggregation.convention = cgrpo::verl_aggregation(cgrpo::VerlActor::legacy_dp_actor);
+  REQUIRE(cgrpo::aggregation_weights(c, cgrpo::LossTerm::policy, layout, mask, {}, w).ok());
+  CHECK(w[0] == 1.0 / (2.0 * (2.0 + 1e-8)));  // verl's legacy dp_actor: B+ = 2 rows
   CHECK(w[3] == 1.0 / (2.0 * (4.0 + 1e-8)));
+  // seq-mean-token-sum-norm: / (B L) at the engine, / L at the legacy dp_actor (L = 4, the longest row).
+  c.aggregation.policy = cgrpo::Aggregation::seq_mean_token_sum_norm;
+  REQUIRE(cgrpo::aggregation_weights(c, cgrpo::LossTerm::policy, layout, mask, {}, w).ok());
+  CHECK(w[0] == 1.0 / 4.0);
+  c.aggregation.convention = cgrpo::verl_aggregation();
+  REQUIRE(cgrpo::aggregation_weights(c, cgrpo::LossTerm::policy, layout, mask, {}, w).ok());
+  CHECK(w[0] == 1.0 / (3.0 * 4.0));
+  // token-sum: the mask itself.
+  c.aggregation.policy = cgrpo::Aggregation::token_sum;
+  REQUIRE(cgrpo::aggregation_weights(c, cgrpo::LossTerm::policy, layout, mask, {}, w).ok());
+  CHECK(w[0] == 1.0);
+  CHECK(w[2] == 0.0);
   c = cgrpo::trl_grpo().loss;
   REQUIRE(cgrpo::aggregation_weights(c, cgrpo::LossTerm::policy, layout, mask, {}, w).ok());
   CHECK(w[0] == 1.0 / (3.0 * 2.0));  // TRL: every row, max(n_i, 1)

@@ -361,7 +361,7 @@ void check_sharded_losses(const cgrpo::AggregationConvention& convention) {
   std::mt19937_64 rng = test_seed::fresh_rng();
   const cgrpo::Aggregation modes[] = {cgrpo::Aggregation::token_mean, cgrpo::Aggregation::seq_mean_token_sum,
                                       cgrpo::Aggregation::seq_mean_token_mean,
-                                      cgrpo::Aggregation::seq_mean_token_sum_norm};
+                                      cgrpo::Aggregation::seq_mean_token_sum_norm, cgrpo::Aggregation::token_sum};
   const ref::Clip clips[] = {ref::Clip::none, ref::Clip::token, ref::Clip::sequence};
   int cases = 0;
   for (cgrpo::Aggregation pg_mode : modes)
@@ -444,7 +444,8 @@ void check_sharded_losses(const cgrpo::AggregationConvention& convention) {
           // The global B of both rules, as each convention counts it on the full batch (every row, and
           // verl's B+ of the rows with a valid token): the loss takes the one its term's rule asks for.
           CHECK(scale.sequence_count == convention_rows(full, cgrpo::trl_aggregation()));
-          CHECK(scale.nonempty_sequence_count == convention_rows(full, cgrpo::verl_aggregation()));
+          CHECK(scale.nonempty_sequence_count ==
+                convention_rows(full, cgrpo::verl_aggregation(cgrpo::VerlActor::legacy_dp_actor)));
 
           // The caller's all-reduce (SUM) of the metrics, for each way of forming the weights.
           double metric_sums[cgrpo::parallel::kMetricSumFields] = {};
@@ -505,7 +506,7 @@ void check_sharded_losses(const cgrpo::AggregationConvention& convention) {
           REQUIRE(ref::close(m_full_computed.loss, m_full.loss, rel, mag.loss));
           REQUIRE(ref::close_rows(grad_full_computed, grad_full, full, rel, row_scales));
         }
-  REQUIRE(cases == 4 * 4 * 3 * 4);
+  REQUIRE(cases == 5 * 5 * 3 * 4);
 }
 
 }  // namespace
@@ -520,11 +521,19 @@ TEST_CASE("sum of shard losses and shard gradients equals the full batch, every 
   check_sharded_losses(cgrpo::trl_aggregation());
 }
 
-// verl's B+: seq-mean-* count only the rows with a valid token, so the all-reduced sequence count
-// must be that count's sum.
-TEST_CASE("sum of shard losses and shard gradients equals the full batch, every aggregation mode, verl's denominators",
+// verl's legacy dp_actor B+: seq-mean-* count only the rows with a valid token, so the all-reduced
+// sequence count must be that count's sum.
+TEST_CASE("sum of shard losses and shard gradients equals the full batch, every aggregation mode, verl's legacy "
+          "dp_actor denominators",
           "[parallel][data]") {
-  check_sharded_losses(cgrpo::verl_aggregation());
+  check_sharded_losses(cgrpo::verl_aggregation(cgrpo::VerlActor::legacy_dp_actor));
+}
+
+// verl's engine: every row, seq-mean-token-sum-norm / (B L) with the global B and L.
+TEST_CASE("sum of shard losses and shard gradients equals the full batch, every aggregation mode, verl's engine "
+          "denominators",
+          "[parallel][data]") {
+  check_sharded_losses(cgrpo::verl_aggregation(cgrpo::VerlActor::engine));
 }
 
 // Every catalog config whose loss is a sum over rows once the counts are global (no batch-level

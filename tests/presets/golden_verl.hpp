@@ -59,6 +59,7 @@ inline void setup_verl(const GoldenCase& g, Setup& s) {
   const std::string clip = g.param("clip"), mode = g.param("rollout_correction");
   REQUIRE((mode == "none" || mode == "decoupled" || mode == "bypass"));
   VerlOptions o;
+  o.actor = VerlActor::legacy_dp_actor;  // these cases follow b178a3c's dp_actor (B+, sum-norm / L, IS metrics of u)
   const Recipe preset = verl_preset_of(clip, mode == "bypass", &o.loss_mode);
   if (!g.param("eps_low").empty()) o.clip_ratio_low = param_double(g, "eps_low");
   if (!g.param("eps_high").empty()) o.clip_ratio_high = param_double(g, "eps_high");
@@ -157,9 +158,13 @@ inline void setup_verl(const GoldenCase& g, Setup& s) {
     REQUIRE(verl_agg(pg_agg) == c.aggregation.policy);
   }
   if (clip == "sapo") REQUIRE(c.aggregation.policy == Aggregation::seq_mean_token_mean);
-  REQUIRE(c.aggregation.convention.token_mean_eps == verl_aggregation().token_mean_eps);
-  REQUIRE(c.aggregation.convention.row_count_eps == verl_aggregation().row_count_eps);
-  REQUIRE(c.aggregation.convention.count_empty_rows == verl_aggregation().count_empty_rows);
+  const AggregationConvention legacy = verl_aggregation(VerlActor::legacy_dp_actor);
+  REQUIRE(c.aggregation.convention.token_mean_eps == legacy.token_mean_eps);
+  REQUIRE(c.aggregation.convention.row_count_eps == legacy.row_count_eps);
+  REQUIRE(c.aggregation.convention.count_empty_rows == legacy.count_empty_rows);
+  REQUIRE(!c.aggregation.convention.sum_norm_per_row);
+  REQUIRE(!c.aggregation.convention.token_count_from_response_mask);
+  REQUIRE(!c.off_policy.rollout.metrics_from_applied_weights);
   if (o.use_kl_loss) {
     REQUIRE(verl_agg(g.param("kl_agg")) == c.aggregation.kl);
     REQUIRE(c.kl.coef == param_double(g, "kl_coef"));

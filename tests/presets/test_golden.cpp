@@ -1,5 +1,5 @@
 // Golden cases computed by the peers' own code (tests/data: the paper's fork; tests/data/verl;
-// tests/data/trl): advantages, loss, gradient, log-probs, entropies and the logged metrics must
+// tests/data/verl3; tests/data/trl): advantages, loss, gradient, log-probs, entropies and the logged metrics must
 // match, 1e-10 in double and 1e-5 in float (metrics in double, at the tolerance the case names).
 #include <catch2/catch.hpp>
 
@@ -12,6 +12,7 @@
 #include "golden_trl.hpp"
 #include "golden_runner.hpp"
 #include "golden_verl.hpp"
+#include "golden_verl3.hpp"
 
 namespace {
 
@@ -44,4 +45,9 @@ TEST_CASE("golden cases from the paper's code (its verl fork)", "[golden]") {
 }
 
 TEST_CASE("golden cases from TRL", "[golden]") { run_folder("trl", golden::setup_trl, 12); }
-TEST_CASE("golden cases from verl", "[golden]") { run_folder("verl", golden::setup_verl, 12); }
+TEST_CASE("golden cases from verl (b178a3c, under VerlActor::legacy_dp_actor)", "[golden]") {
+  run_folder("verl", golden::setup_verl, 12);
+}
+TEST_CASE("golden cases from verl at 1dda039 (its engine actor, the verl presets' default)", "[golden]") {
+  run_folder("verl3", golden::setup_verl3, 10);
+}

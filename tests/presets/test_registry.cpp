@@ -94,6 +94,36 @@ TEST_CASE("registry: an unknown name is an error that lists the known ones; out 
   CHECK(r.loss.temperature == 0.25);
   support::check_error(cgrpo::preset(nullptr, &r), StatusCode::invalid_argument, {"(null)"});
   support::check_error(cgrpo::preset("verl/grpo", nullptr), StatusCode::invalid_argument, {"out"});
+  // The actor suffix: verl presets only, two actors.
+  support::check_error(cgrpo::preset("verl/grpo@b178a3c", &r), StatusCode::invalid_argument,
+                       {"verl/grpo@b178a3c", "b178a3c", "engine", "legacy_dp_actor"});
+  support::check_error(cgrpo::preset("trl/grpo@legacy_dp_actor", &r), StatusCode::invalid_argument,
+                       {"trl/grpo@legacy_dp_actor", "only verl presets"});
+  support::check_error(cgrpo::preset("verl/grpoo@engine", &r), StatusCode::invalid_argument, {"unknown"});
+  CHECK(r.loss.temperature == 0.25);
+}
+
+TEST_CASE("registry: a verl preset's actor suffix selects its conventions", "[presets][registry][verl]") {
+  std::mt19937_64 rng = test_seed::fresh_rng();
+  const support::Batch b = support::random_batch(rng, 7, 6, 19, 2);
+  for (int i = 0; i < cgrpo::preset_count(); ++i) {
+    const std::string name = cgrpo::preset_at(i)->name;
+    if (name.rfind("verl/", 0) != 0) continue;
+    INFO(name);
+    Recipe plain, engine, legacy;
+    REQUIRE(cgrpo::preset(name.c_str(), &plain).ok());
+    REQUIRE(cgrpo::preset((name + "@engine").c_str(), &engine).ok());
+    REQUIRE(cgrpo::preset((name + "@legacy_dp_actor").c_str(), &legacy).ok());
+    check_same(engine, plain, b);  // the engine is the default
+    check_same(legacy, cgrpo::verl_with_actor(plain, cgrpo::VerlActor::legacy_dp_actor), b);
+    CHECK(plain.loss.aggregation.convention.count_empty_rows);
+    CHECK(!legacy.loss.aggregation.convention.count_empty_rows);
+    CHECK(!legacy.loss.aggregation.convention.sum_norm_per_row);
+    CHECK(!legacy.loss.aggregation.convention.token_count_from_response_mask);
+    CHECK(!legacy.loss.off_policy.rollout.metrics_from_applied_weights);
+    CHECK(legacy.loss.policy.loss == plain.loss.policy.loss);  // nothing else changes
+    CHECK(legacy.loss.aggregation.policy == plain.loss.aggregation.policy);
+  }
 }
 
 TEST_CASE("registry: each name gives its typed preset, bit for bit", "[presets][registry]") {
@@ -122,6 +152,9 @@ TEST_CASE("registry: each name gives its typed preset, bit for bit", "[presets][
       {"verl/dppo_tv", cgrpo::verl_dppo_tv()},
       {"verl/dppo_kl", cgrpo::verl_dppo_kl()},
       {"verl/dro", cgrpo::verl_dro()},
+      {"verl/decoupled_token_icepop",
+       cgrpo::verl_icepop(cgrpo::verl_decoupled(cgrpo::verl_grpo(), cgrpo::RolloutIsLevel::token), 0.5, 5.0)},
+      {"verl/bypass_pg_token_icepop", cgrpo::verl_bypass_token_icepop()},
       {"trl/grpo", cgrpo::trl_grpo()},
       {"trl/bnpo", cgrpo::trl_bnpo()},
       {"trl/dr_grpo", cgrpo::trl_dr_grpo()},
@@ -212,7 +245,72 @@ TEST_CASE("options: VerlOptions give verl's recipes", "[presets][verl][options]"
   REQUIRE(cgrpo::verl_recipe(decoupled, &r).ok());
   check_same(r, cgrpo::verl_decoupled(cgrpo::verl_grpo(), cgrpo::RolloutIsLevel::token), b);
 
+  // verl 1dda039's options: dppo's clip_ratio_c is its IS cap, dro_beta, IcePop's "lo_hi", gdpo, the actor.
+  cgrpo::VerlOptions dppo;
+  dppo.loss_mode = "dppo_tv";
+  dppo.clip_ratio = 0.15;
+  dppo.clip_ratio_c = 10000;
+  REQUIRE(cgrpo::verl_recipe(dppo, &r).ok());
+  check_same(r, cgrpo::verl_dppo_tv(), b);
+  dppo.loss_mode = "dppo_kl";
+  dppo.clip_ratio = 0.05;
+  REQUIRE(cgrpo::verl_recipe(dppo, &r).ok());
+  check_same(r, cgrpo::verl_dppo_kl(), b);
+  dppo.clip_ratio_c = 3.0;  // verl's ActorConfig default when the recipe does not set it
+  REQUIRE(cgrpo::verl_recipe(dppo, &r).ok());
+  CHECK(r.loss.policy.dppo_kl.is_cap == 3.0);
+  cgrpo::VerlOptions dro;
+  dro.loss_mode = "dro";
+  dro.dro_beta = 0.5;
+  REQUIRE(cgrpo::verl_recipe(dro, &r).ok());
+  check_same(r, cgrpo::verl_dro(0.5), b);
+  cgrpo::VerlOptions icepop;
+  icepop.bypass_mode = true;
+  icepop.loss_type = "reinforce";
+  icepop.rollout_is = "token";
+  icepop.rollout_is_threshold_text = "0.5_5.0";
+  REQUIRE(cgrpo::verl_recipe(icepop, &r).ok());
+  check_same(r, cgrpo::verl_bypass_token_icepop(), b);
+  icepop.rollout_is_threshold_text = "1.5";  // a number in the string form: truncation
+  REQUIRE(cgrpo::verl_recipe(icepop, &r).ok());
+  CHECK(r.loss.off_policy.rollout.is_mode == cgrpo::RolloutIsMode::truncate);
+  CHECK(r.loss.off_policy.rollout.is_threshold == 1.5);
+  cgrpo::VerlOptions gdpo;
+  gdpo.adv_estimator = "gdpo";
+  gdpo.norm_adv_by_std_in_grpo = false;  // verl's gdpo does not read it
+  REQUIRE(cgrpo::verl_recipe(gdpo, &r).ok());
+  CHECK(r.advantage.estimator == cgrpo::AdvantageEstimator::gdpo);
+  CHECK(r.advantage.whiten_count_eps == 1e-8);
+  cgrpo::VerlOptions legacy;
+  legacy.loss_agg_mode = "seq-mean-token-sum-norm";
+  legacy.actor = cgrpo::VerlActor::legacy_dp_actor;
+  REQUIRE(cgrpo::verl_recipe(legacy, &r).ok());
+  CHECK(!r.loss.aggregation.convention.sum_norm_per_row);
+  CHECK(!r.loss.aggregation.convention.count_empty_rows);
+  legacy.loss_agg_mode = "token-sum";
+  legacy.actor = cgrpo::VerlActor::engine;
+  REQUIRE(cgrpo::verl_recipe(legacy, &r).ok());
+  CHECK(r.loss.aggregation.policy == cgrpo::Aggregation::token_sum);
+
   cgrpo::VerlOptions bad;
+  // dro_beta has no default and must be > 0; IcePop's band needs 0 < lo <= hi; out is untouched.
+  bad.loss_mode = "dro";
+  r.loss.temperature = 0.5;
+  support::check_error(cgrpo::verl_recipe(bad, &r), StatusCode::invalid_argument, {"dro_beta", "no default"});
+  bad.dro_beta = 0;
+  support::check_error(cgrpo::verl_recipe(bad, &r), StatusCode::invalid_argument, {"dro_beta", "> 0"});
+  bad.dro_beta = -1;
+  support::check_error(cgrpo::verl_recipe(bad, &r), StatusCode::invalid_argument, {"dro_beta"});
+  CHECK(r.loss.temperature == 0.5);
+  bad = cgrpo::VerlOptions{};
+  bad.rollout_is = "token";
+  for (const char* spec : {"2.0_0.5", "0_2", "abc", "0.5_", "-1", "0.5_inf"}) {
+    INFO(spec);
+    bad.rollout_is_threshold_text = spec;
+    support::check_error(cgrpo::verl_recipe(bad, &r), StatusCode::invalid_argument, {"rollout_is_threshold", spec});
+  }
+  CHECK(r.loss.temperature == 0.5);
+  bad = cgrpo::VerlOptions{};
   bad.adv_estimator = "gae";
   r.loss.temperature = 0.5;
   support::check_error(cgrpo::verl_recipe(bad, &r), StatusCode::invalid_argument, {"adv_estimator", "gae"});

@@ -91,19 +91,11 @@ Run run_library(const ref::Batch& b, const LossConfig& c) {
 bool close(double got, double want, double tol = 1e-12) { return std::fabs(got - want) <= tol * std::max(1.0, std::fabs(want)); }
 
 void check_rollout_metrics(const cgrpo::RolloutMetrics& g, const cgrpo::RolloutMetrics& w, int options) {
-  CHECK(close(g.is_mean, w.is_mean));
-  CHECK(close(g.is_max, w.is_max));
-  CHECK(close(g.is_min, w.is_min));
-  CHECK(close(g.is_std, w.is_std, 1e-10));
-  CHECK(close(g.is_eff_sample_size, w.is_eff_sample_size));
-  CHECK(close(g.is_ratio_fraction_high, w.is_ratio_fraction_high));
-  CHECK(close(g.is_ratio_fraction_low, w.is_ratio_fraction_low));
-  CHECK(close(g.is_seq_mean, w.is_seq_mean));
-  CHECK(close(g.is_seq_max, w.is_seq_max));
-  CHECK(close(g.is_seq_min, w.is_seq_min));
-  CHECK(close(g.is_batch_norm_factor, w.is_batch_norm_factor));
-  CHECK(close(g.rs_masked_fraction, w.rs_masked_fraction));
-  CHECK(close(g.rs_seq_masked_fraction, w.rs_seq_masked_fraction));
+  // Every scalar metric; the two standard deviations cancel, so 1e-10 for them.
+#define CHECK_ROLLOUT_FIELD(field) \
+  CHECK(close(g.field, w.field, std::string(#field).find("std") != std::string::npos ? 1e-10 : 1e-12));
+  CGRPO_ROLLOUT_METRIC_FIELDS(CHECK_ROLLOUT_FIELD)
+#undef CHECK_ROLLOUT_FIELD
   for (int k = 0; k < options; ++k) {
     CAPTURE(k);
     CHECK(close(g.rs_option[k].mean, w.rs_option[k].mean));
@@ -112,19 +104,6 @@ void check_rollout_metrics(const cgrpo::RolloutMetrics& g, const cgrpo::RolloutM
     CHECK(close(g.rs_option[k].masked_fraction, w.rs_option[k].masked_fraction));
     CHECK(close(g.rs_option[k].seq_masked_fraction, w.rs_option[k].seq_masked_fraction));
   }
-  CHECK(close(g.kl, w.kl));
-  CHECK(close(g.k3_kl, w.k3_kl));
-  CHECK(close(g.chi2_token, w.chi2_token));
-  CHECK(close(g.chi2_seq, w.chi2_seq));
-  CHECK(close(g.training_ppl, w.training_ppl));
-  CHECK(close(g.training_log_ppl, w.training_log_ppl));
-  CHECK(close(g.rollout_ppl, w.rollout_ppl));
-  CHECK(close(g.rollout_log_ppl, w.rollout_log_ppl));
-  CHECK(close(g.log_ppl_diff, w.log_ppl_diff));
-  CHECK(close(g.log_ppl_abs_diff, w.log_ppl_abs_diff));
-  CHECK(close(g.log_ppl_diff_max, w.log_ppl_diff_max));
-  CHECK(close(g.log_ppl_diff_min, w.log_ppl_diff_min));
-  CHECK(close(g.ppl_ratio, w.ppl_ratio));
 }
 
 // Loss, metrics, weights and kept mask against the reference; the gradient against central differences.
@@ -410,6 +389,31 @@ TEST_CASE("verl rollout correction, decoupled: every rejection statistic, IS lev
 TEST_CASE("verl bypass mode: ppo_clip (no IS factor) and reinforce (IS factor), rejection in the policy term only",
           "[verl][rollout][gradient]") {
   auto rng = test_seed::fresh_rng();
+  // The engine's token-mean N counts the original mask (the rejection happens inside the loss);
+  // the legacy dp_actor's counts the policy term's kept tokens.
+  for (cgrpo::VerlActor actor : {cgrpo::VerlActor::engine, cgrpo::VerlActor::legacy_dp_actor}) {
+    CAPTURE(cgrpo::to_string(actor));
+    LossConfig c = cgrpo::verl_with_actor(cgrpo::verl_bypass_ppo_clip(), actor).loss;
+    c.entropy.coef = 0.01;
+    c.kl.estimator = cgrpo::KlEstimator::k3;
+    c.kl.coef = 0.1;
+    set_options(c, "token_k2", "0.03");
+    const ref::Batch b = make_mixed_batch(rng, c);
+    check_against_reference(b, c);
+    // The two conventions differ by the token-mean divisor alone: N (mask) against N' (kept).
+    const Run got = run_library(b, c);
+    double n = 0, kept = 0;
+    for (int64_t t = 0; t < b.T; ++t) n += b.mask[t], kept += (got.terms[t] & cgrpo::kTermPolicy) ? 1 : 0;
+    REQUIRE(kept < n);
+    const LossConfig other = cgrpo::verl_with_actor(cgrpo::Recipe{c, {}}, actor == cgrpo::VerlActor::engine
+                                                                           ? cgrpo::VerlActor::legacy_dp_actor
+                                                                           : cgrpo::VerlActor::engine)
+                                 .loss;
+    const Run alt = run_library(b, other);
+    REQUIRE(alt.status.ok());
+    const double pg_ratio = got.metrics.pg_loss / alt.metrics.pg_loss;
+    CHECK(close(pg_ratio, actor == cgrpo::VerlActor::engine ? kept / n : n / kept, 1e-10));
+  }
   {
     LossConfig c = cgrpo::verl_bypass_ppo_clip().loss;
     c.entropy.coef = 0.01;
@@ -429,6 +433,77 @@ TEST_CASE("verl bypass mode: ppo_clip (no IS factor) and reinforce (IS factor), 
     set_options(c, "token_k2,seq_max_k3", "0.03,0.05");
     check_against_reference(make_mixed_batch(rng, c), c);
   }
+}
+
+TEST_CASE("verl IcePop: weights outside [lo, hi] are zeroed, the mask is kept; token and sequence, decoupled and "
+          "bypass, both actors' metrics",
+          "[verl][rollout][icepop][gradient]") {
+  auto rng = test_seed::fresh_rng();
+  for (cgrpo::VerlActor actor : {cgrpo::VerlActor::engine, cgrpo::VerlActor::legacy_dp_actor})
+    for (RolloutIsLevel level : {RolloutIsLevel::token, RolloutIsLevel::sequence})
+      for (bool bypass : {false, true}) {
+        CAPTURE(cgrpo::to_string(actor), to_string(level), bypass);
+        cgrpo::Recipe r = bypass ? cgrpo::verl_bypass_reinforce() : cgrpo::verl_decoupled(cgrpo::verl_grpo(), level);
+        r.loss.off_policy.rollout.is_level = level;
+        // A band the batch's weights straddle: make_batch draws rollout log-probs near the training ones.
+        r = cgrpo::verl_with_actor(cgrpo::verl_icepop(r, level == RolloutIsLevel::token ? 0.9 : 0.7,
+                                                      level == RolloutIsLevel::token ? 1.1 : 1.4),
+                                   actor);
+        LossConfig& c = r.loss;
+        c.entropy.coef = 0.01;
+        c.aggregation.policy = c.aggregation.entropy = cgrpo::Aggregation::seq_mean_token_mean;
+        const ref::Batch b = make_batch(rng, bypass, 8, 6);
+        const ref_verl::Result want = ref_verl::loss(b, b.logits, b.logits, c);
+        int zeroed = 0, applied = 0;
+        for (int64_t t = 0; t < b.T; ++t)
+          if (b.mask[t]) (want.is_weight[t] == 0.0 ? zeroed : applied) += 1;
+        CAPTURE(zeroed, applied);
+        if (level == RolloutIsLevel::token) REQUIRE((zeroed > 0 && applied > 0));  // the band splits the tokens
+        check_against_reference(b, c);
+        const Run got = run_library(b, c);
+        // The mask is not changed: every valid token stays in the policy term (and its denominators).
+        for (int64_t t = 0; t < b.T; ++t) CHECK(((got.terms[t] & cgrpo::kTermPolicy) != 0) == (b.mask[t] != 0));
+        if (zeroed > 0) CHECK(got.metrics.rollout.is_oob_ratio > 0);
+      }
+}
+
+TEST_CASE("verl IcePop: a band that holds no weight zeroes the policy term, and the metrics stay finite",
+          "[verl][rollout][icepop]") {
+  auto rng = test_seed::fresh_rng();
+  for (RolloutIsLevel level : {RolloutIsLevel::token, RolloutIsLevel::sequence}) {
+    CAPTURE(to_string(level));
+    LossConfig c = cgrpo::verl_icepop(cgrpo::verl_decoupled(cgrpo::verl_grpo(), level), 100.0, 200.0).loss;
+    const ref::Batch b = make_batch(rng, false, 6, 5);
+    const Run got = run_library(b, c);
+    INFO(got.status.message);
+    REQUIRE(got.status.ok());
+    CHECK(got.metrics.pg_loss == 0.0);
+    CHECK(got.metrics.rollout.is_eff_sample_size == 0.0);  // verl logs 1 / 0
+    CHECK(close(got.metrics.rollout.is_oob_ratio, 1.0, 1e-8));
+    CHECK(got.metrics.rollout.is_mean == 0.0);
+    for (int64_t t = 0; t < b.T; ++t) CHECK(got.factor[t] == 0.0);
+    check_against_reference(b, c, /*finite_differences=*/false);
+  }
+}
+
+TEST_CASE("verl IcePop config: lo <= hi, lo > 0, a level; is_threshold_lower only with icepop", "[verl][rollout][icepop]") {
+  LossConfig c = cgrpo::verl_icepop(cgrpo::verl_decoupled(cgrpo::verl_grpo(), RolloutIsLevel::token), 0.5, 2.0).loss;
+  REQUIRE(c.validate().ok());
+  c.off_policy.rollout.is_threshold_lower = 3.0;  // lo > hi
+  support::check_error(c.validate(), cgrpo::StatusCode::invalid_argument, {"IcePop", "lo <= hi", "3", "2"});
+  c.off_policy.rollout.is_threshold_lower = 0.0;
+  support::check_error(c.validate(), cgrpo::StatusCode::invalid_argument, {"IcePop", "0 < is_threshold_lower"});
+  c.off_policy.rollout.is_threshold_lower = NAN;
+  support::check_error(c.validate(), cgrpo::StatusCode::invalid_argument, {"IcePop"});
+  c.off_policy.rollout.is_threshold_lower = 0.5;
+  c.off_policy.rollout.is_level = RolloutIsLevel::none;
+  support::check_error(c.validate(), cgrpo::StatusCode::invalid_argument, {"icepop", "is_level"});
+  c = cgrpo::verl_decoupled(cgrpo::verl_grpo(), RolloutIsLevel::token).loss;
+  c.off_policy.rollout.is_threshold_lower = 0.5;  // truncation has no lower bound
+  support::check_error(c.validate(), cgrpo::StatusCode::invalid_argument, {"is_threshold_lower", "icepop"});
+  c.off_policy.rollout.is_threshold_lower = 0;
+  c.off_policy.rollout.is_mode = static_cast<cgrpo::RolloutIsMode>(7);
+  support::check_error(c.validate(), cgrpo::StatusCode::invalid_argument, {"is_mode", "7"});
 }
 
 TEST_CASE("rollout correction sums merge: a row split in parts, rows split across reducers", "[verl][rollout]") {
@@ -504,7 +579,12 @@ TEST_CASE("verl presets are valid and set verl's defaults", "[verl][presets]") {
     CHECK(c.validate().ok());
     CHECK(c.aggregation.convention.token_mean_eps == 0.0);
     CHECK(c.aggregation.convention.row_count_eps == 1e-8);
-    CHECK(!c.aggregation.convention.count_empty_rows);
+    // The engine actor's conventions (verl 1dda039) unless the entry names the legacy dp_actor.
+    const bool legacy = e.name.find("@legacy_dp_actor") != std::string::npos;
+    CHECK(c.aggregation.convention.count_empty_rows == !legacy);
+    CHECK(c.aggregation.convention.sum_norm_per_row == !legacy);
+    CHECK(c.aggregation.convention.token_count_from_response_mask == !legacy);
+    CHECK(c.off_policy.rollout.metrics_from_applied_weights == !legacy);
     CHECK(c.metrics.mean_eps == 1e-8);
     CHECK(e.recipe.advantage.eps == 1e-6);  // verl's grpo eps and masked_whiten's N + 1e-8
     CHECK(e.recipe.advantage.whiten_count_eps == 1e-8);

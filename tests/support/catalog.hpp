@@ -102,25 +102,29 @@ inline std::vector<CatalogEntry> catalog() {
     c.policy.clip_cov.seed = 7;
   });
   variant("verl/kl_cov", "ratio 0.1", [](LossConfig& c) { c.policy.kl_cov.ratio = 0.1; });
+  // The verl presets carry the engine actor's denominators; the legacy dp_actor's are here.
   for (auto mode : {cgrpo::Aggregation::token_mean, cgrpo::Aggregation::seq_mean_token_sum,
-                    cgrpo::Aggregation::seq_mean_token_mean, cgrpo::Aggregation::seq_mean_token_sum_norm})
-    for (int conv = 0; conv < 3; ++conv)
+                    cgrpo::Aggregation::seq_mean_token_mean, cgrpo::Aggregation::seq_mean_token_sum_norm,
+                    cgrpo::Aggregation::token_sum})
+    for (int conv = 0; conv < 3; ++conv) {
+      if (mode == cgrpo::Aggregation::token_sum && conv > 0) continue;  // no denominator: one convention
       variant("paper/critique_grpo",
-              std::string(cgrpo::to_string(mode)) + (conv == 0 ? " (paper's" : conv == 1 ? " (verl's" : " (TRL's") +
+              std::string(cgrpo::to_string(mode)) +
+                  (conv == 0 ? " (paper's" : conv == 1 ? " (verl's legacy dp_actor" : " (TRL's") +
                   " denominators) + k2 KL + entropy",
               [mode, conv](LossConfig& c) {
                 c.aggregation.policy = c.aggregation.entropy = c.aggregation.kl = mode;
-                if (conv == 1) c.aggregation.convention = cgrpo::verl_aggregation();
+                if (conv == 1) c.aggregation.convention = cgrpo::verl_aggregation(cgrpo::VerlActor::legacy_dp_actor);
                 if (conv == 2) c.aggregation.convention = cgrpo::trl_aggregation();
                 c.kl.estimator = cgrpo::KlEstimator::k2;
                 c.kl.coef = 0.02;
                 c.entropy.coef = 0.003;
               });
-  variant("paper/critique_grpo", "token-sum (verl's) + k2 KL + entropy", [](LossConfig& c) {
-    c.aggregation.policy = c.aggregation.entropy = c.aggregation.kl = cgrpo::Aggregation::token_sum;
-    c.kl.estimator = cgrpo::KlEstimator::k2;
-    c.kl.coef = 0.02;
-    c.entropy.coef = 0.003;
+    }
+  variant("verl/decoupled_seq_is", "IcePop [0.8, 1.25] (sequence level)", [](LossConfig& c) {
+    c.off_policy.rollout.is_mode = cgrpo::RolloutIsMode::icepop;
+    c.off_policy.rollout.is_threshold_lower = 0.8;
+    c.off_policy.rollout.is_threshold = 1.25;
   });
   variant("verl/dapo", "temperature 0.7 + entropy", [](LossConfig& c) {
     c.temperature = 0.7;

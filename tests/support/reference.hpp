@@ -94,7 +94,9 @@ inline std::vector<double> aggregation_weights(cgrpo::Aggregation mode, const cg
         case cgrpo::Aggregation::token_mean: w[t] = 1.0 / (sum_m + conv.token_mean_eps); break;
         case cgrpo::Aggregation::seq_mean_token_sum: w[t] = 1.0 / num_responses; break;
         case cgrpo::Aggregation::seq_mean_token_mean: w[t] = 1.0 / (num_responses * (n_i + conv.row_count_eps)); break;
-        case cgrpo::Aggregation::seq_mean_token_sum_norm: w[t] = 1.0 / L; break;
+        case cgrpo::Aggregation::seq_mean_token_sum_norm:  // verl 1dda039: a seq-mean of sums over L
+          w[t] = conv.sum_norm_per_row ? 1.0 / (num_responses * L) : 1.0 / L;
+          break;
         case cgrpo::Aggregation::token_sum: w[t] = 1.0; break;
       }
     }

@@ -28,28 +28,36 @@ inline double mmean(const std::vector<double>& v, const std::vector<double>& m) 
   return s / (n + 1e-8);
 }
 
-// verl's agg_loss with its own denominators (token-mean: N; seq-mean-*: B+, n_i + 1e-8; sum-norm: L).
-inline double agg(cgrpo::Aggregation mode, const ref::Batch& b, const std::vector<double>& v,
-                  const std::vector<double>& m) {
-  double total = 0, n_all = 0, rows = 0, seq_sum = 0;
+// verl's agg_loss with the config's denominators (golden README, "Conventions" and "verl cases,
+// third set"): token-mean N (counted on the term's mask m, or on the response mask with
+// token_count_from_response_mask: verl's engine batch_num_tokens), seq-mean-* over B+ (legacy
+// dp_actor) or all B rows (engine), n_i + row_count_eps, sum-norm / L or / (B L), token-sum.
+inline double agg(cgrpo::Aggregation mode, const cgrpo::AggregationConvention& conv, const ref::Batch& b,
+                  const std::vector<double>& v, const std::vector<double>& m, const std::vector<double>& response) {
+  double total = 0, n_all = 0, nonempty = 0, seq_sum = 0, n_response = 0;
   int64_t L = 0;
   for (int64_t i = 0; i < b.B; ++i) {
     double s = 0, n = 0;
-    for (int64_t t = b.offsets[i]; t < b.offsets[i + 1]; ++t)
+    for (int64_t t = b.offsets[i]; t < b.offsets[i + 1]; ++t) {
       if (m[t] != 0) s += v[t] * m[t], n += m[t];
+      n_response += response[t];
+    }
     total += s;
     n_all += n;
     L = std::max<int64_t>(L, b.offsets[i + 1] - b.offsets[i]);
     if (n > 0) {
-      rows += 1;
-      seq_sum += mode == cgrpo::Aggregation::seq_mean_token_mean ? s / (n + 1e-8) : s;
+      nonempty += 1;
+      seq_sum += mode == cgrpo::Aggregation::seq_mean_token_mean ? s / (n + conv.row_count_eps) : s;
     }
   }
+  const double rows = conv.count_empty_rows ? static_cast<double>(b.B) : nonempty;
+  const double N = (conv.token_count_from_response_mask ? n_response : n_all) + conv.token_mean_eps;
   switch (mode) {
-    case cgrpo::Aggregation::token_mean: return n_all > 0 ? total / n_all : 0.0;
+    case cgrpo::Aggregation::token_mean: return N > 0 ? total / N : 0.0;
     case cgrpo::Aggregation::seq_mean_token_sum:
     case cgrpo::Aggregation::seq_mean_token_mean: return rows > 0 ? seq_sum / rows : 0.0;
-    case cgrpo::Aggregation::seq_mean_token_sum_norm: return total / static_cast<double>(L);
+    case cgrpo::Aggregation::seq_mean_token_sum_norm:
+      return total / (conv.sum_norm_per_row ? rows * static_cast<double>(L) : static_cast<double>(L));
     case cgrpo::Aggregation::token_sum: return total;
   }
   return 0.0;
@@ -73,7 +81,9 @@ inline void rollout(const ref::Batch& b, const cgrpo::RolloutCorrectionConfig& r
                     const std::vector<double>& roll, const std::vector<double>& m, std::vector<double>& weight,
                     std::vector<uint8_t>& keep, cgrpo::RolloutMetrics& out) {
   const int64_t T = b.T;
-  const double thr = rc.is_threshold, lo_thr = 1.0 / thr;
+  // IcePop (golden README "verl cases, third set"): w = u inside [lo, hi], else 0; lo = its bound, else 1 / T.
+  const bool icepop = rc.is_mode == cgrpo::RolloutIsMode::icepop, applied = rc.metrics_from_applied_weights;
+  const double thr = rc.is_threshold, lo_thr = icepop ? rc.is_threshold_lower : 1.0 / thr;
   const bool seq = rc.is_level == cgrpo::RolloutIsLevel::sequence, weighted = rc.is_level != cgrpo::RolloutIsLevel::none;
   std::vector<double> d(T), e(T), u(T, 0.0), S(b.B, 0.0), n(b.B, 0.0);
   std::vector<int64_t> row(T);
@@ -87,7 +97,9 @@ inline void rollout(const ref::Batch& b, const cgrpo::RolloutCorrectionConfig& r
     }
   for (int64_t t = 0; t < T; ++t) u[t] = m[t] * std::exp(seq ? std::min(std::max(S[row[t]], -20.0), 20.0) : e[t]);
   weight.assign(T, 0.0);
-  for (int64_t t = 0; t < T; ++t) weight[t] = m[t] != 0 ? (weighted ? std::min(u[t], thr) : 1.0) : 0.0;
+  for (int64_t t = 0; t < T; ++t)
+    weight[t] = m[t] == 0 ? 0.0 : !weighted ? 1.0 : icepop ? (u[t] >= lo_thr && u[t] <= thr ? u[t] : 0.0) : std::min(u[t], thr);
+  const std::vector<double> applied_w = weight;  // the metrics read the weights before batch normalization
   if (weighted && rc.is_batch_normalize) {
     double mean;
     if (seq) {
@@ -112,7 +124,8 @@ inline void rollout(const ref::Batch& b, const cgrpo::RolloutCorrectionConfig& r
   double rows_nonempty = 0;
   for (int64_t i = 0; i < b.B; ++i) rows_nonempty += n[i] > 0 ? 1.0 : 0.0;
   if (weighted) {
-    out.is_mean = mmean(u, m);
+    // b178a3c: the statistics of u (std and ESS of clamp(u, 1/T, T)); 1dda039: of the applied w.
+    out.is_mean = mmean(applied ? applied_w : u, m);
     if (seq) {
       out.is_max = std::exp(std::min(*std::max_element(S.begin(), S.end()), 20.0));
       out.is_min = std::exp(*std::min_element(S.begin(), S.end()));
@@ -123,8 +136,9 @@ inline void rollout(const ref::Batch& b, const cgrpo::RolloutCorrectionConfig& r
     } else {
       double mx = -INFINITY, mn = INFINITY;
       std::vector<double> above(T), below(T);
+      const std::vector<double>& x = applied ? applied_w : u;
       for (int64_t t = 0; t < T; ++t) {
-        if (m[t] != 0) mx = std::max(mx, u[t]), mn = std::min(mn, u[t]);
+        if (m[t] != 0) mx = std::max(mx, x[t]), mn = std::min(mn, x[t]);
         above[t] = u[t] > thr;
         below[t] = u[t] < lo_thr;
       }
@@ -134,18 +148,41 @@ inline void rollout(const ref::Batch& b, const cgrpo::RolloutCorrectionConfig& r
       out.is_ratio_fraction_low = mmean(below, m);
     }
     std::vector<double> uc(T), uc2(T);
-    for (int64_t t = 0; t < T; ++t) uc[t] = std::min(std::max(u[t], lo_thr), thr), uc2[t] = uc[t] * uc[t];
+    for (int64_t t = 0; t < T; ++t) {
+      uc[t] = applied ? applied_w[t] : std::min(std::max(u[t], lo_thr), thr);
+      uc2[t] = uc[t] * uc[t];
+    }
     const double mean_uc = mmean(uc, m);
     if (N > 1) out.is_std = std::sqrt(std::max(0.0, mmean(uc2, m) - mean_uc * mean_uc));
     std::vector<double> normed(T);
     for (int64_t t = 0; t < T; ++t) normed[t] = std::pow(uc[t] / (mean_uc + 1e-8), 2);
-    out.is_eff_sample_size = 1.0 / mmean(normed, m);
-    std::vector<double> row_mean(b.B, 0.0);
-    for (int64_t t = 0; t < T; ++t) row_mean[row[t]] += u[t] * m[t];
-    for (int64_t i = 0; i < b.B; ++i) row_mean[i] /= n[i] + 1e-8;
+    const double mean_normed = mmean(normed, m);
+    out.is_eff_sample_size = mean_normed > 0 ? 1.0 / mean_normed : 0.0;  // all weights zeroed: 0 (verl: inf)
+    std::vector<double> row_mean(b.B, 0.0), raw_row_mean(b.B, 0.0);
+    for (int64_t t = 0; t < T; ++t) {
+      row_mean[row[t]] += (applied ? applied_w[t] : u[t]) * m[t];
+      raw_row_mean[row[t]] += u[t] * m[t];
+    }
+    for (int64_t i = 0; i < b.B; ++i) row_mean[i] /= n[i] + 1e-8, raw_row_mean[i] /= n[i] + 1e-8;
     out.is_seq_mean = std::accumulate(row_mean.begin(), row_mean.end(), 0.0) / b.B;
     out.is_seq_max = *std::max_element(row_mean.begin(), row_mean.end());
     out.is_seq_min = *std::min_element(row_mean.begin(), row_mean.end());
+    double ss = 0, dev = 0, high = 0, low = 0;
+    for (int64_t i = 0; i < b.B; ++i) {
+      ss += (row_mean[i] - out.is_seq_mean) * (row_mean[i] - out.is_seq_mean);
+      dev = std::max(dev, std::abs(row_mean[i] - 1.0));
+      high += raw_row_mean[i] > thr;
+      low += raw_row_mean[i] < lo_thr;
+    }
+    out.is_seq_std = b.B > 1 ? std::sqrt(ss / (b.B - 1)) : 0.0;
+    out.is_seq_max_deviation = dev;
+    out.is_seq_fraction_high = high / b.B;
+    out.is_seq_fraction_low = low / b.B;
+    if (icepop) {
+      std::vector<double> oob(T);
+      for (int64_t t = 0; t < T; ++t) oob[t] = u[t] < lo_thr || u[t] > thr;
+      out.is_oob_ratio = mmean(oob, m);
+    }
   }
   keep.assign(T, 0);
   std::vector<double> keep_all(T, 1.0);
@@ -367,7 +404,7 @@ inline Result loss(const ref::Batch& b, const std::vector<double>& logits,
     }
     r.pg = J / b.B;
   } else {
-    r.pg = agg(c.aggregation.policy, b, l, m_pg);
+    r.pg = agg(c.aggregation.policy, c.aggregation.convention, b, l, m_pg, m_other);
   }
   std::vector<double> kl(T, 0.0);
   if (c.kl.estimator != cgrpo::KlEstimator::none)
@@ -379,8 +416,8 @@ inline Result loss(const ref::Batch& b, const std::vector<double>& logits,
         kl[t] = kl_estimator(c.kl.estimator, logp[t], b.ref_logp[t]);
       }
     }
-  r.entropy_agg = agg(c.aggregation.entropy, b, H, m_other);
-  r.kl_agg = c.kl.estimator == cgrpo::KlEstimator::none ? 0.0 : agg(c.aggregation.kl, b, kl, m_other);
+  r.entropy_agg = agg(c.aggregation.entropy, c.aggregation.convention, b, H, m_other, m_other);
+  r.kl_agg = c.kl.estimator == cgrpo::KlEstimator::none ? 0.0 : agg(c.aggregation.kl, c.aggregation.convention, b, kl, m_other, m_other);
   r.loss = r.pg - c.entropy.coef * r.entropy_agg + (c.kl.estimator == cgrpo::KlEstimator::none ? 0.0 : c.kl.coef * r.kl_agg);
   r.clipfrac = mmean(clipped, m_pg);
   r.clipfrac_lower = mmean(lower, m_pg);

@@ -88,6 +88,34 @@ inline const char* to_string(RolloutIsLevel l) {
   return "unknown";
 }
 
+// How the raw weight u becomes the applied weight w.
+// w = min(u, is_threshold): truncated importance sampling (verl's rollout_is_threshold = T).
+struct TruncatedRolloutIs {
+  static constexpr const char* name() { return "tis"; }
+};
+// IcePop (verl's rollout_is_threshold = "lo_hi"): w = u where lo <= u <= hi, else 0; the mask is
+// unchanged, so a zeroed token keeps its place in every denominator (unlike rejection).
+struct IcePopRolloutIs {
+  static constexpr const char* name() { return "icepop"; }
+};
+
+#define CGRPO_ROLLOUT_IS_MODES(X) \
+  X(truncate, TruncatedRolloutIs) \
+  X(icepop, IcePopRolloutIs)
+
+enum class RolloutIsMode : int { CGRPO_ROLLOUT_IS_MODES(CGRPO_VARIANT_ENUM_ENTRY) };
+inline constexpr int kNumRolloutIsModes = 0 CGRPO_ROLLOUT_IS_MODES(CGRPO_VARIANT_COUNT_ENTRY);
+
+inline const char* to_string(RolloutIsMode m) {
+  switch (m) {
+#define CGRPO_NAME_CASE(id, Type) \
+  case RolloutIsMode::id: return Type::name();
+    CGRPO_ROLLOUT_IS_MODES(CGRPO_NAME_CASE)
+#undef CGRPO_NAME_CASE
+  }
+  return "unknown";
+}
+
 // One rejection statistic: k1 = -d, k2 = d^2 / 2 or k3 = e^d - 1 - d (d clamped to +-20), per
 // token or per row (sum, mean or max over the row's valid tokens). X(name, scope, order):
 // scope 0 token, 1 row sum, 2 row mean, 3 row max.
@@ -143,7 +171,12 @@ struct RolloutCorrectionConfig {
 
   RolloutCorrectionMode mode = RolloutCorrectionMode::none;
   RolloutIsLevel is_level = RolloutIsLevel::none;
-  double is_threshold = 2.0;                            // upper truncation of the IS weight
+  RolloutIsMode is_mode = RolloutIsMode::truncate;      // truncate at is_threshold, or IcePop's band
+  double is_threshold = 2.0;                            // upper truncation of the IS weight (IcePop: hi)
+  double is_threshold_lower = 0.0;                      // IcePop's lo (0 < lo <= is_threshold); 0 otherwise
+  bool metrics_from_applied_weights = false;            // the IS metrics' convention: verl 1dda039 computes
+                                                        // mean, max, min, std, ESS and the row means from
+                                                        // the applied weights w; b178a3c from the raw u
   bool is_batch_normalize = false;                      // verl rollout_is_batch_normalize: divide the
                                                         // truncated weights by their mean over the batch
   int num_rejection_options = 0;                        // a token is kept only if every option keeps it
@@ -166,6 +199,24 @@ inline Status check_rollout_correction(const RolloutCorrectionConfig& r) {
   if (r.is_level != RolloutIsLevel::none && (!(r.is_threshold > 0) || std::isnan(r.is_threshold)))
     return make_error(StatusCode::invalid_argument, "config.off_policy.rollout.is_threshold must be > 0 (inf: no truncation), got %g",
                       r.is_threshold);
+  if (static_cast<unsigned>(r.is_mode) >= static_cast<unsigned>(kNumRolloutIsModes))
+    return make_error(StatusCode::invalid_argument, "config.off_policy.rollout.is_mode: unknown mode %d",
+                      static_cast<int>(r.is_mode));
+  if (r.is_mode == RolloutIsMode::icepop) {
+    if (r.is_level == RolloutIsLevel::none)
+      return make_error(StatusCode::invalid_argument,
+                        "config.off_policy.rollout.is_mode = icepop needs rollout.is_level = token or sequence");
+    if (!std::isfinite(r.is_threshold_lower) || !(r.is_threshold_lower > 0) || r.is_threshold_lower > r.is_threshold)
+      return make_error(StatusCode::invalid_argument,
+                        "config.off_policy.rollout: IcePop needs 0 < is_threshold_lower <= is_threshold (lo <= hi), "
+                        "got lo %g and hi %g",
+                        r.is_threshold_lower, r.is_threshold);
+  } else if (r.is_threshold_lower != 0) {
+    return make_error(StatusCode::invalid_argument,
+                      "config.off_policy.rollout.is_threshold_lower (%g) is IcePop's lower bound: it needs is_mode = "
+                      "icepop (truncation has an upper bound only)",
+                      r.is_threshold_lower);
+  }
   if (r.is_batch_normalize && r.is_level == RolloutIsLevel::none)
     return make_error(StatusCode::invalid_argument,
                       "config.off_policy.rollout.is_batch_normalize needs rollout.is_level = token or sequence");
@@ -193,14 +244,21 @@ inline Status check_rollout_correction(const RolloutCorrectionConfig& r) {
 }
 
 // verl's rollout_corr metrics (names as verl logs them, without the "rollout_corr/" prefix), over
-// the tokens the correction covers and from the weights before truncation (docs/MATH.md, "Rollout
-// correction"). Filled when config.off_policy.rollout.mode != none; zero otherwise (and when no token is covered).
+// the tokens the correction covers (docs/MATH.md, "Rollout correction"). The IS statistics come
+// from the raw weights u (verl b178a3c) or, with metrics_from_applied_weights, from the applied
+// weights w (verl 1dda039; u still for the fractions), before batch normalization. Filled when
+// config.off_policy.rollout.mode != none; zero otherwise (and when no token is covered).
 struct RolloutMetrics {
   // IS weights (is_level != none). Token level: over covered tokens; sequence level: max, min and
-  // the fractions over all rows, from S_i.
+  // the fractions over all rows, from S_i. lo is IcePop's lower bound, else 1 / T.
   double is_mean = 0, is_max = 0, is_min = 0, is_std = 0, is_eff_sample_size = 0;
   double is_ratio_fraction_high = 0, is_ratio_fraction_low = 0;
-  double is_seq_mean = 0, is_seq_max = 0, is_seq_min = 0;  // of the row means sum_t u / (n_i + 1e-8), all rows
+  double is_seq_mean = 0, is_seq_max = 0, is_seq_min = 0;  // of the row means v_i = sum_t u (or w) / (n_i + 1e-8), all rows
+  double is_seq_std = 0;            // the unbiased std of the v_i (0 for one row)
+  double is_seq_max_deviation = 0;  // max_i |v_i - 1|
+  double is_seq_fraction_high = 0, is_seq_fraction_low = 0;  // rows with sum_t u / (n_i + 1e-8) > T (< lo),
+                                                             // all rows (an empty row, 0, counts as low)
+  double is_oob_ratio = 0;          // IcePop: the covered tokens with u outside [lo, hi] (verl's rollout_is_oob_ratio)
   double is_batch_norm_factor = 0;  // is_batch_normalize: the divisor (1 when the mean is <= 1e-8); 0 when off
   // Rejection (num_rejection_options > 0): all options together, then each option (rs_option[k] is
   // config.off_policy.rollout.rejection[k], logged by verl as rollout_rs_<statistic>_*).
@@ -220,6 +278,23 @@ struct RolloutMetrics {
   double training_ppl = 0, training_log_ppl = 0, rollout_ppl = 0, rollout_log_ppl = 0;  // means over rows
   double log_ppl_diff = 0, log_ppl_abs_diff = 0, log_ppl_diff_max = 0, log_ppl_diff_min = 0, ppl_ratio = 0;
 };
+
+// Every scalar field of RolloutMetrics (rs_option aside), for code that lists them (metric checks,
+// logging): X(field). The static_assert below keeps the list complete.
+#define CGRPO_ROLLOUT_METRIC_FIELDS(X)                                                                   \
+  X(is_mean) X(is_max) X(is_min) X(is_std) X(is_eff_sample_size) X(is_ratio_fraction_high)                \
+  X(is_ratio_fraction_low) X(is_seq_mean) X(is_seq_max) X(is_seq_min) X(is_seq_std) X(is_seq_max_deviation) \
+  X(is_seq_fraction_high) X(is_seq_fraction_low) X(is_oob_ratio) X(is_batch_norm_factor)                  \
+  X(rs_masked_fraction) X(rs_seq_masked_fraction) X(kl) X(k3_kl) X(chi2_token) X(chi2_seq) X(training_ppl) \
+  X(training_log_ppl) X(rollout_ppl) X(rollout_log_ppl) X(log_ppl_diff) X(log_ppl_abs_diff)               \
+  X(log_ppl_diff_max) X(log_ppl_diff_min) X(ppl_ratio)
+
+#define CGRPO_ROLLOUT_METRIC_COUNT_ENTRY(field) +1
+static_assert(sizeof(RolloutMetrics) ==
+                  sizeof(double) * (0 CGRPO_ROLLOUT_METRIC_FIELDS(CGRPO_ROLLOUT_METRIC_COUNT_ENTRY) +
+                                    5 * RolloutCorrectionConfig::kMaxRejectionOptions),
+              "CGRPO_ROLLOUT_METRIC_FIELDS must list every scalar field of RolloutMetrics");
+#undef CGRPO_ROLLOUT_METRIC_COUNT_ENTRY
 
 // ---------------------------------------------------------------------------
 // The per-token and per-row math, CGRPO_HD: a row's values are sums over its tokens (mergeable, so
@@ -241,8 +316,10 @@ struct RejectionParams {
 // value to kernels).
 struct RolloutParams {
   int is_level;               // RolloutIsLevel
+  int icepop;                 // is_mode = icepop: w = u in [threshold_lower, threshold], else 0
+  int applied_metrics;        // metrics_from_applied_weights
   double threshold;           // T
-  double threshold_lower;     // 1 / T (the metrics' lower bound)
+  double threshold_lower;     // IcePop's lo, else 1 / T (the metrics' lower bound)
   double log_threshold, log_threshold_lower;
   int num_options;
   RejectionParams option[kRolloutMaxOptions];
@@ -251,8 +328,10 @@ struct RolloutParams {
 inline RolloutParams rollout_params(const RolloutCorrectionConfig& c) {
   RolloutParams p{};
   p.is_level = static_cast<int>(c.is_level);
+  p.icepop = c.is_mode == RolloutIsMode::icepop ? 1 : 0;
+  p.applied_metrics = c.metrics_from_applied_weights ? 1 : 0;
   p.threshold = c.is_threshold;
-  p.threshold_lower = 1.0 / c.is_threshold;
+  p.threshold_lower = p.icepop ? c.is_threshold_lower : 1.0 / c.is_threshold;
   p.log_threshold = ::log(p.threshold);
   p.log_threshold_lower = ::log(p.threshold_lower);
   p.num_options = c.num_rejection_options;
@@ -343,11 +422,16 @@ CGRPO_HD RolloutRowValues rollout_row_values(const RolloutParams& p, const Rollo
   return v;
 }
 
+// The applied weight w of a raw weight u: min(u, T), or IcePop's u in [lo, hi], else 0.
+CGRPO_HD double rollout_applied_weight(const RolloutParams& p, double u) {
+  return p.icepop ? (u >= p.threshold_lower && u <= p.threshold ? u : 0.0) : math::min(u, p.threshold);
+}
+
 // One covered token's weight and rejection.
 struct RolloutTokenValues {
   double d;                            // training - rollout
   double u;                            // untruncated weight: exp(clamp(d)) or the row's exp(clamp(S_i))
-  double weight;                       // min(u, T), or 1 when is_level = none
+  double weight;                       // min(u, T) (IcePop: u in [lo, hi], else 0), or 1 when is_level = none
   double stat[kRolloutMaxOptions];     // each option's statistic at this token
   uint8_t rejected_by;                 // bit k: option k rejects the token
 };
@@ -358,7 +442,7 @@ CGRPO_HD RolloutTokenValues rollout_token(const RolloutParams& p, const RolloutR
   v.d = train - rollout;
   const double e = math::clamp(v.d, -kRolloutLogBound, kRolloutLogBound);
   v.u = p.is_level == static_cast<int>(RolloutIsLevel::sequence) ? row.seq_u : math::exp(e);
-  v.weight = p.is_level == static_cast<int>(RolloutIsLevel::none) ? 1.0 : math::min(v.u, p.threshold);
+  v.weight = p.is_level == static_cast<int>(RolloutIsLevel::none) ? 1.0 : rollout_applied_weight(p, v.u);
   for (int k = 0; k < p.num_options; ++k) {
     const RejectionParams& o = p.option[k];
     v.stat[k] = o.scope == 0 ? rejection_statistic(o.order, e) : row.stat[k];
@@ -373,9 +457,12 @@ struct RolloutBatchSums {
   double tokens, rows, nonempty_rows;
   // IS, from the untruncated u; uc = clamp(u, 1/T, T).
   double u_sum, uc_sum, uc2_sum, u_above, u_below, u_max, u_min;
-  double row_u_sum, row_u_max, row_u_min;   // row means sum_t u / (n_i + 1e-8), all rows
   double s_max, s_min, rows_above, rows_below;  // sequence level: S_i of all rows
-  double w_sum, w_row_sum;                  // truncated weights: token sum; sum over non-empty rows of row means
+  double w_sum, w_row_sum;                  // applied weights: token sum; sum over non-empty rows of row means
+  double w2_sum, w_max, w_min, oob;         // applied weights: sum of squares, max, min; IcePop's outside count
+  double row_v_sum, row_v2_sum, row_v_max, row_v_min;  // row means v_i = sum_t u (or w, the metrics'
+                                                       // convention) / (n_i + 1e-8), all rows
+  double rows_u_above, rows_u_below;        // rows whose mean sum_t u / (n_i + 1e-8) is > T (< lo)
   // Rejection.
   double opt_stat_sum[kRolloutMaxOptions], opt_max[kRolloutMaxOptions], opt_min[kRolloutMaxOptions];
   double opt_rejected[kRolloutMaxOptions], opt_rejected_rows[kRolloutMaxOptions];
@@ -388,8 +475,8 @@ struct RolloutBatchSums {
 
 CGRPO_HD RolloutBatchSums rollout_batch_sums_zero() {
   RolloutBatchSums s{};
-  s.u_max = s.row_u_max = s.s_max = s.log_ppl_diff_max = -INFINITY;
-  s.u_min = s.row_u_min = s.s_min = s.log_ppl_diff_min = INFINITY;
+  s.u_max = s.s_max = s.log_ppl_diff_max = s.w_max = s.row_v_max = -INFINITY;
+  s.u_min = s.s_min = s.log_ppl_diff_min = s.w_min = s.row_v_min = INFINITY;
   for (int k = 0; k < kRolloutMaxOptions; ++k) {
     s.opt_max[k] = -INFINITY;
     s.opt_min[k] = INFINITY;
@@ -401,7 +488,16 @@ CGRPO_HD RolloutBatchSums rollout_batch_sums_zero() {
 struct RolloutRowTally {
   double rejected_by[kRolloutMaxOptions];
   double rejected;
+  double w_sum;  // the applied weights of the row's covered tokens
 };
+
+CGRPO_HD RolloutRowTally rollout_row_tally_merge(const RolloutRowTally& a, const RolloutRowTally& b) {
+  RolloutRowTally m;
+  for (int k = 0; k < kRolloutMaxOptions; ++k) m.rejected_by[k] = a.rejected_by[k] + b.rejected_by[k];
+  m.rejected = a.rejected + b.rejected;
+  m.w_sum = a.w_sum + b.w_sum;
+  return m;
+}
 
 CGRPO_HD void rollout_batch_add_token(RolloutBatchSums& s, const RolloutParams& p, const RolloutTokenValues& v,
                                       RolloutRowTally& tally) {
@@ -416,6 +512,11 @@ CGRPO_HD void rollout_batch_add_token(RolloutBatchSums& s, const RolloutParams& 
     s.u_max = math::max(s.u_max, v.u);
     s.u_min = math::min(s.u_min, v.u);
     s.w_sum += v.weight;
+    s.w2_sum += v.weight * v.weight;
+    s.w_max = math::max(s.w_max, v.weight);
+    s.w_min = math::min(s.w_min, v.weight);
+    s.oob += p.icepop && (v.u < p.threshold_lower || v.u > p.threshold) ? 1.0 : 0.0;
+    tally.w_sum += v.weight;
   }
   for (int k = 0; k < p.num_options; ++k) {
     s.opt_stat_sum[k] += v.stat[k];
@@ -446,14 +547,20 @@ CGRPO_HD void rollout_batch_add_row(RolloutBatchSums& s, const RolloutParams& p,
   if (p.is_level != static_cast<int>(RolloutIsLevel::none)) {
     const bool seq = p.is_level == static_cast<int>(RolloutIsLevel::sequence);
     const double row_u = (seq ? r.n * v.seq_u : r.sum_u) * inv_n;
-    s.row_u_sum += row_u;
-    s.row_u_max = math::max(s.row_u_max, row_u);
-    s.row_u_min = math::min(s.row_u_min, row_u);
     s.s_max = math::max(s.s_max, r.sum_d);
     s.s_min = math::min(s.s_min, r.sum_d);
     s.rows_above += r.sum_d > p.log_threshold ? 1.0 : 0.0;
     s.rows_below += r.sum_d < p.log_threshold_lower ? 1.0 : 0.0;
-    if (seq && nonempty) s.w_row_sum += r.n * math::min(v.seq_u, p.threshold) * inv_n;
+    s.rows_u_above += row_u > p.threshold ? 1.0 : 0.0;
+    s.rows_u_below += row_u < p.threshold_lower ? 1.0 : 0.0;
+    // The row mean of w: a sequence row holds n_i copies of its weight.
+    const double row_w = (seq ? r.n * rollout_applied_weight(p, v.seq_u) : tally.w_sum) * inv_n;
+    if (seq && nonempty) s.w_row_sum += row_w;
+    const double row_v = p.applied_metrics ? row_w : row_u;
+    s.row_v_sum += row_v;
+    s.row_v2_sum += row_v * row_v;
+    s.row_v_max = math::max(s.row_v_max, row_v);
+    s.row_v_min = math::min(s.row_v_min, row_v);
   }
   for (int k = 0; k < p.num_options; ++k) {
     if (p.option[k].scope != 0 && nonempty) {
@@ -490,15 +597,22 @@ CGRPO_HD RolloutBatchSums rollout_batch_sums_merge(const RolloutBatchSums& a, co
   s.u_below += b.u_below;
   s.u_max = math::max(a.u_max, b.u_max);
   s.u_min = math::min(a.u_min, b.u_min);
-  s.row_u_sum += b.row_u_sum;
-  s.row_u_max = math::max(a.row_u_max, b.row_u_max);
-  s.row_u_min = math::min(a.row_u_min, b.row_u_min);
   s.s_max = math::max(a.s_max, b.s_max);
   s.s_min = math::min(a.s_min, b.s_min);
   s.rows_above += b.rows_above;
   s.rows_below += b.rows_below;
   s.w_sum += b.w_sum;
   s.w_row_sum += b.w_row_sum;
+  s.w2_sum += b.w2_sum;
+  s.w_max = math::max(a.w_max, b.w_max);
+  s.w_min = math::min(a.w_min, b.w_min);
+  s.oob += b.oob;
+  s.row_v_sum += b.row_v_sum;
+  s.row_v2_sum += b.row_v2_sum;
+  s.row_v_max = math::max(a.row_v_max, b.row_v_max);
+  s.row_v_min = math::min(a.row_v_min, b.row_v_min);
+  s.rows_u_above += b.rows_u_above;
+  s.rows_u_below += b.rows_u_below;
   for (int k = 0; k < kRolloutMaxOptions; ++k) {
     s.opt_stat_sum[k] += b.opt_stat_sum[k];
     s.opt_max[k] = math::max(a.opt_max[k], b.opt_max[k]);
@@ -542,21 +656,34 @@ inline RolloutMetrics finalize_rollout_metrics(const RolloutBatchSums& s, const 
   const double rows = s.rows > 0 ? s.rows : 1.0;
   if (p.is_level != static_cast<int>(RolloutIsLevel::none)) {
     const bool seq = p.is_level == static_cast<int>(RolloutIsLevel::sequence);
-    m.is_mean = s.u_sum / n_eps;
-    m.is_max = seq ? ::exp(s.s_max < kRolloutLogBound ? s.s_max : kRolloutLogBound) : s.u_max;
-    m.is_min = seq ? ::exp(s.s_min) : s.u_min;
-    const double mean_uc = s.uc_sum / n_eps;
+    // b178a3c: mean of u, std and ESS of clamp(u, 1/T, T); 1dda039: of w (its clamp to [0, T] never acts).
+    const bool applied = p.applied_metrics != 0;
+    m.is_mean = (applied ? s.w_sum : s.u_sum) / n_eps;
+    m.is_max = seq ? ::exp(s.s_max < kRolloutLogBound ? s.s_max : kRolloutLogBound) : applied ? s.w_max : s.u_max;
+    m.is_min = seq ? ::exp(s.s_min) : applied ? s.w_min : s.u_min;
+    const double c_sum = applied ? s.w_sum : s.uc_sum, c2_sum = applied ? s.w2_sum : s.uc2_sum;
+    const double mean_c = c_sum / n_eps;
     if (s.tokens > 1) {
-      const double var = s.uc2_sum / n_eps - mean_uc * mean_uc;
+      const double var = c2_sum / n_eps - mean_c * mean_c;
       m.is_std = ::sqrt(var > 0 ? var : 0.0);
     }
-    const double norm = mean_uc + 1e-8;
-    m.is_eff_sample_size = 1.0 / (s.uc2_sum / (norm * norm) / n_eps);
+    const double norm = mean_c + 1e-8;
+    // Every applied weight 0 (IcePop zeroed them all): no effective sample, 0 (verl logs 1 / 0 = inf).
+    m.is_eff_sample_size = c2_sum > 0 ? 1.0 / (c2_sum / (norm * norm) / n_eps) : 0.0;
     m.is_ratio_fraction_high = seq ? s.rows_above / rows : s.u_above / n_eps;
     m.is_ratio_fraction_low = seq ? s.rows_below / rows : s.u_below / n_eps;
-    m.is_seq_mean = s.row_u_sum / rows;
-    m.is_seq_max = s.row_u_max;
-    m.is_seq_min = s.row_u_min;
+    m.is_seq_mean = s.row_v_sum / rows;
+    m.is_seq_max = s.row_v_max;
+    m.is_seq_min = s.row_v_min;
+    if (s.rows > 1) {
+      const double var = (s.row_v2_sum - s.row_v_sum * s.row_v_sum / s.rows) / (s.rows - 1);
+      m.is_seq_std = ::sqrt(var > 0 ? var : 0.0);
+    }
+    const double dev_hi = s.row_v_max - 1.0, dev_lo = 1.0 - s.row_v_min;
+    m.is_seq_max_deviation = dev_hi > dev_lo ? dev_hi : dev_lo;
+    m.is_seq_fraction_high = s.rows_u_above / rows;
+    m.is_seq_fraction_low = s.rows_u_below / rows;
+    if (p.icepop) m.is_oob_ratio = s.oob / n_eps;
     if (batch_normalize) m.is_batch_norm_factor = rollout_batch_norm_factor(s, p);
   }
   if (p.num_options > 0) {

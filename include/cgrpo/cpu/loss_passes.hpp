@@ -401,6 +401,10 @@ Status form_weights(const PassContext<Real>& x, Workspace& ws) {
     };
     AggregationCounts counts;
     CGRPO_RETURN_IF_ERROR(aggregation_counts(rule, x.B, row_count, layout_length, x.batch.scale, &counts));
+    if (rule.convention.token_count_from_response_mask && !(x.batch.scale.token_count > 0)) {
+      counts.tokens = 0;
+      for (int64_t t = 0; t < x.T; ++t) counts.tokens += (ws.terms[t] & kTermResponseMask) ? 1.0 : 0.0;
+    }
     for (int64_t i = 0; i < x.B; ++i) {
       const double wi = aggregation_weight(static_cast<int>(rule.mode), rule.convention, counts, row_count(i));
       for (int64_t t = x.rows.begin(i); t < x.rows.end(i); ++t) w[t] = (ws.terms[t] & num_bit) ? wi : 0.0;

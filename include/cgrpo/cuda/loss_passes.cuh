@@ -186,8 +186,7 @@ struct RolloutThreadPartMerge {
   CGRPO_ROW_HD RolloutThreadPart operator()(const RolloutThreadPart& x, const RolloutThreadPart& y) const {
     RolloutThreadPart m;
     m.sums = rollout_batch_sums_merge(x.sums, y.sums);
-    for (int k = 0; k < kRolloutMaxOptions; ++k) m.tally.rejected_by[k] = x.tally.rejected_by[k] + y.tally.rejected_by[k];
-    m.tally.rejected = x.tally.rejected + y.tally.rejected;
+    m.tally = rollout_row_tally_merge(x.tally, y.tally);
     return m;
   }
 };
@@ -339,7 +338,8 @@ CGRPO_ROW_HD RowWeights row_weights(const PassArgs& a, int64_t i) {
   for (int k = 0; k < 3; ++k) {
     const TermWeightParams& p = a.weights[k];
     AggregationCounts c;
-    c.tokens = p.scale_tokens > 0 ? p.scale_tokens : b.tokens[k];
+    // The response mask's count is the KL term's (kTermResponseMask).
+    c.tokens = p.scale_tokens > 0 ? p.scale_tokens : b.tokens[p.conv.token_count_from_response_mask ? 2 : k];
     c.rows = p.conv.count_empty_rows ? (p.scale_rows > 0 ? p.scale_rows : num_rows)
                                      : (p.scale_nonempty_rows > 0 ? p.scale_nonempty_rows : b.nonempty[k]);
     c.length = p.length;

@@ -106,11 +106,11 @@ Status aggregation_weights(const LossConfig& config, LossTerm term, const Sequen
   const AggregationTraits mode = traits_of(rule.mode);
   if (num_tokens > 0 && mode.uses_length && counts.length <= 0)
     return make_error(StatusCode::invalid_argument, "%s: the length normalizer L is zero", mode.name);
-  // The largest weight is 1 / B (or 1 / L): a tiny scale overflows it.
-  const double smallest = mode.uses_rows ? counts.rows : mode.uses_length ? counts.length : counts.tokens;
-  if (num_tokens > 0 && smallest > 0 && !std::isfinite(static_cast<double>(static_cast<Real>(1.0 / smallest))))
-    return make_error(StatusCode::invalid_argument, "%s: the scale %g is too small: the weights overflow", mode.name,
-                      smallest);
+  // The largest weight is a one-token row's (1 / N, 1 / B, 1 / L, ...): a tiny scale overflows it.
+  const double largest = aggregation_weight(static_cast<int>(rule.mode), rule.convention, counts, 1.0);
+  if (num_tokens > 0 && !std::isfinite(static_cast<double>(static_cast<Real>(largest))))
+    return make_error(StatusCode::invalid_argument, "%s: the scale is too small: the weights overflow (%g)", mode.name,
+                      largest);
   for (int64_t i = 0; i < layout.num_sequences; ++i) {
     const double w = aggregation_weight(static_cast<int>(rule.mode), rule.convention, counts, row_count(i));
     for (int64_t t = layout.begin(i); t < layout.end(i); ++t) weights[t] = mask[t] ? static_cast<Real>(w) : Real(0);

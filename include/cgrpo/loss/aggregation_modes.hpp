@@ -13,8 +13,14 @@ namespace cgrpo {
 struct AggregationConvention {
   double token_mean_eps = 1e-8;  // token-mean divides by N + this (paper fork: 1e-8; verl, TRL: 0)
   double row_count_eps = 0.0;    // seq-mean-token-mean divides row i by n_i + this (verl: 1e-8)
-  bool count_empty_rows = true;  // seq-mean-*: B counts every row (paper, TRL) or only rows with a
-                                 // valid token (verl's B+)
+  bool count_empty_rows = true;  // seq-mean-*: B counts every row (paper, TRL, verl's engine) or only
+                                 // rows with a valid token (verl's legacy dp_actor: B+)
+  bool sum_norm_per_row = false; // seq-mean-token-sum-norm divides by B L (verl 1dda039: a seq-mean
+                                 // of token sums over L) instead of L (the paper, verl b178a3c)
+  bool token_count_from_response_mask = false;  // token-mean's N counts the batch's response mask
+                                 // (after a rejection that leaves every term) for every term, so a
+                                 // rejection of the policy term only (bypass) leaves N unchanged
+                                 // (verl's engine batch_num_tokens); false: each term's own mask
 };
 
 // The batch-level denominators of one term, counted on that term's mask (or supplied by the
@@ -55,14 +61,14 @@ struct SeqMeanTokenMean {
     return row_tokens > 0 ? c.rows * (row_tokens + conv.row_count_eps) : 0.0;
   }
 };
-// m / L (the paper's loss_remove_token_mean; verl's newer form divides by B L: AggregationScale).
+// m / L (the paper's loss_remove_token_mean, verl b178a3c), or m / (B L) with
+// convention.sum_norm_per_row (verl 1dda039: seq-mean-token-sum divided by L).
 struct SeqMeanTokenSumNorm {
-  static constexpr AggregationTraits traits() { return AggregationTraits{"seq-mean-token-sum-norm", false, true}; }
-  CGRPO_HD static double denominator(const AggregationConvention&, const AggregationCounts& c, double) {
-    return c.length;
+  static constexpr AggregationTraits traits() { return AggregationTraits{"seq-mean-token-sum-norm", true, true}; }
+  CGRPO_HD static double denominator(const AggregationConvention& conv, const AggregationCounts& c, double) {
+    return conv.sum_norm_per_row ? c.rows * c.length : c.length;
   }
 };
-
 // m: a plain sum (verl's token-sum; the loss grows with the batch). verl multiplies it, like every
 // mode, by dp_size to undo DDP's mean over ranks: with cgrpo the shards' gradients are summed.
 struct TokenSum {

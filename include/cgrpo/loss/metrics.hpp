@@ -66,21 +66,11 @@ inline const char* first_non_finite_metric(const LossMetrics& m) {
   for (const Named& n : top)
     if (!std::isfinite(n.value)) return n.name;
   const RolloutMetrics& r = m.rollout;
-  const Named rollout[] = {{"rollout.is_mean", r.is_mean}, {"rollout.is_max", r.is_max}, {"rollout.is_min", r.is_min},
-                           {"rollout.is_std", r.is_std}, {"rollout.is_eff_sample_size", r.is_eff_sample_size},
-                           {"rollout.is_ratio_fraction_high", r.is_ratio_fraction_high},
-                           {"rollout.is_ratio_fraction_low", r.is_ratio_fraction_low},
-                           {"rollout.is_seq_mean", r.is_seq_mean}, {"rollout.is_seq_max", r.is_seq_max},
-                           {"rollout.is_seq_min", r.is_seq_min}, {"rollout.is_batch_norm_factor", r.is_batch_norm_factor},
-                           {"rollout.rs_masked_fraction", r.rs_masked_fraction},
-                           {"rollout.rs_seq_masked_fraction", r.rs_seq_masked_fraction}, {"rollout.kl", r.kl},
-                           {"rollout.k3_kl", r.k3_kl}, {"rollout.chi2_token", r.chi2_token},
-                           {"rollout.chi2_seq", r.chi2_seq}, {"rollout.training_ppl", r.training_ppl},
-                           {"rollout.training_log_ppl", r.training_log_ppl}, {"rollout.rollout_ppl", r.rollout_ppl},
-                           {"rollout.rollout_log_ppl", r.rollout_log_ppl}, {"rollout.log_ppl_diff", r.log_ppl_diff},
-                           {"rollout.log_ppl_abs_diff", r.log_ppl_abs_diff},
-                           {"rollout.log_ppl_diff_max", r.log_ppl_diff_max},
-                           {"rollout.log_ppl_diff_min", r.log_ppl_diff_min}, {"rollout.ppl_ratio", r.ppl_ratio}};
+  const Named rollout[] = {
+#define CGRPO_NAMED_ROLLOUT(field) {"rollout." #field, r.field},
+      CGRPO_ROLLOUT_METRIC_FIELDS(CGRPO_NAMED_ROLLOUT)
+#undef CGRPO_NAMED_ROLLOUT
+  };
   for (const Named& n : rollout)
     if (!std::isfinite(n.value)) return n.name;
   for (const RolloutMetrics::Option& o : r.rs_option)

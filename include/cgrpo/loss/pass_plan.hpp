@@ -32,6 +32,9 @@ enum TermBit : uint8_t {
   kTermEntropyCount = 16, // the entropy term's denominator
 };
 constexpr uint8_t kAllTerms = kTermPolicy | kTermEntropy | kTermKl | kTermEntropyCount;
+// The batch's response mask (verl's, after a rejection that leaves every term): the KL term's
+// mask, which only such a rejection changes (AggregationConvention::token_count_from_response_mask).
+constexpr uint8_t kTermResponseMask = kTermKl;
 
 struct PassPlan {
   PassInputs inputs;

@@ -40,15 +40,33 @@ inline const PresetEntry* preset_at(int i) {
   return nullptr;
 }
 
-// The recipe of the preset named `name`. An unknown name is invalid_argument, and the message
-// lists the names it knows (as far as they fit); *out is written only on success.
+// The recipe of the preset named `name`. A verl preset takes the actor whose conventions it follows
+// as a suffix: "verl/grpo" (the engine's, verl 1dda039), "verl/grpo@engine", or
+// "verl/grpo@legacy_dp_actor" (b178a3c's dp_actor; VerlActor). An unknown name or suffix is
+// invalid_argument, and the message lists the names it knows (as far as they fit); *out is written
+// only on success.
 inline Status preset(const char* name, Recipe* out) {
   if (!out) return make_error(StatusCode::invalid_argument, "preset: out must not be null");
-  for (int i = 0; name && i < preset_count(); ++i)
-    if (strcmp(preset_at(i)->name, name) == 0) {
+  const char* at = name ? strchr(name, '@') : nullptr;
+  const size_t base_length = name ? (at ? static_cast<size_t>(at - name) : strlen(name)) : 0;
+  for (int i = 0; name && i < preset_count(); ++i) {
+    const char* entry = preset_at(i)->name;
+    if (strlen(entry) != base_length || strncmp(entry, name, base_length) != 0) continue;
+    if (!at) {
       *out = preset_at(i)->make();
       return Status::success();
     }
+    if (strncmp(entry, "verl/", 5) != 0)
+      return make_error(StatusCode::invalid_argument,
+                        "preset \"%s\": only verl presets take an actor suffix (@engine, @legacy_dp_actor)", name);
+    const char* actor = at + 1;
+    if (strcmp(actor, "engine") != 0 && strcmp(actor, "legacy_dp_actor") != 0)
+      return make_error(StatusCode::invalid_argument,
+                        "preset \"%s\": unknown verl actor \"%s\" (expected engine or legacy_dp_actor)", name, actor);
+    *out = verl_with_actor(preset_at(i)->make(),
+                           strcmp(actor, "engine") == 0 ? VerlActor::engine : VerlActor::legacy_dp_actor);
+    return Status::success();
+  }
   Status s = make_error(StatusCode::invalid_argument, "preset \"%s\" is unknown; known:", name ? name : "(null)");
   for (int i = 0; i < preset_count(); ++i) {
     const size_t used = strlen(s.message), room = sizeof(s.message) - used;

@@ -190,6 +190,40 @@ inline Status verl_rollout_is(const char* name, RolloutIsLevel* level) {
                     s.c_str());
 }
 
+// algorithm.rollout_correction.rollout_is_threshold in verl's string form: a number T (truncation,
+// w = min(u, T)) or IcePop's "lo_hi" (w = u where lo <= u <= hi, else 0; 0 < lo <= hi). Writes
+// is_mode, is_threshold and is_threshold_lower only on success.
+inline Status verl_rollout_is_threshold(const char* text, RolloutCorrectionConfig* out) {
+  if (!out) return make_error(StatusCode::invalid_argument, "verl_rollout_is_threshold: out must not be null");
+  return no_throw("verl_rollout_is_threshold", [&]() -> Status {
+    const std::string spec = text ? text : "";
+    const size_t us = spec.find('_');
+    double lo = 0, hi = 0;
+    if (us == std::string::npos) {
+      if (!detail::parse_number(spec, &hi) || !(hi > 0))
+        return make_error(StatusCode::invalid_argument,
+                          "rollout_is_threshold \"%s\": expected a number > 0 or IcePop's \"lower_upper\"", spec.c_str());
+      out->is_mode = RolloutIsMode::truncate;
+      out->is_threshold = hi;
+      out->is_threshold_lower = 0;
+      return Status::success();
+    }
+    if (!detail::parse_number(spec.substr(0, us), &lo) || !detail::parse_number(spec.substr(us + 1), &hi) ||
+        !std::isfinite(lo) || !std::isfinite(hi) || !(lo > 0) || !(hi > 0))
+      return make_error(StatusCode::invalid_argument,
+                        "rollout_is_threshold \"%s\": IcePop's \"lower_upper\" needs two finite numbers > 0",
+                        spec.c_str());
+    if (lo > hi)
+      return make_error(StatusCode::invalid_argument,
+                        "rollout_is_threshold \"%s\": IcePop's lower bound %g is above its upper bound %g", spec.c_str(),
+                        lo, hi);
+    out->is_mode = RolloutIsMode::icepop;
+    out->is_threshold = hi;
+    out->is_threshold_lower = lo;
+    return Status::success();
+  });
+}
+
 // verl's options as its yaml names them (actor_rollout_ref.actor.*, its policy_loss.*, and
 // algorithm.*), with verl's defaults. NaN stands for verl's None; a null string for an unset one.
 struct VerlOptions {
@@ -199,7 +233,7 @@ struct VerlOptions {
   double clip_ratio = 0.2;
   double clip_ratio_low = std::numeric_limits<double>::quiet_NaN();   // None: clip_ratio
   double clip_ratio_high = std::numeric_limits<double>::quiet_NaN();  // None: clip_ratio
-  double clip_ratio_c = 3.0;                // the dual clip
+  double clip_ratio_c = 3.0;                // the dual clip; dppo_tv / dppo_kl: the IS cap min(r, c)
   double entropy_coeff = 0.0;
   bool use_kl_loss = false;
   double kl_loss_coef = 0.001;
@@ -208,18 +242,25 @@ struct VerlOptions {
   double tau_pos = 1.0, tau_neg = 1.05;     // sapo
   double kl_cov_ratio = 0.0002, ppo_kl_coef = 0.1;                     // kl_cov
   double clip_cov_ratio = 0.0002, clip_cov_lb = 1.0, clip_cov_ub = 5.0;  // clip_cov
+  double dro_beta = std::numeric_limits<double>::quiet_NaN();          // dro: no default, must be > 0
   double temperature = 1.0;                 // actor_rollout_ref.rollout.temperature
   // algorithm
-  const char* adv_estimator = "grpo";       // grpo, rloo, reinforce_plus_plus_baseline
+  const char* adv_estimator = "grpo";       // grpo, rloo, reinforce_plus_plus_baseline, gdpo (its reward
+                                            // components and gdpo_reward_weights: cgrpo::gdpo_advantages)
   bool norm_adv_by_std_in_grpo = true;
   // algorithm.rollout_correction
   const char* rollout_is = nullptr;         // null, "token" or "sequence"
   double rollout_is_threshold = 2.0;
+  const char* rollout_is_threshold_text = nullptr;  // verl's string form, if set: "T" or IcePop's "lo_hi"
+                                                    // (verl_rollout_is_threshold); overrides the number
   bool rollout_is_batch_normalize = false;
   const char* rollout_rs = nullptr;         // a comma list of rejection options, or null
   const char* rollout_rs_threshold = nullptr;
   bool bypass_mode = false;                 // the trainer sets old_log_probs = rollout_log_probs
   const char* loss_type = "ppo_clip";       // bypass mode: ppo_clip or reinforce
+  // Not a verl option: which actor's conventions (denominators, IS metrics) the recipe follows.
+  VerlActor actor = VerlActor::engine;
+  // actor.loss_scale_factor is a batch value here: pass it as batch.scale.length.
 };
 
 // The recipe verl runs for these options (its own function for each option, its conventions).
@@ -234,6 +275,13 @@ inline Status verl_recipe(const VerlOptions& o, Recipe* out) {
     c.ratio.clip_eps_low = std::isnan(o.clip_ratio_low) ? o.clip_ratio : o.clip_ratio_low;
     c.ratio.clip_eps_high = std::isnan(o.clip_ratio_high) ? o.clip_ratio : o.clip_ratio_high;
     c.ratio.dual_clip_c = o.clip_ratio_c;
+    c.policy.dppo_tv.is_cap = c.policy.dppo_kl.is_cap = o.clip_ratio_c;  // verl reads clip_ratio_c for both
+    if (c.policy.loss == PolicyLoss::dro) {
+      if (!(o.dro_beta > 0) || !std::isfinite(o.dro_beta))
+        return make_error(StatusCode::invalid_argument,
+                          "loss_mode dro needs policy_loss.dro_beta set > 0 (verl has no default), got %g", o.dro_beta);
+      c.policy.dro.beta = o.dro_beta;
+    }
     c.entropy.coef = o.entropy_coeff;
     if (o.use_kl_loss) {
       CGRPO_RETURN_IF_ERROR(verl_kl_loss_type(o.kl_loss_type, &c.kl.estimator, &c.kl.straight_through));
@@ -252,14 +300,18 @@ inline Status verl_recipe(const VerlOptions& o, Recipe* out) {
       r.advantage.estimator = o.norm_adv_by_std_in_grpo ? AdvantageEstimator::grpo : AdvantageEstimator::grpo_no_std;
     else if (adv == "rloo") r.advantage.estimator = AdvantageEstimator::rloo;
     else if (adv == "reinforce_plus_plus_baseline") r.advantage.estimator = AdvantageEstimator::reinforce_pp_baseline;
+    else if (adv == "gdpo") r.advantage.estimator = AdvantageEstimator::gdpo;  // always divides by the std (verl
+                                                                              // passes no norm_adv_by_std_in_grpo)
     else
       return make_error(StatusCode::invalid_argument,
-                        "adv_estimator \"%s\": expected grpo, rloo or reinforce_plus_plus_baseline (the others are "
-                        "not offered)",
+                        "adv_estimator \"%s\": expected grpo, rloo, reinforce_plus_plus_baseline or gdpo (the others "
+                        "are not offered)",
                         adv.c_str());
     RolloutCorrectionConfig& rc = c.off_policy.rollout;
     CGRPO_RETURN_IF_ERROR(verl_rollout_is(o.rollout_is, &rc.is_level));
     rc.is_threshold = o.rollout_is_threshold;
+    if (o.rollout_is_threshold_text && rc.is_level != RolloutIsLevel::none)  // verl reads it only with rollout_is
+      CGRPO_RETURN_IF_ERROR(verl_rollout_is_threshold(o.rollout_is_threshold_text, &rc));
     rc.is_batch_normalize = o.rollout_is_batch_normalize;
     const bool rs = o.rollout_rs && *o.rollout_rs;
     if (rs) CGRPO_RETURN_IF_ERROR(verl_rollout_rs(o.rollout_rs, o.rollout_rs_threshold, &rc));
@@ -275,7 +327,10 @@ inline Status verl_recipe(const VerlOptions& o, Recipe* out) {
     } else if (rc.is_level != RolloutIsLevel::none || rs) {
       rc.mode = RolloutCorrectionMode::decoupled;
     }
-    CGRPO_RETURN_IF_ERROR(c.validate());
+    if (o.actor != VerlActor::engine && o.actor != VerlActor::legacy_dp_actor)
+      return make_error(StatusCode::invalid_argument, "verl_recipe: unknown actor %d", static_cast<int>(o.actor));
+    r = verl_with_actor(r, o.actor);
+    CGRPO_RETURN_IF_ERROR(r.loss.validate());
     *out = r;
     return Status::success();
   });

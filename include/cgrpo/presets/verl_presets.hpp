@@ -1,5 +1,6 @@
-// cgrpo/presets/verl_presets.hpp: verl's recipes (volcengine/verl b178a3c), each set as verl's config
-// defaults and example recipe set it; docs/peers.md maps each verl option to a field.
+// cgrpo/presets/verl_presets.hpp: verl's recipes, each set as verl's config defaults and example recipe
+// set it, with the conventions of verl-project/verl 1dda039 (its engine actor) by default and those of
+// volcengine/verl b178a3c's dp_actor by name (VerlActor); docs/peers.md maps each verl option to a field.
 #pragma once
 
 #include <limits>
@@ -8,14 +9,41 @@
 
 namespace cgrpo {
 
+// Which verl actor's conventions a verl recipe follows. The loss math of every mode is the same in
+// both; the denominators and the IS metrics differ (MATH-peers.md, "verl-project/verl 1dda039b9").
+enum class VerlActor : int {
+  // verl-project/verl 1dda039 (2026-08): workers/utils/losses.py:ppo_loss, the only actor path, with
+  // the engine's global batch info: seq-mean-* over all B rows, seq-mean-token-sum-norm / (B L),
+  // token-mean's N on the response mask (a bypass rejection leaves it), the IS metrics from the
+  // applied weights.
+  engine = 0,
+  // volcengine/verl b178a3c: dp_actor's agg_loss without global info: seq-mean-* over the B+ rows
+  // with a valid token, seq-mean-token-sum-norm / L, N on each term's mask, the IS metrics from the
+  // raw weights (the cases in tests/data/verl).
+  legacy_dp_actor = 1,
+};
+
+inline const char* to_string(VerlActor a) { return a == VerlActor::engine ? "engine" : "legacy_dp_actor"; }
+
 // The denominators of verl's agg_loss: token-mean divides by N exactly, seq-mean-token-mean by
-// n_i + 1e-8 per row, and seq-mean-* average over the rows that hold a valid token.
-inline AggregationConvention verl_aggregation() {
+// n_i + 1e-8 per row; the rest as the actor does it.
+inline AggregationConvention verl_aggregation(VerlActor actor = VerlActor::engine) {
   AggregationConvention a;
   a.token_mean_eps = 0.0;
   a.row_count_eps = 1e-8;
-  a.count_empty_rows = false;
+  const bool engine = actor == VerlActor::engine;
+  a.count_empty_rows = engine;
+  a.sum_norm_per_row = engine;
+  a.token_count_from_response_mask = engine;
   return a;
+}
+
+// A verl recipe under the other actor's conventions: the denominators and the IS metrics' rule
+// (nothing else differs between the two).
+inline Recipe verl_with_actor(Recipe r, VerlActor actor) {
+  r.loss.aggregation.convention = verl_aggregation(actor);
+  r.loss.off_policy.rollout.metrics_from_applied_weights = actor == VerlActor::engine;
+  return r;
 }
 
 // verl's advantage defaults: grpo with eps 1e-6 (norm_adv_by_std_in_grpo), masked_whiten's N + 1e-8.
@@ -48,6 +76,7 @@ inline Recipe verl_vanilla() {
   c.ratio.log_ratio_max = 20.0;
   c.aggregation.policy = c.aggregation.entropy = c.aggregation.kl = Aggregation::token_mean;
   c.aggregation.convention = verl_aggregation();
+  c.off_policy.rollout.metrics_from_applied_weights = true;  // verl 1dda039
   c.metrics.mean_eps = 1e-8;  // verl's masked_mean
   c.entropy.coef = 0.0;
   return r;
@@ -70,8 +99,8 @@ inline Recipe verl_dapo() {
   return r;
 }
 
-// Dr. GRPO in verl: no std normalisation, seq-mean-token-sum-norm (sum / L, L the padded length or
-// loss_scale_factor: AggregationScale::length), no KL.
+// Dr. GRPO in verl: no std normalisation, seq-mean-token-sum-norm (engine: sum / (B L); legacy
+// dp_actor: sum / L; L the padded length or loss_scale_factor: AggregationScale::length), no KL.
 inline Recipe verl_dr_grpo() {
   Recipe r = verl_vanilla();
   r.advantage.estimator = AdvantageEstimator::grpo_no_std;
@@ -191,6 +220,16 @@ inline Recipe verl_decoupled(Recipe r, RolloutIsLevel level = RolloutIsLevel::se
   return r;
 }
 
+// IcePop (verl's rollout_is_threshold = "lo_hi") on a recipe with a rollout IS level: applied
+// weights w = u where lo <= u <= hi, else 0 (the mask is not changed).
+inline Recipe verl_icepop(Recipe r, double lo = 0.5, double hi = 5.0) {
+  RolloutCorrectionConfig& c = r.loss.off_policy.rollout;
+  c.is_mode = RolloutIsMode::icepop;
+  c.is_threshold_lower = lo;
+  c.is_threshold = hi;
+  return r;
+}
+
 // Bypass mode with loss_type "ppo_clip" (RolloutCorrectionConfig.bypass_ppo_clip): old = rollout,
 // verl's vanilla loss (dual clip 3) with the ratio against rollout_logp; no IS weight, no rejection.
 inline Recipe verl_bypass_ppo_clip() {
@@ -250,8 +289,19 @@ inline Recipe verl_dro(double beta = 1.0) {
   return r;
 }
 
+// RolloutCorrectionConfig.bypass_pg_token_icepop: bypass mode, loss_type reinforce, token-level
+// IcePop in [0.5, 5].
+inline Recipe verl_bypass_token_icepop() {
+  Recipe r = verl_bypass_reinforce();
+  r.loss.off_policy.rollout.is_level = RolloutIsLevel::token;
+  return verl_icepop(r, 0.5, 5.0);
+}
+
 namespace detail {
 inline Recipe verl_dro_beta_1() { return verl_dro(1.0); }
+inline Recipe verl_decoupled_token_icepop() {
+  return verl_icepop(verl_decoupled(verl_grpo(), RolloutIsLevel::token), 0.5, 5.0);
+}
 inline Recipe verl_decoupled_token_is() { return verl_decoupled(verl_grpo(), RolloutIsLevel::token); }
 inline Recipe verl_decoupled_seq_is() { return verl_decoupled(verl_grpo(), RolloutIsLevel::sequence); }
 }  // namespace detail
@@ -277,6 +327,10 @@ inline constexpr PresetEntry kVerlPresets[] = {
     {"verl/dppo_tv", "DPPO-Binary-TV: keep tokens whose probability moved <= 0.15, IS cap 10000", verl_dppo_tv},
     {"verl/dppo_kl", "DPPO-Binary-KL: keep tokens whose binary KL moved <= 0.05, IS cap 10000", verl_dppo_kl},
     {"verl/dro", "DRO: -(A logp - beta/2 (logp - old)^2) with dro_beta 1 (verl has no default)", detail::verl_dro_beta_1},
+    {"verl/decoupled_token_icepop", "verl/grpo + RolloutCorrectionConfig.decoupled_token_icepop (token, [0.5, 5])",
+     detail::verl_decoupled_token_icepop},
+    {"verl/bypass_pg_token_icepop", "RolloutCorrectionConfig.bypass_pg_token_icepop: reinforce, token IcePop [0.5, 5]",
+     verl_bypass_token_icepop},
 };
 
 }  // namespace cgrpo
