@@ -373,14 +373,29 @@ std::vector<NamedConfig> all_modes() {
     c.off_policy.opsm_threshold = 0.5;
     add("TRL OPSM (two passes)", c);
   }
+  // verl 1dda039's terms and IcePop.
+  add("verl dppo_tv", verl_dppo_tv().loss);
+  add("verl dppo_kl", verl_dppo_kl().loss);
+  {
+    LossConfig c = verl_dro(0.7).loss;
+    c.kl.estimator = KlEstimator::k3;
+    c.kl.coef = 0.05;
+    add("verl dro, k3 KL", c);
+  }
+  {
+    LossConfig c = verl_icepop(verl_decoupled(verl_grpo(), RolloutIsLevel::token), 0.9, 1.1).loss;
+    add("verl IcePop, decoupled token (single pass)", c, Inputs{true, false});
+  }
   const Aggregation aggs[] = {Aggregation::token_mean, Aggregation::seq_mean_token_sum,
-                              Aggregation::seq_mean_token_mean, Aggregation::seq_mean_token_sum_norm};
-  for (int a = 0; a < 4; ++a) {
+                              Aggregation::seq_mean_token_mean, Aggregation::seq_mean_token_sum_norm,
+                              Aggregation::token_sum};
+  constexpr int kAggs = sizeof(aggs) / sizeof(aggs[0]);
+  for (int a = 0; a < kAggs; ++a) {
     LossConfig c = verl_grpo().loss;
     c.entropy.coef = 0.01;
     c.aggregation.policy = aggs[a];
-    c.aggregation.entropy = aggs[(a + 1) % 4];
-    c.aggregation.kl = aggs[(a + 2) % 4];
+    c.aggregation.entropy = aggs[(a + 1) % kAggs];
+    c.aggregation.kl = aggs[(a + 2) % kAggs];
     add((std::string("weights computed by the loss, pg ") + to_string(aggs[a])).c_str(), c, Inputs{true, false});
   }
   return v;
