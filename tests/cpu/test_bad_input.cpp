@@ -378,10 +378,18 @@ TEST_CASE("bad input: advantages and weights that would not be finite are errors
             .code == Code::invalid_argument);
   CHECK(mode_weights(cgrpo::Aggregation::seq_mean_token_sum, layout, mask.data(), {0, 1e-39, 0}, wf.data())
             .code == Code::invalid_argument);
+  // A count in (0, 1) is no count (found by fuzz_critique_stage: 2e-308 gave weights of 4e307 that
+  // the loss then refused): refused by name; 1 is the smallest accepted.
+  for (double bad : {0.5, 2.2e-308}) {
+    support::check_error(mode_weights(cgrpo::Aggregation::seq_mean_token_sum, layout, mask.data(), {0, bad, 0}, w.data()),
+                         Code::invalid_argument, {"batch.scale.sequence_count", ">= 1"});
+    support::check_error(mode_weights(cgrpo::Aggregation::token_mean, layout, mask.data(), {bad, 0, 0}, w.data()),
+                         Code::invalid_argument, {"batch.scale.token_count"});
+  }
   for (double x : w) CHECK(x == kPoison);
   for (float x : wf) CHECK(x == -7.5f);
-  CHECK(mode_weights(cgrpo::Aggregation::seq_mean_token_sum, layout, mask.data(), {0, 1e-39, 0}, w.data())
-            .ok());  // 1e39 fits a double
+  CHECK(mode_weights(cgrpo::Aggregation::seq_mean_token_sum, layout, mask.data(), {0, 1, 0}, w.data()).ok());
+  CHECK(w[0] == 1.0);
 }
 
 // Found by fuzz_group_advantages and fuzz_parallel:

@@ -216,7 +216,13 @@ void fuzz_assembly(FuzzedDataProvider& in) {
   cgrpo::LossMetrics m;
   cgrpo::PolicyLossOutputs<double> o{grad.data(), 0, nullptr, nullptr, &m};
   const cgrpo::Status ls = cgrpo::cpu::fused_policy_loss(config, view, o);
-  FUZZ_CHECK(ls.ok() && std::isfinite(m.loss), "the loss refused an assembled batch: %s", ls.message);
+  double max_abs_adv = 0, max_w = 0;
+  for (int64_t t = 0; t < T; ++t) max_abs_adv = std::max(max_abs_adv, std::fabs(out.advantages[t]));
+  for (double w : out.pg_weights) max_w = std::max(max_w, std::fabs(w));
+  FUZZ_CHECK(ls.ok() && std::isfinite(m.loss),
+             "the loss refused an assembled batch: %s (estimator %s, policy %s, aggregation %s, max |A| %g, max w_pg %g)",
+             ls.message, cgrpo::to_string(recipe.advantage.estimator), config.term().name,
+             cgrpo::to_string(config.aggregation.policy), max_abs_adv, max_w);
   for (double g : grad) FUZZ_CHECK(std::isfinite(g), "gradient %g", g);
 }
 

@@ -33,11 +33,21 @@ struct AggregationScale {
 // The three terms a weight belongs to.
 enum class LossTerm : int { policy = 0, entropy = 1, kl = 2 };
 
+// Each value is a count (tokens, rows) or a length: 0 (from this batch) or at least 1. A value in
+// (0, 1) would make weights of up to 1 / value (4e307 for 2e-308: found by fuzz_critique_stage),
+// which the loss then refuses as an overflowing gradient; it is refused here, by name.
 inline Status check_aggregation_scale(const AggregationScale& scale) {
-  for (double v : {scale.token_count, scale.sequence_count, scale.nonempty_sequence_count, scale.length})
-    if (!std::isfinite(v) || v < 0)
+  const struct {
+    const char* name;
+    double value;
+  } fields[] = {{"token_count", scale.token_count},
+                {"sequence_count", scale.sequence_count},
+                {"nonempty_sequence_count", scale.nonempty_sequence_count},
+                {"length", scale.length}};
+  for (const auto& f : fields)
+    if (!std::isfinite(f.value) || f.value < 0 || (f.value > 0 && f.value < 1))
       return make_error(StatusCode::invalid_argument,
-                        "batch.scale values must be finite and >= 0 (0: from this batch), got %g", v);
+                        "batch.scale.%s must be 0 (from this batch) or a finite count >= 1, got %g", f.name, f.value);
   return Status::success();
 }
 
