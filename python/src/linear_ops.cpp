@@ -1,0 +1,142 @@
+// python/src/linear_ops.cpp: the fused LM-head ops (torch.ops.cgrpo.fused_linear_policy_loss,
+// linear_token_logprobs): the logits z = hidden weight^T + bias exist one chunk of tokens at a time.
+#include "op_common.hpp"
+
+#include <cgrpo/cpu/fused_linear_policy_loss.hpp>
+#include <cgrpo/cpu/fused_linear_token_logprobs.hpp>
+
+#include <tuple>
+
+namespace cgrpo_ops {
+namespace {
+
+// The head: weight [V, H] (rows contiguous, row stride >= H), bias [V] or None, of hidden's dtype.
+struct Head {
+  int64_t V = 0, H = 0;
+  Tensor bias;
+};
+
+Head check_head(const Tensor& hidden_rows, const Tensor& weight, const OptTensor& bias) {
+  Head h;
+  h.H = hidden_rows.size(1);
+  TORCH_CHECK(weight.defined(), "cgrpo: weight must be a defined tensor [V, H], got None");
+  cgrpo_torch::detail::check_dense_cpu(weight, "weight");
+  TORCH_CHECK(weight.scalar_type() == hidden_rows.scalar_type(), "cgrpo: weight must have the dtype of hidden (",
+              hidden_rows.scalar_type(), "), got ", weight.scalar_type());
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == h.H, "cgrpo: weight must be 2-D [V, H] with H = ", h.H,
+              " (the last dimension of hidden), got shape ", weight.sizes());
+  h.V = weight.size(0);
+  TORCH_CHECK(h.V > 0, "cgrpo: weight must have V > 0 rows, got shape ", weight.sizes());
+  TORCH_CHECK(h.H <= 1 || weight.stride(1) == 1, "cgrpo: weight must be contiguous along H (stride(1) = 1), got strides ",
+              weight.strides(), "; pass weight.contiguous() (an lm_head.weight.t() view is [H, V])");
+  TORCH_CHECK(h.V <= 1 || weight.stride(0) >= h.H, "cgrpo: weight must have rows that do not overlap (stride(0) >= H), got strides ",
+              weight.strides());
+  if (given(bias)) {
+    const Tensor& b = *bias;
+    cgrpo_torch::detail::check_dense_cpu(b, "bias");
+    TORCH_CHECK(b.scalar_type() == hidden_rows.scalar_type(), "cgrpo: bias must have the dtype of hidden (",
+                hidden_rows.scalar_type(), "), got ", b.scalar_type());
+    TORCH_CHECK(b.dim() == 1 && b.size(0) == h.V, "cgrpo: bias must have shape [V] = [", h.V, "] (the rows of weight), got shape ",
+                b.sizes());
+    TORCH_CHECK(h.V <= 1 || b.stride(0) == 1, "cgrpo: bias must be contiguous (stride 1), got stride ", b.stride(0),
+                "; pass bias.contiguous()");
+    h.bias = b;
+  }
+  return h;
+}
+
+template <typename Real>
+cgrpo::LinearHead<Real> head_view(const Tensor& rows, const Tensor& weight, const Head& h, int64_t T) {
+  cgrpo::LinearHead<Real> head;
+  head.hidden = rows.data_ptr<Real>();
+  head.hidden_size = h.H;
+  head.hidden_row_stride = T <= 1 ? 0 : rows.stride(0);
+  head.weight = weight.data_ptr<Real>();
+  head.weight_row_stride = h.V <= 1 ? 0 : weight.stride(0);
+  head.bias = h.bias.defined() ? h.bias.data_ptr<Real>() : nullptr;
+  return head;
+}
+
+cgrpo::LinearChunking chunking_of(int64_t chunk_tokens) {
+  TORCH_CHECK(chunk_tokens >= 0, "cgrpo: chunk_tokens must be >= 0 (0: a 256 MiB buffer of logits), got ", chunk_tokens);
+  cgrpo::LinearChunking c;
+  c.tokens = chunk_tokens;
+  return c;
+}
+
+// fused_linear_policy_loss: the loss of policy_loss on z = hidden weight^T + bias, with dJ/dhidden,
+// dJ/dweight and dJ/dbias (each when asked for; empty tensors otherwise).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_linear_policy_loss(
+    const Tensor& hidden, const Tensor& weight, const OptTensor& bias, const Tensor& target_ids, const Tensor& mask,
+    const Tensor& advantages, const OptTensor& old_logp, const OptTensor& ref_logp, const OptTensor& rollout_logp,
+    const OptTensor& kinds, const OptTensor& offsets, const std::string& config_text, c10::ArrayRef<double> scale,
+    bool want_hidden, bool want_weight, bool want_bias, int64_t chunk_tokens, int64_t num_threads) {
+  const cgrpo::Recipe recipe = recipe_of(config_text);
+  const cgrpo::LossConfig& config = recipe.loss;
+  Tokens tok;
+  const Tensor rows = token_rows(hidden, "hidden", "H", &tok);
+  const Head h = check_head(rows, weight, bias);
+  TORCH_CHECK(!want_bias || h.bias.defined(), "cgrpo: a bias gradient was asked for without a bias");
+  const LossInputs in = loss_inputs(tok, hidden.scalar_type(), h.V, target_ids, mask, advantages, old_logp, ref_logp,
+                                    rollout_logp, kinds, offsets, scale);
+  const auto opts = hidden.options();
+  Tensor g_hidden = want_hidden ? torch::empty(hidden.sizes(), opts.memory_format(torch::MemoryFormat::Contiguous))
+                                : none_tensor(opts);
+  Tensor g_weight = want_weight ? torch::empty({h.V, h.H}, opts) : none_tensor(opts);
+  Tensor g_bias = want_bias ? torch::empty({h.V}, opts) : none_tensor(opts);
+  TokenOutputs outs(tok, opts);
+  cgrpo::LossMetrics metrics;
+  cgrpo::cpu::Workspace& ws = workspace(num_threads);
+  const cgrpo::LinearChunking chunking = chunking_of(chunk_tokens);
+  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "cgrpo::fused_linear_policy_loss", [&] {
+    cgrpo::PolicyLossBatch<scalar_t> batch = batch_view<scalar_t>(config, tok, h.V, in);
+    const cgrpo::LinearHead<scalar_t> head = head_view<scalar_t>(rows, weight, h, tok.T);
+    cgrpo::LinearHeadGrads<scalar_t, scalar_t> grads;
+    if (want_hidden) grads.grad_hidden = g_hidden.data_ptr<scalar_t>();
+    if (want_weight) grads.grad_weight = g_weight.data_ptr<scalar_t>();
+    if (want_bias) grads.grad_bias = g_bias.data_ptr<scalar_t>();
+    cgrpo::PolicyLossOutputs<scalar_t> out;
+    out.metrics = &metrics;
+    outs.attach(out);
+    check_status(cgrpo::cpu::fused_linear_policy_loss(config, batch, head, out, grads, ws, chunking));
+  });
+  return {torch::scalar_tensor(metrics.loss, opts), g_hidden, g_weight, g_bias, metrics_tensor(metrics), outs.logp,
+          outs.entropy, outs.policy_factor, outs.token_terms};
+}
+
+// linear_token_logprobs: log p and H from the hidden states and the head (no [T, V] logits).
+std::tuple<Tensor, Tensor> linear_token_logprobs(const Tensor& hidden, const Tensor& weight, const OptTensor& bias,
+                                                 const Tensor& target_ids, double temperature, bool with_entropy,
+                                                 int64_t chunk_tokens, int64_t num_threads) {
+  Tokens tok;
+  const Tensor rows = token_rows(hidden, "hidden", "H", &tok);
+  const Head h = check_head(rows, weight, bias);
+  const Tensor targets = per_token(target_ids, "target_ids", TokenValue::target, tok, hidden.scalar_type(), false, h.V);
+  Tensor logp = torch::empty(tok.shape, hidden.options());
+  Tensor entropy = with_entropy ? torch::empty(tok.shape, hidden.options()) : none_tensor(hidden.options());
+  cgrpo::cpu::Workspace& ws = workspace(num_threads);
+  const cgrpo::LinearChunking chunking = chunking_of(chunk_tokens);
+  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "cgrpo::linear_token_logprobs", [&] {
+    const cgrpo::LinearHead<scalar_t> head = head_view<scalar_t>(rows, weight, h, tok.T);
+    check_status(cgrpo::cpu::fused_linear_token_logprobs(head, tok.T, h.V, targets.data_ptr<int32_t>(), temperature,
+                                                         logp.data_ptr<scalar_t>(),
+                                                         with_entropy ? entropy.data_ptr<scalar_t>() : nullptr,
+                                                         ws.num_threads, &ws, chunking));
+  });
+  return {logp, entropy};
+}
+
+}  // namespace
+}  // namespace cgrpo_ops
+
+TORCH_LIBRARY_FRAGMENT(cgrpo, m) {
+  m.def("fused_linear_policy_loss(Tensor hidden, Tensor weight, Tensor? bias, Tensor target_ids, Tensor mask, "
+        "Tensor advantages, Tensor? old_logp, Tensor? ref_logp, Tensor? rollout_logp, Tensor? kinds, Tensor? offsets, "
+        "str config, float[] scale, bool grad_hidden, bool grad_weight, bool grad_bias, int chunk_tokens, "
+        "int num_threads) -> (Tensor loss, Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias, Tensor metrics, "
+        "Tensor logp, Tensor entropy, Tensor policy_factor, Tensor token_terms)",
+        &cgrpo_ops::fused_linear_policy_loss);
+  m.def("linear_token_logprobs(Tensor hidden, Tensor weight, Tensor? bias, Tensor target_ids, float temperature, "
+        "bool entropy, int chunk_tokens, int num_threads) -> (Tensor logp, Tensor entropy)",
+        &cgrpo_ops::linear_token_logprobs);
+}
