@@ -107,6 +107,9 @@ class Config:
         rollout_is_batch_normalize, rollout_rs, rollout_rs_threshold, bypass_mode, loss_type, actor
         ("engine" or "legacy_dp_actor")). None is verl's None."""
         c = cls()
+        # The base is verl_recipe() even with no options (an empty text would be the paper's Recipe{}):
+        # verl's default loss_mode, replaced by an explicit one.
+        c._put("verl.loss_mode", "vanilla")
         for key, value in options.items():
             if key == "rollout_is_threshold" and isinstance(value, str):
                 key = "rollout_is_threshold_text"
@@ -124,6 +127,9 @@ class Config:
         (entropy.coef). None is TRL's None. max_completion_length and num_items_in_batch are batch
         values: pass them to cgrpo.trl.grpo_loss (or as scale=)."""
         c = cls()
+        # The base is trl_recipe() even with no options (an empty text would be the paper's Recipe{}):
+        # GRPOConfig's default loss_type, replaced by an explicit one.
+        c._put("trl.loss_type", "dapo")
         overrides = []
         for key, value in options.items():
             if key in _TRL_EXTRA_FIELDS:

@@ -103,15 +103,14 @@ class _PolicyLoss(torch.autograd.Function):
         loss, grad, metrics, logp, entropy, factor, terms = ops.policy_loss(
             logits, targets, mask, advantages, old_logp, ref_logp, rollout_logp, kinds, offsets, text, scale, True,
             None, num_threads)
-        ctx.grad = grad
+        ctx.save_for_backward(grad)  # an intermediate: freed with the graph (once_differentiable)
         ctx.mark_non_differentiable(metrics, logp, entropy, factor, terms)
         return loss, metrics, logp, entropy, factor, terms
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, *unused):
-        grad = ctx.grad
-        ctx.grad = None
+        (grad,) = ctx.saved_tensors
         return (grad * grad_loss,) + (None,) * 11
 
 
@@ -162,15 +161,15 @@ class _FusedLinearPolicyLoss(torch.autograd.Function):
         loss, gh, gw, gb, metrics, logp, entropy, factor, terms = ops.fused_linear_policy_loss(
             hidden, weight, bias, targets, mask, advantages, old_logp, ref_logp, rollout_logp, kinds, offsets, text,
             scale, want_h, want_w, want_b and bias is not None, chunk_tokens, num_threads)
-        ctx.grads = (gh if want_h else None, gw if want_w else None, gb if want_b and bias is not None else None)
+        ctx.save_for_backward(gh if want_h else None, gw if want_w else None,
+                              gb if want_b and bias is not None else None)
         ctx.mark_non_differentiable(metrics, logp, entropy, factor, terms)
         return loss, metrics, logp, entropy, factor, terms
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, *unused):
-        grads = tuple(None if g is None else g * grad_loss for g in ctx.grads)
-        ctx.grads = None
+        grads = tuple(None if g is None else g * grad_loss for g in ctx.saved_tensors)
         return grads + (None,) * 12
 
 

@@ -106,7 +106,8 @@ enum class TokenValue { real, target, flag };
 // have the logits' dtype (`real_dtype`); target ids int32 or int64 (in [0, vocab), checked before
 // narrowing); flags (mask, kinds) bool / uint8, or another integer dtype holding only 0 and 1.
 // Shape tok.shape, or [B] per response where `per_row` and the batch is padded (broadcast over L).
-// A non-contiguous input is copied ([T] values; the logits are never copied).
+// A non-contiguous input is copied ([T] values; the logits are never copied). The library's own
+// messages index a per-token value by its flat token row t = b * L + l.
 inline Tensor per_token(const Tensor& t, const char* name, TokenValue kind, const Tokens& tok, c10::ScalarType real_dtype,
                         bool per_row, int64_t vocab = 0) {
   TORCH_CHECK(t.defined(), "cgrpo: ", name, " must be a defined tensor ", tok.shape_text(), ", got None");
@@ -135,14 +136,16 @@ inline Tensor per_token(const Tensor& t, const char* name, TokenValue kind, cons
       return c.to(torch::kInt);
     }
     case TokenValue::flag: {
-      if (dt == torch::kBool || dt == torch::kByte) return x.contiguous().reshape({-1});
+      const bool broadcast = x.sizes() != t.sizes();
+      if (dt == torch::kBool || (dt == torch::kByte && !broadcast)) return x.contiguous().reshape({-1});
       TORCH_CHECK(c10::isIntegralType(dt, /*includeBool=*/false), "cgrpo: ", name,
                   " must have dtype bool, uint8 or another integer dtype holding 0 and 1, got ", dt);
-      Tensor c = x.contiguous().reshape({-1}).to(torch::kLong);
+      // Checked on the tensor as given (its own flat index in the message), then broadcast.
+      const Tensor c = t.contiguous().reshape({-1}).to(torch::kLong);
       const int64_t* p = c.data_ptr<int64_t>();
       for (int64_t i = 0; i < c.numel(); ++i)
         TORCH_CHECK(p[i] == 0 || p[i] == 1, "cgrpo: invalid_argument: ", name, "[", i, "] = ", p[i], " must be 0 or 1");
-      return c.to(torch::kByte);
+      return x.to(torch::kByte).contiguous().reshape({-1});
     }
   }
   return x;
