@@ -13,6 +13,7 @@ TRL's own advantage computation from rewards is ``advantages(rewards, num_genera
 
 import torch
 
+from ._errors import argument_names
 from .config import Config
 from .losses import Scale, fused_linear_policy_loss, group_advantages, linear_token_logprobs, policy_loss
 
@@ -24,6 +25,10 @@ _GRPO_FIELDS = ("loss_type", "importance_sampling_level", "epsilon", "epsilon_hi
                 "vllm_importance_sampling_clip_max", "off_policy_mask_threshold", "top_entropy_quantile",
                 "sapo_temperature_pos", "sapo_temperature_neg", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg",
                 "vespo_lambda_neg", "temperature", "entropy_coef")
+# The ops' argument names as grpo_loss / grpo_loss_from_logits call them (in error messages).
+_NAMES = {"target_ids": "completion_ids", "mask": "completion_mask", "old_logp": "old_per_token_logps",
+          "ref_logp": "ref_per_token_logps", "rollout_logp": "sampling_per_token_logps", "hidden": "hidden_states",
+          "weight": "lm_head_weight", "bias": "lm_head_bias"}
 # Batch values of GRPOConfig (not loss config).
 _BATCH_FIELDS = ("max_completion_length",)
 
@@ -96,33 +101,36 @@ def grpo_loss(hidden_states, lm_head_weight, completion_ids, completion_mask, ad
     Returns (loss, metrics) with TRL's metric names; the loss's backward gives dJ/dhidden_states,
     dJ/dlm_head_weight (and dJ/dlm_head_bias).
     """
-    cfg = make_config(args, **grpo_config)
-    old = old_per_token_logps
-    if old is None:
-        with torch.no_grad():
-            old, _ = linear_token_logprobs(hidden_states.detach(), lm_head_weight.detach(),
-                                           None if lm_head_bias is None else lm_head_bias.detach(), completion_ids,
-                                           cfg["temperature"], entropy=False, chunk_tokens=chunk_tokens)
-    scale = _scale(cfg, args, grpo_config, completion_ids.shape[0], num_items_in_batch, num_processes)
-    return fused_linear_policy_loss(hidden_states, lm_head_weight, lm_head_bias, completion_ids, completion_mask,
-                                    advantages, old, ref_logp=ref_per_token_logps, rollout_logp=sampling_per_token_logps,
-                                    config=cfg, scale=scale, chunk_tokens=chunk_tokens, metric_names="trl",
-                                    return_token_outputs=return_token_outputs)
+    with argument_names(_NAMES):
+        cfg = make_config(args, **grpo_config)
+        old = old_per_token_logps
+        if old is None:
+            with torch.no_grad():
+                old, _ = linear_token_logprobs(hidden_states.detach(), lm_head_weight.detach(),
+                                               None if lm_head_bias is None else lm_head_bias.detach(), completion_ids,
+                                               cfg["temperature"], entropy=False, chunk_tokens=chunk_tokens)
+        scale = _scale(cfg, args, grpo_config, completion_ids.shape[0], num_items_in_batch, num_processes)
+        return fused_linear_policy_loss(hidden_states, lm_head_weight, lm_head_bias, completion_ids, completion_mask,
+                                        advantages, old, ref_logp=ref_per_token_logps,
+                                        rollout_logp=sampling_per_token_logps, config=cfg, scale=scale,
+                                        chunk_tokens=chunk_tokens, metric_names="trl",
+                                        return_token_outputs=return_token_outputs)
 
 
 def grpo_loss_from_logits(logits, completion_ids, completion_mask, advantages, old_per_token_logps=None, *,
                           ref_per_token_logps=None, sampling_per_token_logps=None, num_items_in_batch=None,
                           num_processes=1, args=None, return_token_outputs=False, **grpo_config):
     """grpo_loss on logits [B, C, V] (before the temperature) instead of the hidden states and the head."""
-    cfg = make_config(args, **grpo_config)
-    old = old_per_token_logps
-    if old is None:
-        from .losses import token_logprobs
-        old, _ = token_logprobs(logits.detach(), completion_ids, cfg["temperature"], entropy=False)
-    scale = _scale(cfg, args, grpo_config, completion_ids.shape[0], num_items_in_batch, num_processes)
-    return policy_loss(logits, completion_ids, completion_mask, advantages, old, ref_logp=ref_per_token_logps,
-                       rollout_logp=sampling_per_token_logps, config=cfg, scale=scale, metric_names="trl",
-                       return_token_outputs=return_token_outputs)
+    with argument_names(_NAMES):
+        cfg = make_config(args, **grpo_config)
+        old = old_per_token_logps
+        if old is None:
+            from .losses import token_logprobs
+            old, _ = token_logprobs(logits.detach(), completion_ids, cfg["temperature"], entropy=False)
+        scale = _scale(cfg, args, grpo_config, completion_ids.shape[0], num_items_in_batch, num_processes)
+        return policy_loss(logits, completion_ids, completion_mask, advantages, old, ref_logp=ref_per_token_logps,
+                           rollout_logp=sampling_per_token_logps, config=cfg, scale=scale, metric_names="trl",
+                           return_token_outputs=return_token_outputs)
 
 
 def advantages(rewards, num_generations, scale_rewards="group"):

@@ -18,6 +18,7 @@ docs/peers.md. Gradients are meant to be summed across ranks: pass verl's global
 
 import torch
 
+from ._errors import argument_names
 from .config import Config
 from .losses import Scale, fused_linear_policy_loss, group_advantages, linear_token_logprobs, policy_loss, token_logprobs
 
@@ -29,6 +30,12 @@ _ACTOR_FIELDS = ("clip_ratio", "clip_ratio_low", "clip_ratio_high", "clip_ratio_
 # algorithm.rollout_correction fields (VerlOptions names).
 _ROLLOUT_FIELDS = ("rollout_is", "rollout_is_threshold", "rollout_is_batch_normalize", "rollout_rs",
                    "rollout_rs_threshold", "bypass_mode", "loss_type")
+
+
+# The ops' argument names as actor_loss / actor_loss_from_hidden call them (in error messages).
+_NAMES = {"target_ids": "responses", "mask": "response_mask", "old_logp": "old_log_prob", "ref_logp": "ref_log_prob",
+          "rollout_logp": "rollout_log_probs", "hidden": "hidden_states", "weight": "lm_head_weight",
+          "bias": "lm_head_bias"}
 
 
 def _get(obj, name):
@@ -103,13 +110,14 @@ def actor_loss(logits, responses, old_log_prob, advantages, response_mask, *, co
 
     Returns (loss, metrics) with verl's metric names; the loss's backward gives dJ/dlogits.
     """
-    cfg = make_config(config, rollout_correction, temperature=temperature, **options)
-    old = _old(old_log_prob, cfg,
-               lambda: token_logprobs(logits.detach(), responses, cfg["temperature"], entropy=False)[0])
-    return policy_loss(logits, responses, response_mask, advantages, old, ref_logp=ref_log_prob,
-                       rollout_logp=rollout_log_probs, config=cfg,
-                       scale=_scale(loss_scale_factor, batch_num_tokens, global_batch_size), metric_names="verl",
-                       return_token_outputs=return_token_outputs)
+    with argument_names(_NAMES):
+        cfg = make_config(config, rollout_correction, temperature=temperature, **options)
+        old = _old(old_log_prob, cfg,
+                   lambda: token_logprobs(logits.detach(), responses, cfg["temperature"], entropy=False)[0])
+        return policy_loss(logits, responses, response_mask, advantages, old, ref_logp=ref_log_prob,
+                           rollout_logp=rollout_log_probs, config=cfg,
+                           scale=_scale(loss_scale_factor, batch_num_tokens, global_batch_size), metric_names="verl",
+                           return_token_outputs=return_token_outputs)
 
 
 def actor_loss_from_hidden(hidden_states, lm_head_weight, responses, old_log_prob, advantages, response_mask, *,
@@ -120,15 +128,16 @@ def actor_loss_from_hidden(hidden_states, lm_head_weight, responses, old_log_pro
     tokens at a time (the [B, L, V] logits never exist). hidden_states [B, L, H]: the last hidden
     states at the response positions; the backward reaches hidden_states, lm_head_weight and
     lm_head_bias."""
-    cfg = make_config(config, rollout_correction, temperature=temperature, **options)
-    old = _old(old_log_prob, cfg, lambda: linear_token_logprobs(
-        hidden_states.detach(), lm_head_weight.detach(), None if lm_head_bias is None else lm_head_bias.detach(),
-        responses, cfg["temperature"], entropy=False, chunk_tokens=chunk_tokens)[0])
-    return fused_linear_policy_loss(hidden_states, lm_head_weight, lm_head_bias, responses, response_mask, advantages,
-                                    old, ref_logp=ref_log_prob, rollout_logp=rollout_log_probs, config=cfg,
-                                    scale=_scale(loss_scale_factor, batch_num_tokens, global_batch_size),
-                                    chunk_tokens=chunk_tokens, metric_names="verl",
-                                    return_token_outputs=return_token_outputs)
+    with argument_names(_NAMES):
+        cfg = make_config(config, rollout_correction, temperature=temperature, **options)
+        old = _old(old_log_prob, cfg, lambda: linear_token_logprobs(
+            hidden_states.detach(), lm_head_weight.detach(), None if lm_head_bias is None else lm_head_bias.detach(),
+            responses, cfg["temperature"], entropy=False, chunk_tokens=chunk_tokens)[0])
+        return fused_linear_policy_loss(hidden_states, lm_head_weight, lm_head_bias, responses, response_mask,
+                                        advantages, old, ref_logp=ref_log_prob, rollout_logp=rollout_log_probs,
+                                        config=cfg, scale=_scale(loss_scale_factor, batch_num_tokens, global_batch_size),
+                                        chunk_tokens=chunk_tokens, metric_names="verl",
+                                        return_token_outputs=return_token_outputs)
 
 
 def compute_grpo_outcome_advantage(token_level_rewards, response_mask, index, epsilon=1e-6,

@@ -310,6 +310,54 @@ def test_the_comparisons_can_fail():
             _close(loss.item(), want.item())
 
 
+def test_bad_inputs_name_the_drop_ins_arguments_and_write_nothing():
+    hidden, weight, ids, mask, adv, old, ref = _batch(seed=9)
+    z = (hidden @ weight.T).detach().requires_grad_()
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    nan_old = old.clone()
+    nan_old[0, 0] = float("nan")
+    far_ids = ids.clone()
+    far_ids[0, 1] = V
+    verl_cases = (
+        (dict(responses=ids.double()), r"responses must have dtype"),
+        (dict(responses=far_ids), r"responses\[1\] = 13 is outside"),
+        (dict(response_mask=mask.double()), r"response_mask must have dtype"),
+        (dict(old_log_prob=nan_old), r"old_log_prob\[0\] is not finite"),
+        (dict(old_log_prob=old.float()), r"old_log_prob must have dtype"),
+        (dict(ref_log_prob=ref[:, :2], use_kl_loss=True), r"ref_log_prob must have shape"),
+        (dict(advantages=adv[:3]), r"advantages must have shape"),
+        (dict(loss_mode="vanila"), r'loss_mode "vanila"'),
+    )
+    for change, needle in verl_cases:
+        kw = dict(responses=ids, old_log_prob=old, advantages=adv, response_mask=mask, ref_log_prob=ref)
+        kw.update(change)
+        with pytest.raises((RuntimeError, ValueError), match=needle):
+            cverl.actor_loss(z, kw.pop("responses"), kw.pop("old_log_prob"), kw.pop("advantages"),
+                             kw.pop("response_mask"), **kw)
+    with pytest.raises(RuntimeError, match=r"lm_head_weight must be 2-D \[V, H\] with H = 8 \(the last dimension "
+                                           r"of hidden_states\)"):
+        cverl.actor_loss_from_hidden(h, w[:, :5], ids, old, adv, mask)
+    trl_cases = (
+        (dict(completion_ids=far_ids), r"completion_ids\[1\] = 13 is outside"),
+        (dict(completion_mask=mask.long() * 2), r"completion_mask\[0\] = 2"),
+        (dict(old_per_token_logps=nan_old), r"old_per_token_logps\[0\] is not finite"),
+        (dict(ref_per_token_logps=ref.float(), beta=0.04), r"ref_per_token_logps must have dtype"),
+        (dict(lm_head_weight=w.detach().float()), r"lm_head_weight must have the dtype of hidden_states"),
+        (dict(lm_head_bias=torch.zeros(V - 1, dtype=torch.float64)), r"lm_head_bias must have shape"),
+    )
+    for change, needle in trl_cases:
+        kw = dict(lm_head_weight=w, completion_ids=ids, completion_mask=mask, old_per_token_logps=old,
+                  ref_per_token_logps=ref)
+        kw.update(change)
+        with pytest.raises(RuntimeError, match=needle):
+            ctrl.grpo_loss(h, kw.pop("lm_head_weight"), kw.pop("completion_ids"), kw.pop("completion_mask"), adv,
+                           kw.pop("old_per_token_logps"), **kw)
+    assert z.grad is None and h.grad is None and w.grad is None
+    # The names are replaced as whole words only, and errors that name none pass through unchanged.
+    with pytest.raises(TypeError, match="advantages must be a torch.Tensor"):
+        ctrl.grpo_loss(h, w, ids, mask, [1.0, 2.0], old)
+
+
 # -- docs/peers.md ---------------------------------------------------------------------------------------
 
 
