@@ -29,6 +29,8 @@ _GRPO_FIELDS = ("loss_type", "importance_sampling_level", "epsilon", "epsilon_hi
 _NAMES = {"target_ids": "completion_ids", "mask": "completion_mask", "old_logp": "old_per_token_logps",
           "ref_logp": "ref_per_token_logps", "rollout_logp": "sampling_per_token_logps", "hidden": "hidden_states",
           "weight": "lm_head_weight", "bias": "lm_head_bias"}
+# The loss types TRL divides by num_items_in_batch / num_processes.
+_TOKEN_COUNT_LOSS_TYPES = ("dapo", "cispo", "vespo")
 # Batch values of GRPOConfig (not loss config).
 _BATCH_FIELDS = ("max_completion_length",)
 
@@ -76,7 +78,12 @@ def _scale(cfg, args, overrides, batch_size, num_items_in_batch, num_processes):
                              "max_completion_length (or args with it)")
         length = float(batch_size) * float(mcl)
     token_count = 0.0
-    if num_items_in_batch is not None:  # dapo / cispo / vespo: num_items_in_batch / num_processes
+    loss_type = overrides.get("loss_type", _get(args, "loss_type"))
+    if loss_type is _MISSING:
+        loss_type = "dapo"  # GRPOConfig's default
+    # dapo / cispo / vespo divide by num_items_in_batch / num_processes; TRL ignores it for the others
+    # (bnpo, token-mean too, divides by this batch's completion_mask.sum()).
+    if num_items_in_batch is not None and loss_type in _TOKEN_COUNT_LOSS_TYPES:
         n = num_items_in_batch.item() if isinstance(num_items_in_batch, torch.Tensor) else num_items_in_batch
         token_count = float(n) / float(num_processes)
     if length == 0.0 and token_count == 0.0:
@@ -96,7 +103,7 @@ def grpo_loss(hidden_states, lm_head_weight, completion_ids, completion_mask, ad
     vllm_importance_sampling_correction). args: a GRPOConfig (or a dict); keywords: its fields by name
     (loss_type, beta, epsilon, epsilon_high, importance_sampling_level, top_entropy_quantile, ...,
     max_completion_length for dr_grpo). num_items_in_batch: TRL's input of that name (dapo, cispo,
-    vespo divide by it over num_processes).
+    vespo divide by it over num_processes; the other loss types ignore it, as TRL does).
 
     Returns (loss, metrics) with TRL's metric names; the loss's backward gives dJ/dhidden_states,
     dJ/dlm_head_weight (and dJ/dlm_head_bias).

@@ -226,6 +226,8 @@ TRL_CASES = {
     "dr_grpo": dict(loss_type="dr_grpo", max_completion_length=16),
     "dapo_two_processes": dict(loss_type="dapo", beta=0.01, num_items_in_batch=30, num_processes=2),
 }
+# TRL passes num_items_in_batch to every loss type; only dapo / cispo / vespo divide by it.
+TRL_NUM_ITEMS = {"grpo_beta": 29, "bnpo_eps_high_t09": 31, "dr_grpo": 33}
 
 
 @pytest.mark.parametrize("name", sorted(TRL_CASES))
@@ -238,6 +240,8 @@ def test_trl_grpo_loss_matches_trl_eager(name, as_args):
     want.backward()
 
     batch_kw = {k: opts.pop(k) for k in ("num_items_in_batch", "num_processes") if k in opts}
+    if name in TRL_NUM_ITEMS:
+        batch_kw = dict(num_items_in_batch=torch.tensor(TRL_NUM_ITEMS[name]), num_processes=2)
     h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     if as_args:  # a GRPOConfig-like object with the fields (and TRL's other fields, ignored)
         args = types.SimpleNamespace(learning_rate=1e-6, num_generations=4, **opts)
