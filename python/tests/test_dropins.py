@@ -161,6 +161,27 @@ def test_verl_options_by_keyword_and_on_policy():
     assert m3["actor/pg_clipfrac"] == 0 and abs(m3["actor/ppo_kl"]) < 1e-15
 
 
+def test_verl_global_batch_info():
+    """batch_num_tokens (token-mean's N), global_batch_size (seq-mean's B) and loss_scale_factor
+    (seq-mean-token-sum-norm's L): the local values give the local loss; other ranks' tokens / rows
+    scale it down (each rank's gradients are then summed)."""
+    hidden, weight, ids, mask, adv, old, ref = _batch(seed=14)
+    z = (hidden @ weight.T).detach()
+    N, rows = int(mask.sum()), mask.shape[0]
+    for mode, kw, local in (("token-mean", "batch_num_tokens", N), ("seq-mean-token-mean", "global_batch_size", rows),
+                            ("seq-mean-token-sum", "global_batch_size", rows)):
+        base, _ = cverl.actor_loss(z, ids, old, adv, mask, loss_agg_mode=mode)
+        same, _ = cverl.actor_loss(z, ids, old, adv, mask, loss_agg_mode=mode, **{kw: local})
+        half, _ = cverl.actor_loss(z, ids, old, adv, mask, loss_agg_mode=mode, **{kw: 2 * local})
+        _close(same.item(), base.item())
+        _close(half.item(), base.item() / 2)
+    base, _ = cverl.actor_loss(z, ids, old, adv, mask, loss_agg_mode="seq-mean-token-sum-norm")
+    for factor in (L, 3.0 * L):
+        got, _ = cverl.actor_loss(z, ids, old, adv, mask, loss_agg_mode="seq-mean-token-sum-norm",
+                                  loss_scale_factor=factor, global_batch_size=rows)
+        _close(got.item(), base.item() * L / factor)
+
+
 def test_verl_grpo_advantage():
     g = torch.Generator().manual_seed(8)
     scores = torch.rand(6, generator=g, dtype=torch.float64)
