@@ -226,3 +226,29 @@ def test_group_advantages_match_their_formulas():
     assert torch.equal(a1, a2)
     with pytest.raises(RuntimeError, match="token_counts"):
         cgrpo.group_advantages(rewards, ids, cfg)
+
+
+@pytest.mark.parametrize("config", [cgrpo.Config.preset("trl/dapo"), cgrpo.Config.preset("verl/gspo")],
+                         ids=["one_pass", "two_pass"])
+def test_fused_linear_float32_against_float64(config):
+    g = torch.Generator().manual_seed(12)
+    h = torch.randn(B, L, 16, generator=g, dtype=torch.float64)
+    w = 0.3 * torch.randn(40, 16, generator=g, dtype=torch.float64)
+    b = 0.1 * torch.randn(40, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 40, (B, L), generator=g)
+    mask = torch.rand(B, L, generator=g) < 0.8
+    mask[0, 0] = True
+    adv = torch.randn(B, generator=g, dtype=torch.float64)
+    old = cgrpo.linear_token_logprobs(h, w, b, targets)[0] + 0.2 * torch.randn(B, L, generator=g, dtype=torch.float64)
+    out = {}
+    for dt in (torch.float64, torch.float32):
+        hh, ww, bb = (t.to(dt).clone().requires_grad_() for t in (h, w, b))
+        loss, _ = cgrpo.fused_linear_policy_loss(hh, ww, bb, targets, mask, adv.to(dt), old.to(dt), config=config,
+                                                 chunk_tokens=4)
+        loss.backward()
+        assert loss.dtype == dt and hh.grad.dtype == dt
+        out[dt] = (loss.item(), hh.grad.double(), ww.grad.double(), bb.grad.double())
+    want, got = out[torch.float64], out[torch.float32]
+    assert abs(got[0] - want[0]) <= 1e-5 * max(1.0, abs(want[0]))
+    for g32, g64 in zip(got[1:], want[1:]):
+        assert (g32 - g64).abs().max().item() <= 1e-5 * g64.abs().max().item()
