@@ -5,7 +5,7 @@
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include <cgrpo/cgrpo.hpp>
 #include <cgrpo/loss/metric_names.hpp>

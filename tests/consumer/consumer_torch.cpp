@@ -1,6 +1,6 @@
 // tests/consumer/consumer_torch.cpp: the LibTorch wrapper through cgrpo::torch (installed or vendored).
 // main.cpp's one-token case as tensors through autograd, then a mask one entry short, which must be refused.
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include <cgrpo/cgrpo.hpp>
 #include <cgrpo/torch/policy_loss.hpp>

@@ -1,6 +1,6 @@
 // tests/torch/test_torch_checks.cpp: every tensor check of the LibTorch wrapper (cgrpo/torch/policy_loss.hpp).
 // Each bad tensor must throw c10::Error naming it, its rule and what it has, before metrics or a gradient are written.
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include <cgrpo/cgrpo.hpp>
 #include <cgrpo/torch/policy_loss.hpp>

@@ -2,7 +2,8 @@
 // forward() checks every tensor, runs cgrpo::cpu::fused_policy_loss once and keeps dJ/dlogits; backward() scales it.
 #pragma once
 
-#include <torch/torch.h>
+#include <torch/csrc/autograd/custom_function.h>  // torch::autograd::Function
+#include <torch/types.h>                            // torch::Tensor and the factories
 
 #include <cgrpo/cgrpo.hpp>
 #include <cgrpo/torch/tensor_checks.hpp>

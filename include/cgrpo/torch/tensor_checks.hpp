@@ -2,7 +2,7 @@
 // Each failure throws c10::Error (TORCH_CHECK) naming the tensor, the rule, and what the tensor has instead.
 #pragma once
 
-#include <torch/torch.h>
+#include <torch/types.h>  // torch::Tensor, TORCH_CHECK (not <torch/torch.h>: the nn / optim front end triples the compile time)
 
 #include <cstdint>
 
