@@ -3,6 +3,8 @@
 
 Variants, each timed and measured in a fresh subprocess (so that one's peak memory is not another's):
   op           cgrpo.policy_loss(logits, ...) + backward (one fused pass; dJ/dz saved for backward)
+  op_raw       torch.ops.cgrpo.policy_loss with grad_out: the same pass into a dJ/dz buffer allocated once
+               (no autograd, no fresh [T, V] allocation per call)
   eager        the loss as a Python trainer writes it (benchmarks/torch_reference.py, verl's way): log_softmax
                into [T, V], gather, softmax + entropy, ratio, shaping, masked means, autograd backward
   linear op    cgrpo.fused_linear_policy_loss(hidden, W, ...) + backward (the logits one chunk at a time)
@@ -114,17 +116,28 @@ def run_variant(a):
         z = hidden @ weight.T if linear else logits
         return critique_grpo_loss(torch, z, targets, mask, refinement, adv, old_logp, args)
 
-    fn = op_loss if a.variant in ("op", "linear_op") else eager_loss
+    grad_buffer = torch.empty_like(logits) if a.variant == "op_raw" else None
+
+    def op_raw():
+        # The op itself, into a gradient buffer allocated once (what a trainer that owns dJ/dz can do):
+        # the fused pass without autograd's backward multiply and without a fresh [T, V] allocation.
+        return cgrpo.ops.policy_loss(view(logits.detach()), view(targets), view(mask), view(adv), view(old_logp),
+                                     None, None, view(refinement), None, config.text, [], True, view(grad_buffer),
+                                     0)[0]
+
+    fn = {"op": op_loss, "linear_op": op_loss, "op_raw": op_raw}.get(a.variant, eager_loss)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
     def fwd_bwd():
         for x in leaves:
             x.grad = None
-        fn().backward()
+        loss = fn()
+        if fn is not op_raw:
+            loss.backward()
         sync()
 
     row = {"variant": a.variant, "T": T, "V": V, "H": H if linear else None, "device": dev, "threads": a.threads}
-    if fn is op_loss and dev == "cuda":
+    if fn is not eager_loss and dev == "cuda":
         row["skipped"] = "the Python package's ops are the CPU path (CUDA tensors are refused by name)"
         return row
     if dev == "cuda":
@@ -145,7 +158,7 @@ def run_variant(a):
     # The same loss on both sides (after the memory measurement: the other side's peak is not this one's).
     with torch.no_grad():
         got, want = float(op_loss()), float(eager_loss())
-    row["loss"] = got if fn is op_loss else want
+    row["loss"] = want if fn is eager_loss else got
     row["loss_rel_diff_op_vs_eager"] = abs(got - want) / max(abs(want), 1e-30)
     if row["loss_rel_diff_op_vs_eager"] > 1e-4:
         raise SystemExit("bench_torch_op: the op's loss %.9g and the eager loss %.9g differ" % (got, want))
@@ -225,7 +238,7 @@ def main(argv=None):
     rows = []
     for shape in a.shapes:
         copy = child(a, "copy", shape)["copy_GBps"]
-        variants = ["op", "eager"] + (["linear_op", "linear_eager"] if a.linear_hidden > 0 else [])
+        variants = ["op", "op_raw", "eager"] + (["linear_op", "linear_eager"] if a.linear_hidden > 0 else [])
         got = {v: child(a, v, shape) for v in variants}
         for v in variants:
             r = got[v]
@@ -233,8 +246,8 @@ def main(argv=None):
             if "skipped" not in r and not v.startswith("linear"):
                 r["GBps"] = 2 * r["T"] * r["V"] * 4 / (r["ms_median"] * 1e-3) / 1e9
                 r["of_copy"] = r["GBps"] / copy
-            base = got["eager" if v in ("op", "eager") else "linear_eager"]
-            if v in ("op", "linear_op") and "skipped" not in r and "skipped" not in base:
+            base = got["linear_eager" if v.startswith("linear") else "eager"]
+            if v in ("op", "op_raw", "linear_op") and "skipped" not in r and "skipped" not in base:
                 r["time_vs_eager"] = base["ms_median"] / r["ms_median"]
                 r["memory_vs_eager"] = base["peak_extra_MB"] / max(r["peak_extra_MB"], 1e-9)
             rows.append(r)
@@ -242,7 +255,7 @@ def main(argv=None):
     print("| T x V (x H) | variant | ms median | ms min | GB/s | of copy | peak extra MB | eager / op time | "
           "eager / op memory |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    names = {"op": "cgrpo.policy_loss", "eager": "eager PyTorch", "linear_op": "cgrpo.fused_linear_policy_loss",
+    names = {"op": "cgrpo.policy_loss", "op_raw": "torch.ops.cgrpo.policy_loss, grad_out", "eager": "eager PyTorch", "linear_op": "cgrpo.fused_linear_policy_loss",
              "linear_eager": "eager h @ W.T + loss"}
     f = lambda r, k, s: format(r[k], s) if r.get(k) is not None else ""
     for r in rows:
