@@ -7,9 +7,9 @@ tests/parallel/test_c10d_gloo.cpp:
   data parallel   every aggregation mode (policy, entropy and KL terms) under the paper's, verl's engine,
                   verl's legacy dp_actor and TRL's conventions, the four estimators that reduce through
                   group statistics (whitening included), groups split across ranks and whole, packed and
-                  padded rows, a rank with no response; the presets paper/critique_grpo, verl/grpo,
-                  verl/gspo, verl/dr_grpo, trl/grpo, trl/dapo, trl/bnpo, trl/dr_grpo; the loss from
-                  logits (z = h W^T in autograd) and the fused LM head. Compared: advantages, the sum of
+                  padded rows, a rank with no response; every preset of the registry (rollout_logp given
+                  to all) but the covariance selections (DP_INEXACT_PRESETS), and verl/grpo under the
+                  legacy dp_actor; the loss from logits (z = h W^T in autograd) and the fused LM head. Compared: advantages, the sum of
                   the ranks' losses, every rank's metrics, dJ/dz rows, dW summed by all_reduce_gradients.
   vocab parallel  k = 1, 2, 3 (and 4) column shards on sub-groups (dist.new_group), uneven cuts, on logits
                   and on the LM head split by rows (dJ/dh, dJ/dW, dJ/db); with 4 processes also a 2 x 2
@@ -53,6 +53,13 @@ EXACT_METRICS = ("loss", "pg_loss", "pg_loss_initial", "pg_loss_refinement", "en
 # ------------------------------------------------------------------------------------------------
 # The cases, the same in every process.
 
+# Presets whose loss couples the whole batch in a way include/cgrpo/parallel/ does not reduce: the
+# covariance selections pick their tokens (top-k, or at random) among the tokens of the call, so over
+# several ranks each rank selects among its own, as verl's per-rank loss does; not the one-process loss.
+DP_INEXACT_PRESETS = {"verl/kl_cov": "covariance top-k over the rank's tokens",
+                      "verl/clip_cov": "covariance selection over the rank's tokens"}
+
+
 def dp_cases():
     cases = []
     conventions = (("paper", "paper/critique_grpo"), ("verl_engine", "verl/grpo"),
@@ -72,8 +79,7 @@ def dp_cases():
                               split_groups=i % 3 != 0, padded=i % 4 == 3, linear=i % 5 == 2, faults=i == 1,
                               kinds=conv == "paper", num_groups_given=i % 2 == 0, empty_last_rank=False))
             i += 1
-    for preset in ("paper/critique_grpo", "verl/grpo", "verl/grpo@legacy_dp_actor", "verl/gspo", "verl/dr_grpo",
-                   "trl/grpo", "trl/dapo", "trl/bnpo", "trl/dr_grpo"):
+    for preset in ["verl/grpo@legacy_dp_actor"] + [p for p in cgrpo.presets() if p not in DP_INEXACT_PRESETS]:
         cases.append(dict(name=preset, config=cgrpo.Config.preset(preset).text, split_groups=i % 3 != 0,
                           padded=i % 4 == 3, linear=i % 5 == 2, faults=preset == "verl/grpo",
                           kinds=preset.startswith("paper"), num_groups_given=True, empty_last_rank=False))
@@ -148,10 +154,12 @@ def make_dp_batch(index, case):
     logp = torch.log_softmax(hidden @ weight.T, dim=-1).gather(1, targets[:, None])[:, 0]
     old_logp = logp + 0.3 * torch.randn(T, generator=g, dtype=DT)
     ref_logp = logp + 0.5 * torch.randn(T, generator=g, dtype=DT)
+    rollout_logp = old_logp + 0.2 * torch.randn(T, generator=g, dtype=DT)
     kinds = torch.rand(T, generator=g) < 0.3 if case["kinds"] else None
     token_counts = torch.stack([mask[offsets[i]:offsets[i + 1]].sum() for i in range(B)])
     return dict(G=G, ids=ids, lengths=lengths, offsets=offsets, mask=mask, rewards=rewards, hidden=hidden,
-                weight=weight, targets=targets, old_logp=old_logp, ref_logp=ref_logp, kinds=kinds,
+                weight=weight, targets=targets, old_logp=old_logp, ref_logp=ref_logp, rollout_logp=rollout_logp,
+                kinds=kinds,
                 token_counts=token_counts, B=B, T=T, V=V)
 
 
@@ -197,11 +205,11 @@ def dp_inputs(b, case, r0, r1):
         L = int(b["lengths"].max())
         p = lambda x, fill=0: padded(x, b, r0, r1, L, fill)
         return dict(hidden=p(b["hidden"]), targets=p(b["targets"]), mask=p(b["mask"], False),
-                    old_logp=p(b["old_logp"]), ref_logp=p(b["ref_logp"]),
+                    old_logp=p(b["old_logp"]), ref_logp=p(b["ref_logp"]), rollout_logp=p(b["rollout_logp"]),
                     kinds=None if b["kinds"] is None else p(b["kinds"], False), offsets=None,
                     token_mask=p(b["mask"], False))
     return dict(hidden=b["hidden"][t0:t1], targets=b["targets"][t0:t1], mask=b["mask"][t0:t1],
-                old_logp=b["old_logp"][t0:t1], ref_logp=b["ref_logp"][t0:t1],
+                old_logp=b["old_logp"][t0:t1], ref_logp=b["ref_logp"][t0:t1], rollout_logp=b["rollout_logp"][t0:t1],
                 kinds=None if b["kinds"] is None else b["kinds"][t0:t1],
                 offsets=b["offsets"][r0:r1 + 1] - b["offsets"][r0], token_mask=None)
 
@@ -225,7 +233,8 @@ def dp_run(b, case, r0, r1, group, world):
         adv = cgrpo.group_advantages(rewards, ids, cfg, token_counts=counts)
     a = token_advantages(adv, b, case, r0, r1)
     weight = b["weight"].clone().requires_grad_()
-    kw = dict(ref_logp=x["ref_logp"], kinds=x["kinds"], offsets=x["offsets"], config=cfg, metric_names="cgrpo")
+    kw = dict(ref_logp=x["ref_logp"], rollout_logp=x["rollout_logp"], kinds=x["kinds"], offsets=x["offsets"],
+              config=cfg, metric_names="cgrpo")
     out = dict(adv=adv)
     if case["linear"]:
         fn = (lambda *args, **k: cd.fused_linear_policy_loss(*args, group=group, **k)) if world else \
