@@ -32,6 +32,10 @@ over gloo on the CPU tensors themselves; over NCCL the statistics (O(G), O(T)) a
 reduced here are copied to the current CUDA device for the collective and back (call
 torch.cuda.set_device(local_rank) first). CUDA logits are refused by the ops, by name.
 
+Batch couplings the library does not reduce across ranks stay per rank: the covariance selections of
+verl/kl_cov and verl/clip_cov pick among each rank's tokens (as verl's per-rank loss does), and the
+batch-level quantile and normalisation features see the rank's shard.
+
 Every rank of a group must call each function with the same config, the same dtypes and the same
 requires_grad pattern (each function runs a fixed sequence of collectives; a rank that skips one makes
 the others wait until the group's timeout).
