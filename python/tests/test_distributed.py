@@ -167,7 +167,7 @@ def dp_cuts(b, case, world, index):
     """Response ranges [cuts[r], cuts[r + 1]): uneven, each rank >= 1 response (whole groups when the
     groups are not split), or the last rank none."""
     g = _gen(SEED, 2, index, world)
-    holders = world - 1 if case["empty_last_rank"] else world
+    holders = world - 1 if case["empty_last_rank"] and world > 1 else world
     B = b["B"]
     if case["split_groups"]:
         candidates = list(range(1, B))
@@ -363,6 +363,8 @@ def _worker(rank, world, folder, seed, backend):
     torch.set_num_threads(1)
     if backend == "nccl":
         torch.cuda.set_device(rank)
+    else:  # gloo on the loopback interface (127.0.0.1), not on whatever the host name resolves to
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     store = dist.FileStore(os.path.join(folder, "store"), world)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
     results = {}
@@ -599,6 +601,7 @@ def test_distributed_equals_one_process(world):
 
 
 def _failing_worker(rank, world, folder, seed, backend):
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     store = dist.FileStore(os.path.join(folder, "store"), world)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=20))
