@@ -254,6 +254,18 @@ def dp_run(b, case, r0, r1, group, world):
         out["grad_logits"] = g.detach()
     if world:
         cd.all_reduce_gradients([weight], group=group)
+        if any(k in metrics for k, _ in cd._TRL_RANK_METRICS):
+            # This rank's own values of TRL's per-rank metrics (the same loss on the shard, one process,
+            # with the global scale): reduce_metrics must give their mean / min / max over the ranks.
+            scale = cd.global_scale(x["mask"], x["offsets"], group=group)
+            with torch.no_grad():
+                if case["linear"]:
+                    _, local = cgrpo.fused_linear_policy_loss(x["hidden"], weight, None, x["targets"], x["mask"], a,
+                                                              x["old_logp"], scale=scale, **kw)
+                else:
+                    _, local = cgrpo.policy_loss(x["hidden"] @ weight.T, x["targets"], x["mask"], a, x["old_logp"],
+                                                 scale=scale, **kw)
+            out["local_metrics"] = local
     out.update(loss=loss.item(), metrics=metrics, dW=weight.grad.detach().clone())
     return out
 
@@ -469,6 +481,24 @@ def mismatches(got, want, fields):
     return out
 
 
+def trl_rank_mismatches(results, i, world, got):
+    """TRL's clip_ratio/* of the reduced metrics against the mean / min / max of the ranks' own values
+    (ranks without a valid token log NaN in TRL and are left out of its nanmean; here: none is NaN)."""
+    if "error" in got or "local_metrics" not in got:
+        return []
+    out = []
+    local = [results[r][("dp", i, "honest")]["local_metrics"] for r in range(world)]
+    for key, how in cd._TRL_RANK_METRICS:
+        if key not in got["metrics"]:
+            continue
+        vals = [m[key] for m in local]
+        want = {"mean": sum(vals) / len(vals), "min": min(vals), "max": max(vals)}[how]
+        if abs(got["metrics"][key] - want) > REL * max(abs(want), 1.0):
+            out.append("metrics[%s] (TRL's %s over the ranks): got %.17g, want %.17g" % (key, how, got["metrics"][key],
+                                                                                       want))
+    return out
+
+
 def dp_reference(i, case):
     b = make_dp_batch(i, case)
     return b, dp_run(b, case, 0, b["B"], None, 0)
@@ -502,7 +532,7 @@ def check_world(world):
         cuts = dp_cuts(b, case, world, i)
         fields = ["adv", "loss", "metrics", "dW"] + ([] if case["linear"] else ["grad_logits"])
         for r, got in enumerate(assemble_dp(results, i, "honest", b, cuts, world, case)):
-            bad = mismatches(got, want, fields)
+            bad = mismatches(got, want, fields) + trl_rank_mismatches(results, i, world, got)
             checked += 1
             if bad:
                 report.append("dp %s, rank %d of %d:\n    %s" % (case["name"], r, world, "\n    ".join(bad)))
