@@ -9,8 +9,10 @@ tests/parallel/test_c10d_gloo.cpp:
                   group statistics (whitening included), groups split across ranks and whole, packed and
                   padded rows, a rank with no response; every preset of the registry (rollout_logp given
                   to all) but the covariance selections (DP_INEXACT_PRESETS), and verl/grpo under the
-                  legacy dp_actor; the loss from logits (z = h W^T in autograd) and the fused LM head. Compared: advantages, the sum of
-                  the ranks' losses, every rank's metrics, dJ/dz rows, dW summed by all_reduce_gradients.
+                  legacy dp_actor; the loss from logits (z = h W^T in autograd) and the fused LM head.
+                  Compared: advantages, the sum of the ranks' losses, every rank's metrics, dJ/dz rows,
+                  dW summed by all_reduce_gradients; TRL's clip_ratio/* against the mean / min / max of
+                  the ranks' own values (as TRL logs them across processes).
   vocab parallel  k = 1, 2, 3 (and 4) column shards on sub-groups (dist.new_group), uneven cuts, on logits
                   and on the LM head split by rows (dJ/dh, dJ/dW, dJ/db); with 4 processes also a 2 x 2
                   mesh (data parallel x vocab parallel). Compared: loss, metrics, log p, H, gradients.
