@@ -3,11 +3,12 @@
 // Shared by the program (critique_lm.cpp) and its test (test_critique_lm.cpp).
 //
 // The pieces, in the order a step uses them:
-//   Tokenizer      a word-piece vocabulary: the ten digits, the rule letters, and the fixed phrases of
+//   Tokenizer      a word-piece vocabulary (27 tokens): <eos>, the ten digits, and the fixed phrases of
 //                  the strings the model reads (the questions, cgrpo::critique's critiques and its
 //                  default refinement template), matched greedily; digits are always single tokens.
-//   Task           the RL task (rules a-h on 4 digits; a-d are taught in SFT, e-h never) and the
-//                  separate SFT family (Reverse / Sort / Shift / Guess) on which reading a critique is taught.
+//   Task           the RL task (eight rules "Apply rule NN" on 4 digits; four are taught in SFT, four never)
+//                  and the separate SFT family (Reverse / Sort / Shift / Guess / unknown rule numbers) on
+//                  which reading a critique is taught.
 //   Transformer    2 layers, 4 heads, d_model 64, causal attention, learned positions, final LayerNorm;
 //                  hidden() returns the last hidden states h; the LM head W [V, H] is a parameter that
 //                  only the library multiplies in the loss.
