@@ -46,7 +46,7 @@ import torch.distributed as dist
 
 from ._ops import ops
 from .config import as_config
-from .losses import Scale, TokenOutputs, metrics_dict
+from .losses import Scale, TokenOutputs, _scaled_grads, metrics_dict
 
 SUM = dist.ReduceOp.SUM
 MAX = dist.ReduceOp.MAX
@@ -227,8 +227,7 @@ class _PolicyLoss(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, *unused):
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_loss,) + (None,) * 11
+        return _scaled_grads(ctx.saved_tensors, grad_loss) + (None,) * 11
 
 
 class _FusedLinearPolicyLoss(torch.autograd.Function):
@@ -246,7 +245,7 @@ class _FusedLinearPolicyLoss(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, *unused):
-        return tuple(None if g is None else g * grad_loss for g in ctx.saved_tensors) + (None,) * 12
+        return _scaled_grads(ctx.saved_tensors, grad_loss) + (None,) * 12
 
 
 def _finish(loss, metrics, token_outputs, text, group, metric_names, return_token_outputs):
@@ -362,8 +361,7 @@ class _VocabParallelPolicyLoss(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, *unused):
-        (grad,) = ctx.saved_tensors
-        return (None if grad is None else grad * grad_loss,) + (None,) * 15
+        return _scaled_grads(ctx.saved_tensors, grad_loss) + (None,) * 15
 
 
 def vocab_parallel_policy_loss(logits, targets, mask, advantages, old_logp, *, vocab_start, vocab_size,
@@ -416,7 +414,7 @@ class _VocabParallelLinearPolicyLoss(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, *unused):
-        return tuple(None if g is None else g * grad_loss for g in ctx.saved_tensors) + (None,) * 19
+        return _scaled_grads(ctx.saved_tensors, grad_loss) + (None,) * 19
 
 
 def vocab_parallel_linear_policy_loss(hidden, weight, bias, targets, mask, advantages, old_logp, *, vocab_start,

@@ -24,6 +24,15 @@ the cgrpo::TermBit bits of the terms the token stayed in (1 policy, 2 entropy, 4
 _NAMINGS = ("cgrpo", "verl", "trl")
 
 
+def _scaled_grads(grads, grad_loss):
+    """What a loss Function's backward returns for the gradients its forward kept: each times the
+    incoming grad_loss, or the kept tensor itself where grad_loss is 1 (loss.backward(): no second
+    [T, V] buffer; autograd steals it as .grad when the graph is freed, copies it when retained)."""
+    if grad_loss.numel() == 1 and grad_loss.item() == 1.0:
+        return tuple(grads)
+    return tuple(None if g is None else g * grad_loss for g in grads)
+
+
 class Scale(collections.namedtuple("Scale", ["token_count", "sequence_count", "length", "nonempty_sequence_count"])):
     """The global counts of cgrpo::AggregationScale (0: from this batch): token-mean's N, seq-mean's B,
     seq-mean-token-sum-norm's L (verl's loss_scale_factor, TRL dr_grpo's B * max_completion_length) and
@@ -110,8 +119,7 @@ class _PolicyLoss(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, *unused):
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_loss,) + (None,) * 11
+        return _scaled_grads(ctx.saved_tensors, grad_loss) + (None,) * 11
 
 
 def policy_loss(logits, targets, mask, advantages, old_logp, *, ref_logp=None, rollout_logp=None, kinds=None,
@@ -169,8 +177,7 @@ class _FusedLinearPolicyLoss(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, *unused):
-        grads = tuple(None if g is None else g * grad_loss for g in ctx.saved_tensors)
-        return grads + (None,) * 12
+        return _scaled_grads(ctx.saved_tensors, grad_loss) + (None,) * 12
 
 
 def fused_linear_policy_loss(hidden, weight, bias, targets, mask, advantages, old_logp, *, ref_logp=None,

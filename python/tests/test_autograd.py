@@ -151,6 +151,28 @@ def test_backward_scales_the_forward_gradient_without_a_second_pass(monkeypatch)
     assert torch.equal(z2.grad, 3.0 * g1)
 
 
+def test_backward_of_grad_output_one_hands_over_the_kept_gradient_and_stays_right_when_retained():
+    """loss.backward() (grad_output 1) returns the forward's own dJ/dlogits, no second [T, V] buffer;
+    with retain_graph a second backward still adds the same gradient (autograd copies the kept one)."""
+    logits, targets, mask, adv, old, ref = _batch(seed=3)
+    config = cgrpo.Config.preset("verl/grpo").set("entropy.coef", 0.01)
+    z = logits.clone().requires_grad_()
+    loss, _ = cgrpo.policy_loss(z, targets, mask, adv, old, ref_logp=ref, config=config)
+    loss.backward(retain_graph=True)
+    g1 = z.grad.clone()
+    assert g1.abs().max() > 0
+    loss.backward(retain_graph=True)
+    assert torch.equal(z.grad, 2.0 * g1)
+    (0.5 * loss).backward()
+    assert torch.equal(z.grad, 2.5 * g1)
+    kept = []
+    z2 = logits.clone().requires_grad_()
+    z2.register_hook(lambda g: kept.append(g.data_ptr()))
+    loss2, _ = cgrpo.policy_loss(z2, targets, mask, adv, old, ref_logp=ref, config=config)
+    loss2.backward()
+    assert torch.equal(z2.grad, g1) and z2.grad.data_ptr() == kept[0]  # the op's buffer became .grad
+
+
 def test_no_grad_and_frozen_logits_compute_no_gradient():
     logits, targets, mask, adv, old, ref = _batch(seed=2)
     config = cgrpo.Config.preset("verl/grpo")
