@@ -235,6 +235,18 @@ struct TokenOutputs {
   }
 };
 
+// group_ids [B] int32 / int64 (one per row of rewards) as a contiguous int64 tensor; the caller checks
+// the range (ids in [0, 2^31), or in [0, G) for a given G).
+inline Tensor group_ids_int64(const Tensor& group_ids, int64_t B) {
+  TORCH_CHECK(group_ids.defined(), "cgrpo: group_ids must be a defined tensor [B], got None");
+  cgrpo_torch::detail::check_dense_cpu(group_ids, "group_ids");
+  TORCH_CHECK(group_ids.scalar_type() == torch::kInt || group_ids.scalar_type() == torch::kLong,
+              "cgrpo: group_ids must have dtype int32 or int64, got ", group_ids.scalar_type());
+  TORCH_CHECK(group_ids.dim() == 1 && group_ids.size(0) == B, "cgrpo: group_ids must have shape [B] = [", B,
+              "] (the rows of rewards), got shape ", group_ids.sizes());
+  return group_ids.to(torch::kLong).contiguous();
+}
+
 // LossMetrics as the flat double tensor [kNumMetricValues] (loss/metric_names.hpp).
 inline Tensor metrics_tensor(const cgrpo::LossMetrics& m) {
   Tensor t = torch::empty({cgrpo::kNumMetricValues}, torch::TensorOptions().dtype(torch::kDouble));

@@ -108,13 +108,7 @@ Tensor group_advantages(const Tensor& rewards, const Tensor& group_ids, const st
               "cgrpo: rewards [B, K] are gdpo's reward components: the config's advantage.estimator is ",
               cgrpo::to_string(recipe.advantage.estimator), ", not gdpo (pass rewards [B])");
   const int64_t B = rewards.size(0), K = components ? rewards.size(1) : 1;
-  TORCH_CHECK(group_ids.defined(), "cgrpo: group_ids must be a defined tensor [B], got None");
-  cgrpo_torch::detail::check_dense_cpu(group_ids, "group_ids");
-  TORCH_CHECK(group_ids.scalar_type() == torch::kInt || group_ids.scalar_type() == torch::kLong,
-              "cgrpo: group_ids must have dtype int32 or int64, got ", group_ids.scalar_type());
-  TORCH_CHECK(group_ids.dim() == 1 && group_ids.size(0) == B, "cgrpo: group_ids must have shape [B] = [", B,
-              "] (the rows of rewards), got shape ", group_ids.sizes());
-  const Tensor ids64 = group_ids.to(torch::kLong).contiguous();
+  const Tensor ids64 = group_ids_int64(group_ids, B);
   int64_t num_groups = 0;
   for (int64_t i = 0; i < B; ++i) {
     const int64_t g = ids64.data_ptr<int64_t>()[i];

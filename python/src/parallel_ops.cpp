@@ -3,6 +3,7 @@
 // torch.distributed process group. Each op is a thin wrapper: the partial statistics a rank contributes,
 // or its result from the all-reduced ones. CPU tensors only (the collectives may run on any backend:
 // distributed.py moves the small statistic tensors to the group's device and back).
+#include "linear_head.hpp"
 #include "op_common.hpp"
 
 #include <cgrpo/cpu/fused_linear_policy_loss.hpp>
@@ -38,13 +39,7 @@ Tensor checked_group_ids(const Tensor& rewards, const Tensor& group_ids, int64_t
   const int64_t B = rewards.size(0);
   TORCH_CHECK(num_groups >= 0 && num_groups <= INT32_MAX, "cgrpo: num_groups must be in [0, 2^31) (the GLOBAL G), got ",
               num_groups);
-  TORCH_CHECK(group_ids.defined(), "cgrpo: group_ids must be a defined tensor [B], got None");
-  cgrpo_torch::detail::check_dense_cpu(group_ids, "group_ids");
-  TORCH_CHECK(group_ids.scalar_type() == torch::kInt || group_ids.scalar_type() == torch::kLong,
-              "cgrpo: group_ids must have dtype int32 or int64, got ", group_ids.scalar_type());
-  TORCH_CHECK(group_ids.dim() == 1 && group_ids.size(0) == B, "cgrpo: group_ids must have shape [B] = [", B,
-              "] (the rows of rewards), got shape ", group_ids.sizes());
-  const Tensor ids64 = group_ids.to(torch::kLong).contiguous();
+  const Tensor ids64 = group_ids_int64(group_ids, B);
   const int64_t* p = ids64.data_ptr<int64_t>();
   for (int64_t i = 0; i < B; ++i)
     TORCH_CHECK(p[i] >= 0 && p[i] < num_groups, "cgrpo: out_of_range: group_ids[", i, "] = ", p[i], " is outside [0, ",
@@ -349,56 +344,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> vocab_paralle
           outs.policy_factor, outs.token_terms};
 }
 
-// The local rows of the LM head: weight [V_shard, H], bias [V_shard] or None, of hidden's dtype.
-struct ShardHead {
-  int64_t V = 0, H = 0;
-  Tensor bias;
-};
-
-ShardHead check_shard_head(const Tensor& rows, const Tensor& weight, const OptTensor& bias) {
-  ShardHead h;
-  h.H = rows.size(1);
-  TORCH_CHECK(weight.defined(), "cgrpo: weight must be a defined tensor [V_shard, H] (this rank's rows), got None");
-  cgrpo_torch::detail::check_dense_cpu(weight, "weight");
-  TORCH_CHECK(weight.scalar_type() == rows.scalar_type(), "cgrpo: weight must have the dtype of hidden (", rows.scalar_type(),
-              "), got ", weight.scalar_type());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == h.H && weight.size(0) > 0, "cgrpo: weight must be 2-D [V_shard, H] with H = ",
-              h.H, " and V_shard > 0, got shape ", weight.sizes());
-  h.V = weight.size(0);
-  TORCH_CHECK(h.H <= 1 || weight.stride(1) == 1, "cgrpo: weight must be contiguous along H (stride(1) = 1), got strides ",
-              weight.strides(), "; pass weight.contiguous()");
-  TORCH_CHECK(h.V <= 1 || weight.stride(0) >= h.H, "cgrpo: weight must have rows that do not overlap (stride(0) >= H), got strides ",
-              weight.strides());
-  if (given(bias)) {
-    cgrpo_torch::detail::check_dense_cpu(*bias, "bias");
-    TORCH_CHECK(bias->scalar_type() == rows.scalar_type() && bias->dim() == 1 && bias->size(0) == h.V &&
-                    (h.V <= 1 || bias->stride(0) == 1),
-                "cgrpo: bias must be a contiguous tensor [V_shard] = [", h.V, "] of hidden's dtype, got ", bias->scalar_type(),
-                " ", bias->sizes());
-    h.bias = *bias;
-  }
-  return h;
-}
-
-template <typename Real>
-cgrpo::LinearHead<Real> shard_head_view(const Tensor& rows, const Tensor& weight, const ShardHead& h, int64_t T) {
-  cgrpo::LinearHead<Real> head;
-  head.hidden = rows.data_ptr<Real>();
-  head.hidden_size = h.H;
-  head.hidden_row_stride = T <= 1 ? 0 : rows.stride(0);
-  head.weight = weight.data_ptr<Real>();
-  head.weight_row_stride = h.V <= 1 ? 0 : weight.stride(0);
-  head.bias = h.bias.defined() ? h.bias.data_ptr<Real>() : nullptr;
-  return head;
-}
-
-cgrpo::LinearChunking chunking(int64_t chunk_tokens) {
-  TORCH_CHECK(chunk_tokens >= 0, "cgrpo: chunk_tokens must be >= 0 (0: a 256 MiB buffer of logits), got ", chunk_tokens);
-  cgrpo::LinearChunking c;
-  c.tokens = chunk_tokens;
-  return c;
-}
-
 // Phase 1 on this rank's rows of the LM head: (stats [T, 3], target_logit [T]).
 std::tuple<Tensor, Tensor> vocab_shard_linear_row_stats(
     const Tensor& hidden, const Tensor& weight, const OptTensor& bias, const Tensor& target_ids, const Tensor& mask,
@@ -408,7 +353,7 @@ std::tuple<Tensor, Tensor> vocab_shard_linear_row_stats(
   const cgrpo::Recipe recipe = recipe_of(config_text);
   Tokens tok;
   const Tensor rows = token_rows(hidden, "hidden", "H", &tok);
-  const ShardHead h = check_shard_head(rows, weight, bias);
+  const Head h = check_head(rows, weight, bias, "V_shard");
   const cgrpo::parallel::VocabShard shard = shard_of(vocab_start, h.V, vocab_size);
   const LossInputs in = loss_inputs(tok, hidden.scalar_type(), vocab_size, target_ids, mask, advantages, old_logp,
                                     ref_logp, rollout_logp, kinds, offsets, scale);
@@ -418,9 +363,9 @@ std::tuple<Tensor, Tensor> vocab_shard_linear_row_stats(
   AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "cgrpo::vocab_shard_linear_row_stats", [&] {
     const cgrpo::PolicyLossBatch<scalar_t> batch = batch_view<scalar_t>(recipe.loss, tok, shard.size, in);
     check_status(cgrpo::parallel::vocab_shard_linear_row_stats(
-        recipe.loss, batch, shard_head_view<scalar_t>(rows, weight, h, tok.T), shard,
+        recipe.loss, batch, head_view<scalar_t>(rows, weight, h, tok.T), shard,
         reinterpret_cast<cgrpo::RowStats<double>*>(stats.data_ptr<double>()), target.data_ptr<double>(), ws,
-        chunking(chunk_tokens)));
+        chunking_of(chunk_tokens)));
   });
   return {stats, target};
 }
@@ -436,7 +381,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   const cgrpo::Recipe recipe = recipe_of(config_text);
   Tokens tok;
   const Tensor rows = token_rows(hidden, "hidden", "H", &tok);
-  const ShardHead h = check_shard_head(rows, weight, bias);
+  const Head h = check_head(rows, weight, bias, "V_shard");
   TORCH_CHECK(!want_bias || h.bias.defined(), "cgrpo: a bias gradient was asked for without a bias");
   const cgrpo::parallel::VocabShard shard = shard_of(vocab_start, h.V, vocab_size);
   const LossInputs in = loss_inputs(tok, hidden.scalar_type(), vocab_size, target_ids, mask, advantages, old_logp,
@@ -460,9 +405,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     out.metrics = &metrics;
     outs.attach(out);
     check_status(cgrpo::parallel::vocab_parallel_linear_policy_loss(
-        recipe.loss, batch, shard_head_view<scalar_t>(rows, weight, h, tok.T), shard,
+        recipe.loss, batch, head_view<scalar_t>(rows, weight, h, tok.T), shard,
         reinterpret_cast<const cgrpo::RowStats<double>*>(stats.data_ptr<double>()), target_logit.data_ptr<double>(), out,
-        grads, ws, chunking(chunk_tokens)));
+        grads, ws, chunking_of(chunk_tokens)));
   });
   return {torch::scalar_tensor(metrics.loss, opts), g_hidden, g_weight, g_bias, metrics_tensor(metrics), outs.logp,
           outs.entropy, outs.policy_factor, outs.token_terms};
