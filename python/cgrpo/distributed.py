@@ -41,12 +41,15 @@ requires_grad pattern (each function runs a fixed sequence of collectives; a ran
 the others wait until the group's timeout).
 """
 
+import functools
+
 import torch
 import torch.distributed as dist
 
 from ._ops import ops
 from .config import as_config
-from .losses import Scale, TokenOutputs, _scaled_grads, metrics_dict
+from .losses import Scale, TokenOutputs, _check_tensor_arg, _scaled_grads, _token_counts, metrics_dict
+from .losses import _scale_list as _losses_scale_list
 
 SUM = dist.ReduceOp.SUM
 MAX = dist.ReduceOp.MAX
@@ -83,23 +86,9 @@ def _world(group):
     return dist.get_world_size(group)
 
 
-def _check_tensor(name, t, optional=False):
-    if t is None and optional:
-        return
-    if not isinstance(t, torch.Tensor):
-        raise TypeError("cgrpo.distributed: %s must be a torch.Tensor%s, got %s" % (
-            name, " or None" if optional else "", type(t).__name__))
-
-
-def _scale_list(scale):
-    if scale is None:
-        return []
-    if isinstance(scale, Scale):
-        return list(scale)
-    if isinstance(scale, dict):
-        return list(Scale(**scale))
-    raise TypeError("cgrpo.distributed: scale must be None, a cgrpo.Scale or a dict of its fields, got %s"
-                    % type(scale).__name__)
+_WHERE = "cgrpo.distributed"
+_check_tensor = functools.partial(_check_tensor_arg, where=_WHERE)
+_scale_list = functools.partial(_losses_scale_list, where=_WHERE)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -147,13 +136,7 @@ def group_advantages(rewards, group_ids, config=None, *, num_groups=None, mask=N
     _all_reduce(extrema, MAX, group, "group extrema")
     adv = ops.group_advantages_from_stats(rewards, group_ids, sums, extrema, float(shift), text)
     if cfg.resolved()["advantage.estimator"] in _WHITENED:
-        if mask is not None and token_counts is not None:
-            raise ValueError("cgrpo.distributed: give mask or token_counts, not both")
-        if mask is not None:
-            _check_tensor("mask", mask)
-            if mask.dim() != 2:
-                raise ValueError("cgrpo.distributed: mask must be [B, L], got shape %s" % (tuple(mask.shape),))
-            token_counts = (mask != 0).sum(dim=-1)
+        token_counts = _token_counts(mask, token_counts, where=_WHERE)
         if token_counts is None:
             raise ValueError("cgrpo.distributed: advantage.estimator %s whitens over the valid tokens: give mask "
                              "[B, L] or token_counts [B]" % cfg.resolved()["advantage.estimator"])

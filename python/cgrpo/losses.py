@@ -45,7 +45,7 @@ class Scale(collections.namedtuple("Scale", ["token_count", "sequence_count", "l
                                float(nonempty_sequence_count))
 
 
-def _scale_list(scale):
+def _scale_list(scale, where="cgrpo"):
     if scale is None:
         return []
     if isinstance(scale, Scale):
@@ -53,9 +53,9 @@ def _scale_list(scale):
     if isinstance(scale, dict):
         unknown = set(scale) - set(Scale._fields)
         if unknown:
-            raise ValueError("cgrpo: scale has unknown keys %s (known: %s)" % (sorted(unknown), ", ".join(Scale._fields)))
+            raise ValueError("%s: scale has unknown keys %s (known: %s)" % (where, sorted(unknown), ", ".join(Scale._fields)))
         return list(Scale(**scale))
-    raise TypeError("cgrpo: scale must be None, a cgrpo.Scale or a dict of its fields, got %s" % type(scale).__name__)
+    raise TypeError("%s: scale must be None, a cgrpo.Scale or a dict of its fields, got %s" % (where, type(scale).__name__))
 
 
 @functools.lru_cache(maxsize=512)
@@ -97,12 +97,25 @@ def metrics_dict(values, config, names="all"):
     return out
 
 
-def _check_tensor_arg(name, t, optional=False):
+def _check_tensor_arg(name, t, optional=False, where="cgrpo"):
     if t is None and optional:
         return
     if not isinstance(t, torch.Tensor):
-        raise TypeError("cgrpo: %s must be a torch.Tensor%s, got %s" % (name, " or None" if optional else "",
-                                                                         type(t).__name__))
+        raise TypeError("%s: %s must be a torch.Tensor%s, got %s" % (where, name, " or None" if optional else "",
+                                                                     type(t).__name__))
+
+
+def _token_counts(mask, token_counts, where="cgrpo"):
+    """The valid tokens of each response for the whitened estimators: token_counts [B] as given, or
+    from mask [B, L] (not both); None when neither is given."""
+    if mask is not None and token_counts is not None:
+        raise ValueError("%s: give mask or token_counts, not both" % where)
+    if mask is None:
+        return token_counts
+    _check_tensor_arg("mask", mask, where=where)
+    if mask.dim() != 2:
+        raise ValueError("%s: mask must be [B, L], got shape %s" % (where, tuple(mask.shape)))
+    return (mask != 0).sum(dim=-1)
 
 
 class _PolicyLoss(torch.autograd.Function):
@@ -250,13 +263,7 @@ def group_advantages(rewards, group_ids, config=None, *, mask=None, token_counts
     weights [K] (None: all 1). Returns [B] in the rewards' dtype."""
     _check_tensor_arg("rewards", rewards)
     _check_tensor_arg("group_ids", group_ids)
-    if mask is not None and token_counts is not None:
-        raise ValueError("cgrpo: give mask or token_counts, not both")
-    if mask is not None:
-        _check_tensor_arg("mask", mask)
-        if mask.dim() != 2:
-            raise ValueError("cgrpo: mask must be [B, L], got shape %s" % (tuple(mask.shape),))
-        token_counts = (mask != 0).sum(dim=-1)
+    token_counts = _token_counts(mask, token_counts)
     if weights is not None and not isinstance(weights, torch.Tensor):
         weights = torch.tensor(weights, dtype=torch.float64)
     with torch.no_grad():
