@@ -28,6 +28,8 @@
 #include <string>
 #include <vector>
 
+#include "../common/svg_plot.hpp"
+
 namespace {
 
 using cgrpo::critique::CritiqueKind;
@@ -439,9 +441,7 @@ bool write_svg(const std::string& path, const RunResult& grpo, const RunResult& 
   const double lefts[2] = {70, 520};
   const char* colors[2] = {"#1f77b4", "#d62728"};
   const char* labels[2] = {"GRPO (n initial)", "Critique-GRPO (n-k initial + k refinements)"};
-  std::fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" "
-                  "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n", W, H);
-  std::fprintf(f, "<text x=\"%.0f\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">%s</text>\n", W / 2, title.c_str());
+  example_svg::begin(f, W, H, title);
   const RunResult* runs[2] = {&grpo, &cgrpo_run};
   double max_entropy = 0;
   for (const RunResult* r : runs)
@@ -450,18 +450,9 @@ bool write_svg(const std::string& path, const RunResult& grpo, const RunResult& 
   const double steps = std::max<double>(1.0, static_cast<double>(grpo.curve.back().step));
   for (int panel = 0; panel < 2; ++panel) {
     const double x0 = lefts[panel], y_max = panel == 0 ? 1.0 : max_entropy;
-    std::fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">%s</text>\n", x0 + pw / 2, top - 8,
-                 panel == 0 ? "pass@1 on held-out hard problems" : "policy entropy on held-out problems (nats/token)");
-    std::fprintf(f, "<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" stroke=\"#444\"/>\n", x0,
-                 top, pw, ph);
-    for (int i = 0; i <= 4; ++i) {
-      const double y = top + ph - ph * i / 4.0, x = x0 + pw * i / 4.0;
-      std::fprintf(f, "<line x1=\"%.0f\" y1=\"%.1f\" x2=\"%.0f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", x0, y, x0 + pw, y);
-      std::fprintf(f, "<text x=\"%.0f\" y=\"%.1f\" text-anchor=\"end\">%.2f</text>\n", x0 - 5, y + 4, y_max * i / 4.0);
-      std::fprintf(f, "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%.0f</text>\n", x, top + ph + 16,
-                   steps * i / 4.0);
-    }
-    std::fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">step</text>\n", x0 + pw / 2, top + ph + 32);
+    example_svg::panel_frame(f, x0, top, pw, ph, y_max, steps,
+                             panel == 0 ? "pass@1 on held-out hard problems" : "policy entropy on held-out problems (nats/token)",
+                             "step");
     for (int r = 0; r < 2; ++r) {
       std::fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"", colors[r]);
       for (const StepLog& l : runs[r]->curve) {

@@ -7,6 +7,8 @@
 // dJ/dW and dJ/dh come only from cgrpo::cpu::fused_linear_policy_loss (SFT's too: see sft_config()).
 #include "critique_lm.hpp"
 
+#include "../common/svg_plot.hpp"
+
 #include <atomic>
 #include <cstdarg>
 #include <chrono>
@@ -540,9 +542,7 @@ bool write_svg(const std::string& path, const std::vector<std::string>& run_ids,
   const double W = 960, H = 430, pw = 380, ph = 250, top = 60;
   const double lefts[2] = {70, 540};
   const char* colors[] = {"#1f77b4", "#17becf", "#d62728", "#ff7f0e"};
-  std::fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" "
-                  "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n", W, H);
-  std::fprintf(f, "<text x=\"%.0f\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">%s</text>\n", W / 2, title.c_str());
+  example_svg::begin(f, W, H, title);
   double max_entropy = 0, steps = 1;
   for (const RunResult& r : runs)
     for (const Point& p : r.curve) {
@@ -552,18 +552,9 @@ bool write_svg(const std::string& path, const std::vector<std::string>& run_ids,
   max_entropy = std::max(0.5, std::ceil(max_entropy * 2.0 + 1e-9) / 2.0);
   for (int panel = 0; panel < 2; ++panel) {
     const double x0 = lefts[panel], y_max = panel == 0 ? 1.0 : max_entropy;
-    std::fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">%s</text>\n", x0 + pw / 2, top - 8,
-                 panel == 0 ? "pass@1 on held-out hard problems" : "entropy on held-out problems (nats/token)");
-    std::fprintf(f, "<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" stroke=\"#444\"/>\n", x0,
-                 top, pw, ph);
-    for (int i = 0; i <= 4; ++i) {
-      const double y = top + ph - ph * i / 4.0, x = x0 + pw * i / 4.0;
-      std::fprintf(f, "<line x1=\"%.0f\" y1=\"%.1f\" x2=\"%.0f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", x0, y, x0 + pw, y);
-      std::fprintf(f, "<text x=\"%.0f\" y=\"%.1f\" text-anchor=\"end\">%.2f</text>\n", x0 - 5, y + 4, y_max * i / 4.0);
-      std::fprintf(f, "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%.0f</text>\n", x, top + ph + 16,
-                   steps * i / 4.0);
-    }
-    std::fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">RL step</text>\n", x0 + pw / 2, top + ph + 32);
+    example_svg::panel_frame(f, x0, top, pw, ph, y_max, steps,
+                             panel == 0 ? "pass@1 on held-out hard problems" : "entropy on held-out problems (nats/token)",
+                             "RL step");
     for (size_t k = 0; k < run_ids.size(); ++k) {
       std::vector<const RunResult*> mine;
       for (const RunResult& r : runs)
