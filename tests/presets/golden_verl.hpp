@@ -46,6 +46,59 @@ inline cgrpo::Recipe verl_preset_of(const std::string& clip, bool bypass, const 
   return cgrpo::Recipe{};
 }
 
+// The metrics verl logs (the golden README's metric_* keys) for a config with this rollout
+// correction: those both verl versions log, then verl 1dda039's newer IS metrics (`engine_metrics`:
+// the verl3 cases) or b178a3c's rejection-sampling metrics (the legacy cases).
+inline void add_verl_metrics(Setup& s, const cgrpo::RolloutCorrectionConfig& rc, bool engine_metrics) {
+  using cgrpo::LossMetrics;
+  auto add = [&s](const std::string& key, std::function<double(const LossMetrics&)> get, double tol = 1e-10) {
+    s.metrics.push_back(MetricCheck{key, std::move(get), tol});
+  };
+  add("metric_pg_loss", [](const LossMetrics& m) { return m.pg_loss; });
+  add("metric_entropy_loss", [](const LossMetrics& m) { return m.entropy_loss; });
+  add("metric_kl_loss", [](const LossMetrics& m) { return m.kl_loss; });
+  add("metric_pg_clipfrac", [](const LossMetrics& m) { return m.pg_clipfrac; });
+  add("metric_pg_clipfrac_lower", [](const LossMetrics& m) { return m.pg_clipfrac_lower; });
+  add("metric_ppo_kl", [](const LossMetrics& m) { return m.ppo_kl; });
+  if (rc.mode == cgrpo::RolloutCorrectionMode::none) return;
+  // verl computes the sequence-level fractions (and rs_seq_masked_fraction) from a float32 cast
+  // (golden README: (f32), compared at 1e-6).
+  const double seq_f32 = rc.is_level == cgrpo::RolloutIsLevel::sequence ? 1e-6 : 1e-10;
+  const std::string p = "metric_rollout_";
+  add(p + "is_mean", [](const LossMetrics& m) { return m.rollout.is_mean; });
+  add(p + "is_max", [](const LossMetrics& m) { return m.rollout.is_max; });
+  add(p + "is_min", [](const LossMetrics& m) { return m.rollout.is_min; });
+  add(p + "is_std", [](const LossMetrics& m) { return m.rollout.is_std; });
+  add(p + "is_eff_sample_size", [](const LossMetrics& m) { return m.rollout.is_eff_sample_size; });
+  add(p + "is_ratio_fraction_high", [](const LossMetrics& m) { return m.rollout.is_ratio_fraction_high; }, seq_f32);
+  add(p + "is_ratio_fraction_low", [](const LossMetrics& m) { return m.rollout.is_ratio_fraction_low; }, seq_f32);
+  add(p + "is_seq_mean", [](const LossMetrics& m) { return m.rollout.is_seq_mean; });
+  add(p + "is_seq_max", [](const LossMetrics& m) { return m.rollout.is_seq_max; });
+  add(p + "is_seq_min", [](const LossMetrics& m) { return m.rollout.is_seq_min; });
+  if (engine_metrics) {
+    add(p + "is_seq_std", [](const LossMetrics& m) { return m.rollout.is_seq_std; });
+    add(p + "is_seq_max_deviation", [](const LossMetrics& m) { return m.rollout.is_seq_max_deviation; });
+    add(p + "is_seq_fraction_high", [](const LossMetrics& m) { return m.rollout.is_seq_fraction_high; }, 1e-6);
+    add(p + "is_seq_fraction_low", [](const LossMetrics& m) { return m.rollout.is_seq_fraction_low; }, 1e-6);
+    add(p + "is_oob_ratio", [](const LossMetrics& m) { return m.rollout.is_oob_ratio; });
+  } else {
+    for (int k = 0; k < rc.num_rejection_options; ++k) {
+      const std::string o = p + "rs_" + cgrpo::to_string(rc.rejection[k].statistic) + "_";
+      add(o + "mean", [k](const LossMetrics& m) { return m.rollout.rs_option[k].mean; });
+      add(o + "max", [k](const LossMetrics& m) { return m.rollout.rs_option[k].max; });
+      add(o + "min", [k](const LossMetrics& m) { return m.rollout.rs_option[k].min; });
+      add(o + "masked_fraction", [k](const LossMetrics& m) { return m.rollout.rs_option[k].masked_fraction; });
+      add(o + "seq_masked_fraction", [k](const LossMetrics& m) { return m.rollout.rs_option[k].seq_masked_fraction; });
+    }
+    add(p + "rs_masked_fraction", [](const LossMetrics& m) { return m.rollout.rs_masked_fraction; });
+    add(p + "rs_seq_masked_fraction", [](const LossMetrics& m) { return m.rollout.rs_seq_masked_fraction; }, 1e-6);
+  }
+  add(p + "corr_kl", [](const LossMetrics& m) { return m.rollout.kl; });
+  add(p + "corr_k3_kl", [](const LossMetrics& m) { return m.rollout.k3_kl; });
+  add(p + "corr_chi2_token", [](const LossMetrics& m) { return m.rollout.chi2_token; });
+  add(p + "corr_chi2_seq", [](const LossMetrics& m) { return m.rollout.chi2_seq; });
+}
+
 // A case's params as verl's own options (cgrpo::VerlOptions), turned into a recipe by
 // cgrpo::verl_recipe, as a user switching from verl would; the loss mode's preset must agree on
 // what the mode fixes.
@@ -186,44 +239,7 @@ inline void setup_verl(const GoldenCase& g, Setup& s) {
   s.caller_weights = false;
 
   // The metrics verl logs for this config.
-  auto add = [&s](const std::string& key, std::function<double(const LossMetrics&)> get, double tol = 1e-10) {
-    s.metrics.push_back(MetricCheck{key, std::move(get), tol});
-  };
-  add("metric_pg_loss", [](const LossMetrics& m) { return m.pg_loss; });
-  add("metric_entropy_loss", [](const LossMetrics& m) { return m.entropy_loss; });
-  add("metric_kl_loss", [](const LossMetrics& m) { return m.kl_loss; });
-  add("metric_pg_clipfrac", [](const LossMetrics& m) { return m.pg_clipfrac; });
-  add("metric_pg_clipfrac_lower", [](const LossMetrics& m) { return m.pg_clipfrac_lower; });
-  add("metric_ppo_kl", [](const LossMetrics& m) { return m.ppo_kl; });
-  if (rc.mode != RolloutCorrectionMode::none) {
-    // verl computes the sequence-level fractions and rs_seq_masked_fraction from a float32 cast.
-    const double seq_f32 = rc.is_level == RolloutIsLevel::sequence ? 1e-6 : 1e-10;
-    const std::string p = "metric_rollout_";
-    add(p + "is_mean", [](const LossMetrics& m) { return m.rollout.is_mean; });
-    add(p + "is_max", [](const LossMetrics& m) { return m.rollout.is_max; });
-    add(p + "is_min", [](const LossMetrics& m) { return m.rollout.is_min; });
-    add(p + "is_std", [](const LossMetrics& m) { return m.rollout.is_std; });
-    add(p + "is_eff_sample_size", [](const LossMetrics& m) { return m.rollout.is_eff_sample_size; });
-    add(p + "is_ratio_fraction_high", [](const LossMetrics& m) { return m.rollout.is_ratio_fraction_high; }, seq_f32);
-    add(p + "is_ratio_fraction_low", [](const LossMetrics& m) { return m.rollout.is_ratio_fraction_low; }, seq_f32);
-    add(p + "is_seq_mean", [](const LossMetrics& m) { return m.rollout.is_seq_mean; });
-    add(p + "is_seq_max", [](const LossMetrics& m) { return m.rollout.is_seq_max; });
-    add(p + "is_seq_min", [](const LossMetrics& m) { return m.rollout.is_seq_min; });
-    for (int k = 0; k < rc.num_rejection_options; ++k) {
-      const std::string o = p + "rs_" + to_string(rc.rejection[k].statistic) + "_";
-      add(o + "mean", [k](const LossMetrics& m) { return m.rollout.rs_option[k].mean; });
-      add(o + "max", [k](const LossMetrics& m) { return m.rollout.rs_option[k].max; });
-      add(o + "min", [k](const LossMetrics& m) { return m.rollout.rs_option[k].min; });
-      add(o + "masked_fraction", [k](const LossMetrics& m) { return m.rollout.rs_option[k].masked_fraction; });
-      add(o + "seq_masked_fraction", [k](const LossMetrics& m) { return m.rollout.rs_option[k].seq_masked_fraction; });
-    }
-    add(p + "rs_masked_fraction", [](const LossMetrics& m) { return m.rollout.rs_masked_fraction; });
-    add(p + "rs_seq_masked_fraction", [](const LossMetrics& m) { return m.rollout.rs_seq_masked_fraction; }, 1e-6);
-    add(p + "corr_kl", [](const LossMetrics& m) { return m.rollout.kl; });
-    add(p + "corr_k3_kl", [](const LossMetrics& m) { return m.rollout.k3_kl; });
-    add(p + "corr_chi2_token", [](const LossMetrics& m) { return m.rollout.chi2_token; });
-    add(p + "corr_chi2_seq", [](const LossMetrics& m) { return m.rollout.chi2_seq; });
-  }
+  add_verl_metrics(s, rc, /*engine_metrics=*/false);
 
   // The arrays: the IS weights the policy loss was multiplied by, the kept mask, kl_cov's selection.
   s.arrays.push_back(ArrayCheck{"is_weights", [](const TokenView& v) { return v.valid ? v.policy_factor : 0.0; }});

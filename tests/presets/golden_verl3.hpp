@@ -211,39 +211,7 @@ inline void setup_verl3(const GoldenCase& g, Setup& s) {
   s.caller_weights = false;
 
   // The metrics verl logs.
-  auto add = [&s](const std::string& key, std::function<double(const LossMetrics&)> get, double tol = 1e-10) {
-    s.metrics.push_back(MetricCheck{key, std::move(get), tol});
-  };
-  add("metric_pg_loss", [](const LossMetrics& m) { return m.pg_loss; });
-  add("metric_entropy_loss", [](const LossMetrics& m) { return m.entropy_loss; });
-  add("metric_kl_loss", [](const LossMetrics& m) { return m.kl_loss; });
-  add("metric_pg_clipfrac", [](const LossMetrics& m) { return m.pg_clipfrac; });
-  add("metric_pg_clipfrac_lower", [](const LossMetrics& m) { return m.pg_clipfrac_lower; });
-  add("metric_ppo_kl", [](const LossMetrics& m) { return m.ppo_kl; });
-  if (rc.mode != RolloutCorrectionMode::none) {
-    // verl casts these booleans to float32 (golden README: (f32), compared at 1e-6).
-    const double seq_f32 = rc.is_level == RolloutIsLevel::sequence ? 1e-6 : 1e-10;
-    const std::string p = "metric_rollout_";
-    add(p + "is_mean", [](const LossMetrics& m) { return m.rollout.is_mean; });
-    add(p + "is_max", [](const LossMetrics& m) { return m.rollout.is_max; });
-    add(p + "is_min", [](const LossMetrics& m) { return m.rollout.is_min; });
-    add(p + "is_std", [](const LossMetrics& m) { return m.rollout.is_std; });
-    add(p + "is_eff_sample_size", [](const LossMetrics& m) { return m.rollout.is_eff_sample_size; });
-    add(p + "is_ratio_fraction_high", [](const LossMetrics& m) { return m.rollout.is_ratio_fraction_high; }, seq_f32);
-    add(p + "is_ratio_fraction_low", [](const LossMetrics& m) { return m.rollout.is_ratio_fraction_low; }, seq_f32);
-    add(p + "is_seq_mean", [](const LossMetrics& m) { return m.rollout.is_seq_mean; });
-    add(p + "is_seq_std", [](const LossMetrics& m) { return m.rollout.is_seq_std; });
-    add(p + "is_seq_max", [](const LossMetrics& m) { return m.rollout.is_seq_max; });
-    add(p + "is_seq_min", [](const LossMetrics& m) { return m.rollout.is_seq_min; });
-    add(p + "is_seq_max_deviation", [](const LossMetrics& m) { return m.rollout.is_seq_max_deviation; });
-    add(p + "is_seq_fraction_high", [](const LossMetrics& m) { return m.rollout.is_seq_fraction_high; }, 1e-6);
-    add(p + "is_seq_fraction_low", [](const LossMetrics& m) { return m.rollout.is_seq_fraction_low; }, 1e-6);
-    add(p + "is_oob_ratio", [](const LossMetrics& m) { return m.rollout.is_oob_ratio; });
-    add(p + "corr_kl", [](const LossMetrics& m) { return m.rollout.kl; });
-    add(p + "corr_k3_kl", [](const LossMetrics& m) { return m.rollout.k3_kl; });
-    add(p + "corr_chi2_token", [](const LossMetrics& m) { return m.rollout.chi2_token; });
-    add(p + "corr_chi2_seq", [](const LossMetrics& m) { return m.rollout.chi2_seq; });
-  }
+  add_verl_metrics(s, rc, /*engine_metrics=*/true);
 
   // The applied IS weights (IcePop's zeros included).
   if (g.arrays.count("is_weights"))
