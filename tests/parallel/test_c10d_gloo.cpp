@@ -422,30 +422,6 @@ std::vector<int64_t> dp_cuts(const DpBatch& b, const DpCase& c, int world, uint6
   return cuts;
 }
 
-// Responses [r0, r1) of `full` as a batch of their own (offsets rebased).
-ref::Batch slice(const ref::Batch& full, int64_t r0, int64_t r1) {
-  ref::Batch s;
-  const int64_t t0 = full.offsets[r0], t1 = full.offsets[r1];
-  s.B = r1 - r0;
-  s.V = full.V;
-  s.stride = full.stride;
-  s.T = t1 - t0;
-  for (int64_t i = r0; i <= r1; ++i) s.offsets.push_back(full.offsets[i] - t0);
-  s.logits.assign(full.logits.begin() + t0 * full.stride, full.logits.begin() + t1 * full.stride);
-  auto cut = [&](const auto& v) { return std::decay_t<decltype(v)>(v.begin() + t0, v.begin() + t1); };
-  s.targets = cut(full.targets);
-  s.mask = cut(full.mask);
-  s.kinds = cut(full.kinds);
-  s.adv = cut(full.adv);
-  s.old_logp = cut(full.old_logp);
-  s.ref_logp = cut(full.ref_logp);
-  s.rollout_logp = cut(full.rollout_logp);
-  s.w_pg = cut(full.w_pg);
-  s.w_h = cut(full.w_h);
-  s.w_kl = cut(full.w_kl);
-  return s;
-}
-
 // dW[v, d] += sum_t G[t, v] h[t, d] over rows [0, T) of a gradient of row stride `stride`.
 void add_head_gradient(const std::vector<double>& grad, int64_t T, int64_t V, int64_t stride, const double* hidden,
                        int64_t D, std::vector<double>& dW) {
@@ -573,7 +549,7 @@ void worker_dp_case(Group& g, const std::string& out_dir, uint64_t seed, int ind
   const cgrpo::AdvantageConfig& adv_config = c.recipe.advantage;
   const std::vector<int64_t> cuts = dp_cuts(b, c, world, seed, index);
   const int64_t r0 = cuts[rank], r1 = cuts[rank + 1], G = b.G;
-  ref::Batch s = slice(b.full, r0, r1);
+  ref::Batch s = support::slice_responses(b.full, r0, r1);
   const int64_t t0 = b.full.offsets[r0];
   const cgrpo::SequenceLayout layout = s.layout();
   const cgrpo::GroupAssignment local{r1 - r0, b.group_ids.data() + r0, G};

@@ -39,30 +39,6 @@ std::vector<double> random_rewards(std::mt19937_64& rng, const std::vector<int32
   return r;
 }
 
-// Responses [r0, r1) of `full` as a batch of their own (offsets rebased).
-ref::Batch slice(const ref::Batch& full, int64_t r0, int64_t r1) {
-  ref::Batch s;
-  const int64_t t0 = full.offsets[r0], t1 = full.offsets[r1];
-  s.B = r1 - r0;
-  s.V = full.V;
-  s.stride = full.stride;
-  s.T = t1 - t0;
-  for (int64_t i = r0; i <= r1; ++i) s.offsets.push_back(full.offsets[i] - t0);
-  s.logits.assign(full.logits.begin() + t0 * full.stride, full.logits.begin() + t1 * full.stride);
-  auto cut = [&](const auto& v) { return std::decay_t<decltype(v)>(v.begin() + t0, v.begin() + t1); };
-  s.targets = cut(full.targets);
-  s.mask = cut(full.mask);
-  s.kinds = cut(full.kinds);
-  s.adv = cut(full.adv);
-  s.old_logp = cut(full.old_logp);
-  s.ref_logp = cut(full.ref_logp);
-  s.rollout_logp = cut(full.rollout_logp);
-  s.w_pg = cut(full.w_pg);
-  s.w_h = cut(full.w_h);
-  s.w_kl = cut(full.w_kl);
-  return s;
-}
-
 // The library's own weights (not the reference's): this test is of the library's data-parallel
 // pipeline, aggregation_partials -> to_scale -> aggregation_weights, end to end.
 void library_weights(ref::Batch& b, const cgrpo::LossConfig& c, const cgrpo::AggregationScale& scale = {}) {
@@ -435,7 +411,7 @@ void check_sharded_losses(const cgrpo::AggregationConvention& convention) {
           cgrpo::parallel::AggregationPartials partials;
           std::vector<ref::Batch> shards;
           for (int r = 0; r < k; ++r) {
-            shards.push_back(slice(full, cuts[r], cuts[r + 1]));
+            shards.push_back(support::slice_responses(full, cuts[r], cuts[r + 1]));
             cgrpo::parallel::AggregationPartials p;
             REQUIRE(cgrpo::parallel::aggregation_partials(shards[r].layout(), shards[r].mask.data(), &p).ok());
             partials = cgrpo::parallel::aggregation_partials_merge(partials, p);
@@ -565,7 +541,7 @@ TEST_CASE("data parallel: the catalog's row-separable configs, shards with the a
       const std::vector<int64_t> cuts = k == 2 ? std::vector<int64_t>{0, 5, 12} : std::vector<int64_t>{0, 3, 9, 12};
       cgrpo::parallel::AggregationPartials partials;
       for (int r = 0; r < k; ++r) {
-        const ref::Batch s = slice(full, cuts[r], cuts[r + 1]);
+        const ref::Batch s = support::slice_responses(full, cuts[r], cuts[r + 1]);
         cgrpo::parallel::AggregationPartials p;
         REQUIRE(cgrpo::parallel::aggregation_partials(s.layout(), s.mask.data(), &p).ok());
         partials = cgrpo::parallel::aggregation_partials_merge(partials, p);
@@ -574,7 +550,7 @@ TEST_CASE("data parallel: the catalog's row-separable configs, shards with the a
       double loss = 0, pg = 0;
       std::vector<double> grad_cat;
       for (int r = 0; r < k; ++r) {
-        const ref::Batch s = slice(full, cuts[r], cuts[r + 1]);
+        const ref::Batch s = support::slice_responses(full, cuts[r], cuts[r + 1]);
         std::vector<double> grad;
         const cgrpo::LossMetrics m = run_loss(s, c, support::Weights::computed, scale, &grad);
         loss += m.loss;
@@ -605,7 +581,7 @@ TEST_CASE("data parallel: shard normalizers taken from the shard itself do NOT g
                      ref::double_rel(want, full), want.mag.loss));
   double sum_local = 0, sum_local_computed = 0;
   for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, 3}, {3, 8}}) {
-    ref::Batch s = slice(full, r0, r1);
+    ref::Batch s = support::slice_responses(full, r0, r1);
     library_weights(s, c);  // local token count: wrong under data parallelism
     sum_local += run_loss(s, c, support::Weights::caller, {}, nullptr).loss;
     sum_local_computed += run_loss(s, c, support::Weights::computed, {}, nullptr).loss;  // batch.scale = {}: the same

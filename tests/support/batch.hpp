@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include <cgrpo/cgrpo.hpp>
@@ -182,6 +183,31 @@ inline cgrpo::Status set_library_weights(Batch& b, const cgrpo::LossConfig& conf
   CGRPO_RETURN_IF_ERROR(
       cgrpo::aggregation_weights(config, cgrpo::LossTerm::entropy, layout, b.mask.data(), scale, b.w_h.data()));
   return cgrpo::aggregation_weights(config, cgrpo::LossTerm::kl, layout, b.mask.data(), scale, b.w_kl.data());
+}
+
+// Responses [r0, r1) of a packed batch as a batch of their own (offsets rebased; what a data-parallel
+// rank holds). The caller's selection is not carried.
+inline Batch slice_responses(const Batch& full, int64_t r0, int64_t r1) {
+  Batch s;
+  const int64_t t0 = full.offsets[r0], t1 = full.offsets[r1];
+  s.B = r1 - r0;
+  s.V = full.V;
+  s.stride = full.stride;
+  s.T = t1 - t0;
+  for (int64_t i = r0; i <= r1; ++i) s.offsets.push_back(full.offsets[i] - t0);
+  s.logits.assign(full.logits.begin() + t0 * full.stride, full.logits.begin() + t1 * full.stride);
+  auto cut = [&](const auto& v) { return std::decay_t<decltype(v)>(v.begin() + t0, v.begin() + t1); };
+  s.targets = cut(full.targets);
+  s.mask = cut(full.mask);
+  s.kinds = cut(full.kinds);
+  s.adv = cut(full.adv);
+  s.old_logp = cut(full.old_logp);
+  s.ref_logp = cut(full.ref_logp);
+  s.rollout_logp = cut(full.rollout_logp);
+  s.w_pg = cut(full.w_pg);
+  s.w_h = cut(full.w_h);
+  s.w_kl = cut(full.w_kl);
+  return s;
 }
 
 }  // namespace support
