@@ -56,6 +56,30 @@ cgrpo::LinearHead<Real> head_view(const Tensor& rows, const Tensor& weight, cons
   return head;
 }
 
+// dJ/dhidden (hidden's shape), dJ/dweight [V, H], dJ/dbias [V], each allocated when asked for (an
+// empty tensor otherwise), and their view for the library.
+struct HeadGradTensors {
+  Tensor hidden, weight, bias;
+  bool want_hidden, want_weight, want_bias;
+
+  HeadGradTensors(const Tensor& h_in, const Head& h, bool want_h, bool want_w, bool want_b)
+      : want_hidden(want_h), want_weight(want_w), want_bias(want_b) {
+    const auto opts = h_in.options();
+    hidden = want_hidden ? torch::empty(h_in.sizes(), opts.memory_format(torch::MemoryFormat::Contiguous))
+                         : none_tensor(opts);
+    weight = want_weight ? torch::empty({h.V, h.H}, opts) : none_tensor(opts);
+    bias = want_bias ? torch::empty({h.V}, opts) : none_tensor(opts);
+  }
+  template <typename Real>
+  cgrpo::LinearHeadGrads<Real, Real> view() const {
+    cgrpo::LinearHeadGrads<Real, Real> g;
+    if (want_hidden) g.grad_hidden = hidden.data_ptr<Real>();
+    if (want_weight) g.grad_weight = weight.data_ptr<Real>();
+    if (want_bias) g.grad_bias = bias.data_ptr<Real>();
+    return g;
+  }
+};
+
 inline cgrpo::LinearChunking chunking_of(int64_t chunk_tokens) {
   TORCH_CHECK(chunk_tokens >= 0, "cgrpo: chunk_tokens must be >= 0 (0: a 256 MiB buffer of logits), got ", chunk_tokens);
   cgrpo::LinearChunking c;

@@ -388,19 +388,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
                                     ref_logp, rollout_logp, kinds, offsets, scale);
   check_row_stats(stats, target_logit, tok.T);
   const auto opts = hidden.options();
-  Tensor g_hidden = want_hidden ? torch::empty(hidden.sizes(), opts.memory_format(torch::MemoryFormat::Contiguous))
-                                : none_tensor(opts);
-  Tensor g_weight = want_weight ? torch::empty({h.V, h.H}, opts) : none_tensor(opts);
-  Tensor g_bias = want_bias ? torch::empty({h.V}, opts) : none_tensor(opts);
+  const HeadGradTensors g(hidden, h, want_hidden, want_weight, want_bias);
   TokenOutputs outs(tok, opts);
   cgrpo::LossMetrics metrics;
   cgrpo::cpu::Workspace& ws = workspace(num_threads);
   AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "cgrpo::vocab_parallel_linear_policy_loss", [&] {
     const cgrpo::PolicyLossBatch<scalar_t> batch = batch_view<scalar_t>(recipe.loss, tok, shard.size, in);
-    cgrpo::LinearHeadGrads<scalar_t, scalar_t> grads;
-    if (want_hidden) grads.grad_hidden = g_hidden.data_ptr<scalar_t>();
-    if (want_weight) grads.grad_weight = g_weight.data_ptr<scalar_t>();
-    if (want_bias) grads.grad_bias = g_bias.data_ptr<scalar_t>();
+    const cgrpo::LinearHeadGrads<scalar_t, scalar_t> grads = g.view<scalar_t>();
     cgrpo::PolicyLossOutputs<scalar_t> out;
     out.metrics = &metrics;
     outs.attach(out);
@@ -409,7 +403,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
         reinterpret_cast<const cgrpo::RowStats<double>*>(stats.data_ptr<double>()), target_logit.data_ptr<double>(), out,
         grads, ws, chunking_of(chunk_tokens)));
   });
-  return {torch::scalar_tensor(metrics.loss, opts), g_hidden, g_weight, g_bias, metrics_tensor(metrics), outs.logp,
+  return {torch::scalar_tensor(metrics.loss, opts), g.hidden, g.weight, g.bias, metrics_tensor(metrics), outs.logp,
           outs.entropy, outs.policy_factor, outs.token_terms};
 }
 
